@@ -1,0 +1,1 @@
+"""Reference Task Tracker API: the smallest real app the deploy toolkit ships and tests."""

@@ -1,0 +1,131 @@
+"""FastAPI app: health, version, tasks and a WebSocket of task events."""
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+
+import nats
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from loguru import logger
+from pydantic import BaseModel, Field
+
+from . import db
+from .config import EVENTS_SUBJECT, AppConfig
+from .worker import broker, process_task, publish_event
+
+
+class Hub:
+    """Connected WebSocket clients and the NATS connection that feeds them."""
+
+    def __init__(self) -> None:
+        self.clients: set[WebSocket] = set()
+        self.nc = None
+
+    async def broadcast(self, payload: str) -> None:
+        for ws in list(self.clients):
+            try:
+                await ws.send_text(payload)
+            except Exception:  # a client that went away
+                self.clients.discard(ws)
+
+    async def on_event(self, msg) -> None:
+        await self.broadcast(msg.data.decode())
+
+    async def connect_forever(self, url: str) -> None:
+        """Connect to NATS, retrying until it answers; nats-py reconnects by itself afterwards."""
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    url, max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2
+                )
+                await self.nc.subscribe(EVENTS_SUBJECT, cb=self.on_event)
+                await broker.startup()
+                logger.info("connected to NATS at {}", url)
+                return
+            except Exception as exc:  # NATS not up yet
+                logger.warning("NATS not reachable ({}), retrying", exc)
+                await asyncio.sleep(1)
+
+
+hub = Hub()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    connector = asyncio.create_task(hub.connect_forever(AppConfig.from_env().nats_url))
+    yield
+    connector.cancel()
+    if hub.nc is not None:
+        await broker.shutdown()
+        await hub.nc.close()
+
+
+app = FastAPI(title="Task Tracker (reference API)", lifespan=lifespan)
+
+
+async def check_database() -> dict:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(db.ping), timeout=3)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+
+
+async def check_nats() -> dict:
+    nc = hub.nc
+    if nc is None or not nc.is_connected:
+        return {"ok": False, "error": "not connected"}
+    try:
+        await nc.flush(timeout=2)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+@app.get("/api/health")
+async def health():
+    checks = {"database": await check_database(), "nats": await check_nats()}
+    healthy = all(c["ok"] for c in checks.values())
+    body = {"status": "ok" if healthy else "degraded", "checks": checks}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@app.get("/api/version")
+async def version():
+    return {"release": AppConfig.from_env().release_id}
+
+
+class TaskIn(BaseModel):
+    title: str = Field(min_length=1, max_length=500)
+    body: str = ""
+
+
+@app.get("/api/tasks")
+async def get_tasks():
+    return await asyncio.to_thread(db.list_tasks)
+
+
+@app.post("/api/tasks", status_code=201)
+async def create_task(task_in: TaskIn):
+    task = await asyncio.to_thread(db.insert_task, task_in.title, task_in.body)
+    if hub.nc is not None and hub.nc.is_connected:
+        await publish_event(hub.nc, "task.created", task)
+        await process_task.kiq(task["id"])
+    else:
+        logger.error("task {} stored but not queued: NATS is down", task["id"])
+    return task
+
+
+@app.websocket("/ws")
+async def events(ws: WebSocket):
+    await ws.accept()
+    hub.clients.add(ws)
+    await ws.send_text(json.dumps({"type": "hello", "release": AppConfig.from_env().release_id}))
+    try:
+        while True:
+            await ws.receive_text()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.clients.discard(ws)

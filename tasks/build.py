@@ -1,0 +1,129 @@
+"""Build the React dashboard into frontend/dist, skipping work that is already done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from .commands import build as commands
+from .commands import sh
+from .settings import PROJECT_ROOT
+
+FRONTEND = PROJECT_ROOT / "frontend"
+DIST = FRONTEND / "dist"
+MANIFEST_NAME = "build-manifest.json"
+LOCK_STAMP = Path("node_modules") / ".package-lock.sha256"
+SKIPPED_DIRS = {"node_modules", "dist", ".dist-build", ".dist-old"}
+
+
+def tree_hash(root: Path, skip_dirs: set[str] = frozenset(), skip_files: set[str] = frozenset()) -> str:
+    """sha256 over every file's relative path and content, in a stable order."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if rel in skip_files:
+                continue
+            digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(dist: Path = DIST) -> dict | None:
+    try:
+        return json.loads((dist / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_up_to_date(frontend: Path = FRONTEND) -> tuple[bool, str]:
+    """Whether frontend/dist was built from exactly the current sources and is intact."""
+    manifest = read_manifest(frontend / "dist")
+    if manifest is None:
+        return False, "no previous build"
+    if manifest.get("source_sha256") != tree_hash(frontend, SKIPPED_DIRS):
+        return False, "sources changed"
+    if manifest.get("output_sha256") != tree_hash(frontend / "dist", skip_files={MANIFEST_NAME}):
+        return False, "dist/ was modified"
+    return True, f"built {manifest.get('built_at')} from commit {manifest.get('git_commit')}"
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def require_node() -> None:
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        raise Exit(
+            f"Cannot build the dashboard: {' and '.join(missing)} not found on PATH. Install Node.js 20 "
+            f"with npm (for example `apt-get install nodejs npm`, or nvm), then run `invoke build` again. "
+            f"frontend/dist was left as it was.",
+            code=2,
+        )
+
+
+@task(help={"force": "Rebuild even when no source file changed since the last build."})
+def frontend(c, force=False):
+    """Build the dashboard into frontend/dist (npm ci only when the lock file changed)."""
+    started = time.monotonic()
+    fresh, reason = is_up_to_date()
+    if fresh and not force:
+        print(f"Frontend is up to date ({reason}); nothing to build.")
+        return
+    require_node()
+    lock_hash = file_hash(FRONTEND / "package-lock.json")
+    stamp = FRONTEND / LOCK_STAMP
+    with c.cd(str(FRONTEND)):
+        if not stamp.is_file() or stamp.read_text().strip() != lock_hash:
+            print("[build] package-lock.json changed or node_modules missing: npm ci")
+            if not c.run(sh(commands.NPM_CI), warn=True, pty=False).ok:
+                raise Exit("`npm ci` failed (its output is above). Check package-lock.json and your npm "
+                           "registry access, then run `invoke build` again. frontend/dist was left as it was.", code=1)
+            stamp.write_text(lock_hash)
+        staging = FRONTEND / ".dist-build"
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"[build] vite build ({reason})")
+        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False)
+    if not result.ok:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise Exit("The Vite build failed (its output is above). Fix the error in frontend/src and run "
+                   "`invoke build` again. The previous frontend/dist was left as it was.", code=1)
+    manifest = {
+        "git_commit": git_commit(),
+        "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source_sha256": tree_hash(FRONTEND, SKIPPED_DIRS),
+        "output_sha256": tree_hash(staging),
+        "files": sum(len(files) for _, _, files in os.walk(staging)),
+    }
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    old = FRONTEND / ".dist-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if DIST.exists():
+        DIST.rename(old)
+    staging.rename(DIST)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"[build] frontend/dist ready: {manifest['files']} files, commit {manifest['git_commit']}, "
+          f"{time.monotonic() - started:.1f}s")
+
+
+ns = Collection("build")
+ns.add_task(frontend, default=True)

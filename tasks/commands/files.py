@@ -1,0 +1,51 @@
+"""File commands on the host (the small part of patchwork we need; see README)."""
+
+from . import sh
+
+
+def exists(path: str) -> list[str]:
+    return ["test", "-e", path]
+
+
+def append_line_once(path: str, line: str) -> str:
+    """Append `line` to `path` unless an identical line is already there."""
+    return f"{sh(['touch', path])} && ( {sh(['grep', '-qxF', '--', line, path])} || {sh(['printf', '%s\\n', line])} >> {sh([path])} )"
+
+
+def rsync(
+    source: str,
+    destination: str,
+    *,
+    ssh_command: list[str],
+    delete: bool = True,
+    link_dest: str | None = None,
+    excludes: tuple[str, ...] = (),
+    progress: bool = False,
+    dry_run: bool = False,
+) -> list[str]:
+    """rsync argv that reaches the host through the same user/port/key/known_hosts as Fabric."""
+    argv = ["rsync", "-a", "--checksum", "--human-readable", "-e", sh(ssh_command)]
+    if delete:
+        argv.append("--delete")
+    if link_dest:
+        argv.append(f"--link-dest={link_dest}")
+    argv += [f"--exclude={pattern}" for pattern in excludes]
+    argv.append("--info=progress2,stats2" if progress else "--stats")
+    if dry_run:
+        argv.append("--dry-run")
+    argv += [source, destination]
+    return argv
+
+
+def ssh_command(*, port: int | None, key_files: list[str], known_hosts: str | None, config_file: str | None = None) -> list[str]:
+    """The ssh argv rsync should use so it trusts and authenticates exactly like Fabric."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    if config_file:
+        argv += ["-F", config_file]
+    if port:
+        argv += ["-p", str(port)]
+    for key in key_files:
+        argv += ["-i", key, "-o", "IdentitiesOnly=yes"]
+    if known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    return argv

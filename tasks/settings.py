@@ -1,0 +1,179 @@
+"""One typed, validated settings object for every task.
+
+Values come from, lowest precedence first: defaults, the `tasktracker:` section of
+`fabric.yaml` / `invoke.yaml`, the `.env` file, then environment variables. Everything is
+checked before any connection opens, and every problem is reported in one message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63}$|^localhost$", re.I)
+
+
+class SettingsError(ValueError):
+    """Raised with every problem found in the settings, never with a secret value."""
+
+    def __init__(self, problems: list[str], source: str):
+        self.problems = problems
+        listed = "; ".join(problems)
+        super().__init__(
+            f"Settings are invalid ({source}): {listed}. Fix these keys in .env "
+            f"(every key is documented in .env.example) or in the environment, then run the task again. "
+            f"Nothing was changed on any server."
+        )
+
+
+class Secret(str):
+    """A string whose repr and str-formatting in logs never show the value."""
+
+    def __repr__(self) -> str:
+        return "Secret('[REDACTED]')" if self else "Secret('')"
+
+    def __str__(self) -> str:
+        return "[REDACTED]" if self else ""
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def _spec(default: Any = None, *, required: bool = False, secret: bool = False, key: str | None = None):
+    return field(default=default, metadata={"required": required, "secret": secret, "key": key})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the deploy tasks and the stack need, validated."""
+
+    # Database
+    postgres_user: str = _spec("postgres")
+    postgres_password: Secret = _spec(required=True, secret=True)
+    postgres_db: str = _spec("tasktracker")
+    # Message bus
+    nats_url: str = _spec("nats://nats:4222")
+    # Telegram and the LLM provider
+    telegram_bot_token: Secret = _spec(required=True, secret=True)
+    llm_provider: str = _spec("openai")
+    openai_api_key: Secret = _spec("", secret=True)
+    openai_api_base_url: str = _spec("https://api.openai.com/v1")
+    openai_default_model: str = _spec("gpt-4o-mini")
+    anthropic_api_key: Secret = _spec("", secret=True)
+    anthropic_default_model: str = _spec("claude-3-5-haiku-20241022")
+    # Public addresses
+    app_url: str = _spec(required=True)
+    webapp_url: str = _spec(required=True)
+    domain: str = _spec(required=True)
+    # Runtime and deploy
+    api_workers: int = _spec(1)
+    app_dir: str = _spec("tasktracker")
+    keep_releases: int = _spec(5)
+    http_port: int = _spec(80)
+
+    @staticmethod
+    def env_key(name: str) -> str:
+        return name.upper()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"Settings({shown})"
+
+    def secret_values(self) -> list[str]:
+        """Non-empty secret values, for redacting command output."""
+        return [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+
+    @classmethod
+    def load(
+        cls,
+        config: Mapping[str, Any] | None = None,
+        env_file: str | os.PathLike | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Settings":
+        """Merge defaults < fabric.yaml section < .env < environment, then validate."""
+        env_path = Path(env_file) if env_file else PROJECT_ROOT / ".env"
+        environ = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.env_key(f.name)
+            if config and f.name in config and config[f.name] is not None:
+                raw[f.name] = config[f.name]
+        file_values = dotenv_values(env_path) if env_path.is_file() else {}
+        for f in fields(cls):
+            key = cls.env_key(f.name)
+            for source in (file_values, environ):
+                if source.get(key) is not None:
+                    raw[f.name] = source[key]
+        return cls._validated(raw, source=f"{env_path.name if env_path.is_file() else 'no .env file'} + environment")
+
+    @classmethod
+    def _validated(cls, raw: dict[str, Any], source: str) -> "Settings":
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.env_key(f.name)
+            value = raw.get(f.name, f.default)
+            if isinstance(value, str):
+                value = value.strip()
+            if f.metadata["required"] and (value is None or value == ""):
+                problems.append(f"{key} is missing or empty")
+                value = ""
+            if f.type in ("int", int):
+                try:
+                    value = int(value)
+                    if value < 1:
+                        raise ValueError
+                except (TypeError, ValueError):
+                    problems.append(f"{key} must be a whole number of at least 1")
+                    value = f.default
+            elif f.metadata["secret"]:
+                value = Secret(value or "")
+            else:
+                value = "" if value is None else str(value)
+            values[f.name] = value
+
+        provider = values["llm_provider"].lower()
+        if provider not in LLM_PROVIDERS:
+            problems.append(f"LLM_PROVIDER {values['llm_provider']!r} is unknown (use one of: {', '.join(LLM_PROVIDERS)})")
+        elif not values[LLM_PROVIDERS[provider].lower()]:
+            problems.append(f"{LLM_PROVIDERS[provider]} is missing or empty (LLM_PROVIDER is {provider})")
+        values["llm_provider"] = provider
+        for name in ("app_url", "webapp_url", "openai_api_base_url"):
+            url = values[name]
+            if url and not _is_http_url(url):
+                problems.append(f"{name.upper()} {url!r} is not an http(s) URL like https://tasks.example.com")
+        if values["nats_url"] and urlparse(values["nats_url"]).scheme not in ("nats", "tls"):
+            problems.append(f"NATS_URL {values['nats_url']!r} is not a nats:// URL")
+        if values["domain"] and not DOMAIN_RE.match(values["domain"]):
+            problems.append(f"DOMAIN {values['domain']!r} is not a domain name like tasks.example.com")
+        app_dir = values["app_dir"]
+        if not app_dir or ".." in Path(app_dir).parts or not re.match(r"^[\w./-]+$", app_dir):
+            problems.append(f"APP_DIR {app_dir!r} must be a plain path (absolute, or relative to the deploy user's home) without '..'")
+        if values["http_port"] > 65535:
+            problems.append("HTTP_PORT must be a TCP port (1-65535)")
+        if problems:
+            raise SettingsError(problems, source)
+        return cls(**values)
+
+    @classmethod
+    def from_context(cls, c) -> "Settings":
+        """Settings for a task: the context's `tasktracker` config section, .env and environment."""
+        section = c.config.get("tasktracker", {}) if hasattr(c, "config") else {}
+        env_file = section.get("env_file") if section else None
+        return cls.load(config=dict(section or {}), env_file=env_file)
+
+
+def _is_http_url(value: str) -> bool:
+    parsed = urlparse(value)
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and " " not in value
