@@ -18,7 +18,6 @@ from .commands import sh
 from .settings import PROJECT_ROOT
 
 FRONTEND = PROJECT_ROOT / "frontend"
-DIST = FRONTEND / "dist"
 MANIFEST_NAME = "build-manifest.json"
 LOCK_STAMP = Path("node_modules") / ".package-lock.sha256"
 SKIPPED_DIRS = {"node_modules", "dist", ".dist-build", ".dist-old"}
@@ -42,7 +41,7 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_manifest(dist: Path = DIST) -> dict | None:
+def read_manifest(dist: Path) -> dict | None:
     try:
         return json.loads((dist / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
@@ -84,25 +83,31 @@ def require_node() -> None:
 @task(help={"force": "Rebuild even when no source file changed since the last build."})
 def frontend(c, force=False):
     """Build the dashboard into frontend/dist (npm ci only when the lock file changed)."""
+    build_frontend(c, FRONTEND, force=force)
+
+
+def build_frontend(c, frontend_dir: Path, force: bool = False) -> bool:
+    """Build `frontend_dir` into its dist/; returns False when it was already up to date."""
     started = time.monotonic()
-    fresh, reason = is_up_to_date()
+    fresh, reason = is_up_to_date(frontend_dir)
     if fresh and not force:
         print(f"Frontend is up to date ({reason}); nothing to build.")
-        return
+        return False
     require_node()
-    lock_hash = file_hash(FRONTEND / "package-lock.json")
-    stamp = FRONTEND / LOCK_STAMP
-    with c.cd(str(FRONTEND)):
+    lock_hash = file_hash(frontend_dir / "package-lock.json")
+    stamp = frontend_dir / LOCK_STAMP
+    dist = frontend_dir / "dist"
+    with c.cd(str(frontend_dir)):
         if not stamp.is_file() or stamp.read_text().strip() != lock_hash:
             print("[build] package-lock.json changed or node_modules missing: npm ci")
-            if not c.run(sh(commands.NPM_CI), warn=True, pty=False).ok:
+            if not c.run(sh(commands.NPM_CI), warn=True, pty=False, in_stream=False).ok:
                 raise Exit("`npm ci` failed (its output is above). Check package-lock.json and your npm "
                            "registry access, then run `invoke build` again. frontend/dist was left as it was.", code=1)
             stamp.write_text(lock_hash)
-        staging = FRONTEND / ".dist-build"
+        staging = frontend_dir / ".dist-build"
         shutil.rmtree(staging, ignore_errors=True)
         print(f"[build] vite build ({reason})")
-        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False)
+        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False, in_stream=False)
     if not result.ok:
         shutil.rmtree(staging, ignore_errors=True)
         raise Exit("The Vite build failed (its output is above). Fix the error in frontend/src and run "
@@ -110,19 +115,20 @@ def frontend(c, force=False):
     manifest = {
         "git_commit": git_commit(),
         "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source_sha256": tree_hash(FRONTEND, SKIPPED_DIRS),
+        "source_sha256": tree_hash(frontend_dir, SKIPPED_DIRS),
         "output_sha256": tree_hash(staging),
         "files": sum(len(files) for _, _, files in os.walk(staging)),
     }
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    old = FRONTEND / ".dist-old"
+    old = frontend_dir / ".dist-old"
     shutil.rmtree(old, ignore_errors=True)
-    if DIST.exists():
-        DIST.rename(old)
-    staging.rename(DIST)
+    if dist.exists():
+        dist.rename(old)
+    staging.rename(dist)
     shutil.rmtree(old, ignore_errors=True)
     print(f"[build] frontend/dist ready: {manifest['files']} files, commit {manifest['git_commit']}, "
           f"{time.monotonic() - started:.1f}s")
+    return True
 
 
 ns = Collection("build")
