@@ -2,8 +2,9 @@
 
 from invoke import Collection
 
-from . import build
+from . import build, compose, deploy, migrate, sandbox
 
 ns = Collection()
-ns.add_collection(build.ns)
+for module in (build, deploy, compose, migrate, sandbox):
+    ns.add_collection(module.ns)
 ns.configure({"tasktracker": {"env_file": None}})

@@ -81,6 +81,7 @@ class Settings:
     app_dir: str = _spec("tasktracker")
     keep_releases: int = _spec(5)
     http_port: int = _spec(80)
+    compose_project: str = _spec("tasktracker")
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -160,6 +161,8 @@ class Settings:
         app_dir = values["app_dir"]
         if not app_dir or ".." in Path(app_dir).parts or not re.match(r"^[\w./-]+$", app_dir):
             problems.append(f"APP_DIR {app_dir!r} must be a plain path (absolute, or relative to the deploy user's home) without '..'")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", values["compose_project"]):
+            problems.append(f"COMPOSE_PROJECT {values['compose_project']!r} must be lower-case letters, digits, '-' or '_'")
         if values["http_port"] > 65535:
             problems.append("HTTP_PORT must be a TCP port (1-65535)")
         if problems:
@@ -169,9 +172,18 @@ class Settings:
     @classmethod
     def from_context(cls, c) -> "Settings":
         """Settings for a task: the context's `tasktracker` config section, .env and environment."""
-        section = c.config.get("tasktracker", {}) if hasattr(c, "config") else {}
-        env_file = section.get("env_file") if section else None
-        return cls.load(config=dict(section or {}), env_file=env_file)
+        return cls.load(config=dict(config_section(c)), env_file=env_file_path(c))
+
+
+def config_section(c) -> Mapping[str, Any]:
+    return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
+
+
+def env_file_path(c=None) -> Path:
+    """The settings file: `tasktracker.env_file` in fabric.yaml, else $TASKTRACKER_ENV_FILE, else ./.env."""
+    path = config_section(c).get("env_file") if c is not None else None
+    path = path or os.environ.get("TASKTRACKER_ENV_FILE")
+    return Path(path) if path else PROJECT_ROOT / ".env"
 
 
 def _is_http_url(value: str) -> bool:

@@ -9,11 +9,12 @@ def exists(path: str) -> list[str]:
 
 def append_line_once(path: str, line: str) -> str:
     """Append `line` to `path` unless an identical line is already there."""
-    return f"{sh(['touch', path])} && ( {sh(['grep', '-qxF', '--', line, path])} || {sh(['printf', '%s\\n', line])} >> {sh([path])} )"
+    printf = sh(["printf", "%s\\n", line])
+    return f"{sh(['touch', path])} && ( {sh(['grep', '-qxF', '--', line, path])} || {printf} >> {sh([path])} )"
 
 
 def rsync(
-    source: str,
+    sources: list[str],
     destination: str,
     *,
     ssh_command: list[str],
@@ -22,9 +23,12 @@ def rsync(
     excludes: tuple[str, ...] = (),
     progress: bool = False,
     dry_run: bool = False,
+    relative: bool = False,
 ) -> list[str]:
     """rsync argv that reaches the host through the same user/port/key/known_hosts as Fabric."""
-    argv = ["rsync", "-a", "--checksum", "--human-readable", "-e", sh(ssh_command)]
+    argv = ["rsync", "-a", "--checksum", "--itemize-changes", "-e", sh(ssh_command)]
+    if relative:
+        argv.append("--relative")
     if delete:
         argv.append("--delete")
     if link_dest:
@@ -33,7 +37,7 @@ def rsync(
     argv.append("--info=progress2,stats2" if progress else "--stats")
     if dry_run:
         argv.append("--dry-run")
-    argv += [source, destination]
+    argv += [*sources, destination]
     return argv
 
 

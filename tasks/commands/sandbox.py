@@ -1,0 +1,144 @@
+"""What the sandbox VPS is made of: config files and local commands, built without running anything."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+STANDIN_BASE = "tasktracker-standin-base:bookworm"
+STANDIN_LABEL = "org.tasktracker.standin=1"
+# Debian packages in the stand-in base image: enough to honour each upstream image's contract.
+STANDIN_PACKAGES = ["ca-certificates", "wget", "procps", "passwd", "python3", "python3-venv", "python3-pip",
+                    "postgresql-15", "postgresql-client-15", "nginx-light", "nats-server"]
+
+POSTGRES_ENTRYPOINT = r"""#!/bin/sh
+# Stand-in for the postgres image's entrypoint: POSTGRES_USER/PASSWORD/DB, initdb on first start.
+set -e
+export PGDATA="${PGDATA:-/var/lib/postgresql/data}"
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p "$PGDATA" /var/run/postgresql
+  chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+  chmod 700 "$PGDATA"
+  exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+  user="${POSTGRES_USER:-postgres}"
+  pwfile="$(mktemp)"; printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
+  initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  rm -f "$pwfile"
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  db="${POSTGRES_DB:-$user}"
+  if [ "$db" != "postgres" ]; then
+    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    psql -v ON_ERROR_STOP=1 -U "$user" -d postgres -c "CREATE DATABASE \"$db\"" >/dev/null
+    pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  fi
+  echo "stand-in postgres: initialised $PGDATA"
+fi
+if [ "$1" = "postgres" ]; then shift; exec postgres -c listen_addresses='*' "$@"; fi
+exec "$@"
+"""
+
+# name: (Dockerfile lines after FROM, extra files)
+STANDINS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "postgres:15": ([
+        "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
+        "RUN chmod 755 /usr/local/bin/docker-entrypoint.sh",
+        "ENV PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data",
+        "STOPSIGNAL SIGINT",
+        'ENTRYPOINT ["docker-entrypoint.sh"]',
+        'CMD ["postgres"]',
+    ], {"docker-entrypoint.sh": POSTGRES_ENTRYPOINT}),
+    "nats:2.10-alpine": ([
+        'ENTRYPOINT ["nats-server"]',
+        'CMD ["--jetstream"]',
+    ], {}),
+    "nginx:1.27-alpine": ([
+        "RUN mkdir -p /usr/share/nginx/html /etc/nginx/conf.d && rm -f /etc/nginx/sites-enabled/default",
+        "STOPSIGNAL SIGQUIT",
+        'CMD ["nginx", "-g", "daemon off;"]',
+    ], {}),
+    "python:3.12-slim": ([
+        # pip in the stand-in trusts the machine's CA bundle (registries are reached through a TLS proxy).
+        "ENV PATH=/opt/python/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+        'CMD ["python3"]',
+    ], {}),
+}
+
+
+def standin_dockerfile(name: str) -> str:
+    lines, _ = STANDINS[name]
+    return "\n".join([f"FROM {STANDIN_BASE}", f"LABEL {STANDIN_LABEL}", *lines]) + "\n"
+
+
+def debootstrap(rootfs: Path, mirror: str) -> list[str]:
+    return ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror]
+
+
+def chroot_install(rootfs: Path) -> list[str]:
+    return ["chroot", str(rootfs), "sh", "-c",
+            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && "
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+            + " ".join(STANDIN_PACKAGES) + " >/dev/null && "
+            "rm -rf /var/lib/postgresql/15/main /etc/postgresql/15/main && "
+            "python3 -m venv /opt/python && /opt/python/bin/python -m pip --version >/dev/null && "
+            "apt-get clean && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d"]
+
+
+def docker_import(rootfs: Path) -> str:
+    return f"tar -C {rootfs} -c . | docker import -c 'CMD [\"/bin/bash\"]' -c 'LABEL {STANDIN_LABEL}' - {STANDIN_BASE}"
+
+
+def apt_mirror(sources_text: str, suite: str = "bookworm") -> str | None:
+    """The Debian mirror serving `suite` main, from apt sources (deb822 stanzas or one-line `deb`)."""
+    for stanza in re.split(r"\n\s*\n", sources_text):
+        fields = {}
+        for line in stanza.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.startswith((" ", "#")):
+                fields[key.strip().lower()] = value.split()
+        if suite in fields.get("suites", []) and "main" in fields.get("components", []) and fields.get("uris"):
+            return fields["uris"][0]
+    for line in sources_text.splitlines():
+        parts = [p for p in line.split() if not p.startswith("[")]
+        if len(parts) >= 4 and parts[0] == "deb" and parts[2] == suite and "main" in parts[3:]:
+            return parts[1]
+    return None
+
+
+def sshd_config(state_dir: Path, address: str, port: int, user: str) -> str:
+    return "\n".join([
+        f"ListenAddress {address}:{port}",
+        f"HostKey {state_dir}/ssh_host_ed25519_key",
+        f"PidFile {state_dir}/sshd.pid",
+        "AuthorizedKeysFile .ssh/authorized_keys",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin no",
+        f"AllowUsers {user}",
+        "UsePAM no",
+        "StrictModes yes",
+        "MaxStartups 50:30:100",
+        "Subsystem sftp internal-sftp",
+    ]) + "\n"
+
+
+def ssh_config(alias: str, state_dir: Path, address: str, port: int, user: str) -> str:
+    return "\n".join([
+        f"Host {alias}",
+        f"  HostName {address}",
+        f"  Port {port}",
+        f"  User {user}",
+        f"  IdentityFile {state_dir}/id_ed25519",
+        "  IdentitiesOnly yes",
+        f"  UserKnownHostsFile {state_dir}/known_hosts",
+        "  StrictHostKeyChecking yes",
+    ]) + "\n"
+
+
+def known_hosts_line(address: str, port: int, public_key: str) -> str:
+    host = address if port == 22 else f"[{address}]:{port}"
+    keytype, key = public_key.split()[:2]
+    return f"{host} {keytype} {key}\n"

@@ -1,0 +1,125 @@
+"""Connections and the few remote helpers we need.
+
+patchwork (Fabric's helper library) pins fabric<3 and fails to import on Invoke 2, so the
+three helpers used here (file exists, append a line once, rsync with the connection's own
+user/port/key/known_hosts) live in this one module; their commands are built in
+`tasks/commands/files.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+from invoke import Exit
+
+from .commands import files as file_commands
+from .commands import sh
+from .settings import PROJECT_ROOT
+
+
+def sandbox_dir() -> Path:
+    return Path(os.environ.get("TASKTRACKER_SANDBOX_DIR", PROJECT_ROOT / ".sandbox"))
+
+
+def project_ssh_configs() -> list[Path]:
+    """SSH config files the project provides (the sandbox writes one); consulted before ~/.ssh/config."""
+    path = sandbox_dir() / "ssh_config"
+    return [path] if path.is_file() else []
+
+
+def require_host(c) -> Connection:
+    if not isinstance(c, Connection):
+        raise Exit("This task runs on a server: give it one with -H, for example `fab -H vps deploy` "
+                   "(or `fab -H sandbox deploy` after `invoke sandbox.up`).", code=2)
+    return c
+
+
+def known_hosts_files(conn: Connection) -> list[str]:
+    files = conn.ssh_config.get("userknownhostsfile", "~/.ssh/known_hosts").split()
+    return [os.path.expanduser(f) for f in files]
+
+
+def key_files(conn: Connection) -> list[str]:
+    keys = conn.connect_kwargs.get("key_filename") or []
+    if isinstance(keys, str):
+        keys = [keys]
+    return [os.path.expanduser(k) for k in keys]
+
+
+def connect(c) -> Connection:
+    """A connection to the task's host with pinned host keys, opened with clear errors.
+
+    Fabric accepts unknown host keys by default; a deploy tool must not. Host aliases from the
+    project's SSH config (the sandbox) are layered in front of the user's own.
+    """
+    conn = require_host(c)
+    extra = project_ssh_configs()
+    if extra:
+        layered = paramiko.SSHConfig()
+        for path in extra:
+            layered._config += paramiko.SSHConfig.from_path(str(path))._config
+        layered._config += conn.config.base_ssh_config._config
+        config = conn.config.clone()
+        config.base_ssh_config = layered
+        conn = Connection(conn.original_host, config=config, connect_timeout=conn.connect_timeout or 10)
+    elif not conn.connect_timeout:
+        conn.connect_timeout = 10
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    for path in known_hosts_files(conn):
+        if os.path.isfile(path):
+            conn.client.load_host_keys(path)
+    target = f"{conn.user}@{conn.host}:{conn.port}"
+    alias = conn.original_host
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) does not match the one pinned in "
+                   f"{', '.join(known_hosts_files(conn))}. This can mean the server was rebuilt or that someone is "
+                   f"intercepting the connection. Verify the new key with the provider's console, replace the old "
+                   f"line in known_hosts, and run again. Nothing was changed on the server.", code=3)
+    except paramiko.AuthenticationException:
+        raise Exit(f"The server {alias} refused the SSH key for {target}. Add your public key to "
+                   f"~{conn.user}/.ssh/authorized_keys on the server, or point Fabric at the right key "
+                   f"(IdentityFile in ~/.ssh/config, or `fab -i KEY`). Nothing was changed on the server.", code=3)
+    except paramiko.SSHException as exc:
+        if "known_hosts" in str(exc):
+            raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) is unknown: it is not in "
+                       f"{', '.join(known_hosts_files(conn))}. Get the key's fingerprint from the server itself "
+                       f"(provider console: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), add the verified "
+                       f"line to known_hosts, and run again. Nothing was changed on the server.", code=3)
+        raise Exit(f"SSH to {target} failed: {exc}. Check the host and its sshd, then run again. "
+                   f"Nothing was changed on the server.", code=3)
+    except (OSError, socket.timeout) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise Exit(f"Cannot reach {alias} at {conn.host}:{conn.port} ({reason}). Check the host name or address "
+                   f"and that sshd listens on that port (and, from CI, the DEPLOY_HOST secret). "
+                   f"Nothing was changed on the server.", code=3)
+    return conn
+
+
+def file_exists(conn: Connection, path: str) -> bool:
+    return conn.run(sh(file_commands.exists(path)), warn=True, hide=True, in_stream=False).ok
+
+
+def append_line(conn: Connection, path: str, line: str) -> None:
+    conn.run(file_commands.append_line_once(path, line), hide=True, in_stream=False)
+
+
+def ssh_argv(conn: Connection) -> list[str]:
+    """ssh argv for tools (rsync) that must trust and authenticate exactly like this connection."""
+    return file_commands.ssh_command(port=conn.port, key_files=key_files(conn),
+                                     known_hosts=" ".join(known_hosts_files(conn)), config_file="/dev/null")
+
+
+def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options):
+    """rsync local `sources` to `remote_path` on the connection's host; returns the local Result."""
+    destination = f"{conn.user}@{conn.host}:{remote_path}"
+    command = sh(file_commands.rsync(sources, destination, ssh_command=ssh_argv(conn), **options))
+    if cwd:
+        command = f"cd {shlex.quote(cwd)} && {command}"
+    return conn.local(command, hide=True, warn=True, in_stream=False)

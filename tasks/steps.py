@@ -1,0 +1,75 @@
+"""Step timing and failure reporting shared by the long-running tasks."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+from invoke import Exit
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, detail: str):
+        super().__init__(f"{step}: {detail}")
+        self.step, self.detail = step, detail
+
+
+class Steps:
+    """Prints each step as it starts and ends, and a table of step times at the end."""
+
+    def __init__(self, title: str, secrets: list[str] | None = None):
+        self.title = title
+        self.secrets = secrets or []
+        self.rows: list[tuple[str, float, str]] = []
+        self.started = time.monotonic()
+
+    @contextmanager
+    def step(self, name: str):
+        print(f"-> {name}", flush=True)
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.rows.append((name, time.monotonic() - started, "FAILED"))
+            raise
+        seconds = time.monotonic() - started
+        self.rows.append((name, seconds, "ok"))
+        print(f"   {name}: done in {seconds:.1f}s", flush=True)
+
+    def skip(self, name: str, why: str) -> None:
+        self.rows.append((name, 0.0, f"skipped ({why})"))
+
+    def table(self) -> str:
+        width = max([len(r[0]) for r in self.rows] + [4])
+        lines = [f"{self.title}", f"  {'step'.ljust(width)}  {'time':>7}  result"]
+        lines += [f"  {name.ljust(width)}  {seconds:6.1f}s  {result}" for name, seconds, result in self.rows]
+        lines.append(f"  {'total'.ljust(width)}  {time.monotonic() - self.started:6.1f}s")
+        return "\n".join(lines)
+
+    def print_table(self) -> None:
+        print(self.table(), flush=True)
+
+    def fail(self, message: str, code: int = 1):
+        self.print_table()
+        raise Exit(redact(message, self.secrets), code=code)
+
+
+def run_checked(conn, command: str, step: str, *, hide=True, in_stream=False, secrets=(), **kwargs):
+    """Run a remote command; on failure raise StepFailed with its (redacted) output."""
+    result = conn.run(command, warn=True, hide=hide, in_stream=in_stream, **kwargs)
+    if not result.ok:
+        output = (result.stderr.strip() or result.stdout.strip())[-1500:]
+        raise StepFailed(step, redact(f"exit {result.exited}: {output}", list(secrets)))
+    return result
+
+
+def stream_to_stdout() -> bool:
+    return sys.stdout.isatty()
