@@ -6,6 +6,7 @@ import getpass
 import hashlib
 import io
 import re
+import shlex
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,9 +21,8 @@ from .commands import sh
 from .settings import PROJECT_ROOT, Settings, env_file_path
 from .steps import StepFailed, Steps, run_checked
 
-SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist")
+SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
-PROBE_SCRIPT = Path(__file__).with_name("probe.py")
 
 
 def new_release_id(now: datetime, commit: str) -> str:
@@ -156,7 +156,7 @@ def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Ste
     if current and current_meta.get("fingerprint") == fingerprint:
         print(f"Nothing changed since release {current}: checking that it still serves.")
         with steps.step("health checks"):
-            probe(conn, image, base_url, assets)
+            probe(conn, f"{app_dir}/releases/{current}", image, base_url, assets)
         print(f"Release {current} is current and healthy on {host}.")
         return
 
@@ -165,7 +165,9 @@ def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Ste
     print(f"Release {release_id} -> {host}:{release_path} (Compose {variant})")
     with steps.step("prepare release and upload .env"):
         run_checked(conn, release_commands.prepare(app_dir, release_id, compose_commands.release_override(image, release_id)),
-                    "prepare release", in_stream=io.StringIO(env_text), secrets=settings.secret_values())
+                    "prepare release")
+        conn.put(io.BytesIO(env_text.encode()), remote=release_commands.env_upload_path(app_dir))
+        run_checked(conn, sh(release_commands.install_env(app_dir)), "install .env")
     with steps.step("upload files (rsync)"):
         result = remote.rsync(conn, list(SENT_PATHS), f"{release_path}/", cwd=str(PROJECT_ROOT), relative=True,
                               excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
@@ -189,7 +191,7 @@ def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Ste
             "backend_image": image, "compose": variant}
     with steps.step("health checks"):
         try:
-            probe(conn, image, base_url, assets)
+            probe(conn, release_path, image, base_url, assets)
         except StepFailed as failure:
             restore_previous(conn, app_dir, current, variant, project)
             raise StepFailed("health checks", failure.detail + (
@@ -201,9 +203,9 @@ def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Ste
     print(f"Release {release_id} is live on {host}.")
 
 
-def probe(conn, image: str, base_url: str, assets: list[str]) -> None:
-    result = conn.run(sh(release_commands.probe(image, base_url, assets)), warn=True, hide=True,
-                      in_stream=io.StringIO(PROBE_SCRIPT.read_text()))
+def probe(conn, release_path: str, image: str, base_url: str, assets: list[str]) -> None:
+    command = f"cd {shlex.quote(release_path)} && {release_commands.probe(image, base_url, assets)}"
+    result = conn.run(command, warn=True, hide=True, in_stream=False)
     for line in result.stdout.splitlines():
         print(f"   {line}")
     if not result.ok:

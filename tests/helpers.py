@@ -69,7 +69,7 @@ class LocalPostgres:
         pwfile = self.dir.parent / "pw"
         pwfile.write_text(self.password)
         shutil.chown(pwfile, "postgres", "postgres")
-        self._as_postgres([self.initdb, "-D", str(self.dir), "-U", "postgres", "--pwfile", str(pwfile), "-A", "md5"])
+        self._as_postgres([self.initdb, "-D", str(self.dir), "-E", "UTF8", "--locale=C.UTF-8", "-U", "postgres", "--pwfile", str(pwfile), "-A", "md5"])
         self._as_postgres([self.pg_ctl, "-D", str(self.dir), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "-w", "start", "-l", str(self.dir / "log")])
         return self
 

@@ -43,17 +43,24 @@ def parse_preflight(output: str) -> dict[str, str]:
     return facts
 
 
+def env_upload_path(app_dir: str) -> str:
+    return f"{app_dir}/shared/.env.upload"
+
+
 def prepare(app_dir: str, release_id: str, release_yml: str) -> str:
-    """Create the release directory and write shared/.env (0600) from stdin."""
+    """Create the release directory, and an empty 0600 file the new .env is then written into
+    (over SFTP), so the settings are never readable by anyone else, not even for a moment."""
     release = f"{app_dir}/releases/{release_id}"
     return " && ".join([
         sh(["mkdir", "-p", release, f"{app_dir}/shared"]),
-        f"(umask 077 && cat > {q(app_dir)}/shared/.env.tmp)",
-        sh(["chmod", "600", f"{app_dir}/shared/.env.tmp"]),
-        sh(["mv", "-f", f"{app_dir}/shared/.env.tmp", f"{app_dir}/shared/.env"]),
+        sh(["install", "-m", "600", "/dev/null", env_upload_path(app_dir)]),
         sh(["ln", "-sfn", "../../shared/.env", f"{release}/.env"]),
         f"printf %s {q(release_yml)} > {q(release)}/release.yml",
     ])
+
+
+def install_env(app_dir: str) -> list[str]:
+    return ["mv", "-f", env_upload_path(app_dir), f"{app_dir}/shared/.env"]
 
 
 def in_release(app_dir: str, release_id: str, command: str) -> str:
@@ -71,10 +78,14 @@ def image_present_or_build(image: str, build_command: str) -> str:
     return f"if docker image inspect {q(image)} >/dev/null 2>&1; then echo 'image {image} already built'; else {build_command}; fi"
 
 
-def probe(image: str, base_url: str, assets: list[str], timeout: int = 120) -> list[str]:
-    """Run the stdlib health probe (sent on stdin) in a throwaway container on the host network."""
-    return ["docker", "run", "--rm", "-i", "--network", "host", "--entrypoint", "python", image,
-            "-", base_url, str(timeout), *assets]
+PROBE_PATH = "tasks/probe.py"
+
+
+def probe(image: str, base_url: str, assets: list[str], timeout: int = 90) -> str:
+    """Run the release's stdlib health probe in a throwaway container on the host network."""
+    mount = f"$PWD/{PROBE_PATH}:/probe.py:ro"
+    return (f"docker run --rm --network host -v \"{mount}\" --entrypoint python {q(image)} /probe.py "
+            + sh([base_url, str(timeout), *assets]))
 
 
 def finalize(app_dir: str, release_id: str, meta: dict, keep: int) -> str:
