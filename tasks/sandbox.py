@@ -4,6 +4,7 @@ docker group, Docker Engine with Compose v2, and local stand-ins for the upstrea
 from __future__ import annotations
 
 import json
+import re
 import os
 import secrets
 import shlex
@@ -184,7 +185,7 @@ def ensure_sshd(state: dict, address: str, port: int, user: str) -> None:
     save_state(state)
 
 
-def sandbox_env_text(http_port: int, address: str, ports: dict[str, int]) -> str:
+def sandbox_env_text(http_port: int, address: str, ports: dict[str, int], project: str) -> str:
     return "\n".join([
         "# Settings for the local sandbox VPS (made by `invoke sandbox.up`).",
         f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}",
@@ -196,6 +197,7 @@ def sandbox_env_text(http_port: int, address: str, ports: dict[str, int]) -> str
         "DOMAIN=app.example.test",
         "APP_DIR=tasktracker",
         f"HTTP_PORT={http_port}",
+        f"COMPOSE_PROJECT={project}",
         *(f"{key}={value}" for key, value in ports.items()),
     ]) + "\n"
 
@@ -238,7 +240,7 @@ def up(c, address=None, port=None, user=None, http_port=None):
     env_path = d / ".env"
     if not env_path.exists():
         ports = {"POSTGRES_HOST_PORT": free_port(), "NATS_HOST_PORT": free_port(), "NATS_MONITOR_HOST_PORT": free_port()}
-        env_path.write_text(sandbox_env_text(http_port, address, ports))
+        env_path.write_text(sandbox_env_text(http_port, address, ports, project=re.sub(r"[^a-z0-9_-]", "-", user.lower())))
         env_path.chmod(0o600)
     say(f"ready: `fab -H {ALIAS} deploy` reaches {user}@{address}:{port} "
         f"(settings: TASKTRACKER_ENV_FILE={env_path}); the app will answer on http://{address}:{http_port}/")
