@@ -171,8 +171,15 @@ class Settings:
 
     @classmethod
     def from_context(cls, c) -> "Settings":
-        """Settings for a task: the context's `tasktracker` config section, .env and environment."""
-        return cls.load(config=dict(config_section(c)), env_file=env_file_path(c))
+        """Settings for a task: the context's `tasktracker` config section, .env and environment.
+
+        Invalid settings end the task with the one-paragraph message (no traceback)."""
+        from invoke import Exit
+
+        try:
+            return cls.load(config=dict(config_section(c)), env_file=env_file_path(c))
+        except SettingsError as err:
+            raise Exit(str(err), code=2) from None
 
 
 def config_section(c) -> Mapping[str, Any]:
