@@ -131,6 +131,7 @@ def deploy(c, skip_build=False, compose="auto"):
     except StepFailed as failure:
         steps.fail(f"Deploy to {c.original_host} failed at step '{failure.step}': {failure.detail}")
     steps.print_table()
+    print(f"  remote commands: {remote.CountingConnection.remote_commands} (+1 rsync session)")
 
 
 def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Steps, skip_build: bool) -> None:

@@ -51,24 +51,41 @@ def key_files(conn: Connection) -> list[str]:
     return [os.path.expanduser(k) for k in keys]
 
 
+class CountingConnection(Connection):
+    """A Connection that counts the remote commands and uploads it performs (deploy reports it)."""
+
+    remote_commands = 0
+
+    def run(self, command, **kwargs):
+        CountingConnection.remote_commands += 1
+        return super().run(command, **kwargs)
+
+    def put(self, *args, **kwargs):
+        CountingConnection.remote_commands += 1
+        return super().put(*args, **kwargs)
+
+
 def connect(c) -> Connection:
     """A connection to the task's host with pinned host keys, opened with clear errors.
 
     Fabric accepts unknown host keys by default; a deploy tool must not. Host aliases from the
     project's SSH config (the sandbox) are layered in front of the user's own.
     """
-    conn = require_host(c)
-    extra = project_ssh_configs()
-    if extra:
+    given = require_host(c)
+    host = given.original_host
+    config = given.config.clone()
+    project = paramiko.SSHConfig()
+    for path in project_ssh_configs():
+        project._config += paramiko.SSHConfig.from_path(str(path))._config
+    options = dict(config=config, connect_timeout=given.connect_timeout or 10, connect_kwargs=dict(given.connect_kwargs))
+    if set(project.lookup(host)) - {"hostname"}:
+        # An alias the project defines (the sandbox): its entry first, then the user's own config.
         layered = paramiko.SSHConfig()
-        for path in extra:
-            layered._config += paramiko.SSHConfig.from_path(str(path))._config
-        layered._config += conn.config.base_ssh_config._config
-        config = conn.config.clone()
+        layered._config = project._config + given.config.base_ssh_config._config
         config.base_ssh_config = layered
-        conn = Connection(conn.original_host, config=config, connect_timeout=conn.connect_timeout or 10)
-    elif not conn.connect_timeout:
-        conn.connect_timeout = 10
+        conn = CountingConnection(host, **options)
+    else:
+        conn = CountingConnection(host, user=given.user, port=given.port, **options)
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     for path in known_hosts_files(conn):
         if os.path.isfile(path):

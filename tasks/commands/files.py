@@ -26,7 +26,7 @@ def rsync(
     relative: bool = False,
 ) -> list[str]:
     """rsync argv that reaches the host through the same user/port/key/known_hosts as Fabric."""
-    argv = ["rsync", "-a", "--checksum", "--itemize-changes", "-e", sh(ssh_command)]
+    argv = ["rsync", "-a", "--compress", "--checksum", "--itemize-changes", "-e", sh(ssh_command)]
     if relative:
         argv.append("--relative")
     if delete:
