@@ -122,6 +122,9 @@ def deploy(c, skip_build=False, compose="auto"):
     remote.require_host(c)
     settings = Settings.from_context(c)  # validated before any connection opens
     env_file = env_file_path(c)
+    if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
+        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` first "
+                   "(or deploy without --skip-build). Nothing was changed on the server.", code=2)
     steps = Steps(f"Deploy to {c.original_host}", settings.secret_values())
     try:
         with steps.step("connect and check host"):
@@ -143,9 +146,6 @@ def run_deploy(c, conn, settings: Settings, env_file, facts, variant, steps: Ste
         with steps.step("build frontend"):
             build_frontend(Context(config=c.config), FRONTEND)
     dist = FRONTEND / "dist"
-    if not (dist / "index.html").is_file():
-        raise Exit("frontend/dist/index.html is missing: run `invoke build` first (or deploy without --skip-build). "
-                   "Nothing was changed on the server.", code=2)
     env_text = render_env(settings, env_file)
     fingerprint = release_fingerprint(PROJECT_ROOT, env_text, variant)
     image = backend_image(PROJECT_ROOT)

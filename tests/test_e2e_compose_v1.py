@@ -11,7 +11,7 @@ from tests.helpers import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_deploy_with_compose_v1(sandbox):
+def test_deploy_with_compose_v1(sandbox, deployed):
     port = free_port()
     env_file = sandbox.env_file(
         "v1.env", APP_DIR="tasktracker-v1", COMPOSE_PROJECT=f"{sandbox.project}-v1", HTTP_PORT=port,
