@@ -23,6 +23,7 @@ def preflight(app_dir: str) -> str:
     """One round trip that reports what the deploy needs to know about the host."""
     return "; ".join([
         "echo \"user=$(id -un)\"",
+        "echo \"home=$HOME\"",
         "if command -v docker >/dev/null 2>&1; then "
         "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; "
         "else echo 'docker=missing'; fi",
@@ -88,15 +89,54 @@ def probe(image: str, base_url: str, assets: list[str], timeout: int = 90) -> st
             + sh([base_url, str(timeout), *assets]))
 
 
-def finalize(app_dir: str, release_id: str, meta: dict, keep: int) -> str:
-    """Record the release, switch `current` atomically, prune old releases (never the current one)."""
+def write_meta(app_dir: str, release_id: str, meta: dict) -> str:
     release_dir = f"{app_dir}/releases/{release_id}"
-    return " && ".join([
-        f"printf '%s\\n' {q(json.dumps(meta, sort_keys=True))} > {q(release_dir)}/RELEASE.json",
-        sh(["ln", "-sfn", f"releases/{release_id}", f"{app_dir}/current.tmp"]),
-        sh(["mv", "-T", f"{app_dir}/current.tmp", f"{app_dir}/current"]),
-        prune(app_dir, keep),
-    ])
+    return f"printf '%s\\n' {q(json.dumps(meta, sort_keys=True))} > {q(release_dir)}/RELEASE.json"
+
+
+def finalize(app_dir: str, release_id: str, meta: dict, keep: int, image_repo: str) -> str:
+    """Record the release, prune old releases (never the current one) and their images."""
+    return "; ".join([write_meta(app_dir, release_id, meta), prune(app_dir, keep), prune_images(app_dir, image_repo)])
+
+
+def prune_images(app_dir: str, image_repo: str) -> str:
+    """Remove this project's backend images that no kept release names (images in use stay)."""
+    releases = f"{q(app_dir)}/releases"
+    return (f"keep=$(cat {releases}/*/RELEASE.json 2>/dev/null | grep -o '\"backend_image\": \"[^\"]*\"' | cut -d'\"' -f4 | sort -u); "
+            f"for img in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {q(image_repo)}); do "
+            f"printf '%s\\n' \"$keep\" | grep -qxF \"$img\" || {{ docker rmi \"$img\" >/dev/null 2>&1 && echo \"removed image $img\"; }}; done; true")
+
+
+def list_releases(app_dir: str) -> str:
+    """Each kept release as `name<TAB>RELEASE.json`, then `current=<name>`."""
+    releases = f"{q(app_dir)}/releases"
+    return (f"for r in $(ls -1 {releases} 2>/dev/null | sort); do printf '%s\\t%s\\n' \"$r\" "
+            f"\"$(cat {releases}/$r/RELEASE.json 2>/dev/null | tr -d '\\n')\"; done; "
+            f"echo \"current=$(basename \"$(readlink {q(app_dir)}/current 2>/dev/null)\")\"")
+
+
+def parse_releases(output: str) -> tuple[list[tuple[str, dict]], str]:
+    rows, current = [], ""
+    for line in output.splitlines():
+        if line.startswith("current="):
+            current = line.split("=", 1)[1].strip()
+        elif "\t" in line:
+            name, _, meta = line.partition("\t")
+            try:
+                rows.append((name, json.loads(meta) if meta.strip() else {}))
+            except ValueError:
+                rows.append((name, {}))
+    return rows, current
+
+
+def schema_revisions(app_dir: str, release_id: str, project: str) -> str:
+    """The database's Alembic revision, and every revision the release's code knows."""
+    versions = f"{q(app_dir)}/releases/{q(release_id)}/backend/alembic/versions"
+    psql = ("docker exec $(docker ps -q --filter label=com.docker.compose.project=" + q(project)
+            + " --filter label=com.docker.compose.service=postgres | head -n 1) sh -c "
+            + q('psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "SELECT version_num FROM alembic_version" 2>/dev/null'))
+    return (f"echo \"db=$({psql} | tr '\\n' ' ')\"; "
+            f"echo \"known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"")
 
 
 def prune(app_dir: str, keep: int) -> str:

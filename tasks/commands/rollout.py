@@ -1,0 +1,81 @@
+"""Zero-downtime activation of a release on the host.
+
+The API is replaced by starting the new container beside the old one (Compose `--scale` with
+`--no-recreate`), waiting for Docker to report it healthy, giving nginx's resolver time to see
+it, then stopping the old one gracefully. nginx serves `APP_DIR/current` (mounted at /srv/app),
+so the dashboard switches when `current` is flipped, and nginx reloads gracefully.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from . import compose, sh
+
+RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
+
+
+def _service_ids(project: str, service: str) -> str:
+    return (f"docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} "
+            f"--filter label=com.docker.compose.service={service} --filter label=com.docker.compose.oneoff=False | sort")
+
+
+def api_rollout(variant: str, project: str, timeout: int = 90) -> str:
+    """Start the release's API beside the running one, wait until healthy, stop the old one."""
+    scale = sh([*compose.base(variant, project), "up", "-d", "--no-deps", "--no-recreate", "--scale"])
+    return f"""set -e
+old=$({_service_ids(project, 'api')})
+count=$(printf '%s\\n' "$old" | grep -c . || true)
+{scale} "api=$((count + 1))" api >/dev/null 2>&1 || {scale} "api=$((count + 1))" api
+new=$({_service_ids(project, 'api')} | grep -vxF "$old" || true)
+if [ -z "$new" ]; then echo "no new api container was started" >&2; exit 1; fi
+state=starting
+for _ in $(seq 1 {timeout * 2}); do
+  state=$(docker inspect -f '{{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}{{{{.State.Status}}}}{{{{end}}}}' $new)
+  case "$state" in healthy|running) break ;; unhealthy|exited|dead) break ;; esac
+  sleep 0.5
+done
+if [ "$state" != healthy ] && [ "$state" != running ]; then
+  echo "the new api container did not become healthy ($state); its last log lines:" >&2
+  docker logs --tail 25 $new >&2 2>&1 || true
+  docker inspect -f '{{{{range .State.Health.Log}}}}{{{{.Output}}}}{{{{end}}}}' $new 2>/dev/null | tail -n 5 >&2 || true
+  docker rm -f $new >/dev/null
+  exit 1
+fi
+sleep {RESOLVER_GRACE_SECONDS}
+for c in $old; do docker stop -t 30 $c >/dev/null; docker rm $c >/dev/null; done
+echo "api: $(echo $new | cut -c1-12) healthy; replaced $(echo $old | wc -w) old container(s)"
+"""
+
+
+def worker_restart(variant: str, project: str) -> list[str]:
+    """Recreate the worker with the release's image; Compose stops the old one gracefully
+    (SIGTERM, stop_grace_period): it finishes its job, and unacknowledged JetStream messages are
+    delivered again to the new worker."""
+    return [*compose.base(variant, project), "up", "-d", "--no-deps", "worker"]
+
+
+def data_services_up(variant: str, project: str) -> list[str]:
+    return [*compose.base(variant, project), "up", "-d", "--no-deps", "postgres", "nats"]
+
+
+def nginx_check(variant: str, project: str, release_id: str) -> list[str]:
+    """`nginx -t` on the release's config in a throwaway nginx container with the release's mounts
+    (the running nginx is not touched)."""
+    return [*compose.base(variant, project), "run", "--rm", "--no-deps", "-T", "nginx",
+            "nginx", "-t", "-q", "-c", f"/srv/app/releases/{release_id}/nginx/nginx.conf"]
+
+
+def switch_current(app_dir: str, release_id: str) -> str:
+    return " && ".join([
+        sh(["ln", "-sfn", f"releases/{release_id}", f"{app_dir}/current.tmp"]),
+        sh(["mv", "-T", f"{app_dir}/current.tmp", f"{app_dir}/current"]),
+    ])
+
+
+def nginx_up_and_reload(variant: str, project: str) -> str:
+    """Create nginx if needed (a no-op when its container is current), then reload gracefully."""
+    up = sh([*compose.base(variant, project), "up", "-d", "--no-deps", "nginx"])
+    # HUP to nginx's master (PID 1): it re-reads the config it was started with, gracefully.
+    reload = sh([*compose.base(variant, project), "exec", "-T", "nginx", "kill", "-HUP", "1"])
+    return f"{up} 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; {reload}"
