@@ -17,7 +17,7 @@ def record(conn, app_dir: str, action: str, result: str, *, release: str = "", d
     entry = {"time": now_iso(), **identity(), "host": conn.original_host, "action": action, "result": result,
              "release": release, "duration_s": round(duration, 1)}
     if detail:
-        entry["detail"] = " ".join(detail.split())[:300]
+        entry["detail"] = " ".join(detail.split())[-300:]
     conn.run(commands.append(app_dir, entry), hide=True, warn=True, in_stream=False)
 
 

@@ -53,15 +53,40 @@ class Sandbox:
             raise AssertionError(f"fab {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
 
-    def env_file(self, name: str, **overrides) -> Path:
-        """A settings file based on the sandbox's own, with overrides."""
-        lines = (self.dir / ".env").read_text().splitlines()
+    def env_file(self, name: str, base: Path | None = None, **overrides) -> Path:
+        """A settings file based on the sandbox's own (or `base`), with overrides."""
+        lines = (base or self.dir / ".env").read_text().splitlines()
         keys = {line.split("=", 1)[0] for line in lines if "=" in line}
         lines = [f"{k}={overrides[k]}" if k in overrides else line for line in lines for k in [line.split("=", 1)[0]]]
         lines += [f"{k}={v}" for k, v in overrides.items() if k not in keys]
         path = self.dir / name
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def app_env(self, name: str, variant: str = "", **overrides) -> Path:
+        """Settings for a separate app on the sandbox (own APP_DIR, project, ports), made once;
+        a `variant` applies `overrides` on top of it."""
+        self.ports = getattr(self, "ports", {})
+        base = self.dir / f"{name}.env"
+        if not base.exists():
+            self.ports[name] = free_port()
+            self.env_file(base.name, APP_DIR=name, COMPOSE_PROJECT=f"{self.project}-{name}", HTTP_PORT=self.ports[name],
+                          POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(), NATS_MONITOR_HOST_PORT=free_port())
+        if not variant:
+            return base
+        return self.env_file(f"{name}-{variant}.env", base=base, **overrides)
+
+    def app_url(self, name: str, path: str = "/") -> str:
+        return f"http://{self.address}:{self.ports[name]}{path}"
+
+    def fab_in(self, project_dir: Path, *args, env_file: Path, check=True, timeout=900):
+        """fab from another working copy of the project (a changed release)."""
+        env = {**self.env, "TASKTRACKER_ENV_FILE": str(env_file)}
+        out = subprocess.run([str(BIN / "fab"), "-H", "sandbox", *args], cwd=project_dir, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"fab {' '.join(args)} in {project_dir} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
 
     def url(self, path: str = "/") -> str:
         return f"http://{self.address}:{self.http_port}{path}"

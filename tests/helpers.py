@@ -110,3 +110,62 @@ class LocalNats:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def copy_project(dest: Path) -> Path:
+    """A working copy of this checkout (tracked and untracked files, node_modules), to change freely."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    modules = ROOT / "frontend" / "node_modules"
+    if modules.is_dir():
+        shutil.copytree(modules, dest / "frontend" / "node_modules", symlinks=True)
+    return dest
+
+
+class LoadProbe:
+    """Background clients that keep requesting URLs and count every failure (bounded in time)."""
+
+    def __init__(self, urls: list[str], clients: int = 4, max_seconds: float = 600):
+        import threading
+
+        self.urls, self.clients, self.max_seconds = urls, clients, max_seconds
+        self.stop_event = threading.Event()
+        self.results: list[tuple[str, int | str, float]] = []
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def _loop(self, index: int) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.max_seconds
+        i = index
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as res:
+                    res.read()
+                    status: int | str = res.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            except Exception as exc:  # connection refused / reset
+                status = type(exc).__name__
+            self.results.append((url, status, time.monotonic() - started))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(15)
+
+    def failures(self) -> list:
+        return [r for r in self.results if r[1] != 200]

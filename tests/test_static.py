@@ -33,7 +33,7 @@ def to_bytes(value) -> int:
 def project(tmp_path_factory):
     """A copy of the stack files with a .env from .env.example, as on a host."""
     d = tmp_path_factory.mktemp("stack")
-    for name in ("compose.yml", "docker-compose.production.yml"):
+    for name in ("compose.yml", "compose.override.yml", "docker-compose.production.yml"):
         shutil.copy(ROOT / name, d / name)
     for name in ("nginx", "backend", "frontend"):
         (d / name).symlink_to(ROOT / name)
@@ -58,11 +58,17 @@ def compose_config(project, tool, *files):
 
 @pytest.mark.parametrize("tool", ["v1", "v2"])
 def test_compose_files_validate(project, tool):
-    base = compose_config(project, tool, "compose.yml")
-    assert set(base["services"]) == set(PLAN_LIMITS)
+    def targets(config):
+        return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in config["services"]["nginx"]["volumes"]}
+
+    dev = compose_config(project, tool, "compose.yml", "compose.override.yml")
+    assert set(dev["services"]) == set(PLAN_LIMITS)
+    assert {"/etc/nginx/nginx.conf", "/srv/app/current/frontend/dist"} <= targets(dev)
     prod = compose_config(project, tool, "compose.yml", "docker-compose.production.yml")
-    nginx_vols = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in prod["services"]["nginx"]["volumes"]}
-    assert "/usr/share/nginx/html" in nginx_vols and "/etc/nginx/nginx.conf" in nginx_vols
+    # Production nginx sees the app directory and runs the current release's config.
+    assert {"/srv/app", "/etc/nginx/conf.d"} <= targets(prod)
+    assert "/etc/nginx/nginx.conf" not in targets(prod)
+    assert "/srv/app/current/nginx/nginx.conf" in prod["services"]["nginx"]["command"]
     assert "--workers" in prod["services"]["api"]["command"]
 
 
@@ -77,7 +83,7 @@ def test_production_runs_no_dashboard_container(project):
 
 
 def test_resource_limits_match_the_plan(project):
-    for files, overrides in ((["compose.yml"], {}), (["compose.yml", "docker-compose.production.yml"], {"nginx": PRODUCTION_NGINX})):
+    for files, overrides in ((["compose.yml", "compose.override.yml"], {}), (["compose.yml", "docker-compose.production.yml"], {"nginx": PRODUCTION_NGINX})):
         config = compose_config(project, "v2", *files)
         for name, (mem, cpus, rmem, rcpus) in PLAN_LIMITS.items():
             if name not in config["services"]:

@@ -36,10 +36,11 @@ for _ in $(seq 1 {timeout * 2}); do
   sleep 0.5
 done
 if [ "$state" != healthy ] && [ "$state" != running ]; then
-  echo "the new api container did not become healthy ($state); its last log lines:" >&2
-  docker logs --tail 25 $new >&2 2>&1 || true
-  docker inspect -f '{{{{range .State.Health.Log}}}}{{{{.Output}}}}{{{{end}}}}' $new 2>/dev/null | tail -n 5 >&2 || true
+  echo "last log lines of the new api container:" >&2
+  docker logs --tail 8 $new 2>&1 | cut -c1-200 >&2 || true
+  echo "its last health check: $(docker inspect -f '{{{{range .State.Health.Log}}}}{{{{.Output}}}}{{{{end}}}}' $new 2>/dev/null | tail -n 3 | cut -c1-300)" >&2
   docker rm -f $new >/dev/null
+  echo "the new api container did not become healthy ($state); the old one kept serving" >&2
   exit 1
 fi
 sleep {RESOLVER_GRACE_SECONDS}
