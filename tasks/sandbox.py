@@ -7,7 +7,6 @@ import json
 import re
 import os
 import secrets
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +17,6 @@ from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
 from .remote import sandbox_dir
-from .settings import PROJECT_ROOT
 
 ALIAS = "sandbox"
 DEFAULTS = {"address": "127.0.0.2", "port": 2222, "user": "tasktracker-deploy", "http_port": 18080}
@@ -98,6 +96,13 @@ def ensure_compose_v2(state: dict) -> None:
 def ensure_standin_images() -> None:
     """Local images named like the upstream ones the compose files use (no registry is reachable)."""
     missing = [name for name in build.STANDINS if not ok(["docker", "image", "inspect", name])]
+    if not missing:
+        return
+    for name in list(missing):
+        # Where a registry answers (a laptop, GitHub's runners), use the real upstream image.
+        if subprocess.run(["timeout", "120", "docker", "pull", "-q", name], capture_output=True).returncode == 0:
+            say(f"pulled {name}")
+            missing.remove(name)
     if not missing:
         return
     if not ok(["docker", "image", "inspect", build.STANDIN_BASE]):

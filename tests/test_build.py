@@ -1,6 +1,5 @@
 """`invoke build`: a real npm + Vite build, skipped when nothing changed, safe when it fails."""
 
-import json
 import os
 import re
 import shutil

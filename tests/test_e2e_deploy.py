@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,7 @@ def test_env_file_is_private_to_the_deploy_user(sandbox, deployed):
 
     assert pwd.getpwuid(info.st_uid).pw_name == sandbox.user
     assert "POSTGRES_PASSWORD=" in env.read_text()
-    assert os.readlink(sandbox.host_path(f"tasktracker/current/.env")) == "../../shared/.env"
+    assert os.readlink(sandbox.host_path("tasktracker/current/.env")) == "../../shared/.env"
 
 
 def test_secrets_never_appear_in_deploy_output(sandbox, deployed):
