@@ -39,7 +39,8 @@ def releases(sandbox) -> list[str]:
 def test_deploy_prints_a_step_table_and_switches_current(sandbox, deployed):
     out = deployed.stdout
     for step in ("connect and check host", "build frontend", "upload files (rsync)", "build backend image",
-                 "migrate database", "start stack", "health checks", "switch current and prune", "total"):
+                 "start postgres and nats", "migrate database", "replace api (new beside old)", "restart worker (graceful)",
+                 "switch current and reload nginx", "health checks", "record release and prune", "total"):
         assert step in out
     release = current_release(sandbox)
     assert re.fullmatch(r"\d{8}T\d{6}Z-\w+", release)
