@@ -82,6 +82,7 @@ class Settings:
     keep_releases: int = _spec(5)
     http_port: int = _spec(80)
     compose_project: str = _spec("tasktracker")
+    backup_keep: int = _spec(7)
 
     @staticmethod
     def env_key(name: str) -> str:

@@ -1,0 +1,198 @@
+"""The host-side backup program and the commands around it.
+
+`fab backup` and the daily cron job run the same script, `APP_DIR/bin/tasktracker-backup`,
+written from BACKUP_SCRIPT below. One run makes one set under APP_DIR/backups/<UTC time>/:
+
+    database.dump    pg_dump custom format, streamed from the container to the file
+    rowcounts.txt    rows per table, counted in the very snapshot pg_dump used
+    nats.tar.gz      the JetStream store, copied while nats-server is paused (frozen, consistent)
+    app-files.tar.gz shared/.env, shared/nginx (TLS config), shared/letsencrypt (certificates)
+    SHA256SUMS, manifest.json
+
+It is built in APP_DIR/backups/.<name>.partial and renamed when complete and verified; a failed
+run leaves no partial set and deletes nothing. Verification restores the dump into a scratch
+database on the same server and compares the row counts. Retention keeps the newest KEEP sets.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from . import sh
+
+SCRIPT_NAME = "tasktracker-backup"
+
+BACKUP_SCRIPT = r'''#!/usr/bin/env bash
+# tasktracker-backup APP_DIR PROJECT KEEP [--db-only]   (installed by `fab backup`; do not edit)
+set -uo pipefail
+APP_DIR=$1 PROJECT=$2 KEEP=$3 MODE=${4:-full}
+umask 077
+cd "$APP_DIR" && APP_DIR=$(pwd) || exit 1
+root="$APP_DIR/backups"
+name=$(date -u +%Y%m%dT%H%M%SZ)
+[ "$MODE" = "--db-only" ] && name="$name-predeploy"
+tmp="$root/.$name.partial"
+started=$(date +%s)
+step=start
+release=$(basename "$(readlink current 2>/dev/null)" 2>/dev/null || true)
+container() {
+  docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
+    --filter label=com.docker.compose.oneoff=False | head -n 1
+}
+log() { printf '%s\n' "$1" >> "$root/backup.log"; }
+nats_paused=""
+fail() {
+  echo "BACKUP FAILED at step '$step': $*" >&2
+  [ -n "$nats_paused" ] && docker unpause "$nats_paused" >/dev/null 2>&1
+  [ -n "${coproc_pid:-}" ] && kill "$coproc_pid" 2>/dev/null
+  [ -n "${scratch:-}" ] && docker exec "$pg" sh -c "dropdb -U \"\$POSTGRES_USER\" --if-exists $scratch" >/dev/null 2>&1
+  rm -rf "$tmp"
+  log "{\"time\": \"$(date -u +%FT%TZ)\", \"set\": \"$name\", \"result\": \"failed\", \"step\": \"$step\"}" 2>/dev/null
+  exit 1
+}
+progress() { step=$1; echo "[backup] $1"; }
+
+mkdir -p "$root" && rm -rf "$root"/.*.partial && mkdir "$tmp" || fail "cannot create $tmp"
+pg=$(container postgres); nats=$(container nats)
+[ -n "$pg" ] || fail "no running postgres container in compose project $PROJECT"
+
+progress "database dump (streamed) and row counts in one snapshot"
+psql_in_pg='psql -X -q -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
+coproc PSQL { docker exec -i "$pg" sh -c "$psql_in_pg"; }
+coproc_pid=$PSQL_PID
+printf '%s\n' "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" "SELECT pg_export_snapshot();" >&"${PSQL[1]}"
+read -r -t 30 snapshot <&"${PSQL[0]}" || fail "could not open a snapshot"
+cat >&"${PSQL[1]}" <<'SQL'
+SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', table_name, table_schema, table_name)
+  FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name \gexec
+SELECT 'END-OF-COUNTS';
+SQL
+: > "$tmp/rowcounts.txt"
+while read -r -t 300 line <&"${PSQL[0]}"; do
+  [ "$line" = "END-OF-COUNTS" ] && break
+  printf '%s\n' "$line" >> "$tmp/rowcounts.txt"
+done
+[ "$line" = "END-OF-COUNTS" ] || fail "row counts did not finish"
+docker exec "$pg" sh -c "pg_dump -U \"\$POSTGRES_USER\" -d \"\$POSTGRES_DB\" -Fc -Z 6 --snapshot=$snapshot" > "$tmp/database.dump" \
+  || fail "pg_dump failed (disk full?)"
+printf '%s\n' "COMMIT;" >&"${PSQL[1]}"; exec {PSQL[1]}>&-; wait "$coproc_pid" 2>/dev/null; coproc_pid=""
+
+if [ "$MODE" != "--db-only" ]; then
+  if [ -n "$nats" ]; then
+    progress "nats data (server paused while copied)"
+    image=$(docker inspect -f '{{.Config.Image}}' "$nats")
+    volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' "$nats")
+    docker pause "$nats" >/dev/null && nats_paused=$nats
+    docker run --rm --entrypoint tar -v "$volume:/data:ro" "$image" -C /data -czf - . > "$tmp/nats.tar.gz" || fail "copying the nats volume failed (disk full?)"
+    docker unpause "$nats" >/dev/null; nats_paused=""
+  fi
+  progress "app files"
+  files=""
+  for f in shared/.env shared/nginx shared/letsencrypt; do [ -e "$f" ] && files="$files $f"; done
+  tar -czf "$tmp/app-files.tar.gz" $files || fail "archiving app files failed (disk full?)"
+fi
+
+progress "verification: restore into a scratch database and compare row counts"
+vstart=$(date +%s)
+scratch="verify_$(date +%s)_$$"
+docker exec "$pg" sh -c "createdb -U \"\$POSTGRES_USER\" $scratch" || fail "cannot create scratch database"
+docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --exit-on-error" < "$tmp/database.dump" \
+  || fail "the dump does not restore"
+docker exec -i "$pg" sh -c "psql -X -At -U \"\$POSTGRES_USER\" -d $scratch" > "$tmp/restored-counts.txt" <<'SQL' || fail "counting restored rows"
+SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', table_name, table_schema, table_name)
+  FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name \gexec
+SQL
+docker exec "$pg" sh -c "dropdb -U \"\$POSTGRES_USER\" $scratch" >/dev/null; scratch=""
+if ! cmp -s "$tmp/rowcounts.txt" "$tmp/restored-counts.txt"; then
+  diff "$tmp/rowcounts.txt" "$tmp/restored-counts.txt" >&2
+  fail "VERIFICATION FAILED: restored row counts differ from the dump's"
+fi
+rm -f "$tmp/restored-counts.txt"
+vseconds=$(( $(date +%s) - vstart ))
+tables=$(grep -c . "$tmp/rowcounts.txt" || true)
+rows=$(awk -F= '{s+=$2} END {print s+0}' "$tmp/rowcounts.txt")
+
+progress "checksums and manifest"
+(cd "$tmp" && sha256sum -- * > SHA256SUMS) || fail "writing checksums failed"
+sizes=$(cd "$tmp" && for f in *; do printf '"%s": %s, ' "$f" "$(stat -c %s "$f")"; done)
+printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
+  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$tables" "$rows" "$vseconds" "${sizes%, }" \
+  > "$tmp/manifest.json" || fail "writing the manifest failed (disk full?)"
+chmod 600 "$tmp"/* && chmod 700 "$tmp"
+mv "$tmp" "$root/$name" || fail "renaming the finished set failed"
+
+progress "retention: keep the newest $KEEP verified sets"
+ls -1 "$root" | grep -E '^[0-9]{8}T[0-9]{6}Z' | sort | head -n "-$KEEP" | while read -r old; do
+  [ "$old" = "$name" ] || { rm -rf "${root:?}/$old" && echo "[backup] removed old set $old"; }
+done
+log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(date -u +%FT%TZ)"'", "result": "ok", /')"
+echo "BACKUP OK $name"
+cat "$root/$name/manifest.json"
+'''
+
+
+def script_path(app_dir: str) -> str:
+    return f"{app_dir}/bin/{SCRIPT_NAME}"
+
+
+def install_script(app_dir: str) -> str:
+    """mkdir bin, then the script arrives over SFTP into the 0700 file this makes."""
+    return " && ".join([sh(["mkdir", "-p", f"{app_dir}/bin", f"{app_dir}/backups"]),
+                        sh(["install", "-m", "700", "/dev/null", script_path(app_dir) + ".new"])])
+
+
+def activate_script(app_dir: str) -> list[str]:
+    return ["mv", "-f", script_path(app_dir) + ".new", script_path(app_dir)]
+
+
+def run(app_dir: str, project: str, keep: int, db_only: bool = False) -> list[str]:
+    return [script_path(app_dir), app_dir, project, str(keep), *(["--db-only"] if db_only else [])]
+
+
+def list_sets(app_dir: str) -> str:
+    root = shlex.quote(f"{app_dir}/backups")
+    return (f"for d in $(ls -1 {root} 2>/dev/null | grep -E '^[0-9]{{8}}T' | sort); do "
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb {root}/$d | cut -f1)\" \"$(tr -d '\\n' < {root}/$d/manifest.json 2>/dev/null)\"; done; "
+            f"echo '--log'; tail -n 5 {root}/backup.log 2>/dev/null || true")
+
+
+def cron_line(app_dir_abs: str, project: str, keep: int, at: str) -> str:
+    hour, minute = at.split(":")
+    command = sh(run(app_dir_abs, project, keep))
+    log = shlex.quote(f"{app_dir_abs}/backups/cron.log")
+    return f"{int(minute)} {int(hour)} * * * {command} >> {log} 2>&1 # tasktracker-backup:{project}"
+
+
+def install_cron(line: str, project: str) -> str:
+    marker = f"# tasktracker-backup:{project}"
+    return (f"( crontab -l 2>/dev/null | grep -vF {shlex.quote(marker)} ; printf '%s\\n' {shlex.quote(line)} ) | crontab - "
+            f"&& crontab -l | grep -F {shlex.quote(marker)}")
+
+
+def restore(app_dir: str, project: str, set_name: str, compose_either: str, compose_start: str) -> str:
+    """Stop api and worker, restore the database and NATS data of a set, start them again."""
+    d = shlex.quote(f"{app_dir}/backups/{set_name}")
+    return f"""set -eEuo pipefail
+start_services() {{ {compose_start}; }}
+trap 'echo "[restore] FAILED; starting api and worker again" >&2; start_services >/dev/null 2>&1 || true' ERR
+(cd {d} && sha256sum --quiet -c SHA256SUMS)
+echo "[restore] checksums ok"
+pg=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=postgres --filter label=com.docker.compose.oneoff=False | head -n 1)
+nats=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=nats --filter label=com.docker.compose.oneoff=False | head -n 1)
+for service in api worker; do
+  for c in $(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=$service); do docker stop -t 30 $c >/dev/null; done
+done
+echo "[restore] api and worker stopped"
+docker exec -i "$pg" sh -c 'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --single-transaction --exit-on-error' < {d}/database.dump
+echo "[restore] database restored"
+if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
+  image=$(docker inspect -f '{{{{.Config.Image}}}}' "$nats")
+  volume=$(docker inspect -f '{{{{range .Mounts}}}}{{{{if eq .Destination "/data"}}}}{{{{.Name}}}}{{{{end}}}}{{{{end}}}}' "$nats")
+  docker stop -t 10 "$nats" >/dev/null
+  docker run --rm -i --entrypoint sh -v "$volume:/data" "$image" -c 'find /data -mindepth 1 -delete && tar -C /data -xzf -' < {d}/nats.tar.gz
+  docker start "$nats" >/dev/null
+  echo "[restore] nats data restored"
+fi
+start_services
+echo "[restore] api and worker started"
+"""
