@@ -48,7 +48,7 @@ def run_backup(conn, settings: Settings, db_only: bool = False, keep: int | None
 
 
 def parse_sets(output: str) -> tuple[list[dict], list[str]]:
-    sets, log = [], []
+    sets = []
     body, _, log_text = output.partition("--log\n")
     for line in body.splitlines():
         name, size, manifest = (line.split("\t") + ["", ""])[:3]

@@ -279,6 +279,17 @@ def run_deploy(t: Target, env_file, outcome: dict) -> None:
         conn.put(io.BytesIO(env_text.encode()), remote=release_commands.env_upload_path(app_dir))
         t.run(sh(release_commands.install_env(app_dir)) + f" && mkdir -p {shlex.quote(app_dir)}/shared/nginx/conf.d && "
               + release_commands.write_meta(app_dir, release_id, meta), "install .env")
+    try:
+        ship_release(t, release_id, release_path, current, image, assets, meta)
+    except StepFailed as failure:
+        conn.run(release_commands.write_meta(app_dir, release_id, {**meta, "result": "failed", "failure": failure.detail[:300]}),
+                 hide=True, warn=True, in_stream=False)
+        outcome["detail"] = failure.detail
+        raise
+
+
+def ship_release(t: Target, release_id: str, release_path: str, current: str, image: str, assets: list[str], meta: dict) -> None:
+    conn, settings, app_dir, steps = t.conn, t.settings, t.app_dir, t.steps
     with steps.step("upload files (rsync)"):
         result = remote.rsync(conn, list(SENT_PATHS), f"{release_path}/", cwd=str(PROJECT_ROOT), relative=True,
                               excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
@@ -290,14 +301,31 @@ def run_deploy(t: Target, env_file, outcome: dict) -> None:
         ensure_image(t, release_id, image)
     with steps.step("start postgres and nats"):
         t.run(t.in_release(release_id, sh(rollout.data_services_up(t.variant, t.project))), "start postgres and nats")
+    backup_set = ""
+    if current:
+        revisions = release_commands.parse_preflight(conn.run(
+            release_commands.schema_revisions(app_dir, release_id, t.project), hide=True, warn=True, in_stream=False).stdout)
+        if release_commands.migrations_pending(revisions):
+            from .backup import run_backup
+
+            with steps.step("back up database before migrating"):
+                backup_set = run_backup(conn, settings, db_only=True)
+        else:
+            steps.skip("back up database before migrating", "no pending migration")
     with steps.step("migrate database"):
-        t.run(t.in_release(release_id, sh(compose_commands.migrate(t.variant, t.project))), "migrate database", hide=False)
+        try:
+            t.run(t.in_release(release_id, sh(compose_commands.migrate(t.variant, t.project))), "migrate database", hide=False)
+        except StepFailed as failure:
+            if not backup_set:
+                raise
+            from .backup import restore_set
+
+            restore_set(t, backup_set)
+            raise StepFailed(failure.step, f"{failure.detail} The database was restored from backup {backup_set} "
+                                           f"and release {current} keeps serving.") from None
     try:
         activate(t, release_id, image, assets)
     except StepFailed as failure:
-        t.conn.run(release_commands.write_meta(app_dir, release_id, {**meta, "result": "failed", "failure": failure.detail[:300]}),
-                   hide=True, warn=True, in_stream=False)
-        outcome["detail"] = failure.detail
         raise StepFailed(failure.step, failure.detail + restore(t, current, release_id)) from None
     with steps.step("record release and prune"):
         out = t.run(release_commands.finalize(app_dir, release_id, {**meta, "result": "ok"}, settings.keep_releases,

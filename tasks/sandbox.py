@@ -234,7 +234,8 @@ def up(c, address=None, port=None, user=None, http_port=None):
     http_port = int(http_port or state.get("http_port") or DEFAULTS["http_port"])
     state.update({"address": address, "port": port, "user_name": user, "http_port": http_port})
     save_state(state)
-    missing = [p for p, binary in (("rsync", "rsync"), ("openssh-client", "ssh-keygen")) if not shutil.which(binary)]
+    missing = [p for p, binary in (("rsync", "rsync"), ("openssh-client", "ssh-keygen"), ("cron", "crontab"))
+               if not shutil.which(binary)]
     if missing:
         apt_install(missing)
     ensure_docker(state)
@@ -307,6 +308,7 @@ def down(c, images=False):
         os.kill(int(pidfile.read_text().strip()), 15)
         say("stopped sshd")
     if state.get("user"):
+        run(["crontab", "-r", "-u", state["user"]], check=False)
         run(["pkill", "-u", state["user"]], check=False)
         run(["userdel", "-r", state["user"]], check=False)
         say(f"removed user {state['user']}")

@@ -194,5 +194,10 @@ if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   echo "[restore] nats data restored"
 fi
 start_services
+for _ in $(seq 1 120); do
+  api=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=api --filter label=com.docker.compose.oneoff=False | head -n 1)
+  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
+  sleep 0.5
+done
 echo "[restore] api and worker started"
 """

@@ -136,7 +136,15 @@ def schema_revisions(app_dir: str, release_id: str, project: str) -> str:
             + " --filter label=com.docker.compose.service=postgres | head -n 1) sh -c "
             + q('psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "SELECT version_num FROM alembic_version" 2>/dev/null'))
     return (f"echo \"db=$({psql} | tr '\\n' ' ')\"; "
-            f"echo \"known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"")
+            f"echo \"known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"; "
+            f"echo \"parents=$(grep -h '^down_revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"")
+
+
+def migrations_pending(facts: dict[str, str]) -> bool:
+    """Whether the release's newest migration is ahead of the database (parsed schema_revisions)."""
+    db = facts.get("db", "").strip()
+    heads = set(facts.get("known", "").split()) - set(facts.get("parents", "").split())
+    return bool(db) and db not in heads
 
 
 def prune(app_dir: str, keep: int) -> str:
