@@ -50,6 +50,8 @@ fail() {
   log "{\"time\": \"$(date -u +%FT%TZ)\", \"set\": \"$name\", \"result\": \"failed\", \"step\": \"$step\"}" 2>/dev/null
   exit 1
 }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 progress() { step=$1; echo "[backup] $1"; }
 
 mkdir -p "$root" && rm -rf "$root"/.*.partial && mkdir "$tmp" || fail "cannot create $tmp"
@@ -57,6 +59,7 @@ pg=$(container postgres); nats=$(container nats)
 [ -n "$pg" ] || fail "no running postgres container in compose project $PROJECT"
 
 progress "database dump (streamed) and row counts in one snapshot"
+t0=$(now)
 psql_in_pg='psql -X -q -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 coproc PSQL { docker exec -i "$pg" sh -c "$psql_in_pg"; }
 coproc_pid=$PSQL_PID
@@ -76,6 +79,7 @@ done
 docker exec "$pg" sh -c "pg_dump -U \"\$POSTGRES_USER\" -d \"\$POSTGRES_DB\" -Fc -Z 6 --snapshot=$snapshot" > "$tmp/database.dump" \
   || fail "pg_dump failed (disk full?)"
 printf '%s\n' "COMMIT;" >&"${PSQL[1]}"; exec {PSQL[1]}>&-; wait "$coproc_pid" 2>/dev/null; coproc_pid=""
+database_s=$(since "$t0"); t0=$(now)
 
 if [ "$MODE" != "--db-only" ]; then
   if [ -n "$nats" ]; then
@@ -92,8 +96,9 @@ if [ "$MODE" != "--db-only" ]; then
   tar -czf "$tmp/app-files.tar.gz" $files || fail "archiving app files failed (disk full?)"
 fi
 
+other_s=$(since "$t0")
 progress "verification: restore into a scratch database and compare row counts"
-vstart=$(date +%s)
+t0=$(now)
 scratch="verify_$(date +%s)_$$"
 docker exec "$pg" sh -c "createdb -U \"\$POSTGRES_USER\" $scratch" || fail "cannot create scratch database"
 docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --exit-on-error" < "$tmp/database.dump" \
@@ -108,15 +113,15 @@ if ! cmp -s "$tmp/rowcounts.txt" "$tmp/restored-counts.txt"; then
   fail "VERIFICATION FAILED: restored row counts differ from the dump's"
 fi
 rm -f "$tmp/restored-counts.txt"
-vseconds=$(( $(date +%s) - vstart ))
+vseconds=$(since "$t0")
 tables=$(grep -c . "$tmp/rowcounts.txt" || true)
 rows=$(awk -F= '{s+=$2} END {print s+0}' "$tmp/rowcounts.txt")
 
 progress "checksums and manifest"
 (cd "$tmp" && sha256sum -- * > SHA256SUMS) || fail "writing checksums failed"
 sizes=$(cd "$tmp" && for f in *; do printf '"%s": %s, ' "$f" "$(stat -c %s "$f")"; done)
-printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
-  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$tables" "$rows" "$vseconds" "${sizes%, }" \
+printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "seconds": {"database": %s, "nats_and_files": %s}, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
+  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$database_s" "$other_s" "$tables" "$rows" "$vseconds" "${sizes%, }" \
   > "$tmp/manifest.json" || fail "writing the manifest failed (disk full?)"
 chmod 600 "$tmp"/* && chmod 700 "$tmp"
 mv "$tmp" "$root/$name" || fail "renaming the finished set failed"
