@@ -277,7 +277,7 @@ def run_deploy(t: Target, env_file, outcome: dict) -> None:
     with steps.step("prepare release and upload .env"):
         t.run(release_commands.prepare(app_dir, release_id, compose_commands.release_override(image, release_id)), "prepare release")
         conn.put(io.BytesIO(env_text.encode()), remote=release_commands.env_upload_path(app_dir))
-        t.run(sh(release_commands.install_env(app_dir)) + f" && mkdir -p {shlex.quote(app_dir)}/shared/nginx/conf.d && "
+        t.run(sh(release_commands.install_env(app_dir)) + f" && mkdir -p {shlex.quote(app_dir)}/shared/nginx/conf.d {shlex.quote(app_dir)}/shared/acme && "
               + release_commands.write_meta(app_dir, release_id, meta), "install .env")
     try:
         ship_release(t, release_id, release_path, current, image, assets, meta)

@@ -81,6 +81,7 @@ class Settings:
     app_dir: str = _spec("tasktracker")
     keep_releases: int = _spec(5)
     http_port: int = _spec(80)
+    https_port: int = _spec(443)
     compose_project: str = _spec("tasktracker")
     backup_keep: int = _spec(7)
 

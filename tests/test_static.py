@@ -114,13 +114,14 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     conf = conf.replace("/etc/nginx/conf.d/", f"{ROOT}/nginx/conf.d/")
     path = tmp_path / "nginx.conf"
     path.write_text(conf)
+    shutil.copy(ROOT / "nginx" / "app-locations.conf", tmp_path / "app-locations.conf")
     out = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "syntax is ok" in out.stderr
 
 
 def test_nginx_config_has_what_an_operator_expects():
-    conf = (ROOT / "nginx" / "nginx.conf").read_text()
+    conf = (ROOT / "nginx" / "nginx.conf").read_text() + (ROOT / "nginx" / "app-locations.conf").read_text()
     for needle in ("server_tokens off;", "gzip on;", "resolver 127.0.0.11", "location ^~ /.well-known/acme-challenge/",
                    "location = /nginx-health", "location /ws", "proxy_set_header Upgrade $http_upgrade;",
                    "try_files $uri $uri/ /index.html;", 'add_header Cache-Control "no-cache";', "immutable"):
