@@ -185,7 +185,7 @@ def schedule(c, at="02:00"):
 
     install_script(conn, settings.app_dir)
     line = commands.cron_line(app_root(facts, settings.app_dir), settings.compose_project, settings.backup_keep, at)
-    result = conn.run(commands.install_cron(line, settings.compose_project), warn=True, hide=True, in_stream=False)
+    result = conn.run(commands.install_cron(line, f"# tasktracker-backup:{settings.compose_project}"), warn=True, hide=True, in_stream=False)
     if not result.ok:
         raise Exit(f"Could not install the cron job on {conn.original_host}: {result.stderr.strip()[-300:]} "
                    f"(is cron installed? `apt-get install cron`).", code=1)

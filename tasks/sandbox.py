@@ -234,8 +234,8 @@ def up(c, address=None, port=None, user=None, http_port=None):
     http_port = int(http_port or state.get("http_port") or DEFAULTS["http_port"])
     state.update({"address": address, "port": port, "user_name": user, "http_port": http_port})
     save_state(state)
-    missing = [p for p, binary in (("rsync", "rsync"), ("openssh-client", "ssh-keygen"), ("cron", "crontab"))
-               if not shutil.which(binary)]
+    missing = [p for p, binary in (("rsync", "rsync"), ("openssh-client", "ssh-keygen"), ("cron", "crontab"),
+                                   ("certbot", "certbot")) if not shutil.which(binary)]
     if missing:
         apt_install(missing)
     ensure_docker(state)
@@ -245,7 +245,8 @@ def up(c, address=None, port=None, user=None, http_port=None):
     ensure_sshd(state, address, port, user)
     env_path = d / ".env"
     if not env_path.exists():
-        ports = {"POSTGRES_HOST_PORT": free_port(), "NATS_HOST_PORT": free_port(), "NATS_MONITOR_HOST_PORT": free_port()}
+        ports = {"HTTPS_PORT": free_port(), "POSTGRES_HOST_PORT": free_port(), "NATS_HOST_PORT": free_port(),
+                 "NATS_MONITOR_HOST_PORT": free_port()}
         env_path.write_text(sandbox_env_text(http_port, address, ports, project=re.sub(r"[^a-z0-9_-]", "-", user.lower())))
         env_path.chmod(0o600)
     say(f"ready: `fab -H {ALIAS} deploy` reaches {user}@{address}:{port} "

@@ -70,7 +70,10 @@ class Sandbox:
         base = self.dir / f"{name}.env"
         if not base.exists():
             self.ports[name] = free_port()
+            self.https_ports = getattr(self, "https_ports", {})
+            self.https_ports[name] = free_port()
             self.env_file(base.name, APP_DIR=name, COMPOSE_PROJECT=f"{self.project}-{name}", HTTP_PORT=self.ports[name],
+                          HTTPS_PORT=self.https_ports[name],
                           POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(), NATS_MONITOR_HOST_PORT=free_port())
         if not variant:
             return base

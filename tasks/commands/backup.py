@@ -168,8 +168,8 @@ def cron_line(app_dir_abs: str, project: str, keep: int, at: str) -> str:
     return f"{int(minute)} {int(hour)} * * * {command} >> {log} 2>&1 # tasktracker-backup:{project}"
 
 
-def install_cron(line: str, project: str) -> str:
-    marker = f"# tasktracker-backup:{project}"
+def install_cron(line: str, marker: str) -> str:
+    """Install `line` in the user's crontab, replacing the earlier line with the same marker."""
     return (f"( crontab -l 2>/dev/null | grep -vF {shlex.quote(marker)} ; printf '%s\\n' {shlex.quote(line)} ) | crontab - "
             f"&& crontab -l | grep -F {shlex.quote(marker)}")
 

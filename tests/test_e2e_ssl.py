@@ -1,0 +1,187 @@
+"""TLS (issue 6) on the sandbox with a real ACME server: Pebble, with pebble-challtestsrv as its DNS."""
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, port_open, wait_for
+
+pytestmark = pytest.mark.e2e
+APP = "tls"
+DOMAIN = "app.example.test"
+
+
+class Pebble:
+    """Pebble (ACME) and pebble-challtestsrv (DNS), on loopback ports of their own."""
+
+    def __init__(self, http_port: int):
+        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-pebble-"))
+        os.chmod(self.dir, 0o755)
+        self.port, self.mgmt, self.dns, self.dns_mgmt = free_port(), free_port(), free_port(), free_port()
+        self.http_port = http_port
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    @property
+    def ca_bundle(self) -> str:
+        return str(self.dir / "ca.pem")
+
+    def start(self):
+        d = self.dir
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test pebble CA",
+                        "-keyout", d / "ca.key", "-out", d / "ca.pem"], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", d / "key.pem",
+                        "-out", d / "req.csr"], check=True, capture_output=True)
+        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", d / "req.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+                        "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "cert.pem"], check=True, capture_output=True)
+        for f in d.iterdir():
+            f.chmod(0o644)
+        (d / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+            "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"), "httpPort": self.http_port,
+            "tlsPort": free_port(), "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        log = open(d / "log", "w")
+        self.procs.append(subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "", "-dns01",
+                                            f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                                            "-management", f"127.0.0.1:{self.dns_mgmt}"], stdout=log, stderr=log))
+        self.procs.append(subprocess.Popen(["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}",
+                                            "-strict=false"], env={**os.environ, "PEBBLE_VA_NOSLEEP": "1"}, stdout=log, stderr=log))
+        wait_for(lambda: port_open(self.port) and port_open(self.dns_mgmt), 20, what="pebble")
+        req = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt}/add-a",
+                                     data=json.dumps({"host": DOMAIN, "addresses": ["127.0.0.1"]}).encode())
+        urllib.request.urlopen(req, timeout=5).read()
+        return self
+
+    def roots(self) -> str:
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt}/roots/0", context=context, timeout=5) as res:
+            return res.read().decode()
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_app(sandbox, deployed):
+    env = sandbox.app_env(APP)
+    sandbox.fab("deploy", "--skip-build", env_file=env)
+    pebble = Pebble(sandbox.ports[APP]).start()
+    try:
+        yield env, pebble
+    finally:
+        pebble.stop()
+
+
+def https_get(sandbox, pebble, path="/"):
+    """GET over HTTPS to the sandbox, verifying the chain against Pebble's root for DOMAIN."""
+    roots = Path(pebble.dir / "roots.pem")
+    roots.write_text(pebble.roots())
+    context = ssl.create_default_context(cafile=str(roots))
+    port = sandbox.https_ports[APP]
+    with socket.create_connection((sandbox.address, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            cert = tls.getpeercert()
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    return head, cert, data
+
+
+def http_get(sandbox, path, host=DOMAIN):
+    with socket.create_connection((sandbox.address, sandbox.ports[APP]), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def nginx_started_at(sandbox):
+    cid = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={sandbox.project}-{APP}",
+                          "--filter", "label=com.docker.compose.service=nginx"], capture_output=True, text=True).stdout.split()[0]
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", cid], capture_output=True, text=True).stdout.strip()
+
+
+def issue(sandbox, env, pebble, domain=DOMAIN, check=True):
+    return sandbox.fab("ssl.issue", "--domain", domain, "--email", "ops@example.test", "--server", pebble.directory,
+                       "--ca-bundle", pebble.ca_bundle, env_file=env, check=check)
+
+
+def test_issue_serves_https_redirects_http_and_keeps_acme_over_http(sandbox, tls_app):
+    env, pebble = tls_app
+    out = issue(sandbox, env, pebble)
+    assert "HTTPS is enabled for app.example.test" in out.stdout
+    head, cert, _ = https_get(sandbox, pebble)
+    assert head.startswith("HTTP/1.1 200") and "Strict-Transport-Security: max-age=63072000" in head
+    assert ("DNS", DOMAIN) in cert["subjectAltName"]
+    redirect = http_get(sandbox, "/some/page?x=1")
+    assert redirect.startswith("HTTP/1.1 301")
+    assert f"Location: https://{DOMAIN}:{sandbox.https_ports[APP]}/some/page?x=1" in redirect
+    token_dir = sandbox.home / APP / "shared" / "acme" / ".well-known" / "acme-challenge"
+    token_dir.mkdir(parents=True, exist_ok=True)
+    (token_dir / "probe-token").write_text("token-body")
+    subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(token_dir.parent)], check=True)
+    acme = http_get(sandbox, "/.well-known/acme-challenge/probe-token")
+    assert acme.startswith("HTTP/1.1 200") and acme.endswith("token-body"), acme[:300]
+    status = sandbox.fab("ssl.status", env_file=env).stdout
+    assert DOMAIN in status and "Pebble" in status and "days left" in status
+    assert "ssl.issue" in (sandbox.home / APP / "audit.log").read_text()
+
+
+def test_forced_renewal_gives_a_new_serial_without_restarting_nginx(sandbox, tls_app):
+    env, pebble = tls_app
+    _, before, _ = https_get(sandbox, pebble)
+    started = nginx_started_at(sandbox)
+    sandbox.fab("ssl.renew", "--force", "--ca-bundle", pebble.ca_bundle, env_file=env)
+    _, after, _ = https_get(sandbox, pebble)
+    assert after["serialNumber"] != before["serialNumber"]
+    assert nginx_started_at(sandbox) == started
+
+
+def test_issuance_for_a_domain_that_does_not_resolve_fails_clearly_and_http_keeps_serving(sandbox, tls_app):
+    env, pebble = tls_app
+    conf = (sandbox.home / APP / "shared" / "nginx" / "conf.d" / "tasktracker-tls.conf").read_text()
+    out = issue(sandbox, env, pebble, domain="nowhere.example.test", check=False)
+    assert out.returncode == 1
+    assert "DNS for nowhere.example.test does not point at this server" in out.stderr, out.stdout + out.stderr
+    assert "keeps serving unchanged" in out.stderr
+    assert (sandbox.home / APP / "shared" / "nginx" / "conf.d" / "tasktracker-tls.conf").read_text() == conf
+    assert http_get(sandbox, "/nginx-health", host="other.example.test").startswith("HTTP/1.1 200")
+    assert https_get(sandbox, pebble)[0].startswith("HTTP/1.1 200")
+
+
+def test_a_redeploy_keeps_https(sandbox, tls_app):
+    env, pebble = tls_app
+    time.sleep(1)
+    sandbox.fab("deploy", "--skip-build", env_file=sandbox.app_env(APP, "redeploy", API_WORKERS=2))
+    head, _, _ = https_get(sandbox, pebble, "/api/version")
+    assert head.startswith("HTTP/1.1 200")
+
+
+def test_renewal_schedule_is_installed(sandbox, tls_app):
+    env, pebble = tls_app
+    sandbox.fab("ssl.schedule", "--at", "03:00", "--ca-bundle", pebble.ca_bundle, env_file=env)
+    crontab = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True, check=True).stdout
+    line = [entry for entry in crontab.splitlines() if f"tasktracker-ssl:{sandbox.project}-{APP}" in entry][0]
+    assert line.startswith("0 3 * * * ") and "certbot" in line and "kill -HUP 1" in line
+    command = line[len("0 3 * * * "):].rsplit(" # ", 1)[0]
+    subprocess.run(["su", "-s", "/bin/sh", sandbox.user, "-c", f"cd && {command}"], check=True, timeout=300)
+    assert "renew" in (sandbox.home / APP / "shared" / "letsencrypt" / "renew.log").read_text().lower()
