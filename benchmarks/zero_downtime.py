@@ -11,21 +11,12 @@ Target (issue 4): 0 failed of at least 2,000 requests in each phase, p95 at most
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sandbox import throwaway_sandbox
 
-from tests.helpers import LoadProbe, copy_project, free_port  # noqa: E402
-
-BIN = Path(sys.executable).parent
+from tests.helpers import LoadProbe
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,49 +39,31 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--min-requests", type=int, default=2000, help="keep each phase going until this many requests")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tasktracker-zd-"))
-    copy = copy_project(work / "project")
-    state = work / "sandbox"
-    env = {**os.environ, "TASKTRACKER_SANDBOX_DIR": str(state), "TASKTRACKER_ENV_FILE": str(state / ".env")}
-    http_port = free_port()
+    with throwaway_sandbox("127.0.0.5", "zd") as box:
+        def phase(name, action=None):
+            urls = [f"http://{box.address}:{box.http_port}/", f"http://{box.address}:{box.http_port}/api/health"]
+            started = time.monotonic()
+            with LoadProbe(urls, clients=args.clients, max_seconds=300) as load:
+                if action:
+                    action()
+                while len(load.results) < args.min_requests:
+                    time.sleep(0.05)
+            return report(name, load, time.monotonic() - started)
 
-    def run(tool, *argv):
-        started = time.monotonic()
-        out = subprocess.run([str(BIN / tool), *argv], cwd=copy, env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"{tool} {' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}")
-        return time.monotonic() - started
-
-    def phase(name, action=None):
-        urls = [f"http://127.0.0.5:{http_port}/", f"http://127.0.0.5:{http_port}/api/health"]
-        started = time.monotonic()
-        with LoadProbe(urls, clients=args.clients, max_seconds=300) as load:
-            if action:
-                action()
-            while len(load.results) < args.min_requests:
-                time.sleep(0.05)
-        return report(name, load, time.monotonic() - started)
-
-    try:
-        run("invoke", "sandbox.up", "--address", "127.0.0.5", "--port", str(free_port()),
-            "--user", f"tt-zd-{secrets.token_hex(3)}", "--http-port", str(http_port))
-        run("fab", "-H", "sandbox", "deploy")
-        app = copy / "frontend" / "src" / "App.jsx"
+        box.run("fab", "-H", "sandbox", "deploy")
+        app = box.copy / "frontend" / "src" / "App.jsx"
         app.write_text(app.read_text().replace("<h2>Health</h2>", "<h2>Health (new release)</h2>"))
-        run("invoke", "build")
+        box.run("invoke", "build")
         print(f"Zero-downtime benchmark: {args.clients} clients on / and /api/health (sandbox VPS on this machine)")
         failed_idle, p95_idle = phase("idle (no deploy)")
         timings = {}
         failed_deploy, p95_deploy = phase("deploy of a changed release",
-                                          lambda: timings.setdefault("deploy", run("fab", "-H", "sandbox", "deploy", "--skip-build")))
-        failed_rollback, p95_rollback = phase("rollback", lambda: timings.setdefault("rollback", run("fab", "-H", "sandbox", "rollback")))
-        print(f"  deploy took {timings['deploy']:.1f}s, rollback took {timings['rollback']:.1f}s")
-        print(f"  failed requests: idle {failed_idle}, deploy {failed_deploy}, rollback {failed_rollback} (target 0)")
-        print(f"  p95 vs idle: deploy {p95_deploy / p95_idle:.2f}x, rollback {p95_rollback / p95_idle:.2f}x (target <= 2x)")
-        return 0
-    finally:
-        subprocess.run([str(BIN / "invoke"), "sandbox.down"], cwd=copy, env=env, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
+                                          lambda: timings.setdefault("deploy", box.run("fab", "-H", "sandbox", "deploy", "--skip-build")[0]))
+        failed_rollback, p95_rollback = phase("rollback", lambda: timings.setdefault("rollback", box.run("fab", "-H", "sandbox", "rollback")[0]))
+    print(f"  deploy took {timings['deploy']:.1f}s, rollback took {timings['rollback']:.1f}s")
+    print(f"  failed requests: idle {failed_idle}, deploy {failed_deploy}, rollback {failed_rollback} (target 0)")
+    print(f"  p95 vs idle: deploy {p95_deploy / p95_idle:.2f}x, rollback {p95_rollback / p95_idle:.2f}x (target <= 2x)")
+    return 0
 
 
 if __name__ == "__main__":
