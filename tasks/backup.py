@@ -110,7 +110,7 @@ def latest_set(conn, settings: Settings) -> str:
 def restore_set(t: Target, set_name: str) -> None:
     start = release_commands.in_current(t.app_dir, compose_commands.either(
         lambda v: [*compose_commands.base(v, t.project), "start", "api", "worker"]))
-    t.run(commands.restore(t.app_dir, t.project, set_name, "", f'cd "$HOME" && {start}'), "restore", hide=False)
+    t.run(commands.restore(t.app_dir, t.project, set_name, f'cd "$HOME" && {start}'), "restore", hide=False)
 
 
 @task(help={

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 
@@ -70,6 +69,3 @@ def run_checked(conn, command: str, step: str, *, hide=True, in_stream=False, se
         raise StepFailed(step, redact(f"exit {result.exited}: {output}", list(secrets)))
     return result
 
-
-def stream_to_stdout() -> bool:
-    return sys.stdout.isatty()

@@ -174,7 +174,7 @@ def install_cron(line: str, marker: str) -> str:
             f"&& crontab -l | grep -F {shlex.quote(marker)}")
 
 
-def restore(app_dir: str, project: str, set_name: str, compose_either: str, compose_start: str) -> str:
+def restore(app_dir: str, project: str, set_name: str, compose_start: str) -> str:
     """Stop api and worker, restore the database and NATS data of a set, start them again."""
     d = shlex.quote(f"{app_dir}/backups/{set_name}")
     return f"""set -eEuo pipefail
