@@ -14,18 +14,16 @@ from .stack import run_on_current
 @task(name="migrate", default=True)
 def migrate_(c):
     """Apply pending migrations (`alembic upgrade head`) with the current release's image."""
+    settings = Settings.from_context(c)
+    conn = remote.connect(c)
     started = time.monotonic()
     try:
-        run_on_current(c, commands.migrate, what="migrate")
+        run_on_current(c, commands.migrate, what="migrate", conn=conn, settings=settings)
     except BaseException as exc:
-        _record(c, "failed", time.monotonic() - started, str(getattr(exc, "message", exc)))
+        record(conn, settings.app_dir, "migrate", "failed", duration=time.monotonic() - started,
+               detail=str(getattr(exc, "message", exc)))
         raise
-    _record(c, "ok", time.monotonic() - started)
-
-
-def _record(c, result, duration, detail=""):
-    settings = Settings.from_context(c)
-    record(remote.connect(c), settings.app_dir, "migrate", result, duration=duration, detail=detail)
+    record(conn, settings.app_dir, "migrate", "ok", duration=time.monotonic() - started)
 
 
 ns = Collection("migrate")

@@ -21,8 +21,8 @@ from .settings import Settings
 WARN_DAYS = 14
 
 
-def _host(c):
-    settings = Settings.from_context(c)
+def _host(c, settings: Settings | None = None):
+    settings = settings or Settings.from_context(c)
     conn = remote.connect(c)
     facts, variant = preflight(conn, settings, "auto")
     current = Path(facts.get("current") or "").name
@@ -58,7 +58,7 @@ def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None
     domains = list(domain or []) or [settings.domain]
     if not email:
         raise Exit("Give a contact address with --email (the CA sends expiry warnings there).", code=2)
-    settings, conn, variant, current = _host(c)
+    settings, conn, variant, current = _host(c, settings)
     started = time.monotonic()
     d = commands.dirs(settings.app_dir)
     conn.run(sh(["mkdir", "-p", d["webroot"], d["work"], d["logs"], d["conf_d"]]), hide=True, in_stream=False)

@@ -10,10 +10,11 @@ from .commands import release as release_commands
 from .settings import Settings
 
 
-def run_on_current(c, build_argv, *, hide=False, pty=False, what="command"):
-    """Connect, then run `build_argv(variant)` in the current release with the host's Compose."""
-    settings = Settings.from_context(c)
-    conn = remote.connect(c)
+def run_on_current(c, build_argv, *, hide=False, pty=False, what="command", conn=None, settings=None):
+    """Connect (unless given a connection), then run `build_argv(variant)` in the current release
+    with the host's Compose."""
+    settings = settings or Settings.from_context(c)
+    conn = conn or remote.connect(c)
     command = release_commands.in_current(settings.app_dir, compose_commands.either(lambda v: build_argv(v, settings.compose_project)))
     result = conn.run(command, warn=True, hide=hide, pty=pty, in_stream=False if not pty else None)
     if result.exited == release_commands.NO_RELEASE_EXIT:
