@@ -151,8 +151,7 @@ def test_forced_renewal_gives_a_new_serial_without_restarting_nginx(sandbox, tls
     _, before, _ = https_get(sandbox, pebble)
     started = nginx_started_at(sandbox)
     sandbox.fab("ssl.renew", "--force", "--ca-bundle", pebble.ca_bundle, env_file=env)
-    _, after, _ = https_get(sandbox, pebble)
-    assert after["serialNumber"] != before["serialNumber"]
+    wait_for(lambda: https_get(sandbox, pebble)[1]["serialNumber"] != before["serialNumber"], 15, what="the renewed certificate")
     assert nginx_started_at(sandbox) == started
 
 

@@ -58,7 +58,9 @@ def with_ca_bundle(command: str, ca_bundle: str | None) -> str:
 def nginx_reload(project: str) -> str:
     nginx = (f"docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} "
              f"--filter label=com.docker.compose.service=nginx --filter label=com.docker.compose.oneoff=False")
-    return f"for c in $({nginx}); do docker exec $c kill -HUP 1; done"
+    # After HUP the old workers hand over to new ones within a moment; wait for that, so the new
+    # configuration is what answers when the task says it is done.
+    return f"for c in $({nginx}); do docker exec $c kill -HUP 1; done; sleep 1.5"
 
 
 def tls_server_config(domains: list[str], https_port: int) -> str:
