@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox import throwaway_sandbox
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import throwaway_sandbox  # noqa: E402
 
 
 def main() -> int:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
-from sandbox import throwaway_sandbox
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import throwaway_sandbox  # noqa: E402
 
 
 def main() -> int:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from sandbox import throwaway_sandbox
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import throwaway_sandbox  # noqa: E402
 
-from tests.test_e2e_ssl import DOMAIN, Pebble
+from tests.support import DOMAIN, Pebble  # noqa: E402
 
 WANTED = ("SSLv2", "SSLv3", "TLS 1 ", "TLS 1.1", "TLS 1.2", "TLS 1.3", "NULL", "Anonymous", "Export", "LOW",
           "Triple DES", "Obsoleted", "Strong encryption", "Forward Secrecy")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import time
 
-from sandbox import throwaway_sandbox
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import throwaway_sandbox  # noqa: E402
 
-from tests.helpers import LoadProbe
+from tests.support import LoadProbe  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,11 +1,13 @@
-"""Task Tracker deploy toolkit: every concern is one module with one Collection."""
+"""Task Tracker deploy toolkit: every concern is one module with one Collection, composed here
+(ARCHITECTURE.md has the layers)."""
 
 from invoke import Collection
 
-from . import audit, backup, build, compose, deploy, lock, migrate, rollback, sandbox, ssl
+from . import audit, backup, build, compose, deploy, lock, migrate, rollback, sandbox, tls
 
 ns = Collection()
-for module in (build, deploy, rollback, compose, migrate, backup, ssl, lock, audit, sandbox):
-    ns.add_collection(module.ns)
+for module in (build, deploy, rollback, compose, migrate, backup, tls, lock, audit, sandbox):
+    ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
-ns.configure({"tasktracker": {"env_file": None}})
+# Tasks never read the terminal's stdin for remote commands (CI has none); set once, here.
+ns.configure({"tasktracker": {"env_file": None}, "run": {"in_stream": False}})

@@ -1,33 +1,44 @@
-"""Compose on the current release: up, down, ps, restart, logs."""
+"""Compose on the current release: up, down, ps, restart, logs (the ones that change the host
+take its lock)."""
 
 from invoke import Collection, task
 
 from .commands import compose as commands
-from .stack import run_on_current
+from .host import Host
+
+WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
 
 
-@task
-def up(c):
+@task(help={"wait": WAIT_HELP})
+def up(c, wait=False):
     """Start (or update) the stack of the current release."""
-    run_on_current(c, commands.up, what="start the stack")
+    host = Host.open(c)
+    with host.locked("compose.up", wait=wait), host.audited("compose.up", release=host.current_id):
+        host.on_current(commands.up, what="start the stack")
 
 
-@task(help={"volumes": "Also delete the named volumes: THE DATABASE AND NATS DATA ARE LOST."})
-def down(c, volumes=False):
+@task(help={"volumes": "Also delete the named volumes: THE DATABASE AND NATS DATA ARE LOST.", "wait": WAIT_HELP})
+def down(c, volumes=False, wait=False):
     """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""
-    run_on_current(c, lambda v, p: commands.down(v, p, volumes=volumes), what="stop the stack")
+    host = Host.open(c)
+    with host.locked("compose.down", wait=wait), host.audited("compose.down", release=host.current_id) as outcome:
+        outcome["detail"] = "with volumes" if volumes else ""
+        host.on_current(lambda ctx: commands.down(ctx, volumes=volumes), what="stop the stack")
 
 
 @task
 def ps(c):
     """Show the stack's containers and their health."""
-    run_on_current(c, commands.ps, what="list containers")
+    Host.open(c).on_current(commands.ps, what="list containers")
 
 
-@task(iterable=["service"], help={"service": "Service to restart (repeatable); all when omitted."})
-def restart(c, service=None):
+@task(iterable=["service"], help={"service": "Service to restart (repeatable); all when omitted.", "wait": WAIT_HELP})
+def restart(c, service=None, wait=False):
     """Restart services of the current release."""
-    run_on_current(c, lambda v, p: commands.restart(v, p, list(service or [])), what="restart")
+    host = Host.open(c)
+    with host.locked("compose.restart", wait=wait), host.audited("compose.restart", release=host.current_id) as outcome:
+        outcome["detail"] = " ".join(service or []) or "all services"
+        host.on_current(lambda ctx: commands.restart(ctx, list(service or [])), what="restart")
 
 
 @task(help={
@@ -38,8 +49,8 @@ def restart(c, service=None):
 })
 def logs(c, service=None, since=None, follow=False, tail=200):
     """Show the stack's logs."""
-    run_on_current(c, lambda v, p: commands.logs(v, p, service=service, since=since, follow=follow, tail=int(tail)),
-                   pty=follow, what="show logs")
+    Host.open(c).on_current(lambda ctx: commands.logs(ctx, service=service, since=since, follow=follow, tail=int(tail)),
+                            pty=follow, what="show logs")
 
 
 ns = Collection("compose")

@@ -1,9 +1,8 @@
-"""Connections and the few remote helpers we need.
+"""Connections: pinned host keys (the jump host's too), no agent forwarding unless asked,
+keepalives, clear errors; and rsync with the connection's own user/port/key/known_hosts.
 
-patchwork (Fabric's helper library) pins fabric<3 and fails to import on Invoke 2, so the
-three helpers used here (file exists, append a line once, rsync with the connection's own
-user/port/key/known_hosts) live in this one module; their commands are built in
-`tasks/commands/files.py`.
+patchwork (Fabric's helper library) pins fabric<3 and fails to import on Invoke 2; the one
+helper of it we need, rsync, is built in `tasks/commands/transfer.py`.
 """
 
 from __future__ import annotations
@@ -17,9 +16,15 @@ import paramiko
 from fabric import Connection
 from invoke import Exit
 
-from .commands import files as file_commands
 from .commands import sh
+from .commands import transfer
+from .exits import ExitCode
 from .settings import PROJECT_ROOT
+
+KEEPALIVE_SECONDS = 10
+# A link that stops answering fails the operation within about this long instead of hanging
+# with the host's lock held (TCP keepalive probes plus a cap on unacknowledged sends).
+DEAD_LINK_SECONDS = 45
 
 
 def sandbox_dir() -> Path:
@@ -35,7 +40,7 @@ def project_ssh_configs() -> list[Path]:
 def require_host(c) -> Connection:
     if not isinstance(c, Connection):
         raise Exit("This task runs on a server: give it one with -H, for example `fab -H vps deploy` "
-                   "(or `fab -H sandbox deploy` after `invoke sandbox.up`).", code=2)
+                   "(or `fab -H sandbox deploy` after `invoke sandbox.up`).", code=ExitCode.USAGE)
     return c
 
 
@@ -55,6 +60,7 @@ class CountingConnection(Connection):
     """A Connection that counts the remote commands and uploads it performs (deploy reports it)."""
 
     remote_commands = 0
+    rsync_sessions = 0
 
     def run(self, command, **kwargs):
         CountingConnection.remote_commands += 1
@@ -86,10 +92,8 @@ def connect(c) -> Connection:
         conn = CountingConnection(host, **options)
     else:
         conn = CountingConnection(host, user=given.user, port=given.port, **options)
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    for path in known_hosts_files(conn):
-        if os.path.isfile(path):
-            conn.client.load_host_keys(path)
+    conn.forward_agent = forward_agent_wanted()
+    pin_host_keys(conn)
     target = f"{conn.user}@{conn.host}:{conn.port}"
     alias = conn.original_host
     try:
@@ -98,45 +102,74 @@ def connect(c) -> Connection:
         raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) does not match the one pinned in "
                    f"{', '.join(known_hosts_files(conn))}. This can mean the server was rebuilt or that someone is "
                    f"intercepting the connection. Verify the new key with the provider's console, replace the old "
-                   f"line in known_hosts, and run again. Nothing was changed on the server.", code=3)
+                   f"line in known_hosts, and run again. Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
     except paramiko.AuthenticationException:
         raise Exit(f"The server {alias} refused the SSH key for {target}. Add your public key to "
                    f"~{conn.user}/.ssh/authorized_keys on the server, or point Fabric at the right key "
-                   f"(IdentityFile in ~/.ssh/config, or `fab -i KEY`). Nothing was changed on the server.", code=3)
+                   f"(IdentityFile in ~/.ssh/config, or `fab -i KEY`). Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
     except paramiko.SSHException as exc:
         if "known_hosts" in str(exc):
             raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) is unknown: it is not in "
                        f"{', '.join(known_hosts_files(conn))}. Get the key's fingerprint from the server itself "
                        f"(provider console: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), add the verified "
-                       f"line to known_hosts, and run again. Nothing was changed on the server.", code=3)
+                       f"line to known_hosts, and run again. Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
         raise Exit(f"SSH to {target} failed: {exc}. Check the host and its sshd, then run again. "
-                   f"Nothing was changed on the server.", code=3)
+                   f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
     except (OSError, socket.timeout) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise Exit(f"Cannot reach {alias} at {conn.host}:{conn.port} ({reason}). Check the host name or address "
                    f"and that sshd listens on that port (and, from CI, the DEPLOY_HOST secret). "
-                   f"Nothing was changed on the server.", code=3)
+                   f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+    keep_alive(conn)
     return conn
 
 
-def file_exists(conn: Connection, path: str) -> bool:
-    return conn.run(sh(file_commands.exists(path)), warn=True, hide=True, in_stream=False).ok
+def forward_agent_wanted() -> bool:
+    """Agent forwarding lets the host use your keys while connected: off unless asked for
+    (TASKTRACKER_FORWARD_AGENT=1), whatever ~/.ssh/config says."""
+    return os.environ.get("TASKTRACKER_FORWARD_AGENT", "") in ("1", "yes", "true")
 
 
-def append_line(conn: Connection, path: str, line: str) -> None:
-    conn.run(file_commands.append_line_once(path, line), hide=True, in_stream=False)
+def pin_host_keys(conn: Connection) -> None:
+    """Reject unknown host keys on the connection and on every jump host in front of it."""
+    hop = conn
+    while isinstance(hop, Connection):
+        hop.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        for path in known_hosts_files(conn):
+            if os.path.isfile(path):
+                hop.client.load_host_keys(path)
+        hop.forward_agent = forward_agent_wanted()
+        hop = hop.gateway
+
+
+def keep_alive(conn: Connection) -> None:
+    """SSH keepalives plus TCP keepalive and a send timeout on the socket, so a half-open link
+    ends the task with an error (and the host's lock keeper with it) instead of hanging."""
+    transport = conn.transport
+    if transport is None:
+        return
+    transport.set_keepalive(KEEPALIVE_SECONDS)
+    sock = transport.sock
+    if not isinstance(sock, socket.socket):
+        return  # a jump host's channel: its own transport carries the keepalives
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
+                          ("TCP_USER_TIMEOUT", DEAD_LINK_SECONDS * 1000)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def ssh_argv(conn: Connection) -> list[str]:
     """ssh argv for tools (rsync) that must trust and authenticate exactly like this connection."""
-    return file_commands.ssh_command(port=conn.port, key_files=key_files(conn),
+    return transfer.ssh_command(port=conn.port, key_files=key_files(conn),
                                      known_hosts=" ".join(known_hosts_files(conn)), config_file="/dev/null")
 
 
 def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options):
     """rsync local `sources` to `remote_path` on the connection's host; returns the local Result."""
     destination = f"{conn.user}@{conn.host}:{remote_path}"
-    command = sh(file_commands.rsync(sources, destination, ssh_command=ssh_argv(conn), **options))
+    command = sh(transfer.rsync(sources, destination, ssh_command=ssh_argv(conn), **options))
     if cwd:
         command = f"cd {shlex.quote(cwd)} && {command}"
-    return conn.local(command, hide=True, warn=True, in_stream=False)
+    CountingConnection.rsync_sessions += 1
+    return conn.local(command, hide=True, warn=True)

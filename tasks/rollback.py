@@ -4,33 +4,42 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from . import remote
-from .audit import audited
-from .commands import release as release_commands
-from .deploy import Target, activate, ensure_image, preflight, read_meta
-from .lock import held
-from .settings import Settings
+from .commands.release import SchemaState
+from .exits import ExitCode
+from .host import Host
 from .steps import StepFailed, Steps
 
 
 def choose_target(rows: list[tuple[str, dict]], current: str, to: str | None) -> tuple[str | None, str]:
-    """The release to roll back to (and a reason when there is none)."""
-    names = [name for name, _ in rows]
+    """The release to roll back to (and a reason when there is none): --to, else the release
+    that was live before the current one (its recorded predecessor, skipping any that failed or
+    are no longer kept)."""
+    meta = dict(rows)
     if to:
-        if to not in names:
-            return None, f"release {to!r} is not kept on the host (kept: {', '.join(names) or 'none'})"
+        if to not in meta:
+            return None, f"release {to!r} is not kept on the host (kept: {', '.join(meta) or 'none'})"
         if to == current:
             return None, f"release {to} is already current"
         return to, ""
-    older = [name for name, meta in rows if name < current and meta.get("result") == "ok"]
-    if not older:
-        return None, f"there is no earlier successful release than {current or 'nothing'} to go back to"
-    return older[-1], ""
+    seen = {current}
+    candidate = meta.get(current, {}).get("previous", "")
+    while candidate and candidate not in seen:
+        if candidate in meta and meta[candidate].get("result") == "ok":
+            return candidate, ""
+        seen.add(candidate)
+        candidate = meta.get(candidate, {}).get("previous", "")
+    return None, (f"the release that was live before {current or 'nothing'} is no longer kept (or never succeeded); "
+                  f"pick one with --to (see `releases`)")
 
 
-def schema_problem(db_revision: str, known: list[str], target: str) -> str | None:
-    if db_revision and db_revision not in known:
-        return (f"release {target} predates the database schema: the database is at migration {db_revision}, "
+def schema_problem(schema: SchemaState, target: str) -> str | None:
+    """Why rolling back to `target` would be unsafe for the database, or None (fails closed)."""
+    if not schema.readable:
+        return (f"the database's migration revision could not be read ({schema.error or 'no answer'}), so it is unknown "
+                f"whether {target}'s code works on its schema. Check Postgres "
+                f"(`compose.logs --service postgres`) and try again.")
+    if schema.unknown_to_release:
+        return (f"release {target} predates the database schema: the database is at migration {schema.revision}, "
                 f"which a later release applied and {target}'s code does not know. Its code may not work on this "
                 f"schema. Restore the database backup taken before that migration, or, if the migration only "
                 f"added things (expand-then-contract, see README), pass --force.")
@@ -46,63 +55,50 @@ def format_releases(rows: list[tuple[str, dict]], current: str) -> list[str]:
     return lines
 
 
-def kept_releases(conn, settings: Settings) -> tuple[list[tuple[str, dict]], str]:
-    out = conn.run(release_commands.list_releases(settings.app_dir), hide=True, in_stream=False).stdout
-    return release_commands.parse_releases(out)
-
-
 @task
 def releases(c):
     """List the releases kept on the host (* marks current): commit, time, who deployed, result."""
-    settings = Settings.from_context(c)
-    conn = remote.connect(c)
-    rows, current = kept_releases(conn, settings)
+    host = Host.open(c)
+    rows, current = host.releases()
     if not rows:
-        print(f"No releases on {conn.original_host} yet.")
+        print(f"No releases on {host.name} yet.")
         return
     print("\n".join(format_releases(rows, current)))
 
 
 @task(help={
-    "to": "Roll back to this kept release (see `releases`); default: the previous successful one.",
-    "force": "Roll back even though the database schema is newer than the release's code.",
-    "wait": "If another deploy or rollback holds the host's lock, wait for it instead of failing.",
+    "to": "Roll back to this kept release (see `releases`); default: the release that was live before the current one.",
+    "force": "Roll back even though the database schema is newer than the release's code (or cannot be read).",
+    "wait": "If another operation holds the host's lock, wait for it instead of failing.",
 })
 def rollback(c, to=None, force=False, wait=False):
-    """Return to the previous release (or --to RELEASE): its dashboard, config and exact images."""
-    settings = Settings.from_context(c)
-    steps = Steps(f"Rollback on {c.original_host}", settings.secret_values())
+    """Return to the previous release (or --to RELEASE): its dashboard, settings and exact images."""
+    steps = Steps(f"Rollback on {c.original_host}")
     try:
         with steps.step("connect and check host"):
-            conn = remote.connect(c)
-            facts, variant = preflight(conn, settings, "auto")
-        t = Target(conn, settings, variant, steps, facts)
-        with held(conn, settings.app_dir, "rollback", wait=wait):
-            rows, current = kept_releases(conn, settings)
+            host = Host.open(c, steps=steps)
+        steps.secrets = host.settings.secret_values()
+        with host.locked("rollback", wait=wait):
+            rows, current = host.releases()
             target, reason = choose_target(rows, current, to)
             if target is None:
-                raise Exit(f"Cannot roll back on {conn.original_host}: {reason}. Nothing was changed.", code=2)
-            outcome = {"release": target, "detail": f"from {current}"}
-            with audited(conn, settings.app_dir, "rollback", outcome):
-                revisions = release_commands.parse_preflight(
-                    conn.run(release_commands.schema_revisions(settings.app_dir, target, settings.compose_project),
-                             hide=True, warn=True, in_stream=False).stdout)
-                problem = schema_problem(revisions.get("db", "").strip(), revisions.get("known", "").split(), target)
+                raise Exit(f"Cannot roll back on {host.name}: {reason}. Nothing was changed.", code=ExitCode.USAGE)
+            with host.audited("rollback", release=target) as outcome:
+                outcome["detail"] = f"from {current}"
+                problem = schema_problem(host.schema(target), target)
                 if problem and not force:
                     outcome["detail"] = problem
-                    raise Exit(f"Refusing to roll back on {conn.original_host}: {problem} Nothing was changed.", code=5)
-                meta = read_meta(t, target)
-                print(f"Rolling back {conn.original_host} from {current} to {target} (commit {meta.get('commit', '?')})")
+                    raise Exit(f"Refusing to roll back on {host.name}: {problem} Nothing was changed.", code=ExitCode.REFUSED)
+                release = host.release(target)
+                print(f"Rolling back {host.name} from {current} to {target} (commit {release.commit})")
                 with steps.step("backend image of the release"):
-                    ensure_image(t, target, meta["backend_image"], "backend image")
+                    host.ensure_image(release, "backend image")
                 try:
-                    activate(t, target, meta["backend_image"], meta.get("assets", []))
+                    host.activate(release)
                 except StepFailed as failure:
                     outcome["detail"] = failure.detail
-                    from .deploy import restore
-
-                    raise StepFailed(failure.step, failure.detail + restore(t, current, target, marked=False)) from None
-        print(f"Release {target} is current again on {conn.original_host}.")
+                    raise StepFailed(failure.step, failure.detail + host.put_back(current, target, marked=False)) from None
+        print(f"Release {target} is current again on {host.name}.")
     except StepFailed as failure:
         steps.fail(f"Rollback on {c.original_host} failed at step '{failure.step}': {failure.detail}")
     steps.print_table()
@@ -110,4 +106,3 @@ def rollback(c, to=None, force=False, wait=False):
 
 ns = Collection("rollback")
 ns.add_task(rollback, default=True)
-ns.add_task(releases)

@@ -16,6 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
+from .exits import ExitCode
 from .remote import sandbox_dir
 
 ALIAS = "sandbox"
@@ -145,6 +146,14 @@ def build_standin_base() -> None:
         say(f"  stand-in base image ready in {time.monotonic() - started:.0f}s")
 
 
+def refuse_foreign_user(state: dict, user: str) -> None:
+    """The sandbox only manages a deploy user it created itself (recorded in its state)."""
+    if ok(["id", user]) and state.get("user") != user:
+        raise Exit(f"The user {user!r} already exists on this machine and was not created by `sandbox.up`; the sandbox "
+                   f"will not take it over (it would replace that user's SSH keys). Choose another name with --user, "
+                   f"or remove that user yourself if it is a leftover. Nothing was changed.", code=ExitCode.USAGE)
+
+
 def ensure_user(state: dict, user: str) -> Path:
     keyfile = sandbox_dir() / "id_ed25519"
     if not keyfile.exists():
@@ -196,6 +205,7 @@ def sandbox_env_text(http_port: int, address: str, ports: dict[str, int], projec
     return "\n".join([
         "# Settings for the local sandbox VPS (made by `invoke sandbox.up`).",
         f"POSTGRES_PASSWORD={secrets.token_urlsafe(18)}",
+        f"NATS_PASSWORD={secrets.token_urlsafe(18)}",
         f"TELEGRAM_BOT_TOKEN=sandbox-{secrets.token_hex(8)}",
         "LLM_PROVIDER=openai",
         f"OPENAI_API_KEY=sk-sandbox-{secrets.token_hex(8)}",
@@ -234,6 +244,7 @@ def up(c, address=None, port=None, user=None, http_port=None):
     port = int(port or state.get("port") or DEFAULTS["port"])
     user = user or state.get("user_name") or DEFAULTS["user"]
     http_port = int(http_port or state.get("http_port") or DEFAULTS["http_port"])
+    refuse_foreign_user(state, user)
     state.update({"address": address, "port": port, "user_name": user, "http_port": http_port})
     save_state(state)
     missing = [p for p, binary in (("rsync", "rsync"), ("openssh-client", "ssh-keygen"), ("cron", "crontab"),

@@ -64,6 +64,8 @@ class Settings:
     postgres_db: str = _spec("tasktracker")
     # Message bus
     nats_url: str = _spec("nats://nats:4222")
+    nats_user: str = _spec("tasktracker")
+    nats_password: Secret = _spec(required=True, secret=True)
     # Telegram and the LLM provider
     telegram_bot_token: Secret = _spec(required=True, secret=True)
     llm_provider: str = _spec("openai")
@@ -84,6 +86,7 @@ class Settings:
     https_port: int = _spec(443)
     compose_project: str = _spec("tasktracker")
     backup_keep: int = _spec(7)
+    db_wait_seconds: int = _spec(60)
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -165,8 +168,13 @@ class Settings:
             problems.append(f"APP_DIR {app_dir!r} must be a plain path (absolute, or relative to the deploy user's home) without '..'")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", values["compose_project"]):
             problems.append(f"COMPOSE_PROJECT {values['compose_project']!r} must be lower-case letters, digits, '-' or '_'")
-        if values["http_port"] > 65535:
-            problems.append("HTTP_PORT must be a TCP port (1-65535)")
+        for port in ("http_port", "https_port"):
+            if values[port] > 65535:
+                problems.append(f"{port.upper()} must be a TCP port (1-65535)")
+        if values["http_port"] == values["https_port"]:
+            problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
+        if values["keep_releases"] < 2:
+            problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
         if problems:
             raise SettingsError(problems, source)
         return cls(**values)

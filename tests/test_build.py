@@ -10,7 +10,7 @@ import pytest
 from invoke import Context, Exit
 
 from tasks.build import build_frontend, read_manifest
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 
 @pytest.fixture()

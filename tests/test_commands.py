@@ -1,38 +1,39 @@
 """Command builders as string tables: no SSH, no Docker."""
 
-import subprocess
-
 import pytest
 
-from tasks.commands import chain, compose, files, release, sh
+from tasks.commands import chain, compose, release, sh, transfer
 from tasks.commands import sandbox as sandbox_commands
-from tasks.deploy import choose_compose, host_problem, new_release_id, parse_rsync_sent
+from tasks.commands.context import HostContext
+from tasks.deploy import new_release_id, parse_rsync_sent
+from tasks.host import choose_compose, host_problem
+
+V2 = HostContext("tasktracker", "tasktracker", "v2")
+TT2 = HostContext("apps/tt", "tt", "v2")
+TT1 = HostContext("apps/tt", "tt", "v1")
 
 CASES = [
-    ("compose up v2", sh(compose.up("v2", "tasktracker")),
+    ("compose up v2", sh(compose.up(V2)),
      "docker compose -p tasktracker -f compose.yml -f docker-compose.production.yml -f release.yml up -d --remove-orphans"),
-    ("compose up v1", sh(compose.up("v1", "tt")),
+    ("compose up v1", sh(compose.up(TT1)),
      "docker-compose --compatibility -p tt -f compose.yml -f docker-compose.production.yml -f release.yml up -d --remove-orphans"),
-    ("compose down volumes", sh(compose.down("v2", "tt", volumes=True)).split(" release.yml ")[1], "down --remove-orphans --volumes"),
-    ("compose logs", sh(compose.logs("v2", "tt", service="api", since="10m", follow=True, tail=50)).split(" release.yml ")[1],
+    ("compose down volumes", sh(compose.down(TT2, volumes=True)).split(" release.yml ")[1], "down --remove-orphans --volumes"),
+    ("compose logs", sh(compose.logs(TT2, service="api", since="10m", follow=True, tail=50)).split(" release.yml ")[1],
      "logs --no-color --since 10m --tail 50 --follow api"),
-    ("compose restart", sh(compose.restart("v1", "tt", ["api", "worker"])).split(" release.yml ")[1], "restart api worker"),
-    ("migrate", sh(compose.migrate("v2", "tt")).split(" release.yml ")[1], "run --rm -T api alembic upgrade head"),
-    ("build", sh(compose.build_backend("v2", "tt")).split(" release.yml ")[1], "build api"),
-    ("either", compose.either(lambda v: compose.ps(v, "tt")),
+    ("compose restart", sh(compose.restart(TT1, ["api", "worker"])).split(" release.yml ")[1], "restart api worker"),
+    ("migrate", sh(compose.migrate(TT2)).split(" release.yml ")[1], "run --rm -T api alembic upgrade head"),
+    ("build", sh(compose.build_backend(TT2)).split(" release.yml ")[1], "build api"),
+    ("either", compose.either(TT2, compose.ps),
      "if docker compose version >/dev/null 2>&1; then docker compose -p tt -f compose.yml -f docker-compose.production.yml "
      "-f release.yml ps; else docker-compose --compatibility -p tt -f compose.yml -f docker-compose.production.yml -f release.yml ps; fi"),
-    ("in current", release.in_current("apps/tt", "docker compose ps"),
+    ("in current", release.in_current(TT2, "docker compose ps"),
      "if [ ! -e apps/tt/current ]; then echo 'no release deployed yet' >&2; exit 3; fi; cd \"$(readlink -f apps/tt/current)\" && docker compose ps"),
-    ("in release", release.in_release("/srv/my app", "r1", "ls"), "cd '/srv/my app'/releases/r1 && ls"),
+    ("in release", release.in_release(HostContext("/srv/my app", "tt"), "r1", "ls"), "cd '/srv/my app/releases/r1' && ls"),
     ("probe", release.probe("img:1", "http://127.0.0.1:80", ["/assets/a.js"], 60),
      'docker run --rm --network host -v "$PWD/tasks/probe.py:/probe.py:ro" --entrypoint python img:1 /probe.py http://127.0.0.1:80 60 /assets/a.js'),
-    ("exists", sh(files.exists("a b")), "test -e 'a b'"),
-    ("append", files.append_line_once("/tmp/f", "x y"),
-     "touch /tmp/f && ( grep -qxF -- 'x y' /tmp/f || printf '%s\\n' 'x y' >> /tmp/f )"),
-    ("ssh", sh(files.ssh_command(port=2222, key_files=["/k"], known_hosts="/kh", config_file="/dev/null")),
-     "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -F /dev/null -p 2222 -i /k -o IdentitiesOnly=yes -o UserKnownHostsFile=/kh"),
-    ("rsync", sh(files.rsync(["compose.yml", "nginx"], "u@h:app/r1/", ssh_command=["ssh", "-p", "22"], link_dest="../r0",
+    ("ssh", sh(transfer.ssh_command(port=2222, key_files=["/k"], known_hosts="/kh", config_file="/dev/null")),
+     "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ForwardAgent=no -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -F /dev/null -p 2222 -i /k -o IdentitiesOnly=yes -o UserKnownHostsFile=/kh"),
+    ("rsync", sh(transfer.rsync(["compose.yml", "nginx"], "u@h:app/r1/", ssh_command=["ssh", "-p", "22"], link_dest="../r0",
                              excludes=("*.pyc",), relative=True, delete=False)),
      "rsync -a --compress --checksum --itemize-changes -e 'ssh -p 22' --relative --link-dest=../r0 '--exclude=*.pyc' --stats compose.yml nginx u@h:app/r1/"),
     ("chain", chain(["a", "b c"], ["d"]), "a 'b c' && d"),
@@ -45,15 +46,8 @@ def test_builders(built, expected):
     assert built == expected
 
 
-def test_append_line_once_really_appends_once(tmp_path):
-    target = tmp_path / "file with space"
-    for _ in range(3):
-        subprocess.run(["bash", "-c", files.append_line_once(str(target), "export A='1 2'")], check=True)
-    assert target.read_text() == "export A='1 2'\n"
-
-
 def test_preflight_parsing_and_host_problems():
-    facts = release.parse_preflight("user=deploy\ndocker=20.10.24 \ncompose_v2=2.40.3\nrsync=/usr/bin/rsync\ncurrent=\n")
+    facts = release.parse_facts("user=deploy\ndocker=20.10.24 \ncompose_v2=2.40.3\nrsync=/usr/bin/rsync\ncurrent=\n")
     assert choose_compose(facts, "auto") == "v2" and choose_compose(facts, "v1") is None
     assert host_problem(facts, "vps", "auto") is None
     assert "Docker is not installed on vps" in host_problem({**facts, "docker": "missing"}, "vps", "auto")

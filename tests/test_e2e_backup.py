@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import copy_project
+from tests.support import copy_project
 
 pytestmark = pytest.mark.e2e
 APP = "bk"
@@ -146,7 +146,7 @@ def test_failed_migration_during_deploy_keeps_data_and_the_old_release(sandbox, 
     out = sandbox.fab_in(copy, "deploy", env_file=sandbox.app_env(APP), check=False)
     assert out.returncode != 0
     assert "back up database before migrating" in out.stdout
-    assert "The database was restored from backup" in out.stderr and f"release {serving} keeps serving" in out.stderr
+    assert "Postgres rolled the migration back" in out.stderr and f"release {serving} keeps serving" in out.stderr
     assert any(name.endswith("-predeploy") for name in sets(sandbox))
     assert psql(sandbox, "SELECT count(*) FROM tasks") == rows
     assert psql(sandbox, "SELECT version_num FROM alembic_version") == "0001"

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import ROOT, wait_for
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -95,14 +95,34 @@ def test_a_task_is_stored_processed_and_announced_on_the_websocket(sandbox, depl
 
 
 def test_env_file_is_private_to_the_deploy_user(sandbox, deployed):
-    env = sandbox.host_path("tasktracker/shared/.env")
+    release = current_release(sandbox)
+    env = sandbox.host_path(f"tasktracker/env/{release}.env")
     info = env.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600
+    assert stat.S_IMODE(env.parent.stat().st_mode) == 0o700
     import pwd
 
     assert pwd.getpwuid(info.st_uid).pw_name == sandbox.user
     assert "POSTGRES_PASSWORD=" in env.read_text()
-    assert os.readlink(sandbox.host_path("tasktracker/current/.env")) == "../../shared/.env"
+    assert os.readlink(sandbox.host_path("tasktracker/current/.env")) == f"../../env/{release}.env"
+
+
+def test_nginx_sees_no_settings_backups_or_account_keys(sandbox, deployed):
+    """nginx mounts only what it serves: settings, backups, host programs and certbot's state
+    are hidden from it (empty tmpfs mounts), its own config and webroot are there."""
+    nginx = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={sandbox.project}",
+                            "--filter", "label=com.docker.compose.service=nginx"], capture_output=True, text=True).stdout.split()[0]
+
+    def listing(path):
+        return subprocess.run(["docker", "exec", nginx, "ls", "-A", path], capture_output=True, text=True).stdout.split()
+
+    assert listing("/srv/app/env") == [] and listing("/srv/app/backups") == [] and listing("/srv/app/bin") == []
+    assert sorted(listing("/srv/app/shared")) == ["letsencrypt"]
+    assert sorted(listing("/srv/app/shared/letsencrypt")) == ["archive", "live"]
+    release = current_release(sandbox)
+    assert "index.html" in listing(f"/srv/app/releases/{release}/frontend/dist")
+    leaked = subprocess.run(["docker", "exec", nginx, "cat", f"/srv/app/releases/{release}/.env"], capture_output=True, text=True)
+    assert leaked.returncode != 0 and "POSTGRES_PASSWORD" not in leaked.stdout
 
 
 def test_secrets_never_appear_in_deploy_output(sandbox, deployed):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port, port_open, wait_for
+from tests.support import free_port, port_open, wait_for
 
 pytestmark = pytest.mark.e2e
 

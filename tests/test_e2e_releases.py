@@ -9,8 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import BIN
-from tests.helpers import LoadProbe, copy_project, wait_for
+from tests.support import BIN, ROOT, LoadProbe, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "trusted"
@@ -88,7 +87,7 @@ def test_unhealthy_release_is_rolled_back_automatically_while_the_old_one_serves
 
 def test_second_deploy_is_refused_while_one_runs_and_wait_queues(sandbox, release_a):
     env = sandbox.app_env(APP, "c", API_WORKERS=3)
-    first = subprocess.Popen([str(BIN / "fab"), "-H", "sandbox", "deploy", "--skip-build"], cwd=sandbox_root(),
+    first = subprocess.Popen([str(BIN / "fab"), "-H", "sandbox", "deploy", "--skip-build"], cwd=ROOT,
                              env={**sandbox.env, "TASKTRACKER_ENV_FILE": str(env)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (sandbox.home / APP / ".deploy.lock" / "keeper.pid").exists(), 60, interval=0.05, what="the first deploy's lock")
@@ -105,15 +104,9 @@ def test_second_deploy_is_refused_while_one_runs_and_wait_queues(sandbox, releas
     assert any(e["action"] == "lock" and e["result"] == "refused" for e in audit_entries(sandbox))
 
 
-def sandbox_root():
-    from tests.helpers import ROOT
-
-    return ROOT
-
-
 def test_killed_deploy_leaves_a_stale_lock_that_force_clears(sandbox, release_a):
     env = sandbox.app_env(APP, "d", API_WORKERS=1, KEEP_RELEASES=4)
-    proc = subprocess.Popen([str(BIN / "fab"), "-H", "sandbox", "deploy", "--skip-build"], cwd=sandbox_root(),
+    proc = subprocess.Popen([str(BIN / "fab"), "-H", "sandbox", "deploy", "--skip-build"], cwd=ROOT,
                             env={**sandbox.env, "TASKTRACKER_ENV_FILE": str(env)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: (sandbox.home / APP / ".deploy.lock" / "keeper.pid").exists(), 60, interval=0.05, what="lock")

@@ -1,80 +1,17 @@
 """TLS (issue 6) on the sandbox with a real ACME server: Pebble, with pebble-challtestsrv as its DNS."""
 
-import json
-import os
-import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, port_open, wait_for
+from tests.support import DOMAIN, Pebble, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "tls"
-DOMAIN = "app.example.test"
-
-
-class Pebble:
-    """Pebble (ACME) and pebble-challtestsrv (DNS), on loopback ports of their own."""
-
-    def __init__(self, http_port: int):
-        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-pebble-"))
-        os.chmod(self.dir, 0o755)
-        self.port, self.mgmt, self.dns, self.dns_mgmt = free_port(), free_port(), free_port(), free_port()
-        self.http_port = http_port
-        self.procs: list[subprocess.Popen] = []
-
-    @property
-    def directory(self) -> str:
-        return f"https://127.0.0.1:{self.port}/dir"
-
-    @property
-    def ca_bundle(self) -> str:
-        return str(self.dir / "ca.pem")
-
-    def start(self):
-        d = self.dir
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test pebble CA",
-                        "-keyout", d / "ca.key", "-out", d / "ca.pem"], check=True, capture_output=True)
-        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", d / "key.pem",
-                        "-out", d / "req.csr"], check=True, capture_output=True)
-        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        subprocess.run(["openssl", "x509", "-req", "-in", d / "req.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-                        "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "cert.pem"], check=True, capture_output=True)
-        for f in d.iterdir():
-            f.chmod(0o644)
-        (d / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
-            "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"), "httpPort": self.http_port,
-            "tlsPort": free_port(), "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-        log = open(d / "log", "w")
-        self.procs.append(subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "", "-dns01",
-                                            f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                                            "-management", f"127.0.0.1:{self.dns_mgmt}"], stdout=log, stderr=log))
-        self.procs.append(subprocess.Popen(["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}",
-                                            "-strict=false"], env={**os.environ, "PEBBLE_VA_NOSLEEP": "1"}, stdout=log, stderr=log))
-        wait_for(lambda: port_open(self.port) and port_open(self.dns_mgmt), 20, what="pebble")
-        req = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt}/add-a",
-                                     data=json.dumps({"host": DOMAIN, "addresses": ["127.0.0.1"]}).encode())
-        urllib.request.urlopen(req, timeout=5).read()
-        return self
-
-    def roots(self) -> str:
-        context = ssl.create_default_context(cafile=self.ca_bundle)
-        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt}/roots/0", context=context, timeout=5) as res:
-            return res.read().decode()
-
-    def stop(self):
-        for proc in self.procs:
-            proc.terminate()
-            proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

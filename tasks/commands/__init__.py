@@ -1,11 +1,17 @@
 """Pure command builders: each function returns an argv list (or a shell line made with
-shlex) and opens no connection. The task modules run what these build."""
+shlex) and opens no connection. The task modules run what these build. Host builders take one
+`HostContext` (commands/context.py), which owns the host's paths."""
 
 import shlex
 from collections.abc import Iterable
 
 
-def sh(argv: Iterable[str]) -> str:
+def q(value: object) -> str:
+    """One value, quoted for the shell (the only quoting helper)."""
+    return shlex.quote(str(value))
+
+
+def sh(argv: Iterable[object]) -> str:
     """One argv list as a shell-safe command line."""
     return shlex.join(str(a) for a in argv)
 

@@ -1,22 +1,20 @@
-"""The host's audit log: one JSON line per deploy, rollback, migration and lock action."""
+"""The host's audit log: one JSON line per deploy, rollback, migration, backup and lock action."""
 
 from __future__ import annotations
 
 import json
-import shlex
+
+from . import q
+from .context import HostContext
 
 
-def log_path(app_dir: str) -> str:
-    return f"{app_dir}/audit.log"
+def append(ctx: HostContext, entry: dict) -> str:
+    return (f"mkdir -p {q(ctx.app_dir)} && "
+            f"printf '%s\\n' {q(json.dumps(entry, sort_keys=True))} >> {q(ctx.audit_log)}")
 
 
-def append(app_dir: str, entry: dict) -> str:
-    return (f"mkdir -p {shlex.quote(app_dir)} && "
-            f"printf '%s\\n' {shlex.quote(json.dumps(entry, sort_keys=True))} >> {shlex.quote(log_path(app_dir))}")
-
-
-def tail(app_dir: str, lines: int) -> str:
-    return f"tail -n {int(lines)} {shlex.quote(log_path(app_dir))} 2>/dev/null || true"
+def tail(ctx: HostContext, lines: int) -> str:
+    return f"tail -n {int(lines)} {q(ctx.audit_log)} 2>/dev/null || true"
 
 
 def format_entries(text: str) -> list[str]:

@@ -6,19 +6,24 @@ written from BACKUP_SCRIPT below. One run makes one set under APP_DIR/backups/<U
     database.dump    pg_dump custom format, streamed from the container to the file
     rowcounts.txt    rows per table, counted in the very snapshot pg_dump used
     nats.tar.gz      the JetStream store, copied while nats-server is paused (frozen, consistent)
-    app-files.tar.gz shared/.env, shared/nginx (TLS config), shared/letsencrypt (certificates)
+    app-files.tar.gz env/ (each release's settings), shared/nginx (TLS config),
+                     shared/letsencrypt (certificates)
     SHA256SUMS, manifest.json
 
 It is built in APP_DIR/backups/.<name>.partial and renamed when complete and verified; a failed
 run leaves no partial set and deletes nothing. Verification restores the dump into a scratch
-database on the same server and compares the row counts. Retention keeps the newest KEEP sets.
+database on the same server and compares the row counts. Retention keeps the newest KEEP full
+sets and, separately, the newest KEEP pre-deploy (database-only) sets, so pre-deploy sets never
+evict the last full one. One run at a time (flock on backups/.lock, cron included). While NATS is
+paused for its copy, a watchdog unpauses it if the script dies in any way (even SIGKILL).
 """
 
 from __future__ import annotations
 
-import shlex
+import json
 
-from . import sh
+from . import q, sh
+from .context import HostContext
 
 SCRIPT_NAME = "tasktracker-backup"
 
@@ -41,9 +46,12 @@ container() {
 }
 log() { printf '%s\n' "$1" >> "$root/backup.log"; }
 nats_paused=""
+watchdog=""
 fail() {
+  trap - HUP INT TERM
   echo "BACKUP FAILED at step '$step': $*" >&2
   [ -n "$nats_paused" ] && docker unpause "$nats_paused" >/dev/null 2>&1
+  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
   [ -n "${coproc_pid:-}" ] && kill "$coproc_pid" 2>/dev/null
   [ -n "${scratch:-}" ] && docker exec "$pg" sh -c "dropdb -U \"\$POSTGRES_USER\" --if-exists $scratch" >/dev/null 2>&1
   rm -rf "$tmp"
@@ -54,8 +62,20 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 progress() { step=$1; echo "[backup] $1"; }
 
-mkdir -p "$root" && rm -rf "$root"/.*.partial && mkdir "$tmp" || fail "cannot create $tmp"
+trap 'fail "interrupted"' HUP INT TERM
+mkdir -p "$root" || { echo "BACKUP FAILED: cannot create $root" >&2; exit 1; }
+exec 9>>"$root/.lock"
+if ! flock -n 9; then
+  echo "[backup] another backup is running on this host; waiting for it (up to 30 min)"
+  flock -w 1800 9 || { echo "BACKUP FAILED: another backup still holds $root/.lock after 30 min" >&2; exit 1; }
+fi
+# Holding the lock: partial sets left behind are from runs that died, and a paused NATS is theirs.
+rm -rf "$root"/.*.partial
+mkdir "$tmp" || fail "cannot create $tmp"
 pg=$(container postgres); nats=$(container nats)
+if [ -n "$nats" ] && [ "$(docker inspect -f '{{.State.Paused}}' "$nats" 2>/dev/null)" = true ]; then
+  docker unpause "$nats" >/dev/null && echo "[backup] nats was left paused by an earlier run; unpaused"
+fi
 [ -n "$pg" ] || fail "no running postgres container in compose project $PROJECT"
 
 progress "database dump (streamed) and row counts in one snapshot"
@@ -86,13 +106,19 @@ if [ "$MODE" != "--db-only" ]; then
     progress "nats data (server paused while copied)"
     image=$(docker inspect -f '{{.Config.Image}}' "$nats")
     volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' "$nats")
+    # The watchdog outlives this script only if it dies: then it unpauses NATS (it holds the
+    # lock's descriptor too, so no other backup starts before it has).
+    setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; docker unpause "$2" >/dev/null 2>&1' \
+      watchdog "$$" "$nats" </dev/null >/dev/null 2>&1 &
+    watchdog=$!
     docker pause "$nats" >/dev/null && nats_paused=$nats
     docker run --rm --entrypoint tar -v "$volume:/data:ro" "$image" -C /data -czf - . > "$tmp/nats.tar.gz" || fail "copying the nats volume failed (disk full?)"
     docker unpause "$nats" >/dev/null; nats_paused=""
+    kill "$watchdog" 2>/dev/null; watchdog=""
   fi
   progress "app files"
   files=""
-  for f in shared/.env shared/nginx shared/letsencrypt; do [ -e "$f" ] && files="$files $f"; done
+  for f in env shared/.env shared/nginx shared/letsencrypt; do [ -e "$f" ] && files="$files $f"; done
   tar -czf "$tmp/app-files.tar.gz" $files || fail "archiving app files failed (disk full?)"
 fi
 
@@ -126,9 +152,11 @@ printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "durati
 chmod 600 "$tmp"/* && chmod 700 "$tmp"
 mv "$tmp" "$root/$name" || fail "renaming the finished set failed"
 
-progress "retention: keep the newest $KEEP verified sets"
-ls -1 "$root" | grep -E '^[0-9]{8}T[0-9]{6}Z' | sort | head -n "-$KEEP" | while read -r old; do
-  [ "$old" = "$name" ] || { rm -rf "${root:?}/$old" && echo "[backup] removed old set $old"; }
+progress "retention: keep the newest $KEEP full sets and the newest $KEEP pre-deploy sets"
+for kind in '^[0-9]{8}T[0-9]{6}Z$' '^[0-9]{8}T[0-9]{6}Z-predeploy$'; do
+  ls -1 "$root" | grep -E "$kind" | sort | head -n "-$KEEP" | while read -r old; do
+    [ "$old" = "$name" ] || { rm -rf "${root:?}/$old" && echo "[backup] removed old set $old"; }
+  done
 done
 log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(date -u +%FT%TZ)"'", "result": "ok", /')"
 echo "BACKUP OK $name"
@@ -136,57 +164,68 @@ cat "$root/$name/manifest.json"
 '''
 
 
-def script_path(app_dir: str) -> str:
-    return f"{app_dir}/bin/{SCRIPT_NAME}"
+# The only files a backup set holds (backup.pull writes no other name on the operator's machine).
+SET_FILES = ("database.dump", "rowcounts.txt", "nats.tar.gz", "app-files.tar.gz", "manifest.json")
+SET_NAME_RE = r"^[0-9]{8}T[0-9]{6}Z(-predeploy)?$"
 
 
-def install_script(app_dir: str) -> str:
+def script_path(ctx: HostContext) -> str:
+    return f"{ctx.bin_dir}/{SCRIPT_NAME}"
+
+
+def install_script(ctx: HostContext) -> str:
     """mkdir bin, then the script arrives over SFTP into the 0700 file this makes."""
-    return " && ".join([sh(["mkdir", "-p", f"{app_dir}/bin", f"{app_dir}/backups"]),
-                        sh(["install", "-m", "700", "/dev/null", script_path(app_dir) + ".new"])])
+    return " && ".join([sh(["mkdir", "-p", ctx.bin_dir, ctx.backups_dir]),
+                        sh(["install", "-m", "700", "/dev/null", script_path(ctx) + ".new"])])
 
 
-def activate_script(app_dir: str) -> list[str]:
-    return ["mv", "-f", script_path(app_dir) + ".new", script_path(app_dir)]
+def activate_script(ctx: HostContext) -> list[str]:
+    return ["mv", "-f", script_path(ctx) + ".new", script_path(ctx)]
 
 
-def run(app_dir: str, project: str, keep: int, db_only: bool = False) -> list[str]:
-    return [script_path(app_dir), app_dir, project, str(keep), *(["--db-only"] if db_only else [])]
+def run(ctx: HostContext, keep: int, db_only: bool = False) -> list[str]:
+    return [script_path(ctx), ctx.app_dir, ctx.project, str(keep), *(["--db-only"] if db_only else [])]
 
 
-def list_sets(app_dir: str) -> str:
-    root = shlex.quote(f"{app_dir}/backups")
+def list_sets(ctx: HostContext) -> str:
+    root = q(ctx.backups_dir)
     return (f"for d in $(ls -1 {root} 2>/dev/null | grep -E '^[0-9]{{8}}T' | sort); do "
             f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb {root}/$d | cut -f1)\" \"$(tr -d '\\n' < {root}/$d/manifest.json 2>/dev/null)\"; done; "
             f"echo '--log'; tail -n 5 {root}/backup.log 2>/dev/null || true")
 
 
-def cron_line(app_dir_abs: str, project: str, keep: int, at: str) -> str:
+def cron_marker(kind: str, project: str) -> str:
+    return f"# tasktracker-{kind}:{project}"
+
+
+def cron_line(ctx_abs: HostContext, keep: int, at: str) -> str:
     hour, minute = at.split(":")
-    command = sh(run(app_dir_abs, project, keep))
-    log = shlex.quote(f"{app_dir_abs}/backups/cron.log")
-    return f"{int(minute)} {int(hour)} * * * {command} >> {log} 2>&1 # tasktracker-backup:{project}"
+    command = sh(run(ctx_abs, keep))
+    log = q(f"{ctx_abs.backups_dir}/cron.log")
+    return f"{int(minute)} {int(hour)} * * * {command} >> {log} 2>&1 {cron_marker('backup', ctx_abs.project)}"
 
 
 def install_cron(line: str, marker: str) -> str:
-    """Install `line` in the user's crontab, replacing the earlier line with the same marker."""
-    return (f"( crontab -l 2>/dev/null | grep -vF {shlex.quote(marker)} ; printf '%s\\n' {shlex.quote(line)} ) | crontab - "
-            f"&& crontab -l | grep -F {shlex.quote(marker)}")
+    """Install `line` in the user's crontab, replacing the earlier line that ends with exactly
+    this marker (so `tasktracker` never replaces `tasktracker-staging`'s job)."""
+    keep_others = f"awk -v m={q(' ' + marker)} 'length($0) < length(m) || substr($0, length($0) - length(m) + 1) != m'"
+    return (f"( crontab -l 2>/dev/null | {keep_others} ; printf '%s\\n' {q(line)} ) | crontab - "
+            f"&& crontab -l | grep -F -- {q(marker)} | grep -F -- {q(line)}")
 
 
-def restore(app_dir: str, project: str, set_name: str, compose_start: str) -> str:
-    """Stop api and worker, restore the database and NATS data of a set, start them again."""
-    d = shlex.quote(f"{app_dir}/backups/{set_name}")
+def restore(ctx: HostContext, set_name: str, compose_start: str) -> str:
+    """Stop api and worker, restore the database and NATS data of a set, start them again. Any
+    failure starts NATS, api and worker again before the script exits."""
+    d = q(f"{ctx.backups_dir}/{set_name}")
     return f"""set -eEuo pipefail
 start_services() {{ {compose_start}; }}
-trap 'echo "[restore] FAILED; starting api and worker again" >&2; start_services >/dev/null 2>&1 || true' ERR
+trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && docker start "$nats" >/dev/null 2>&1; start_services >/dev/null 2>&1 || true' ERR
 (cd {d} && sha256sum --quiet -c SHA256SUMS)
 echo "[restore] checksums ok"
-pg=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=postgres --filter label=com.docker.compose.oneoff=False | head -n 1)
-nats=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=nats --filter label=com.docker.compose.oneoff=False | head -n 1)
-for service in api worker; do
-  for c in $(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=$service); do docker stop -t 30 $c >/dev/null; done
-done
+pg=$({ctx.container('postgres')})
+nats=$({ctx.container('nats')})
+[ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; false; }}
+for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 $c >/dev/null; done
 echo "[restore] api and worker stopped"
 docker exec -i "$pg" sh -c 'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --single-transaction --exit-on-error' < {d}/database.dump
 echo "[restore] database restored"
@@ -200,9 +239,33 @@ if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
 fi
 start_services
 for _ in $(seq 1 120); do
-  api=$(docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} --filter label=com.docker.compose.service=api --filter label=com.docker.compose.oneoff=False | head -n 1)
+  api=$({ctx.container('api')})
   [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
   sleep 0.5
 done
 echo "[restore] api and worker started"
 """
+
+
+def parse_run(output: str) -> tuple[str, dict]:
+    """(set name, manifest) from what a successful run printed (`BACKUP OK <name>` + manifest)."""
+    name = [line.split()[-1] for line in output.splitlines() if line.startswith("BACKUP OK")][0]
+    return name, json.loads(output.split(f"BACKUP OK {name}", 1)[1].strip())
+
+
+def parse_sets(output: str) -> tuple[list[dict], list[str]]:
+    """(sets with their manifests, the latest backup.log lines) from list_sets."""
+    sets = []
+    body, _, log_text = output.partition("--log\n")
+    for line in body.splitlines():
+        name, size, manifest = (line.split("\t") + ["", ""])[:3]
+        try:
+            meta = json.loads(manifest) if manifest else {}
+        except ValueError:
+            meta = {}
+        sets.append({"name": name, "bytes": int(size or 0), **meta})
+    return sets, [line for line in log_text.splitlines() if line.strip()]
+
+
+def verified(sets: list[dict]) -> list[str]:
+    return [s["name"] for s in sets if s.get("verification", {}).get("result") == "ok"]

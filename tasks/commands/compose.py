@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import sh
-
-STACK_FILES = ("compose.yml", "docker-compose.production.yml", "release.yml")
-TOOLS = {
-    "v2": ["docker", "compose"],
-    # v1 applies deploy.resources (the plan's limits) only in compatibility mode.
-    "v1": ["docker-compose", "--compatibility"],
-}
+from .context import HostContext
 
 
-def base(variant: str, project: str) -> list[str]:
-    argv = [*TOOLS[variant], "-p", project]
-    for name in STACK_FILES:
-        argv += ["-f", name]
-    return argv
+def up(ctx: HostContext) -> list[str]:
+    return ctx.compose("up", "-d", "--remove-orphans")
 
 
-def up(variant: str, project: str) -> list[str]:
-    return [*base(variant, project), "up", "-d", "--remove-orphans"]
+def down(ctx: HostContext, volumes: bool = False) -> list[str]:
+    return ctx.compose("down", "--remove-orphans", *(["--volumes"] if volumes else []))
 
 
-def down(variant: str, project: str, volumes: bool = False) -> list[str]:
-    return [*base(variant, project), "down", "--remove-orphans", *(["--volumes"] if volumes else [])]
+def ps(ctx: HostContext) -> list[str]:
+    return ctx.compose("ps")
 
 
-def ps(variant: str, project: str) -> list[str]:
-    return [*base(variant, project), "ps"]
+def restart(ctx: HostContext, services: list[str]) -> list[str]:
+    return ctx.compose("restart", *services)
 
 
-def restart(variant: str, project: str, services: list[str]) -> list[str]:
-    return [*base(variant, project), "restart", *services]
+def start(ctx: HostContext, services: list[str]) -> list[str]:
+    return ctx.compose("start", *services)
 
 
-def logs(variant: str, project: str, service: str | None = None, since: str | None = None,
+def logs(ctx: HostContext, service: str | None = None, since: str | None = None,
          follow: bool = False, tail: int | None = 200) -> list[str]:
-    argv = [*base(variant, project), "logs", "--no-color"]
+    argv = ctx.compose("logs", "--no-color")
     if since:
         argv += ["--since", since]
     if tail is not None:
@@ -49,19 +42,19 @@ def logs(variant: str, project: str, service: str | None = None, since: str | No
     return argv
 
 
-def build_backend(variant: str, project: str) -> list[str]:
-    return [*base(variant, project), "build", "api"]
+def build_backend(ctx: HostContext) -> list[str]:
+    return ctx.compose("build", "api")
 
 
-def migrate(variant: str, project: str) -> list[str]:
+def migrate(ctx: HostContext) -> list[str]:
     """Alembic in a one-off API container (Postgres and NATS are started and awaited first)."""
-    return [*base(variant, project), "run", "--rm", "-T", "api", "alembic", "upgrade", "head"]
+    return ctx.compose("run", "--rm", "-T", "api", "alembic", "upgrade", "head")
 
 
-def either(argv_for: "callable") -> str:
+def either(ctx: HostContext, argv_for: Callable[[HostContext], list[str]]) -> str:
     """Run with Compose v2 when the host has it, else v1: one round trip, no separate detection."""
-    return (f"if docker compose version >/dev/null 2>&1; then {sh(argv_for('v2'))}; "
-            f"else {sh(argv_for('v1'))}; fi")
+    return (f"if docker compose version >/dev/null 2>&1; then {sh(argv_for(ctx.with_variant('v2')))}; "
+            f"else {sh(argv_for(ctx.with_variant('v1')))}; fi")
 
 
 def release_override(backend_image: str, release_id: str) -> str:

@@ -1,49 +1,59 @@
-"""The per-host deploy lock: an atomic `mkdir` of APP_DIR/.deploy.lock holding who/where/when/what,
-kept alive by a keeper process tied to the holder's SSH session (it exits when the session dies)."""
+"""The per-host lock: an atomic `mkdir` of APP_DIR/.deploy.lock holding who/where/when/what and
+an owner token, kept alive by a keeper process tied to the holder's SSH session (it exits when
+the session dies). Only the holder's token removes the lock, so a holder whose lock was
+force-released cannot remove a later holder's lock."""
 
 from __future__ import annotations
 
 import json
-import shlex
 
-
-def lock_dir(app_dir: str) -> str:
-    return f"{app_dir}/.deploy.lock"
-
-
-def _q(s: str) -> str:
-    return shlex.quote(s)
+from . import q
+from .context import HostContext
 
 
 def _holder_report(d: str) -> str:
-    return (f"cat {_q(d)}/info.json 2>/dev/null; echo; "
-            f"if [ -f {_q(d)}/keeper.pid ] && kill -0 \"$(cat {_q(d)}/keeper.pid)\" 2>/dev/null; then echo ALIVE; "
-            f"elif [ ! -f {_q(d)}/keeper.pid ] && [ -n \"$(find {_q(d)} -maxdepth 0 -newermt '-60 seconds' 2>/dev/null)\" ]; then echo STARTING; "
+    return (f"cat {q(d)}/info.json 2>/dev/null; echo; "
+            f"if [ -f {q(d)}/keeper.pid ] && kill -0 \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null; then echo ALIVE; "
+            f"elif [ ! -f {q(d)}/keeper.pid ] && [ -n \"$(find {q(d)} -maxdepth 0 -newermt '-60 seconds' 2>/dev/null)\" ]; then echo STARTING; "
             f"else echo STALE; fi")
 
 
-def acquire(app_dir: str, info: dict) -> str:
-    """Prints ACQUIRED, or HELD followed by the holder's info and ALIVE / STARTING / STALE."""
-    d = lock_dir(app_dir)
-    return (f"mkdir -p {_q(app_dir)} && if mkdir {_q(d)} 2>/dev/null; then "
-            f"printf '%s\\n' {_q(json.dumps(info, sort_keys=True))} > {_q(d)}/info.json && echo ACQUIRED; "
+def acquire(ctx: HostContext, info: dict) -> str:
+    """Prints ACQUIRED, or HELD followed by the holder's info and ALIVE / STARTING / STALE.
+    `info` carries the owner token; it is written with the lock directory's contents."""
+    d = ctx.lock_dir
+    return (f"mkdir -p {q(ctx.app_dir)} && if mkdir {q(d)} 2>/dev/null; then "
+            f"printf '%s\\n' {q(json.dumps(info, sort_keys=True))} > {q(d)}/info.json && echo ACQUIRED; "
             f"else echo HELD; {_holder_report(d)}; fi")
 
 
-def keeper(app_dir: str) -> str:
+def _owned(d: str, token: str) -> str:
+    return f"grep -qF {q(json.dumps(token))} {q(d)}/info.json 2>/dev/null"
+
+
+def keeper(ctx: HostContext, token: str) -> str:
     """Runs for as long as the SSH channel is open: stdin reaches EOF when the holder goes away."""
-    return f"echo $$ > {_q(lock_dir(app_dir))}/keeper.pid && exec cat > /dev/null"
+    d = ctx.lock_dir
+    return f"{_owned(d, token)} && echo $$ > {q(d)}/keeper.pid && exec cat > /dev/null"
 
 
-def status(app_dir: str) -> str:
-    d = lock_dir(app_dir)
-    return f"if [ -d {_q(d)} ]; then echo HELD; {_holder_report(d)}; else echo FREE; fi"
+def status(ctx: HostContext) -> str:
+    d = ctx.lock_dir
+    return f"if [ -d {q(d)} ]; then echo HELD; {_holder_report(d)}; else echo FREE; fi"
 
 
-def release(app_dir: str) -> str:
-    d = lock_dir(app_dir)
-    return (f"if [ -f {_q(d)}/keeper.pid ]; then kill \"$(cat {_q(d)}/keeper.pid)\" 2>/dev/null || true; fi; "
-            f"rm -rf {_q(d)}")
+def release(ctx: HostContext, token: str) -> str:
+    """Remove the lock only if this token still owns it (prints RELEASED or NOT-OURS)."""
+    d = ctx.lock_dir
+    return (f"if {_owned(d, token)}; then "
+            f"if [ -f {q(d)}/keeper.pid ]; then kill \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null || true; fi; "
+            f"rm -rf {q(d)}; echo RELEASED; else echo NOT-OURS; fi")
+
+
+def force_release(ctx: HostContext) -> str:
+    d = ctx.lock_dir
+    return (f"if [ -f {q(d)}/keeper.pid ]; then kill \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null || true; fi; "
+            f"rm -rf {q(d)}")
 
 
 def parse_report(output: str) -> tuple[str, dict, str]:

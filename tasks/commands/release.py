@@ -1,26 +1,26 @@
-"""Commands that lay out releases on the host:
+"""Commands that lay out, inspect and prune releases on the host (layout: commands/context.py).
 
-    APP_DIR/releases/<UTC time>-<git sha>/   compose files, nginx, backend, frontend/dist, release.yml
-    APP_DIR/shared/.env                      the stack's settings, mode 0600
-    APP_DIR/current -> releases/<id>         switched atomically once the release is healthy
+Each release carries its own settings: APP_DIR/env/<id>.env (mode 0600, in a 0700 directory
+nginx never sees), linked as the release's `.env`. A deploy writes only its new release's file,
+so a failed deploy leaves the live settings untouched and a rollback runs the old code with the
+settings it was proven with.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
+from dataclasses import dataclass
 
-from . import sh
+from . import q, sh
+from .context import HostContext
 
 NO_RELEASE_EXIT = 3
+PROBE_PATH = "tasks/probe.py"
+SCHEMA_WAIT_SECONDS = 60
 
 
-def q(value: str) -> str:
-    return shlex.quote(value)
-
-
-def preflight(app_dir: str) -> str:
-    """One round trip that reports what the deploy needs to know about the host."""
+def preflight(ctx: HostContext) -> str:
+    """One round trip that reports what every task needs to know about the host."""
     return "; ".join([
         "echo \"user=$(id -un)\"",
         "echo \"home=$HOME\"",
@@ -30,12 +30,13 @@ def preflight(app_dir: str) -> str:
         "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi",
         "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi",
         "echo \"rsync=$(command -v rsync || true)\"",
-        f"echo \"current=$(readlink {q(app_dir)}/current 2>/dev/null || true)\"",
-        f"echo \"current_meta=$(cat {q(app_dir)}/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"",
+        f"echo \"current=$(readlink {q(ctx.current_link)} 2>/dev/null || true)\"",
+        f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"",
     ])
 
 
-def parse_preflight(output: str) -> dict[str, str]:
+def parse_facts(output: str) -> dict[str, str]:
+    """`key=value` lines (preflight, schema_state) as a dict."""
     facts: dict[str, str] = {}
     for line in output.splitlines():
         key, sep, value = line.partition("=")
@@ -44,42 +45,32 @@ def parse_preflight(output: str) -> dict[str, str]:
     return facts
 
 
-def env_upload_path(app_dir: str) -> str:
-    return f"{app_dir}/shared/.env.upload"
-
-
-def prepare(app_dir: str, release_id: str, release_yml: str) -> str:
-    """Create the release directory, and an empty 0600 file the new .env is then written into
-    (over SFTP), so the settings are never readable by anyone else, not even for a moment."""
-    release = f"{app_dir}/releases/{release_id}"
+def prepare(ctx: HostContext, release_id: str, release_yml: str) -> str:
+    """Create the release directory and the shared directories, and an empty 0600 file the
+    release's .env is then written into (over SFTP): the settings are never readable by anyone
+    else, not even for a moment, and the live release's settings are not touched."""
+    release = ctx.release_dir(release_id)
     return " && ".join([
-        sh(["mkdir", "-p", release, f"{app_dir}/shared"]),
-        sh(["install", "-m", "600", "/dev/null", env_upload_path(app_dir)]),
-        sh(["ln", "-sfn", "../../shared/.env", f"{release}/.env"]),
+        sh(["mkdir", "-p", release, *ctx.mounted_dirs]),
+        sh(["install", "-d", "-m", "700", ctx.env_dir]),
+        sh(["install", "-m", "600", "/dev/null", ctx.release_env(release_id)]),
+        sh(["ln", "-sfn", f"../../env/{release_id}.env", f"{release}/.env"]),
         f"printf %s {q(release_yml)} > {q(release)}/release.yml",
     ])
 
 
-def install_env(app_dir: str) -> list[str]:
-    return ["mv", "-f", env_upload_path(app_dir), f"{app_dir}/shared/.env"]
+def in_release(ctx: HostContext, release_id: str, command: str) -> str:
+    return f"cd {q(ctx.release_dir(release_id))} && {command}"
 
 
-def in_release(app_dir: str, release_id: str, command: str) -> str:
-    return f"cd {q(app_dir)}/releases/{q(release_id)} && {command}"
-
-
-def in_current(app_dir: str, command: str) -> str:
+def in_current(ctx: HostContext, command: str) -> str:
     """Run in the resolved current release, or exit 3 when the host has none yet."""
-    current = f"{app_dir}/current"
-    return (f"if [ ! -e {q(current)} ]; then echo 'no release deployed yet' >&2; exit {NO_RELEASE_EXIT}; fi; "
-            f"cd \"$(readlink -f {q(current)})\" && {command}")
+    return (f"if [ ! -e {q(ctx.current_link)} ]; then echo 'no release deployed yet' >&2; exit {NO_RELEASE_EXIT}; fi; "
+            f"cd \"$(readlink -f {q(ctx.current_link)})\" && {command}")
 
 
 def image_present_or_build(image: str, build_command: str) -> str:
-    return f"if docker image inspect {q(image)} >/dev/null 2>&1; then echo 'image {image} already built'; else {build_command}; fi"
-
-
-PROBE_PATH = "tasks/probe.py"
+    return f"if docker image inspect {q(image)} >/dev/null 2>&1; then echo {q(f'image {image} already built')}; else {build_command}; fi"
 
 
 def probe(image: str, base_url: str, assets: list[str], timeout: int = 90) -> str:
@@ -89,30 +80,22 @@ def probe(image: str, base_url: str, assets: list[str], timeout: int = 90) -> st
             + sh([base_url, str(timeout), *assets]))
 
 
-def write_meta(app_dir: str, release_id: str, meta: dict) -> str:
-    release_dir = f"{app_dir}/releases/{release_id}"
-    return f"printf '%s\\n' {q(json.dumps(meta, sort_keys=True))} > {q(release_dir)}/RELEASE.json"
+def read_meta(ctx: HostContext, release_id: str) -> str:
+    """The release's RELEASE.json, or the line MISSING when it has none."""
+    path = q(ctx.release_meta(release_id))
+    return f"if [ -f {path} ]; then cat {path}; else echo MISSING; fi"
 
 
-def finalize(app_dir: str, release_id: str, meta: dict, keep: int, image_repo: str) -> str:
-    """Record the release, prune old releases (never the current one) and their images."""
-    return "; ".join([write_meta(app_dir, release_id, meta), prune(app_dir, keep), prune_images(app_dir, image_repo)])
+def write_meta(ctx: HostContext, release_id: str, meta: dict) -> str:
+    return f"printf '%s\\n' {q(json.dumps(meta, sort_keys=True))} > {q(ctx.release_meta(release_id))}"
 
 
-def prune_images(app_dir: str, image_repo: str) -> str:
-    """Remove this project's backend images that no kept release names (images in use stay)."""
-    releases = f"{q(app_dir)}/releases"
-    return (f"keep=$(cat {releases}/*/RELEASE.json 2>/dev/null | grep -o '\"backend_image\": \"[^\"]*\"' | cut -d'\"' -f4 | sort -u); "
-            f"for img in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {q(image_repo)}); do "
-            f"printf '%s\\n' \"$keep\" | grep -qxF \"$img\" || {{ docker rmi \"$img\" >/dev/null 2>&1 && echo \"removed image $img\"; }}; done; true")
-
-
-def list_releases(app_dir: str) -> str:
+def list_releases(ctx: HostContext) -> str:
     """Each kept release as `name<TAB>RELEASE.json`, then `current=<name>`."""
-    releases = f"{q(app_dir)}/releases"
+    releases = q(ctx.releases_dir)
     return (f"for r in $(ls -1 {releases} 2>/dev/null | sort); do printf '%s\\t%s\\n' \"$r\" "
             f"\"$(cat {releases}/$r/RELEASE.json 2>/dev/null | tr -d '\\n')\"; done; "
-            f"echo \"current=$(basename \"$(readlink {q(app_dir)}/current 2>/dev/null)\")\"")
+            f"echo \"current=$(basename \"$(readlink {q(ctx.current_link)} 2>/dev/null)\")\"")
 
 
 def parse_releases(output: str) -> tuple[list[tuple[str, dict]], str]:
@@ -129,26 +112,92 @@ def parse_releases(output: str) -> tuple[list[tuple[str, dict]], str]:
     return rows, current
 
 
-def schema_revisions(app_dir: str, release_id: str, project: str) -> str:
-    """The database's Alembic revision, and every revision the release's code knows."""
-    versions = f"{q(app_dir)}/releases/{q(release_id)}/backend/alembic/versions"
-    psql = ("docker exec $(docker ps -q --filter label=com.docker.compose.project=" + q(project)
-            + " --filter label=com.docker.compose.service=postgres | head -n 1) sh -c "
-            + q('psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "SELECT version_num FROM alembic_version" 2>/dev/null'))
-    return (f"echo \"db=$({psql} | tr '\\n' ' ')\"; "
-            f"echo \"known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"; "
-            f"echo \"parents=$(grep -h '^down_revision = ' {versions}/*.py 2>/dev/null | cut -d'\"' -f2 | tr '\\n' ' ')\"")
+def remove_releases(ctx: HostContext, names: list[str]) -> str:
+    """Delete these releases and their settings files (never called with the current one)."""
+    if not names:
+        return "true"
+    paths = [p for n in names for p in (ctx.release_dir(n), ctx.release_env(n))]
+    return sh(["rm", "-rf", "--", *paths]) + "; " + "; ".join(f"echo {q('pruned ' + n)}" for n in names)
 
 
-def migrations_pending(facts: dict[str, str]) -> bool:
-    """Whether the release's newest migration is ahead of the database (parsed schema_revisions)."""
-    db = facts.get("db", "").strip()
-    heads = set(facts.get("known", "").split()) - set(facts.get("parents", "").split())
-    return bool(db) and db not in heads
+def prune_images(ctx: HostContext, image_repo: str) -> str:
+    """Remove this project's backend images that no kept release names (images in use stay)."""
+    releases = q(ctx.releases_dir)
+    return (f"keep=$(cat {releases}/*/RELEASE.json 2>/dev/null | grep -o '\"backend_image\": \"[^\"]*\"' | cut -d'\"' -f4 | sort -u); "
+            f"for img in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {q(image_repo)}); do "
+            f"printf '%s\\n' \"$keep\" | grep -qxF \"$img\" || {{ docker rmi \"$img\" >/dev/null 2>&1 && echo \"removed image $img\"; }}; done; true")
 
 
-def prune(app_dir: str, keep: int) -> str:
-    releases = f"{app_dir}/releases"
-    return (f"current=$(basename \"$(readlink {q(app_dir)}/current)\"); "
-            f"for old in $(ls -1 {q(releases)} | sort | head -n -{int(keep)}); do "
-            f"[ \"$old\" = \"$current\" ] || {{ rm -rf {q(releases)}/\"$old\" && echo \"pruned $old\"; }}; done")
+# --- the database schema (Alembic) ----------------------------------------------------------
+
+SCHEMA_SQL = ("SELECT 'revision=' || coalesce((SELECT string_agg(version_num, ' ') FROM alembic_version), ''); "
+              "SELECT 'schema=' || md5(coalesce(string_agg(table_name || '.' || column_name || ':' || data_type, ',' "
+              "ORDER BY table_name, column_name), '')) FROM information_schema.columns WHERE table_schema = 'public'")
+FRESH_SQL = ("SELECT 'revision=' || CASE WHEN to_regclass('public.alembic_version') IS NULL THEN '<none>' ELSE '' END; "
+             "SELECT 'schema=' || md5(coalesce(string_agg(table_name || '.' || column_name || ':' || data_type, ',' "
+             "ORDER BY table_name, column_name), '')) FROM information_schema.columns WHERE table_schema = 'public'")
+
+
+def schema_state(ctx: HostContext, release_id: str, wait_seconds: int = SCHEMA_WAIT_SECONDS) -> str:
+    """The database's Alembic revision and a fingerprint of its schema, waiting for Postgres to
+    accept connections; plus every revision the release's code knows. Prints `db=ok` only when
+    the revision was really read (`db=unreachable`/`db=error` otherwise: callers fail closed)."""
+    versions = q(f"{ctx.release_dir(release_id)}/backend/alembic/versions")
+    psql = 'psql -X -q -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
+    # One query decides whether alembic_version exists; the revision query runs only if it does.
+    query = (f"if [ \"$({psql} -c \"SELECT to_regclass('public.alembic_version') IS NOT NULL\")\" = t ]; "
+             f"then {psql} -c {q(SCHEMA_SQL)}; else {psql} -c {q(FRESH_SQL)}; fi")
+    # Readiness over TCP: while the image initialises a new cluster, a temporary server answers
+    # on the socket only and then shuts down. A query error is retried until the deadline.
+    return f"""pg=$({ctx.container('postgres')})
+if [ -z "$pg" ]; then echo db=unreachable; echo 'db_error=no running postgres container'; else
+  state=unreachable; err="postgres did not accept connections within {int(wait_seconds)}s"
+  for _ in $(seq 1 {int(wait_seconds) * 2}); do
+    if docker exec "$pg" sh -c 'pg_isready -q -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"' 2>/dev/null; then
+      if out=$(docker exec "$pg" sh -c {q(query)} 2>&1); then state=ok; break; fi
+      state=error; err=$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300)
+    fi
+    sleep 0.5
+  done
+  echo "db=$state"
+  if [ "$state" = ok ]; then printf '%s\n' "$out"; else printf 'db_error=%s\n' "$err"; fi
+fi
+echo "known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'"' -f2 | tr '\\n' ' ')"
+echo "parents=$(grep -h '^down_revision = ' {versions}/*.py 2>/dev/null | cut -d'"' -f2 | tr '\\n' ' ')"
+"""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What schema_state printed: whether the database answered, its revision, the schema's
+    fingerprint, and the revisions a release knows."""
+
+    readable: bool
+    revision: str  # "" = no alembic_version row; "<none>" = no alembic_version table (fresh database)
+    fingerprint: str
+    known: tuple[str, ...]
+    heads: tuple[str, ...]
+    error: str = ""
+
+    @property
+    def fresh(self) -> bool:
+        return self.revision in ("", "<none>")
+
+    @property
+    def migrations_pending(self) -> bool:
+        """Whether the release's newest migration is ahead of the database."""
+        return self.readable and not self.fresh and self.revision not in self.heads
+
+    @property
+    def unknown_to_release(self) -> bool:
+        """The database is at a revision the release's code does not know (a later release's)."""
+        return self.readable and not self.fresh and self.revision not in self.known
+
+
+def parse_schema(output: str) -> SchemaState:
+    facts = parse_facts(output)
+    known = tuple(facts.get("known", "").split())
+    parents = set(facts.get("parents", "").split())
+    return SchemaState(readable=facts.get("db") == "ok", revision=facts.get("revision", "").strip(),
+                       fingerprint=facts.get("schema", "").strip(), known=known,
+                       heads=tuple(r for r in known if r not in parents), error=facts.get("db_error", ""))

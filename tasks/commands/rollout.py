@@ -8,26 +8,20 @@ so the dashboard switches when `current` is flipped, and nginx reloads gracefull
 
 from __future__ import annotations
 
-import shlex
-
-from . import compose, sh
+from . import sh
+from .context import HostContext
 
 RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
 
 
-def _service_ids(project: str, service: str) -> str:
-    return (f"docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} "
-            f"--filter label=com.docker.compose.service={service} --filter label=com.docker.compose.oneoff=False | sort")
-
-
-def api_rollout(variant: str, project: str, timeout: int = 90) -> str:
+def api_rollout(ctx: HostContext, timeout: int = 90) -> str:
     """Start the release's API beside the running one, wait until healthy, stop the old one."""
-    scale = sh([*compose.base(variant, project), "up", "-d", "--no-deps", "--no-recreate", "--scale"])
+    scale = sh(ctx.compose("up", "-d", "--no-deps", "--no-recreate", "--scale"))
     return f"""set -e
-old=$({_service_ids(project, 'api')})
+old=$({ctx.containers('api')} | sort)
 count=$(printf '%s\\n' "$old" | grep -c . || true)
 {scale} "api=$((count + 1))" api >/dev/null 2>&1 || {scale} "api=$((count + 1))" api
-new=$({_service_ids(project, 'api')} | grep -vxF "$old" || true)
+new=$({ctx.containers('api')} | sort | grep -vxF "$old" || true)
 if [ -z "$new" ]; then echo "no new api container was started" >&2; exit 1; fi
 state=starting
 for _ in $(seq 1 {timeout * 2}); do
@@ -49,34 +43,39 @@ echo "api: $(echo $new | cut -c1-12) healthy; replaced $(echo $old | wc -w) old 
 """
 
 
-def worker_restart(variant: str, project: str) -> list[str]:
+def worker_restart(ctx: HostContext) -> list[str]:
     """Recreate the worker with the release's image; Compose stops the old one gracefully
     (SIGTERM, stop_grace_period): it finishes its job, and unacknowledged JetStream messages are
     delivered again to the new worker."""
-    return [*compose.base(variant, project), "up", "-d", "--no-deps", "worker"]
+    return ctx.compose("up", "-d", "--no-deps", "worker")
 
 
-def data_services_up(variant: str, project: str) -> list[str]:
-    return [*compose.base(variant, project), "up", "-d", "--no-deps", "postgres", "nats"]
+def data_services_up(ctx: HostContext) -> list[str]:
+    return ctx.compose("up", "-d", "--no-deps", "postgres", "nats")
 
 
-def nginx_check(variant: str, project: str, release_id: str) -> list[str]:
+def nginx_check(ctx: HostContext, release_id: str) -> list[str]:
     """`nginx -t` on the release's config in a throwaway nginx container with the release's mounts
     (the running nginx is not touched)."""
-    return [*compose.base(variant, project), "run", "--rm", "--no-deps", "-T", "nginx",
-            "nginx", "-t", "-q", "-c", f"/srv/app/releases/{release_id}/nginx/nginx.conf"]
+    return ctx.compose("run", "--rm", "--no-deps", "-T", "nginx",
+                       "nginx", "-t", "-q", "-c", f"/srv/app/releases/{release_id}/nginx/nginx.conf")
 
 
-def switch_current(app_dir: str, release_id: str) -> str:
+def switch_current(ctx: HostContext, release_id: str) -> str:
     return " && ".join([
-        sh(["ln", "-sfn", f"releases/{release_id}", f"{app_dir}/current.tmp"]),
-        sh(["mv", "-T", f"{app_dir}/current.tmp", f"{app_dir}/current"]),
+        sh(["ln", "-sfn", f"releases/{release_id}", f"{ctx.current_link}.tmp"]),
+        sh(["mv", "-T", f"{ctx.current_link}.tmp", ctx.current_link]),
     ])
 
 
-def nginx_up_and_reload(variant: str, project: str) -> str:
+def remove_current(ctx: HostContext) -> list[str]:
+    """After a first deploy failed: no release is live."""
+    return ["rm", "-f", ctx.current_link]
+
+
+def nginx_up_and_reload(ctx: HostContext) -> str:
     """Create nginx if needed (a no-op when its container is current), then reload gracefully."""
-    up = sh([*compose.base(variant, project), "up", "-d", "--no-deps", "nginx"])
+    up = sh(ctx.compose("up", "-d", "--no-deps", "nginx"))
     # HUP to nginx's master (PID 1): it re-reads the config it was started with, gracefully.
-    reload = sh([*compose.base(variant, project), "exec", "-T", "nginx", "kill", "-HUP", "1"])
+    reload = sh(ctx.compose("exec", "-T", "nginx", "kill", "-HUP", "1"))
     return f"{up} 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; {reload}"

@@ -9,9 +9,11 @@ deploys keep HTTPS, and they are part of the app-files backup.
 from __future__ import annotations
 
 import re
-import shlex
+from datetime import datetime, timezone
 
-from . import sh
+from . import q, sh
+from .backup import cron_marker
+from .context import HostContext
 
 TLS_CONF = "tasktracker-tls.conf"
 CIPHERS = ":".join([
@@ -20,20 +22,23 @@ CIPHERS = ":".join([
 ])
 
 
-def dirs(app_dir: str) -> dict[str, str]:
-    le = f"{app_dir}/shared/letsencrypt"
-    return {"config": le, "work": f"{le}/work", "logs": f"{le}/logs", "webroot": f"{app_dir}/shared/acme",
-            "conf_d": f"{app_dir}/shared/nginx/conf.d"}
+def certbot_base(ctx: HostContext) -> list[str]:
+    le = ctx.letsencrypt_dir
+    return ["certbot", "--config-dir", le, "--work-dir", f"{le}/work", "--logs-dir", f"{le}/logs", "--non-interactive"]
 
 
-def certbot_base(app_dir: str) -> list[str]:
-    d = dirs(app_dir)
-    return ["certbot", "--config-dir", d["config"], "--work-dir", d["work"], "--logs-dir", d["logs"], "--non-interactive"]
+def certbot_present() -> list[str]:
+    return ["sh", "-c", "command -v certbot"]
 
 
-def issue(app_dir: str, domains: list[str], email: str, server: str | None = None, staging: bool = False,
+def make_dirs(ctx: HostContext) -> list[str]:
+    le = ctx.letsencrypt_dir
+    return ["mkdir", "-p", *ctx.mounted_dirs, f"{le}/work", f"{le}/logs"]
+
+
+def issue(ctx: HostContext, domains: list[str], email: str, server: str | None = None, staging: bool = False,
           force: bool = False) -> list[str]:
-    argv = [*certbot_base(app_dir), "certonly", "--webroot", "-w", dirs(app_dir)["webroot"], "--cert-name", domains[0],
+    argv = [*certbot_base(ctx), "certonly", "--webroot", "-w", ctx.acme_webroot, "--cert-name", domains[0],
             "--agree-tos", "--email", email, "--keep-until-expiring", "--expand"]
     for domain in domains:
         argv += ["-d", domain]
@@ -46,18 +51,17 @@ def issue(app_dir: str, domains: list[str], email: str, server: str | None = Non
     return argv
 
 
-def renew(app_dir: str, force: bool = False) -> list[str]:
-    return [*certbot_base(app_dir), "renew", *(["--force-renewal"] if force else [])]
+def renew(ctx: HostContext, force: bool = False) -> list[str]:
+    return [*certbot_base(ctx), "renew", *(["--force-renewal"] if force else [])]
 
 
 def with_ca_bundle(command: str, ca_bundle: str | None) -> str:
     """certbot trusts a private ACME server (Pebble) through REQUESTS_CA_BUNDLE (a path, no secret)."""
-    return f"REQUESTS_CA_BUNDLE={shlex.quote(ca_bundle)} {command}" if ca_bundle else command
+    return f"REQUESTS_CA_BUNDLE={q(ca_bundle)} {command}" if ca_bundle else command
 
 
-def nginx_reload(project: str) -> str:
-    nginx = (f"docker ps -q --filter label=com.docker.compose.project={shlex.quote(project)} "
-             f"--filter label=com.docker.compose.service=nginx --filter label=com.docker.compose.oneoff=False")
+def nginx_reload(ctx: HostContext) -> str:
+    nginx = ctx.containers("nginx")
     # After HUP the old workers hand over to new ones within a moment; wait for that, so the new
     # configuration is what answers when the task says it is done.
     return f"for c in $({nginx}); do docker exec $c kill -HUP 1; done; sleep 1.5"
@@ -100,23 +104,25 @@ server {{
 """
 
 
-def install_tls_config(app_dir: str) -> str:
+def tls_config_path(ctx: HostContext) -> str:
+    return f"{ctx.conf_d}/{TLS_CONF}"
+
+
+def install_tls_config(ctx: HostContext) -> str:
     """Move the uploaded config into place, keeping the previous one to restore on a failed check."""
-    conf_d = dirs(app_dir)["conf_d"]
-    live = f"{conf_d}/{TLS_CONF}"
-    return (f"mkdir -p {shlex.quote(conf_d)} && "
-            f"if [ -f {shlex.quote(live)} ]; then cp -p {shlex.quote(live)} {shlex.quote(live)}.previous; fi && "
-            f"mv -f {shlex.quote(live)}.new {shlex.quote(live)}")
+    live = q(tls_config_path(ctx))
+    return (f"mkdir -p {q(ctx.conf_d)} && "
+            f"if [ -f {live} ]; then cp -p {live} {live}.previous; fi && "
+            f"mv -f {live}.new {live}")
 
 
-def restore_tls_config(app_dir: str) -> str:
-    live = f"{dirs(app_dir)['conf_d']}/{TLS_CONF}"
-    return (f"if [ -f {shlex.quote(live)}.previous ]; then mv -f {shlex.quote(live)}.previous {shlex.quote(live)}; "
-            f"else rm -f {shlex.quote(live)}; fi")
+def restore_tls_config(ctx: HostContext) -> str:
+    live = q(tls_config_path(ctx))
+    return f"if [ -f {live}.previous ]; then mv -f {live}.previous {live}; else rm -f {live}; fi"
 
 
-def status(app_dir: str) -> str:
-    live = shlex.quote(f"{dirs(app_dir)['config']}/live")
+def status(ctx: HostContext) -> str:
+    live = q(f"{ctx.letsencrypt_dir}/live")
     return (f"for d in $(ls -1 {live} 2>/dev/null); do [ -f {live}/$d/cert.pem ] || continue; "
             f"printf 'cert=%s|%s|%s|%s\\n' \"$d\" "
             f"\"$(openssl x509 -noout -enddate -in {live}/$d/cert.pem | cut -d= -f2)\" "
@@ -147,23 +153,22 @@ def reported_problems(output: str) -> list[str]:
     return [line.strip() for line in output.splitlines() if line.strip().startswith(("Domain:", "Type:", "Detail:"))]
 
 
-def parse_status(output: str) -> list[dict]:
-    from datetime import datetime, timezone
-
+def parse_status(output: str, now: datetime | None = None) -> list[dict]:
+    now = now or datetime.now(timezone.utc)
     certs = []
     for line in output.splitlines():
         if not line.startswith("cert="):
             continue
         name, enddate, issuer, sans = (line[5:].split("|") + ["", "", ""])[:4]
         expires = datetime.strptime(re.sub(r"\s+", " ", enddate.strip()), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
-        days = (expires - datetime.now(timezone.utc)).days
+        days = (expires - now).days
         certs.append({"name": name, "expires": expires, "days_left": days, "issuer": issuer.strip(),
                       "domains": [s.split(":", 1)[1] for s in sans.split(",") if ":" in s]})
     return certs
 
 
-def cron_line(app_dir_abs: str, project: str, at: str, ca_bundle: str | None) -> str:
+def cron_line(ctx_abs: HostContext, at: str, ca_bundle: str | None) -> str:
     hour, minute = at.split(":")
-    command = with_ca_bundle(sh(renew(app_dir_abs)), ca_bundle) + " && " + nginx_reload(project)
-    log = shlex.quote(f"{app_dir_abs}/shared/letsencrypt/renew.log")
-    return f"{int(minute)} {int(hour)} * * * ( {command} ) >> {log} 2>&1 # tasktracker-ssl:{project}"
+    command = with_ca_bundle(sh(renew(ctx_abs)), ca_bundle) + " && " + nginx_reload(ctx_abs)
+    log = q(f"{ctx_abs.letsencrypt_dir}/renew.log")
+    return f"{int(minute)} {int(hour)} * * * ( {command} ) >> {log} 2>&1 {cron_marker('ssl', ctx_abs.project)}"

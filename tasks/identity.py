@@ -1,4 +1,4 @@
-"""Who is acting: recorded in the deploy lock and the audit log (never any setting's value)."""
+"""Who is acting: recorded in the host lock and the audit log (never any setting's value)."""
 
 import getpass
 import os

@@ -1,16 +1,6 @@
-"""File commands on the host (the small part of patchwork we need; see README)."""
+"""Local commands that move files to a host: rsync over the same SSH trust as Fabric."""
 
 from . import sh
-
-
-def exists(path: str) -> list[str]:
-    return ["test", "-e", path]
-
-
-def append_line_once(path: str, line: str) -> str:
-    """Append `line` to `path` unless an identical line is already there."""
-    printf = sh(["printf", "%s\\n", line])
-    return f"{sh(['touch', path])} && ( {sh(['grep', '-qxF', '--', line, path])} || {printf} >> {sh([path])} )"
 
 
 def rsync(
@@ -43,7 +33,8 @@ def rsync(
 
 def ssh_command(*, port: int | None, key_files: list[str], known_hosts: str | None, config_file: str | None = None) -> list[str]:
     """The ssh argv rsync should use so it trusts and authenticates exactly like Fabric."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ForwardAgent=no",
+            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
     if config_file:
         argv += ["-F", config_file]
     if port:

