@@ -130,6 +130,8 @@ def pull(c, name=None, to=None):
         if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
             raise Exit(f"{filename} of {set_name} does not match its checksum after copying; try again.", code=ExitCode.FAILED)
         print(f"  {filename:20} {target.stat().st_size:>12} bytes  sha256 ok")
+    host.conn.get(f"{remote_dir}/manifest.json", local=str(local / "manifest.json"))  # written after SHA256SUMS
+    (local / "manifest.json").chmod(0o600)
     (local / "SHA256SUMS").write_bytes(sums.getvalue())
     print(f"Backup {set_name} copied to {local} and checked.")
 

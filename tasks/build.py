@@ -100,14 +100,14 @@ def build_frontend(c, frontend_dir: Path, force: bool = False) -> bool:
     with c.cd(str(frontend_dir)):
         if not stamp.is_file() or stamp.read_text().strip() != lock_hash:
             print("[build] package-lock.json changed or node_modules missing: npm ci")
-            if not c.run(sh(commands.NPM_CI), warn=True, pty=False, in_stream=False).ok:
+            if not c.run(sh(commands.NPM_CI), warn=True, pty=False).ok:
                 raise Exit("`npm ci` failed (its output is above). Check package-lock.json and your npm "
                            "registry access, then run `invoke build` again. frontend/dist was left as it was.", code=1)
             stamp.write_text(lock_hash)
         staging = frontend_dir / ".dist-build"
         shutil.rmtree(staging, ignore_errors=True)
         print(f"[build] vite build ({reason})")
-        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False, in_stream=False)
+        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False)
     if not result.ok:
         shutil.rmtree(staging, ignore_errors=True)
         raise Exit("The Vite build failed (its output is above). Fix the error in frontend/src and run "

@@ -24,8 +24,7 @@ from .identity import identity, now_iso
 from .settings import PROJECT_ROOT, Settings, env_file_path
 from .steps import StepFailed, Steps
 
-SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "nats", "backend", "frontend/dist",
-              release_commands.PROBE_PATH)
+SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
 
@@ -56,10 +55,8 @@ def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
     for rel in SENT_PATHS:
         path = root / rel
         digest.update(rel.encode() + b"\0")
-        if path.is_dir():
-            digest.update(tree_hash(path, {"__pycache__", ".pytest_cache"}).encode())
-        elif path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
+        digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
+                       hashlib.sha256(path.read_bytes()).hexdigest()).encode())
     return digest.hexdigest()
 
 
@@ -187,7 +184,7 @@ def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
 def ship_release(host: Host, release: Release) -> None:
     steps, current, rid = host.steps, release.previous, release.id
     with steps.step("upload files (rsync)"):
-        result = remote.rsync(host.conn, [p for p in SENT_PATHS if (PROJECT_ROOT / p).exists()], f"{host.ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT), relative=True,
+        result = remote.rsync(host.conn, list(SENT_PATHS), f"{host.ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT), relative=True,
                               excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
         if not result.ok:
             raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")

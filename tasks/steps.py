@@ -61,9 +61,9 @@ class Steps:
         raise Exit(redact(message, self.secrets), code=code)
 
 
-def run_checked(conn, command: str, step: str, *, hide=True, in_stream=False, secrets=(), **kwargs):
+def run_checked(conn, command: str, step: str, *, hide=True, secrets=(), **kwargs):
     """Run a remote command; on failure raise StepFailed with its (redacted) output."""
-    result = conn.run(command, warn=True, hide=hide, in_stream=in_stream, **kwargs)
+    result = conn.run(command, warn=True, hide=hide, **kwargs)
     if not result.ok:
         output = (result.stderr.strip() or result.stdout.strip())[-1500:]
         raise StepFailed(step, redact(f"exit {result.exited}: {output}", list(secrets)))

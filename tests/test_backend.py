@@ -1,38 +1,160 @@
-"""The reference backend against a real PostgreSQL and a real nats-server (JetStream)."""
+"""The reference backend against a real PostgreSQL and a real nats-server (JetStream), both
+requiring a login whose user name and password hold the characters URLs and config files trip on."""
 
+import asyncio
+import importlib.util
 import json
 import os
+import stat
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import ROOT, LocalNats, LocalPostgres, free_port, port_open, wait_for
+from tests.support import ROOT, LocalPostgres, free_port, port_open, wait_for
 
 BACKEND = ROOT / "backend"
+
+# The app's database role and NATS login: `@ / # :` and friends must still connect.
+DB_USER = "tt@app/x:y#z"
+DB_PASSWORD = "p@ss/w#rd:1 %?&=+ 'q\"$x\\"
+NATS_USER = "tt@nats"
+NATS_PASSWORD = "n@ts/p#ss:w rd,1 'q\"$x\\ 123"
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
 
 
 @pytest.fixture(scope="module")
 def postgres():
     pg = LocalPostgres().start()
-    pg.psql("CREATE DATABASE tasktracker")
+    pg.psql(f"CREATE ROLE {sql_identifier(DB_USER)} LOGIN PASSWORD {sql_literal(DB_PASSWORD)}")
+    for db in ("tasktracker", "migrations_check"):
+        pg.psql(f"CREATE DATABASE {db} OWNER {sql_identifier(DB_USER)}")
     yield pg
     pg.stop()
 
 
+def nats_entrypoint() -> list[str]:
+    """The nats service's entrypoint in compose.yml, as Compose hands it to Docker (`$$` is `$`)."""
+    entrypoint = yaml.safe_load((ROOT / "compose.yml").read_text())["services"]["nats"]["entrypoint"]
+    assert all("$" not in part.replace("$$", "") for part in entrypoint), "no Compose variables in the script"
+    return [part.replace("$$", "$") for part in entrypoint]
+
+
+class ComposeNats:
+    """nats-server started by compose.yml's own entrypoint script, with a login."""
+
+    def __init__(self, base: Path, user: str = NATS_USER, password: str = NATS_PASSWORD):
+        self.port, self.monitor_port = free_port(), free_port()
+        self.base = base
+        self.env = {"PATH": os.environ["PATH"], "TMPDIR": str(base), "NATS_USER": user, "NATS_PASSWORD": password}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> "ComposeNats":
+        store = self.base / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [*nats_entrypoint(), "--jetstream", "--store_dir", str(store), "-a", "127.0.0.1", "-p", str(self.port),
+                "--http_port", str(self.monitor_port)]
+        self.log = open(self.base / "nats.log", "w")
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.proc.poll() is None and port_open(self.port), 15, what="nats-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory):
-    server = LocalNats(tmp_path_factory.mktemp("nats")).start()
+    server = ComposeNats(tmp_path_factory.mktemp("nats")).start()
     yield server
     server.stop()
 
 
-def backend_env(postgres, nats_server):
-    return {**os.environ, "DATABASE_URL": postgres.url("tasktracker"), "NATS_URL": nats_server.url,
-            "RELEASE_ID": "test-release-1", "PYTHONUNBUFFERED": "1"}
+def backend_env(postgres, nats_server, db="tasktracker"):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    # The app builds its database URL from the parts, as in the containers.
+    return {**env, "POSTGRES_USER": DB_USER, "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(postgres.port), "POSTGRES_DB": db, "NATS_URL": nats_server.url,
+            "NATS_USER": NATS_USER, "NATS_PASSWORD": NATS_PASSWORD, "RELEASE_ID": "test-release-1", "PYTHONUNBUFFERED": "1"}
+
+
+def backend_config_module():
+    spec = importlib.util.spec_from_file_location("reference_backend_config", BACKEND / "app" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_database_url_percent_encodes_user_password_and_database(monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    for user, password, db in ((DB_USER, DB_PASSWORD, "task/db#1"), ("postgres", "a:b@c/d?e#f%g", "tasktracker")):
+        monkeypatch.setenv("POSTGRES_USER", user)
+        monkeypatch.setenv("POSTGRES_PASSWORD", password)
+        monkeypatch.setenv("POSTGRES_DB", db)
+        cfg = backend_config_module().AppConfig.from_env()
+        url = make_url(cfg.database_url)
+        assert (url.username, url.password, url.host, url.port, url.database) == (user, password, "postgres", 5432, db)
+        assert password not in repr(cfg)
+
+
+async def _nats_login(url: str, **login) -> str:
+    import nats
+
+    try:
+        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0, **login)
+    except Exception as exc:  # the server's refusal
+        return f"{type(exc).__name__}: {exc}"
+    await nc.close()
+    return "ok"
+
+
+def test_nats_requires_the_login_and_keeps_the_password_off_every_command_line(nats_server):
+    assert "Authorization Violation" in asyncio.run(_nats_login(nats_server.url))
+    assert "Authorization Violation" in asyncio.run(_nats_login(nats_server.url, user=NATS_USER, password=NATS_PASSWORD[:-1]))
+    assert asyncio.run(_nats_login(nats_server.url, user=NATS_USER, password=NATS_PASSWORD)) == "ok"
+    # The monitoring endpoint the compose healthcheck uses needs no login.
+    with urllib.request.urlopen(f"http://127.0.0.1:{nats_server.monitor_port}/healthz?js-enabled-only=true", timeout=5) as res:
+        assert res.status == 200
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert NATS_PASSWORD not in argv, f"the NATS password is on the command line of {cmdline.parent.name}"
+    # The config the entrypoint wrote is private to its owner.
+    (conf,) = [p for p in nats_server.base.iterdir() if p.is_file() and p.name.startswith("tmp")]
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("password", ["123456", "true", "10k", "with space", "-dash", "comma,cut", "semi;colon", "brace}",
+                                      'quote"', "back\\slash", "$HOME", "#hash"])
+def test_nats_entrypoint_keeps_any_password_exact(tmp_path, password):
+    server = ComposeNats(tmp_path, user="u", password=password).start()
+    try:
+        assert asyncio.run(_nats_login(server.url, user="u", password=password)) == "ok"
+        assert "Authorization Violation" in asyncio.run(_nats_login(server.url, user="u", password=password + "x"))
+    finally:
+        server.stop()
 
 
 def alembic_upgrade(env):
@@ -40,8 +162,7 @@ def alembic_upgrade(env):
 
 
 def test_migrations_create_the_schema_on_an_empty_database_twice(postgres, nats_server):
-    postgres.psql("CREATE DATABASE migrations_check")
-    env = {**backend_env(postgres, nats_server), "DATABASE_URL": postgres.url("migrations_check")}
+    env = backend_env(postgres, nats_server, db="migrations_check")
     first = alembic_upgrade(env)
     assert first.returncode == 0, first.stderr
     assert "Running upgrade  -> 0001" in first.stderr

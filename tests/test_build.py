@@ -9,6 +9,8 @@ import sys
 import pytest
 from invoke import Context, Exit
 
+from tasks import ns
+
 from tasks.build import build_frontend, read_manifest
 from tests.support import ROOT
 
@@ -22,13 +24,22 @@ def frontend(tmp_path):
     return d
 
 
+def task_config():
+    """The configuration the tasks run with (the collection's: no stdin for commands)."""
+    from invoke import Config
+
+    config = Config()
+    config.load_collection(ns.configuration())
+    return config
+
+
 def asset_names(dist):
     html = (dist / "index.html").read_text()
     return re.findall(r'/assets/([\w.-]+\.(?:js|css))', html)
 
 
 def test_build_skips_when_unchanged_and_rebuilds_on_change(frontend, capsys):
-    c = Context()
+    c = Context(config=task_config())
     assert build_frontend(c, frontend) is True
     dist = frontend / "dist"
     names = asset_names(dist)
@@ -51,7 +62,7 @@ def test_build_skips_when_unchanged_and_rebuilds_on_change(frontend, capsys):
 
 
 def test_failed_build_keeps_previous_dist(frontend):
-    c = Context()
+    c = Context(config=task_config())
     build_frontend(c, frontend)
     before = (frontend / "dist" / "index.html").read_text()
     (frontend / "src" / "App.jsx").write_text("export default function App( {\n")

@@ -100,8 +100,17 @@ def test_issuance_for_a_domain_that_does_not_resolve_fails_clearly_and_http_keep
     assert "DNS for nowhere.example.test does not point at this server" in out.stderr, out.stdout + out.stderr
     assert "keeps serving unchanged" in out.stderr
     assert (sandbox.home / APP / "shared" / "nginx" / "conf.d" / "tasktracker-tls.conf").read_text() == conf
-    assert http_get(sandbox, "/nginx-health", host="other.example.test").startswith("HTTP/1.1 200")
+    assert http_get(sandbox, "/nginx-health", host="127.0.0.1").startswith("HTTP/1.1 200")
     assert https_get(sandbox, pebble)[0].startswith("HTTP/1.1 200")
+
+
+def test_after_issue_an_unknown_host_on_port_80_is_not_served_the_app(sandbox, tls_app):
+    env, pebble = tls_app
+    for path in ("/", "/api/version", "/index.html"):
+        answer = http_get(sandbox, path, host="unknown.example.org")
+        assert answer.startswith("HTTP/1.1 301"), answer[:200]
+        assert f"Location: https://{DOMAIN}:{sandbox.https_ports[APP]}{path}" in answer
+        assert '"release"' not in answer and 'id="root"' not in answer  # neither the API nor the dashboard
 
 
 def test_a_redeploy_keeps_https(sandbox, tls_app):

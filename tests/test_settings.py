@@ -6,13 +6,14 @@ from tasks.settings import Settings, SettingsError
 
 GOOD = {
     "POSTGRES_PASSWORD": "pg-secret-value",
+    "NATS_PASSWORD": "nats-secret-value",
     "TELEGRAM_BOT_TOKEN": "123:tg-secret-value",
     "OPENAI_API_KEY": "sk-secret-value",
     "APP_URL": "https://tasks.example.com",
     "WEBAPP_URL": "https://tasks.example.com/app",
     "DOMAIN": "tasks.example.com",
 }
-SECRETS = ["pg-secret-value", "123:tg-secret-value", "sk-secret-value"]
+SECRETS = ["pg-secret-value", "nats-secret-value", "123:tg-secret-value", "sk-secret-value"]
 
 
 def load(tmp_path, **overrides):
@@ -26,12 +27,15 @@ def test_valid_settings_load_with_defaults(tmp_path):
     assert s.llm_provider == "openai"
     assert s.keep_releases == 5 and s.api_workers == 1
     assert s.postgres_password.reveal() == "pg-secret-value"
+    assert s.nats_user == "tasktracker" and s.nats_password.reveal() == "nats-secret-value"
+    assert "nats-secret-value" in s.secret_values()  # redacted from command output
 
 
 @pytest.mark.parametrize(
     "overrides, expected",
     [
         ({"POSTGRES_PASSWORD": None}, "POSTGRES_PASSWORD is missing or empty"),
+        ({"NATS_PASSWORD": None}, "NATS_PASSWORD is missing or empty"),
         ({"TELEGRAM_BOT_TOKEN": "  "}, "TELEGRAM_BOT_TOKEN is missing or empty"),
         ({"LLM_PROVIDER": "gemini"}, "LLM_PROVIDER 'gemini' is unknown (use one of: openai, anthropic)"),
         ({"LLM_PROVIDER": "anthropic"}, "ANTHROPIC_API_KEY is missing or empty (LLM_PROVIDER is anthropic)"),
@@ -64,7 +68,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 def test_secrets_never_appear_in_repr_str_or_errors(tmp_path):
     s = load(tmp_path)
-    text = repr(s) + str(s) + f"{s.postgres_password}" + str(s.telegram_bot_token)
+    text = repr(s) + str(s) + f"{s.postgres_password}" + str(s.telegram_bot_token) + f"{s.nats_password}"
     for secret in SECRETS:
         assert secret not in text
     assert "[REDACTED]" in text
@@ -84,7 +88,7 @@ def test_env_file_then_environment_override_fabric_yaml(tmp_path):
 
 
 def test_example_env_file_is_complete_and_valid():
-    from tests.helpers import ROOT
+    from tests.support import ROOT
 
     s = Settings.load(env_file=ROOT / ".env.example", environ={})
     assert s.domain == "tasks.example.com"

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import ROOT, compose_v2_binary
+from tests.support import ROOT, compose_v2_binary
 
 # The plan's limits and reservations (vps-deployment-strategy.md, "Resource Analysis").
 PLAN_LIMITS = {
@@ -108,6 +108,66 @@ def test_database_and_nats_are_published_on_loopback_only(project):
         assert config["services"][name]["restart"] == "unless-stopped"
 
 
+@pytest.mark.parametrize("tool", ["v1", "v2"])
+def test_every_service_rotates_its_logs_and_cannot_gain_privileges(project, tool):
+    raw = (ROOT / "compose.yml").read_text()
+    services = yaml.safe_load(raw)["services"]
+    assert len(re.findall(r"^    <<: \*service$", raw, re.M)) == len(services), "every service takes the shared x-service block"
+    for files in (["compose.yml", "compose.override.yml"], ["compose.yml", "docker-compose.production.yml"]):
+        config = compose_config(project, tool, *files)
+        for name, service in config["services"].items():
+            assert service["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, (files, name)
+            assert "no-new-privileges:true" in service["security_opt"], (files, name)
+
+
+@pytest.mark.parametrize("tool", ["v1", "v2"])
+def test_nats_login_comes_from_env_and_stays_off_command_lines(project, tool):
+    from dotenv import dotenv_values
+
+    env = dotenv_values(project / ".env")
+    config = compose_config(project, tool, "compose.yml", "docker-compose.production.yml")
+    nats = config["services"]["nats"]
+    # Only the login enters the nats container, not the whole .env with the app's secrets.
+    assert "env_file" not in nats
+    assert nats["environment"] == {"NATS_USER": env["NATS_USER"], "NATS_PASSWORD": env["NATS_PASSWORD"]}
+    argv = " ".join(nats["entrypoint"] + nats["command"])
+    assert env["NATS_PASSWORD"] not in argv and "--pass" not in argv and "--user" not in argv
+    assert "--config" in argv and nats["command"][:1] == ["--jetstream"]
+    for name in ("api", "worker"):
+        environment = config["services"][name]["environment"]
+        assert (environment["NATS_USER"], environment["NATS_PASSWORD"]) == (env["NATS_USER"], env["NATS_PASSWORD"]), name
+
+
+def test_api_trusts_forwarded_headers_only_from_the_compose_network(project):
+    import asyncio
+    import ipaddress
+
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    command = compose_config(project, "v2", "compose.yml", "docker-compose.production.yml")["services"]["api"]["command"]
+    assert "--proxy-headers" in command
+    allowed = command[command.index("--forwarded-allow-ips") + 1]
+    assert allowed != "*"
+    for entry in allowed.split(","):
+        # uvicorn silently treats an entry that is not an address or network as a host name: parse each here.
+        assert ipaddress.ip_network(entry.strip()).is_private, entry
+
+    async def client_seen(peer: str) -> str:
+        seen = {}
+
+        async def app(scope, receive, send):
+            seen["client"] = scope["client"][0]
+
+        scope = {"type": "http", "scheme": "http", "client": (peer, 40000), "headers": [(b"x-forwarded-for", b"198.51.100.7")]}
+        await ProxyHeadersMiddleware(app, trusted_hosts=allowed)(scope, None, None)
+        return seen["client"]
+
+    for docker_peer in ("172.17.0.2", "172.18.0.5", "172.31.255.3", "192.168.16.4", "10.10.0.3"):
+        assert asyncio.run(client_seen(docker_peer)) == "198.51.100.7", docker_peer
+    for outsider in ("203.0.113.9", "8.8.8.8"):
+        assert asyncio.run(client_seen(outsider)) == outsider
+
+
 def test_nginx_config_passes_nginx_t(tmp_path):
     conf = (ROOT / "nginx" / "nginx.conf").read_text()
     # Point the HTTPS include at the repository's conf.d, everything else as in the container.
@@ -129,6 +189,131 @@ def test_nginx_config_has_what_an_operator_expects():
     # The API is reached through a variable, so Docker's DNS is asked again after a container is replaced.
     assert re.search(r"proxy_pass \$api_upstream;", conf)
     assert "proxy_pass http://api" not in conf
+    assert "$proxy_add_x_forwarded_for" not in conf  # a client's own X-Forwarded-For is never passed on
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
+
+
+def test_locations_with_their_own_add_header_repeat_the_servers():
+    """nginx drops every inherited add_header in a location that has one of its own."""
+    conf = (ROOT / "nginx" / "app-locations.conf").read_text()
+    server_level = {line for line in conf.splitlines() if line.startswith("add_header ")}
+    assert {f"add_header {name} \"{value}\" always;" for name, value in SECURITY_HEADERS.items()} <= server_level
+    blocks = re.findall(r"^location ([^{]+)\{(.*?)^\}", conf, re.M | re.S)
+    assert len(blocks) >= 6
+    for where, body in blocks:
+        lines = {line.strip() for line in body.splitlines()}
+        if any(line.startswith("add_header ") for line in lines):
+            assert server_level <= lines, f"location {where.strip()} drops {server_level - lines}"
+    http_level = (ROOT / "nginx" / "nginx.conf").read_text()
+    for name, value in SECURITY_HEADERS.items():  # for servers without add_header (the TLS redirect)
+        assert f"add_header {name} \"{value}\" always;" in http_level
+
+
+@pytest.fixture
+def local_nginx():
+    """The real nginx.conf + app-locations.conf on a loopback port, with a built dist and an
+    upstream that answers every request with the headers it received."""
+    import http.server
+    import json
+    import tempfile
+    import threading
+    import time
+    import urllib.request
+
+    from tests.support import free_port, port_open, wait_for
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    # nginx's workers run as nobody: a directory they can read (pytest's tmp dirs are private).
+    d = tempfile.mkdtemp(prefix="tasktracker-test-nginx-")
+    os.chmod(d, 0o755)
+    dist = os.path.join(d, "dist")
+    os.makedirs(os.path.join(dist, "assets"))
+    os.makedirs(os.path.join(d, "conf.d"))
+    with open(os.path.join(dist, "index.html"), "w") as f:
+        f.write("<!doctype html><script src=/assets/app-1234.js></script>")
+    with open(os.path.join(dist, "assets", "app-1234.js"), "w") as f:
+        f.write("console.log(1)")
+    port = free_port()
+    conf = (ROOT / "nginx" / "nginx.conf").read_text()
+    for old, new in (("pid /tmp/nginx.pid;", f"pid {d}/nginx.pid;"), ("root /srv/app/current/frontend/dist;", f"root {dist};"),
+                     ("/etc/nginx/conf.d/", f"{d}/conf.d/")):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    conf, listens = re.subn(r"\blisten 80\b", f"listen 127.0.0.1:{port}", conf)
+    assert listens == 1
+    locations = (ROOT / "nginx" / "app-locations.conf").read_text()
+    assert "set $api_upstream http://api:8000;" in locations
+    locations = locations.replace("set $api_upstream http://api:8000;", f"set $api_upstream http://127.0.0.1:{upstream.server_address[1]};")
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(conf)
+    with open(os.path.join(d, "app-locations.conf"), "w") as f:
+        f.write(locations)
+    log = open(os.path.join(d, "nginx.log"), "w")
+    proc = subprocess.Popen(["nginx", "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is None and port_open(port), 15, what="nginx")
+
+        def get(path, headers=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as res:
+                    return res.status, res.headers, res.read()
+            except urllib.error.HTTPError as err:
+                return err.code, err.headers, err.read()
+
+        yield get
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        upstream.shutdown()
+        time.sleep(0.1)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_nginx_sends_security_headers_on_every_response(local_nginx):
+    paths = {"/": 200, "/tasks/42": 200, "/assets/app-1234.js": 200, "/assets/missing.js": 404, "/nginx-health": 200,
+             "/api/tasks": 200, "/ws": 200, "/.well-known/acme-challenge/nothing": 404}
+    for path, status in paths.items():
+        got, headers, _ = local_nginx(path)
+        assert got == status, path
+        for name, value in SECURITY_HEADERS.items():
+            assert headers.get_all(name) == [value], (path, name, headers.get_all(name))
+        assert headers.get("Strict-Transport-Security") is None, path  # HTTPS only
+    assert local_nginx("/")[1]["Cache-Control"] == "no-cache"
+    assert local_nginx("/assets/app-1234.js")[1]["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
+def test_nginx_sets_the_client_address_itself(local_nginx):
+    import json
+
+    spoofed = {"X-Forwarded-For": "203.0.113.66", "X-Real-IP": "203.0.113.66", "X-Forwarded-Proto": "https"}
+    for path in ("/api/tasks", "/ws"):
+        status, _, body = local_nginx(path, spoofed)
+        seen = json.loads(body)
+        assert status == 200, path
+        assert seen["x-forwarded-for"] == "127.0.0.1", path
+        assert seen["x-real-ip"] == "127.0.0.1", path
+        assert seen["x-forwarded-proto"] == "http", path
 
 
 def test_dockerfiles_pass_hadolint():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, copy_project
+from tests.support import ROOT, copy_project
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 BIN = Path(sys.executable).parent
@@ -25,13 +25,61 @@ def test_workflows_validate_against_the_github_schema():
     assert {p.name for p in WORKFLOWS} == {"ci.yml", "deploy.yml"}
 
 
+def triggers(workflow: dict) -> dict:
+    return workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as true
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_every_action_is_pinned_to_a_version(path):
-    workflow = yaml.safe_load(path.read_text())
-    uses = [step["uses"] for job in workflow["jobs"].values() for step in job["steps"] if "uses" in step]
+def test_every_action_is_pinned_to_a_commit_named_by_its_version(path):
+    """A tag can be moved to other code; a commit cannot. The comment says which release it is."""
+    text = path.read_text()
+    workflow = yaml.safe_load(text)
+    uses = [step["uses"] for job in workflow["jobs"].values() for step in job.get("steps", []) if "uses" in step]
     assert uses
     for ref in uses:
-        assert re.search(r"@(v\d+\.\d+\.\d+|[0-9a-f]{40})$", ref), f"{ref} is not pinned to a version"
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", ref), f"{ref} is not pinned to a full commit SHA"
+        assert re.search(rf"uses: {re.escape(ref)} # v\d+\.\d+\.\d+$", text, re.M), f"{ref} has no '# vX.Y.Z' comment"
+    # The same action is pinned to the same commit everywhere.
+    pins = {}
+    for match in re.finditer(r"uses: ([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # (v[\d.]+)$", "".join(p.read_text() for p in WORKFLOWS), re.M):
+        assert pins.setdefault(match.group(1), match.group(2, 3)) == match.group(2, 3), match.group(1)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_checkout_leaves_no_credentials_behind(path):
+    workflow = yaml.safe_load(path.read_text())
+    checkouts = [step for job in workflow["jobs"].values() for step in job.get("steps", []) if step.get("uses", "").startswith("actions/checkout@")]
+    assert checkouts
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False
+
+
+def test_deploy_runs_only_after_ci_passed_on_that_very_commit():
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    deploy = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())
+    assert "push" in triggers(ci)
+    on = triggers(deploy)
+    assert set(on) == {"workflow_run", "workflow_dispatch"}, "no push trigger: a push deploys only through CI"
+    assert on["workflow_run"] == {"workflows": [ci["name"]], "types": ["completed"], "branches": ["main"]}
+    job = deploy["jobs"]["deploy"]
+    condition = " ".join(job["if"].split())
+    for needed in ("github.event.workflow_run.conclusion == 'success'", "github.event.workflow_run.event == 'push'",
+                   "github.event.workflow_run.head_branch == 'main'",
+                   "github.event.workflow_run.head_repository.full_name == github.repository"):
+        assert needed in condition, needed
+    # Manual runs only roll back; they never deploy untested code.
+    assert condition.startswith("github.event_name == 'workflow_dispatch' || (")
+    assert on["workflow_dispatch"]["inputs"]["rollback_to"]["required"] is True
+    checkout = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["ref"] == "${{ github.event.workflow_run.head_sha || github.sha }}"
+
+
+def test_deploy_job_runs_no_npm_install_scripts():
+    """The job that later holds the deploy key runs `npm ci` (inside `invoke build`) without scripts."""
+    job = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())["jobs"]["deploy"]
+    assert job["env"]["NPM_CONFIG_IGNORE_SCRIPTS"] == "true"
+    names = [step.get("name") for step in job["steps"]]
+    assert names.index("Build the dashboard") < names.index("SSH key and pinned host key")
 
 
 def test_deploy_workflow_holds_no_deploy_logic_and_echoes_no_secret():

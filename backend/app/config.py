@@ -1,17 +1,29 @@
 """Runtime configuration of the reference API, read from the environment."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def postgres_url(user: str, password: str, host: str, port: str, db: str) -> str:
+    """A SQLAlchemy URL for psycopg. User, password and database name are percent-encoded, so a
+    password with `@ / # : % ?` (or anything else) connects; SQLAlchemy decodes them again."""
+    def enc(value: str) -> str:
+        return quote(value, safe="")
+
+    return f"postgresql+psycopg://{enc(user)}:{enc(password)}@{host}:{port}/{enc(db)}"
+
+
 @dataclass(frozen=True)
 class AppConfig:
-    database_url: str
+    database_url: str = field(repr=False)  # holds the database password
     nats_url: str
+    nats_user: str
+    nats_password: str = field(repr=False)
     release_id: str
     pool_size: int
     max_overflow: int
@@ -20,15 +32,18 @@ class AppConfig:
 
     @classmethod
     def from_env(cls) -> "AppConfig":
-        user = os.environ.get("POSTGRES_USER", "postgres")
-        password = os.environ.get("POSTGRES_PASSWORD", "")
-        host = os.environ.get("POSTGRES_HOST", "postgres")
-        port = os.environ.get("POSTGRES_PORT", "5432")
-        db = os.environ.get("POSTGRES_DB", "tasktracker")
-        default_url = f"postgresql+psycopg://{user}:{password}@{host}:{port}/{db}"
+        default_url = postgres_url(
+            os.environ.get("POSTGRES_USER", "postgres"),
+            os.environ.get("POSTGRES_PASSWORD", ""),
+            os.environ.get("POSTGRES_HOST", "postgres"),
+            os.environ.get("POSTGRES_PORT", "5432"),
+            os.environ.get("POSTGRES_DB", "tasktracker"),
+        )
         return cls(
-            database_url=os.environ.get("DATABASE_URL", default_url),
+            database_url=os.environ.get("DATABASE_URL") or default_url,
             nats_url=os.environ.get("NATS_URL", "nats://nats:4222"),
+            nats_user=os.environ.get("NATS_USER", "tasktracker"),
+            nats_password=os.environ.get("NATS_PASSWORD", ""),
             release_id=os.environ.get("RELEASE_ID", "dev"),
             # The plan's VPS pool settings; each can be overridden by environment.
             pool_size=_int("DB_POOL_SIZE", 15),
@@ -36,6 +51,12 @@ class AppConfig:
             pool_timeout=_int("DB_POOL_TIMEOUT", 30),
             pool_recycle=_int("DB_POOL_RECYCLE", 3600),
         )
+
+    def nats_options(self) -> dict:
+        """Login for nats.connect() and the TaskIQ broker. Passed as options, not inside NATS_URL,
+        so the password needs no URL encoding (nats-py does not decode one in a URL). Empty when
+        NATS_PASSWORD is unset: a server without authorization."""
+        return {"user": self.nats_user, "password": self.nats_password} if self.nats_password else {}
 
 
 EVENTS_SUBJECT = "tasktracker.events"

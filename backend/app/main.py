@@ -32,12 +32,14 @@ class Hub:
     async def on_event(self, msg) -> None:
         await self.broadcast(msg.data.decode())
 
-    async def connect_forever(self, url: str) -> None:
+    async def connect_forever(self, cfg: AppConfig) -> None:
         """Connect to NATS, retrying until it answers; nats-py reconnects by itself afterwards."""
+        url = cfg.nats_url
         while True:
             try:
                 self.nc = await nats.connect(
-                    url, max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2
+                    url, max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2,
+                    **cfg.nats_options(),
                 )
                 await self.nc.subscribe(EVENTS_SUBJECT, cb=self.on_event)
                 await broker.startup()
@@ -53,7 +55,7 @@ hub = Hub()
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    connector = asyncio.create_task(hub.connect_forever(AppConfig.from_env().nats_url))
+    connector = asyncio.create_task(hub.connect_forever(AppConfig.from_env()))
     yield
     connector.cancel()
     if hub.nc is not None:

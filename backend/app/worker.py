@@ -15,11 +15,13 @@ from taskiq_nats import PullBasedJetStreamBroker
 from .config import EVENTS_SUBJECT, AppConfig
 from .db import get_engine, row_to_dict, tasks
 
+_config = AppConfig.from_env()
 broker = PullBasedJetStreamBroker(
-    servers=[AppConfig.from_env().nats_url],
+    servers=[_config.nats_url],
     subject="tasktracker.jobs",
     stream_name="TASKTRACKER_JOBS",
     durable="tasktracker-worker",
+    **_config.nats_options(),  # NATS_USER / NATS_PASSWORD, handed to nats.connect()
 )
 
 
@@ -55,7 +57,8 @@ async def process_task(task_id: int) -> dict | None:
     if result is None:
         logger.warning("task {} vanished before processing", task_id)
         return None
-    nc = await nats.connect(AppConfig.from_env().nats_url)
+    cfg = AppConfig.from_env()
+    nc = await nats.connect(cfg.nats_url, **cfg.nats_options())
     try:
         await publish_event(nc, "task.processed", result)
         await nc.flush()

@@ -1,4 +1,4 @@
 """Local frontend build commands."""
 
-NPM_CI = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"]
+NPM_CI = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
 VITE_BUILD = ["npm", "run", "build", "--", "--logLevel", "warn"]

@@ -17,6 +17,8 @@ from .context import HostContext
 NO_RELEASE_EXIT = 3
 PROBE_PATH = "tasks/probe.py"
 SCHEMA_WAIT_SECONDS = 60
+# `revision = "x"` or `revision = 'x'` (Alembic's template writes repr()); `None` is no revision.
+REVISION_SED = "s/^{name}(: *[]A-Za-z_|[, ]+)? *= *['\"]([^'\"]+)['\"].*/\\2/p"
 
 
 def preflight(ctx: HostContext) -> str:
@@ -145,8 +147,9 @@ def schema_state(ctx: HostContext, release_id: str, wait_seconds: int = SCHEMA_W
     versions = q(f"{ctx.release_dir(release_id)}/backend/alembic/versions")
     psql = 'psql -X -q -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     # One query decides whether alembic_version exists; the revision query runs only if it does.
-    query = (f"if [ \"$({psql} -c \"SELECT to_regclass('public.alembic_version') IS NOT NULL\")\" = t ]; "
-             f"then {psql} -c {q(SCHEMA_SQL)}; else {psql} -c {q(FRESH_SQL)}; fi")
+    # (a failing first query is an error, never taken for "no table": that would not fail closed)
+    query = (f"has=$({psql} -c \"SELECT to_regclass('public.alembic_version') IS NOT NULL\") || exit 1; "
+             f"if [ \"$has\" = t ]; then {psql} -c {q(SCHEMA_SQL)}; else {psql} -c {q(FRESH_SQL)}; fi")
     # Readiness over TCP: while the image initialises a new cluster, a temporary server answers
     # on the socket only and then shuts down. A query error is retried until the deadline.
     return f"""pg=$({ctx.container('postgres')})
@@ -162,8 +165,8 @@ if [ -z "$pg" ]; then echo db=unreachable; echo 'db_error=no running postgres co
   echo "db=$state"
   if [ "$state" = ok ]; then printf '%s\n' "$out"; else printf 'db_error=%s\n' "$err"; fi
 fi
-echo "known=$(grep -h '^revision = ' {versions}/*.py 2>/dev/null | cut -d'"' -f2 | tr '\\n' ' ')"
-echo "parents=$(grep -h '^down_revision = ' {versions}/*.py 2>/dev/null | cut -d'"' -f2 | tr '\\n' ' ')"
+echo "known=$(sed -nE {q(REVISION_SED.format(name="revision"))} {versions}/*.py 2>/dev/null | tr '\\n' ' ')"
+echo "parents=$(sed -nE {q(REVISION_SED.format(name="down_revision"))} {versions}/*.py 2>/dev/null | tr '\\n' ' ')"
 """
 
 

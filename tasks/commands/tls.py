@@ -72,6 +72,23 @@ def tls_server_config(domains: list[str], https_port: int) -> str:
     port = "" if https_port == 443 else f":{https_port}"
     live = f"/srv/app/shared/letsencrypt/live/{domains[0]}"
     return f"""# Written by `fab ssl.issue` for {names}; lives outside releases, so deploys keep it.
+
+# With HTTPS on, a request on port 80 for any other Host is not served the app over plain HTTP:
+# it is sent to the HTTPS site. (Requests for localhost/127.0.0.1, the deploy's own health probe
+# on the host, still reach the app server in nginx.conf by name.)
+server {{
+    listen 80 default_server;
+    server_name _;
+    location ^~ /.well-known/acme-challenge/ {{
+        root /var/www/certbot;
+        default_type text/plain;
+        try_files $uri =404;
+    }}
+    location / {{
+        return 301 https://{domains[0]}{port}$request_uri;
+    }}
+}}
+
 server {{
     listen 80;
     server_name {names};

@@ -1,0 +1,90 @@
+"""The architecture holds (ARCHITECTURE.md): layers, no cycles, no shadowed standard library."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import BIN, ROOT
+
+TASKS = ROOT / "tasks"
+TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
+LOWER_LAYER = {"host", "remote", "settings", "steps", "exits", "identity", "build"}
+
+
+def imports_of(path):
+    tree = ast.parse(path.read_text())
+    return tree, [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_no_module_shadows_the_standard_library():
+    names = {p.stem for p in TASKS.rglob("*.py")} | {p.name for p in TASKS.iterdir() if p.is_dir()}
+    assert sorted(names & set(sys.stdlib_module_names)) == []
+
+
+@pytest.mark.parametrize("path", sorted(TASKS.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_import_inside_a_function(path):
+    tree, _ = imports_of(path)
+    inside = [f"{node.name}:{inner.lineno}" for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for inner in ast.walk(node) if isinstance(inner, (ast.Import, ast.ImportFrom))]
+    assert inside == []
+
+
+@pytest.mark.parametrize("path", sorted((TASKS / "commands").glob("*.py")), ids=lambda p: p.name)
+def test_builders_open_no_connection(path):
+    _, nodes = imports_of(path)
+    modules = {(getattr(n, "module", None) or "") for n in nodes} | {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in modules if m.split(".")[0] in ("fabric", "invoke", "paramiko")}
+
+
+def test_task_modules_import_only_lower_layers():
+    """A task module imports the host layer and below, never another task module (deploy may use
+    build's frontend build, a leaf)."""
+    problems = []
+    for name in TASK_MODULES:
+        _, nodes = imports_of(TASKS / f"{name}.py")
+        for node in nodes:
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module and node.module.split(".")[0] != "commands":
+                target = node.module.split(".")[0]
+                if target not in LOWER_LAYER and target != name:
+                    problems.append(f"{name} imports {target}")
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None:
+                problems += [f"{name} imports {a.name}" for a in node.names if a.name not in LOWER_LAYER | {"remote"}]
+    assert problems == []
+
+
+def test_task_modules_import_in_any_order():
+    orders = [list(TASK_MODULES), list(reversed(TASK_MODULES))] + [list(p) for p in itertools.islice(
+        itertools.permutations(["tls", "backup", "rollback", "deploy", "host"]), 0, 120, 17)]
+    for order in orders:
+        code = "; ".join(f"import tasks.{m}" for m in order)
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, f"{order}: {out.stderr[-500:]}"
+
+
+def test_every_task_is_listed_once_and_every_flag_has_help():
+    listed = subprocess.run([str(BIN / "fab"), "--list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    names = [line.split()[0] for line in listed.splitlines()[1:] if line.strip()]
+    assert len(names) == len(set(names)), names
+    assert "releases" in names and "ssl.issue" in names
+    from tasks import ns
+
+    missing = []
+    for name in ns.task_names:
+        task = ns[name]
+        for arg in task.get_arguments():
+            if not arg.help:
+                missing.append(f"{name} --{arg.name}")
+    assert missing == []
+
+
+def test_in_stream_is_configured_once_on_the_collection():
+    from tasks import ns
+
+    assert ns.configuration()["run"]["in_stream"] is False
+    offenders = [str(p.relative_to(ROOT)) for p in TASKS.rglob("*.py") if "in_stream=False" in p.read_text()]
+    assert offenders == []
