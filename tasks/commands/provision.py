@@ -1,0 +1,216 @@
+"""What `provision` reads from a new VPS and the commands that bring it to what `deploy` needs.
+
+pyinfra's shape: one command prints the host's *facts* (parsed by `parse_facts`), `plan()`
+compares them with the wanted state and returns only the changes that are needed, so a second
+run plans nothing. Every command here runs as root (the task prefixes `sudo -n` for a sudo user).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import q
+
+SUPPORTED = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
+PACKAGES = ["docker.io", "rsync", "cron", "certbot", "unattended-upgrades", "nftables", "systemd-timesyncd", "sudo",
+            "ca-certificates", "curl"]
+# Ubuntu ships Compose v2 as a package; Debian 12 does not (Docker's repository, or an upload).
+COMPOSE_PACKAGES = {"ubuntu": "docker-compose-v2"}
+DOCKER_REPO_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"  # Docker's release key
+COMPOSE_PLUGIN_PATH = "/usr/local/lib/docker/cli-plugins/docker-compose"
+DAEMON_JSON = {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}, "live-restore": True}
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-tasktracker-hardening.conf"
+SSHD_HARDENING = ("# Written by `fab provision` after a login as the deploy user was proven.\n"
+                  "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n")
+FIREWALL_FILE = "/etc/tasktracker-firewall.nft"
+FIREWALL_UNIT = "/etc/systemd/system/tasktracker-firewall.service"
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+AUTO_UPGRADES_TEXT = 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
+SWAPFILE = "/swapfile"
+SWAP_MB = 2048  # the plan: 8 GB VPS, about 2.5 GB used at peak; swap is the cushion, not capacity
+
+
+def facts(deploy_user: str, public_key: str) -> str:
+    """One round trip: OS, privileges, packages, Docker, the deploy user, sshd, firewall, swap."""
+    key = " ".join(public_key.split()[:2])
+    pkgs = " ".join(PACKAGES + sorted(set(COMPOSE_PACKAGES.values())))
+    return "; ".join([
+        ". /etc/os-release 2>/dev/null; echo \"os=$ID\"; echo \"version=$VERSION_ID\"; echo \"codename=$VERSION_CODENAME\"",
+        "echo \"uid=$(id -u)\"",
+        "if [ \"$(id -u)\" != 0 ] && sudo -n true 2>/dev/null; then echo sudo=yes; fi",
+        f"for p in {pkgs}; do dpkg-query -W -f='${{Status}}' $p 2>/dev/null | grep -q 'install ok installed' && echo \"pkg_$p=1\"; done",
+        "echo \"compose=$(docker compose version --short 2>/dev/null)\"",
+        "echo \"docker_enabled=$(systemctl is-enabled docker 2>/dev/null)\"",
+        "echo \"docker_active=$(systemctl is-active docker 2>/dev/null)\"",
+        "echo \"daemon_json=$(tr -d '\\n' < /etc/docker/daemon.json 2>/dev/null)\"",
+        f"echo \"user_groups=$(id -nG {q(deploy_user)} 2>/dev/null)\"",
+        f"echo \"user_home=$(getent passwd {q(deploy_user)} | cut -d: -f6)\"",
+        f"h=$(getent passwd {q(deploy_user)} | cut -d: -f6); "
+        f"if [ -n \"$h\" ] && grep -qF {q(key)} \"$h/.ssh/authorized_keys\" 2>/dev/null; then echo key=1; fi",
+        f"if [ -f /etc/sudoers.d/tasktracker-{deploy_user} ]; then echo sudoers=1; fi",
+        "sshd -T 2>/dev/null | grep -E '^(passwordauthentication|permitrootlogin|port) ' | sed 's/^/sshd_/; s/ /=/'",
+        f"if [ -f {SSHD_DROPIN} ]; then echo sshd_dropin=1; fi",
+        f"if [ -f {FIREWALL_FILE} ] && nft list table inet tasktracker >/dev/null 2>&1; then echo firewall=1; fi",
+        f"if [ -f {AUTO_UPGRADES} ] && grep -q Unattended-Upgrade {AUTO_UPGRADES}; then echo auto_upgrades=1; fi",
+        "echo \"timesync=$(systemctl is-enabled systemd-timesyncd 2>/dev/null)\"",
+        "echo \"swap=$(swapon --show=NAME --noheadings 2>/dev/null | head -n 1)\"",
+        f"if grep -q '^{SWAPFILE} ' /etc/fstab 2>/dev/null; then echo swap_fstab=1; fi",
+        "echo \"mem_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)\"",
+    ])
+
+
+def parse_facts(output: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key.strip()] = value.strip()
+    return result
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing provision will change: its name, why, and the root shell command that does it."""
+
+    name: str
+    why: str
+    command: str = ""
+    kind: str = "shell"  # shell | upload-compose | prove-login | harden-ssh
+
+
+def unsupported(f: dict[str, str]) -> str | None:
+    if (f.get("os"), f.get("version")) not in SUPPORTED:
+        found = f"{f.get('os') or 'unknown OS'} {f.get('version') or ''}".strip()
+        return (f"{found} is not supported: provision knows Debian 12 and Ubuntu 22.04/24.04. Use one of them "
+                f"(most providers offer Debian 12), or prepare the host by hand as README describes.")
+    if f.get("uid") != "0" and f.get("sudo") != "yes":
+        return ("the login user is not root and cannot use sudo without a password. Connect as root "
+                "(`fab -H root@HOST provision`), or give this user passwordless sudo.")
+    return None
+
+
+def daemon_json_ok(text: str) -> bool:
+    try:
+        current = json.loads(text) if text else {}
+    except ValueError:
+        return False
+    return all(current.get(k) == v for k, v in DAEMON_JSON.items())
+
+
+def firewall_rules(ssh_port: int) -> str:
+    ports = ", ".join(str(p) for p in sorted({ssh_port, 80, 443}))
+    return f"""# Written by `fab provision`: only SSH, HTTP and HTTPS reach this host's own services.
+# (Docker-published ports are forwarded, not delivered locally, so they do not pass this chain;
+# the stack publishes only nginx publicly, Postgres and NATS on 127.0.0.1.)
+table inet tasktracker
+delete table inet tasktracker
+table inet tasktracker {{
+    chain input {{
+        type filter hook input priority 0; policy drop;
+        iif lo accept
+        ct state established,related accept
+        ct state invalid drop
+        meta l4proto {{ icmp, ipv6-icmp }} accept
+        tcp dport {{ {ports} }} accept
+    }}
+}}
+"""
+
+
+FIREWALL_UNIT_TEXT = f"""[Unit]
+Description=Task Tracker host firewall (SSH, HTTP, HTTPS only)
+Before=network-pre.target docker.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/nft -f {FIREWALL_FILE}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def write_file(path: str, text: str, mode: str = "644") -> str:
+    return f"install -d {q(path.rsplit('/', 1)[0])} && printf '%s' {q(text)} > {q(path)}.new && chmod {mode} {q(path)}.new && mv -f {q(path)}.new {q(path)}"
+
+
+def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
+    """The changes this host needs, in order; empty when it is already provisioned."""
+    os_id = f.get("os", "")
+    changes: list[Change] = []
+    wanted = PACKAGES + ([COMPOSE_PACKAGES[os_id]] if os_id in COMPOSE_PACKAGES else [])
+    missing = [p for p in wanted if not f.get(f"pkg_{p}")]
+    if missing:
+        changes.append(Change("packages", "install " + " ".join(missing),
+                              "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
+                              f"apt-get install -y -qq --no-install-recommends {' '.join(missing)} >/dev/null"))
+    if not f.get("compose") and os_id not in COMPOSE_PACKAGES:
+        changes.append(Change("compose plugin", "Docker Compose v2 is missing", kind="upload-compose"))
+    if not daemon_json_ok(f.get("daemon_json", "")):
+        try:
+            merged = {**json.loads(f.get("daemon_json") or "{}"), **DAEMON_JSON}
+        except ValueError:
+            merged = dict(DAEMON_JSON)
+        changes.append(Change("docker daemon settings", "log rotation (10m x 3) and live-restore",
+                              write_file("/etc/docker/daemon.json", json.dumps(merged, indent=2) + "\n")
+                              + " && systemctl restart docker"))
+    if f.get("docker_enabled") != "enabled" or f.get("docker_active") != "active":
+        changes.append(Change("docker at boot", "enable and start Docker", "systemctl enable --now docker >/dev/null 2>&1"))
+    key = " ".join(public_key.split()[:2])
+    user = q(deploy_user)
+    if "docker" not in f.get("user_groups", "").split():
+        changes.append(Change("deploy user", f"create {deploy_user} in the docker group",
+                              f"if id {user} >/dev/null 2>&1; then usermod -aG docker {user}; "
+                              f"else useradd --create-home --shell /bin/bash --groups docker {user}; fi"))
+    if not f.get("key"):
+        changes.append(Change("deploy key", f"the operator's public key for {deploy_user}",
+                              f"h=$(getent passwd {user} | cut -d: -f6) && install -d -m 700 -o {user} -g {user} \"$h/.ssh\" && "
+                              f"touch \"$h/.ssh/authorized_keys\" && chown {user}:{user} \"$h/.ssh/authorized_keys\" && "
+                              f"chmod 600 \"$h/.ssh/authorized_keys\" && printf '%s\\n' {q(key)} >> \"$h/.ssh/authorized_keys\""))
+    if not f.get("sudoers"):
+        changes.append(Change("deploy sudo", f"{deploy_user} may re-run provision once root login is off",
+                              write_file(f"/etc/sudoers.d/tasktracker-{deploy_user}", f"{deploy_user} ALL=(ALL) NOPASSWD:ALL\n", "440")
+                              + f" && visudo -cf /etc/sudoers.d/tasktracker-{deploy_user} >/dev/null"))
+    hardened = (f.get("sshd_passwordauthentication") == "no" and f.get("sshd_permitrootlogin") == "no")
+    if not hardened:
+        changes.append(Change("ssh hardening", "no passwords, no root login (after the deploy user's login is proven)",
+                              kind="harden-ssh"))
+    if not f.get("firewall"):
+        ssh_port = int(f.get("sshd_port") or 22)
+        changes.append(Change("firewall", f"nftables: only {ssh_port}, 80 and 443 in",
+                              write_file(FIREWALL_FILE, firewall_rules(ssh_port)) + " && "
+                              + write_file(FIREWALL_UNIT, FIREWALL_UNIT_TEXT)
+                              + f" && nft -f {FIREWALL_FILE} && systemctl daemon-reload && "
+                                "systemctl enable tasktracker-firewall.service >/dev/null 2>&1"))
+    if not f.get("auto_upgrades"):
+        changes.append(Change("security upgrades", "unattended-upgrades daily", write_file(AUTO_UPGRADES, AUTO_UPGRADES_TEXT)))
+    if f.get("timesync") not in ("enabled", "static", "alias"):
+        changes.append(Change("time sync", "systemd-timesyncd",
+                              "systemctl enable systemd-timesyncd >/dev/null 2>&1; systemctl start systemd-timesyncd >/dev/null 2>&1; "
+                              "systemctl is-enabled systemd-timesyncd >/dev/null"))
+    if not f.get("swap") and not f.get("swap_fstab"):
+        changes.append(Change("swap", f"{SWAP_MB} MB swap file (the host has none)",
+                              f"if [ ! -f {SWAPFILE} ]; then fallocate -l {SWAP_MB}M {SWAPFILE} && chmod 600 {SWAPFILE} && "
+                              f"mkswap {SWAPFILE} >/dev/null; fi && grep -q '^{SWAPFILE} ' /etc/fstab || "
+                              f"echo '{SWAPFILE} none swap sw 0 0' >> /etc/fstab; swapon {SWAPFILE} 2>/dev/null || "
+                              "echo 'SWAPON-REFUSED'"))
+    return changes
+
+
+def compose_plugin_install(uploaded: str) -> str:
+    return (f"install -d {q(COMPOSE_PLUGIN_PATH.rsplit('/', 1)[0])} && install -m 755 {q(uploaded)} {q(COMPOSE_PLUGIN_PATH)} && "
+            f"rm -f {q(uploaded)} && docker compose version --short")
+
+
+def harden_ssh() -> str:
+    """Write the drop-in, check the whole sshd config, then reload (an error keeps the old config)."""
+    return (write_file(SSHD_DROPIN, SSHD_HARDENING) + f" && if sshd -t; then systemctl reload ssh 2>/dev/null || "
+            f"systemctl reload sshd; else rm -f {SSHD_DROPIN}; echo 'sshd -t failed; hardening not applied' >&2; exit 1; fi")
+
+
+def as_root(command: str, uid: str) -> str:
+    """The command as root: directly for root, through `sudo -n` for a sudo user."""
+    return command if uid == "0" else f"sudo -n sh -c {q(command)}"

