@@ -12,10 +12,11 @@ from pathlib import Path
 from dotenv import dotenv_values
 from invoke import Collection, Context, Exit, task
 
-from . import remote
+from . import machine, remote
 from .build import FRONTEND, build_frontend, git_commit, tree_hash
 from .commands import compose as compose_commands
 from .commands import envfile
+from .commands import images as image_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .exits import ExitCode
@@ -181,6 +182,51 @@ def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
         raise
 
 
+def backend_build_place(setting: str, local_docker: bool) -> str:
+    """Where the backend image is built: `local` spares the VPS's CPUs when this machine has Docker."""
+    if setting == "auto":
+        return "local" if local_docker else "host"
+    return setting
+
+
+def image_plan(needed: list[str], on_host: set[str], here: set[str], mode: str) -> tuple[list[str], list[str]]:
+    """(images to ship, images the host lacks that this machine cannot send)."""
+    missing = [i for i in needed if i not in on_host]
+    if mode == "never":
+        return [], []
+    return [i for i in missing if i in here], [i for i in missing if i not in here]
+
+
+def provide_images(host: Host, backend: str) -> None:
+    """Make sure the host has every image the release needs: build the backend here when that is
+    the setting, and ship what the host lacks (only that), compressed, with progress."""
+    local_docker = machine.ok(["docker", "info"])
+    place = backend_build_place(host.settings.build_backend, local_docker)
+    needed = image_commands.stack_images(PROJECT_ROOT) + [backend]
+    if place == "host":
+        needed += image_commands.build_base_images(PROJECT_ROOT / "backend" / "Dockerfile")
+    on_host = host.images_present(needed)
+    if place == "local" and backend not in on_host:
+        if not machine.ok(["docker", "image", "inspect", backend]):
+            print(f"   building {backend} here (BUILD_BACKEND={host.settings.build_backend})", flush=True)
+            built = machine.run(image_commands.local_build(backend, PROJECT_ROOT / "backend"), check=False)
+            if built.returncode:
+                raise StepFailed("build backend image here", built.stderr.strip()[-800:])
+        on_host = host.images_present(needed)  # a host that shares this Docker has it now
+    if place == "host":
+        needed.remove(backend)  # built on the host in the next step
+    here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
+    ship, lacking = image_plan(needed, on_host, here, host.settings.ship_images)
+    if lacking and host.settings.ship_images == "always":
+        raise StepFailed("images the host needs", f"SHIP_IMAGES=always, but this machine does not have {', '.join(lacking)} "
+                                                  f"to send; pull or build them here first.")
+    if ship:
+        host.ship_images(ship)
+    else:
+        print(f"   the host has {len(needed) - len(lacking)} of {len(needed)} images"
+              + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
+
+
 def ship_release(host: Host, release: Release) -> None:
     steps, current, rid = host.steps, release.previous, release.id
     with steps.step("upload files (rsync)"):
@@ -190,6 +236,8 @@ def ship_release(host: Host, release: Release) -> None:
             raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
         sent = parse_rsync_sent(result.stdout)
         print(f"   sent {sent} bytes{' (unchanged files hard-linked from ' + current + ')' if current else ''}")
+    with steps.step("images the host needs"):
+        provide_images(host, release.image)
     with steps.step("build backend image"):
         host.ensure_image(release)
     with steps.step("start postgres and nats"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import secrets as token_source
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from . import remote
 from .commands import audit as audit_commands
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
+from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
@@ -348,3 +350,40 @@ class Host:
             raise Exit(f"`{what}` failed on {self.name} (exit {result.exited}); its output is above.",
                        code=result.exited or ExitCode.FAILED)
         return result
+
+    # --- images ---------------------------------------------------------------------------
+    def images_present(self, images: list[str]) -> set[str]:
+        return image_commands.parse_present(self.conn.run(image_commands.present(images), hide=True).stdout)
+
+    def ship_images(self, images: list[str], report_every: float = 3.0) -> int:
+        """Stream `docker save | gzip` from this machine into the host's `docker load` over the
+        connection's own SSH trust; prints progress; returns the compressed bytes sent."""
+        save = subprocess.Popen(image_commands.save(images), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gzip = subprocess.Popen(["gzip", "-1"], stdin=save.stdout, stdout=subprocess.PIPE)
+        save.stdout.close()
+        ssh = subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(self.conn), f"{self.conn.user}@{self.conn.host}"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sent, started, last = 0, time.monotonic(), time.monotonic()
+        try:
+            while chunk := gzip.stdout.read(1 << 20):
+                ssh.stdin.write(chunk)
+                sent += len(chunk)
+                if time.monotonic() - last > report_every:
+                    last = time.monotonic()
+                    print(f"   shipped {sent / 1e6:.0f} MB ({sent / 1e6 / (last - started):.1f} MB/s)", flush=True)
+        except BrokenPipeError:
+            pass
+        finally:
+            try:
+                ssh.stdin.close()
+            except BrokenPipeError:
+                pass
+        out, err = ssh.stdout.read(), ssh.stderr.read()
+        ssh.wait()
+        gzip.wait()
+        save_err = save.communicate()[1]
+        if save.returncode or gzip.returncode or ssh.returncode:
+            why = (save_err or err).decode(errors="replace").strip()[-500:]
+            raise StepFailed("ship images", f"sending {', '.join(images)} to {self.name} failed: {why}")
+        print(f"   shipped {', '.join(images)}: {sent / 1e6:.1f} MB compressed in {time.monotonic() - started:.1f}s")
+        return sent

@@ -71,7 +71,7 @@ def provision(c, user="deploy", public_key=None):
     rows: list[tuple[str, str, str]] = []
     try:
         for change in plan:
-            with steps.step(f"{change.name}: {change.why}"):
+            with steps.step(change.name):
                 outcome = apply(conn, change, uid, user)
             rows.append((change.name, outcome, change.why))
         if not any(ch.kind == "harden-ssh" for ch in plan):
@@ -84,8 +84,9 @@ def provision(c, user="deploy", public_key=None):
     print(f"\n  {'what':24} {'result':10} detail")
     for name, outcome, why in rows:
         print(f"  {name:24} {outcome:10} {why}")
-    print(f"\n{changed} changed on {conn.original_host}."
-          + (f" Deploy with `fab -H {conn.original_host} deploy` as {user} (root login is off)." if changed else ""))
+    print(f"\n{changed} changed on {conn.original_host}." + (" Nothing to do: the host is as provision leaves it." if not changed
+          else f" Root and password logins are off: deploy as {user} (`fab -H {user}@HOST deploy`, or an alias "
+               f"with User {user}; see README, \"A new VPS\")."))
 
 
 def apply(conn, change: commands.Change, uid: str, user: str) -> str:

@@ -88,6 +88,10 @@ class Settings:
     compose_project: str = _spec("tasktracker")
     backup_keep: int = _spec(7)
     db_wait_seconds: int = _spec(60)
+    # Images: where the backend image is built, and whether images the host lacks are shipped
+    # from this machine over SSH (hosts that cannot pull: rate limits, no registry, private nets).
+    build_backend: str = _spec("auto")
+    ship_images: str = _spec("auto")
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -174,6 +178,10 @@ class Settings:
                 problems.append(f"{port.upper()} must be a TCP port (1-65535)")
         if values["http_port"] == values["https_port"]:
             problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
+        for name, choices in (("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
+            values[name] = values[name].lower()
+            if values[name] not in choices:
+                problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
         if values["keep_releases"] < 2:
             problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
         if problems:

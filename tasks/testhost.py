@@ -62,8 +62,6 @@ def ensure_image() -> None:
     with tempfile.TemporaryDirectory(prefix="tasktracker-vmhost-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run(build.debootstrap(rootfs, mirror))
-        (rootfs / "usr/local/sbin/vm-init").write_text(build.INIT)
-        (rootfs / "usr/local/sbin/vm-init").chmod(0o755)
         (rootfs / "etc/systemd/system/ssh-hostkeys.service").write_text(build.HOSTKEYS_UNIT)
         # The machine's extra CA certificates (registries are reached through a TLS proxy here).
         extra = Path("/usr/local/share/ca-certificates")

@@ -363,3 +363,55 @@ def throwaway_sandbox(address: str, prefix: str):
     finally:
         subprocess.run([str(BIN / "invoke"), "sandbox.down"], cwd=bench.copy, env=bench.env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+class TestHosts:
+    """VM-like test hosts made with `invoke testhost.up` in a state dir of their own, removed by
+    `testhost.down` (its records) at the end."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, base_env: dict):
+        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-testhosts-"))
+        self.env = {**base_env, "TASKTRACKER_TESTHOST_DIR": str(self.dir)}
+
+    def invoke(self, *args, check=True, timeout=900):
+        out = subprocess.run([str(BIN / "invoke"), *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"invoke {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def fab(self, host: str, *args, env_file: Path | None = None, check=True, timeout=900, cwd: Path = ROOT):
+        env = {**self.env, **({"TASKTRACKER_ENV_FILE": str(env_file)} if env_file else {})}
+        out = subprocess.run([str(BIN / "fab"), "-H", host, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"fab -H {host} {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def state(self, name: str) -> dict:
+        return json.loads((self.dir / "state.json").read_text())["hosts"][name]
+
+    def url(self, name: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.state(name)['http_port']}{path}"
+
+    def exec(self, name: str, command: str, check=True, timeout=600) -> subprocess.CompletedProcess:
+        out = subprocess.run(["docker", "exec", self.state(name)["container"], "sh", "-c", command], capture_output=True,
+                             text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"on {name}: {command}\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def down(self):
+        self.invoke("testhost.down", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def app_settings(path: Path, **overrides) -> Path:
+    """A settings file for a fresh app (random secrets), with overrides."""
+    values = {"POSTGRES_PASSWORD": secrets.token_urlsafe(16), "NATS_PASSWORD": secrets.token_urlsafe(16),
+              "TELEGRAM_BOT_TOKEN": f"tg-{secrets.token_hex(8)}", "OPENAI_API_KEY": f"sk-{secrets.token_hex(8)}",
+              "APP_URL": f"https://{DOMAIN}", "WEBAPP_URL": f"https://{DOMAIN}", "DOMAIN": DOMAIN, **overrides}
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)
+    return path

@@ -203,15 +203,16 @@ def test_failed_releases_never_push_out_the_last_good_one(sandbox, app, tmp_path
 
 
 def frozen_postgres(sandbox):
-    """Postgres's container keeps running but its server stops answering (SIGSTOP to PID 1)."""
+    """Postgres's container keeps running but its server stops answering (SIGSTOP to its PID 1,
+    sent from outside: inside its namespace PID 1 ignores signals it has no handler for)."""
     pg = container(sandbox, "postgres")
 
     class Frozen:
         def __enter__(self):
-            subprocess.run(["docker", "exec", pg, "kill", "-STOP", "1"], check=True)
+            subprocess.run(["docker", "kill", "--signal", "STOP", pg], check=True, capture_output=True)
 
         def __exit__(self, *exc):
-            subprocess.run(["docker", "exec", pg, "kill", "-CONT", "1"], check=True)
+            subprocess.run(["docker", "kill", "--signal", "CONT", pg], check=True, capture_output=True)
             wait_for(lambda: psql(sandbox, "SELECT 1") == "1", 30, what="postgres answering again")
 
     return Frozen()
@@ -324,23 +325,27 @@ def test_pull_writes_only_the_files_a_set_holds(sandbox, app, tmp_path):
     assert bad.returncode == 2 and "is not a verified backup set" in bad.stderr
 
 
-def test_lock_covers_migrate_compose_and_ssl(sandbox, app):
+def test_lock_covers_migrate_compose_ssl_and_restore(sandbox, app):
+    """Every task that changes the host refuses while another operation holds the lock (a live
+    holder: its keeper process runs)."""
     lock = sandbox.home / APP / ".deploy.lock"
-    holder = subprocess.Popen(sandbox.fab_argv("backup"), env={**sandbox.env, "TASKTRACKER_ENV_FILE": str(app)},
-                              cwd=sandbox.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(["runuser", "-u", sandbox.user, "--", "sleep", "300"])
     try:
-        wait_for(lock.exists, 30, interval=0.05, what="lock held")
-        for args in (["migrate"], ["compose.restart", "--service", "worker"], ["compose.up"],
-                     ["ssl.renew"], ["backup.restore", "--latest", "--yes"]):
+        lock.mkdir()
+        (lock / "info.json").write_text(json.dumps({"user": "someone", "machine": "laptop", "action": "deploy",
+                                                    "since": "2026-11-25T00:00:00+00:00", "token": "theirs"}) + "\n")
+        (lock / "keeper.pid").write_text(f"{holder.pid}\n")
+        subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(lock)], check=True)
+        for args in (["migrate"], ["compose.restart", "--service", "worker"], ["compose.up"], ["compose.down"],
+                     ["ssl.renew"], ["backup"], ["backup.restore", "--latest", "--yes"]):
             out = sandbox.fab(*args, env_file=app, check=False)
-            assert out.returncode in (3, 4), f"{args}: {out.returncode} {out.stderr}"
-            if out.returncode == 3:  # ssl.renew on a host without certbot state stops before the lock
-                assert "certbot" in out.stderr
-            else:
-                assert "is busy" in out.stderr
+            assert out.returncode == 4 and "is busy: deploy by someone@laptop" in out.stderr, f"{args}: {out.returncode} {out.stderr}"
+        assert lock.exists() and json.loads((lock / "info.json").read_text())["token"] == "theirs"  # nobody removed it
     finally:
-        holder.communicate(timeout=300)
-    assert holder.returncode == 0
+        holder.kill()
+        holder.wait()
+        subprocess.run(["rm", "-rf", str(lock)], check=True)
+    assert sandbox.fab("compose.ps", env_file=app).returncode == 0
 
 
 def test_sandbox_up_refuses_a_user_it_did_not_create(sandbox, tmp_path):

@@ -35,10 +35,8 @@ def facts(deploy_user: str, public_key: str) -> str:
     """One round trip: OS, privileges, packages, Docker, the deploy user, sshd, firewall, swap."""
     key = " ".join(public_key.split()[:2])
     pkgs = " ".join(PACKAGES + sorted(set(COMPOSE_PACKAGES.values())))
-    return "; ".join([
+    inner = "; ".join([
         ". /etc/os-release 2>/dev/null; echo \"os=$ID\"; echo \"version=$VERSION_ID\"; echo \"codename=$VERSION_CODENAME\"",
-        "echo \"uid=$(id -u)\"",
-        "if [ \"$(id -u)\" != 0 ] && sudo -n true 2>/dev/null; then echo sudo=yes; fi",
         f"for p in {pkgs}; do dpkg-query -W -f='${{Status}}' $p 2>/dev/null | grep -q 'install ok installed' && echo \"pkg_$p=1\"; done",
         "echo \"compose=$(docker compose version --short 2>/dev/null)\"",
         "echo \"docker_enabled=$(systemctl is-enabled docker 2>/dev/null)\"",
@@ -58,6 +56,9 @@ def facts(deploy_user: str, public_key: str) -> str:
         f"if grep -q '^{SWAPFILE} ' /etc/fstab 2>/dev/null; then echo swap_fstab=1; fi",
         "echo \"mem_mb=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)\"",
     ])
+    # Read as root where the login may become root (sshd -T, nft need it); `uid` is the login's.
+    return (f"echo \"uid=$(id -u)\"; if [ \"$(id -u)\" = 0 ]; then sh -c {q(inner)}; "
+            f"elif sudo -n true 2>/dev/null; then echo sudo=yes; sudo -n sh -c {q(inner)}; else sh -c {q(inner)}; fi")
 
 
 def parse_facts(output: str) -> dict[str, str]:

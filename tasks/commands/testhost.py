@@ -21,12 +21,14 @@ MASKED_UNITS = ["getty@tty1.service", "console-getty.service", "systemd-udevd.se
                 "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "systemd-remount-fs.service",
                 "systemd-firstboot.service"]
 
-# PID 1 of the container: make /sys and the cgroup mounts writable (systemd needs them), then boot.
-INIT = """#!/bin/sh
-mount -o remount,rw /sys 2>/dev/null
-for m in $(awk '$2 ~ "^/sys/fs/cgroup" {print $2}' /proc/mounts); do mount -o remount,rw "$m" 2>/dev/null; done
-exec /sbin/init
-"""
+# PID 1 of the container: make /sys and the cgroup mounts writable (systemd and the inner Docker
+# need them), then boot. A bind remount changes only this mount's flags: a plain remount of a
+# cgroup v1 hierarchy fails with "busy" (its superblock is the host's). Passed as the container's
+# command, so a change here needs no image rebuild.
+INIT = ("mount -o remount,rw /sys; "
+        "for m in $(awk '$2 ~ \"^/sys/fs/cgroup\" {print $2}' /proc/mounts); do "
+        "mount -o remount,rw \"$m\" 2>/dev/null || mount -o remount,bind,rw \"$m\"; done; "
+        "exec /sbin/init")
 
 # First boot: host keys of its own (as a provider's image does), before sshd starts.
 HOSTKEYS_UNIT = """[Unit]
@@ -64,7 +66,7 @@ def prepare_rootfs(rootfs: Path) -> list[str]:
 
 
 def docker_import(rootfs: Path) -> str:
-    changes = ["CMD [\"/usr/local/sbin/vm-init\"]", "STOPSIGNAL SIGRTMIN+3", f"LABEL {LABEL}.image=1"]
+    changes = ["CMD [\"/sbin/init\"]", f"LABEL {LABEL}.image=1"]  # (`import` takes no STOPSIGNAL: docker_run sets it)
     return f"tar -C {q(str(rootfs))} -c . | docker import " + " ".join(f"-c {q(c)}" for c in changes) + f" - {IMAGE}"
 
 
@@ -77,13 +79,13 @@ def docker_run(name: str, ssh_port: int, http_port: int, https_port: int, volume
             "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
             "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
             "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
-            "--cgroupns=private",
+            "--cgroupns=private", "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "30",
             "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
             "-v", f"{volume}:/var/lib/docker",
             "-p", f"127.0.0.1:{ssh_port}:22", "-p", f"127.0.0.1:{http_port}:80", "-p", f"127.0.0.1:{https_port}:443"]
     if network:
         argv += ["--network", network]
-    return [*argv, IMAGE]
+    return [*argv, IMAGE, "/bin/sh", "-c", INIT]
 
 
 def ssh_config(alias: str, port: int, user: str, key: Path, known_hosts: Path) -> str:

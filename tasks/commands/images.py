@@ -1,0 +1,61 @@
+"""Images a release needs, and shipping them over SSH when the host cannot pull
+(`docker save | gzip | ssh HOST 'gunzip | docker load'`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from . import q, sh
+
+# Services whose image is not pulled in production (built per release, or development only).
+NOT_PULLED = {"api", "worker", "dashboard"}
+
+
+def stack_images(root: Path) -> list[str]:
+    """The upstream images the production stack runs (from compose.yml, as written there)."""
+    services = yaml.safe_load((root / "compose.yml").read_text()).get("services", {})
+    return sorted({s["image"] for name, s in services.items() if name not in NOT_PULLED and "image" in s and "$" not in s["image"]})
+
+
+def build_base_images(dockerfile: Path) -> list[str]:
+    """The FROM images of a Dockerfile (what building it on the host needs)."""
+    stages = set()
+    images = []
+    for line in dockerfile.read_text().splitlines():
+        match = re.match(r"\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if match:
+            if match.group(1) not in stages:
+                images.append(match.group(1))
+            if match.group(2):
+                stages.add(match.group(2))
+    return images
+
+
+def present(images: list[str]) -> str:
+    """Prints `have=IMAGE` for each image the host has (one round trip)."""
+    return "; ".join(f"docker image inspect {q(i)} >/dev/null 2>&1 && echo {q('have=' + i)}" for i in images) + "; true"
+
+
+def parse_present(output: str) -> set[str]:
+    return {line[5:].strip() for line in output.splitlines() if line.startswith("have=")}
+
+
+def save(images: list[str]) -> list[str]:
+    """Local: one `docker save` for images that share layers."""
+    return ["docker", "save", *images]
+
+
+def load() -> str:
+    """Remote: what arrives on stdin (gzip) is loaded into the host's Docker."""
+    return "gunzip -c | docker load"
+
+
+def local_build(image: str, context: Path) -> list[str]:
+    return ["docker", "build", "-q", "-t", image, str(context)]
+
+
+def ssh_load(ssh_argv: list[str], destination: str) -> list[str]:
+    return [*ssh_argv, destination, sh(["sh", "-c", load()])]

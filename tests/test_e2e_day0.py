@@ -1,0 +1,191 @@
+"""Day 0 (issue 12) on a VM-like host that looks like a freshly bought Debian 12 VPS: provision ->
+deploy (images shipped, the host cannot pull) -> HTTPS (Pebble on the host) -> backup -> the host
+restarts -> provision again changes nothing -> a deploy under load fails no request -> rollback
+-> the backend built on the host instead. The main paths, proven off the shared Docker daemon."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.support import DOMAIN, LoadProbe, TestHosts, app_settings, copy_project, wait_for
+
+pytestmark = pytest.mark.e2e
+NAME = "day0"
+
+
+@pytest.fixture(scope="module")
+def hosts(sandbox):  # the sandbox fixture makes sure Docker and the stand-in images are here
+    made = TestHosts(sandbox.env)
+    try:
+        made.invoke("testhost.up", NAME, "--bare")
+        yield made
+    finally:
+        made.down()
+
+
+@pytest.fixture(scope="module")
+def settings(hosts):
+    return app_settings(hosts.dir / "app.env")
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as res:
+        return res.status, json.loads(res.read())
+
+
+def https_get(hosts, roots: str, path: str = "/api/health") -> str:
+    context = ssl.create_default_context(cadata=roots)
+    with socket.create_connection(("127.0.0.1", hosts.state(NAME)["https_port"]), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    return data.decode(errors="replace")
+
+
+def test_a_bare_host_has_nothing_a_deploy_needs(hosts, settings):
+    out = hosts.fab(NAME, "deploy", "--skip-build", env_file=settings, check=False)  # no deploy user yet
+    assert out.returncode == 3 and "Nothing was changed" in out.stderr
+    assert hosts.exec(NAME, "command -v docker || echo none").stdout.strip() == "none"
+
+
+def test_provision_takes_the_bare_host_to_what_deploy_needs(hosts):
+    out = hosts.fab(f"{NAME}-root", "provision", timeout=900)
+    assert "debian 12" in out.stdout
+    for change in ("packages", "compose plugin", "docker daemon settings", "deploy user", "ssh hardening", "firewall"):
+        assert f"  {change}" in out.stdout and "changed" in out.stdout
+    sshd = hosts.exec(NAME, "sshd -T").stdout
+    assert "passwordauthentication no" in sshd and "permitrootlogin no" in sshd
+    assert "tcp dport { 22, 80, 443 } accept" in hosts.exec(NAME, "nft list table inet tasktracker").stdout
+    daemon = json.loads(hosts.exec(NAME, "cat /etc/docker/daemon.json").stdout)
+    assert daemon["live-restore"] is True and daemon["log-opts"]["max-size"] == "10m"
+    assert hosts.exec(NAME, "systemctl is-enabled docker").stdout.strip() == "enabled"
+    assert "docker" in hosts.exec(NAME, "id -nG deploy").stdout.split()
+    refused = hosts.fab(f"{NAME}-root", "provision", check=False)
+    assert refused.returncode == 3 and "refused the SSH key" in refused.stderr  # root login is off now
+
+
+def test_provision_again_changes_nothing(hosts):
+    started = time.monotonic()
+    out = hosts.fab(NAME, "provision")
+    assert "0 changed" in out.stdout and "deploy login" in out.stdout
+    assert time.monotonic() - started < 30
+
+
+def test_deploy_ships_the_images_the_host_lacks_and_serves(hosts, settings):
+    out = hosts.fab(NAME, "deploy", "--skip-build", env_file=settings)
+    assert "shipped" in out.stdout and "postgres:15" in out.stdout
+    assert get_json(hosts.url(NAME, "/api/health"))[1]["status"] == "ok"
+    req = urllib.request.Request(hosts.url(NAME, "/api/tasks"), data=json.dumps({"title": "made on day 0", "body": "vm"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(req, timeout=10).status == 201
+    again = hosts.fab(NAME, "deploy", "--skip-build", env_file=settings)
+    assert "Nothing changed since release" in again.stdout and "shipped" not in again.stdout
+
+
+@pytest.fixture(scope="module")
+def pebble_roots(hosts):
+    return start_pebble_on(hosts)
+
+
+def start_pebble_on(hosts):
+    """Pebble (Let's Encrypt's test CA) and its DNS on the host itself: the ACME traffic never
+    leaves the VM-like host."""
+    hosts.exec(NAME, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble openssl >/dev/null",
+               timeout=600)
+    hosts.exec(NAME, """set -e; mkdir -p /opt/pebble; cd /opt/pebble
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test pebble CA' -keyout ca.key -out ca.pem 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out req.csr 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
+openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out cert.pem 2>/dev/null
+chmod 644 ./*
+printf '%s' '{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+ "certificate": "/opt/pebble/cert.pem", "privateKey": "/opt/pebble/key.pem", "httpPort": 80, "tlsPort": 5001,
+ "ocspResponderURL": "", "externalAccountBindingRequired": false}}' > pebble.json""")
+    container = hosts.state(NAME)["container"]
+    subprocess.run(["docker", "exec", "-d", container, "pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "",
+                    "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "", "-management",
+                    "127.0.0.1:8055"], check=True)
+    subprocess.run(["docker", "exec", "-d", "-e", "PEBBLE_VA_NOSLEEP=1", container, "pebble", "-config",
+                    "/opt/pebble/pebble.json", "-dnsserver", "127.0.0.1:8053", "-strict=false"], check=True)
+    wait_for(lambda: hosts.exec(NAME, "curl -sf -X POST -d '{\"host\": \"%s\", \"addresses\": [\"127.0.0.1\"]}' "
+                                      "http://127.0.0.1:8055/add-a" % DOMAIN, check=False).returncode == 0, 30, what="pebble DNS")
+    wait_for(lambda: hosts.exec(NAME, "curl -skf https://127.0.0.1:14000/dir", check=False).returncode == 0, 30, what="pebble")
+    return hosts
+
+
+def test_https_is_issued_on_the_host_through_its_nginx(pebble_roots, settings):
+    hosts = pebble_roots
+    out = hosts.fab(NAME, "ssl.issue", "--domain", DOMAIN, "--email", "ops@example.test", "--server",
+                    "https://127.0.0.1:14000/dir", "--ca-bundle", "/opt/pebble/ca.pem", env_file=settings)
+    assert f"HTTPS is enabled for {DOMAIN}" in out.stdout
+    roots = hosts.exec(NAME, "curl -skf https://127.0.0.1:15000/roots/0").stdout
+    answer = https_get(hosts, roots)
+    assert answer.startswith("HTTP/1.1 200") and '"status":"ok"' in answer.replace(" ", "")
+
+
+def test_backup_on_the_host(hosts, settings):
+    out = hosts.fab(NAME, "backup", env_file=settings)
+    assert "is complete and verified" in out.stdout
+
+
+def test_the_host_restarts_and_everything_comes_back(pebble_roots, settings):
+    hosts = pebble_roots
+    container = hosts.state(NAME)["container"]
+    subprocess.run(["docker", "stop", container], check=True, capture_output=True)
+    subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    wait_for(lambda: get_json(hosts.url(NAME, "/api/health"))[1]["status"] == "ok", 120, interval=1,
+             what="the stack back after the host restarted")
+    assert any(t["title"] == "made on day 0" for t in get_json(hosts.url(NAME, "/api/tasks"))[1])
+    answer = https_get_without_verify(hosts)  # (Pebble, a test CA, did not survive the restart)
+    assert answer.startswith("HTTP/1.1 200")
+    assert hosts.fab(NAME, "provision").stdout.count("0 changed") == 1
+
+
+def https_get_without_verify(hosts) -> str:
+    """The certificate is checked above; after a restart Pebble (a test CA) is not running, so
+    only that HTTPS still answers with the issued certificate is checked here."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", hosts.state(NAME)["https_port"]), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            cert = tls.getpeercert(binary_form=True)
+            assert cert
+            tls.sendall(f"GET /nginx-health HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            return tls.recv(65536).decode(errors="replace")
+
+
+def test_a_second_deploy_under_load_fails_no_request_and_rollback_returns(hosts, settings):
+    before = get_json(hosts.url(NAME, "/api/version"))[1]["release"]
+    changed = app_settings(hosts.dir / "changed.env")
+    changed.write_text(settings.read_text() + "API_WORKERS=2\n")
+    time.sleep(1)
+    with LoadProbe([hosts.url(NAME, "/api/health"), hosts.url(NAME, "/")], clients=4) as probe:
+        hosts.fab(NAME, "deploy", "--skip-build", env_file=changed)
+        time.sleep(1)
+    assert probe.failures() == [] and len(probe.results) > 50
+    after = get_json(hosts.url(NAME, "/api/version"))[1]["release"]
+    assert after != before
+    hosts.fab(NAME, "rollback", env_file=changed)
+    assert get_json(hosts.url(NAME, "/api/version"))[1]["release"] == before
+
+
+def test_the_backend_can_be_built_on_the_host_instead(hosts, settings, tmp_path):
+    copy = copy_project(tmp_path / "project")
+    main = copy / "backend" / "app" / "main.py"
+    main.write_text(main.read_text() + "\n# built on the host\n")
+    on_host = app_settings(hosts.dir / "host-build.env")
+    on_host.write_text(settings.read_text() + "BUILD_BACKEND=host\n")
+    out = hosts.fab(NAME, "deploy", env_file=on_host, cwd=copy, timeout=900)
+    assert "python:3.12-slim" in out.stdout  # the base image was shipped for the build
+    assert "naming to" in out.stdout or "Successfully tagged" in out.stdout or "Built" in out.stdout + out.stderr
+    assert get_json(hosts.url(NAME, "/api/health"))[1]["status"] == "ok"
