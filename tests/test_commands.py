@@ -35,7 +35,7 @@ CASES = [
      "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ForwardAgent=no -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -F /dev/null -p 2222 -i /k -o IdentitiesOnly=yes -o UserKnownHostsFile=/kh"),
     ("rsync", sh(transfer.rsync(["compose.yml", "nginx"], "u@h:app/r1/", ssh_command=["ssh", "-p", "22"], link_dest="../r0",
                              excludes=("*.pyc",), relative=True, delete=False)),
-     "rsync -a --compress --checksum --itemize-changes -e 'ssh -p 22' --relative --link-dest=../r0 '--exclude=*.pyc' --stats compose.yml nginx u@h:app/r1/"),
+     "rsync -a --compress --checksum --whole-file --itemize-changes -e 'ssh -p 22' --relative --link-dest=../r0 '--exclude=*.pyc' --stats compose.yml nginx u@h:app/r1/"),
     ("chain", chain(["a", "b c"], ["d"]), "a 'b c' && d"),
     ("known_hosts", sandbox_commands.known_hosts_line("127.0.0.2", 2222, "ssh-ed25519 AAAA host"), "[127.0.0.2]:2222 ssh-ed25519 AAAA\n"),
 ]

@@ -329,7 +329,11 @@ def test_lock_covers_migrate_compose_ssl_and_restore(sandbox, app):
     """Every task that changes the host refuses while another operation holds the lock (a live
     holder: its keeper process runs)."""
     lock = sandbox.home / APP / ".deploy.lock"
-    holder = subprocess.Popen(["runuser", "-u", sandbox.user, "--", "sleep", "300"])
+    import pwd
+
+    account = pwd.getpwnam(sandbox.user)  # the keeper runs as the deploy user (kill -0 must reach it)
+    holder = subprocess.Popen(["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
+                               "sleep", "300"])
     try:
         lock.mkdir()
         (lock / "info.json").write_text(json.dumps({"user": "someone", "machine": "laptop", "action": "deploy",

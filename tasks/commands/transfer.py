@@ -16,7 +16,10 @@ def rsync(
     relative: bool = False,
 ) -> list[str]:
     """rsync argv that reaches the host through the same user/port/key/known_hosts as Fabric."""
-    argv = ["rsync", "-a", "--compress", "--checksum", "--itemize-changes", "-e", sh(ssh_command)]
+    # --whole-file: a changed file is sent whole, never as a delta against the previous release's
+    # copy: across rsync versions (seen: 3.5.0 here, 3.2.7 on a fresh Debian 12) the delta path
+    # fails verification. Unchanged files are hard links (--link-dest) and sent files are small.
+    argv = ["rsync", "-a", "--compress", "--checksum", "--whole-file", "--itemize-changes", "-e", sh(ssh_command)]
     if relative:
         argv.append("--relative")
     if delete:
