@@ -378,7 +378,7 @@ class Host:
                 ssh.stdin.close()
             except BrokenPipeError:
                 pass
-        out, err = ssh.stdout.read(), ssh.stderr.read()
+        _, err = ssh.stdout.read(), ssh.stderr.read()
         ssh.wait()
         gzip.wait()
         save_err = save.communicate()[1]
