@@ -3,6 +3,7 @@ VM-like test hosts share. Local only: nothing here connects to a host."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,18 @@ from .exits import ExitCode
 
 def say(message: str, prefix: str = "sandbox") -> None:
     print(f"[{prefix}] {message}", flush=True)
+
+
+def read_records(path: Path) -> dict:
+    """The JSON records a local helper (sandbox, test hosts) keeps of what it made; {} if none."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_records(path: Path, records: dict) -> None:
+    path.write_text(json.dumps(records, indent=2) + "\n")
 
 
 def run(argv, check=True, **kwargs) -> subprocess.CompletedProcess:

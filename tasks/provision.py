@@ -9,6 +9,7 @@ login as the deploy user was proven, so a mistake cannot lock the operator out.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def prove_login(conn, user: str) -> str:
 })
 def provision(c, user="deploy", public_key=None):
     """Prepare a new VPS for deploys: Docker + Compose, deploy user, SSH hardening, firewall, swap."""
-    if not user.isidentifier() and not user.replace("-", "").isalnum():
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise Exit(f"--user {user!r} is not a valid user name.", code=ExitCode.USAGE)
     steps = Steps(f"Provision {c.original_host}")
     with steps.step("connect and read the host"):

@@ -133,10 +133,7 @@ def connect_as(conn: Connection, user: str) -> Connection:
     another user: provision proves the deploy user's login with it."""
     other = CountingConnection(conn.host, user=user, port=conn.port, config=conn.config, gateway=conn.gateway,
                                connect_timeout=conn.connect_timeout, connect_kwargs=dict(conn.connect_kwargs))
-    pin_host_keys(other)
-    for path in known_hosts_files(conn):
-        if os.path.isfile(path):
-            other.client.load_host_keys(path)
+    pin_host_keys(other, known_hosts_files(conn))
     try:
         other.open()
     except (paramiko.SSHException, OSError) as exc:
@@ -152,12 +149,13 @@ def forward_agent_wanted() -> bool:
     return os.environ.get("TASKTRACKER_FORWARD_AGENT", "") in ("1", "yes", "true")
 
 
-def pin_host_keys(conn: Connection) -> None:
+def pin_host_keys(conn: Connection, known_hosts: list[str] | None = None) -> None:
     """Reject unknown host keys on the connection and on every jump host in front of it."""
+    files = known_hosts if known_hosts is not None else known_hosts_files(conn)
     hop = conn
     while isinstance(hop, Connection):
         hop.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        for path in known_hosts_files(conn):
+        for path in files:
             if os.path.isfile(path):
                 hop.client.load_host_keys(path)
         hop.forward_agent = forward_agent_wanted()

@@ -3,7 +3,6 @@ docker group, Docker Engine with Compose v2, and local stand-ins for the upstrea
 
 from __future__ import annotations
 
-import json
 import re
 import os
 import secrets
@@ -15,7 +14,8 @@ from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
 from .exits import ExitCode
-from .machine import apt_install, compose_v2_binary, ensure_standin_images, ok, run, say, start_dockerd
+from .machine import (apt_install, compose_v2_binary, ensure_standin_images, ok, read_records, run, say, start_dockerd,
+                      write_records)
 from .remote import sandbox_dir
 
 ALIAS = "sandbox"
@@ -28,14 +28,11 @@ def state_file() -> Path:
 
 
 def load_state() -> dict:
-    try:
-        return json.loads(state_file().read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_records(state_file())
 
 
 def save_state(state: dict) -> None:
-    state_file().write_text(json.dumps(state, indent=2) + "\n")
+    write_records(state_file(), state)
 
 
 def require_root() -> None:

@@ -10,7 +10,6 @@ After `up`, `fab -H NAME-root provision` reaches root and `fab -H NAME deploy` t
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -23,7 +22,7 @@ from invoke import Collection, Exit, task
 
 from .commands import testhost as build
 from .exits import ExitCode
-from .machine import apt_install, debian_mirror, ok, run, say, start_dockerd
+from .machine import apt_install, debian_mirror, ok, read_records, run, say, start_dockerd, write_records
 from .remote import testhost_dir
 
 DEPLOY_USER = "deploy"
@@ -34,14 +33,11 @@ def state_path() -> Path:
 
 
 def load_state() -> dict:
-    try:
-        return json.loads(state_path().read_text())
-    except (OSError, ValueError):
-        return {"hosts": {}}
+    return read_records(state_path()) or {"hosts": {}}
 
 
 def save_state(state: dict) -> None:
-    state_path().write_text(json.dumps(state, indent=2) + "\n")
+    write_records(state_path(), state)
 
 
 def free_port() -> int:

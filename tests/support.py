@@ -13,7 +13,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,6 +125,42 @@ class LocalNats:
             self.proc.wait(10)
 
 
+class Writers:
+    """Clients that keep creating tasks and remember every one the API acknowledged (2xx)."""
+
+    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300):
+        self.url, self.max_seconds = url, max_seconds
+        self.acknowledged: list[int] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def _loop(self, index: int) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        n = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            n += 1
+            body = json.dumps({"title": f"write {index}-{n}", "body": "during a failing deploy"}).encode()
+            req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as res:
+                    if 200 <= res.status < 300:
+                        self.acknowledged.append(json.loads(res.read())["id"])
+            except Exception as exc:  # refused / 5xx: not acknowledged, so not promised
+                self.errors.append(type(exc).__name__)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
 def copy_project(dest: Path) -> Path:
     """A working copy of this checkout (tracked and untracked files, node_modules), to change freely."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -141,17 +179,12 @@ class LoadProbe:
     """Background clients that keep requesting URLs and count every failure (bounded in time)."""
 
     def __init__(self, urls: list[str], clients: int = 4, max_seconds: float = 600):
-        import threading
-
         self.urls, self.clients, self.max_seconds = urls, clients, max_seconds
         self.stop_event = threading.Event()
         self.results: list[tuple[str, int | str, float]] = []
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
 
     def _loop(self, index: int) -> None:
-        import urllib.error
-        import urllib.request
-
         deadline = time.monotonic() + self.max_seconds
         i = index
         while not self.stop_event.is_set() and time.monotonic() < deadline:

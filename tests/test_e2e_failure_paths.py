@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import LoadProbe, copy_project, wait_for
+from tests.support import LoadProbe, Writers, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "fp"
@@ -64,42 +63,6 @@ def migration_copy(tmp_path: Path, body: str) -> Path:
         'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
         f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n")
     return copy
-
-
-class Writers:
-    """Clients that keep creating tasks and remember every one the API acknowledged (2xx)."""
-
-    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300):
-        self.url, self.max_seconds = url, max_seconds
-        self.acknowledged: list[int] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
-
-    def _loop(self, index: int) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        n = 0
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            n += 1
-            body = json.dumps({"title": f"write {index}-{n}", "body": "during a failing deploy"}).encode()
-            req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as res:
-                    if 200 <= res.status < 300:
-                        self.acknowledged.append(json.loads(res.read())["id"])
-            except Exception as exc:  # refused / 5xx: not acknowledged, so not promised
-                self.errors.append(type(exc).__name__)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from . import q
+from .release import parse_facts  # noqa: F401  (provision's facts are `key=value` lines too)
 
 SUPPORTED = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
 PACKAGES = ["docker.io", "rsync", "cron", "certbot", "unattended-upgrades", "nftables", "systemd-timesyncd", "sudo",
@@ -59,15 +60,6 @@ def facts(deploy_user: str, public_key: str) -> str:
     # Read as root where the login may become root (sshd -T, nft need it); `uid` is the login's.
     return (f"echo \"uid=$(id -u)\"; if [ \"$(id -u)\" = 0 ]; then sh -c {q(inner)}; "
             f"elif sudo -n true 2>/dev/null; then echo sudo=yes; sudo -n sh -c {q(inner)}; else sh -c {q(inner)}; fi")
-
-
-def parse_facts(output: str) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for line in output.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            result[key.strip()] = value.strip()
-    return result
 
 
 @dataclass(frozen=True)
