@@ -14,12 +14,9 @@ from invoke import Collection, Exit, task
 
 from .commands import backup as commands
 from .exits import ExitCode
-from .host import Host
+from .host import WAIT_HELP, Host
 from .settings import PROJECT_ROOT
 from .steps import StepFailed, Steps
-
-WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
-
 
 @task(name="backup", default=True, help={"keep": "How many sets to keep (default BACKUP_KEEP, 7).", "wait": WAIT_HELP})
 def backup_(c, keep=None, wait=False):

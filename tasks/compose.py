@@ -4,10 +4,7 @@ take its lock)."""
 from invoke import Collection, task
 
 from .commands import compose as commands
-from .host import Host
-
-WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
-
+from .host import WAIT_HELP, Host
 
 @task(help={"wait": WAIT_HELP})
 def up(c, wait=False):

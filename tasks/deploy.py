@@ -20,7 +20,7 @@ from .commands import images as image_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .exits import ExitCode
-from .host import Host, Release, absolute_app_dir
+from .host import WAIT_HELP, Host, Release, absolute_app_dir
 from .identity import identity, now_iso
 from .settings import PROJECT_ROOT, Settings, env_file_path
 from .steps import StepFailed, Steps
@@ -111,7 +111,7 @@ def migration_failure_detail(before: release_commands.SchemaState, after: releas
 @task(help={
     "skip_build": "Deploy the frontend/dist already built (CI builds once, then deploys with this).",
     "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
-    "wait": "If another operation holds the host's lock, wait for it instead of failing.",
+    "wait": WAIT_HELP,
 })
 def deploy(c, skip_build=False, compose="auto", wait=False):
     """Deploy the stack as a new release: build, upload, migrate, start, check health, switch."""
@@ -175,8 +175,8 @@ def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
         host.run(release_commands.write_meta(host.ctx, release_id, release.recorded("deploying")), "record release")
     try:
         ship_release(host, release)
-    except (StepFailed, Exit) as failure:
-        detail = getattr(failure, "detail", None) or str(getattr(failure, "message", failure))
+    except StepFailed as failure:
+        detail = failure.detail
         host.probe_run(release_commands.write_meta(host.ctx, release_id, release.recorded("failed", failure=detail[:300])))
         outcome["detail"] = detail
         raise

@@ -103,6 +103,10 @@ def _json(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# The help of every task's --wait flag (Host.locked's `wait`).
+WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
+
+
 class Host:
     """A connected host, its facts, and the operations every task shares."""
 

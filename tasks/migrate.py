@@ -3,11 +3,11 @@
 from invoke import Collection, task
 
 from .commands import compose as commands
-from .host import Host
+from .host import WAIT_HELP, Host
 
 
 @task(name="migrate", default=True,
-      help={"wait": "If another operation holds the host's lock, wait for it instead of failing."})
+      help={"wait": WAIT_HELP})
 def migrate_(c, wait=False):
     """Apply pending migrations (`alembic upgrade head`) with the current release's image."""
     host = Host.open(c)

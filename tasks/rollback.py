@@ -6,7 +6,7 @@ from invoke import Collection, Exit, task
 
 from .commands.release import SchemaState
 from .exits import ExitCode
-from .host import Host
+from .host import WAIT_HELP, Host
 from .steps import StepFailed, Steps
 
 
@@ -69,7 +69,7 @@ def releases(c):
 @task(help={
     "to": "Roll back to this kept release (see `releases`); default: the release that was live before the current one.",
     "force": "Roll back even though the database schema is newer than the release's code (or cannot be read).",
-    "wait": "If another operation holds the host's lock, wait for it instead of failing.",
+    "wait": WAIT_HELP,
 })
 def rollback(c, to=None, force=False, wait=False):
     """Return to the previous release (or --to RELEASE): its dashboard, settings and exact images."""

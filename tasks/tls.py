@@ -13,13 +13,10 @@ from .commands import backup as backup_commands
 from .commands import rollout, sh
 from .commands import tls as commands
 from .exits import ExitCode
-from .host import Host
+from .host import WAIT_HELP, Host
 from .settings import DOMAIN_RE, Settings
 
 WARN_DAYS = 14
-
-
-WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
 
 
 def open_for_tls(c, settings: Settings | None = None) -> Host:
