@@ -3,11 +3,12 @@
 
 from invoke import Collection
 
-from . import audit, backup, build, compose, deploy, lock, migrate, provision, rollback, sandbox, testhost, tls
+from . import audit, backup, build, compose, deploy, lock, migrate, provision, rollback, sandbox, status, testhost, tls
 
 ns = Collection()
-for module in (build, provision, deploy, rollback, compose, migrate, backup, tls, lock, audit, sandbox, testhost):
+for module in (build, provision, deploy, rollback, compose, migrate, backup, tls, lock, audit, status, sandbox, testhost):
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
+ns.add_task(status.doctor)  # `fab -H HOST doctor`, beside `status`
 # Tasks never read the terminal's stdin for remote commands (CI has none); set once, here.
 ns.configure({"tasktracker": {"env_file": None}, "run": {"in_stream": False}})

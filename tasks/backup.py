@@ -140,6 +140,7 @@ def schedule(c, at="02:00"):
         raise Exit(f"--at {at!r} is not a time of day like 02:00.", code=ExitCode.USAGE)
     host = Host.open(c)
     host.install_backup_script()
+    host.install_notify()  # the job alerts when it fails
     ctx = host.absolute_ctx
     line = commands.cron_line(ctx, host.settings.backup_keep, at)
     result = host.probe_run(commands.install_cron(line, commands.cron_marker("backup", ctx.project)))

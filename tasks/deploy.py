@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,21 +14,29 @@ from dotenv import dotenv_values
 from invoke import Collection, Context, Exit, task
 
 from . import machine, remote
-from .build import FRONTEND, build_frontend, git_commit, tree_hash
+from .build import FRONTEND, build_frontend, git_commit, is_up_to_date, tree_hash
+from .commands import backup as backup_commands
+from .commands import budget
 from .commands import compose as compose_commands
 from .commands import envfile
 from .commands import images as image_commands
+from .commands import notify as notify_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
+from .commands import transfer as transfer_commands
+from .commands.context import STACK_FILES
+from .commands import status as status_commands
 from .exits import ExitCode
 from .host import WAIT_HELP, Host, Release, absolute_app_dir
 from .identity import identity, now_iso
-from .settings import PROJECT_ROOT, Settings, env_file_path
+from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path
 from .steps import StepFailed, Steps
 
 SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
+DRY_RUN_FILES = 60  # files listed by `deploy --dry-run` (all are counted)
+DRY_RUN_COMMAND_LINES = 30  # lines shown of one planned command (a script)
 
 
 def new_release_id(now: datetime, commit: str) -> str:
@@ -48,6 +57,9 @@ def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict
         value = getattr(settings, f.name)
         values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
     values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
+    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
+    values["COMPOSE_FILE"] = ":".join(STACK_FILES)
+    values["COMPOSE_PROJECT_NAME"] = settings.compose_project
     return values
 
 
@@ -112,12 +124,16 @@ def migration_failure_detail(before: release_commands.SchemaState, after: releas
     "skip_build": "Deploy the frontend/dist already built (CI builds once, then deploys with this).",
     "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
     "wait": WAIT_HELP,
+    "env": ENV_HELP,
+    "dry_run": "Print what the deploy would do (release, files and their size, images, migrations, every command that "
+               "would change the host, the memory budget) and change nothing: no build, no lock, no audit line.",
 })
-def deploy(c, skip_build=False, compose="auto", wait=False):
+def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=False):
     """Deploy the stack as a new release: build, upload, migrate, start, check health, switch."""
     if compose not in COMPOSE_CHOICES:
         raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
     remote.require_host(c)
+    choose_env(c, env)
     settings = Settings.from_context(c)  # validated before any connection opens
     env_file = env_file_path(c)
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
@@ -127,6 +143,12 @@ def deploy(c, skip_build=False, compose="auto", wait=False):
     try:
         with steps.step("connect and check host"):
             host = Host.open(c, settings, compose=compose, steps=steps)
+        check_memory_budget(host, table=dry_run)
+        if dry_run:
+            print_dry_run(host, env_file, skip_build)
+            print(f"  read-only remote commands: {remote.CountingConnection.remote_commands}"
+                  + (f" (+{remote.CountingConnection.rsync_sessions} rsync --dry-run)" if remote.CountingConnection.rsync_sessions else ""))
+            return
         if skip_build:
             steps.skip("build frontend", "--skip-build")
         else:
@@ -141,36 +163,56 @@ def deploy(c, skip_build=False, compose="auto", wait=False):
           + (f" (+{remote.CountingConnection.rsync_sessions} rsync session)" if remote.CountingConnection.rsync_sessions else ""))
 
 
-def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
-    dist = FRONTEND / "dist"
+@dataclass(frozen=True)
+class DeployPlan:
+    """What a deploy would do, decided before anything changes: `run_deploy` carries it out,
+    `--dry-run` prints it."""
+
+    env_text: str  # the release's settings file (never printed)
+    image: str  # the backend image, tagged by backend/'s content
+    assets: tuple[str, ...]
+    current: str  # the live release ("" on a host without one)
+    release: Release | None  # the new release; None when nothing changed since `current`
+
+
+def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
     try:
         env_text = envfile.render(env_values(host.settings, env_file, absolute_app_dir(host.facts, host.ctx.app_dir)))
     except ValueError as err:
         raise Exit(f"{err} Nothing was changed on the server.", code=ExitCode.USAGE) from None
     fingerprint = release_fingerprint(PROJECT_ROOT, env_text, host.variant)
     image = backend_image(PROJECT_ROOT, host.ctx.project)
-    assets = tuple(dist_assets(dist))
+    assets = tuple(dist_assets(FRONTEND / "dist"))
     current = host.current_id
-
     if current and host.current_meta.get("fingerprint") == fingerprint:
-        outcome.update(release=current, result="unchanged")
-        print(f"Nothing changed since release {current}: checking that it still serves.")
-        with host.steps.step("health checks"):
-            host.probe(Release(current, image, assets))
-        print(f"Release {current} is current and healthy on {host.name}.")
-        return
-
+        return DeployPlan(env_text, image, assets, current, None)
     release_id = new_release_id(datetime.now(timezone.utc), git_commit())
-    outcome["release"] = release_id
     who = identity()
     meta = {"release": release_id, "deployed_at": now_iso(), "deployed_user": who["user"], "deployed_machine": who["machine"],
             "commit": who["commit"], **({"ci_run": who["ci_run"]} if "ci_run" in who else {}),
             "fingerprint": fingerprint, "compose": host.variant}
-    release = Release(release_id, image, assets, previous=current, result="deploying", meta=meta)
+    return DeployPlan(env_text, image, assets, current, Release(release_id, image, assets, previous=current, result="deploying", meta=meta))
+
+
+def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
+    plan = plan_deploy(host, env_file)
+    current, image, env_text = plan.current, plan.image, plan.env_text
+    if plan.release is None:
+        outcome.update(release=current, result="unchanged")
+        print(f"Nothing changed since release {current}: checking that it still serves.")
+        with host.steps.step("health checks"):
+            host.probe(Release(current, image, plan.assets))
+        print(f"Release {current} is current and healthy on {host.name}.")
+        return
+
+    release = plan.release
+    release_id = release.id
+    outcome["release"] = release_id
     print(f"Release {release_id} -> {host.name}:{host.ctx.release_dir(release_id)} (Compose {host.variant})")
     with host.steps.step("prepare release and its settings"):
-        host.run(release_commands.prepare(host.ctx, release_id, compose_commands.release_override(image, release_id)),
-                 "prepare release")
+        # the alert program (and its settings, when changed) in the same round trip as the layout
+        host.install_notify(along=release_commands.prepare(host.ctx, release_id, compose_commands.release_override(image, release_id)),
+                            step="prepare release")
         host.put_text(env_text, host.ctx.release_env(release_id))
         host.run(release_commands.write_meta(host.ctx, release_id, release.recorded("deploying")), "record release")
     try:
@@ -197,14 +239,20 @@ def image_plan(needed: list[str], on_host: set[str], here: set[str], mode: str) 
     return [i for i in missing if i in here], [i for i in missing if i not in here]
 
 
+def images_needed(place: str, backend: str) -> list[str]:
+    """The images a release needs on the host (with the backend's base images when it is built there)."""
+    needed = image_commands.stack_images(PROJECT_ROOT) + [backend]
+    if place == "host":
+        needed += image_commands.build_base_images(PROJECT_ROOT / "backend" / "Dockerfile")
+    return needed
+
+
 def provide_images(host: Host, backend: str) -> None:
     """Make sure the host has every image the release needs: build the backend here when that is
     the setting, and ship what the host lacks (only that), compressed, with progress."""
     local_docker = machine.ok(["docker", "info"])
     place = backend_build_place(host.settings.build_backend, local_docker)
-    needed = image_commands.stack_images(PROJECT_ROOT) + [backend]
-    if place == "host":
-        needed += image_commands.build_base_images(PROJECT_ROOT / "backend" / "Dockerfile")
+    needed = images_needed(place, backend)
     on_host = host.images_present(needed)
     if place == "local" and backend not in on_host:
         if not machine.ok(["docker", "image", "inspect", backend]):
@@ -227,11 +275,24 @@ def provide_images(host: Host, backend: str) -> None:
               + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
 
 
+def upload_options(host: Host, release_id: str, current: str) -> dict:
+    """rsync of a release's files (the deploy, and its dry run): unchanged files become hard links
+    to the current release's copies."""
+    return dict(sources=list(SENT_PATHS), remote_path=f"{host.ctx.release_dir(release_id)}/", cwd=str(PROJECT_ROOT),
+                relative=True, excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
+
+
+def prune_command(host: Host, prune: list[str]) -> str:
+    """The last step's command: remove pruned releases and unused backend images."""
+    return (release_commands.remove_releases(host.ctx, prune) + "; "
+            + release_commands.prune_images(host.ctx, image_repo(host.ctx.project)) + "; "
+            + status_commands.install_sampler(host.absolute_ctx))
+
+
 def ship_release(host: Host, release: Release) -> None:
     steps, current, rid = host.steps, release.previous, release.id
     with steps.step("upload files (rsync)"):
-        result = remote.rsync(host.conn, list(SENT_PATHS), f"{host.ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT), relative=True,
-                              excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
+        result = remote.rsync(host.conn, **upload_options(host, rid, current))
         if not result.ok:
             raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
         sent = parse_rsync_sent(result.stdout)
@@ -271,11 +332,210 @@ def ship_release(host: Host, release: Release) -> None:
         host.run(release_commands.write_meta(host.ctx, rid, release.recorded("ok")), "record release")
         rows, live = host.releases()
         prune = releases_to_prune(rows, live, host.settings.keep_releases)
-        out = host.run(release_commands.remove_releases(host.ctx, prune) + "; "
-                       + release_commands.prune_images(host.ctx, image_repo(host.ctx.project)), "prune")
+        out = host.run(prune_command(host, prune), "prune")
         for line in out.stdout.splitlines():
             print(f"   {line}")
     print(f"Release {rid} is live on {host.name}.")
+
+
+# --- before a deploy changes anything: the memory budget, and `deploy --dry-run` ----------------
+
+
+def check_memory_budget(host: Host, table: bool = False) -> budget.Budget:
+    """The stack's memory reservations and limits against the host's memory (commands/budget.py,
+    MemTotal from the preflight): refuses, changing nothing, a stack that cannot fit (REFUSED, like
+    the other refusals that protect what runs: an over-committed host OOM-kills Postgres instead of
+    failing the deploy); warns when it fits only without headroom."""
+    mem_kb = host.facts.get("mem_total_kb", "")
+    try:
+        verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT), int(mem_kb) * 1024 if mem_kb.isdigit() else 0)
+    except ValueError as err:
+        raise Exit(f"A memory size in the compose files is not valid ({err}). Nothing was changed on the server.",
+                   code=ExitCode.USAGE) from None
+    print(budget.summary(verdict))
+    if table or verdict.level != budget.OK:
+        print(budget.table(verdict))
+    if verdict.level == budget.REFUSE:
+        raise Exit(f"The stack does not fit in the memory of {host.name}: {'; '.join(verdict.reasons)}. Lower the reservations "
+                   f"in compose.yml / docker-compose.production.yml or move to a larger host. Nothing was changed on the server.",
+                   code=ExitCode.REFUSED)
+    for reason in verdict.reasons:
+        print(f"   warning: {reason}")
+    return verdict
+
+
+class Planned(NamedTuple):
+    step: str
+    where: str  # "host" (a remote command), "sftp" (a file written over SFTP), "here" (run on this machine)
+    command: str
+
+
+def planned_commands(host: Host, release: Release, *, upload: str, ship: list[str], backup: bool, prune: list[str],
+                     env_keys: int) -> list[Planned]:
+    """Every command the deploy of `release` runs that changes the host, in order, when every check
+    passes (a failed check puts the previous release back through `activate`). The deploy runs the
+    same builders (tests/test_executors.py compares the two)."""
+    ctx, rid, image = host.ctx, release.id, release.image
+    prepare, meta, data = "prepare release and its settings", "record release and prune", "switch current and reload nginx"
+    planned = [
+        Planned(prepare, "host", release_commands.prepare(ctx, rid, compose_commands.release_override(image, rid))
+                + " && " + notify_commands.prepare_install(ctx)),
+        Planned(prepare, "sftp", f"{notify_commands.script_path(ctx)}, {notify_commands.conf_path(ctx)} <- the alert program "
+                                 f"and its channels, each only when it differs (notify.conf mode 0600; values not shown)"),
+        Planned(prepare, "sftp", f"{ctx.release_env(rid)} <- the release's settings ({env_keys} keys, mode 0600; values not shown)"),
+        Planned(prepare, "host", release_commands.write_meta(ctx, rid, release.recorded("deploying"))),
+        Planned("upload files (rsync)", "here", upload),
+    ]
+    if ship:
+        planned.append(Planned("images the host needs", "here", f"{sh(image_commands.save(ship))} | gzip -1 | ssh {host.conn.user}@"
+                                                                f"{host.conn.host} {sh(['sh', '-c', image_commands.load()])}"))
+    planned += [
+        Planned("build backend image", "host",
+                host.in_release(rid, release_commands.image_present_or_build(image, sh(compose_commands.build_backend(ctx))))),
+        Planned("start postgres and nats", "host", host.in_release(rid, sh(rollout.data_services_up(ctx)))),
+    ]
+    if backup:
+        step = "back up database before migrating"
+        planned += [Planned(step, "host", backup_commands.install_script(ctx)),
+                    Planned(step, "sftp", f"{backup_commands.script_path(ctx)}.new <- the backup program"),
+                    Planned(step, "host", sh(backup_commands.activate_script(ctx))),
+                    Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
+    return planned + [
+        Planned("migrate database", "host", host.in_release(rid, sh(compose_commands.migrate(ctx)))),
+        Planned("replace api (new beside old)", "host", host.in_release(rid, rollout.api_rollout(ctx))),
+        Planned("restart worker (graceful)", "host", host.in_release(rid, sh(rollout.worker_restart(ctx)))),
+        Planned(data, "host", host.in_release(rid, sh(rollout.nginx_check(ctx, rid)))),
+        Planned(data, "host", rollout.switch_current(ctx, rid) + " && " + host.in_release(rid, rollout.nginx_up_and_reload(ctx))),
+        Planned(meta, "host", release_commands.write_meta(ctx, rid, release.recorded("ok"))),
+        Planned(meta, "host", prune_command(host, prune)),
+    ]
+
+
+def dry_run_images(host: Host, backend: str) -> tuple[list[str], list[str]]:
+    """What the images step would do, building and sending nothing: (lines to print, images sent)."""
+    local_docker = machine.ok(["docker", "info"])
+    setting, mode = host.settings.build_backend, host.settings.ship_images
+    place = backend_build_place(setting, local_docker)
+    needed = images_needed(place, backend)
+    on_host = host.images_present(needed)
+
+    def here_has(image: str) -> bool:
+        return local_docker and machine.ok(["docker", "image", "inspect", image])
+
+    if backend in on_host:
+        lines = [f"backend {backend}: already on the host (backend/ unchanged): not rebuilt"]
+    elif place == "local":
+        lines = [f"backend {backend}: {'already built here' if here_has(backend) else 'built here'} (BUILD_BACKEND={setting}), "
+                 f"then sent unless the host shares this machine's Docker"]
+    else:
+        lines = [f"backend {backend}: built on the host (BUILD_BACKEND={setting}): {sh(compose_commands.build_backend(host.ctx))}"]
+    if place == "host":
+        needed.remove(backend)
+    here = {i for i in needed if here_has(i) or (i == backend and place == "local" and local_docker)}
+    ship, lacking = image_plan(needed, on_host, here, mode)
+    lines.append(f"on the host already: {', '.join(i for i in needed if i in on_host) or 'none'}")
+    if ship:
+        lines.append(f"sent over SSH (docker save | gzip | docker load, SHIP_IMAGES={mode}): {', '.join(ship)}")
+    if lacking:
+        lines.append(f"the deploy would FAIL here: SHIP_IMAGES=always, but this machine does not have {', '.join(lacking)}"
+                     if mode == "always" else f"pulled by the host itself: {', '.join(lacking)}")
+    return lines, ship
+
+
+def dry_run_migrations(host: Host, current: str) -> tuple[list[str], bool]:
+    """The migrations the deploy would run, with the database's revision read (read-only) through
+    the live release: (lines to print, whether a database backup is taken first)."""
+    local = release_commands.local_revisions(PROJECT_ROOT / "backend" / "alembic" / "versions")
+    if not current:
+        return [f"no live release, so a fresh database: all {len(local)} would run ({', '.join(release_commands.pending_revisions(local, ''))})"], False
+    state = host.schema(current)
+    if not state.readable:
+        return [f"the database's revision could not be read ({state.error or 'no answer'}): the deploy would stop before "
+                f"migrating (fail closed) and {current} would keep serving"], False
+    pending = release_commands.pending_revisions(local, state.revision)
+    if state.fresh:
+        return [f"the database has no migration yet: all {len(pending)} would run ({', '.join(pending)})"], False
+    if pending is None:
+        return [f"the database is at {state.revision}, which this checkout's migrations do not know (a later release applied "
+                f"it): `alembic upgrade head` would fail and the deploy would stop"], True
+    if not pending:
+        return [f"none pending (the database is at {state.revision}, this checkout's head)"], False
+    return [f"{len(pending)} pending ({', '.join(pending)}; the database is at {state.revision}): a database-only backup is "
+            f"taken first"], True
+
+
+def print_dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list[Planned]:
+    """`deploy --dry-run`: the deploy's plan, read from the host without changing it (facts, an
+    rsync --dry-run, image presence, the database's revision, the release list); returns the
+    planned commands (none when nothing changed)."""
+    if not (FRONTEND / "dist" / "index.html").is_file():
+        raise Exit("frontend/dist has not been built, so what a deploy would send is unknown: run `invoke build` (a dry run "
+                   "builds nothing) and try again. Nothing was changed on the server.", code=ExitCode.USAGE)
+    print(f"Dry run on {host.name}: nothing is changed (no build, no lock, no audit line).")
+    fresh, why = is_up_to_date(FRONTEND)
+    if skip_build:
+        print(f"frontend: --skip-build: frontend/dist is sent as it is{'' if fresh else f' (stale: {why})'}")
+    else:
+        print(f"frontend: {f'up to date ({why})' if fresh else f'stale ({why}): the deploy would build it first, so its files and the release below would change'}")
+    plan = plan_deploy(host, env_file)
+    current = plan.current
+    if plan.release is None:
+        print(f"Nothing changed since release {current} (same files, same settings): the deploy would only run the health "
+              f"checks and change nothing.")
+        return []
+    release, ctx = plan.release, host.ctx
+    rid = release.id
+    print(f"release: {rid} -> {host.name}:{ctx.release_dir(rid)} (Compose {host.variant})"
+          + (f", replacing {current}" if current else ", the host's first release"))
+    if current:
+        live = host.probe_run(sh(["sha256sum", ctx.release_env(current)])).stdout.split()
+        same = live[:1] == [hashlib.sha256(plan.env_text.encode()).hexdigest()]
+        print(f"settings: {'unchanged since' if same else 'changed since' if live else 'not readable for'} {current} (values not shown)")
+    else:
+        print("settings: new (no live release)")
+
+    options = upload_options(host, rid, current)
+    result = remote.rsync(host.conn, **options, dry_run=True)
+    if not result.ok:
+        raise Exit(f"rsync --dry-run to {host.name} failed (exit {result.exited}): {host.redact(result.stderr.strip()[-800:])}. "
+                   f"Nothing was changed on the server.", code=ExitCode.FAILED)
+    files, size = transfer_commands.parse_itemized(result.stdout)
+    print(f"files: {len(files)} would be sent, {size} bytes"
+          + (f" (the rest hard-linked from {current})" if current else ""))
+    for name in files[:DRY_RUN_FILES]:
+        print(f"   {name}")
+    if len(files) > DRY_RUN_FILES:
+        print(f"   ... and {len(files) - DRY_RUN_FILES} more")
+
+    image_lines, ship = dry_run_images(host, release.image)
+    print("images:")
+    for line in image_lines:
+        print(f"   {line}")
+    migration_lines, backup = dry_run_migrations(host, current)
+    print("migrations:")
+    for line in migration_lines:
+        print(f"   {line}")
+    rows, _ = host.releases()
+    prune = releases_to_prune(rows + [(rid, {"result": "ok", "previous": current})], rid, host.settings.keep_releases)
+    print(f"releases pruned after it: {', '.join(prune) or 'none'}")
+
+    env_keys = sum(1 for line in plan.env_text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    planned = planned_commands(host, release, upload=remote.rsync_command(host.conn, **options), ship=ship, backup=backup,
+                               prune=prune, env_keys=env_keys)
+    print(f"Commands that would change {host.name}, in order (the deploy also takes the host's lock ({ctx.lock_dir}) and "
+          f"appends one line to {ctx.audit_log}; when a check fails it puts {current or 'nothing'} back):")
+    step = ""
+    for n, (name, where, command) in enumerate(planned, 1):
+        if name != step:
+            print(f"  {name}")
+            step = name
+        lines = host.redact(command).strip().splitlines()
+        print(f"    {n:>2}. [{where}] {lines[0]}")
+        for line in lines[1:DRY_RUN_COMMAND_LINES]:
+            print(f"               {line}")
+        if len(lines) > DRY_RUN_COMMAND_LINES:
+            print(f"               ... ({len(lines) - DRY_RUN_COMMAND_LINES} more lines)")
+    return planned
 
 
 ns = Collection("deploy")

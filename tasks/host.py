@@ -27,6 +27,7 @@ from .commands import backup as backup_commands
 from .commands import compose as compose_commands
 from .commands import images as image_commands
 from .commands import lock as lock_commands
+from .commands import notify as notify_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .commands.context import HostContext
@@ -105,6 +106,21 @@ def _json(text: str | None) -> dict:
 
 # The help of every task's --wait flag (Host.locked's `wait`).
 WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
+# Audited operations that also send an alert (tasktracker-notify) when they end.
+NOTIFIED_ACTIONS = ("deploy", "rollback")
+# How a refusal reads in an alert (the exit code of the Exit that ended the operation).
+EXIT_REASONS = {ExitCode.FAILED: "", ExitCode.USAGE: "bad input or settings", ExitCode.HOST_NOT_READY: "host not ready",
+                ExitCode.LOCKED: "locked", ExitCode.REFUSED: "refused to protect data"}
+
+
+def failure_kind(exc: BaseException) -> tuple[str, str]:
+    """(step, reason) an operation stopped at, for its alert: a step name or a kind of refusal,
+    never the failure's detail (that can quote command output)."""
+    if isinstance(exc, StepFailed):
+        return exc.step, ""
+    if isinstance(exc, Exit):
+        return "", EXIT_REASONS.get(exc.code, f"exit {exc.code}")
+    return "", "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
 
 
 class Host:
@@ -116,6 +132,7 @@ class Host:
         self.facts = facts
         self.ctx = HostContext(settings.app_dir, settings.compose_project, variant)
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
+        self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)
 
     # --- connecting ----------------------------------------------------------------------
     @classmethod
@@ -181,28 +198,45 @@ class Host:
         return redact(text, self.settings.secret_values())
 
     # --- audit and lock ------------------------------------------------------------------
-    def record(self, action: str, result: str, *, release: str = "", duration: float = 0.0, detail: str = "") -> None:
+    def record(self, action: str, result: str, *, release: str = "", duration: float = 0.0, detail: str = "",
+               step: str = "", reason: str = "", commit: str = "") -> None:
+        """One audit line; for a deploy or rollback also the operator's alert, in the same round
+        trip (`step`/`reason`: where it failed; `commit`: the release's, when not this checkout's).
+        A failed alert is a warning, never an error."""
         entry = {"time": now_iso(), **identity(), "host": self.name, "action": action, "result": result,
                  "release": release, "duration_s": round(duration, 1)}
         if detail:
             entry["detail"] = " ".join(self.redact(detail).split())[-300:]
-        self.conn.run(audit_commands.append(self.ctx, entry), hide=True, warn=True)
+        command = audit_commands.append(self.ctx, entry)
+        if action in NOTIFIED_ACTIONS:
+            who = f"{entry['user']}@{entry['machine']}" + (f" (CI {entry['ci_run']})" if entry.get("ci_run") else "")
+            message = notify_commands.operation_message(
+                action, result, release=release, commit=commit or entry.get("commit", ""), who=who, seconds=duration,
+                step=step, reason=reason, put_back=self.put_back_release)
+            command += "; " + notify_commands.send(self.ctx, self.redact(message))
+        ran = self.conn.run(command, hide=True, warn=True)
+        if action in NOTIFIED_ACTIONS and not ran.ok:
+            why = "; ".join(self.redact(ran.stderr).strip().splitlines()[-2:]) or f"exit {ran.exited}"
+            print(f"Warning: the {action} alert was not sent from {self.name}: {why}", flush=True)
 
     @contextmanager
     def audited(self, action: str, release: str = ""):
-        """One audit line when the block ends: ok, or failed with the reason. The block may set
-        `release`, `result` and `detail` on the dict it is given."""
+        """One audit line when the block ends: ok, or failed with the reason, and for a deploy or
+        rollback the operator's alert (`record`). The block may set `release`, `result`, `detail`
+        and `commit` (the release's, for the alert) on the dict it is given."""
         outcome = {"release": release}
         started = time.monotonic()
+        self.put_back_release = ""
         try:
             yield outcome
         except BaseException as exc:
             detail = outcome.get("detail") or getattr(exc, "detail", "") or str(getattr(exc, "message", "") or exc)
+            step, reason = failure_kind(exc)
             self.record(action, "failed", release=outcome.get("release", ""), duration=time.monotonic() - started,
-                        detail=detail)
+                        detail=detail, step=step, reason=reason, commit=outcome.get("commit", ""))
             raise
         self.record(action, outcome.get("result", "ok"), release=outcome.get("release", ""),
-                    duration=time.monotonic() - started, detail=outcome.get("detail", ""))
+                    duration=time.monotonic() - started, detail=outcome.get("detail", ""), commit=outcome.get("commit", ""))
 
     @contextmanager
     def locked(self, action: str, wait: bool = False, wait_timeout: float = 1800, poll: float = 2.0):
@@ -305,12 +339,30 @@ class Host:
             self.activate(release)
         except StepFailed as again:
             return f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H {self.name} rollback --to {previous}`."
+        self.put_back_release = previous
         return f" Release {previous} was put back automatically and is serving" + (f"; {failed} is marked failed." if marked else ".")
 
     def schema(self, release_id: str) -> release_commands.SchemaState:
         """The database's schema state as seen with `release_id`'s migrations."""
         out = self.probe_run(release_commands.schema_state(self.ctx, release_id, self.settings.db_wait_seconds)).stdout
         return release_commands.parse_schema(out)
+
+    # --- alerts ----------------------------------------------------------------------------
+    def install_notify(self, along: str = "", step: str = "install alerts") -> None:
+        """Install APP_DIR/bin/tasktracker-notify and its notify.conf (commands/notify.py): one
+        command, which can ride along with another (`along`: deploy's prepare), reads what the host
+        has; only a file that differs is sent, over SFTP into its 0700/0600 file (notify.conf holds
+        the bot token and the webhook URL: never on a command line). Usually nothing is sent."""
+        command = notify_commands.prepare_install(self.ctx)
+        have = notify_commands.parse_installed(self.run(f"{along} && {command}" if along else command, step).stdout)
+        s = self.settings
+        conf = notify_commands.conf_text(self.ctx, telegram_api_base_url=s.telegram_api_base_url,
+                                         bot_token=s.telegram_bot_token.reveal(), chat_id=s.alert_telegram_chat_id,
+                                         webhook_url=s.alert_webhook_url.reveal())
+        for path, text in ((notify_commands.script_path(self.ctx), notify_commands.NOTIFY_SCRIPT),
+                           (notify_commands.conf_path(self.ctx), conf)):
+            if have.get(path) != notify_commands.digest(text):
+                self.put_text(text, path)
 
     # --- backups ---------------------------------------------------------------------------
     def install_backup_script(self) -> None:

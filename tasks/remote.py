@@ -185,11 +185,15 @@ def ssh_argv(conn: Connection) -> list[str]:
                                      known_hosts=" ".join(known_hosts_files(conn)), config_file="/dev/null")
 
 
-def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options):
-    """rsync local `sources` to `remote_path` on the connection's host; returns the local Result."""
+def rsync_command(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options) -> str:
+    """The local shell line that rsyncs `sources` to `remote_path` on the connection's host."""
     destination = f"{conn.user}@{conn.host}:{remote_path}"
     command = sh(transfer.rsync(sources, destination, ssh_command=ssh_argv(conn), **options))
-    if cwd:
-        command = f"cd {shlex.quote(cwd)} && {command}"
+    return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
+
+
+def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options):
+    """rsync local `sources` to `remote_path` on the connection's host; returns the local Result."""
+    command = rsync_command(conn, sources, remote_path, cwd=cwd, **options)
     CountingConnection.rsync_sessions += 1
     return conn.local(command, hide=True, warn=True)

@@ -7,6 +7,7 @@ from invoke import Collection, Exit, task
 from .commands.release import SchemaState
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
+from .settings import ENV_HELP, choose_env
 from .steps import StepFailed, Steps
 
 
@@ -70,9 +71,11 @@ def releases(c):
     "to": "Roll back to this kept release (see `releases`); default: the release that was live before the current one.",
     "force": "Roll back even though the database schema is newer than the release's code (or cannot be read).",
     "wait": WAIT_HELP,
+    "env": ENV_HELP,
 })
-def rollback(c, to=None, force=False, wait=False):
+def rollback(c, to=None, force=False, wait=False, env=None):
     """Return to the previous release (or --to RELEASE): its dashboard, settings and exact images."""
+    choose_env(c, env)
     steps = Steps(f"Rollback on {c.original_host}")
     try:
         with steps.step("connect and check host"):
@@ -90,6 +93,7 @@ def rollback(c, to=None, force=False, wait=False):
                     outcome["detail"] = problem
                     raise Exit(f"Refusing to roll back on {host.name}: {problem} Nothing was changed.", code=ExitCode.REFUSED)
                 release = host.release(target)
+                outcome["commit"] = release.commit
                 print(f"Rolling back {host.name} from {current} to {target} (commit {release.commit})")
                 with steps.step("backend image of the release"):
                     host.ensure_image(release, "backend image")

@@ -10,6 +10,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from dotenv import dotenv_values
 from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
@@ -17,8 +18,10 @@ from .exits import ExitCode
 from .machine import (apt_install, compose_v2_binary, ensure_standin_images, ok, read_records, run, say, start_dockerd,
                       write_records)
 from .remote import sandbox_dir
+from .settings import PROJECT_ROOT, EnvChoiceError, config_section, resolve_env_file
 
 ALIAS = "sandbox"
+DEPLOY_COMMAND = f"uv run fab -H {ALIAS} deploy"
 DEFAULTS = {"address": "127.0.0.2", "port": 2222, "user": "tasktracker-deploy", "http_port": 18080}
 COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 
@@ -133,6 +136,21 @@ def sandbox_env_text(http_port: int, address: str, ports: dict[str, int], projec
     ]) + "\n"
 
 
+def deploy_env_file(c) -> Path:
+    """The settings file `fab -H sandbox deploy` reads: the one `up` wrote, unless .env.sandbox
+    (or an explicit choice) takes its place."""
+    try:
+        return resolve_env_file(config_section(c), os.environ, ALIAS, PROJECT_ROOT)[0]
+    except EnvChoiceError:
+        return sandbox_dir() / ".env"
+
+
+def app_url(state: dict, env_path: Path) -> str:
+    """The URL the sandbox's app answers on: the settings' HTTP_PORT (what nginx publishes)."""
+    port = (dotenv_values(env_path) if env_path.is_file() else {}).get("HTTP_PORT") or state.get("http_port") or DEFAULTS["http_port"]
+    return f"http://{state.get('address') or DEFAULTS['address']}:{port}/"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -174,8 +192,9 @@ def up(c, address=None, port=None, user=None, http_port=None):
                  "NATS_MONITOR_HOST_PORT": free_port()}
         env_path.write_text(sandbox_env_text(http_port, address, ports, project=re.sub(r"[^a-z0-9_-]", "-", user.lower())))
         env_path.chmod(0o600)
-    say(f"ready: `fab -H {ALIAS} deploy` reaches {user}@{address}:{port} "
-        f"(settings: TASKTRACKER_ENV_FILE={env_path}); the app will answer on http://{address}:{http_port}/")
+    settings = deploy_env_file(c)
+    say(f"ready: host `{ALIAS}` is {user}@{address}:{port} (settings: {settings})")
+    say(f"next: `{DEPLOY_COMMAND}`, then the app answers on {app_url(state, settings)}")
 
 
 @task
@@ -192,6 +211,8 @@ def status(c):
     print(f"  images:  {len(names)}/{len(build.STANDINS)} stand-ins present")
     for line in sandbox_containers(state):
         print(f"  container {line}")
+    print(f"  app:     {app_url(state, deploy_env_file(c))}")
+    print(f"  deploy:  {DEPLOY_COMMAND}")
 
 
 def sandbox_containers(state: dict) -> list[str]:

@@ -1,14 +1,16 @@
 """One typed, validated settings object for every task.
 
 Values come from, lowest precedence first: defaults, the `tasktracker:` section of
-`fabric.yaml` / `invoke.yaml`, the `.env` file, then environment variables. Everything is
-checked before any connection opens, and every problem is reported in one message.
+`fabric.yaml` / `invoke.yaml`, the settings file (`.env`, or one per environment: see
+`resolve_env_file`), then environment variables. Everything is checked before any connection
+opens, and every problem is reported in one message.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +18,8 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 from invoke import Exit
+
+from .exits import ExitCode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -92,6 +96,11 @@ class Settings:
     # from this machine over SSH (hosts that cannot pull: rate limits, no registry, private nets).
     build_backend: str = _spec("auto")
     ship_images: str = _spec("auto")
+    # Alerts (APP_DIR/bin/tasktracker-notify on the host): a failed nightly job, each deploy and
+    # rollback. Telegram (the stack's bot, to this chat) and/or a webhook; neither set: no alerts.
+    alert_telegram_chat_id: str = _spec("")
+    alert_webhook_url: Secret = _spec("", secret=True)  # webhook URLs embed their token
+    telegram_api_base_url: str = _spec("https://api.telegram.org")
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -160,7 +169,7 @@ class Settings:
         elif not values[LLM_PROVIDERS[provider].lower()]:
             problems.append(f"{LLM_PROVIDERS[provider]} is missing or empty (LLM_PROVIDER is {provider})")
         values["llm_provider"] = provider
-        for name in ("app_url", "webapp_url", "openai_api_base_url"):
+        for name in ("app_url", "webapp_url", "openai_api_base_url", "telegram_api_base_url"):
             url = values[name]
             if url and not _is_http_url(url):
                 problems.append(f"{name.upper()} {url!r} is not an http(s) URL like https://tasks.example.com")
@@ -184,30 +193,122 @@ class Settings:
                 problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
         if values["keep_releases"] < 2:
             problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
+        chat = values["alert_telegram_chat_id"]
+        if chat and not re.fullmatch(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}", chat):
+            problems.append(f"ALERT_TELEGRAM_CHAT_ID {chat!r} must be a chat id like 123456789 or -1001234567890, or @channelname")
+        hook = values["alert_webhook_url"].reveal()
+        if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
+            problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
         if problems:
             raise SettingsError(problems, source)
         return cls(**values)
 
     @classmethod
     def from_context(cls, c) -> "Settings":
-        """Settings for a task: the context's `tasktracker` config section, .env and environment.
+        """Settings for a task: the context's `tasktracker` config section, its settings file
+        (`env_file_choice`) and environment. Says once which file that is (on stderr: `--json`
+        output stays clean), never a value from it.
 
         Invalid settings end the task with the one-paragraph message (no traceback)."""
+        path, reason = env_file_choice(c)
+        if path not in _ANNOUNCED:
+            _ANNOUNCED.add(path)
+            shown = _shown(path) if path.is_file() else f"{_shown(path)} does not exist: environment variables only"
+            print(f"settings: {shown}" + (f" ({reason})" if reason else ""), file=sys.stderr)
         try:
-            return cls.load(config=dict(config_section(c)), env_file=env_file_path(c))
+            return cls.load(config=dict(config_section(c)), env_file=path)
         except SettingsError as err:
-            raise Exit(str(err), code=2) from None
+            raise Exit(str(err), code=ExitCode.USAGE) from None
 
 
 def config_section(c) -> Mapping[str, Any]:
     return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
 
 
+ENV_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+HOST_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an SSH alias; not user@host:port
+ENV_HELP = ("Use the settings of this environment, .env.NAME (same as TASKTRACKER_ENV=NAME); "
+            "default: .env.HOST when that file exists, else .env.")
+_ANNOUNCED: set[Path] = set()
+
+
+class EnvChoiceError(ValueError):
+    """The settings file cannot be chosen (a bad or missing environment, or two choices that disagree)."""
+
+
+def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], host: str | None,
+                     root: Path) -> tuple[Path, str]:
+    """The settings file and why it was chosen; the first rule that applies wins:
+
+    1. a file: `tasktracker.env_file` (fabric.yaml / invoke.yaml), else $TASKTRACKER_ENV_FILE;
+    2. an environment name: `tasktracker.env` (set by `--env`) or $TASKTRACKER_ENV -> .env.NAME,
+       which must exist (a file and a name, or two different names, are refused: a deploy must
+       not guess which settings were meant);
+    3. the host: .env.HOST when it exists (`fab -H staging deploy` reads .env.staging); the
+       sandbox's own settings (`invoke sandbox.up` writes them) for host `sandbox`;
+    4. .env (the single-file setup).
+    """
+    files = [(src, str(value)) for src, value in (("tasktracker.env_file", section.get("env_file")),
+                                                  ("TASKTRACKER_ENV_FILE", environ.get("TASKTRACKER_ENV_FILE"))) if value]
+    names = [(src, str(value)) for src, value in (("--env / tasktracker.env", section.get("env")),
+                                                  ("TASKTRACKER_ENV", environ.get("TASKTRACKER_ENV"))) if value]
+    fix = "Nothing was changed on any server."
+    if len({value for _, value in names}) > 1:
+        raise EnvChoiceError(f"Two environments were chosen: {names[0][1]!r} ({names[0][0]}) and {names[1][1]!r} "
+                             f"({names[1][0]}). Choose one (unset TASKTRACKER_ENV, or drop --env) and run again. {fix}")
+    if files and names:
+        raise EnvChoiceError(f"Both a settings file, {files[0][1]} ({files[0][0]}), and an environment, {names[0][1]!r} "
+                             f"({names[0][0]}), were chosen. Choose one and run again. {fix}")
+    if files:
+        return Path(files[0][1]), files[0][0]
+    if names:
+        source, name = names[0]
+        if not ENV_NAME_RE.fullmatch(name) or name == "example":
+            raise EnvChoiceError(f"The environment name {name!r} ({source}) must be lower-case letters, digits, '-' or "
+                                 f"'_' (like staging or production; 'example' is the template). {fix}")
+        path = root / f".env.{name}"
+        if not path.is_file():
+            raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: create {path} "
+                                 f"(`cp .env.example .env.{name}` in {root}, then fill it in), or choose another "
+                                 f"environment. {fix}")
+        return path, f"environment {name}"
+    if host and HOST_ALIAS_RE.fullmatch(host) and host != "example":
+        path = root / f".env.{host}"
+        if path.is_file():
+            return path, f"host {host}"
+        # The sandbox's directory, as `remote.sandbox_dir` finds it.
+        sandbox = Path(environ.get("TASKTRACKER_SANDBOX_DIR") or root / ".sandbox") / ".env"
+        if host == "sandbox" and sandbox.is_file():
+            return sandbox, "host sandbox, written by `invoke sandbox.up`"
+    return root / ".env", ""
+
+
+def env_file_choice(c=None) -> tuple[Path, str]:
+    """The task's settings file and why (`resolve_env_file`); a bad choice ends the task (usage)."""
+    try:
+        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None), PROJECT_ROOT)
+    except EnvChoiceError as err:
+        raise Exit(str(err), code=ExitCode.USAGE) from None
+
+
 def env_file_path(c=None) -> Path:
-    """The settings file: `tasktracker.env_file` in fabric.yaml, else $TASKTRACKER_ENV_FILE, else ./.env."""
-    path = config_section(c).get("env_file") if c is not None else None
-    path = path or os.environ.get("TASKTRACKER_ENV_FILE")
-    return Path(path) if path else PROJECT_ROOT / ".env"
+    """The task's settings file (`resolve_env_file`)."""
+    return env_file_choice(c)[0]
+
+
+def choose_env(c, env: str | None) -> None:
+    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV would."""
+    if env:
+        if not c.config.get("tasktracker"):
+            c.config["tasktracker"] = {}
+        c.config.tasktracker["env"] = env
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _is_http_url(value: str) -> bool:

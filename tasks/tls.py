@@ -112,6 +112,7 @@ def schedule(c, at="03:00", ca_bundle=None):
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", at):
         raise Exit(f"--at {at!r} is not a time of day like 03:00.", code=ExitCode.USAGE)
     host = Host.open(c)
+    host.install_notify()  # the job alerts when it fails
     ctx = host.absolute_ctx
     line = commands.cron_line(ctx, at, ca_bundle)
     result = host.probe_run(backup_commands.install_cron(line, backup_commands.cron_marker("ssl", ctx.project)))

@@ -4,6 +4,7 @@ copies, local Postgres/NATS processes, and small helpers (free ports, waiting)."
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import secrets
@@ -448,3 +449,44 @@ def app_settings(path: Path, **overrides) -> Path:
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
     return path
+
+
+class RecordingServer:
+    """A tiny HTTP endpoint on 127.0.0.1 that records every request it receives (method, path,
+    headers, body) and answers `status` (alerts: Telegram's API base URL and the webhook point here)."""
+
+    def __init__(self, status: int = 200):
+        self.status = status
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests.append({"method": "POST", "path": self.path, "headers": dict(self.headers), "body": body})
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok": true}' if server.status < 300 else b'{"ok": false}')
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def json_bodies(self) -> list[dict]:
+        return [json.loads(r["body"]) for r in self.requests]
+
+    def __enter__(self) -> "RecordingServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import audit, backup, lock, release, rollout, sh, tls
+from tasks.commands import audit, backup, lock, notify, release, rollout, sh, tls
 from tasks.commands.context import HostContext
+from tests.support import RecordingServer
 
 APP = HostContext("app", "tt")
 V1 = HostContext("app", "tt", "v1")
@@ -38,6 +40,7 @@ HOLDER = ("cat app/.deploy.lock/info.json 2>/dev/null; echo; "
           "elif [ ! -f app/.deploy.lock/keeper.pid ] && [ -n \"$(find app/.deploy.lock -maxdepth 0 -newermt '-60 seconds' 2>/dev/null)\" ]; "
           "then echo STARTING; else echo STALE; fi")
 TLS_CONF = "app/shared/nginx/conf.d/tasktracker-tls.conf"
+ABS_NOTIFY = "/home/deploy/tasktracker/bin/tasktracker-notify"
 
 CONTEXT = [
     ("releases_dir", APP.releases_dir, "app/releases"),
@@ -132,7 +135,8 @@ TLS = [
      f"\"$(openssl x509 -noout -ext subjectAltName -in {LE}/live/$d/cert.pem 2>/dev/null | tail -n +2 | tr -d ' ')\"; done"),
     ("cron_line", tls.cron_line(ABS, "03:07", None),
      f"7 3 * * * ( certbot --config-dir {ABS_LE} --work-dir {ABS_LE}/work --logs-dir {ABS_LE}/logs --non-interactive renew && "
-     f"for c in $({ABS_PS_NGINX}); do docker exec $c kill -HUP 1; done; sleep 1.5 ) >> {ABS_LE}/renew.log 2>&1 "
+     f"{{ for c in $({ABS_PS_NGINX}); do docker exec $c kill -HUP 1; done; sleep 1.5; }} ) >> {ABS_LE}/renew.log 2>&1 "
+     f"|| {ABS_NOTIFY} 'certificate renewal FAILED (exit '\"$?\"'); log: {ABS_LE}/renew.log' >> {ABS_LE}/renew.log 2>&1 "
      "# tasktracker-ssl:tasktracker"),
     ("cron_line ca bundle", tls.cron_line(ABS, "23:59", "/home/deploy/pebble.pem").split(" renew && ")[0],
      f"59 23 * * * ( REQUESTS_CA_BUNDLE=/home/deploy/pebble.pem certbot --config-dir {ABS_LE} --work-dir {ABS_LE}/work "
@@ -167,6 +171,8 @@ BACKUP = [
     ("cron_marker", backup.cron_marker("backup", "tt-staging"), "# tasktracker-backup:tt-staging"),
     ("cron_line", backup.cron_line(ABS, 7, "02:00"),
      "0 2 * * * /home/deploy/tasktracker/bin/tasktracker-backup /home/deploy/tasktracker tasktracker 7 "
+     ">> /home/deploy/tasktracker/backups/cron.log 2>&1 || /home/deploy/tasktracker/bin/tasktracker-notify "
+     "'daily backup FAILED (exit '\"$?\"'); log: /home/deploy/tasktracker/backups/cron.log' "
      ">> /home/deploy/tasktracker/backups/cron.log 2>&1 # tasktracker-backup:tasktracker"),
     ("install_cron", backup.install_cron("0 2 * * * job # tasktracker-backup:tt", "# tasktracker-backup:tt"),
      "( crontab -l 2>/dev/null | awk -v m=' # tasktracker-backup:tt' 'length($0) < length(m) || substr($0, length($0) - length(m) + 1) != m' ; "
@@ -213,10 +219,50 @@ RELEASE = [
      f"if docker image inspect tt-backend:abc >/dev/null 2>&1; then echo 'image tt-backend:abc already built'; else {D2} build api; fi"),
 ]
 
+NOTIFY_CONF = notify.conf_text(APP, telegram_api_base_url="https://api.telegram.org/", bot_token="123:tok'en", chat_id="-100123",
+                                webhook_url="https://hooks.example.com/T0/B1?token=x&y=1")
+SPACE_BIN = "'/srv/my app/bin'"
+NOTIFY = [
+    ("script_path", notify.script_path(APP), "app/bin/tasktracker-notify"),
+    ("conf_path", notify.conf_path(SPACE), "/srv/my app/bin/notify.conf"),
+    ("conf_text", NOTIFY_CONF,
+     "# tasktracker-notify's channels: written by fab (deploy, backup.schedule, ssl.schedule); mode 0600, do not edit.\n"
+     "PROJECT=tt\nTELEGRAM_URL='https://api.telegram.org/bot123:tok'\"'\"'en/sendMessage'\nTELEGRAM_CHAT_ID=-100123\n"
+     "WEBHOOK_URL='https://hooks.example.com/T0/B1?token=x&y=1'\nTIMEOUT=10\n"),
+    ("conf_text without a chat id: no Telegram",
+     notify.conf_text(APP, telegram_api_base_url="https://api.telegram.org", bot_token="123:t", chat_id="", webhook_url="",
+                      timeout=3).split("\n", 1)[1],
+     "PROJECT=tt\nTELEGRAM_URL=''\nTELEGRAM_CHAT_ID=''\nWEBHOOK_URL=''\nTIMEOUT=3\n"),
+    ("prepare_install", notify.prepare_install(SPACE),
+     f"mkdir -p {SPACE_BIN} && {{ [ -f '/srv/my app/bin/tasktracker-notify' ] || install -m 700 /dev/null "
+     f"'/srv/my app/bin/tasktracker-notify'; }} && {{ [ -f '/srv/my app/bin/notify.conf' ] || install -m 600 /dev/null "
+     f"'/srv/my app/bin/notify.conf'; }} && chmod 700 '/srv/my app/bin/tasktracker-notify' && chmod 600 '/srv/my app/bin/notify.conf' "
+     f"&& sha256sum '/srv/my app/bin/tasktracker-notify' '/srv/my app/bin/notify.conf'"),
+    ("parse_installed", notify.parse_installed(f"{'a' * 64}  /srv/my app/bin/notify.conf\nnoise\n{'b' * 63}  x\n"),
+     {"/srv/my app/bin/notify.conf": "a" * 64}),
+    ("digest", notify.digest("x\n"), "73cb3858a687a8494ca3323053016282f3dad39d42cf62ca4e79dda2aac7d9ac"),
+    ("send", notify.send(SPACE, "deploy ok: it's $HOME"),
+     "if [ -x '/srv/my app/bin/tasktracker-notify' ]; then '/srv/my app/bin/tasktracker-notify' 'deploy ok: it'\"'\"'s $HOME'; fi"),
+    ("on_failure", notify.on_failure(ABS, "nightly job", "( job )", "/home/deploy/tasktracker/job.log"),
+     f"( job ) >> /home/deploy/tasktracker/job.log 2>&1 || {ABS_NOTIFY} 'nightly job FAILED (exit '\"$?\"'); "
+     "log: /home/deploy/tasktracker/job.log' >> /home/deploy/tasktracker/job.log 2>&1"),
+    ("operation ok", notify.operation_message("deploy", "ok", release="r3", commit="ab12cd3", who="alice@laptop", seconds=41.6),
+     "deploy ok: release r3, commit ab12cd3, by alice@laptop, 42s"),
+    ("operation unchanged", notify.operation_message("deploy", "unchanged", release="r2", commit="", who="ci@runner", seconds=2),
+     "deploy unchanged: release r2, commit ?, by ci@runner, 2s"),
+    ("operation failed and put back",
+     notify.operation_message("deploy", "failed", release="r3", commit="ab12cd3", who="bob@ci (CI o/r#7)", seconds=30.2,
+                              step="health checks", put_back="r2"),
+     "deploy FAILED at 'health checks'; r2 was put back and is serving: release r3, commit ab12cd3, by bob@ci (CI o/r#7), 30s"),
+    ("operation refused", notify.operation_message("rollback", "failed", release="r1", commit="77aa001", who="a@b", seconds=1,
+                                                   reason="refused to protect data"),
+     "rollback FAILED (refused to protect data): release r1, commit 77aa001, by a@b, 1s"),
+]
+
 TABLE = [(f"context: {i}", b, e) for i, b, e in CONTEXT] + [(f"rollout: {i}", b, e) for i, b, e in ROLLOUT] \
     + [(f"lock: {i}", b, e) for i, b, e in LOCK] + [(f"tls: {i}", b, e) for i, b, e in TLS] \
     + [(f"backup: {i}", b, e) for i, b, e in BACKUP] + [(f"audit: {i}", b, e) for i, b, e in AUDIT] \
-    + [(f"release: {i}", b, e) for i, b, e in RELEASE]
+    + [(f"release: {i}", b, e) for i, b, e in RELEASE] + [(f"notify: {i}", b, e) for i, b, e in NOTIFY]
 
 
 @pytest.mark.parametrize("built, expected", [(b, e) for _, b, e in TABLE], ids=[i for i, _, _ in TABLE])
@@ -679,3 +725,177 @@ def test_api_rollout_script():
     assert "for _ in $(seq 1 60); do" in lines
     assert "  state=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $new)" in lines
     assert f"sleep {rollout.RESOLVER_GRACE_SECONDS}" in lines
+
+
+# --- notify: the alert program, run against a local recording endpoint ---------------------------
+
+TOKEN = "123456:tg-Secret-Token_x"
+HOOK_PATH = "/hooks/T0/B1/hook-Secret-42"
+HOST_NAME = os.uname().nodename
+
+
+def _notify_host(tmp_path: Path, server_url: str | None, *, chat_id: str = "-1001234", hook: bool = True,
+                 timeout: int = 10) -> Path:
+    """APP_DIR/bin with the program and its notify.conf, as Host.install_notify leaves them."""
+    ctx = HostContext(str(tmp_path / "app"), "tt")
+    bin_dir = tmp_path / "app" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    program = Path(notify.script_path(ctx))
+    program.write_text(notify.NOTIFY_SCRIPT)
+    program.chmod(0o700)
+    conf = Path(notify.conf_path(ctx))
+    conf.write_text(notify.conf_text(ctx, telegram_api_base_url=server_url or "https://api.telegram.org", bot_token=TOKEN,
+                                     chat_id=chat_id if server_url else "",
+                                     webhook_url=f"{server_url}{HOOK_PATH}" if server_url and hook else "", timeout=timeout))
+    conf.chmod(0o600)
+    return program
+
+
+def _run(program: Path, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=60,
+                          env=env or {"PATH": "/usr/bin:/bin"}, **kwargs)
+
+
+def test_notify_sends_to_telegram_and_the_webhook(tmp_path):
+    text = 'backup FAILED: "quotes", back\\slash, tab\there,\nsecond line, ünïcödé ✓'
+    with RecordingServer() as server:
+        result = _run(_notify_host(tmp_path, server.url), text)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    telegram, hook = server.requests
+    expected = f"[{HOST_NAME} tt] " + text.replace("\t", " ")
+    assert telegram["path"] == f"/bot{TOKEN}/sendMessage"
+    assert telegram["headers"]["Content-Type"] == "application/json"
+    assert json.loads(telegram["body"]) == {"chat_id": "-1001234", "text": expected, "disable_web_page_preview": True}
+    assert hook["path"] == HOOK_PATH and json.loads(hook["body"]) == {"text": expected}
+
+
+def test_notify_reads_the_message_on_stdin_and_needs_one(tmp_path):
+    with RecordingServer() as server:
+        program = _notify_host(tmp_path, server.url, hook=False)
+        assert _run(program, input="from a pipe\n").returncode == 0
+        empty = _run(program, input="")
+    assert [json.loads(r["body"])["text"] for r in server.requests] == [f"[{HOST_NAME} tt] from a pipe"]
+    assert empty.returncode == 2 and "usage: tasktracker-notify" in empty.stderr
+
+
+def test_notify_without_a_channel_sends_nothing(tmp_path):
+    program = _notify_host(tmp_path, None)
+    with RecordingServer() as server:
+        assert _run(program, "deploy ok").returncode == 0
+        Path(notify.conf_path(HostContext(str(tmp_path / "app"), "tt"))).unlink()  # never installed: same
+        result = _run(program, "deploy ok")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("status, why", [(401, "HTTP 401: the bot token (or the webhook's) was refused"),
+                                         (400, "HTTP 400: the request was refused (for Telegram: is the chat id right?)"),
+                                         (502, "HTTP 502")])
+def test_notify_reports_a_refused_message_without_the_url(tmp_path, status, why):
+    with RecordingServer(status=status) as server:
+        result = _run(_notify_host(tmp_path, server.url), "x")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"tasktracker-notify: telegram message not sent: {why}",
+                                          f"tasktracker-notify: webhook message not sent: {why}"]
+    assert TOKEN not in result.stderr and HOOK_PATH not in result.stderr
+
+
+def test_notify_gives_up_on_a_dead_or_silent_endpoint(tmp_path):
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        result = _run(_notify_host(tmp_path, f"http://127.0.0.1:{silent.getsockname()[1]}", hook=False, timeout=1), "x")
+        assert time.monotonic() - started < 5
+    assert result.returncode == 1 and result.stderr == "tasktracker-notify: telegram message not sent: no answer within 1s\n"
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    result = _run(_notify_host(tmp_path, f"http://127.0.0.1:{port}", hook=False), "x")
+    assert result.returncode == 1 and result.stderr == "tasktracker-notify: telegram message not sent: could not connect\n"
+
+
+def _tools(tmp_path: Path, *names: str) -> Path:
+    """A PATH holding only the tools the program uses (and `names`, each a wrapper that records its
+    argv and stdin's absence of secrets before running the real one)."""
+    bin_dir = tmp_path / "tools"
+    bin_dir.mkdir()
+    for tool in ("sh", "dirname", "uname", "head", "iconv", "tr", "sed", "awk", "mktemp", "rm", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name in names:
+        (bin_dir / name).write_text(f'#!/bin/sh\nprintf "%s\\n" "$0" "$@" >> "{tmp_path}/argv.log"\nexec {shutil.which(name)} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("client", ["curl", "wget"])
+def test_notify_keeps_the_token_and_the_webhook_off_every_command_line(tmp_path, client):
+    if not shutil.which(client):
+        pytest.skip(f"needs {client}")
+    with RecordingServer() as server:
+        result = _run(_notify_host(tmp_path, server.url), "daily backup FAILED (exit 1)",
+                      env={"PATH": str(_tools(tmp_path, client))})
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in server.requests] == [f"/bot{TOKEN}/sendMessage", HOOK_PATH]
+    argv = (tmp_path / "argv.log").read_text()
+    assert argv.count(f"/tools/{client}\n") == 2  # it ran, once per channel
+    assert TOKEN not in argv and "hook-Secret" not in argv and "127.0.0.1" not in argv
+    for request in server.requests:
+        assert TOKEN.encode() not in request["body"] and b"hook-Secret" not in request["body"]
+
+
+def test_notify_without_curl_or_wget_says_so(tmp_path):
+    with RecordingServer() as server:
+        result = _run(_notify_host(tmp_path, server.url, hook=False), "x", env={"PATH": str(_tools(tmp_path))})
+    assert result.returncode == 1 and server.requests == []
+    assert result.stderr == ("tasktracker-notify: telegram message not sent: neither curl nor wget is installed "
+                             "(apt-get install curl)\n")
+
+
+def test_notify_shortens_a_long_message_to_valid_text(tmp_path):
+    with RecordingServer() as server:
+        assert _run(_notify_host(tmp_path, server.url, hook=False), "é" * 4000).returncode == 0
+    body = server.requests[0]["body"]
+    text = json.loads(body.decode("utf-8", errors="strict"))["text"]
+    assert len(text.encode()) <= notify.MAX_BYTES and text.endswith("éé") and text.startswith(f"[{HOST_NAME} tt] é")
+
+
+def test_notify_script_is_posix_sh():
+    assert subprocess.run(["sh", "-n"], input=notify.NOTIFY_SCRIPT, text=True).returncode == 0
+    if shutil.which("checkbashisms"):
+        assert subprocess.run(["checkbashisms", "-"], input=notify.NOTIFY_SCRIPT, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("job_exit", [0, 3])
+def test_the_cron_jobs_alert_only_when_they_fail(tmp_path, job_exit):
+    """The installed cron line, run as cron would (sh, in $HOME): a failed job sends one message
+    naming the job, its exit code and its log, never the log's content."""
+    ctx = HostContext(str(tmp_path / "app"), "tt")
+    with RecordingServer() as server:
+        _notify_host(tmp_path, server.url, hook=False)
+        Path(ctx.backups_dir).mkdir()
+        Path(backup.script_path(ctx)).write_text(f"#!/bin/sh\necho 'BACKUP FAILED at step x: token {TOKEN}' >&2\nexit {job_exit}\n")
+        Path(backup.script_path(ctx)).chmod(0o700)
+        line = backup.cron_line(ctx, 7, "02:00")
+        assert "%" not in line and "%" not in tls.cron_line(ctx, "03:00", None)
+        job = line[len("0 2 * * * "):].rsplit(" # ", 1)[0]
+        result = subprocess.run(["sh", "-c", job], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    log = f"{ctx.backups_dir}/cron.log"
+    if job_exit == 0:
+        assert server.requests == []
+    else:
+        assert [json.loads(r["body"])["text"] for r in server.requests] == [
+            f"[{HOST_NAME} tt] daily backup FAILED (exit 3); log: {log}"]
+    assert "BACKUP FAILED at step x" in Path(log).read_text()
+
+
+def test_a_failed_renewal_is_not_hidden_by_the_reload():
+    """The renewal job's exit status is certbot's (the reload that follows ends with a sleep)."""
+    ctx = HostContext("/nonexistent", "tt")
+    line = tls.cron_line(ctx, "03:00", None)
+    job = line[len("0 3 * * * "):].split(" >> ", 1)[0]
+    fake = job.replace(sh(tls.renew(ctx)), "false")
+    assert fake != job and subprocess.run(["sh", "-c", fake], capture_output=True).returncode == 1

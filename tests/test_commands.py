@@ -1,8 +1,11 @@
 """Command builders as string tables: no SSH, no Docker."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from tasks.commands import chain, compose, release, sh, transfer
+from tasks.commands import budget, chain, compose, release, sh, transfer
 from tasks.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.deploy import new_release_id, parse_rsync_sent
@@ -70,3 +73,144 @@ def test_apt_mirror_is_read_from_sources():
              "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n"
     assert sandbox_commands.apt_mirror(deb822) == "http://mirror.example/debian"
     assert sandbox_commands.apt_mirror("deb https://deb.nodesource.com/node_20.x nodistro main") is None
+
+
+# --- before a deploy changes anything: the memory budget, pending migrations, rsync's plan --------
+
+ROOT = Path(__file__).resolve().parent.parent
+GB = 1024 ** 3
+MB = 1024 ** 2
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("128M", 128 * MB), ("2G", 2 * GB), ("512m", 512 * MB), ("1.5g", int(1.5 * GB)), ("64MB", 64 * MB), ("100k", 102400),
+    (1073741824, GB), ("1073741824", GB), ("300b", 300), (" 1 G ", GB),
+])
+def test_memory_sizes_in_compose_units(value, expected):
+    assert budget.parse_memory(value) == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "1x", "-1G", "", True, "1.2.3M"])
+def test_memory_sizes_that_are_not(value):
+    with pytest.raises(ValueError, match="not a memory size"):
+        budget.parse_memory(value)
+
+
+def test_the_production_stack_as_the_deploy_starts_it():
+    """compose.yml + the production override: no dashboard (a profile), nginx at the override's
+    128M with compose.yml's 64M reservation kept (mappings merge), the API twice."""
+    rows = [(s.name, s.reservation // MB, s.limit // MB) for s in budget.stack_memory(ROOT)]
+    assert rows == [("postgres", 512, 2048), ("nats", 64, 512), ("worker", 512, 2048), ("api", 256, 1024),
+                    ("api (new, during the switch)", 256, 1024), ("nginx", 64, 128)]
+
+
+# MemTotal of real VMs sits below the size sold: the kernel keeps some (a "2 GB" VPS shows ~1.9 GiB).
+@pytest.mark.parametrize("host_gib, level", [
+    (1.9, budget.REFUSE),  # reservations 1.6 GiB > 1.9 - 0.5 for the system
+    (2.0, budget.REFUSE),
+    (3.8, budget.WARN),    # fits, but limits 6.6 GiB > 3.8 - 0.5 headroom
+    (4.0, budget.WARN),
+    (7.3, budget.WARN),    # limits 6.6 GiB > 7.3 - 0.73
+    (7.5, budget.OK),      # the plan's 8 GB VPS, even with a generous kernel share
+    (7.8, budget.OK),
+    (16, budget.OK),
+], ids=lambda v: str(v))
+def test_the_plans_stack_against_host_sizes(host_gib, level):
+    verdict = budget.evaluate(budget.stack_memory(ROOT), int(host_gib * GB))
+    assert verdict.level == level
+    assert (verdict.reservations // MB, verdict.limits // MB) == (1664, 6784)
+
+
+def test_budget_reasons_and_table():
+    services = [budget.ServiceMemory("db", 3 * GB, 4 * GB), budget.ServiceMemory("web", 0, 0)]
+    refused = budget.evaluate(services, 2 * GB)
+    assert refused.level == budget.REFUSE
+    assert refused.reasons == (
+        "the services reserve 3.0 GiB, more than the 1.5 GiB the host has for them (2.0 GiB less 512 MiB for the system)",
+        "web has no memory limit and can take the whole host",
+        "the limits add up to 4.0 GiB, more than 1.5 GiB (2.0 GiB less 512 MiB headroom): at peak the host runs out of memory "
+        "before the services reach their limits")
+    assert budget.table(refused).splitlines() == [
+        "  service  reservation      limit",
+        "  db           3.0 GiB    4.0 GiB",
+        "  web                -       none",
+        "  total        3.0 GiB    4.0 GiB",
+        "  host memory 2.0 GiB: reservations may use 1.5 GiB, limits 1.5 GiB"]
+    assert budget.evaluate(services[:1], 16 * GB).level == budget.OK
+    assert budget.headroom(16 * GB) == int(1.6 * GB) and budget.headroom(2 * GB) == 512 * MB
+    unknown = budget.evaluate(services, 0)
+    assert unknown.level == budget.OK and budget.summary(unknown) == (
+        "memory budget: the host's memory is unknown (no /proc/meminfo): not checked")
+
+
+def test_budget_merges_overrides_and_skips_profiles(tmp_path):
+    (tmp_path / "compose.yml").write_text(
+        "x: &common {deploy: {resources: {limits: {memory: 1G}, reservations: {memory: 100M}}}}\n"
+        "services:\n  a: {<<: *common}\n  b: {mem_limit: 300m, mem_reservation: 10m}\n"
+        "  dev: {profiles: [dev], deploy: {resources: {limits: {memory: 9G}}}}\n"
+        "  api: {deploy: {replicas: 2, resources: {limits: {memory: 256M}}}}\n")
+    (tmp_path / "docker-compose.production.yml").write_text("services:\n  a: {deploy: {resources: {limits: {memory: 2G}}}}\n")
+    rows = [(s.name, s.reservation // MB, s.limit // MB) for s in budget.stack_memory(tmp_path)]
+    assert rows == [("a", 100, 2048), ("b", 10, 300), ("api (1/2)", 0, 256), ("api (2/2)", 0, 256),
+                    ("api (new, during the switch)", 0, 256)]
+    (tmp_path / "docker-compose.production.yml").write_text("services:\n  a: {deploy: {resources: {limits: {memory: lots}}}}\n")
+    with pytest.raises(ValueError, match="service a: not a memory size: 'lots'"):
+        budget.stack_memory(tmp_path)
+
+
+def test_preflight_reports_the_hosts_memory():
+    facts = release.parse_facts(subprocess.run(["bash", "-c", release.preflight(V2)], capture_output=True, text=True).stdout)
+    assert facts["mem_total_kb"].isdigit() and int(facts["mem_total_kb"]) > 0
+
+
+REVISIONS = {"a": (), "b": ("a",), "c": ("b",), "d": ("b",), "e": ("c", "d")}
+
+
+@pytest.mark.parametrize("database, pending", [
+    ("", ["a", "b", "c", "d", "e"]), ("<none>", ["a", "b", "c", "d", "e"]), ("a", ["b", "c", "d", "e"]), ("c", ["d", "e"]),
+    ("c d", ["e"]), ("e", []), ("zz", None),
+], ids=["no row", "fresh", "first", "one branch", "both branches", "head", "unknown"])
+def test_pending_revisions(database, pending):
+    assert release.pending_revisions(REVISIONS, database) == pending
+
+
+def test_local_revisions_read_like_the_hosts_sed(tmp_path):
+    """The checkout's migrations, read without importing them, agree with what schema_state's
+    sed reads on the host; the reference app has one."""
+    assert release.local_revisions(ROOT / "backend" / "alembic" / "versions") == {"0001": ()}
+    (tmp_path / "0002_x.py").write_text('"""x\n\nRevision ID: 0002\n"""\nrevision: str = \'0002\'\ndown_revision = "0001"\n')
+    (tmp_path / "0003_m.py").write_text('revision = "0003"\ndown_revision = ("0002", "0001")\n')
+    (tmp_path / "0001_a.py").write_text('revision = "0001"\ndown_revision: Union[str, None] = None\n')
+    (tmp_path / "notes.txt").write_text('revision = "nope"\n')
+    revisions = release.local_revisions(tmp_path)
+    assert revisions == {"0001": (), "0002": ("0001",), "0003": ("0002", "0001")}
+    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(release.REVISION_SED.format(name='revision'))} {tmp_path}/*.py"],
+                         capture_output=True, text=True).stdout.split()
+    assert sorted(sed) == sorted(revisions)
+
+
+RSYNC_DRY_RUN = """created directory tasktracker/releases/r2
+>f+++++++++ backend/alembic/versions/0002_add_due.py
+>fcs....... nginx/nginx.conf
+cd+++++++++ frontend/dist/assets/
+>f+++++++++ frontend/dist/assets/index-9f8e.js
+.d..t...... nginx/
+cL+++++++++ link -> target
+
+Number of files: 8 (reg: 4, dir: 4)
+Number of regular files transferred: 3
+Total file size: 1,050 bytes
+Total transferred file size: 1,029 bytes
+Total bytes sent: 331
+
+sent 331 bytes  received 64 bytes  790.00 bytes/sec
+total size is 1,050  speedup is 0.13 (DRY RUN)
+"""
+
+
+def test_rsync_itemized_plan():
+    assert transfer.parse_itemized(RSYNC_DRY_RUN) == (
+        ["backend/alembic/versions/0002_add_due.py", "nginx/nginx.conf", "frontend/dist/assets/index-9f8e.js"], 1029)
+    assert transfer.parse_itemized("") == ([], 0)
+    dry = sh(transfer.rsync(["compose.yml"], "u@h:app/r1/", ssh_command=["ssh"], link_dest="../r0", dry_run=True, delete=False))
+    assert dry.endswith("--itemize-changes -e ssh --link-dest=../r0 --stats --dry-run compose.yml u@h:app/r1/")

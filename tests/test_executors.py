@@ -19,8 +19,15 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
 import tasks.backup as backup_tasks
+import tasks.deploy as deploy_module
 import tasks.host as host_module
+import tasks.tls as tls_tasks
+from tasks import remote
+from tasks.commands import budget
+from tasks.commands import images as image_commands
+from tasks.commands import release as release_commands
 from tasks.commands import lock as lock_commands
+from tasks.commands import notify as notify_commands
 from tasks.commands.release import SchemaState
 from tasks.deploy import SENT_PATHS, env_values, migration_failure_detail, release_fingerprint, releases_to_prune
 from tasks.exits import ExitCode
@@ -164,10 +171,11 @@ def make_host(conn: FakeConnection, **env) -> Host:
 
 
 def audit_entries(conn: FakeConnection) -> list[dict]:
-    """The JSON lines the host appended to its audit log."""
+    """The JSON lines the host appended to its audit log (a deploy's or rollback's line rides with
+    its alert in one command)."""
     entries = []
     for command in conn.commands:
-        if command.endswith(">> tasktracker/audit.log"):
+        if ">> tasktracker/audit.log" in command:
             entries.append(json.loads(next(w for w in shlex.split(command) if w.startswith("{"))))
     return entries
 
@@ -416,6 +424,125 @@ def test_audit_redacts_a_secret_with_inner_whitespace():
     assert "horse" not in audit_entries(conn)[0]["detail"]
 
 
+# --- alerts: deploys and rollbacks tell the operator (tasktracker-notify on the host) --------------
+
+NOTIFY_RE = re.compile(r"; if \[ -x tasktracker/bin/tasktracker-notify \]; then tasktracker/bin/tasktracker-notify (.*); fi$")
+
+
+def alerts(conn: FakeConnection) -> list[str]:
+    """The messages handed to the host's notify program."""
+    return [shlex.split(m.group(1))[0] for c in conn.commands if (m := NOTIFY_RE.search(c))]
+
+
+def test_a_deploy_sends_one_alert_in_the_audit_round_trip():
+    conn = FakeConnection()
+    with make_host(conn).audited("deploy") as outcome:
+        outcome["release"] = "r3"
+    assert len(conn.commands) == 1 and audit_entries(conn)[0]["release"] == "r3"
+    assert alerts(conn) == ["deploy ok: release r3, commit ab12cd3, by alice@laptop, 0s"]
+
+
+def test_alerts_name_the_failed_step_the_put_back_release_and_the_refusal():
+    conn = (_activation(FakeConnection()).on("--no-recreate --scale", ok("api: 0123456789ab healthy; replaced 1 old container(s)\n"))
+            .on("/probe.py", ok("ok   /nginx-health\n")))
+    host = make_host(conn)
+    with pytest.raises(StepFailed):
+        with host.audited("deploy", release="r3"):
+            detail = "health checks: FAIL /api/health" + host.put_back("r1", "r3")
+            raise StepFailed("health checks", detail)
+    with pytest.raises(Exit):
+        with host.audited("rollback", release="r1") as outcome:
+            outcome["commit"] = "77aa001"  # the release's commit, not this checkout's
+            raise Exit("Refusing to roll back on vps: schema. Nothing was changed.", code=ExitCode.REFUSED)
+    with pytest.raises(KeyboardInterrupt):
+        with host.audited("rollback", release="r2"):
+            raise KeyboardInterrupt
+    with pytest.raises(StepFailed):  # a new operation: the earlier put-back is not reported again
+        with host.audited("deploy", release="r4"):
+            raise StepFailed("upload files", "rsync exit 23")
+    assert alerts(conn) == [
+        "deploy FAILED at 'health checks'; r1 was put back and is serving: release r3, commit ab12cd3, by alice@laptop, 0s",
+        "rollback FAILED (refused to protect data): release r1, commit 77aa001, by alice@laptop, 0s",
+        "rollback FAILED (interrupted): release r2, commit ab12cd3, by alice@laptop, 0s",
+        "deploy FAILED at 'upload files': release r4, commit ab12cd3, by alice@laptop, 0s",
+    ]
+
+
+def test_alerts_say_who_in_ci_and_carry_no_secret(monkeypatch):
+    monkeypatch.setattr(host_module, "identity", lambda: {**WHO, "ci_run": "acme/tasks#42"})
+    conn = FakeConnection()
+    host = make_host(conn, ALERT_WEBHOOK_URL="https://hooks.example.com/T/B/hook-Secret-5")
+    secret_release = f"r-{ENV['POSTGRES_PASSWORD']}"  # a value that happens to contain a secret is redacted
+    with pytest.raises(StepFailed):
+        with host.audited("deploy", release=secret_release):
+            raise StepFailed("migrate database", f"password {ENV['POSTGRES_PASSWORD']} bot {ENV['TELEGRAM_BOT_TOKEN']}")
+    [message] = alerts(conn)
+    assert message == "deploy FAILED at 'migrate database': release r-[REDACTED], commit ab12cd3, by alice@laptop (CI acme/tasks#42), 0s"
+    for secret in host.settings.secret_values():
+        assert secret not in conn.commands[0].split(">> tasktracker/audit.log")[1]
+
+
+def test_other_operations_send_no_alert():
+    conn = FakeConnection()
+    host = make_host(conn)
+    for action in ("backup", "migrate", "restore", "ssl.renew"):
+        with host.audited(action):
+            pass
+    host.record("lock", "refused", detail="deploy refused")
+    assert len(audit_entries(conn)) == 5 and alerts(conn) == []
+    assert all(c.endswith(">> tasktracker/audit.log") for c in conn.commands)
+
+
+def test_a_failed_alert_is_a_warning_and_never_hides_the_outcome(capsys):
+    why = "tasktracker-notify: telegram message not sent: could not connect\ntasktracker-notify: webhook message not sent: HTTP 401\n"
+    conn = FakeConnection().on("tasktracker-notify", fail(why))
+    host = make_host(conn)
+    with host.audited("deploy", release="r3"):
+        pass  # the deploy succeeded: it still does
+    with pytest.raises(StepFailed, match="health checks"):  # the real failure, not the alert's
+        with host.audited("rollback", release="r1"):
+            raise StepFailed("health checks", "FAIL /api/health")
+    out = capsys.readouterr().out
+    assert out.count("Warning: the deploy alert was not sent from vps: tasktracker-notify: telegram message not sent: could "
+                     "not connect; tasktracker-notify: webhook message not sent: HTTP 401\n") == 1
+    assert "Warning: the rollback alert was not sent from vps" in out
+    assert [e["result"] for e in audit_entries(conn)] == ["ok", "failed"]
+
+
+INSTALL_OUT = "{}  tasktracker/bin/tasktracker-notify\n{}  tasktracker/bin/notify.conf\n"
+HOOK = "https://hooks.example.com/T/B/hook-Secret-5"
+
+
+def test_install_notify_sends_only_what_differs_and_secrets_only_over_sftp():
+    s = settings(ALERT_TELEGRAM_CHAT_ID="-1001234", ALERT_WEBHOOK_URL=HOOK)
+    ctx = make_host(FakeConnection()).ctx
+    conf = notify_commands.conf_text(ctx, telegram_api_base_url="https://api.telegram.org", bot_token=ENV["TELEGRAM_BOT_TOKEN"],
+                                     chat_id="-1001234", webhook_url=HOOK)
+    assert HOOK in conf and f"/bot{ENV['TELEGRAM_BOT_TOKEN']}/sendMessage" in conf
+    program = notify_commands.digest(notify_commands.NOTIFY_SCRIPT)
+    cases = [("", {"tasktracker/bin/tasktracker-notify": notify_commands.NOTIFY_SCRIPT, "tasktracker/bin/notify.conf": conf}),
+             (INSTALL_OUT.format(program, "0" * 64), {"tasktracker/bin/notify.conf": conf}),  # the settings changed
+             (INSTALL_OUT.format(program, notify_commands.digest(conf)), {})]  # nothing changed: no upload at all
+    for out, sent in cases:
+        conn = FakeConnection().on("sha256sum", ok(out))
+        Host(conn, s, "v2", dict(FACTS)).install_notify(along="echo prepared", step="prepare release")
+        assert conn.commands == ["echo prepared && " + notify_commands.prepare_install(ctx)]  # one round trip
+        assert {path: data.decode() for path, data in conn.uploads} == sent
+        for secret in s.secret_values():
+            assert secret not in conn.commands[0]
+
+
+def test_the_schedules_install_the_notify_program(monkeypatch):
+    for module, args in ((backup_tasks, ("02:00",)), (tls_tasks, ("03:00",))):
+        conn = FakeConnection().on("crontab -l | grep", ok("the line\n"))
+        monkeypatch.setattr(module.Host, "open", classmethod(lambda cls, c, *a, conn=conn, **k: Host(conn, settings(), "v2", dict(FACTS))))
+        module.schedule.body(None, *args)
+        assert any(c.endswith(notify_commands.prepare_install(make_host(FakeConnection()).ctx)) for c in conn.commands)
+        assert "tasktracker/bin/notify.conf" in [path for path, _ in conn.uploads]
+        [cron] = [c for c in conn.commands if "crontab -" in c]
+        assert "|| /home/deploy/tasktracker/bin/tasktracker-notify " in cron
+
+
 # --- backups: choosing and pulling a set -------------------------------------------------------------
 
 SET = "20261124T020000Z"
@@ -485,6 +612,9 @@ def test_env_values_apply_every_setting_over_the_file(tmp_path):
     assert values["HTTP_PORT"] == "80" and values["APP_ROOT"] == "/home/deploy/tasktracker"
     assert "[REDACTED]" not in values.values()
     assert env_values(settings(), tmp_path / "missing.env", "/x")["APP_ROOT"] == "/x"
+    # plain `docker compose ...` typed in APP_DIR/current finds the release's stack (README: from the plan to the toolkit)
+    assert values["COMPOSE_FILE"] == "compose.yml:docker-compose.production.yml:release.yml"
+    assert values["COMPOSE_PROJECT_NAME"] == settings().compose_project
 
 
 def test_release_fingerprint_follows_what_is_shipped(tmp_path):
@@ -612,3 +742,181 @@ def test_fake_connection_behaves_like_fabric():
     assert [conn.run("twice").stdout for _ in range(3)] == ["1", "2", "2"]
     conn.put(io.BytesIO(b"data"), remote="/r")
     assert conn.uploads == [("/r", b"data")]
+
+
+# --- before a deploy changes anything: the memory budget and `deploy --dry-run` ----------------------
+
+RSYNC_DRY_RUN = """created directory tasktracker/releases/r3
+>f+++++++++ backend/alembic/versions/0002_add_due.py
+>fcs....... nginx/nginx.conf
+>f+++++++++ frontend/dist/assets/index-1.js
+
+Number of regular files transferred: 3
+Total file size: 91,000 bytes
+Total transferred file size: 1,029 bytes
+Total bytes sent: 331
+
+sent 331 bytes  received 64 bytes  790.00 bytes/sec
+total size is 91,000  speedup is 0.13 (DRY RUN)
+"""
+SCHEMA_AT_0001 = "db=ok\nrevision=0001\nschema=f1\nknown=0001 0002\nparents=0001\n"
+RELEASES_BEFORE = (f"r1\t{json.dumps({'result': 'ok', 'previous': ''})}\nr2\t{json.dumps({'result': 'ok', 'previous': 'r1'})}\n"
+                   "current=r2\n")
+RELEASES_AFTER = RELEASES_BEFORE.replace("current=r2\n", f"r3\t{json.dumps({'result': 'ok', 'previous': 'r2'})}\ncurrent=r3\n")
+STACK = image_commands.stack_images(deploy_module.PROJECT_ROOT)
+BASE = image_commands.build_base_images(deploy_module.PROJECT_ROOT / "backend" / "Dockerfile")
+HAVE = "".join(f"have={i}\n" for i in STACK + BASE)  # everything but the new backend image
+BACKUP_OK = "[backup] done\nBACKUP OK 20261125T214510Z-predeploy\n" + json.dumps(
+    {"verification": {"tables": 2, "rows": 9, "seconds": 1.0}, "sizes": {"database.dump": 100}, "duration_s": 2.0})
+
+
+def _read_only(command: str) -> bool:
+    """The deploy's commands that read the host (image presence, schema, release list, probe)."""
+    return command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum")) or "/probe.py" in command
+
+
+@pytest.fixture
+def planning(monkeypatch, tmp_path):
+    """Deploy's plan made deterministic and local: a built dist, a fixed fingerprint, release id and
+    identity, no Docker here, rsync recorded instead of run."""
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.html").write_text('<script src="/assets/index-1.js"></script>')
+    monkeypatch.setattr(deploy_module, "FRONTEND", tmp_path)
+    monkeypatch.setattr(deploy_module, "is_up_to_date", lambda frontend: (True, "built 2026-11-25T21:00:00Z from commit ab12cd3"))
+    monkeypatch.setattr(deploy_module, "release_fingerprint", lambda root, env_text, variant: "fp-new")
+    monkeypatch.setattr(deploy_module, "new_release_id", lambda now, commit: "r3")
+    monkeypatch.setattr(deploy_module, "git_commit", lambda: "ab12cd3")
+    monkeypatch.setattr(deploy_module, "identity", lambda: dict(WHO))
+    monkeypatch.setattr(deploy_module, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
+    monkeypatch.setattr(deploy_module.machine, "ok", lambda argv: False)
+    monkeypatch.setattr(release_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
+    calls: list[dict] = []
+
+    def rsync(conn, **options):
+        calls.append(options)
+        return Result(stdout=RSYNC_DRY_RUN if options.get("dry_run") else "Total bytes sent: 1,029\n", exited=0)
+
+    monkeypatch.setattr(remote, "rsync", rsync)
+    monkeypatch.setattr(remote, "rsync_command", lambda conn, **o: f"cd {o['cwd']} && rsync ... {o['remote_path']}")
+    return calls
+
+
+def planning_host(conn: FakeConnection, current: str = "releases/r2", fingerprint: str = "fp-old", **env) -> Host:
+    conn.on(re.compile(r"^docker image inspect .*have="), ok(HAVE)).on('echo "known=', ok(SCHEMA_AT_0001))
+    conn.on("sha256sum", ok("0" * 64 + "  tasktracker/env/r2.env\n"))
+    host = Host(conn, settings(**env), "v2", {**FACTS, "current": current,
+                                              "current_meta": json.dumps({"fingerprint": fingerprint}) if current else ""})
+    return host
+
+
+def test_dry_run_without_a_live_release(planning, capsys):
+    conn = FakeConnection().on('echo "current=$(basename', ok("current=\n"))
+    planned = deploy_module.print_dry_run(planning_host(conn, current=""), None, skip_build=False)
+    out = capsys.readouterr().out
+    for line in ("Dry run on vps: nothing is changed (no build, no lock, no audit line).",
+                 "frontend: up to date (built 2026-11-25T21:00:00Z from commit ab12cd3)",
+                 "release: r3 -> vps:tasktracker/releases/r3 (Compose v2), the host's first release",
+                 "settings: new (no live release)",
+                 "files: 3 would be sent, 1029 bytes",
+                 "   backend/alembic/versions/0002_add_due.py",
+                 "   no live release, so a fresh database: all 2 would run (0001, 0002)",
+                 "releases pruned after it: none"):
+        assert line in out.splitlines()
+    assert [c for c in conn.commands if not _read_only(c)] == []  # nothing but reads: no lock, no audit, no schema
+    assert conn.uploads == [] and not any("audit.log" in c or ".deploy.lock" in c for c in conn.commands)
+    assert planning == [{**deploy_module.upload_options(planning_host(FakeConnection(), current=""), "r3", ""), "dry_run": True}]
+    assert planning[0]["link_dest"] is None
+    steps = [p.step for p in planned]
+    assert "back up database before migrating" not in steps  # a fresh database has nothing to lose
+    assert steps[0] == "prepare release and its settings" and steps[-1] == "record release and prune"
+    assert "    1. [host] mkdir -p tasktracker/releases/r3 " in out
+    for secret in settings().secret_values():
+        assert secret not in out
+
+
+def test_dry_run_when_nothing_changed(planning, capsys):
+    conn = FakeConnection()
+    planned = deploy_module.print_dry_run(planning_host(conn, fingerprint="fp-new"), None, skip_build=True)
+    assert planned == [] and conn.commands == [] and planning == []
+    out = capsys.readouterr().out
+    assert "frontend: --skip-build: frontend/dist is sent as it is\n" in out
+    assert out.endswith("Nothing changed since release r2 (same files, same settings): the deploy would only run the health "
+                        "checks and change nothing.\n")
+
+
+def test_dry_run_with_migrations_pending_plans_a_backup(planning, capsys, monkeypatch):
+    monkeypatch.setattr(deploy_module, "is_up_to_date", lambda frontend: (False, "sources changed"))
+    conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
+    planned = deploy_module.print_dry_run(planning_host(conn, KEEP_RELEASES="2"), None, skip_build=False)
+    out = capsys.readouterr().out.splitlines()
+    for line in ("frontend: stale (sources changed): the deploy would build it first, so its files and the release below "
+                 "would change",
+                 "release: r3 -> vps:tasktracker/releases/r3 (Compose v2), replacing r2",
+                 "settings: changed since r2 (values not shown)",
+                 "files: 3 would be sent, 1029 bytes (the rest hard-linked from r2)",
+                 f"   backend {deploy_module.backend_image(deploy_module.PROJECT_ROOT, 'tasktracker')}: built on the host "
+                 f"(BUILD_BACKEND=auto): docker compose -p tasktracker -f compose.yml -f docker-compose.production.yml -f release.yml build api",
+                 "   1 pending (0002; the database is at 0001): a database-only backup is taken first",
+                 "releases pruned after it: r1"):
+        assert line in out
+    assert planning[0]["link_dest"] == "../r2" and planning[0]["dry_run"] is True
+    assert [p.command for p in planned if p.step == "back up database before migrating"][-1] == (
+        "tasktracker/bin/tasktracker-backup tasktracker tasktracker 7 --db-only")
+    assert [c for c in conn.commands if not _read_only(c)] == []
+
+
+@pytest.mark.parametrize("schema_out, line", [
+    ("db=unreachable\ndb_error=no running postgres container\nknown=0001\nparents=\n",
+     "   the database's revision could not be read (no running postgres container): the deploy would stop before migrating "
+     "(fail closed) and r2 would keep serving"),
+    ("db=ok\nrevision=0002\nschema=f\nknown=0001\nparents=\n", "   none pending (the database is at 0002, this checkout's head)"),
+    ("db=ok\nrevision=0009\nschema=f\nknown=0001\nparents=\n",
+     "   the database is at 0009, which this checkout's migrations do not know (a later release applied it): `alembic upgrade "
+     "head` would fail and the deploy would stop"),
+    ("db=ok\nrevision=<none>\nschema=f\nknown=0001\nparents=\n", "   the database has no migration yet: all 2 would run (0001, 0002)"),
+], ids=["unreadable", "up to date", "newer", "empty"])
+def test_dry_run_migration_verdicts(planning, capsys, schema_out, line):
+    conn = FakeConnection().on('echo "known=', ok(schema_out)).on('echo "current=$(basename', ok(RELEASES_BEFORE))
+    deploy_module.print_dry_run(planning_host(conn), None, skip_build=True)
+    assert line in capsys.readouterr().out.splitlines()
+
+
+def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
+    """The commands `--dry-run` prints are the ones the deploy then runs, in the same order: the
+    remote ones (all but the reads), the files written over SFTP, and the rsync."""
+    plan_conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
+    planned = deploy_module.print_dry_run(planning_host(plan_conn, KEEP_RELEASES="2"), None, skip_build=True)
+    deploy_conn = (FakeConnection().on('echo "current=$(basename', ok(RELEASES_AFTER)).on("--db-only", ok(BACKUP_OK))
+                   .on("--no-recreate --scale", ok("api: 0123456789ab healthy; replaced 1 old container(s)\n"))
+                   .on("/probe.py", ok("ok   /nginx-health\n")))
+    outcome: dict = {}
+    deploy_module.run_deploy(planning_host(deploy_conn, KEEP_RELEASES="2"), None, outcome)
+    assert outcome == {"release": "r3"}
+    assert [p.command for p in planned if p.where == "host"] == [c for c in deploy_conn.commands if not _read_only(c)]
+    assert [path for p in planned if p.where == "sftp" for path in p.command.split(" <- ")[0].split(", ")] == [
+        path for path, _ in deploy_conn.uploads]
+    assert [p.command for p in planned if p.where == "here"] == ["cd {} && rsync ... tasktracker/releases/r3/".format(
+        deploy_module.PROJECT_ROOT)]
+    dry, real = planning
+    assert dry == {**real, "dry_run": True}
+    assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
+
+
+@pytest.mark.parametrize("mem_kb, level", [(1_950_000, budget.REFUSE), (3_900_000, budget.WARN), (8_000_000, budget.OK),
+                                           ("", budget.OK)], ids=["2 GB", "4 GB", "8 GB", "unknown"])
+def test_memory_budget_before_anything_changes(capsys, mem_kb, level):
+    conn = FakeConnection()
+    host = Host(conn, settings(), "v2", {**FACTS, "mem_total_kb": str(mem_kb)})
+    if level == budget.REFUSE:
+        with pytest.raises(Exit) as refused:
+            deploy_module.check_memory_budget(host)
+        assert refused.value.code == ExitCode.REFUSED
+        assert refused.value.message.startswith("The stack does not fit in the memory of vps: the services reserve 1.6 GiB, more "
+                                                "than the 1.4 GiB the host has for them (1.9 GiB less 512 MiB for the system)")
+        assert refused.value.message.endswith("Nothing was changed on the server.")
+    else:
+        assert deploy_module.check_memory_budget(host).level == level
+    out = capsys.readouterr().out
+    assert conn.commands == []  # decided from the preflight's facts: no round trip
+    assert ("  total                             1.6 GiB    6.6 GiB" in out) == (level != budget.OK)
+    assert ("warning: the limits add up to 6.6 GiB" in out) == (level == budget.WARN)

@@ -46,6 +46,10 @@ def test_valid_settings_load_with_defaults(tmp_path):
         ({"KEEP_RELEASES": "zero"}, "KEEP_RELEASES must be a whole number of at least 1"),
         ({"API_WORKERS": "0"}, "API_WORKERS must be a whole number of at least 1"),
         ({"APP_DIR": "../etc"}, "APP_DIR '../etc' must be a plain path"),
+        ({"ALERT_TELEGRAM_CHAT_ID": "my chat"}, "ALERT_TELEGRAM_CHAT_ID 'my chat' must be a chat id like 123456789"),
+        ({"ALERT_WEBHOOK_URL": "hooks.example.com/x"}, "ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... "
+                                                       "(value not shown: it is secret)"),
+        ({"TELEGRAM_API_BASE_URL": "api.telegram.org"}, "TELEGRAM_API_BASE_URL 'api.telegram.org' is not an http(s) URL"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -56,6 +60,17 @@ def test_each_problem_has_a_clear_message(tmp_path, overrides, expected):
     assert expected in message
     assert "Fix these keys in .env" in message and ".env.example" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("chat_id", ["123456789", "-1001234567890", "@ops_alerts"])
+def test_alert_settings(tmp_path, chat_id):
+    s = load(tmp_path, ALERT_TELEGRAM_CHAT_ID=chat_id, ALERT_WEBHOOK_URL="https://hooks.example.com/T0/B1/hook-secret-value")
+    assert s.alert_telegram_chat_id == chat_id and s.telegram_api_base_url == "https://api.telegram.org"
+    assert "hook-secret-value" in s.alert_webhook_url.reveal() and "hook-secret-value" not in repr(s)
+    assert s.alert_webhook_url.reveal() in s.secret_values()  # redacted from command output
+    with pytest.raises(SettingsError) as err:
+        load(tmp_path, ALERT_WEBHOOK_URL='https://hooks.example.com/"hook-secret-value')
+    assert "hook-secret-value" not in str(err.value)
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
@@ -97,3 +112,157 @@ def test_example_env_file_is_complete_and_valid():
 
     for f in fields(Settings):
         assert f"{f.name.upper()}=" in text, f"{f.name.upper()} is not documented in .env.example"
+
+
+# --- Which settings file: one per environment (`resolve_env_file`) ---------------------------
+
+ENV_VARS = ("TASKTRACKER_ENV", "TASKTRACKER_ENV_FILE", "TASKTRACKER_SANDBOX_DIR")
+
+
+@pytest.mark.parametrize("files, section, environ, host, expected", [
+    # the single-file setup, unchanged
+    ([".env"], {}, {}, None, (".env", "")),
+    ([".env"], {}, {}, "vps", (".env", "")),
+    ([], {}, {}, "vps", (".env", "")),  # no file at all: the environment alone (CI)
+    ([".env", ".env.vps"], {}, {}, "deploy@203.0.113.10:22", (".env", "")),  # not an alias
+    # the host: .env.<alias> when it exists
+    ([".env", ".env.staging"], {}, {}, "staging", (".env.staging", "host staging")),
+    ([".env", ".env.example"], {}, {}, "example", (".env", "")),  # the template is never settings
+    # the sandbox: what `invoke sandbox.up` wrote, unless .env.sandbox exists
+    ([".env", ".sandbox/.env"], {}, {}, "sandbox", (".sandbox/.env", "host sandbox, written by `invoke sandbox.up`")),
+    ([".env", "box/.env"], {}, {"TASKTRACKER_SANDBOX_DIR": "{root}/box"}, "sandbox", ("box/.env", "host sandbox, written by `invoke sandbox.up`")),
+    ([".env", ".sandbox/.env", ".env.sandbox"], {}, {}, "sandbox", (".env.sandbox", "host sandbox")),
+    ([".env"], {}, {}, "sandbox", (".env", "")),
+    ([".env", ".sandbox/.env"], {}, {}, "vps", (".env", "")),
+    # an environment named outright beats the host
+    ([".env", ".env.staging", ".env.production"], {}, {"TASKTRACKER_ENV": "production"}, "staging", (".env.production", "environment production")),
+    ([".env", ".env.staging"], {"env": "staging"}, {}, "vps", (".env.staging", "environment staging")),  # --env
+    ([".env.staging"], {"env": "staging"}, {"TASKTRACKER_ENV": "staging"}, "vps", (".env.staging", "environment staging")),
+    ([".env", ".env.prod_2"], {}, {"TASKTRACKER_ENV": "prod_2"}, None, (".env.prod_2", "environment prod_2")),
+    # a file named outright beats everything; fabric.yaml's beats the variable (as before)
+    ([".env", ".env.staging", "other.env"], {}, {"TASKTRACKER_ENV_FILE": "{root}/other.env"}, "staging", ("other.env", "TASKTRACKER_ENV_FILE")),
+    ([".env"], {"env_file": "{root}/a.env"}, {"TASKTRACKER_ENV_FILE": "{root}/b.env"}, None, ("a.env", "tasktracker.env_file")),
+    ([".env", ".sandbox/.env"], {}, {"TASKTRACKER_ENV_FILE": "{root}/.sandbox/.env"}, "sandbox", (".sandbox/.env", "TASKTRACKER_ENV_FILE")),
+], ids=["dotenv", "dotenv-any-host", "no-file", "user-at-host", "host-file", "never-example", "sandbox", "sandbox-dir",
+        "env.sandbox-first", "sandbox-not-up", "sandbox-file-only-for-sandbox", "env-beats-host", "flag", "flag-and-env-agree",
+        "underscore-name", "file-beats-host", "yaml-file-first", "harness-file"])
+def test_the_settings_file_is_chosen_by_file_then_environment_then_host_then_dotenv(tmp_path, files, section, environ, host,
+                                                                                      expected):
+    from tasks.settings import resolve_env_file
+
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("DOMAIN=tasks.example.com\n")
+    fill = lambda values: {k: v.replace("{root}", str(tmp_path)) for k, v in values.items()}  # noqa: E731
+    path, reason = resolve_env_file(fill(section), fill(environ), host, tmp_path)
+    assert (path, reason) == (tmp_path / expected[0], expected[1])
+
+
+@pytest.mark.parametrize("files, section, environ, expected", [
+    ([".env"], {}, {"TASKTRACKER_ENV": "staging"},
+     "The environment 'staging' (TASKTRACKER_ENV) has no settings file: create {root}/.env.staging (`cp .env.example "
+     ".env.staging` in {root}, then fill it in), or choose another environment. Nothing was changed on any server."),
+    ([".env"], {"env": "production"}, {}, "create {root}/.env.production"),
+    ([".env.Staging"], {}, {"TASKTRACKER_ENV": "Staging"}, "The environment name 'Staging' (TASKTRACKER_ENV) must be lower-case"),
+    ([], {}, {"TASKTRACKER_ENV": "../prod"}, "The environment name '../prod'"),
+    ([], {}, {"TASKTRACKER_ENV": "-x"}, "The environment name '-x'"),
+    ([], {"env": "a b"}, {}, "The environment name 'a b' (--env / tasktracker.env)"),
+    ([".env.example"], {}, {"TASKTRACKER_ENV": "example"}, "'example' is the template"),
+    ([".env.staging", ".env.production"], {"env": "production"}, {"TASKTRACKER_ENV": "staging"},
+     "Two environments were chosen: 'production' (--env / tasktracker.env) and 'staging' (TASKTRACKER_ENV). Choose one"),
+    ([".env.staging", "x.env"], {}, {"TASKTRACKER_ENV": "staging", "TASKTRACKER_ENV_FILE": "x.env"},
+     "Both a settings file, x.env (TASKTRACKER_ENV_FILE), and an environment, 'staging' (TASKTRACKER_ENV), were chosen"),
+], ids=["missing-env-file", "missing-flag-file", "upper-case", "path", "leading-dash", "space", "example", "two-names",
+        "file-and-name"])
+def test_a_bad_or_missing_environment_is_a_clear_usage_error(tmp_path, files, section, environ, expected):
+    from tasks.settings import EnvChoiceError, resolve_env_file
+
+    for rel in files:
+        (tmp_path / rel).write_text("")
+    with pytest.raises(EnvChoiceError) as err:
+        resolve_env_file(section, environ, "staging", tmp_path)
+    message = str(err.value)
+    assert expected.replace("{root}", str(tmp_path)) in message
+    assert message.endswith("Nothing was changed on any server.") and "\n" not in message
+
+
+def test_a_task_says_which_settings_file_it_read_once_and_no_value(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tasks import settings
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(settings, "_ANNOUNCED", set())
+    (tmp_path / ".env").write_text("DOMAIN=wrong.example.com\n")
+    (tmp_path / ".env.staging").write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\n")
+    c = SimpleNamespace(config={"tasktracker": {"env_file": None}}, original_host="staging")
+    assert Settings.from_context(c).domain == "tasks.example.com"
+    assert Settings.from_context(c).domain == "tasks.example.com"
+    out = capsys.readouterr()
+    assert out.out == ""  # stdout stays for the task (`--json`)
+    assert out.err == f"settings: {tmp_path / '.env.staging'} (host staging)\n"
+    for secret in SECRETS:
+        assert secret not in out.err
+
+
+def test_a_bad_environment_ends_the_task_with_the_usage_code(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from invoke import Exit
+
+    from tasks import settings
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TASKTRACKER_ENV", "staging")
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    c = SimpleNamespace(config={"tasktracker": {}}, original_host="vps")
+    for call in (Settings.from_context, settings.env_file_path):
+        with pytest.raises(Exit) as err:
+            call(c)
+        assert err.value.code == 2 and f"create {tmp_path / '.env.staging'}" in err.value.message
+
+
+def test_the_env_flag_names_the_environment_like_the_variable(tmp_path, monkeypatch):
+    from fabric import Config, Connection
+    from invoke import Context
+
+    from tasks import ns, settings
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    (tmp_path / ".env.production").write_text("")
+    conn = Connection("staging", config=Config())
+    conn.config.load_collection(ns.configuration())
+    for c in (conn, Context()):
+        settings.choose_env(c, None)
+        assert settings.env_file_path(c) == tmp_path / ".env"
+        settings.choose_env(c, "production")
+        assert settings.env_file_choice(c) == (tmp_path / ".env.production", "environment production")
+
+
+# --- `fab -H sandbox deploy` right after `invoke sandbox.up` -----------------------------------
+
+def test_sandbox_status_prints_the_url_the_app_answers_on_and_the_deploy_command(tmp_path, monkeypatch, capsys):
+    from invoke import Context
+
+    from tasks import sandbox
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TASKTRACKER_SANDBOX_DIR", str(tmp_path / ".sandbox"))
+    monkeypatch.setattr(sandbox, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(sandbox, "ok", lambda argv: False)  # no docker here: the status is read from the records
+    (tmp_path / ".sandbox").mkdir()
+    sandbox.save_state({"address": "127.0.0.2", "port": 2222, "user_name": "tasktracker-deploy", "http_port": 18080})
+    sandbox.status(Context())
+    assert "  app:     http://127.0.0.2:18080/\n  deploy:  uv run fab -H sandbox deploy\n" in capsys.readouterr().out
+    # The port nginx is published on is the settings' HTTP_PORT (what `sandbox.up` wrote).
+    (tmp_path / ".sandbox" / ".env").write_text(sandbox.sandbox_env_text(18123, "127.0.0.2", {}, "p"))
+    sandbox.status(Context())
+    assert "  app:     http://127.0.0.2:18123/\n" in capsys.readouterr().out
+    # ... the same file `fab -H sandbox deploy` reads, with no variable set.
+    assert sandbox.deploy_env_file(Context()) == tmp_path / ".sandbox" / ".env"

@@ -54,24 +54,119 @@ def test_checkout_leaves_no_credentials_behind(path):
         assert step.get("with", {}).get("persist-credentials") is False
 
 
-def test_deploy_runs_only_after_ci_passed_on_that_very_commit():
+DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
+MAIN_PASSED = {"github.event_name": "workflow_run", "github.repository": "team/task-tracker", "github.ref": "refs/heads/main",
+               "github.event.workflow_run.conclusion": "success", "github.event.workflow_run.event": "push",
+               "github.event.workflow_run.head_branch": "main", "github.event.workflow_run.head_sha": "c0ffee",
+               "github.event.workflow_run.head_repository.full_name": "team/task-tracker", "github.sha": "d00d"}
+TAG_PUSHED = {"github.event_name": "push", "github.repository": "team/task-tracker", "github.ref": "refs/tags/v1.4.0",
+              "github.ref_name": "v1.4.0", "github.sha": "beef"}
+
+
+def dispatched(environment: str) -> dict:
+    return {"github.event_name": "workflow_dispatch", "github.ref": "refs/heads/main", "github.sha": "d00d",
+            "inputs.environment": environment, "inputs.rollback_to": "20240101-000000-abc"}
+
+
+def expression(value, context: dict) -> str:
+    """Each `${{ ... }}` in `value` evaluated as the runner would, for the operators the workflows
+    use (==, &&, ||, parentheses, startsWith); a context value not given is ''."""
+    def one(match: re.Match) -> str:
+        code = " ".join(match.group(1).split())
+        code = re.sub(r"\b(?:github|inputs|secrets|env)(?:\.[\w-]+)+", lambda m: repr(context.get(m.group(0), "")), code)
+        code = code.replace("&&", " and ").replace("||", " or ").replace("startsWith(", "_starts(")
+        result = eval(code, {"__builtins__": {}, "_starts": str.startswith})  # our own workflow file
+        return str(result).lower() if isinstance(result, bool) else str(result)
+    return re.sub(r"\$\{\{(.*?)\}\}", one, str(value), flags=re.S)
+
+
+@pytest.mark.parametrize("context, runs", [
+    (MAIN_PASSED, True),
+    ({**MAIN_PASSED, "github.event.workflow_run.conclusion": "failure"}, False),
+    ({**MAIN_PASSED, "github.event.workflow_run.event": "pull_request"}, False),
+    ({**MAIN_PASSED, "github.event.workflow_run.head_repository.full_name": "fork/task-tracker"}, False),
+    ({**MAIN_PASSED, "github.event.workflow_run.head_branch": "feature"}, False),
+    (TAG_PUSHED, True),
+    ({**TAG_PUSHED, "github.ref": "refs/heads/v2-branch"}, False),
+    (dispatched("production"), True),
+], ids=["main-passed", "ci-failed", "pull-request", "fork", "other-branch", "tag", "branch-named-v", "dispatch"])
+def test_deploy_runs_only_after_ci_passed_on_main_for_a_tag_or_to_roll_back(context, runs):
+    deploy = yaml.safe_load(DEPLOY.read_text())
+    assert expression("${{ " + deploy["jobs"]["deploy"]["if"] + " }}", context) == str(runs).lower()
+
+
+def test_deploy_triggers_and_the_commit_it_checks_out():
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    deploy = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())
+    deploy = yaml.safe_load(DEPLOY.read_text())
     assert "push" in triggers(ci)
     on = triggers(deploy)
-    assert set(on) == {"workflow_run", "workflow_dispatch"}, "no push trigger: a push deploys only through CI"
+    assert set(on) == {"workflow_run", "push", "workflow_dispatch"}
+    assert on["push"] == {"tags": ["v*"]}, "a branch push deploys only through CI; only version tags push-trigger"
     assert on["workflow_run"] == {"workflows": [ci["name"]], "types": ["completed"], "branches": ["main"]}
     job = deploy["jobs"]["deploy"]
-    condition = " ".join(job["if"].split())
-    for needed in ("github.event.workflow_run.conclusion == 'success'", "github.event.workflow_run.event == 'push'",
-                   "github.event.workflow_run.head_branch == 'main'",
-                   "github.event.workflow_run.head_repository.full_name == github.repository"):
-        assert needed in condition, needed
-    # Manual runs only roll back; they never deploy untested code.
-    assert condition.startswith("github.event_name == 'workflow_dispatch' || (")
-    assert on["workflow_dispatch"]["inputs"]["rollback_to"]["required"] is True
+    # Manual runs only roll back, in the environment chosen; they never deploy untested code.
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert inputs["rollback_to"]["required"] is True
+    assert inputs["environment"]["type"] == "choice" and inputs["environment"]["options"] == ["staging", "production"]
+    assert [step["name"] for step in job["steps"] if "fab -H deploy-target rollback" in step.get("run", "")] == ["Roll back"]
     checkout = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["ref"] == "${{ github.event.workflow_run.head_sha || github.sha }}"
+    assert expression(checkout["with"]["ref"], MAIN_PASSED) == "c0ffee"  # the commit CI tested, not a newer one
+    assert expression(checkout["with"]["ref"], TAG_PUSHED) == "beef"
+
+
+@pytest.mark.parametrize("context, environment", [
+    (MAIN_PASSED, "staging"), (TAG_PUSHED, "production"), (dispatched("staging"), "staging"),
+    (dispatched("production"), "production"),
+], ids=["main-staging", "tag-production", "rollback-staging", "rollback-production"])
+def test_each_run_deploys_one_environment_with_its_own_secrets_one_at_a_time(context, environment):
+    job = yaml.safe_load(DEPLOY.read_text())["jobs"]["deploy"]
+    assert expression(job["environment"], context) == environment
+    assert expression(job["concurrency"]["group"], context) == f"deploy-{environment}"
+    assert job["concurrency"]["cancel-in-progress"] is False
+    # The same secret names in every GitHub environment: the environment decides which values.
+    assert set(re.findall(r"secrets\.(\w+)", json.dumps(job))) == {"DEPLOY_HOST", "DEPLOY_USER", "DEPLOY_PORT", "DEPLOY_SSH_KEY",
+                                                                "DEPLOY_KNOWN_HOSTS", "APP_ENV"}
+
+
+def tag_check(job: dict) -> dict:
+    return next(step for step in job["steps"] if step.get("name") == "CI passed on main for the tagged commit")
+
+
+def test_a_tag_deploys_production_only_when_ci_passed_on_main_for_its_commit():
+    job = yaml.safe_load(DEPLOY.read_text())["jobs"]["deploy"]
+    step = tag_check(job)
+    names = [s.get("name") or s["uses"] for s in job["steps"]]
+    assert names.index(step["name"]) < names.index("SSH key and pinned host key")
+    assert step["if"] == "env.RELEASE_TAG != ''"
+    assert expression(job["env"]["RELEASE_TAG"], TAG_PUSHED) == "v1.4.0"
+    assert expression(job["env"]["RELEASE_TAG"], MAIN_PASSED) == expression(job["env"]["RELEASE_TAG"], dispatched("production")) == ""
+    assert job["permissions"] == {"contents": "read", "actions": "read"}
+    assert step["env"] == {"GH_TOKEN": "${{ github.token }}"}
+
+
+@pytest.mark.parametrize("passed", [0, 1], ids=["ci-not-passed", "ci-passed"])
+def test_the_tag_check_asks_github_for_a_successful_push_run_on_main(tmp_path, passed):
+    """The step's own script, with a stand-in `gh` that records its arguments."""
+    (tmp_path / "gh").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/args"\necho {passed}\n')
+    (tmp_path / "gh").chmod(0o755)
+    step = tag_check(yaml.safe_load(DEPLOY.read_text())["jobs"]["deploy"])
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "RELEASE_TAG": "v1.4.0", "GITHUB_REPOSITORY": "team/task-tracker",
+           "GH_TOKEN": "t"}
+    out = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    args = (tmp_path / "args").read_text().split("\n")
+    assert args[:2] == ["run", "list"]
+    for flag, value in (("--repo", "team/task-tracker"), ("--workflow", "ci.yml"), ("--branch", "main"), ("--event", "push"),
+                        ("--commit", head), ("--status", "success")):
+        assert args[args.index(flag) + 1] == value, flag
+    if passed:
+        assert out.returncode == 0 and f"CI passed on main for v1.4.0 ({head})." in out.stdout
+    else:
+        assert out.returncode == 1
+        assert f"::error::v1.4.0 ({head}) has no successful CI run for a push to main." in out.stdout
+        assert "Nothing was deployed." in out.stdout
 
 
 def test_deploy_job_runs_no_npm_install_scripts():
@@ -83,10 +178,8 @@ def test_deploy_job_runs_no_npm_install_scripts():
 
 
 def test_deploy_workflow_holds_no_deploy_logic_and_echoes_no_secret():
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())
-    assert workflow["concurrency"]["cancel-in-progress"] is False
+    workflow = yaml.safe_load(DEPLOY.read_text())
     job = workflow["jobs"]["deploy"]
-    assert job["environment"] == "production"
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     assert "ssh-keyscan" not in runs
     for command in ("docker", "rsync", "scp", "ssh "):
@@ -106,8 +199,10 @@ def evaluate(expression: str, env: dict) -> bool:
 
 
 def substitute(value: str, secrets: dict, inputs: dict) -> str:
-    value = re.sub(r"\$\{\{\s*secrets\.(\w+)\s*\}\}", lambda m: secrets[m.group(1)], str(value))
-    return re.sub(r"\$\{\{\s*inputs\.(\w+)\s*\}\}", lambda m: inputs.get(m.group(1), ""), value)
+    """A value as the runner sees it for a deploy after CI passed on main (or a dispatch, with inputs)."""
+    context = {**MAIN_PASSED, "github.token": "not-a-token"} if not inputs else {**dispatched(""), "github.token": "not-a-token"}
+    return expression(value, {**context, **{f"secrets.{k}": v for k, v in secrets.items()},
+                              **{f"inputs.{k}": v for k, v in inputs.items()}})
 
 
 def run_deploy_workflow(project: Path, home: Path, secrets: dict, inputs: dict | None = None) -> list[tuple[str, subprocess.CompletedProcess]]:

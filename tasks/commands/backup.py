@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from . import q, sh
+from . import notify, q, sh
 from .context import HostContext
 
 SCRIPT_NAME = "tasktracker-backup"
@@ -199,10 +199,10 @@ def cron_marker(kind: str, project: str) -> str:
 
 
 def cron_line(ctx_abs: HostContext, keep: int, at: str) -> str:
+    """The daily job; when it fails, tasktracker-notify says so (commands/notify.py)."""
     hour, minute = at.split(":")
-    command = sh(run(ctx_abs, keep))
-    log = q(f"{ctx_abs.backups_dir}/cron.log")
-    return f"{int(minute)} {int(hour)} * * * {command} >> {log} 2>&1 {cron_marker('backup', ctx_abs.project)}"
+    job = notify.on_failure(ctx_abs, "daily backup", sh(run(ctx_abs, keep)), f"{ctx_abs.backups_dir}/cron.log")
+    return f"{int(minute)} {int(hour)} * * * {job} {cron_marker('backup', ctx_abs.project)}"
 
 
 def install_cron(line: str, marker: str) -> str:

@@ -8,7 +8,7 @@ Compose project it is, and which Compose runs it. It owns the host's layout:
     APP_DIR/shared/                 state that outlives releases: nginx/conf.d (TLS server),
                                     acme (HTTP-01 webroot), letsencrypt (certbot's state)
     APP_DIR/backups/<set>/          verified backup sets (and backup.log)
-    APP_DIR/bin/                    host-side programs (the backup script)
+    APP_DIR/bin/                    host-side programs (the backup script, the alert program)
     APP_DIR/.deploy.lock/           the host lock
     APP_DIR/audit.log               one JSON line per operation
 

@@ -8,8 +8,10 @@ settings it was proven with.
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import q, sh
 from .context import HostContext
@@ -32,6 +34,8 @@ def preflight(ctx: HostContext) -> str:
         "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi",
         "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi",
         "echo \"rsync=$(command -v rsync || true)\"",
+        # the memory budget (commands/budget.py): MemTotal in kB, empty where there is no /proc/meminfo
+        "echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"",
         f"echo \"current=$(readlink {q(ctx.current_link)} 2>/dev/null || true)\"",
         f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"",
     ])
@@ -204,3 +208,52 @@ def parse_schema(output: str) -> SchemaState:
     return SchemaState(readable=facts.get("db") == "ok", revision=facts.get("revision", "").strip(),
                        fingerprint=facts.get("schema", "").strip(), known=known,
                        heads=tuple(r for r in known if r not in parents), error=facts.get("db_error", ""))
+
+
+def local_revisions(versions: Path) -> dict[str, tuple[str, ...]]:
+    """The migrations of a checkout (`backend/alembic/versions`): each revision with its parents
+    (`down_revision`, a tuple for a merge), read from the files without importing them."""
+    revisions: dict[str, tuple[str, ...]] = {}
+    for path in sorted(versions.glob("*.py")):
+        values: dict[str, object] = {}
+        for node in ast.parse(path.read_text()).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0] if isinstance(node, ast.Assign) else None
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision") and node.value is not None:
+                try:
+                    values[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+        if isinstance(values.get("revision"), str):
+            parent = values.get("down_revision")
+            revisions[values["revision"]] = tuple(parent) if isinstance(parent, (tuple, list)) else (parent,) if parent else ()
+    return revisions
+
+
+def pending_revisions(revisions: dict[str, tuple[str, ...]], database_revision: str) -> list[str] | None:
+    """The migrations `alembic upgrade head` would run on a database at `database_revision`
+    ("" or "<none>": a fresh database, all of them), oldest first; None when the database is at
+    a revision these migrations do not know (a later release's)."""
+    applied: set[str] = set()
+    if database_revision not in ("", "<none>"):
+        if any(r not in revisions for r in database_revision.split()):
+            return None
+        stack = database_revision.split()
+        while stack:
+            rev = stack.pop()
+            if rev not in applied:
+                applied.add(rev)
+                stack.extend(p for p in revisions.get(rev, ()) if p in revisions)
+    ordered: list[str] = []
+    seen: set[str] = set()
+
+    def visit(rev: str) -> None:  # parents first
+        if rev in seen or rev not in revisions:
+            return
+        seen.add(rev)
+        for parent in revisions[rev]:
+            visit(parent)
+        ordered.append(rev)
+
+    for rev in sorted(revisions):
+        visit(rev)
+    return [r for r in ordered if r not in applied]

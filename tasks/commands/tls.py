@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from . import q, sh
+from . import notify, q, sh
 from .backup import cron_marker
 from .context import HostContext
 
@@ -186,6 +186,7 @@ def parse_status(output: str, now: datetime | None = None) -> list[dict]:
 
 def cron_line(ctx_abs: HostContext, at: str, ca_bundle: str | None) -> str:
     hour, minute = at.split(":")
-    command = with_ca_bundle(sh(renew(ctx_abs)), ca_bundle) + " && " + nginx_reload(ctx_abs)
-    log = q(f"{ctx_abs.letsencrypt_dir}/renew.log")
-    return f"{int(minute)} {int(hour)} * * * ( {command} ) >> {log} 2>&1 {cron_marker('ssl', ctx_abs.project)}"
+    # `{ reload; }`: the job's exit status is certbot's when it fails (the reload ends with a sleep)
+    command = with_ca_bundle(sh(renew(ctx_abs)), ca_bundle) + " && { " + nginx_reload(ctx_abs) + "; }"
+    job = notify.on_failure(ctx_abs, "certificate renewal", f"( {command} )", f"{ctx_abs.letsencrypt_dir}/renew.log")
+    return f"{int(minute)} {int(hour)} * * * {job} {cron_marker('ssl', ctx_abs.project)}"

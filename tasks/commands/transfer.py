@@ -1,5 +1,7 @@
 """Local commands that move files to a host: rsync over the same SSH trust as Fabric."""
 
+import re
+
 from . import sh
 
 
@@ -47,3 +49,12 @@ def ssh_command(*, port: int | None, key_files: list[str], known_hosts: str | No
     if known_hosts:
         argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
     return argv
+
+
+def parse_itemized(output: str) -> tuple[list[str], int]:
+    """What rsync `--itemize-changes --stats` reports: the files whose content is sent (a
+    `--dry-run` sends none; hard-linked files via `--link-dest` are not listed), and the total
+    size of those files in bytes."""
+    files = [line[12:] for line in output.splitlines() if len(line) > 12 and line[0] in "<>" and line[1] == "f" and line[11] == " "]
+    match = re.search(r"^Total transferred file size: ([\d,.]+)", output, re.M)
+    return files, int(re.sub(r"[,.]", "", match.group(1))) if match else 0

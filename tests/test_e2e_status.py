@@ -1,0 +1,201 @@
+"""Day 2 on the sandbox: `status`, the every-minute sampler, and `doctor`, each doctor check
+provoked for real (a lowered memory limit, held connections, a full stream, a full disk, a
+missing cron job, an expiring certificate)."""
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def settings_of(sandbox) -> dict:
+    text = (sandbox.dir / ".env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def as_user(sandbox, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", sandbox.user, "--", "bash", "-lc", command], capture_output=True, text=True, timeout=120)
+
+
+def container(sandbox, service: str) -> str:
+    return subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={sandbox.project}",
+                           "--filter", f"label=com.docker.compose.service={service}",
+                           "--filter", "label=com.docker.compose.oneoff=False"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def doctor(sandbox) -> str:
+    out = sandbox.fab("doctor", check=False)
+    assert out.returncode in (0, 1), out.stderr
+    return out.stdout
+
+
+def crontab(sandbox) -> str:
+    return subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
+
+
+def set_crontab(sandbox, text: str) -> None:
+    subprocess.run(["crontab", "-u", sandbox.user, "-"], input=text, text=True, check=True)
+
+
+def test_status_shows_the_live_stack(sandbox, deployed):
+    out = sandbox.fab("status").stdout
+    current = (sandbox.home / "tasktracker" / "current").resolve().name
+    assert f"release  {current}" in out
+    for service in ("postgres", "nats", "api", "worker", "nginx"):
+        assert f"  {service} " in out and "running" in out
+    assert "mem " in out and "/1.0 GB" in out  # the api's production limit (1G)
+    assert "database " in out and "connections" in out
+    assert "scaling triggers" in out and "hour" in out
+    data = json.loads(sandbox.fab("status", "--json").stdout)
+    api = [c for c in data["containers"] if c["service"] == "api"][0]
+    assert api["mem_limit"] == 1024 ** 3 and api["mem_bytes"] > 0 and api["state"] == "running"
+    assert data["db"]["max_connections"] >= 20 and data["release"]["current"] == current
+    secrets = [v for k, v in settings_of(sandbox).items() if "PASSWORD" in k or "KEY" in k or "TOKEN" in k]
+    assert not any(s and s in out for s in secrets)
+
+
+def test_sampler_records_a_minute_and_survives_in_history(sandbox, deployed):
+    line = [entry for entry in crontab(sandbox).splitlines() if f"tasktracker-sample:{sandbox.project}" in entry]
+    assert line and line[0].startswith("* * * * * "), crontab(sandbox)
+    command = line[0][len("* * * * * "):].split(" >> ")[0]
+    as_user(sandbox, command)  # the CPU baseline
+    for _ in range(20):
+        urllib.request.urlopen(sandbox.url("/api/tasks"), timeout=10).read()
+    time.sleep(1.5)
+    result = as_user(sandbox, command)
+    assert result.returncode == 0, result.stderr
+    metrics = sandbox.home / "tasktracker" / "shared" / "metrics"
+    last = sorted(metrics.glob("samples-*.log"))[-1].read_text().splitlines()[-1]
+    fields = dict(f.split("=", 1) for f in last.split())
+    assert int(fields["req"]) >= 20 and int(fields["p95"]) >= 0 and "cpu" in fields
+    assert int(fields["mem_total"]) > int(fields["mem_avail"]) > 0
+    api_mem, api_limit, _ = fields["svc.api"].split("/")
+    assert float(api_mem) > 1 and float(api_limit) == 1024
+    assert int(fields["db_max"]) >= 20 and int(fields["db_conn"]) >= 1
+    assert "js_storage" in fields
+    out = sandbox.fab("status").stdout
+    assert "scaling triggers" in out
+
+
+def test_doctor_reports_a_service_near_its_memory_limit(sandbox, deployed):
+    worker = container(sandbox, "worker")
+    used = json.loads(subprocess.run(["docker", "stats", "--no-stream", "--format", "{{json .}}", worker],
+                                     capture_output=True, text=True, check=True).stdout)["MemUsage"].split("/")[0].strip()
+    number = float(used.rstrip("GiMKB"))
+    used_bytes = number * (1024 ** 2 if "MiB" in used else 1024 ** 3 if "GiB" in used else 1024)
+    limit = int(used_bytes / 0.95)
+    subprocess.run(["docker", "update", "--memory", str(limit), "--memory-swap", str(limit), worker], check=True, capture_output=True)
+    try:
+        out = doctor(sandbox)
+        assert "[memory] worker uses" in out and "limit" in out, out
+    finally:
+        subprocess.run(["docker", "update", "--memory", "2g", "--memory-swap", "4g", worker], capture_output=True)
+    assert "[memory] worker" not in doctor(sandbox)
+
+
+def test_doctor_reports_connections_near_max(sandbox, deployed):
+    import psycopg
+
+    values = settings_of(sandbox)
+    port = int(values.get("POSTGRES_HOST_PORT", 5432))
+    held = []
+    try:
+        for _ in range(85):
+            held.append(psycopg.connect(host="127.0.0.1", port=port, user=values.get("POSTGRES_USER", "postgres"),
+                                        password=values["POSTGRES_PASSWORD"], dbname=values.get("POSTGRES_DB", "tasktracker")))
+        out = doctor(sandbox)
+        assert "[connection pool]" in out and "database connections are in use" in out, out
+    finally:
+        for conn in held:
+            conn.close()
+
+
+async def fill_stream(port: int, login: dict, name: str, max_bytes: int, delete: bool = False) -> None:
+    import nats
+
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=5, **login)
+    try:
+        js = nc.jetstream()
+        if delete:
+            await js.delete_stream(name)
+            return
+        await js.add_stream(name=name, subjects=[f"{name}.>"], max_bytes=max_bytes)
+        for _ in range(200):
+            try:
+                await js.publish(f"{name}.x", b"x" * 200)
+            except Exception:
+                break
+    finally:
+        await nc.close()
+
+
+def test_doctor_reports_a_stream_near_its_limit(sandbox, deployed):
+    values = settings_of(sandbox)
+    login = {"user": values.get("NATS_USER", "tasktracker"), "password": values["NATS_PASSWORD"]}
+    port = int(values.get("NATS_HOST_PORT", 4222))
+    asyncio.run(fill_stream(port, login, "DOCTORFULL", 16384))
+    try:
+        out = doctor(sandbox)
+        assert "[jetstream] stream DOCTORFULL holds" in out, out
+    finally:
+        asyncio.run(fill_stream(port, login, "DOCTORFULL", 0, delete=True))
+
+
+def test_doctor_reports_a_filling_disk(sandbox, deployed):
+    backups = sandbox.home / "tasktracker" / "backups"
+    backups.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tasktracker-doctor-test", str(backups)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={backups}/filler", "bs=1k", "count=3900"], capture_output=True)
+        out = doctor(sandbox)
+        assert f"[disk] {backups} is" in out and "full" in out, out
+    finally:
+        subprocess.run(["umount", str(backups)], check=True)
+    assert "[disk]" not in doctor(sandbox)
+
+
+def test_doctor_reports_missing_jobs_and_an_expiring_certificate(sandbox, deployed):
+    saved = crontab(sandbox)
+    live = sandbox.home / "tasktracker" / "shared" / "letsencrypt" / "live" / "doctor.example.test"
+    live.mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "5",
+                    "-subj", "/CN=doctor.example.test", "-keyout", str(live / "privkey.pem"), "-out", str(live / "cert.pem")],
+                   check=True, capture_output=True)
+    try:
+        set_crontab(sandbox, "\n".join(line for line in saved.splitlines() if f"tasktracker-sample:{sandbox.project}" not in line) + "\n")
+        out = doctor(sandbox)
+        assert "[certificate] certificate doctor.example.test expires in 4 days" in out or "expires in 5 days" in out, out
+        assert "[jobs] no certificate renewal job is installed" in out
+        assert "[jobs] no daily backup job is installed" in out
+        assert "[jobs] the metrics sampler is not installed" in out
+    finally:
+        set_crontab(sandbox, saved)
+        subprocess.run(["rm", "-rf", str(live)], check=True)
+    out = doctor(sandbox)
+    assert "[certificate]" not in out and "sampler is not installed" not in out
+
+
+def test_the_snapshot_is_one_command_and_parses(sandbox, deployed):
+    """The snapshot builder as the deploy user runs it; TASKTRACKER_RECORD=1 saves it as the
+    recorded host output the unit tests read (tests/recorded/status/snapshot.txt)."""
+    import os
+    from pathlib import Path
+
+    from tasks.commands import status as commands
+    from tasks.commands.context import HostContext
+
+    command = commands.snapshot(HostContext("tasktracker", sandbox.project))
+    result = as_user(sandbox, f"cd {sandbox.home} && {command}")
+    snap = commands.parse_snapshot(result.stdout)
+    assert {c["service"] for c in snap["containers"]} >= {"postgres", "nats", "api", "worker", "nginx"}
+    assert snap["db"]["max_connections"] and snap["jsz"]["max_storage"] > 0 and snap["host"]["MemTotal"]
+    if os.environ.get("TASKTRACKER_RECORD"):
+        target = Path(os.environ.get("TASKTRACKER_RECORD_DIR", Path(__file__).parent / "recorded" / "status"))
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "snapshot.txt").write_text(result.stdout)

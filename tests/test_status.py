@@ -1,0 +1,226 @@
+"""Day 2 without a host: the trigger program (run with the host's awk on sample tables), the
+sampler against a fake `docker`, the snapshot's parsers, and every doctor check as a table."""
+
+import copy
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import status
+from tasks.commands import status as commands
+from tasks.commands.context import HostContext
+
+NOW = 1_800_000_000
+
+
+def sample(minutes_ago: int, **fields) -> str:
+    base = {"t": NOW - 60 * minutes_ago, "ncpu": 2, "mem_total": 8_000_000, "mem_avail": 6_000_000, "cpu": 20,
+            "req": 60, "p95": 40, "db_conn": 5, "db_max": 100, "clients": 3, "js_seq": 1000}
+    base.update(fields)
+    return " ".join(f"{k}={v}" for k, v in base.items())
+
+
+def verdict(lines: list[str], window: int = 3600) -> dict:
+    out = subprocess.run(["awk", "-v", f"now={NOW}", "-v", f"window={window}", commands.TRIGGERS_AWK],
+                         input="\n".join(lines) + "\n", capture_output=True, text=True, check=True).stdout
+    return commands.key_values(out)
+
+
+def hour(**fields) -> list[str]:
+    return [sample(m, **fields) for m in range(59, -1, -1)]
+
+
+@pytest.mark.parametrize("fields, expected, reason", [
+    ({}, "stay", "no trigger fired"),
+    ({"mem_avail": 2_000_000}, "upgrade", "memory 5.7 of 7.6 GB"),
+    ({"cpu": 85}, "upgrade", "CPU 85%"),
+    ({"p95": 650}, "upgrade", "API p95 up to 650 ms"),
+    ({"db_conn": 85}, "upgrade", "database connections peaked at 85/100"),
+    ({"clients": 250}, "scale-out", "250 distinct clients"),
+])
+def test_the_plans_triggers(fields, expected, reason):
+    result = verdict(hour(**fields))
+    assert result["verdict"] == expected and reason in result["reasons"], result
+
+
+def test_a_short_spike_is_not_sustained():
+    lines = hour()
+    lines[-5:] = [sample(m, cpu=99, p95=900) for m in range(4, -1, -1)]
+    assert verdict(lines)["verdict"] == "stay"
+
+
+def test_messages_per_day_from_the_jetstream_sequence():
+    day = [sample(m, js_seq=10_000 + (1440 - m)) for m in range(1439, -1, -10)]  # 1 message a minute: 1440/day
+    result = verdict(day, 86400)
+    assert result["verdict"] == "scale-out" and int(result["messages_per_day"]) == pytest.approx(1440, rel=0.02)
+    six_hundred = [sample(m, js_seq=int((1440 - m) * 600 / 1440)) for m in range(1439, -1, -10)]
+    assert verdict(six_hundred, 86400)["verdict"] == "upgrade"
+
+
+def test_too_little_history_and_old_samples_are_unknown():
+    assert verdict([sample(1), sample(0)])["verdict"] == "unknown"
+    old = [sample(m, cpu=99) for m in range(200, 120, -1)]  # all older than the hour
+    assert verdict(old)["samples"] == "0"
+
+
+FAKE_DOCKER = r'''#!/bin/bash
+case "$1 $2" in
+  "ps -q") case "$*" in *service=nginx*) echo ngx000000001;; *service=postgres*) echo pg0000000001;; *service=nats*) echo nats00000001;;
+           *service=*) ;; *) printf 'api000000001\npg0000000001\n';; esac;;
+  "inspect -f") printf 'api000000001%s api\npg0000000001%s postgres\n' "$(printf '0%.0s' $(seq 1 52))" "$(printf '0%.0s' $(seq 1 52))";;
+  "stats --no-stream") printf 'api000000001 80MiB / 1GiB 1.50%%\npg0000000001 1.5GiB / 2GiB 3.00%%\n';;
+  "logs --since")
+    for i in $(seq 1 19); do echo "10.0.0.$i - - [x] \"GET /api/tasks HTTP/1.1\" 200 12 \"-\" \"ua\" rt=0.0$i urt=0.0$i"; done
+    echo '10.0.0.1 - - [x] "POST /api/tasks HTTP/1.1" 502 12 "-" "ua" rt=0.900 urt=0.900'
+    echo '10.0.0.1 - - [x] "GET /assets/a.js HTTP/1.1" 200 12 "-" "ua" rt=5.000 urt=-';;
+  "exec pg0000000001") echo "7 100";;
+  "exec nats00000001") echo '{"config": {"max_storage": 1000}, "storage": 250, "account_details": [{"stream_detail": [{"state": {"last_seq": 41}}, {"state": {"last_seq": 1}}]}]}';;
+esac
+'''
+
+
+def test_the_sampler_writes_one_line_a_minute(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    script = tmp_path / "sample"
+    script.write_text(commands.sampler_script())
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    app = tmp_path / "app"
+    for _ in range(2):
+        run = subprocess.run(["bash", str(script), str(app), "proj"], env=env, capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+    files = list((app / "shared" / "metrics").glob("samples-*.log"))
+    lines = files[0].read_text().splitlines()
+    assert len(lines) == 2 and " cpu=" not in lines[0] and " cpu=" in lines[1]  # CPU needs a previous reading
+    fields = commands.parse_sample(lines[1])
+    # 19 GETs (10-90 ms) and one 900 ms POST: the 19th of 20 is 90 ms; the asset is not the API
+    assert fields["req"] == 20 and fields["e5xx"] == 1 and fields["p95"] == 90
+    assert fields["clients"] == 19 and fields["db_conn"] == 7 and fields["db_max"] == 100
+    assert fields["js_storage"] == 250 and fields["js_max"] == 1000 and fields["js_seq"] == 42
+    assert fields["services"]["api"] == {"mem_mib": 80.0, "limit_mib": 1024.0, "cpu": 1.5}
+    assert fields["services"]["postgres"]["mem_mib"] == 1536.0
+    assert oct((app / "shared" / "metrics").stat().st_mode)[-3:] == "700"
+
+
+def test_sampler_install_is_one_idempotent_command():
+    ctx = HostContext("/home/deploy/tasktracker", "tasktracker")
+    command = commands.install_sampler(ctx)
+    line = commands.sampler_cron_line(ctx)
+    assert line.startswith("* * * * * /home/deploy/tasktracker/bin/tasktracker-sample /home/deploy/tasktracker tasktracker")
+    assert line.endswith("# tasktracker-sample:tasktracker") and "shared/metrics/sampler.log" in line
+    assert "cmp -s" in command and "grep -qxF" in command
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("45.3MiB", 45.3 * 1024 ** 2), ("1GiB", 1024 ** 3), ("512kB", 512_000), ("1.2GB", 1.2e9), ("0B", 0), ("", 0),
+])
+def test_docker_sizes(text, expected):
+    assert commands.size_bytes(text) == pytest.approx(expected)
+
+
+RECORDED = Path(__file__).parent / "recorded" / "status"
+
+
+def snapshot() -> dict:
+    return commands.parse_snapshot((RECORDED / "snapshot.txt").read_text())
+
+
+def recorded_now(snap: dict) -> float:
+    return snap["clock"]
+
+
+def checks(snap: dict, **kwargs) -> list[str]:
+    return [f"{f.check}: {f.summary}" for f in status.evaluate(snap, kwargs.pop("now", recorded_now(snap)), **kwargs)]
+
+
+def test_recorded_snapshot_parses():
+    snap = snapshot()
+    services = {c["service"] for c in snap["containers"]}
+    assert {"postgres", "nats", "api", "worker", "nginx"} <= services
+    api = [c for c in snap["containers"] if c["service"] == "api"][0]
+    assert api["mem_limit"] == 1024 ** 3 and api["mem_bytes"] > 0 and api["state"] == "running"
+    assert snap["db"]["max_connections"] == 100 and snap["release"]["current"]
+    assert snap["host"]["MemTotal"] and snap["disk"] and "sample" in snap["cron"]["jobs"]
+
+
+def test_a_healthy_snapshot_has_only_the_expected_findings():
+    found = checks(snapshot())
+    assert not [f for f in found if f.split(":")[0] in ("memory", "connection pool", "jetstream", "disk", "clock", "services")], found
+
+
+def test_each_doctor_check_fires():
+    base = snapshot()
+    snap = copy.deepcopy(base)
+    api = [c for c in snap["containers"] if c["service"] == "api"][0]
+    api["mem_bytes"] = 0.95 * api["mem_limit"]
+    assert any(f.startswith("memory: api uses") for f in checks(snap))
+    advice = [f.advice for f in status.evaluate(snap, recorded_now(snap)) if f.check == "memory"][0]
+    assert "API_WORKERS=" in advice
+
+    snap = copy.deepcopy(base)
+    snap["release"]["env"] = {"API_WORKERS": "4", "DB_POOL_SIZE": "15", "DB_MAX_OVERFLOW": "20"}
+    found = [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "connection pool"]
+    assert found and "may open 175 connections" in found[0].summary and "at most 19 per process" in found[0].advice
+
+    snap = copy.deepcopy(base)
+    snap["db"]["connections"] = 90
+    assert any("90 of 100 database connections" in f for f in checks(snap))
+
+    snap = copy.deepcopy(base)
+    snap["jsz"]["streams"] = [{"name": "TASKS", "bytes": 950, "messages": 3, "max_bytes": 1000, "max_msgs": -1}]
+    assert any("stream TASKS holds" in f for f in checks(snap))
+
+    snap = copy.deepcopy(base)
+    snap["disk"][0]["percent"] = 91.0
+    assert any(f.startswith("disk:") and "91% full" in f for f in checks(snap))
+
+    snap = copy.deepcopy(base)
+    found = checks(snap, sent_at=snap["clock"] - 30.2, received_at=snap["clock"] - 29.8)
+    assert any(f.startswith("clock: the host's clock is +30.0 s off") for f in found)
+    assert not any(f.startswith("clock") for f in checks(snap, sent_at=snap["clock"] - 0.5, received_at=snap["clock"] + 0.5))
+
+    snap = copy.deepcopy(base)
+    snap["cron"]["jobs"].pop("sample")
+    assert "jobs: the metrics sampler is not installed" in checks(snap)
+    snap = copy.deepcopy(base)
+    assert any("sampler has not recorded" in f for f in checks(snap, now=snap["latest_sample"]["t"] + 3600))
+
+    snap = copy.deepcopy(base)
+    snap["containers"][0]["state"] = "exited"
+    snap["containers"][1]["oom_killed"] = True
+    found = checks(snap)
+    assert any(f.startswith("services:") and "exited" in f for f in found)
+    assert any("out of memory" in f for f in found)
+
+
+def test_backup_age_and_jobs():
+    snap = snapshot()
+    made = time.strptime("20261125T000000Z", "%Y%m%dT%H%M%SZ")
+    snap["backups"] = "20261125T000000Z\t100\t{\"verification\": {\"result\": \"ok\"}}\n--log\n"
+    snap["cron"]["jobs"]["backup"] = "0 2 * * * x # tasktracker-backup:p"
+    fresh = time.mktime(made) - time.timezone + 3600
+    assert not any(f.startswith("backup") for f in checks(snap, now=fresh))
+    assert any("latest full backup is 1.1 days old" in f or "latest full backup is 27" in f for f in checks(snap, now=fresh + 26 * 3600))
+    snap["cron"]["jobs"].pop("backup")
+    assert "jobs: no daily backup job is installed" in checks(snap, now=fresh)
+
+
+def test_status_screen_names_every_part():
+    snap = snapshot()
+    lines = "\n".join(status.status_lines(snap, status.evaluate(snap, recorded_now(snap)), recorded_now(snap), "vps"))
+    for part in ("release  ", "lock     free", "services", "  api ", "host     ", "database ", "jetstream ", "scaling triggers",
+                 "hour ", "day  "):
+        assert part in lines, part
+
+
+@pytest.mark.parametrize("env, demand, fit", [
+    ({}, 70, 47), ({"API_WORKERS": "3"}, 140, 23), ({"API_WORKERS": "1", "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}, 20, 47),
+])
+def test_pool_arithmetic(env, demand, fit):
+    assert status.pool_demand(env) == demand
+    assert status.fitting_pool(100, status.pool_settings(env)["API_WORKERS"]) == fit
