@@ -57,7 +57,8 @@ local gets = {%(gets)s}
 local post_every = %(post_every)d
 local pace_ms = %(pace_ms)d
 local n = 0
-local body = '{"title": "capacity benchmark task", "body": "written by benchmarks/capacity.py to load the API"}'
+-- a task about the size of a Telegram message (~400 characters), so that the 100 rows GET returns weigh what real ones do
+local body = '{"title": "capacity benchmark task", "body": "' .. string.rep("written by benchmarks/capacity.py to load the API. ", 8) .. '"}'
 init = function(args)
   math.randomseed(os.time() + math.floor(os.clock() * 1000000))
   n = math.random(0, 1000)
@@ -163,6 +164,21 @@ class Sampler:
         self.thread.join(5)
 
 
+def remove_stack(project: str) -> None:
+    """This run's own stack, by its Compose project: containers, volumes, networks and the backend
+    image (`sandbox.down` removes the user, sshd and files, but keeps backend images)."""
+    label = f"label=com.docker.compose.project={project}"
+
+    def ids(*argv: str) -> list[str]:
+        return subprocess.run(["docker", *argv], capture_output=True, text=True).stdout.split()
+
+    for argv, rm in ((["ps", "-aq", "--filter", label], ["rm", "-f"]), (["volume", "ls", "-q", "--filter", label], ["volume", "rm", "-f"]),
+                     (["network", "ls", "-q", "--filter", label], ["network", "rm"]), (["images", "-q", f"{project}-backend"], ["rmi", "-f"])):
+        found = sorted(set(ids(*argv)))
+        if found:
+            subprocess.run(["docker", *rm, *found], capture_output=True)
+
+
 def ensure_wrk() -> str:
     """Debian's wrk (an efficient C load generator); installed once, a no-op when present."""
     if not shutil.which("wrk"):
@@ -186,133 +202,140 @@ def main() -> int:
         if args.set:
             with open(box.state / ".env", "a") as f:
                 f.write("".join(f"{kv}\n" for kv in args.set))
-        deploy_s, _ = box.run("fab", "-H", "sandbox", "deploy")
         project = box.setting("COMPOSE_PROJECT")
-        ids = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
-                              "--filter", "label=com.docker.compose.oneoff=False",
-                              "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'],
-                             capture_output=True, text=True, check=True).stdout.split("\n")
-        containers = [cgroup_container(service, cid) for cid, service in (line.split() for line in ids if line.strip())]
-        by_service = {c.service: c for c in containers}
-        nginx_ip = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                                   by_service["nginx"].id], capture_output=True, text=True, check=True).stdout.split()[0]
-        base = f"http://{nginx_ip}"
-
-        def psql(sql: str) -> str:
-            return subprocess.run(["docker", "exec", by_service["postgres"].id, "sh", "-c",
-                                   f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{sql}"'],
-                                  capture_output=True, text=True).stdout.strip()
-
-        html = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
-        bundle = html.split('src="', 1)[1].split('"', 1)[0]  # the hashed JS bundle index.html loads
-        mixes = {"dashboard": Mix("dashboard: / + bundle", ["/", bundle]),
-                 "get": Mix("GET /api/tasks", ["/api/tasks"]),
-                 "post": Mix("POST /api/tasks", [], post_every=1)}
-        api_mix = Mix("API 80% GET 20% POST", ["/api/tasks"], post_every=5)
-
-        workdir = Path(tempfile.mkdtemp(prefix="tasktracker-capacity-"))
-
-        def load(mix: Mix, connections: int, seconds: int, pace_ms: int = 0) -> dict:
-            script = workdir / "mix.lua"
-            script.write_text(mix.lua(pace_ms))
-            out = workdir / "wrk.out"
-            threads = min(2, connections)
-            busy0, total0 = machine_cpu()
-            cpu0 = {c.service: c.cpu_seconds() for c in containers}
-            with open(out, "w") as f:
-                proc = subprocess.Popen([wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-                                         "-s", str(script), base + "/"], stdout=f, stderr=subprocess.STDOUT)
-                conns = ""
-                time.sleep(seconds / 2)
-                conns = psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-            busy1, total1 = machine_cpu()
-            text = out.read_text()
-            line = next((v for v in text.splitlines() if v.startswith("CAPACITY ")), None)
-            if proc.returncode != 0 or line is None:
-                raise SystemExit(f"wrk failed ({proc.returncode}):\n{text}")
-            r = json.loads(line.removeprefix("CAPACITY "))
-            wall = r["duration_us"] / 1e6
-            r.update(rps=r["requests"] / wall, errors=r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
-                     wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall, machine=(busy1 - busy0) / (total1 - total0),
-                     cpu={s: (c.cpu_seconds() - cpu0[c.service]) / wall for s, c in by_service.items()}, db_conns=conns)
-            return r
-
-        rows: list[tuple[str, int, dict]] = []
-        header = (f"  {'mix':24} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}   "
-                  f"{'wrk':>4} {'nginx':>5} {'api':>5} {'pg':>5} {'worker':>6} {'machine':>7}  {'db conns':>8}")
-
-        def show(name: str, conns: int, r: dict) -> None:
-            cpu = r["cpu"]
-            print(f"  {name:24} {conns:5} {r['rps']:7.0f} {r['p50'] / 1000:7.1f} {r['p95'] / 1000:7.1f} {r['p99'] / 1000:7.1f} "
-                  f"{r['errors']:7}   {r['wrk_cpu']:4.2f} {cpu.get('nginx', 0):5.2f} {cpu.get('api', 0):5.2f} "
-                  f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['machine'] * 100:6.0f}%  {r['db_conns']:>8}",
-                  flush=True)
-            rows.append((name, conns, r))
-
-        # Warm-up: 200 tasks (so GET /api/tasks returns its full 100 rows), every path once hot.
-        load(mixes["post"], 4, 3)
-        load(mixes["get"], 4, 3)
-        load(mixes["dashboard"], 4, 3)
-        time.sleep(8)  # the worker finishes the warm-up's jobs; then the stack is at rest
-        rest = {s: max(v, 0) for s, v in Sampler(containers).sample().items()}
-        pending0 = psql("SELECT count(*) FROM tasks WHERE status = 'pending'")
-
-        cpus = os.cpu_count()
-        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-        print(f"Capacity benchmark: the sandbox stack on this machine ({cpus} CPUs, {mem_gb:.0f} GB), production override and "
-              f"the plan's limits, deployed in {deploy_s:.0f}s{'; ' + ', '.join(args.set) if args.set else ''}")
-        print(f"  wrk ({wrk}, 2 threads, keep-alive) against nginx at {base}, {args.seconds}s per level; CPU columns in cores "
-              f"(1.00 = one core; limits: nginx 0.3, api 1.0), machine = busy share of all {cpus} cores")
-        for path in ("/", bundle, "/api/tasks"):
-            sizes = []
-            for encoding in ("identity", "gzip"):
-                req = urllib.request.Request(base + path, headers={"Accept-Encoding": encoding})
-                sizes.append(len(urllib.request.urlopen(req, timeout=10).read()))
-            print(f"  {path}: {sizes[0] / 1000:.1f} kB, {sizes[1] / 1000:.1f} kB gzipped")
-        print(header, flush=True)
-        def pending() -> int:
-            return int(psql("SELECT count(*) FROM tasks WHERE status = 'pending'") or -1)
-
-        backlog = None
-        with Sampler(containers) as sampler:
-            for key in args.mixes.split(","):
-                for conns in levels:
-                    show(mixes[key].name, conns, load(mixes[key], conns, args.seconds))
-                    time.sleep(2)
-                if key == "post":  # the worker's backlog: jobs queued by the POSTs, and how long it takes to run them
-                    started, queued = time.monotonic(), pending()
-                    while pending() > 0 and time.monotonic() - started < 90:
-                        time.sleep(1)
-                    backlog = (queued, time.monotonic() - started, pending())
-            if not args.no_paced:
-                for conns, rate in ((100, 50), (200, 100)):
-                    pace = int(conns / rate * 1000)
-                    show(f"{api_mix.name} @{rate}/s", conns, load(api_mix, conns, max(args.seconds, 20), pace_ms=pace))
-        peaks = sampler.peaks
-        print("  plan: 50-100 req/s with one API worker, p95 < 500 ms at 100-200 concurrent connections")
-        if backlog:
-            queued, seconds, left = backlog
-            print(f"  worker: {queued} jobs queued when the POST levels ended (at rest before: {pending0}); "
-                  f"{queued - left} run in {seconds:.0f} s ({(queued - left) / seconds:.0f}/s), {left} left")
-
-        limits = {}
-        for c in containers:
-            limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.Memory}}", c.id], capture_output=True, text=True).stdout
-            limits[c.service] = int(limit.strip() or 0)
-        print("  memory (MB, as docker stats counts it)   limit    rest    peak    plan")
-        for s in SERVICES:
-            print(f"    {s:38} {limits.get(s, 0) / 2**20:6.0f}  {rest.get(s, 0) / 2**20:6.0f}  {peaks.get(s, 0) / 2**20:6.0f}  "
-                  f"{PLAN_MEMORY_MB[s]:6}")
-        print(f"    {'stack total':38} {sum(limits.values()) / 2**20:6.0f}  {sum(rest.values()) / 2**20:6.0f}  "
-              f"{sum(peaks.values()) / 2**20:6.0f}  rest {PLAN_REST_MB}, peak {PLAN_PEAK_MB}")
-        errors = subprocess.run(["docker", "logs", by_service["nginx"].id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True).stderr.splitlines()
-        errors = [e for e in errors if "[error]" in e or "[warn]" in e or "[crit]" in e or "[alert]" in e]
-        print(f"  nginx error log: {len(errors)} lines" + "".join(f"\n    {e[:200]}" for e in errors[:3]))
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            measure(box, project, args, levels, wrk)
+        finally:
+            remove_stack(project)
     return 0
+
+
+def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
+    deploy_s, _ = box.run("fab", "-H", "sandbox", "deploy")
+    ids = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
+                          "--filter", "label=com.docker.compose.oneoff=False",
+                          "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'],
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    containers = [cgroup_container(service, cid) for cid, service in (line.split() for line in ids if line.strip())]
+    by_service = {c.service: c for c in containers}
+    nginx_ip = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                               by_service["nginx"].id], capture_output=True, text=True, check=True).stdout.split()[0]
+    base = f"http://{nginx_ip}"
+
+    def psql(sql: str) -> str:
+        return subprocess.run(["docker", "exec", by_service["postgres"].id, "sh", "-c",
+                               f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{sql}"'],
+                              capture_output=True, text=True).stdout.strip()
+
+    html = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
+    bundle = html.split('src="', 1)[1].split('"', 1)[0]  # the hashed JS bundle index.html loads
+    mixes = {"dashboard": Mix("dashboard: / + bundle", ["/", bundle]),
+             "get": Mix("GET /api/tasks", ["/api/tasks"]),
+             "post": Mix("POST /api/tasks", [], post_every=1)}
+    api_mix = Mix("API 80% GET 20% POST", ["/api/tasks"], post_every=5)
+
+    workdir = Path(tempfile.mkdtemp(prefix="tasktracker-capacity-"))
+
+    def load(mix: Mix, connections: int, seconds: int, pace_ms: int = 0) -> dict:
+        script = workdir / "mix.lua"
+        script.write_text(mix.lua(pace_ms))
+        out = workdir / "wrk.out"
+        threads = min(2, connections)
+        busy0, total0 = machine_cpu()
+        cpu0 = {c.service: c.cpu_seconds() for c in containers}
+        with open(out, "w") as f:
+            proc = subprocess.Popen([wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+                                     "-s", str(script), base + "/"], stdout=f, stderr=subprocess.STDOUT)
+            conns = ""
+            time.sleep(seconds / 2)
+            conns = psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        busy1, total1 = machine_cpu()
+        text = out.read_text()
+        line = next((v for v in text.splitlines() if v.startswith("CAPACITY ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"wrk failed ({proc.returncode}):\n{text}")
+        r = json.loads(line.removeprefix("CAPACITY "))
+        wall = r["duration_us"] / 1e6
+        r.update(rps=r["requests"] / wall, errors=r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
+                 wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall, machine=(busy1 - busy0) / (total1 - total0),
+                 cpu={s: (c.cpu_seconds() - cpu0[c.service]) / wall for s, c in by_service.items()}, db_conns=conns)
+        return r
+
+    rows: list[tuple[str, int, dict]] = []
+    header = (f"  {'mix':24} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}   "
+              f"{'wrk':>4} {'nginx':>5} {'api':>5} {'pg':>5} {'worker':>6} {'machine':>7}  {'db conns':>8}")
+
+    def show(name: str, conns: int, r: dict) -> None:
+        cpu = r["cpu"]
+        print(f"  {name:24} {conns:5} {r['rps']:7.0f} {r['p50'] / 1000:7.1f} {r['p95'] / 1000:7.1f} {r['p99'] / 1000:7.1f} "
+              f"{r['errors']:7}   {r['wrk_cpu']:4.2f} {cpu.get('nginx', 0):5.2f} {cpu.get('api', 0):5.2f} "
+              f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['machine'] * 100:6.0f}%  {r['db_conns']:>8}",
+              flush=True)
+        rows.append((name, conns, r))
+
+    # Warm-up: 200 tasks (so GET /api/tasks returns its full 100 rows), every path once hot.
+    load(mixes["post"], 4, 3)
+    load(mixes["get"], 4, 3)
+    load(mixes["dashboard"], 4, 3)
+    time.sleep(8)  # the worker finishes the warm-up's jobs; then the stack is at rest
+    rest = {s: max(v, 0) for s, v in Sampler(containers).sample().items()}
+    pending0 = psql("SELECT count(*) FROM tasks WHERE status = 'pending'")
+
+    cpus = os.cpu_count()
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    print(f"Capacity benchmark: the sandbox stack on this machine ({cpus} CPUs, {mem_gb:.0f} GB), production override and "
+          f"the plan's limits, deployed in {deploy_s:.0f}s{'; ' + ', '.join(args.set) if args.set else ''}")
+    print(f"  wrk ({wrk}, 2 threads, keep-alive) against nginx at {base}, {args.seconds}s per level; CPU columns in cores "
+          f"(1.00 = one core; limits: nginx 0.3, api 1.0), machine = busy share of all {cpus} cores")
+    for path in ("/", bundle, "/api/tasks"):
+        sizes = []
+        for encoding in ("identity", "gzip"):
+            req = urllib.request.Request(base + path, headers={"Accept-Encoding": encoding})
+            sizes.append(len(urllib.request.urlopen(req, timeout=10).read()))
+        print(f"  {path}: {sizes[0] / 1000:.1f} kB, {sizes[1] / 1000:.1f} kB gzipped")
+    print(header, flush=True)
+    def pending() -> int:
+        return int(psql("SELECT count(*) FROM tasks WHERE status = 'pending'") or -1)
+
+    backlog = None
+    with Sampler(containers) as sampler:
+        for key in args.mixes.split(","):
+            for conns in levels:
+                show(mixes[key].name, conns, load(mixes[key], conns, args.seconds))
+                time.sleep(2)
+            if key == "post":  # the worker's backlog: jobs queued by the POSTs, and how long it takes to run them
+                started, queued = time.monotonic(), pending()
+                while pending() > 0 and time.monotonic() - started < 90:
+                    time.sleep(1)
+                backlog = (queued, time.monotonic() - started, pending())
+        if not args.no_paced:
+            for conns, rate in ((100, 50), (200, 100)):
+                pace = int(conns / rate * 1000)
+                show(f"{api_mix.name} @{rate}/s", conns, load(api_mix, conns, max(args.seconds, 20), pace_ms=pace))
+    peaks = sampler.peaks
+    print("  plan: 50-100 req/s with one API worker, p95 < 500 ms at 100-200 concurrent connections")
+    if backlog:
+        queued, seconds, left = backlog
+        print(f"  worker: {queued} jobs queued when the POST levels ended (at rest before: {pending0}); "
+              f"{queued - left} run in {seconds:.0f} s ({(queued - left) / seconds:.0f}/s), {left} left")
+
+    limits = {}
+    for c in containers:
+        limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.Memory}}", c.id], capture_output=True, text=True).stdout
+        limits[c.service] = int(limit.strip() or 0)
+    print("  memory (MB, as docker stats counts it)   limit    rest    peak    plan")
+    for s in SERVICES:
+        print(f"    {s:38} {limits.get(s, 0) / 2**20:6.0f}  {rest.get(s, 0) / 2**20:6.0f}  {peaks.get(s, 0) / 2**20:6.0f}  "
+              f"{PLAN_MEMORY_MB[s]:6}")
+    print(f"    {'stack total':38} {sum(limits.values()) / 2**20:6.0f}  {sum(rest.values()) / 2**20:6.0f}  "
+          f"{sum(peaks.values()) / 2**20:6.0f}  rest {PLAN_REST_MB}, peak {PLAN_PEAK_MB}")
+    errors = subprocess.run(["docker", "logs", by_service["nginx"].id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True).stderr.splitlines()
+    errors = [e for e in errors if "[error]" in e or "[warn]" in e or "[crit]" in e or "[alert]" in e]
+    print(f"  nginx error log: {len(errors)} lines" + "".join(f"\n    {e[:200]}" for e in errors[:3]))
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

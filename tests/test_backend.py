@@ -16,7 +16,7 @@ import pytest
 import yaml
 from websockets.sync.client import connect as ws_connect
 
-from tests.support import ROOT, LocalPostgres, free_port, port_open, wait_for
+from tests.support import ROOT, LocalPostgres, free_port, pgvector_bindir, port_open, wait_for
 
 BACKEND = ROOT / "backend"
 
@@ -37,10 +37,14 @@ def sql_identifier(value: str) -> str:
 
 @pytest.fixture(scope="module")
 def postgres():
-    pg = LocalPostgres().start()
+    # PostgreSQL with pgvector (migration 0002 creates the extension). The app's role here is not a
+    # superuser, so the extension is created first as one, as a DBA would (in the stack,
+    # POSTGRES_USER is the superuser and the migration creates it).
+    pg = LocalPostgres(pgvector_bindir()).start()
     pg.psql(f"CREATE ROLE {sql_identifier(DB_USER)} LOGIN PASSWORD {sql_literal(DB_PASSWORD)}")
     for db in ("tasktracker", "migrations_check"):
         pg.psql(f"CREATE DATABASE {db} OWNER {sql_identifier(DB_USER)}")
+        pg.psql("CREATE EXTENSION vector", db=db)
     yield pg
     pg.stop()
 
@@ -157,20 +161,51 @@ def test_nats_entrypoint_keeps_any_password_exact(tmp_path, password):
         server.stop()
 
 
-def alembic_upgrade(env):
-    return subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=BACKEND, env=env, capture_output=True, text=True)
+def alembic_upgrade(env, target="head"):
+    return subprocess.run([sys.executable, "-m", "alembic", "upgrade", target], cwd=BACKEND, env=env, capture_output=True, text=True)
 
 
 def test_migrations_create_the_schema_on_an_empty_database_twice(postgres, nats_server):
     env = backend_env(postgres, nats_server, db="migrations_check")
-    first = alembic_upgrade(env)
+    first = alembic_upgrade(env, "0001")
     assert first.returncode == 0, first.stderr
     assert "Running upgrade  -> 0001" in first.stderr
+    # A row written by a release from before pgvector gets its embedding from migration 0002.
+    postgres.psql("INSERT INTO tasks (title, body) VALUES ('written before pgvector', '')", db="migrations_check")
+    upgraded = alembic_upgrade(env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "Running upgrade 0001 -> 0002" in upgraded.stderr
     second = alembic_upgrade(env)
     assert second.returncode == 0, second.stderr
     assert "Running upgrade" not in second.stderr
-    assert postgres.psql("SELECT version_num FROM alembic_version", db="migrations_check") == "0001"
-    assert postgres.psql("SELECT count(*) FROM information_schema.columns WHERE table_name='tasks'", db="migrations_check") == "8"
+    assert postgres.psql("SELECT version_num FROM alembic_version", db="migrations_check") == "0002"
+    assert postgres.psql("SELECT count(*) FROM information_schema.columns WHERE table_name='tasks'", db="migrations_check") == "9"
+    assert postgres.psql("SELECT count(*) FROM tasks WHERE embedding IS NULL", db="migrations_check") == "0"
+    assert postgres.psql("SELECT vector_dims(embedding) FROM tasks", db="migrations_check") == "32"
+    index = postgres.psql("SELECT indexdef FROM pg_indexes WHERE indexname = 'tasks_embedding_hnsw'", db="migrations_check")
+    assert "USING hnsw (embedding vector_cosine_ops)" in index
+    assert postgres.psql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'tasks_embedding_hnsw'::regclass",
+                         db="migrations_check") == "t"
+
+
+def embedding_module():
+    spec = importlib.util.spec_from_file_location("reference_backend_embedding", BACKEND / "app" / "embedding.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_embedding_is_deterministic_unit_length_and_puts_alike_texts_closer():
+    embed = embedding_module().embed
+    a, b, c = embed("Renew the TLS certificate"), embed("renew TLS certificates"), embed("Buy milk and bread")
+    assert a == embed("Renew the TLS certificate") and len(a) == 32
+    for v in (a, b, c, embed(""), embed("x")):
+        assert abs(sum(x * x for x in v) - 1) < 1e-4
+
+    def cosine(u, v):
+        return sum(x * y for x, y in zip(u, v, strict=True))
+
+    assert cosine(a, b) > cosine(a, c)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +261,20 @@ def test_health_version_tasks_worker_and_websocket(stack, postgres):
     assert any(t["id"] == task["id"] and t["status"] == "done" for t in listed)
     row = postgres.psql(f"SELECT title, status, word_count FROM tasks WHERE id = {task['id']}", db="tasktracker")
     assert row == "Ship the deploy toolkit|done|7"
+
+
+def test_similar_tasks_come_nearest_first_through_the_hnsw_index(stack, postgres):
+    titles = ["Rotate the database password", "Renew the TLS certificate for the API", "Water the office plants"]
+    ids = {post(f"{stack}/api/tasks", {"title": t})[1]["id"]: t for t in titles}
+    status, found = get(f"{stack}/api/tasks/similar?q=renew+TLS+certificates&limit=3")
+    assert status == 200 and len(found) == 3
+    assert found[0]["title"] == "Renew the TLS certificate for the API" and found[0]["id"] in ids
+    assert [t["distance"] for t in found] == sorted(t["distance"] for t in found)
+    assert "embedding" not in found[0]
+    assert get(f"{stack}/api/tasks/similar?q=")[0] == 422 and get(f"{stack}/api/tasks/similar?q=x&limit=0")[0] == 422
+    plan = postgres.psql("SET enable_seqscan = off; EXPLAIN SELECT id FROM tasks ORDER BY embedding <=> "
+                         "(SELECT embedding FROM tasks LIMIT 1) LIMIT 3", db="tasktracker")
+    assert "tasks_embedding_hnsw" in plan
 
 
 def test_health_is_503_when_nats_is_down(stack, nats_server):

@@ -194,8 +194,10 @@ RELEASE = [
      "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; else echo 'docker=missing'; fi; "
      "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi; "
      "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi; "
-     "echo \"rsync=$(command -v rsync || true)\"; echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
-     "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\""),
+     "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
+     "echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
+     "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"; "
+     + release.postgres_data_fact(APP)),  # the Postgres data's major version (its text: tests/test_db.py)
     ("prepare", release.prepare(APP, "r1", "services: {}\n"),
      f"mkdir -p app/releases/r1 app/shared/nginx/conf.d app/shared/acme {LE}/live {LE}/archive app/backups app/bin && "
      "install -d -m 700 app/env && install -m 600 /dev/null app/env/r1.env && ln -sfn ../../env/r1.env app/releases/r1/.env && "
@@ -546,7 +548,7 @@ def test_schema_state_knows_migrations_made_from_the_projects_template(tmp_path,
     command.revision(config, "add due date", rev_id="a1b2c3d4e5f6")
     migrations = {p.name: p.read_text() for p in (tmp_path / "alembic/versions").glob("*.py")}
     state = _schema(tmp_path, {**fake_env, **PG, "FAKE_REVISION": "a1b2c3d4e5f6"}, migrations)
-    assert set(state.known) == {"0001", "a1b2c3d4e5f6"}
+    assert set(state.known) == set(release.local_revisions(root / "backend/alembic/versions")) | {"a1b2c3d4e5f6"}
     assert not state.unknown_to_release and not state.migrations_pending
 
 

@@ -175,9 +175,14 @@ def test_pending_revisions(database, pending):
 
 
 def test_local_revisions_read_like_the_hosts_sed(tmp_path):
-    """The checkout's migrations, read without importing them, agree with what schema_state's
-    sed reads on the host; the reference app has one."""
-    assert release.local_revisions(ROOT / "backend" / "alembic" / "versions") == {"0001": ()}
+    """The checkout's migrations, read without importing them (a migration may import the app),
+    agree with what schema_state's sed reads on the host."""
+    versions = ROOT / "backend" / "alembic" / "versions"
+    checkout = release.local_revisions(versions)
+    assert checkout["0001"] == () and all(parents for rev, parents in checkout.items() if rev != "0001")
+    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(release.REVISION_SED.format(name='revision'))} {versions}/*.py"],
+                         capture_output=True, text=True).stdout.split()
+    assert sorted(sed) == sorted(checkout)
     (tmp_path / "0002_x.py").write_text('"""x\n\nRevision ID: 0002\n"""\nrevision: str = \'0002\'\ndown_revision = "0001"\n')
     (tmp_path / "0003_m.py").write_text('revision = "0003"\ndown_revision = ("0002", "0001")\n')
     (tmp_path / "0001_a.py").write_text('revision = "0001"\ndown_revision: Union[str, None] = None\n')

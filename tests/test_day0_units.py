@@ -78,7 +78,7 @@ def test_facts_command_is_valid_shell_and_parses():
 
 
 def test_stack_and_build_images_come_from_the_files():
-    assert images.stack_images(ROOT) == ["nats:2.10-alpine", "nginx:1.27-alpine", "postgres:15"]
+    assert images.stack_images(ROOT) == ["nats:2.10-alpine", "nginx:1.27-alpine", "pgvector/pgvector:pg17"]
     assert images.build_base_images(ROOT / "backend" / "Dockerfile") == ["python:3.12-slim"]
 
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import copy_project
+from tests.support import copy_project, head_revision
 
 pytestmark = pytest.mark.e2e
 APP = "bk"
@@ -144,9 +144,10 @@ def test_failed_migration_during_deploy_keeps_data_and_the_old_release(sandbox, 
     serving = os.readlink(sandbox.home / APP / "current").split("/")[-1]
     rows = psql(sandbox, "SELECT count(*) FROM tasks")
     copy = copy_project(tmp_path / "project")
-    (copy / "backend" / "alembic" / "versions" / "0002_broken.py").write_text(
+    head = head_revision()
+    (copy / "backend" / "alembic" / "versions" / "9999_broken.py").write_text(
         '"""a migration that fails halfway"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n    op.add_column(\"tasks\", sa.Column(\"broken\", sa.Integer))\n"
         "    op.execute(\"UPDATE tasks SET broken = 1 / 0\")\n\n\ndef downgrade() -> None:\n    pass\n")
     out = sandbox.fab_in(copy, "deploy", env_file=sandbox.app_env(APP), check=False)
@@ -155,7 +156,7 @@ def test_failed_migration_during_deploy_keeps_data_and_the_old_release(sandbox, 
     assert "Postgres rolled the migration back" in out.stderr and f"release {serving} keeps serving" in out.stderr
     assert any(name.endswith("-predeploy") for name in sets(sandbox))
     assert psql(sandbox, "SELECT count(*) FROM tasks") == rows
-    assert psql(sandbox, "SELECT version_num FROM alembic_version") == "0001"
+    assert psql(sandbox, "SELECT version_num FROM alembic_version") == head
     assert http_json(sandbox.app_url(APP, "/api/version"))[1]["release"] == serving
     assert http_json(sandbox.app_url(APP, "/api/health"))[0] == 200
 

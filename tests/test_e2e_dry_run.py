@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tasks.commands import release as release_commands
 from tests.support import ROOT, copy_project
 
 pytestmark = pytest.mark.e2e
 
 FRESH = "dryrun"  # an app of its own on the sandbox, never deployed: a host with no release
+CHECKOUT = release_commands.pending_revisions(release_commands.local_revisions(ROOT / "backend" / "alembic" / "versions"), "")
+HEAD = CHECKOUT[-1]  # the checkout's migrations, oldest first: a deployed database is at the last
 MIGRATION = ('"""add a due date"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-             'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+             f'revision = "dryrun01"\ndown_revision = "{HEAD}"\nbranch_labels = None\ndepends_on = None\n\n\n'
              'def upgrade() -> None:\n    op.add_column("tasks", sa.Column("due", sa.Date))\n\n\n'
              'def downgrade() -> None:\n    op.drop_column("tasks", "due")\n')
 
@@ -73,7 +76,7 @@ def section(out: str, title: str) -> list[str]:
 def plan_copy(tmp_path: Path) -> Path:
     """A working copy with a new migration (so a changed backend and release) and the built dist."""
     copy = copy_project(tmp_path / "project")
-    (copy / "backend" / "alembic" / "versions" / "0002_add_due.py").write_text(MIGRATION)
+    (copy / "backend" / "alembic" / "versions" / "dryrun01_add_due.py").write_text(MIGRATION)
     shutil.copytree(ROOT / "frontend" / "dist", copy / "frontend" / "dist", dirs_exist_ok=True)
     return copy
 
@@ -104,7 +107,8 @@ def test_dry_run_on_a_host_without_a_release_changes_nothing(sandbox):
     assert files and int(files.group(1)) > 20 and int(files.group(2)) > 10_000
     for sent in ("   compose.yml", "   backend/alembic/versions/0001_create_tasks.py", "   frontend/dist/index.html"):
         assert sent in text.splitlines()
-    assert section(text, "migrations:") == ["no live release, so a fresh database: all 1 would run (0001)"]
+    assert section(text, "migrations:") == [f"no live release, so a fresh database: all {len(CHECKOUT)} would run "
+                                            f"({', '.join(CHECKOUT)})"]
     assert "   on the host already: " in text
     rid = release.group(1)
     for command in (f"[host] mkdir -p {FRESH}/releases/{rid} ", f"[sftp] {FRESH}/env/{rid}.env <- the release's settings",
@@ -129,8 +133,9 @@ def test_dry_run_with_a_live_release_lists_the_changed_files_and_pending_migrati
     assert f"settings: unchanged since {live} (values not shown)" in text
     files = re.search(rf"^files: (\d+) would be sent, (\d+) bytes \(the rest hard-linked from {live}\)$", text, re.M)
     assert files and int(files.group(2)) > 0
-    assert "   backend/alembic/versions/0002_add_due.py" in text.splitlines()
-    assert section(text, "migrations:") == ["1 pending (0002; the database is at 0001): a database-only backup is taken first"]
+    assert "   backend/alembic/versions/dryrun01_add_due.py" in text.splitlines()
+    assert section(text, "migrations:") == [f"1 pending (dryrun01; the database is at {HEAD}): a database-only backup is "
+                                            f"taken first"]
     [backend] = [line for line in section(text, "images:") if line.startswith("backend ")]
     assert "built here (BUILD_BACKEND=auto)" in backend  # this machine has Docker: the image is built here, not now
     for command in ("  back up database before migrating", "--db-only", "  migrate database", "  replace api (new beside old)",

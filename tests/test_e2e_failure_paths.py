@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import LoadProbe, Writers, copy_project, wait_for
+from tests.support import LoadProbe, Writers, copy_project, head_revision, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "fp"
@@ -58,9 +58,9 @@ def container_env(sandbox, service: str, key: str) -> str:
 
 def migration_copy(tmp_path: Path, body: str) -> Path:
     copy = copy_project(tmp_path / "project")
-    (copy / "backend" / "alembic" / "versions" / "0002_fails.py").write_text(
+    (copy / "backend" / "alembic" / "versions" / "9999_fails.py").write_text(
         '"""a migration that fails"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{head_revision()}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n")
     return copy
 
@@ -97,7 +97,7 @@ def test_failed_transactional_migration_loses_no_write_and_fails_no_read(sandbox
     missing = sorted(set(writers.acknowledged) - stored)
     assert missing == [], f"{len(missing)} acknowledged writes were lost"
     assert probe.failures() == [] and len(probe.results) > 20
-    assert psql(sandbox, "SELECT version_num FROM alembic_version") == "0001"
+    assert psql(sandbox, "SELECT version_num FROM alembic_version") == head_revision()
     assert current(sandbox) == serving and version(sandbox) == serving
 
 
@@ -189,7 +189,7 @@ def test_unreadable_database_revision_fails_closed(sandbox, app, tmp_path):
     assert out.returncode == 1 and "migration revision could not be read" in out.stderr, out.stdout + out.stderr
     assert "Nothing was migrated" in out.stderr and "-> migrate database" not in out.stdout
     assert current(sandbox) == serving
-    assert psql(sandbox, "SELECT version_num FROM alembic_version") == "0001"
+    assert psql(sandbox, "SELECT version_num FROM alembic_version") == head_revision()
     assert "never" not in psql(sandbox, "SELECT string_agg(column_name, ',') FROM information_schema.columns "
                                         "WHERE table_name = 'tasks'")
 

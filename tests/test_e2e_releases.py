@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import BIN, ROOT, LoadProbe, copy_project, wait_for
+from tests.support import BIN, ROOT, LoadProbe, copy_project, head_revision, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "trusted"
@@ -129,17 +129,17 @@ def test_rollback_refuses_a_release_older_than_the_schema(sandbox, release_a, tm
     before = current(sandbox)
     time.sleep(1)
     copy = copy_project(tmp_path / "project")
-    (copy / "backend" / "alembic" / "versions" / "0002_task_priority.py").write_text(
+    (copy / "backend" / "alembic" / "versions" / "9999_task_priority.py").write_text(
         '"""add tasks.priority (expand: nullable, old code ignores it)"""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{head_revision()}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n    op.add_column(\"tasks\", sa.Column(\"priority\", sa.Integer, nullable=True))\n\n\n"
         "def downgrade() -> None:\n    op.drop_column(\"tasks\", \"priority\")\n")
     sandbox.fab_in(copy, "deploy", env_file=env)
     newer = current(sandbox)
     refused = sandbox.fab("rollback", "--to", before, env_file=env, check=False)
     assert refused.returncode == 5
-    assert "predates the database schema" in refused.stderr and "0002" in refused.stderr and "--force" in refused.stderr
+    assert "predates the database schema" in refused.stderr and "9999" in refused.stderr and "--force" in refused.stderr
     assert current(sandbox) == newer
     sandbox.fab("rollback", "--to", before, "--force", env_file=env)
     assert current(sandbox) == before and version(sandbox) == before

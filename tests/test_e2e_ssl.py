@@ -1,5 +1,6 @@
 """TLS (issue 6) on the sandbox with a real ACME server: Pebble, with pebble-challtestsrv as its DNS."""
 
+import os
 import socket
 import ssl
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import browser
 from tests.support import DOMAIN, Pebble, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +83,34 @@ def test_issue_serves_https_redirects_http_and_keeps_acme_over_http(sandbox, tls
     status = sandbox.fab("ssl.status", env_file=env).stdout
     assert DOMAIN in status and "Pebble" in status and "days left" in status
     assert "ssl.issue" in (sandbox.home / APP / "audit.log").read_text()
+
+
+def test_the_dashboard_over_https_has_no_mixed_content_and_its_websocket_is_wss(sandbox, tls_app, tmp_path_factory, capsys):
+    """tests/test_e2e_browser.py's check in headless Chromium, over HTTPS after `ssl.issue`: the
+    browser trusts exactly the key of the certificate Pebble issued (checked against Pebble's root
+    first) and resolves the domain to the sandbox without DNS."""
+    env, pebble = tls_app
+    if reason := browser.available():
+        pytest.fail(reason)
+    https_get(sandbox, pebble)  # writes Pebble's roots.pem
+    context = ssl.create_default_context(cafile=str(pebble.dir / "roots.pem"))
+    port = sandbox.https_ports[APP]
+    with socket.create_connection((sandbox.address, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            leaf = tls.getpeercert(binary_form=True)
+    live = (sandbox.home / APP / "current").readlink().name
+    origin = f"https://{DOMAIN}:{port}"
+    shot = browser.artifacts_dir(tmp_path_factory) / f"dashboard-https-{live}.png"
+    with browser.chromium(resolve={DOMAIN: sandbox.address}, trust_spki=browser.spki_hash(leaf)) as driver:
+        seen = browser.dashboard_check(driver, f"{origin}/", f"Typed over HTTPS {os.getpid()}", shot)
+    with capsys.disabled():
+        print(f"\n[browser] screenshot of the dashboard over HTTPS: {seen.screenshot}")
+    assert seen.release == live
+    assert seen.health == ["API: healthy", "database: ok", "nats: ok"]
+    assert seen.problems() == [], seen.console  # no console error, no mixed-content warning
+    assert seen.websockets == [f"wss://{DOMAIN}:{port}/ws"]
+    assert seen.requests and all(url.startswith(f"{origin}/") for url in seen.requests), seen.requests
+    assert any(f.get("type") == "task.processed" and f["task"]["id"] == seen.task_id for f in seen.frames)
 
 
 def test_forced_renewal_gives_a_new_serial_without_restarting_nginx(sandbox, tls_app):

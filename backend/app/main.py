@@ -1,11 +1,11 @@
-"""FastAPI app: health, version, tasks and a WebSocket of task events."""
+"""FastAPI app: health, version, tasks, similar tasks (pgvector) and a WebSocket of task events."""
 
 import asyncio
 import json
 from contextlib import asynccontextmanager
 
 import nats
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field
@@ -106,6 +106,12 @@ class TaskIn(BaseModel):
 @app.get("/api/tasks")
 async def get_tasks():
     return await asyncio.to_thread(db.list_tasks)
+
+
+@app.get("/api/tasks/similar")
+async def similar_tasks(q: str = Query(min_length=1, max_length=500), limit: int = Query(5, ge=1, le=50)):
+    """Tasks nearest to the text `q` (pgvector cosine distance over the HNSW index), nearest first."""
+    return await asyncio.to_thread(db.similar_tasks, q, limit)
 
 
 @app.post("/api/tasks", status_code=201)

@@ -57,9 +57,13 @@ def either(ctx: HostContext, argv_for: Callable[[HostContext], list[str]]) -> st
             f"else {sh(argv_for(ctx.with_variant('v1')))}; fi")
 
 
-def release_override(backend_image: str, release_id: str) -> str:
-    """release.yml: pins this release's backend image and tells the API which release it is."""
+def release_override(backend_image: str, release_id: str, postgres_image: str = "") -> str:
+    """release.yml: pins this release's backend image and tells the API which release it is;
+    `postgres_image`: the Postgres image the host's data now needs (written by `db.upgrade` into the
+    releases from before the upgrade, whose compose.yml names the old major)."""
     lines = ["# Written by the deploy task for this release; do not edit.", "services:"]
     for service in ("api", "worker"):
         lines += [f"  {service}:", f"    image: {backend_image}", "    environment:", f"      RELEASE_ID: {release_id}"]
+    if postgres_image:
+        lines += ["  postgres:", f"    image: {postgres_image}"]
     return "\n".join(lines) + "\n"

@@ -102,6 +102,12 @@ class HostContext:
         return f"{self.app_dir}/audit.log"
 
     # --- compose and containers ------------------------------------------------------
+    @property
+    def postgres_volume(self) -> str:
+        """The Docker volume holding Postgres's data directory (compose.yml's `postgres_data`, which
+        Compose names `<project>_postgres_data`)."""
+        return f"{self.project}_postgres_data"
+
     def compose(self, *args: str) -> list[str]:
         """`docker compose -p PROJECT -f ... ARGS` for this host's Compose."""
         argv = [*COMPOSE_TOOLS[self.variant], "-p", self.project]

@@ -38,7 +38,28 @@ def preflight(ctx: HostContext) -> str:
         "echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"",
         f"echo \"current=$(readlink {q(ctx.current_link)} 2>/dev/null || true)\"",
         f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"",
+        postgres_data_fact(ctx),
     ])
+
+
+POSTGRES_DATA = "/var/lib/postgresql/data"  # where compose.yml mounts the postgres_data volume
+
+
+def postgres_data_fact(ctx: HostContext) -> str:
+    """`pg_data=`: the PostgreSQL major version of the data in the stack's Postgres volume (`15`,
+    `17`), `none` (no such volume), `empty` (not initialised) or `unknown` (no container to read it
+    with). Read through the running postgres container, else with the image of a stopped one in a
+    throwaway container (read-only mount, no network): the deploy's guard (commands/db.py)."""
+    project = q(f"label=com.docker.compose.project={ctx.project}")
+    read = f"cat {POSTGRES_DATA}/PG_VERSION 2>/dev/null || echo empty"
+    return (f"vol={q(ctx.postgres_volume)}; if docker volume inspect \"$vol\" >/dev/null 2>&1; then "
+            f"pg=$({ctx.container('postgres')}); v=''; "
+            f"if [ -n \"$pg\" ]; then v=$(docker exec \"$pg\" sh -c {q(read)} 2>/dev/null); "
+            f"else img=$(docker ps -a --filter {project} --filter label=com.docker.compose.service=postgres "
+            f"--format '{{{{.Image}}}}' | head -n 1); "
+            f"if [ -n \"$img\" ]; then v=$(docker run --rm --network none --entrypoint sh -v \"$vol\":/d:ro \"$img\" "
+            f"-c 'cat /d/PG_VERSION 2>/dev/null || echo empty' 2>/dev/null); fi; fi; "
+            f"echo \"pg_data=${{v:-unknown}}\"; else echo pg_data=none; fi")
 
 
 def parse_facts(output: str) -> dict[str, str]:

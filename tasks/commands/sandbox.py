@@ -10,6 +10,17 @@ STANDIN_LABEL = "org.tasktracker.standin=1"
 # Debian packages in the stand-in base image: enough to honour each upstream image's contract.
 STANDIN_PACKAGES = ["ca-certificates", "wget", "procps", "passwd", "python3", "python3-venv", "python3-pip",
                     "postgresql-15", "postgresql-client-15", "nginx-light", "nats-server"]
+# pgvector: Debian 12 has none for any Postgres; Debian 13 (trixie) has postgresql-17-pgvector, so the
+# pgvector/pgvector:pg17 stand-in gets a trixie base of its own.
+PGVECTOR_BASE = "tasktracker-standin-base:trixie-pgvector"
+PGVECTOR_PACKAGES = ["postgresql-17", "postgresql-17-pgvector", "procps"]
+# base image -> (Debian suite, packages, what to remove afterwards)
+STANDIN_BASES: dict[str, tuple[str, list[str], str]] = {
+    STANDIN_BASE: ("bookworm", STANDIN_PACKAGES,
+                   "rm -rf /var/lib/postgresql/15/main /etc/postgresql/15/main && "
+                   "python3 -m venv /opt/python && /opt/python/bin/python -m pip --version >/dev/null"),
+    PGVECTOR_BASE: ("trixie", PGVECTOR_PACKAGES, "rm -rf /var/lib/postgresql/17/main /etc/postgresql/17/main"),
+}
 
 POSTGRES_ENTRYPOINT = r"""#!/bin/sh
 # Stand-in for the postgres image's entrypoint: POSTGRES_USER/PASSWORD/DB, initdb on first start.
@@ -40,8 +51,18 @@ if [ "$1" = "postgres" ]; then shift; exec postgres -c listen_addresses='*' "$@"
 exec "$@"
 """
 
-# name: (Dockerfile lines after FROM, extra files)
+# name: (Dockerfile lines after FROM, extra files). The stack runs pgvector/pgvector:pg17 (the
+# postgres:17 image with pgvector: same entrypoint contract, PGDATA, PG_MAJOR); postgres:15 stays for
+# hosts whose data is still PostgreSQL 15 (`db.upgrade` moves them, and its test starts from one).
 STANDINS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "pgvector/pgvector:pg17": ([
+        "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
+        "RUN chmod 755 /usr/local/bin/docker-entrypoint.sh",
+        "ENV PATH=/usr/lib/postgresql/17/bin:$PATH PGDATA=/var/lib/postgresql/data PG_MAJOR=17",
+        "STOPSIGNAL SIGINT",
+        'ENTRYPOINT ["docker-entrypoint.sh"]',
+        'CMD ["postgres"]',
+    ], {"docker-entrypoint.sh": POSTGRES_ENTRYPOINT}),
     "postgres:15": ([
         "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
         "RUN chmod 755 /usr/local/bin/docker-entrypoint.sh",
@@ -67,27 +88,32 @@ STANDINS: dict[str, tuple[list[str], dict[str, str]]] = {
 }
 
 
+def standin_base(name: str) -> str:
+    """The base image a stand-in is built FROM."""
+    return PGVECTOR_BASE if name.startswith("pgvector/") else STANDIN_BASE
+
+
 def standin_dockerfile(name: str) -> str:
     lines, _ = STANDINS[name]
-    return "\n".join([f"FROM {STANDIN_BASE}", f"LABEL {STANDIN_LABEL}", *lines]) + "\n"
+    return "\n".join([f"FROM {standin_base(name)}", f"LABEL {STANDIN_LABEL}", *lines]) + "\n"
 
 
-def debootstrap(rootfs: Path, mirror: str) -> list[str]:
-    return ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror]
+def debootstrap(rootfs: Path, mirror: str, base: str = STANDIN_BASE) -> list[str]:
+    return ["debootstrap", "--variant=minbase", STANDIN_BASES[base][0], str(rootfs), mirror]
 
 
-def chroot_install(rootfs: Path) -> list[str]:
+def chroot_install(rootfs: Path, base: str = STANDIN_BASE) -> list[str]:
+    _, packages, after = STANDIN_BASES[base]
     return ["chroot", str(rootfs), "sh", "-c",
             "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && "
             "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-            + " ".join(STANDIN_PACKAGES) + " >/dev/null && "
-            "rm -rf /var/lib/postgresql/15/main /etc/postgresql/15/main && "
-            "python3 -m venv /opt/python && /opt/python/bin/python -m pip --version >/dev/null && "
+            + " ".join(packages) + " >/dev/null && "
+            + after + " && "
             "apt-get clean && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d"]
 
 
-def docker_import(rootfs: Path) -> str:
-    return f"tar -C {rootfs} -c . | docker import -c 'CMD [\"/bin/bash\"]' -c 'LABEL {STANDIN_LABEL}' - {STANDIN_BASE}"
+def docker_import(rootfs: Path, base: str = STANDIN_BASE) -> str:
+    return f"tar -C {rootfs} -c . | docker import -c 'CMD [\"/bin/bash\"]' -c 'LABEL {STANDIN_LABEL}' - {base}"
 
 
 def apt_mirror(sources_text: str, suite: str = "bookworm") -> str | None:

@@ -205,8 +205,8 @@ def snapshot(ctx: HostContext) -> str:
         ("host", "echo ncpu=$(nproc); awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {sub(\":\", \"\", $1); print $1 \"=\" $2}' "
                  "/proc/meminfo; echo load=$(cut -d' ' -f1-3 /proc/loadavg); echo uptime=$(cut -d' ' -f1 /proc/uptime); "
                  "echo docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)"),
-        ("disk", f"df -Pk {app} {q(ctx.backups_dir)} \"$(docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /)\" 2>/dev/null "
-                 f"| tail -n +2"),
+        ("disk", f"for p in {app} {q(ctx.backups_dir)} \"$(docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /)\"; do "
+                 f"echo \"$p $(df -Pk \"$p\" 2>/dev/null | tail -n 1)\"; done"),
         ("docker_df", "docker system df --format '{{.Type}}|{{.TotalCount}}|{{.Size}}|{{.Reclaimable}}' 2>/dev/null"),
         ("containers", f"ids=$({containers}); [ -z \"$ids\" ] || docker inspect --format {q(inspect_format)} $ids"),
         ("stats", f"ids=$({containers.replace(' -aq ', ' -q ')}); [ -z \"$ids\" ] || "
@@ -290,15 +290,21 @@ def parse_containers(inspect: str, stats: str) -> list[dict]:
 
 
 def parse_disk(text: str) -> list[dict]:
-    seen, rows = set(), []
+    """`PATH` + its `df -Pk` line, per path asked; paths on one filesystem are one row."""
+    rows: dict[tuple, dict] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 6 and parts[5] not in seen and parts[1].isdigit():
-            seen.add(parts[5])
-            total, used, avail = int(parts[1]) * 1024, int(parts[2]) * 1024, int(parts[3]) * 1024
-            rows.append({"mount": parts[5], "total": total, "used": used, "available": avail,
-                         "percent": round(100 * used / (used + avail), 1) if used + avail else 0.0})
-    return rows
+        if len(parts) < 7 or not parts[2].isdigit():
+            continue
+        path, device = parts[0], parts[1]
+        total, used, avail = int(parts[2]) * 1024, int(parts[3]) * 1024, int(parts[4]) * 1024
+        key = (device, total)
+        if key in rows:
+            rows[key]["paths"].append(path)
+            continue
+        rows[key] = {"mount": path, "paths": [path], "filesystem": parts[6], "total": total, "used": used, "available": avail,
+                     "percent": round(100 * used / (used + avail), 1) if used + avail else 0.0}
+    return list(rows.values())
 
 
 def parse_docker_df(text: str) -> list[dict]:
@@ -391,7 +397,7 @@ def parse_snapshot(output: str) -> dict:
         "audit": audit,
         "db": parse_db(s.get("db", "")),
         "jsz": parse_jsz(s.get("jsz", "")),
-        "backups": s.get("backups", ""),
+        "backups": s.get("backups", "") + "\n",  # parse_sets splits at "--log\n"
         "certs": s.get("certs", ""),
         "cron": parse_cron(s.get("cron", "")),
         "trigger_hour": key_values(s.get("trigger_hour", "")),

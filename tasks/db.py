@@ -1,0 +1,111 @@
+"""`fab -H HOST db.upgrade`: move the database to the PostgreSQL major version this checkout's
+compose.yml runs (verified dump, a new cluster, restore, row counts compared; the old data kept in
+a volume of its own). The deploy refuses a data directory of another major and names this task.
+The work is one script on the host (tasks/commands/db.py), which puts everything back on failure."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from invoke import Collection, Exit, task
+
+from . import machine, remote
+from .commands import compose as compose_commands
+from .commands import db as commands
+from .commands import q
+from .commands import release as release_commands
+from .exits import ExitCode
+from .host import WAIT_HELP, Host
+from .settings import ENV_HELP, PROJECT_ROOT, choose_env
+from .steps import StepFailed, Steps
+
+
+def provide_image(host: Host, image: str) -> None:
+    """The new Postgres image on the host: there already, sent from here over SSH, or pulled by it."""
+    if host.images_present([image]):
+        print(f"   the host has {image}")
+        return
+    if host.settings.ship_images != "never" and machine.ok(["docker", "image", "inspect", image]):
+        host.ship_images([image])
+        return
+    host.run(f"docker pull -q {q(image)}", "pull the new Postgres image", hide=False)
+
+
+@task(help={
+    "yes": "Do not ask for confirmation (the API is stopped while the data is dumped and restored).",
+    "wait": WAIT_HELP,
+    "env": ENV_HELP,
+})
+def upgrade(c, yes=False, wait=False, env=None):
+    """Upgrade the database to the Postgres major of compose.yml: verified dump, new cluster, restore, counts compared."""
+    remote.require_host(c)
+    choose_env(c, env)
+    steps = Steps(f"Upgrade PostgreSQL on {c.original_host}")
+    host = Host.open(c, steps=steps)
+    steps.secrets = host.settings.secret_values()
+    image = commands.postgres_image(PROJECT_ROOT)
+    data = host.facts.get("pg_data", "")
+    verdict, wanted = commands.guard(data, image)
+    volume = host.ctx.postgres_volume
+    if verdict == commands.UNCHECKED:
+        raise Exit(f"compose.yml runs {image}, whose tag does not name a PostgreSQL major version; name one (e.g. "
+                   f"pgvector/pgvector:pg17) so the upgrade knows its target. Nothing was changed.", code=ExitCode.USAGE)
+    if verdict == commands.FRESH:
+        print(f"{host.name} has no PostgreSQL data yet (volume {volume}: {data or 'none'}): nothing to upgrade; deploy.")
+        return
+    if verdict == commands.MATCH:
+        print(f"The database on {host.name} is already PostgreSQL {data}, the major {image} runs: nothing to do.")
+        return
+    if verdict == commands.NEWER:
+        raise Exit(commands.refusal(verdict, data, image, wanted, host.name, volume, ""), code=ExitCode.REFUSED)
+    current = host.current_id
+    facts = release_commands.parse_facts(host.run(commands.upgrade_facts(host.ctx), "read postgres").stdout)
+    if verdict == commands.UNKNOWN or not current or facts.get("running") != "yes":
+        raise Exit(f"The upgrade dumps the database with the PostgreSQL that wrote it, so it needs the live release and its "
+                   f"postgres container running on {host.name} (release: {current or 'none'}; postgres: "
+                   f"{'running' if facts.get('running') == 'yes' else 'not running'}). Start it with "
+                   f"`fab -H {host.name} compose.up` and run the upgrade again. Nothing was changed.",
+                   code=ExitCode.HOST_NOT_READY)
+    problem = commands.space_problem(int(facts.get("data_kb") or 0), int(facts.get("free_kb") or 0))
+    if problem:
+        raise Exit(f"Not enough disk space on {host.name} for the upgrade: {problem}. Free some (`docker system prune`, "
+                   f"old backups) and run it again. Nothing was changed.", code=ExitCode.REFUSED)
+    keep = commands.keep_volume(host.ctx, data, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    print(f"PostgreSQL {data} -> {wanted} on {host.name}: {facts.get('image')} -> {image}; the old data will be kept in "
+          f"volume {keep}.")
+    if not yes:
+        answer = input(f"The API and worker stop while the database is dumped, restored into a new PostgreSQL {wanted} cluster "
+                       f"and checked. Type the Compose project name ({host.ctx.project}) to confirm: ")
+        if answer.strip() != host.ctx.project:
+            raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
+    try:
+        with host.locked("db.upgrade", wait=wait), host.audited("db.upgrade", release=current) as outcome:
+            outcome["detail"] = f"PostgreSQL {data} -> {wanted} ({image})"
+            with steps.step("images the host needs"):
+                provide_image(host, image)
+            with steps.step("install the backup program"):
+                host.install_backup_script()
+            rows, _ = host.releases()
+            pins = {rid: compose_commands.release_override(meta["backend_image"], rid, postgres_image=image)
+                    for rid, meta in rows if meta.get("backend_image")}
+            live = host.release(current)
+            probe = release_commands.probe(live.image, host.base_url, list(live.assets))
+            script = commands.upgrade(host.ctx, old_major=data, new_image=image, keep=keep,
+                                      backup_keep=host.settings.backup_keep, pins=pins, probe=probe)
+            with steps.step(f"dump, new PostgreSQL {wanted} cluster, restore, compare, start"):
+                result = commands.parse_upgrade(host.run(script, "upgrade", hide=False).stdout)
+            outcome["detail"] += f"; set {result.get('set')}; old data kept in {keep}"
+    except StepFailed as failure:
+        state = (f"PostgreSQL {data} was put back with its data and api and worker were started again (the lines above "
+                 f"say each step of putting it back); nothing was lost. Backup sets: `fab -H {host.name} backup.list`"
+                 if failure.step == "upgrade" else "Nothing was changed on the server")
+        steps.fail(f"The upgrade on {host.name} failed at '{failure.step}': {failure.detail}. {state}.")
+    steps.print_table()
+    print(f"The database on {host.name} is PostgreSQL {wanted} now: {result.get('tables')} tables and {result.get('rows')} "
+          f"rows restored from the verified backup set {result.get('set')}, every table's row count equal to the dump's; "
+          f"release {current} serves and passes its health checks. The old PostgreSQL {data} data is kept in volume "
+          f"{keep} until you remove it (on the host: `docker volume rm {keep}`). Deploy as usual now.")
+
+
+ns = Collection("db")
+ns.add_task(upgrade)

@@ -1,0 +1,30 @@
+"""The deployed dashboard in a real browser (headless Chromium, tests/browser.py): what a person
+sees over HTTP. The same check over HTTPS after `ssl.issue` is in tests/test_e2e_ssl.py."""
+
+import os
+import secrets
+
+import pytest
+
+from tests import browser
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_dashboard_shows_the_live_release_a_new_task_and_the_workers_event(sandbox, deployed, tmp_path_factory, capsys):
+    if reason := browser.available():
+        pytest.fail(reason)
+    live = os.readlink(sandbox.home / "tasktracker" / "current").split("/")[-1]
+    shot = browser.artifacts_dir(tmp_path_factory) / f"dashboard-http-{live}.png"
+    title = f"Typed in the browser {secrets.token_hex(3)}"
+    with browser.chromium() as driver:
+        seen = browser.dashboard_check(driver, sandbox.url("/"), title, shot)
+    with capsys.disabled():
+        print(f"\n[browser] screenshot of the deployed dashboard: {seen.screenshot}")
+    assert seen.release == live
+    assert seen.health == ["API: healthy", "database: ok", "nats: ok"]
+    assert seen.problems() == [], seen.console
+    assert seen.websockets == [sandbox.url("/ws").replace("http://", "ws://")]
+    processed = [f for f in seen.frames if f.get("type") == "task.processed" and f["task"]["id"] == seen.task_id]
+    assert processed and processed[0]["task"]["title"] == title and processed[0]["task"]["status"] == "done"
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
