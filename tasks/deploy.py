@@ -4,6 +4,7 @@ prove health, switch `current`; roll back automatically when a check fails."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -23,7 +24,7 @@ from .commands import envfile
 from .commands import images as image_commands
 from .commands import notify as notify_commands
 from .commands import release as release_commands
-from .commands import rollout, sh
+from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands.context import STACK_FILES
 from .commands import status as status_commands
@@ -67,6 +68,22 @@ def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict
 def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
     digest = hashlib.sha256(variant.encode() + b"\0" + env_text.encode())
     for rel in SENT_PATHS:
+        path = root / rel
+        digest.update(rel.encode() + b"\0")
+        digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
+                       hashlib.sha256(path.read_bytes()).hexdigest()).encode())
+    return digest.hexdigest()
+
+
+BACKEND_PATHS = ("compose.yml", "docker-compose.production.yml", "backend")
+
+
+def backend_fingerprint(root: Path, env_text: str, variant: str) -> str:
+    """What the API, worker, Postgres and NATS containers depend on: the compose files, backend/
+    and the settings. A release whose backend fingerprint is the live one's changes only the
+    dashboard (frontend/dist) or nginx's config: its deploy leaves those containers untouched."""
+    digest = hashlib.sha256(b"backend\0" + variant.encode() + b"\0" + env_text.encode())
+    for rel in BACKEND_PATHS:
         path = root / rel
         digest.update(rel.encode() + b"\0")
         digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
@@ -156,8 +173,16 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
         else:
             with steps.step("build frontend"):
                 build_frontend(Context(config=c.config), FRONTEND)
-        with host.locked("deploy", wait=wait), host.audited("deploy") as outcome:
-            run_deploy(host, env_file, outcome)
+        plan = plan_deploy(host, env_file)
+        if plan.release is None and not unchanged_but_down(host, plan):
+            # Nothing to change: two round trips after the facts (Docker's view, the audit line), no lock.
+            with host.audited("deploy", release=plan.current) as outcome:
+                outcome["result"] = "unchanged"
+        else:
+            with host.locked("deploy", wait=wait), host.audited("deploy") as outcome:
+                if host.current_id != plan.current:  # another deploy went first while we waited
+                    plan = plan_deploy(host, env_file)
+                run_deploy(host, plan, outcome)
     except StepFailed as failure:
         steps.fail(f"Deploy to {c.original_host} failed at step '{failure.step}': {failure.detail}")
     steps.print_table()
@@ -175,6 +200,12 @@ class DeployPlan:
     assets: tuple[str, ...]
     current: str  # the live release ("" on a host without one)
     release: Release | None  # the new release; None when nothing changed since `current`
+    backend: bool = True  # the API/worker must be replaced (False: the live backend serves on)
+
+    @property
+    def backend_release(self) -> str:
+        """The release whose API and worker serve once this one is live (what the API reports)."""
+        return self.release.meta.get("backend_release", "") if self.release else ""
 
 
 def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
@@ -190,35 +221,64 @@ def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
         return DeployPlan(env_text, image, assets, current, None)
     release_id = new_release_id(datetime.now(timezone.utc), git_commit())
     who = identity()
+    backend_fp = backend_fingerprint(PROJECT_ROOT, env_text, host.variant)
+    live = host.current_meta
+    # The live backend serves on when nothing it depends on changed (and it is known which
+    # release it came from); otherwise this release brings its own.
+    backend = not (current and live.get("backend_fingerprint") == backend_fp and live.get("backend_image") == image)
     meta = {"release": release_id, "deployed_at": now_iso(), "deployed_user": who["user"], "deployed_machine": who["machine"],
             "commit": who["commit"], **({"ci_run": who["ci_run"]} if "ci_run" in who else {}),
-            "fingerprint": fingerprint, "compose": host.variant}
-    return DeployPlan(env_text, image, assets, current, Release(release_id, image, assets, previous=current, result="deploying", meta=meta))
+            "fingerprint": fingerprint, "compose": host.variant, "backend_fingerprint": backend_fp,
+            "backend_release": release_id if backend else (live.get("backend_release") or current)}
+    return DeployPlan(env_text, image, assets, current, Release(release_id, image, assets, previous=current, result="deploying", meta=meta),
+                      backend)
 
 
-def run_deploy(host: Host, env_file: Path | None, outcome: dict) -> None:
-    plan = plan_deploy(host, env_file)
-    current, image, env_text = plan.current, plan.image, plan.env_text
-    if plan.release is None:
-        outcome.update(release=current, result="unchanged")
-        print(f"Nothing changed since release {current}: checking that it still serves.")
-        with host.steps.step("health checks"):
-            host.probe(Release(current, image, plan.assets))
-        print(f"Release {current} is current and healthy on {host.name}.")
+def unchanged_but_down(host: Host, plan: DeployPlan) -> bool:
+    """For a deploy with nothing to change: True when the live stack is not all running and
+    healthy as Docker sees it (the deploy then brings the live release up again)."""
+    with host.steps.step("check the live stack"):
+        problems = host.check_running()
+    if problems:
+        print(f"Nothing changed since release {plan.current}, but {'; '.join(problems)}: bringing it up again.")
+        return True
+    print(f"Nothing changed since release {plan.current} (same files, same settings); every service is running and "
+          f"healthy on {host.name}.")
+    return False
+
+
+def release_files(host: Host, plan: DeployPlan) -> list[tuple[str, int, str]]:
+    """The files a release writes besides its rsync'd tree, relative to APP_DIR, with modes: its
+    settings (0600), release.yml, RELEASE.json and the alert program with its channels (0600)."""
+    rid, s = plan.release.id, host.settings
+    rel = f"releases/{rid}"
+    conf = notify_commands.conf_text(host.ctx, telegram_api_base_url=s.telegram_api_base_url, bot_token=s.telegram_bot_token.reveal(),
+                                     chat_id=s.alert_telegram_chat_id, webhook_url=s.alert_webhook_url.reveal())
+    return [(f"env/{rid}.env", 0o600, plan.env_text),
+            (f"{rel}/release.yml", 0o644, compose_commands.release_override(plan.image, plan.backend_release)),
+            (f"{rel}/RELEASE.json", 0o644, json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"),
+            (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
+            (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
+
+
+def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
+    current = plan.current
+    if plan.release is None:  # unchanged, but not all running: bring the live release up again
+        outcome.update(release=current, result="restarted")
+        release = host.release(current)
+        host.activate(release, backend=True)
+        print(f"Release {current} is serving again on {host.name}.")
         return
-
     release = plan.release
     release_id = release.id
     outcome["release"] = release_id
-    print(f"Release {release_id} -> {host.name}:{host.ctx.release_dir(release_id)} (Compose {host.variant})")
+    print(f"Release {release_id} -> {host.name}:{host.ctx.release_dir(release_id)} (Compose {host.variant})"
+          + ("" if plan.backend else f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
     with host.steps.step("prepare release and its settings"):
-        # the alert program (and its settings, when changed) in the same round trip as the layout
-        host.install_notify(along=release_commands.prepare(host.ctx, release_id, compose_commands.release_override(image, release_id)),
-                            step="prepare release")
-        host.put_text(env_text, host.ctx.release_env(release_id))
-        host.run(release_commands.write_meta(host.ctx, release_id, release.recorded("deploying")), "record release")
+        place = backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"]))
+        on_host, rows = host.prepare_release(release, release_files(host, plan), images_needed(place, release.image) if plan.backend else [])
     try:
-        ship_release(host, release)
+        ship_release(host, plan, place, on_host, rows)
     except StepFailed as failure:
         detail = failure.detail
         host.probe_run(release_commands.write_meta(host.ctx, release_id, release.recorded("failed", failure=detail[:300])))
@@ -249,20 +309,20 @@ def images_needed(place: str, backend: str) -> list[str]:
     return needed
 
 
-def provide_images(host: Host, backend: str) -> None:
-    """Make sure the host has every image the release needs: build the backend here when that is
-    the setting, and ship what the host lacks (only that), compressed, with progress."""
+def provide_images(host: Host, backend: str, place: str, on_host: set[str]) -> None:
+    """Make sure the host has every image the release needs (`on_host`: what it has, read while
+    preparing the release): build the backend here when that is the setting, and ship what the
+    host lacks (only that), compressed, with progress."""
     local_docker = machine.ok(["docker", "info"])
-    place = backend_build_place(host.settings.build_backend, local_docker)
     needed = images_needed(place, backend)
-    on_host = host.images_present(needed)
     if place == "local" and backend not in on_host:
         if not machine.ok(["docker", "image", "inspect", backend]):
             print(f"   building {backend} here (BUILD_BACKEND={host.settings.build_backend})", flush=True)
             built = machine.run(image_commands.local_build(backend, PROJECT_ROOT / "backend"), check=False)
             if built.returncode:
                 raise StepFailed("build backend image here", built.stderr.strip()[-800:])
-        on_host = host.images_present(needed)  # a host that shares this Docker has it now
+        if host.facts.get("docker_id") and host.facts.get("docker_id") == machine.docker_id():
+            on_host = on_host | {backend}  # the host's Docker is this machine's: it has it now
     if place == "host":
         needed.remove(backend)  # built on the host in the next step
     here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
@@ -284,6 +344,11 @@ def upload_options(host: Host, release_id: str, current: str) -> dict:
                 relative=True, excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
 
 
+def record_command(host: Host, release: Release, prune: list[str]) -> str:
+    """Run once every check passed: the release recorded `ok`, pruning, the sampler."""
+    return release_commands.write_meta(host.ctx, release.id, release.recorded("ok")) + "; " + prune_command(host, prune)
+
+
 def prune_command(host: Host, prune: list[str]) -> str:
     """The last step's command: remove pruned releases and unused backend images."""
     return (release_commands.remove_releases(host.ctx, prune) + "; "
@@ -291,28 +356,52 @@ def prune_command(host: Host, prune: list[str]) -> str:
             + status_commands.install_sampler(host.absolute_ctx))
 
 
-def ship_release(host: Host, release: Release) -> None:
-    steps, current, rid = host.steps, release.previous, release.id
+BACKEND_STEPS = "images, backend build, database, migrations, api and worker"
+RECORD_STEP = "record release and prune"  # the last step of rollout.activation's `then`
+
+
+def ship_release(host: Host, plan: DeployPlan, place: str, on_host: set[str], rows: list[tuple[str, dict]]) -> None:
+    steps, release, current = host.steps, plan.release, plan.current
+    rid = release.id
     with steps.step("upload files (rsync)"):
         result = remote.rsync(host.conn, **upload_options(host, rid, current))
         if not result.ok:
             raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
         sent = parse_rsync_sent(result.stdout)
         print(f"   sent {sent} bytes{' (unchanged files hard-linked from ' + current + ')' if current else ''}")
-    with steps.step("images the host needs"):
-        provide_images(host, release.image)
-    with steps.step("build backend image"):
-        host.ensure_image(release)
-    with steps.step("start postgres and nats"):
-        host.run(host.in_release(rid, sh(rollout.data_services_up(host.ctx))), "start postgres and nats")
-    with steps.step("read database schema"):
-        before = host.schema(rid)
+    if plan.backend:
+        with steps.step("images the host needs"):
+            provide_images(host, release.image, place, on_host)
+        before = host.start_backend(release)
         if not before.readable:
             raise StepFailed("read database schema",
                              f"the database's migration revision could not be read ({before.error or 'no answer'}), so "
                              f"whether migrations are pending is unknown. Nothing was migrated"
                              + (f" and release {current} keeps serving" if current else "")
                              + f". Check Postgres (`fab -H {host.name} compose.logs --service postgres`) and deploy again.")
+        migrate_database(host, release, before, current)
+    else:
+        steps.skip(BACKEND_STEPS, f"unchanged since {plan.backend_release}: its containers keep running")
+    prune = releases_to_prune(rows + [(rid, release.recorded("ok"))], rid, host.settings.keep_releases)
+    record = record_command(host, release, prune)
+    try:
+        host.activate(release, backend=plan.backend, then=record)
+    except StepFailed as failure:
+        if failure.step == RECORD_STEP:  # every check passed: the release serves, only its record failed
+            raise StepFailed(failure.step, f"release {rid} is live and healthy, but recording it failed "
+                                           f"({failure.detail}); `fab -H {host.name} releases` shows what the host knows.") from None
+        raise StepFailed(failure.step, failure.detail + host.put_back(current, rid, backend=plan.backend)) from None
+    print(f"Release {rid} is live on {host.name}" + ("." if plan.backend else f" (API and worker: {plan.backend_release})."))
+
+
+def migrate_database(host: Host, release: Release, before: release_commands.SchemaState, current: str) -> None:
+    """Back up and migrate when the release has migrations the database has not run; nothing
+    when the database is at the release's head."""
+    steps, rid = host.steps, release.id
+    if not (before.fresh or before.migrations_pending or before.unknown_to_release):
+        steps.skip("back up database before migrating", "no pending migration")
+        steps.skip("migrate database", f"the database is at the release's head ({before.revision})")
+        return
     backup_set = ""
     if before.migrations_pending:
         with steps.step("back up database before migrating"):
@@ -326,18 +415,6 @@ def ship_release(host: Host, release: Release) -> None:
             after = host.schema(rid)
             raise StepFailed(failure.step, f"{failure.detail} "
                              + migration_failure_detail(before, after, backup_set, current, host.name)) from None
-    try:
-        host.activate(release)
-    except StepFailed as failure:
-        raise StepFailed(failure.step, failure.detail + host.put_back(current, rid)) from None
-    with steps.step("record release and prune"):
-        host.run(release_commands.write_meta(host.ctx, rid, release.recorded("ok")), "record release")
-        rows, live = host.releases()
-        prune = releases_to_prune(rows, live, host.settings.keep_releases)
-        out = host.run(prune_command(host, prune), "prune")
-        for line in out.stdout.splitlines():
-            print(f"   {line}")
-    print(f"Release {rid} is live on {host.name}.")
 
 
 # --- before a deploy changes anything: the memory budget, and `deploy --dry-run` ----------------
@@ -393,45 +470,39 @@ class Planned(NamedTuple):
     command: str
 
 
-def planned_commands(host: Host, release: Release, *, upload: str, ship: list[str], backup: bool, prune: list[str],
-                     env_keys: int) -> list[Planned]:
-    """Every command the deploy of `release` runs that changes the host, in order, when every check
-    passes (a failed check puts the previous release back through `activate`). The deploy runs the
-    same builders (tests/test_executors.py compares the two)."""
-    ctx, rid, image = host.ctx, release.id, release.image
-    prepare, meta, data = "prepare release and its settings", "record release and prune", "switch current and reload nginx"
+def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[str], backup: bool, migrate: bool,
+                     prune: list[str], env_keys: int) -> list[Planned]:
+    """Every command the deploy of `plan.release` runs that changes the host, in order, when every
+    check passes (a failed check puts the previous release back through `activate`). The deploy
+    runs the same builders (tests/test_executors.py compares the two)."""
+    ctx, release = host.ctx, plan.release
+    rid = release.id
+    prepare = "prepare release and its settings"
     planned = [
-        Planned(prepare, "host", release_commands.prepare(ctx, rid, compose_commands.release_override(image, rid))
-                + " && " + notify_commands.prepare_install(ctx)),
-        Planned(prepare, "sftp", f"{notify_commands.script_path(ctx)}, {notify_commands.conf_path(ctx)} <- the alert program "
-                                 f"and its channels, each only when it differs (notify.conf mode 0600; values not shown)"),
-        Planned(prepare, "sftp", f"{ctx.release_env(rid)} <- the release's settings ({env_keys} keys, mode 0600; values not shown)"),
-        Planned(prepare, "host", release_commands.write_meta(ctx, rid, release.recorded("deploying"))),
+        Planned(prepare, "sftp", f"{ctx.inbox}/{release_commands.RELEASE_TAR} <- the release's settings ({env_keys} keys, mode 0600), "
+                                 f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600); values not shown"),
+        Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
+                + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"])),
+                                                       release.image) if plan.backend else [])
+                + "; " + release_commands.list_releases(ctx)),
         Planned("upload files (rsync)", "here", upload),
     ]
-    if ship:
-        planned.append(Planned("images the host needs", "here", f"{sh(image_commands.save(ship))} | gzip -1 | ssh {host.conn.user}@"
-                                                                f"{host.conn.host} {sh(['sh', '-c', image_commands.load()])}"))
-    planned += [
-        Planned("build backend image", "host",
-                host.in_release(rid, release_commands.image_present_or_build(image, sh(compose_commands.build_backend(ctx))))),
-        Planned("start postgres and nats", "host", host.in_release(rid, sh(rollout.data_services_up(ctx)))),
-    ]
-    if backup:
-        step = "back up database before migrating"
-        planned += [Planned(step, "host", backup_commands.install_script(ctx)),
-                    Planned(step, "sftp", f"{backup_commands.script_path(ctx)}.new <- the backup program"),
-                    Planned(step, "host", sh(backup_commands.activate_script(ctx))),
-                    Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
-    return planned + [
-        Planned("migrate database", "host", host.in_release(rid, sh(compose_commands.migrate(ctx)))),
-        Planned("replace api (new beside old)", "host", host.in_release(rid, rollout.api_rollout(ctx))),
-        Planned("restart worker (graceful)", "host", host.in_release(rid, sh(rollout.worker_restart(ctx)))),
-        Planned(data, "host", host.in_release(rid, sh(rollout.nginx_check(ctx, rid)))),
-        Planned(data, "host", rollout.switch_current(ctx, rid) + " && " + host.in_release(rid, rollout.nginx_up_and_reload(ctx))),
-        Planned(meta, "host", release_commands.write_meta(ctx, rid, release.recorded("ok"))),
-        Planned(meta, "host", prune_command(host, prune)),
-    ]
+    if plan.backend:
+        if ship:
+            planned.append(Planned("images the host needs", "here", f"{sh(image_commands.save(ship))} | gzip -1 | ssh {host.conn.user}@"
+                                                                    f"{host.conn.host} {sh(['sh', '-c', image_commands.load()])}"))
+        planned.append(Planned("build backend image, start postgres and nats, read the schema", "host", host.start_backend_script(release)))
+        if backup:
+            step = "back up database before migrating"
+            planned += [Planned(step, "host", backup_commands.install_script(ctx)),
+                        Planned(step, "sftp", f"{backup_commands.script_path(ctx)}.new <- the backup program"),
+                        Planned(step, "host", sh(backup_commands.activate_script(ctx))),
+                        Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
+        if migrate:
+            planned.append(Planned("migrate database", "host", host.in_release(rid, sh(compose_commands.migrate(ctx)))))
+    steps = ("replace api, restart worker, " if plan.backend else "") + "switch current, reload nginx, health checks, record"
+    return planned + [Planned(steps, "host", host.activation_script(release, backend=plan.backend,
+                                                                     then=record_command(host, release, prune)))]
 
 
 def dry_run_images(host: Host, backend: str) -> tuple[list[str], list[str]]:
@@ -465,26 +536,27 @@ def dry_run_images(host: Host, backend: str) -> tuple[list[str], list[str]]:
     return lines, ship
 
 
-def dry_run_migrations(host: Host, current: str) -> tuple[list[str], bool]:
+def dry_run_migrations(host: Host, current: str) -> tuple[list[str], bool, bool]:
     """The migrations the deploy would run, with the database's revision read (read-only) through
-    the live release: (lines to print, whether a database backup is taken first)."""
+    the live release: (lines to print, whether a database backup is taken first, whether
+    `alembic upgrade head` runs)."""
     local = release_commands.local_revisions(PROJECT_ROOT / "backend" / "alembic" / "versions")
     if not current:
-        return [f"no live release, so a fresh database: all {len(local)} would run ({', '.join(release_commands.pending_revisions(local, ''))})"], False
+        return [f"no live release, so a fresh database: all {len(local)} would run ({', '.join(release_commands.pending_revisions(local, ''))})"], False, True
     state = host.schema(current)
     if not state.readable:
         return [f"the database's revision could not be read ({state.error or 'no answer'}): the deploy would stop before "
-                f"migrating (fail closed) and {current} would keep serving"], False
+                f"migrating (fail closed) and {current} would keep serving"], False, False
     pending = release_commands.pending_revisions(local, state.revision)
     if state.fresh:
-        return [f"the database has no migration yet: all {len(pending)} would run ({', '.join(pending)})"], False
+        return [f"the database has no migration yet: all {len(pending)} would run ({', '.join(pending)})"], False, True
     if pending is None:
         return [f"the database is at {state.revision}, which this checkout's migrations do not know (a later release applied "
-                f"it): `alembic upgrade head` would fail and the deploy would stop"], True
+                f"it): `alembic upgrade head` would fail and the deploy would stop"], True, True
     if not pending:
-        return [f"none pending (the database is at {state.revision}, this checkout's head)"], False
+        return [f"none pending (the database is at {state.revision}, this checkout's head): no migration runs"], False, False
     return [f"{len(pending)} pending ({', '.join(pending)}; the database is at {state.revision}): a database-only backup is "
-            f"taken first"], True
+            f"taken first"], True, True
 
 
 def print_dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list[Planned]:
@@ -530,21 +602,26 @@ def print_dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list[P
     if len(files) > DRY_RUN_FILES:
         print(f"   ... and {len(files) - DRY_RUN_FILES} more")
 
-    image_lines, ship = dry_run_images(host, release.image)
+    if plan.backend:
+        image_lines, ship = dry_run_images(host, release.image)
+        migration_lines, backup, migrate = dry_run_migrations(host, current)
+    else:
+        unchanged = f"the backend is unchanged since {plan.backend_release}: its API and worker containers keep running"
+        image_lines, ship = [f"none needed ({unchanged})"], []
+        migration_lines, backup, migrate = [f"none ({unchanged})"], False, False
     print("images:")
     for line in image_lines:
         print(f"   {line}")
-    migration_lines, backup = dry_run_migrations(host, current)
     print("migrations:")
     for line in migration_lines:
         print(f"   {line}")
     rows, _ = host.releases()
-    prune = releases_to_prune(rows + [(rid, {"result": "ok", "previous": current})], rid, host.settings.keep_releases)
+    prune = releases_to_prune(rows + [(rid, release.recorded("ok"))], rid, host.settings.keep_releases)
     print(f"releases pruned after it: {', '.join(prune) or 'none'}")
 
     env_keys = sum(1 for line in plan.env_text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    planned = planned_commands(host, release, upload=remote.rsync_command(host.conn, **options), ship=ship, backup=backup,
-                               prune=prune, env_keys=env_keys)
+    planned = planned_commands(host, plan, upload=remote.rsync_command(host.conn, **options), ship=ship, backup=backup,
+                               migrate=migrate, prune=prune, env_keys=env_keys)
     print(f"Commands that would change {host.name}, in order (the deploy also takes the host's lock ({ctx.lock_dir}) and "
           f"appends one line to {ctx.audit_log}; when a check fails it puts {current or 'nothing'} back):")
     step = ""

@@ -104,6 +104,8 @@ def _json(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+ALERT_FAILED = "@@alert-failed"  # printed by a deferred audit + alert command whose alert failed
+
 # The help of every task's --wait flag (Host.locked's `wait`).
 WAIT_HELP = "If another operation holds the host's lock, wait for it instead of failing."
 # Audited operations that also send an alert (tasktracker-notify) when they end.
@@ -133,6 +135,7 @@ class Host:
         self.ctx = HostContext(settings.app_dir, settings.compose_project, variant)
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
         self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)
+        self._deferred: list[tuple[str, str]] | None = None  # audit lines waiting for the lock's release
 
     # --- connecting ----------------------------------------------------------------------
     @classmethod
@@ -214,10 +217,16 @@ class Host:
                 action, result, release=release, commit=commit or entry.get("commit", ""), who=who, seconds=duration,
                 step=step, reason=reason, put_back=self.put_back_release)
             command += "; " + notify_commands.send(self.ctx, self.redact(message))
+        if self._deferred is not None:  # inside `locked`: sent with the lock's release (one round trip)
+            self._deferred.append((action, command))
+            return
         ran = self.conn.run(command, hide=True, warn=True)
         if action in NOTIFIED_ACTIONS and not ran.ok:
-            why = "; ".join(self.redact(ran.stderr).strip().splitlines()[-2:]) or f"exit {ran.exited}"
-            print(f"Warning: the {action} alert was not sent from {self.name}: {why}", flush=True)
+            self._alert_not_sent(action, ran.stderr, ran.exited)
+
+    def _alert_not_sent(self, action: str, stderr: str, exited: int) -> None:
+        why = "; ".join(self.redact(stderr).strip().splitlines()[-2:]) or f"exit {exited}"
+        print(f"Warning: the {action} alert was not sent from {self.name}: {why}", flush=True)
 
     @contextmanager
     def audited(self, action: str, release: str = ""):
@@ -268,12 +277,20 @@ class Host:
                 announced = True
             time.sleep(poll)
         keeper = self.conn.run(lock_commands.keeper(self.ctx, token), hide=True, asynchronous=True)
+        self._deferred = []
         try:
             if wait and announced:
                 self.refresh_facts(self.variant)  # the host may have changed while we waited
             yield
         finally:
-            out = self.conn.run(lock_commands.release(self.ctx, token), hide=True, warn=True).stdout
+            deferred, self._deferred = self._deferred, None
+            # The audit line (and alert) of the operation, then the release: one round trip.
+            lines = [f"{{ {command}; }} || echo {ALERT_FAILED}-{action}" for action, command in deferred]
+            result = self.conn.run("; ".join([*lines, lock_commands.release(self.ctx, token)]), hide=True, warn=True)
+            out = result.stdout
+            for action, _ in deferred:
+                if f"{ALERT_FAILED}-{action}" in out and action in NOTIFIED_ACTIONS:
+                    self._alert_not_sent(action, result.stderr, 1)
             if "NOT-OURS" in out:
                 print(f"Note: the lock on {self.name} was force-released during this {action} and is now held by "
                       f"another run; it was left alone.", flush=True)
@@ -311,32 +328,70 @@ class Host:
             out = result.stdout.strip()
             raise StepFailed("health checks", out.splitlines()[-1] if out else result.stderr.strip()[-500:])
 
-    def activate(self, release: Release) -> None:
-        """Move traffic to `release` without dropping requests, then prove it with the probe."""
-        rid = release.id
-        with self.steps.step("replace api (new beside old)"):
-            out = self.run(self.in_release(rid, rollout.api_rollout(self.ctx)), "replace api")
-            print(f"   {out.stdout.strip().splitlines()[-1]}")
-        with self.steps.step("restart worker (graceful)"):
-            self.run(self.in_release(rid, sh(rollout.worker_restart(self.ctx))), "restart worker")
-        with self.steps.step("switch current and reload nginx"):
-            self.run(self.in_release(rid, sh(rollout.nginx_check(self.ctx, rid))), "nginx -t")
-            self.run(rollout.switch_current(self.ctx, rid) + " && "
-                     + self.in_release(rid, rollout.nginx_up_and_reload(self.ctx)), "switch current")
-        with self.steps.step("health checks"):
-            self.probe(release)
+    def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
+        """Move traffic to `release` without dropping requests and prove it with the probe, in one
+        round trip (commands/rollout.activation): the API and worker are replaced only when
+        `backend` (a dashboard-only release just switches `current` and reloads nginx); `then`
+        runs after the checks passed (recording the release). Each step gets its own row."""
+        stream = self.steps.remote()
+        result = self.conn.run(self.activation_script(release, backend=backend, then=then), warn=True, hide="stderr",
+                               out_stream=stream)
+        stream.finish(result.ok)
+        if not result.ok:
+            failed_checks = [line for line in stream.lines if line.startswith("FAIL")]  # the probe's own verdicts
+            output = (result.stderr.strip() or "\n".join(stream.lines[-8:]))[-1500:]
+            raise StepFailed(stream.current or "activate",
+                             self.redact("; ".join(failed_checks) if failed_checks else f"exit {result.exited}: {output}"))
 
-    def put_back(self, previous: str, failed: str, marked: bool = True) -> str:
-        """Put `previous` back (with its own settings) after `failed` did not pass its checks;
-        returns a sentence for the error message."""
+    def prepare_release(self, release: Release, files: list[tuple[str, int, str]],
+                        images: list[str]) -> tuple[set[str], list[tuple[str, dict]]]:
+        """Send the release's own files (settings, release.yml, RELEASE.json, the alert program) as
+        one tar into the lock's 0700 inbox, then lay the release out, unpack them and report which
+        of `images` the host has and the kept releases: two round trips. Call inside `locked` (the
+        inbox is the lock's)."""
+        self.conn.put(io.BytesIO(release_commands.files_archive(files)), remote=f"{self.ctx.inbox}/{release_commands.RELEASE_TAR}")
+        out = self.run(release_commands.unpack_release(self.ctx, release.id) + "; " + image_commands.present(images)
+                       + "; " + release_commands.list_releases(self.ctx), "prepare release").stdout
+        return image_commands.parse_present(out), release_commands.parse_releases(out)[0]
+
+    def start_backend(self, release: Release) -> release_commands.SchemaState:
+        """One round trip: build the backend image on the host if it is missing, start Postgres and
+        NATS, and read the database's schema state (fails closed: see SchemaState.readable)."""
+        stream = self.steps.remote()
+        result = self.conn.run(self.start_backend_script(release), warn=True, hide="stderr", out_stream=stream)
+        stream.finish(result.ok)
+        if not result.ok:
+            raise StepFailed(stream.current or "start backend", self.redact(f"exit {result.exited}: {result.stderr.strip()[-1500:]}"))
+        return release_commands.parse_schema("\n".join(stream.facts))
+
+    def start_backend_script(self, release: Release) -> str:
+        build = release_commands.image_present_or_build(release.image, sh(compose_commands.build_backend(self.ctx)))
+        return rollout.start_backend(self.ctx, release.id, build,
+                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds))
+
+    def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
+        probe = release_commands.probe(release.image, self.base_url, list(release.assets))
+        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then)
+
+    def check_running(self) -> list[str]:
+        """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:
+        every service has a running container and none is unhealthy."""
+        out = self.conn.run(rollout.running_services(self.ctx), hide=True, warn=True).stdout
+        return rollout.stack_problems(out)
+
+    def put_back(self, previous: str, failed: str, marked: bool = True, backend: bool = True) -> str:
+        """Put `previous` back (with its own settings) after `failed` did not pass its checks
+        (`backend=False`: `failed` changed only the dashboard, so only `current` and nginx go
+        back); returns a sentence for the error message."""
         if not previous:
             self.probe_run(sh(rollout.remove_current(self.ctx)))
             return " There is no earlier release to go back to; `current` was removed."
         print(f"   rolling back automatically to {previous}")
         try:
             release = self.release(previous)
-            self.ensure_image(release, "rebuild previous image")
-            self.activate(release)
+            if backend:
+                self.ensure_image(release, "rebuild previous image")
+            self.activate(release, backend=backend)
         except StepFailed as again:
             return f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H {self.name} rollback --to {previous}`."
         self.put_back_release = previous

@@ -42,6 +42,12 @@ def ok(argv) -> bool:
     return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
+def docker_id() -> str:
+    """This machine's Docker daemon ID ("" without Docker): a host reporting the same ID shares it."""
+    out = subprocess.run(["docker", "info", "--format", "{{.ID}}"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def apt_install(packages: list[str]) -> None:
     say(f"installing Debian packages: {' '.join(packages)}")
     run(["apt-get", "update", "-qq"])

@@ -46,6 +46,63 @@ class Steps:
     def skip(self, name: str, why: str) -> None:
         self.rows.append((name, 0.0, f"skipped ({why})"))
 
+    def remote(self) -> "RemoteSteps":
+        """An output stream for one remote script that marks its steps (`@@step NAME EPOCH`
+        lines, printed by `commands.rollout.mark`): each step is announced as it starts and gets
+        its own row, with the host's own timing."""
+        return RemoteSteps(self)
+
+
+class RemoteSteps:
+    """Turns a remote script's `@@step` markers into step rows and live progress; other lines
+    are printed indented (redacted). `finish(ok)` closes the last step; `current` names it."""
+
+    MARK, END, FACT = "@@step ", "@@end ", "@@fact "  # a step starts; the script ends; data, not shown
+
+    def __init__(self, steps: Steps):
+        self.steps, self.buffer, self.current, self.started = steps, "", "", 0.0
+        self.lines: list[str] = []
+        self.ended: float | None = None
+        self.facts: list[str] = []
+
+    def write(self, data: str) -> int:
+        self.buffer += data
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _line(self, line: str) -> None:
+        if line.startswith(self.END):
+            stamp = line[len(self.END):].strip()
+            self.ended = float(stamp) if stamp.replace(".", "", 1).isdigit() else None
+        elif line.startswith(self.MARK):
+            name, _, stamp = line[len(self.MARK):].rpartition(" ")
+            at = float(stamp) if stamp.replace(".", "", 1).isdigit() else time.time()
+            self._close(at, "ok")
+            self.current, self.started = name, at
+            print(f"-> {name}", flush=True)
+        elif line.startswith(self.FACT):
+            self.facts.append(line[len(self.FACT):])
+        elif line.strip():
+            self.lines.append(line)
+            print(f"   {redact(line, self.steps.secrets)}", flush=True)
+
+    def _close(self, at: float, result: str) -> None:
+        if self.current:
+            self.steps.rows.append((self.current, max(0.0, at - self.started), result))
+
+    def finish(self, ok: bool) -> None:
+        if self.buffer:
+            self._line(self.buffer)
+            self.buffer = ""
+        self._close(self.ended or time.time(), "ok" if ok else "FAILED")
+        if not ok and not self.current:
+            self.current = "?"
+
     def table(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [4])
         lines = [f"{self.title}", f"  {'step'.ljust(width)}  {'time':>7}  result"]

@@ -86,7 +86,8 @@ ROLLOUT = [
 LOCK = [
     ("acquire", lock.acquire(APP, {"user": "alice", "token": "t1"}),
      "mkdir -p app && if mkdir app/.deploy.lock 2>/dev/null; then "
-     "printf '%s\\n' '{\"token\": \"t1\", \"user\": \"alice\"}' > app/.deploy.lock/info.json && echo ACQUIRED; "
+     "printf '%s\\n' '{\"token\": \"t1\", \"user\": \"alice\"}' > app/.deploy.lock/info.json && "
+     "install -d -m 700 app/.deploy.lock/inbox && echo ACQUIRED; "
      f"else echo HELD; {HOLDER}; fi"),
     ("keeper", lock.keeper(APP, "t1"),
      "grep -qF '\"t1\"' app/.deploy.lock/info.json 2>/dev/null && echo $$ > app/.deploy.lock/keeper.pid && exec cat > /dev/null"),
@@ -192,6 +193,7 @@ RELEASE = [
     ("preflight", release.preflight(APP),
      "echo \"user=$(id -un)\"; echo \"home=$HOME\"; if command -v docker >/dev/null 2>&1; then "
      "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; else echo 'docker=missing'; fi; "
+     "echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"; "
      "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi; "
      "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi; "
      "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
@@ -901,3 +903,24 @@ def test_a_failed_renewal_is_not_hidden_by_the_reload():
     job = line[len("0 3 * * * "):].split(" >> ", 1)[0]
     fake = job.replace(sh(tls.renew(ctx)), "false")
     assert fake != job and subprocess.run(["sh", "-c", fake], capture_output=True).returncode == 1
+
+
+def test_a_release_arrives_as_one_tar_through_the_locks_private_inbox(tmp_path):
+    """The lock makes a 0700 inbox; the deploy's tar (settings 0600) is unpacked with its modes,
+    the release is laid out and its .env linked, and the tar is gone."""
+    ctx = HostContext("app", "tt")
+    assert bash(lock.acquire(ctx, INFO), tmp_path).stdout == "ACQUIRED\n"
+    inbox = tmp_path / ctx.inbox
+    assert oct(inbox.stat().st_mode)[-3:] == "700"
+    tar = release.files_archive([("env/r1.env", 0o600, "POSTGRES_PASSWORD='x y'\n"), ("releases/r1/release.yml", 0o644, "services: {}\n"),
+                                 ("bin/notify.conf", 0o600, "WEBHOOK_URL=''\n")])
+    (inbox / release.RELEASE_TAR).write_bytes(tar)
+    result = bash(release.unpack_release(ctx, "r1"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    app = tmp_path / "app"
+    assert oct((app / "env/r1.env").stat().st_mode)[-3:] == "600" and oct((app / "env").stat().st_mode)[-3:] == "700"
+    assert oct((app / "bin/notify.conf").stat().st_mode)[-3:] == "600"
+    assert (app / "releases/r1/.env").read_text() == "POSTGRES_PASSWORD='x y'\n"
+    assert (app / "releases/r1/release.yml").read_text() == "services: {}\n"
+    assert not (inbox / release.RELEASE_TAR).exists()
+    assert all((app / d.removeprefix("app/")).is_dir() for d in ctx.mounted_dirs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tarfile
 import re
 import shlex
 from pathlib import Path
@@ -88,6 +89,8 @@ class FakeConnection:
     def run(self, command: str, *, warn: bool = False, asynchronous: bool = False, **kwargs):
         self.calls.append((command, {"warn": warn, "asynchronous": asynchronous, **kwargs}))
         stdout, stderr, exited = self._answer(command)
+        if kwargs.get("out_stream") is not None:  # like Invoke: the output is shown through it, and kept
+            kwargs["out_stream"].write(stdout)
         result = Result(stdout=stdout, stderr=stderr, exited=exited, command=command)
         if exited and not warn:
             raise UnexpectedExit(result)
@@ -199,14 +202,26 @@ def _activation(conn: FakeConnection) -> FakeConnection:
             .on("docker image inspect", ok("image tasktracker-backend:11aa22bb33cc already built\n")))
 
 
+def marks(*steps: str) -> str:
+    """What an activation script prints as it reaches each step (steps.RemoteSteps reads it)."""
+    return "".join(f"@@step {step} {100 + n}.0\n" for n, step in enumerate(steps))
+
+
+ACTIVATION = "@@step replace api (new beside old)"  # in every backend activation script
+ALL_STEPS = ("replace api (new beside old)", "restart worker (graceful)", "switch current and reload nginx", "health checks")
+
+
 def test_put_back_when_the_previous_release_fails_too(capsys):
-    conn = _activation(FakeConnection()).on(
-        "--no-recreate --scale", fail("the new api container did not become healthy (unhealthy); the old one kept serving"))
-    message = make_host(conn).put_back("r1", "r2")
+    conn = _activation(FakeConnection()).on(ACTIVATION, fail(
+        "the new api container did not become healthy (unhealthy); the old one kept serving", stdout=marks(ALL_STEPS[0])))
+    host = make_host(conn)
+    message = host.put_back("r1", "r2")
     assert message == (" Automatic rollback to r1 ALSO failed (exit 1: the new api container did not become healthy (unhealthy); "
                        "the old one kept serving); run `fab -H vps rollback --to r1`.")
     assert "rolling back automatically to r1" in capsys.readouterr().out
-    assert not any("ln -sfn releases/" in c for c in conn.commands)  # current was not switched
+    assert (host.steps.rows[-1][0], host.steps.rows[-1][2]) == ("replace api (new beside old)", "FAILED")
+    script = conn.commands[-1]  # current is switched only after the api step: it was not reached
+    assert script.index(ACTIVATION) < script.index("ln -sfn releases/r1")
 
 
 def test_put_back_when_the_previous_release_has_no_metadata():
@@ -218,23 +233,38 @@ def test_put_back_when_the_previous_release_has_no_metadata():
 
 
 def test_put_back_when_the_previous_release_fails_its_health_checks():
-    conn = (_activation(FakeConnection()).on("--no-recreate --scale", ok("api: 0123456789ab healthy; replaced 1 old container(s)\n"))
-            .on("/probe.py", fail("", stdout="ok   /nginx-health\nFAIL /api/health: 503 database down\n")))
+    conn = _activation(FakeConnection()).on(ACTIVATION, fail("", stdout=marks(*ALL_STEPS) + "ok   /nginx-health\n"
+                                                                         "FAIL /api/health: 503 database down\n"))
     assert make_host(conn).put_back("r1", "r2", marked=False) == (
         " Automatic rollback to r1 ALSO failed (FAIL /api/health: 503 database down); run `fab -H vps rollback --to r1`.")
 
 
 @pytest.mark.parametrize("marked, ending", [(True, "; r2 is marked failed."), (False, ".")])
-def test_put_back_puts_the_previous_release_back(marked, ending):
-    conn = (_activation(FakeConnection()).on("--no-recreate --scale", ok("api: 0123456789ab healthy; replaced 1 old container(s)\n"))
-            .on("/probe.py", ok("ok   /nginx-health\nok   /api/health\n")))
-    assert make_host(conn).put_back("r1", "r2", marked) == " Release r1 was put back automatically and is serving" + ending
-    steps = ["else echo MISSING", "docker image inspect", "--no-recreate --scale", "up -d --no-deps worker", "nginx -t -q",
-             "ln -sfn releases/r1 tasktracker/current.tmp", "/probe.py"]
-    assert [next(s for s in steps if s in c) for c in conn.commands] == steps
-    assert all(c.startswith("cd tasktracker/releases/r1 && ") for c in conn.commands[1:5] + conn.commands[6:])
-    assert conn.commands[5].startswith("ln -sfn releases/r1 tasktracker/current.tmp && mv -T tasktracker/current.tmp "
-                                       "tasktracker/current && cd tasktracker/releases/r1 && ")
+def test_put_back_puts_the_previous_release_back(marked, ending, capsys):
+    conn = _activation(FakeConnection()).on(ACTIVATION, ok(marks(*ALL_STEPS) + "api: 0123456789ab healthy; replaced 1 old "
+                                                            "container(s)\nok   /nginx-health\nok   /api/health\n"))
+    host = make_host(conn)
+    assert host.put_back("r1", "r2", marked) == " Release r1 was put back automatically and is serving" + ending
+    assert [c.split("\n")[0][:40] for c in conn.commands][:2] == [c[:40] for c in (
+        "if [ -f tasktracker/releases/r1/RELEASE.json ]; then cat", "cd tasktracker/releases/r1 && if docker image inspect")]
+    script = conn.commands[2]  # one round trip: api, worker, nginx check, switch, reload, probe, in this order
+    order = [ACTIVATION, "--no-recreate --scale", "@@step restart worker", "up -d --no-deps worker", "nginx -t -q",
+             "ln -sfn releases/r1 tasktracker/current.tmp", "kill -HUP 1", "@@step health checks", "/probe.py"]
+    assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
+    assert len(conn.commands) == 3
+    assert [row[0] for row in host.steps.rows] == list(ALL_STEPS)
+    out = capsys.readouterr().out
+    assert "-> replace api (new beside old)" in out and "   ok   /api/health" in out and "@@step" not in out
+
+
+def test_a_dashboard_only_put_back_leaves_the_api_alone():
+    conn = _activation(FakeConnection()).on("@@step switch current", ok(marks(*ALL_STEPS[2:])))
+    assert make_host(conn).put_back("r1", "r2", backend=False).startswith(" Release r1 was put back automatically")
+    script = conn.commands[-1]
+    assert len(conn.commands) == 2 and "docker image inspect" not in conn.commands[0]  # no image check either
+    assert "--scale" not in script and "up -d --no-deps worker" not in script
+    assert 'docker exec "$ngx" nginx -t -q -c /srv/app/releases/r1/nginx/nginx.conf' in script
+    assert 'docker kill --signal HUP "$ngx"' in script
 
 
 # --- release metadata ------------------------------------------------------------------------------
@@ -771,7 +801,10 @@ BACKUP_OK = "[backup] done\nBACKUP OK 20261125T214510Z-predeploy\n" + json.dumps
 
 
 def _read_only(command: str) -> bool:
-    """The deploy's commands that read the host (image presence, schema, release list, probe)."""
+    """The deploy's commands that only read the host (image presence, schema, release list, probe);
+    scripts (`set -e ...`) change it."""
+    if command.startswith("set -e"):
+        return False
     return command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum")) or "/probe.py" in command
 
 
@@ -828,8 +861,9 @@ def test_dry_run_without_a_live_release(planning, capsys):
     assert planning[0]["link_dest"] is None
     steps = [p.step for p in planned]
     assert "back up database before migrating" not in steps  # a fresh database has nothing to lose
-    assert steps[0] == "prepare release and its settings" and steps[-1] == "record release and prune"
-    assert "    1. [host] mkdir -p tasktracker/releases/r3 " in out
+    assert steps[0] == "prepare release and its settings"
+    assert steps[-1] == "replace api, restart worker, switch current, reload nginx, health checks, record"
+    assert "    2. [host] mkdir -p tasktracker/releases/r3 " in out
     for secret in settings().secret_values():
         assert secret not in out
 
@@ -869,7 +903,8 @@ def test_dry_run_with_migrations_pending_plans_a_backup(planning, capsys, monkey
     ("db=unreachable\ndb_error=no running postgres container\nknown=0001\nparents=\n",
      "   the database's revision could not be read (no running postgres container): the deploy would stop before migrating "
      "(fail closed) and r2 would keep serving"),
-    ("db=ok\nrevision=0002\nschema=f\nknown=0001\nparents=\n", "   none pending (the database is at 0002, this checkout's head)"),
+    ("db=ok\nrevision=0002\nschema=f\nknown=0001\nparents=\n",
+     "   none pending (the database is at 0002, this checkout's head): no migration runs"),
     ("db=ok\nrevision=0009\nschema=f\nknown=0001\nparents=\n",
      "   the database is at 0009, which this checkout's migrations do not know (a later release applied it): `alembic upgrade "
      "head` would fail and the deploy would stop"),
@@ -886,20 +921,46 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     remote ones (all but the reads), the files written over SFTP, and the rsync."""
     plan_conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
     planned = deploy_module.print_dry_run(planning_host(plan_conn, KEEP_RELEASES="2"), None, skip_build=True)
-    deploy_conn = (FakeConnection().on('echo "current=$(basename', ok(RELEASES_AFTER)).on("--db-only", ok(BACKUP_OK))
-                   .on("--no-recreate --scale", ok("api: 0123456789ab healthy; replaced 1 old container(s)\n"))
-                   .on("/probe.py", ok("ok   /nginx-health\n")))
+    deploy_conn = (FakeConnection().on("tar -xpf", ok(HAVE + RELEASES_BEFORE)).on("--db-only", ok(BACKUP_OK))
+                   .on("@@step build backend image", ok(marks("build backend image", "start postgres and nats", "read database schema")
+                                                         + "".join(f"@@fact {line}\n" for line in SCHEMA_AT_0001.splitlines())))
+                   .on(ACTIVATION, ok(marks(*ALL_STEPS, "record release and prune") + "ok   /nginx-health\npruned r1\n")))
     outcome: dict = {}
-    deploy_module.run_deploy(planning_host(deploy_conn, KEEP_RELEASES="2"), None, outcome)
+    host = planning_host(deploy_conn, KEEP_RELEASES="2")
+    deploy_module.run_deploy(host, deploy_module.plan_deploy(host, None), outcome)
     assert outcome == {"release": "r3"}
     assert [p.command for p in planned if p.where == "host"] == [c for c in deploy_conn.commands if not _read_only(c)]
-    assert [path for p in planned if p.where == "sftp" for path in p.command.split(" <- ")[0].split(", ")] == [
-        path for path, _ in deploy_conn.uploads]
+    assert [p.command.split(" <- ")[0] for p in planned if p.where == "sftp"] == [path for path, _ in deploy_conn.uploads]
     assert [p.command for p in planned if p.where == "here"] == ["cd {} && rsync ... tasktracker/releases/r3/".format(
         deploy_module.PROJECT_ROOT)]
     dry, real = planning
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
+    # a release with a migration: the tar, unpack, start, [the backup's 3 commands and upload], migrate, activate
+    assert len(deploy_conn.commands) == 4 + 3 and len(deploy_conn.uploads) == 1 + 1
+    assert [row[0] for row in host.steps.rows][-5:] == [*ALL_STEPS, "record release and prune"]
+
+
+def test_a_dashboard_only_release_leaves_the_backend_alone(planning, capsys, monkeypatch):
+    monkeypatch.setattr(deploy_module, "backend_fingerprint", lambda root, env_text, variant: "bfp")
+    image = deploy_module.backend_image(deploy_module.PROJECT_ROOT, "tasktracker")
+    conn = (FakeConnection().on("tar -xpf", ok(RELEASES_BEFORE))
+            .on("@@step switch current", ok(marks(*ALL_STEPS[2:], "record release and prune") + "ok   /nginx-health\n")))
+    host = planning_host(conn)
+    host.facts["current_meta"] = json.dumps({"fingerprint": "fp-old", "backend_fingerprint": "bfp", "backend_image": image,
+                                             "backend_release": "r1", "result": "ok"})
+    plan = deploy_module.plan_deploy(host, None)
+    assert not plan.backend and plan.backend_release == "r1"
+    deploy_module.run_deploy(host, plan, {})
+    tar = tarfile.open(fileobj=io.BytesIO(conn.uploads[0][1]))
+    assert "RELEASE_ID: r1" in tar.extractfile("releases/r3/release.yml").read().decode()  # what the API truthfully reports
+    assert json.loads(tar.extractfile("releases/r3/RELEASE.json").read())["backend_release"] == "r1"
+    assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/r3.env"] == "0o600"
+    script = conn.commands[-1]
+    assert "--scale" not in script and "up -d --no-deps worker" not in script and "docker image inspect" not in conn.commands[0]
+    assert len(conn.commands) == 2 and len(conn.uploads) == 1  # unpack, activate; the tar
+    assert ("images, backend build, database, migrations, api and worker", 0.0,
+            "skipped (unchanged since r1: its containers keep running)") in host.steps.rows
 
 
 @pytest.mark.parametrize("mem_kb, level", [(1_950_000, budget.REFUSE), (3_900_000, budget.WARN), (8_000_000, budget.OK),

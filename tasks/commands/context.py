@@ -9,7 +9,7 @@ Compose project it is, and which Compose runs it. It owns the host's layout:
                                     acme (HTTP-01 webroot), letsencrypt (certbot's state)
     APP_DIR/backups/<set>/          verified backup sets (and backup.log)
     APP_DIR/bin/                    host-side programs (the backup script, the alert program)
-    APP_DIR/.deploy.lock/           the host lock
+    APP_DIR/.deploy.lock/           the host lock (inbox/: files a deploy sends, 0700)
     APP_DIR/audit.log               one JSON line per operation
 
 Nothing here opens a connection.
@@ -96,6 +96,12 @@ class HostContext:
     @property
     def lock_dir(self) -> str:
         return f"{self.app_dir}/.deploy.lock"
+
+    @property
+    def inbox(self) -> str:
+        """A 0700 directory inside the lock (made with it, removed with it): files a deploy sends
+        over SFTP (its settings among them) wait here, unreadable by anyone else, until unpacked."""
+        return f"{self.lock_dir}/inbox"
 
     @property
     def audit_log(self) -> str:

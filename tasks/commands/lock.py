@@ -23,7 +23,8 @@ def acquire(ctx: HostContext, info: dict) -> str:
     `info` carries the owner token; it is written with the lock directory's contents."""
     d = ctx.lock_dir
     return (f"mkdir -p {q(ctx.app_dir)} && if mkdir {q(d)} 2>/dev/null; then "
-            f"printf '%s\\n' {q(json.dumps(info, sort_keys=True))} > {q(d)}/info.json && echo ACQUIRED; "
+            f"printf '%s\\n' {q(json.dumps(info, sort_keys=True))} > {q(d)}/info.json && "
+            f"install -d -m 700 {q(ctx.inbox)} && echo ACQUIRED; "
             f"else echo HELD; {_holder_report(d)}; fi")
 
 

@@ -9,7 +9,10 @@ settings it was proven with.
 from __future__ import annotations
 
 import ast
+import io
 import json
+import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ def preflight(ctx: HostContext) -> str:
         "if command -v docker >/dev/null 2>&1; then "
         "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; "
         "else echo 'docker=missing'; fi",
+        "echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"",
         "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi",
         "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi",
         "echo \"rsync=$(command -v rsync || true)\"",
@@ -83,6 +87,38 @@ def prepare(ctx: HostContext, release_id: str, release_yml: str) -> str:
         sh(["install", "-m", "600", "/dev/null", ctx.release_env(release_id)]),
         sh(["ln", "-sfn", f"../../env/{release_id}.env", f"{release}/.env"]),
         f"printf %s {q(release_yml)} > {q(release)}/release.yml",
+    ])
+
+
+RELEASE_TAR = "release.tar"
+
+
+def files_archive(files: list[tuple[str, int, str]]) -> bytes:
+    """A tar of (path relative to APP_DIR, mode, text): what a deploy writes besides the rsync'd
+    tree (the release's settings, release.yml, RELEASE.json, the alert program), sent in one
+    SFTP upload into the lock's 0700 inbox and unpacked by `unpack_release`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, mode, text in files:
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def unpack_release(ctx: HostContext, release_id: str) -> str:
+    """Lay out the release (its directory, the shared directories, the 0700 env directory) and
+    unpack the inbox's tar into APP_DIR with its modes (umask 077 while unpacking: no file is
+    readable by others even for a moment), then link the release's .env."""
+    release = ctx.release_dir(release_id)
+    tar = f"{ctx.inbox}/{RELEASE_TAR}"
+    return " && ".join([
+        sh(["mkdir", "-p", release, *ctx.mounted_dirs]),
+        sh(["install", "-d", "-m", "700", ctx.env_dir]),
+        f"( umask 077 && tar -xpf {q(tar)} -C {q(ctx.app_dir)} --no-same-owner )",
+        sh(["rm", "-f", tar]),
+        sh(["ln", "-sfn", f"../../env/{release_id}.env", f"{release}/.env"]),
     ])
 
 

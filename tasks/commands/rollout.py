@@ -8,7 +8,7 @@ so the dashboard switches when `current` is flipped, and nginx reloads gracefull
 
 from __future__ import annotations
 
-from . import sh
+from . import q, sh
 from .context import HostContext
 
 RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
@@ -79,3 +79,76 @@ def nginx_up_and_reload(ctx: HostContext) -> str:
     # HUP to nginx's master (PID 1): it re-reads the config it was started with, gracefully.
     reload = sh(ctx.compose("exec", "-T", "nginx", "kill", "-HUP", "1"))
     return f"{up} 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; {reload}"
+
+
+STACK_SERVICES = ("postgres", "nats", "api", "worker", "nginx")
+END_MARK = 'echo "@@end $(date +%s.%N)"'
+
+
+def mark(step: str) -> str:
+    """Shell: announce a step of a remote script (steps.RemoteSteps reads these lines)."""
+    return f'echo "@@step {step} $(date +%s.%N)"'
+
+
+def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "") -> str:
+    """One script that moves traffic to the release and proves it, each step marked:
+
+    - backend: replace the API (new beside old), restart the worker, check the release's nginx
+      config in a throwaway container, switch `current`, (re)create nginx if its definition
+      changed and reload it;
+    - dashboard only (the API's image, settings and compose files are the live ones): check the
+      config inside the running nginx, switch `current`, reload nginx with a HUP; the API and
+      worker containers are not touched;
+
+    then the health probe, then `then` (run from the login directory: recording the release)."""
+    nginx_conf = f"/srv/app/releases/{release_id}/nginx/nginx.conf"
+    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD",
+             f"cd {q(ctx.release_dir(release_id))}"]
+    if backend:
+        lines += [mark("replace api (new beside old)"), "(", api_rollout(ctx), ")",
+                  mark("restart worker (graceful)"), f"{sh(worker_restart(ctx))} >/dev/null",
+                  mark("switch current and reload nginx"), sh(nginx_check(ctx, release_id)),
+                  f"( cd \"$home\" && {switch_current(ctx, release_id)} )", nginx_up_and_reload(ctx)]
+    else:
+        lines += [mark("switch current and reload nginx"), f"ngx=$({ctx.container('nginx')})",
+                  f"if [ -n \"$ngx\" ]; then docker exec \"$ngx\" nginx -t -q -c {q(nginx_conf)}; "
+                  f"else {sh(nginx_check(ctx, release_id))}; fi",
+                  f"( cd \"$home\" && {switch_current(ctx, release_id)} )",
+                  f"if [ -n \"$ngx\" ]; then docker kill --signal HUP \"$ngx\" >/dev/null; else {nginx_up_and_reload(ctx)}; fi"]
+    lines += [mark("health checks"), probe]
+    if then:
+        lines += [mark("record release and prune"), 'cd "$home"', then]
+    return "\n".join(lines) + "\n"
+
+
+def running_services(ctx: HostContext) -> str:
+    """Each of the project's long-running containers: `service|state|status` (status carries
+    Docker's health: `Up 3 minutes (healthy)`)."""
+    return (f"docker ps -a --filter label=com.docker.compose.project={q(ctx.project)} "
+            f"--filter label=com.docker.compose.oneoff=False "
+            f"--format '{{{{.Label \"com.docker.compose.service\"}}}}|{{{{.State}}}}|{{{{.Status}}}}'")
+
+
+def stack_problems(output: str, services: tuple[str, ...] = STACK_SERVICES) -> list[str]:
+    """What `running_services` shows wrong: a service without a running container, or unhealthy."""
+    running: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        service, state, status = (line.split("|") + ["", ""])[:3]
+        if state == "running":
+            running.setdefault(service, []).append(status)
+    problems = [f"{name} is not running" for name in services if name not in running]
+    problems += [f"{name} is unhealthy" for name, statuses in running.items()
+                 if name in services and all("(unhealthy)" in st for st in statuses)]
+    return problems
+
+
+def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) -> str:
+    """One script: build the backend image on the host when missing (`build`), start Postgres and
+    NATS, then read the schema state (`schema`, run from the login directory; its lines are
+    marked `@@fact` for the caller to parse)."""
+    return "\n".join([
+        "set -e", f"cd {q(ctx.release_dir(release_id))}",
+        mark("build backend image"), build,
+        mark("start postgres and nats"), sh(data_services_up(ctx)),
+        mark("read database schema"), 'cd "$OLDPWD"',
+        "{ " + schema + "; } | sed 's/^/@@fact /'", END_MARK]) + "\n"

@@ -1,0 +1,224 @@
+"""Docker Swarm builders and parsers (tasks/commands/cluster.py): string tables, no host."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tasks.cluster import STACK_SOURCES, load_sources
+from tasks.commands import cluster
+from tasks.commands.context import HostContext
+from tests.support import ROOT
+
+CTX = HostContext("/home/deploy/tasktracker", "tasktracker")
+VALUES = {"POSTGRES_PASSWORD": "pg$secret", "NATS_PASSWORD": "nats-pw", "BACKEND_IMAGE": "tasktracker-backend:abc",
+          "RELEASE_ID": "r1", "APP_ROOT": "/home/deploy/tasktracker", "HTTP_PORT": "80", "HTTPS_PORT": "443"}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (cluster.init("172.30.0.2"), "docker swarm init --advertise-addr 172.30.0.2"),
+    (cluster.join_token(), "docker swarm join-token -q worker"),
+    (cluster.join("SWMTKN-1-x", "172.30.0.2", "172.30.0.3"),
+     "docker swarm join --token SWMTKN-1-x --advertise-addr 172.30.0.3 172.30.0.2:2377"),
+    (cluster.label("n1", {"tasktracker.alias": "vps1", "tasktracker.data": "true"}),
+     "docker node update --label-add tasktracker.alias=vps1 --label-add tasktracker.data=true n1"),
+    (cluster.availability("abc123", "drain"), "docker node update --availability drain abc123"),
+    (cluster.availability("abc123", "active"), "docker node update --availability active abc123"),
+    (cluster.stack_deploy("tt", ["/a/1.yml", "/a/2.yml"]), "docker stack deploy --resolve-image never -c /a/1.yml -c /a/2.yml tt"),
+    (cluster.migrate(CTX, "r1", "tt", "tt-backend:abc"),
+     "docker run --rm --network tt_default --env-file /home/deploy/tasktracker/env/r1.stack/migrate.env tt-backend:abc "
+     "alembic upgrade head"),
+    (cluster.prepare_stack_dir(CTX, "r1"), "install -d -m 700 /home/deploy/tasktracker/env/r1.stack"),
+], ids=["init", "token", "join", "label", "drain", "activate", "stack-deploy", "migrate", "stack-dir"])
+def test_builders(argv, expected):
+    assert " ".join(argv) == expected
+
+
+def test_an_unknown_availability_is_refused():
+    with pytest.raises(ValueError):
+        cluster.availability("n1", "off")
+
+
+def test_the_join_token_never_shows_in_a_message():
+    line = cluster.describe(cluster.join("SWMTKN-1-secret", "10.0.0.1", "10.0.0.2"), ["SWMTKN-1-secret"])
+    assert "SWMTKN" not in line and "[REDACTED]" in line
+
+
+def test_the_stack_files_are_the_only_sources_and_the_stack_lives_with_the_settings():
+    assert STACK_SOURCES == ("compose.yml", "docker-compose.production.yml", "swarm.yml")
+    assert cluster.stack_paths(CTX, "r1", 2, "data-") == ["/home/deploy/tasktracker/env/r1.stack/data-1.yml",
+                                                         "/home/deploy/tasktracker/env/r1.stack/data-2.yml"]
+
+
+SWARM_ACTIVE = json.dumps({"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1", "NodeAddr": "172.30.0.2",
+                           "RemoteManagers": [{"NodeID": "n1", "Addr": "172.30.0.2:2377"}]})
+
+
+@pytest.mark.parametrize("output, expected", [
+    (f"swarm={SWARM_ACTIVE}\naddress=172.30.0.2\nfirst_address=172.30.0.2\nhostname=vm1\nipvs=no\n",
+     {"state": "active", "manager": True, "node_id": "n1", "node_addr": "172.30.0.2", "managers": ["172.30.0.2:2377"],
+      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False}),
+    ('swarm={"LocalNodeState":"inactive","ControlAvailable":false,"NodeID":"","NodeAddr":""}\naddress=\n'
+     "first_address=10.1.2.3\nhostname=vps\nipvs=yes\n",
+     {"state": "inactive", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "10.1.2.3",
+      "hostname": "vps", "ipvs": True}),
+    ("swarm=\naddress=\nhostname=x\n", {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [],
+                                        "address": "", "hostname": "x", "ipvs": False}),
+], ids=["manager", "not-in-a-swarm-address-from-hostname-I", "no-docker"])
+def test_parse_facts(output, expected):
+    assert cluster.parse_facts(output) == expected
+
+
+def test_the_facts_command_reads_the_default_routes_source_address():
+    command = cluster.facts()
+    assert "ip -4 route get" in command and "hostname -I" in command and "/proc/net/ip_vs" in command
+
+
+STATUS = "\n".join([
+    "@@ nodes",
+    'n1\tvm1\tmanager\tactive\tready\t172.30.0.2\t{"tasktracker.alias":"vps1","tasktracker.data":"true","tasktracker.entry":"true"}',
+    'n2\tvm2\tworker\tdrain\tready\t172.30.0.3\t{"tasktracker.alias":"vps2"}',
+    "n3\tvm3\tworker\tactive\tdown\t172.30.0.4\tnull",
+    "@@ services",
+    '{"ID":"s1","Image":"tt-backend:abc","Mode":"replicated","Name":"tt_api","Ports":"","Replicas":"2/2"}',
+    '{"ID":"s2","Image":"pgvector/pgvector:pg17","Mode":"replicated","Name":"tt_postgres","Replicas":"1/1 (max 1 per node)"}',
+    '{"ID":"s3","Image":"tt-backend:abc","Mode":"replicated","Name":"tt_worker","Replicas":"0/1"}',
+    "@@ updates",
+    "tt_api\tcompleted",
+    "tt_postgres\t",
+    "tt_worker\tupdating",
+    "@@ tasks",
+    '{"CurrentState":"Running 2 minutes ago","Name":"tt_api.1","Node":"vm1","Image":"tt-backend:abc","Error":""}',
+    '{"CurrentState":"Running 1 minute ago","Name":"tt_api.2","Node":"vm3","Image":"tt-backend:abc","Error":""}',
+    '{"CurrentState":"Running 3 minutes ago","Name":"tt_postgres.1","Node":"vm1","Image":"pgvector/pgvector:pg17","Error":""}',
+    '{"CurrentState":"Preparing 1 second ago","Name":"tt_worker.1","Node":"vm3","Image":"tt-backend:abc","Error":""}',
+])
+
+
+def test_parse_status():
+    state = cluster.parse_status(STATUS)
+    assert [(n["alias"], n["role"], n["availability"], n["state"]) for n in state["nodes"]] == [
+        ("vps1", "manager", "active", "ready"), ("vps2", "worker", "drain", "ready"), ("", "worker", "active", "down")]
+    assert state["nodes"][0]["labels"][cluster.LABEL_DATA] == "true"
+    assert state["services"]["tt_postgres"]["running"] == 1 and state["services"]["tt_postgres"]["desired"] == 1
+    assert state["services"]["tt_worker"]["update"] == "updating"
+    assert cluster.tasks_per_node(state["tasks"]) == {"vm1": ["api.1", "postgres.1"], "vm3": ["api.2"]}
+
+
+@pytest.mark.parametrize("services, wanted, expected", [
+    ({"tt_api": {"replicas": "2/2", "running": 2, "desired": 2, "update": "completed"}}, None, ("done", [])),
+    ({"tt_api": {"replicas": "1/2", "running": 1, "desired": 2, "update": ""}}, None, ("waiting", ["tt_api: 1/2 running"])),
+    ({"tt_api": {"replicas": "2/2", "running": 2, "desired": 2, "update": "updating"}}, None, ("waiting", ["tt_api: update updating"])),
+    ({"tt_api": {"replicas": "2/2", "running": 2, "desired": 2, "update": "rollback_completed"}}, None,
+     ("failed", ["tt_api: update rollback completed"])),
+    ({}, ["tt_postgres"], ("waiting", ["tt_postgres: not created yet"])),
+    ({"tt_postgres": {"replicas": "1/1", "running": 1, "desired": 1, "update": ""},
+      "tt_api": {"replicas": "0/2", "running": 0, "desired": 2, "update": ""}}, ["tt_postgres"], ("done", [])),
+], ids=["done", "replicas-missing", "updating", "rolled-back", "not-created", "only-the-wanted-ones"])
+def test_convergence(services, wanted, expected):
+    assert cluster.convergence(services, wanted) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("2/3", (2, 3)), ("1/1 (max 1 per node)", (1, 1)), ("", (0, 0))])
+def test_parse_replicas(text, expected):
+    assert cluster.parse_replicas(text) == expected
+
+
+@pytest.mark.parametrize("name, expected", [("vps2", "n2"), ("vm3", "n3"), ("n1", "n1"), ("nope", None)])
+def test_find_node_by_alias_hostname_or_id(name, expected):
+    node = cluster.find_node(cluster.parse_status(STATUS)["nodes"], name)
+    assert (node or {}).get("id") == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("${A}", "a$$1"), ("${MISSING:-dflt}", "dflt"), ("${EMPTY:-dflt}", "dflt"), ("${EMPTY-dflt}", ""),
+    ("$$HOME", "$$HOME"), ("x$A-y", "xa$$1-y"), ("${MISSING}", ""),
+], ids=["braced-dollar-escaped", "default", "empty-default", "unset-only-default", "escaped-dollar-kept", "bare", "missing"])
+def test_interpolate(text, expected):
+    assert cluster.interpolate(text, {"A": "a$1", "EMPTY": ""}) == expected
+
+
+def test_interpolate_refuses_a_missing_required_value():
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD must be set"):
+        cluster.interpolate("${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}", {})
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return cluster.render_stack(load_sources(ROOT), VALUES, mesh=False)
+
+
+def merged(docs: list[dict]) -> dict:
+    services: dict = {}
+    for doc in docs:
+        for name, s in (doc.get("services") or {}).items():
+            services.setdefault(name, {}).update(s)
+    return services
+
+
+def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):
+    assert [d["version"] for d in rendered] == ["3.8"] * 3
+    for doc in rendered:
+        assert not [k for k in doc if k.startswith("x-") or k == "name"]
+        for name, service in (doc.get("services") or {}).items():
+            assert not set(service) & set(cluster.DROPPED_KEYS), name
+            assert "env_file" not in service
+    assert "dashboard" not in merged(rendered)  # development only (a profile keeps it out of production)
+    text = yaml.safe_dump(rendered)
+    assert "${" not in text.replace("$${", "")
+    assert not [p for doc in rendered for s in (doc.get("services") or {}).values() for p in s.get("ports", [])
+                if not isinstance(p, dict) or "host_ip" in p]
+
+
+def test_without_ipvs_every_service_is_dnsrr_and_nginx_publishes_in_host_mode(rendered):
+    services = merged(rendered)
+    assert {s["deploy"]["endpoint_mode"] for s in services.values()} == {"dnsrr"}
+    ports = [p for doc in rendered for p in ((doc.get("services") or {}).get("nginx") or {}).get("ports", [])]
+    assert ports == [{"target": 80, "protocol": "tcp", "mode": "host", "published": 80},
+                     {"target": 443, "protocol": "tcp", "mode": "host", "published": 443}]
+    assert "ports" not in services["postgres"] and "ports" not in services["nats"]  # loopback-only ports: not in a swarm
+
+
+def test_with_the_routing_mesh_ports_are_ingress_and_vips_stay():
+    services = merged(cluster.render_stack(load_sources(ROOT), VALUES, mesh=True))
+    assert all("endpoint_mode" not in s.get("deploy", {}) for s in services.values())
+    assert {p["mode"] for p in services["nginx"]["ports"]} == {"ingress"}
+
+
+def test_settings_reach_the_services_escaped_and_the_release_image_is_pinned(rendered):
+    env = cluster.service_environment(rendered, "api")
+    assert env["POSTGRES_PASSWORD"] == "pg$secret" and env["POSTGRES_HOST"] == "postgres" and env["RELEASE_ID"] == "r1"
+    assert rendered[0]["services"]["api"]["environment"]["POSTGRES_PASSWORD"] == "pg$$secret"  # the CLI reads `$$` as `$`
+    services = merged(rendered)
+    assert services["api"]["image"] == services["worker"]["image"] == "tasktracker-backend:abc"
+    entrypoint = services["nats"]["entrypoint"][2]
+    assert "$${NATS_USER:?is empty}" in entrypoint  # the container's own `$` stays escaped for the CLI
+
+
+def test_swarm_yml_places_data_and_entry_and_rolls_start_first(rendered):
+    swarm = rendered[2]["services"]
+    assert swarm["postgres"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.data == true"]
+    assert swarm["nats"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.data == true"]
+    assert swarm["nginx"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.entry == true"]
+    assert swarm["api"]["deploy"]["replicas"] == 2
+    assert swarm["api"]["deploy"]["update_config"]["order"] == "start-first"
+    assert swarm["api"]["deploy"]["update_config"]["failure_action"] == "rollback"
+    assert swarm["postgres"]["deploy"]["update_config"]["order"] == "stop-first"  # one Postgres per volume
+    assert rendered[2]["networks"]["default"] == {"driver": "overlay", "attachable": True}
+
+
+def test_only_services_keeps_the_data_services(rendered):
+    data = cluster.only_services(rendered, {"postgres", "nats"})
+    assert set(merged(data)) == {"postgres", "nats"}
+    assert data[2]["networks"] == rendered[2]["networks"]
+
+
+def test_the_migration_env_file_is_literal():
+    assert cluster.docker_env_file({"A": "x y", "B": "p$w"}) == "A=x y\nB=p$w\n"
+
+
+def test_nginx_reload_targets_the_stacks_nginx_task():
+    line = cluster.nginx_reload("tt")
+    assert "label=com.docker.swarm.service.name=tt_nginx" in line and "kill -HUP 1" in line

@@ -1,0 +1,145 @@
+"""Several hosts (issue 16) on three VM-like hosts on one test-made Docker network: provisioned
+hosts -> `cluster.init` (and again: nothing to do) -> `cluster.deploy` -> tasks written and read
+through the entry host -> a changed release rolled out under load with no failed request -> a worker
+node stopped: the API keeps serving and its replicas move, then the node comes back -> `cluster.drain`
+of a node under load with no failed request. Everything made here is removed by its own records."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.support import LoadProbe, TestHosts, Writers, app_settings, wait_for
+
+pytestmark = pytest.mark.e2e
+NAMES = ("cl1", "cl2", "cl3")
+MANAGER = NAMES[0]
+
+
+@pytest.fixture(scope="module")
+def hosts(sandbox):  # the sandbox fixture makes sure Docker and the stand-in images are here
+    made = TestHosts(sandbox.env)
+    network = f"ttcl-{secrets.token_hex(3)}"
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    try:
+        for name in NAMES:
+            made.invoke("testhost.up", name, "--network", network, timeout=900)  # provisioned (not --bare)
+        yield made
+    finally:
+        made.down()
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def settings(hosts):
+    return app_settings(hosts.dir / "app.env")
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as res:
+        return res.status, json.loads(res.read())
+
+
+def post_task(url: str, title: str) -> int:
+    req = urllib.request.Request(url, data=json.dumps({"title": title, "body": "cluster"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        return res.status
+
+
+def status(hosts, settings) -> str:
+    return hosts.fab(MANAGER, "cluster.status", env_file=settings).stdout
+
+
+def node_line(out: str, name: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+
+
+def converged(hosts, settings) -> bool:
+    return "state: done" in status(hosts, settings)
+
+
+def test_init_forms_the_swarm_and_again_changes_nothing(hosts, settings):
+    started = time.monotonic()
+    out = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
+    print(f"cluster.init: {time.monotonic() - started:.1f}s")
+    assert f"{MANAGER}: swarm initialised, manager at" in out.stdout
+    assert out.stdout.count("joined the swarm as a worker") == 2
+    again = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
+    assert again.stdout.count("already in the swarm") == 3
+    listed = status(hosts, settings)
+    assert "3 node(s)" in listed
+    assert "manager" in node_line(listed, MANAGER) and "data,entry" in node_line(listed, MANAGER)
+    for worker in NAMES[1:]:
+        assert "worker" in node_line(listed, worker) and "active" in node_line(listed, worker)
+
+
+def test_deploy_serves_through_the_entry_host(hosts, settings):
+    started = time.monotonic()
+    out = hosts.fab(MANAGER, "cluster.deploy", env_file=settings, timeout=1200)
+    print(f"first cluster.deploy: {time.monotonic() - started:.1f}s")
+    assert "shipped" in out.stdout and "is live on the swarm (3 nodes)" in out.stdout
+    assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
+    assert post_task(hosts.url(MANAGER, "/api/tasks"), "made on the swarm") == 201
+    assert any(t["title"] == "made on the swarm" for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1])
+    listed = status(hosts, settings)
+    assert "postgres.1" in node_line(listed, MANAGER) and "nginx.1" in node_line(listed, MANAGER)
+    api_nodes = [n for n in NAMES if "api." in node_line(listed, n)]
+    assert len(api_nodes) == 2, listed  # two API replicas, on two nodes
+
+
+def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, settings):
+    before = get_json(hosts.url(MANAGER, "/api/version"))[1]["release"]
+    changed = hosts.dir / "changed.env"
+    changed.write_text(settings.read_text() + "API_WORKERS=2\n")
+    urls = [hosts.url(MANAGER, "/api/health"), hosts.url(MANAGER, "/api/tasks"), hosts.url(MANAGER, "/")]
+    with LoadProbe(urls, clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+        started = time.monotonic()
+        out = hosts.fab(MANAGER, "cluster.deploy", env_file=changed, timeout=1200)
+        rollout = time.monotonic() - started
+        time.sleep(2)
+    print(f"rolling update: {rollout:.1f}s, {len(probe.results)} reads, {len(writers.acknowledged)} writes, "
+          f"failed {len(probe.failures())} + {len(writers.errors)}")
+    assert "shipped" not in out.stdout  # every node has the images already
+    assert probe.failures() == [] and writers.errors == [] and len(probe.results) > 50
+    assert get_json(hosts.url(MANAGER, "/api/version"))[1]["release"] != before
+    newest = {t["id"] for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1]}  # the newest 100
+    assert writers.acknowledged and max(writers.acknowledged) in newest
+
+
+def test_a_lost_worker_node_leaves_the_api_serving_and_comes_back(hosts, settings):
+    listed = status(hosts, settings)
+    lost = next(n for n in NAMES[1:] if "api." in node_line(listed, n))
+    container = hosts.state(lost)["container"]
+    with LoadProbe([hosts.url(MANAGER, "/api/health")], clients=2) as probe:
+        started = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "0", container], check=True, capture_output=True)
+        wait_for(lambda: "down" in node_line(status(hosts, settings), lost), 120, interval=2, what=f"{lost} seen down")
+        wait_for(lambda: converged(hosts, settings), 180, interval=2, what="the API replicas rescheduled")
+        recovered = time.monotonic() - started
+    failed = probe.failures()
+    print(f"lost node {lost}: replicas back in {recovered:.1f}s; {len(failed)} of {len(probe.results)} requests failed")
+    assert len(probe.results) > 20 and len(failed) <= len(probe.results) * 0.05
+    assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
+    subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    wait_for(lambda: "ready" in node_line(status(hosts, settings), lost), 180, interval=2, what=f"{lost} back in the swarm")
+
+
+def test_drain_under_load_fails_no_request_and_activate_takes_it_back(hosts, settings):
+    listed = status(hosts, settings)
+    busy = next((n for n in NAMES[1:] if "api." in node_line(listed, n)), NAMES[1])
+    with LoadProbe([hosts.url(MANAGER, "/api/health"), hosts.url(MANAGER, "/api/tasks")], clients=3) as probe:
+        out = hosts.fab(MANAGER, "cluster.drain", busy, env_file=settings)
+        wait_for(lambda: converged(hosts, settings), 180, interval=2, what="tasks moved off the drained node")
+        time.sleep(2)
+    print(f"drain {busy}: {len(probe.failures())} of {len(probe.results)} requests failed")
+    assert "availability active -> drain" in out.stdout
+    assert probe.failures() == [] and len(probe.results) > 20
+    line = node_line(status(hosts, settings), busy)
+    assert "drain" in line and "(no tasks)" in line
+    assert "availability drain -> active" in hosts.fab(MANAGER, "cluster.activate", busy, env_file=settings).stdout
