@@ -41,6 +41,8 @@ from tests.support import throwaway_sandbox  # noqa: E402
 PLAN_MEMORY_MB = {"postgres": 300, "nats": 50, "worker": 600, "api": 800, "nginx": 20}
 PLAN_REST_MB, PLAN_PEAK_MB = 1800, 2500
 SERVICES = ["nginx", "api", "postgres", "nats", "worker"]
+# wrk's error counters: HTTP status >= 400, and socket errors (a timeout is no answer within 10 s)
+ERROR_KINDS = [("status", "HTTP >= 400"), ("connect", "connect"), ("read", "read"), ("write", "write"), ("timeout", "timeout")]
 
 # wrk's Lua side: the request mix, optional pacing, and one JSON line of results at the end.
 LUA_DONE = r"""
@@ -263,7 +265,6 @@ def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
                  cpu={s: (c.cpu_seconds() - cpu0[c.service]) / wall for s, c in by_service.items()}, db_conns=conns)
         return r
 
-    rows: list[tuple[str, int, dict]] = []
     header = (f"  {'mix':24} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}   "
               f"{'wrk':>4} {'nginx':>5} {'api':>5} {'pg':>5} {'worker':>6} {'machine':>7}  {'db conns':>8}")
 
@@ -271,11 +272,11 @@ def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
         cpu = r["cpu"]
         print(f"  {name:24} {conns:5} {r['rps']:7.0f} {r['p50'] / 1000:7.1f} {r['p95'] / 1000:7.1f} {r['p99'] / 1000:7.1f} "
               f"{r['errors']:7}   {r['wrk_cpu']:4.2f} {cpu.get('nginx', 0):5.2f} {cpu.get('api', 0):5.2f} "
-              f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['machine'] * 100:6.0f}%  {r['db_conns']:>8}",
+              f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['machine'] * 100:6.0f}%  {r['db_conns']:>8}"
+              + (f"  errors: {kinds}" if (kinds := ", ".join(f"{r[k]} {label}" for k, label in ERROR_KINDS if r[k])) else ""),
               flush=True)
-        rows.append((name, conns, r))
 
-    # Warm-up: 200 tasks (so GET /api/tasks returns its full 100 rows), every path once hot.
+    # Warm-up: a few hundred tasks (so GET /api/tasks returns its full 100 rows), every path once hot.
     load(mixes["post"], 4, 3)
     load(mixes["get"], 4, 3)
     load(mixes["dashboard"], 4, 3)

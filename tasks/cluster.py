@@ -34,7 +34,7 @@ from .exits import ExitCode
 from .host import WAIT_HELP, Host, Release, absolute_app_dir
 from .identity import identity, now_iso
 from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path
-from .steps import StepFailed, Steps
+from .steps import StepFailed, Steps, redact
 
 STACK_SOURCES = ("compose.yml", "docker-compose.production.yml", "swarm.yml")
 SENT_PATHS = (*STACK_SOURCES, "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
@@ -51,19 +51,45 @@ def read_facts(conn) -> dict:
     return commands.parse_facts(result.stdout)
 
 
+def swarm_ready(conn, name: str, host_facts: dict) -> dict:
+    """Live-restore off (swarm mode refuses it), waiting for Docker to take the reload; the new facts."""
+    if not host_facts["live_restore"] or host_facts["state"] == "active":
+        return host_facts
+    result = conn.run(commands.live_restore_off(), hide=True, warn=True)
+    if not result.ok:
+        raise Exit(f"{name}: could not turn Docker's live-restore off (swarm mode refuses it): {result.stderr.strip()[-300:]}. "
+                   f"Set \"live-restore\": false in /etc/docker/daemon.json and `systemctl reload docker`, then run again.",
+                   code=ExitCode.HOST_NOT_READY)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        host_facts = read_facts(conn)
+        if not host_facts["live_restore"]:
+            print(f"{name}: Docker's live-restore turned off (swarm mode needs it off)")
+            return host_facts
+        time.sleep(0.5)
+    raise Exit(f"{name}: Docker still reports live-restore on after a reload.", code=ExitCode.HOST_NOT_READY)
+
+
+def firewall(conn, name: str, peers: list[str]) -> None:
+    result = conn.run(commands.open_firewall(peers), hide=True, warn=True)
+    if not result.ok:
+        raise Exit(f"{name}: could not open Swarm's ports to the other nodes in the host firewall: "
+                   f"{result.stderr.strip()[-300:]}", code=ExitCode.HOST_NOT_READY)
+
+
 def manager_status(conn, stack: str) -> dict:
     return commands.parse_status(conn.run(commands.status(stack), hide=True, warn=True).stdout)
 
 
 @task(help={
     "address": "Advertise this address instead of the host's own on the shared network (its default route's source).",
-    "data": "Label this host as the data node (Postgres, NATS and their volumes): default, the manager.",
+    "data": "The -H name of the data node (Postgres, NATS and their volumes; labelled tasktracker.data): default, the manager.",
 })
 def init(c, address=None, data=None):
     """Form the swarm: the first -H host becomes the manager, the others join as workers (idempotent)."""
     conn = remote.connect(c)
     name = conn.original_host
-    host_facts = read_facts(conn)
+    host_facts = swarm_ready(conn, name, read_facts(conn))
     own = address if (address and not _joining) else host_facts["address"]
     if not own:
         raise Exit(f"Could not find {name}'s address on the network the hosts share (no default route, `hostname -I` "
@@ -80,14 +106,25 @@ def init(c, address=None, data=None):
             print(f"{name}: swarm initialised, manager at {own}")
             manager_address = own
         node = host_facts["hostname"]
+        peers = [n["address"] for n in manager_status(conn, "")["nodes"] if n["address"]] or [manager_address]
+        firewall(conn, name, peers)
         labels = {commands.LABEL_ALIAS: name, commands.LABEL_ENTRY: "true"}
         if data in (None, name):
             labels[commands.LABEL_DATA] = "true"
         conn.run(sh(commands.label(node, labels)), hide=True)
         token = conn.run(sh(commands.join_token("worker")), hide=True).stdout.strip()
-        _joining.update(manager=conn, manager_address=manager_address, token=token, data=data)
+        _joining.update(manager=conn, manager_address=manager_address, token=token, data=data, peers=peers,
+                        members=[(name, conn)])
         return
     manager = _joining["manager"]
+    # Every node accepts Swarm's ports from every other one: this one's address joins the set everywhere.
+    _joining["peers"] = sorted(set(_joining["peers"]) | {own, _joining["manager_address"]})
+    for member_name, member in [*_joining["members"], (name, conn)]:
+        firewall(member, member_name, _joining["peers"])
+    _joining["members"].append((name, conn))
+    if host_facts["state"] not in ("active", "inactive"):  # pending, error: a join that did not finish
+        conn.run(sh(commands.leave()), hide=True, warn=True)
+        host_facts["state"] = "inactive"
     if host_facts["state"] == "active":
         print(f"{name}: already in the swarm ({'manager' if host_facts['manager'] else 'worker'}, {host_facts['node_addr']})")
     else:
@@ -224,14 +261,15 @@ def load_sources(root: Path) -> list[dict]:
 
 
 @task(help={
-    "skip_build": "Deploy the frontend/dist already built (required for now: `invoke build` first).",
     "mesh": "Publish through Swarm's routing mesh (auto: when the manager's kernel has IPVS; yes; no: dnsrr + host mode).",
     "wait": WAIT_HELP,
     "env": ENV_HELP,
     "timeout": "Seconds to wait for the services to converge.",
 })
-def deploy(c, skip_build=True, mesh="auto", wait=False, env=None, timeout=300):
-    """Deploy the release to the swarm as a stack: rolling, health-checked, rolled back by Swarm on failure."""
+def deploy(c, mesh="auto", wait=False, env=None, timeout=300):
+    """Deploy the release to the swarm as a stack: rolling, health-checked, rolled back by Swarm on failure.
+
+    Deploys the frontend/dist already built (`invoke build` first) and builds the backend image here."""
     if mesh not in ("auto", "yes", "no"):
         raise Exit(f"--mesh must be auto, yes or no (got {mesh!r}).", code=ExitCode.USAGE)
     remote.require_host(c)
@@ -251,8 +289,14 @@ def deploy(c, skip_build=True, mesh="auto", wait=False, env=None, timeout=300):
         with host.locked("cluster.deploy", wait=wait), host.audited("cluster.deploy") as outcome:
             run_cluster_deploy(host, env_file, outcome, swarm["ipvs"] if mesh == "auto" else mesh == "yes", timeout)
     except StepFailed as failure:
-        steps.fail(f"Cluster deploy via {c.original_host} failed at step '{failure.step}': {failure.detail}")
-    steps.print_table()
+        print_rows(steps)
+        raise Exit(redact(f"Cluster deploy via {c.original_host} failed at step '{failure.step}': {failure.detail}",
+                          settings.secret_values()), code=ExitCode.FAILED) from None
+    print_rows(steps)
+
+
+def print_rows(steps: Steps) -> None:
+    print("\n" + "\n".join(f"  {name:40} {seconds:6.1f}s  {result}" for name, seconds, result in steps.rows), flush=True)
 
 
 def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: bool, timeout: float) -> None:
@@ -274,12 +318,9 @@ def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: b
     with steps.step("prepare release"):
         host.run(release_commands.prepare(ctx, rid, compose_commands.release_override(image, rid)) + " && "
                  + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
-        files = commands.stack_paths(ctx, rid, len(rendered))
-        data_files = commands.stack_paths(ctx, rid, len(rendered), prefix="data-")
-        for path, doc in zip(files, rendered, strict=True):
-            host.put_text(yaml.safe_dump(doc, sort_keys=False), path)
-        for path, doc in zip(data_files, commands.only_services(rendered, DATA_SERVICES), strict=True):
-            host.put_text(yaml.safe_dump(doc, sort_keys=False), path)
+        stack_file, data_file = commands.stack_file(ctx, rid), commands.stack_file(ctx, rid, "data")
+        host.put_text(yaml.safe_dump(rendered, sort_keys=False), stack_file)
+        host.put_text(yaml.safe_dump(commands.only_services(rendered, DATA_SERVICES), sort_keys=False), data_file)
         host.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
                       f"{commands.stack_dir(ctx, rid)}/migrate.env")
         host.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
@@ -293,14 +334,14 @@ def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: b
     with steps.step("images on every node"):
         ship_to_nodes(host, nodes, [*image_commands.stack_images(PROJECT_ROOT), image])
     with steps.step("start postgres and nats"):
-        host.run(sh(commands.stack_deploy(stack, data_files)), "deploy data services")
+        host.run(sh(commands.stack_deploy(stack, [data_file])), "deploy data services")
         print(f"   ready in {wait_converged(host, stack, sorted(DATA_SERVICES), timeout, 'start postgres and nats'):.1f}s")
     with steps.step("migrate database (once)"):
         host.run(sh(commands.migrate(ctx, rid, stack, image)), "migrate database", hide=False)
     if not current:
         host.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
     with steps.step("rolling update (docker stack deploy)"):
-        out = host.run(sh(commands.stack_deploy(stack, files)), "stack deploy")
+        out = host.run(sh(commands.stack_deploy(stack, [stack_file])), "stack deploy")
         for line in out.stdout.splitlines():
             print(f"   {line}")
         print(f"   converged in {wait_converged(host, stack, None, timeout, 'rolling update'):.1f}s")

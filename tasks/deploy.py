@@ -272,6 +272,8 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
     release = plan.release
     release_id = release.id
     outcome["release"] = release_id
+    if not plan.backend:
+        outcome["detail"] = f"dashboard only; API and worker of {plan.backend_release}"
     print(f"Release {release_id} -> {host.name}:{host.ctx.release_dir(release_id)} (Compose {host.variant})"
           + ("" if plan.backend else f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
     with host.steps.step("prepare release and its settings"):

@@ -47,12 +47,26 @@ def schema_problem(schema: SchemaState, target: str) -> str | None:
     return None
 
 
+def backend_differs(rows: list[tuple[str, dict]], current: str, target: str) -> bool:
+    """Whether going from `current` to `target` changes the API and worker (their image, settings or
+    compose files); False only when both releases record the same backend."""
+    meta = dict(rows)
+    now, then = meta.get(current, {}), meta.get(target, {})
+    same = (now.get("backend_fingerprint") and now.get("backend_fingerprint") == then.get("backend_fingerprint")
+            and now.get("backend_image") == then.get("backend_image"))
+    return not same
+
+
 def format_releases(rows: list[tuple[str, dict]], current: str) -> list[str]:
-    lines = [f"  {'release':32} {'commit':14} {'deployed at':26} {'by':28} result"]
+    """One line per release; `api from` names the release whose API and worker it runs (itself,
+    or the earlier release a dashboard-only deploy kept)."""
+    lines = [f"  {'release':32} {'commit':14} {'deployed at':26} {'by':28} {'result':8} api from"]
     for name, meta in rows:
         mark = "*" if name == current else " "
+        api_from = meta.get("backend_release", "")
         lines.append(f"{mark} {name:32} {meta.get('commit', '?'):14} {meta.get('deployed_at', '?'):26} "
-                     f"{meta.get('deployed_user', '?') + '@' + meta.get('deployed_machine', '?'):28} {meta.get('result', '?')}")
+                     f"{meta.get('deployed_user', '?') + '@' + meta.get('deployed_machine', '?'):28} {meta.get('result', '?'):8} "
+                     f"{'itself' if api_from in ('', name) else api_from}")
     return lines
 
 
@@ -95,13 +109,18 @@ def rollback(c, to=None, force=False, wait=False, env=None):
                 release = host.release(target)
                 outcome["commit"] = release.commit
                 print(f"Rolling back {host.name} from {current} to {target} (commit {release.commit})")
-                with steps.step("backend image of the release"):
-                    host.ensure_image(release, "backend image")
+                backend = backend_differs(rows, current, target)
+                if backend:
+                    with steps.step("backend image of the release"):
+                        host.ensure_image(release, "backend image")
+                else:
+                    steps.skip("backend image, api and worker", f"{target} runs the same backend as {current}")
                 try:
-                    host.activate(release)
+                    host.activate(release, backend=backend)
                 except StepFailed as failure:
                     outcome["detail"] = failure.detail
-                    raise StepFailed(failure.step, failure.detail + host.put_back(current, target, marked=False)) from None
+                    raise StepFailed(failure.step, failure.detail + host.put_back(current, target, marked=False,
+                                                                                  backend=backend)) from None
         print(f"Release {target} is current again on {host.name}.")
     except StepFailed as failure:
         steps.fail(f"Rollback on {c.original_host} failed at step '{failure.step}': {failure.detail}")

@@ -53,6 +53,21 @@ class Steps:
         return RemoteSteps(self)
 
 
+    def table(self) -> str:
+        width = max([len(r[0]) for r in self.rows] + [4])
+        lines = [f"{self.title}", f"  {'step'.ljust(width)}  {'time':>7}  result"]
+        lines += [f"  {name.ljust(width)}  {seconds:6.1f}s  {result}" for name, seconds, result in self.rows]
+        lines.append(f"  {'total'.ljust(width)}  {time.monotonic() - self.started:6.1f}s")
+        return "\n".join(lines)
+
+    def print_table(self) -> None:
+        print(self.table(), flush=True)
+
+    def fail(self, message: str, code: int = 1):
+        self.print_table()
+        raise Exit(redact(message, self.secrets), code=code)
+
+
 class RemoteSteps:
     """Turns a remote script's `@@step` markers into step rows and live progress; other lines
     are printed indented (redacted). `finish(ok)` closes the last step; `current` names it."""
@@ -102,20 +117,6 @@ class RemoteSteps:
         self._close(self.ended or time.time(), "ok" if ok else "FAILED")
         if not ok and not self.current:
             self.current = "?"
-
-    def table(self) -> str:
-        width = max([len(r[0]) for r in self.rows] + [4])
-        lines = [f"{self.title}", f"  {'step'.ljust(width)}  {'time':>7}  result"]
-        lines += [f"  {name.ljust(width)}  {seconds:6.1f}s  {result}" for name, seconds, result in self.rows]
-        lines.append(f"  {'total'.ljust(width)}  {time.monotonic() - self.started:6.1f}s")
-        return "\n".join(lines)
-
-    def print_table(self) -> None:
-        print(self.table(), flush=True)
-
-    def fail(self, message: str, code: int = 1):
-        self.print_table()
-        raise Exit(redact(message, self.secrets), code=code)
 
 
 def run_checked(conn, command: str, step: str, *, hide=True, secrets=(), **kwargs):

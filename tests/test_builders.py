@@ -924,3 +924,21 @@ def test_a_release_arrives_as_one_tar_through_the_locks_private_inbox(tmp_path):
     assert (app / "releases/r1/release.yml").read_text() == "services: {}\n"
     assert not (inbox / release.RELEASE_TAR).exists()
     assert all((app / d.removeprefix("app/")).is_dir() for d in ctx.mounted_dirs)
+
+
+@pytest.mark.parametrize("script", [
+    rollout.activation(HostContext("app", "tt"), "r1", backend=True, probe="true", then="true"),
+    rollout.activation(HostContext("app", "tt"), "r1", backend=False, probe="true", then="true"),
+    rollout.start_backend(HostContext("app", "tt"), "r1", "true", release.schema_state(HostContext("app", "tt"), "r1", 5)),
+], ids=["activation", "dashboard-only activation", "start backend"])
+def test_the_deploy_scripts_are_valid_bash(script):
+    assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0
+
+
+def test_activation_steps_in_order():
+    script = rollout.activation(HostContext("app", "tt"), "r1", backend=True, probe="PROBE", then="THEN")
+    order = ["@@step replace api", "--scale", "@@step restart worker", "up -d --no-deps worker", "@@step switch current",
+             "run --rm --no-deps -T nginx nginx -t", "ln -sfn releases/r1 app/current.tmp", "@@step health checks", "PROBE",
+             "@@step record release and prune", 'cd "$home"\nTHEN']
+    assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
+    assert script.startswith("set -e\ntrap 'echo \"@@end $(date +%s.%N)\"' EXIT\n")

@@ -48,8 +48,7 @@ def test_the_join_token_never_shows_in_a_message():
 
 def test_the_stack_files_are_the_only_sources_and_the_stack_lives_with_the_settings():
     assert STACK_SOURCES == ("compose.yml", "docker-compose.production.yml", "swarm.yml")
-    assert cluster.stack_paths(CTX, "r1", 2, "data-") == ["/home/deploy/tasktracker/env/r1.stack/data-1.yml",
-                                                         "/home/deploy/tasktracker/env/r1.stack/data-2.yml"]
+    assert cluster.stack_file(CTX, "r1", "data") == "/home/deploy/tasktracker/env/r1.stack/data.yml"
 
 
 SWARM_ACTIVE = json.dumps({"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1", "NodeAddr": "172.30.0.2",
@@ -59,16 +58,22 @@ SWARM_ACTIVE = json.dumps({"LocalNodeState": "active", "ControlAvailable": True,
 @pytest.mark.parametrize("output, expected", [
     (f"swarm={SWARM_ACTIVE}\naddress=172.30.0.2\nfirst_address=172.30.0.2\nhostname=vm1\nipvs=no\n",
      {"state": "active", "manager": True, "node_id": "n1", "node_addr": "172.30.0.2", "managers": ["172.30.0.2:2377"],
-      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False}),
+      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False, "live_restore": False}),
     ('swarm={"LocalNodeState":"inactive","ControlAvailable":false,"NodeID":"","NodeAddr":""}\naddress=\n'
-     "first_address=10.1.2.3\nhostname=vps\nipvs=yes\n",
+     "first_address=10.1.2.3\nhostname=vps\nipvs=yes\nlive_restore=true\n",
      {"state": "inactive", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "10.1.2.3",
-      "hostname": "vps", "ipvs": True}),
+      "hostname": "vps", "ipvs": True, "live_restore": True}),
     ("swarm=\naddress=\nhostname=x\n", {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [],
-                                        "address": "", "hostname": "x", "ipvs": False}),
+                                        "address": "", "hostname": "x", "ipvs": False, "live_restore": False}),
 ], ids=["manager", "not-in-a-swarm-address-from-hostname-I", "no-docker"])
 def test_parse_facts(output, expected):
     assert cluster.parse_facts(output) == expected
+
+
+def test_live_restore_is_turned_off_as_root_and_reloaded_not_restarted():
+    assert cluster.live_restore_off().startswith("sudo -n sh -c ")
+    assert cluster.live_restore_off("0") == cluster.LIVE_RESTORE_OFF
+    assert '"live-restore"] = False' in cluster.LIVE_RESTORE_OFF and "systemctl reload docker" in cluster.LIVE_RESTORE_OFF
 
 
 def test_the_facts_command_reads_the_default_routes_source_address():
@@ -150,39 +155,39 @@ def rendered():
     return cluster.render_stack(load_sources(ROOT), VALUES, mesh=False)
 
 
-def merged(docs: list[dict]) -> dict:
-    services: dict = {}
-    for doc in docs:
-        for name, s in (doc.get("services") or {}).items():
-            services.setdefault(name, {}).update(s)
-    return services
-
-
 def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):
-    assert [d["version"] for d in rendered] == ["3.8"] * 3
-    for doc in rendered:
-        assert not [k for k in doc if k.startswith("x-") or k == "name"]
-        for name, service in (doc.get("services") or {}).items():
-            assert not set(service) & set(cluster.DROPPED_KEYS), name
-            assert "env_file" not in service
-    assert "dashboard" not in merged(rendered)  # development only (a profile keeps it out of production)
-    text = yaml.safe_dump(rendered)
-    assert "${" not in text.replace("$${", "")
-    assert not [p for doc in rendered for s in (doc.get("services") or {}).values() for p in s.get("ports", [])
-                if not isinstance(p, dict) or "host_ip" in p]
+    assert rendered["version"] == "3.8"
+    assert not [k for k in rendered if k.startswith("x-") or k == "name"]
+    for name, service in rendered["services"].items():
+        assert not set(service) & set(cluster.DROPPED_KEYS), name
+        assert "env_file" not in service
+    assert "dashboard" not in rendered["services"]  # development only (a profile keeps it out of production)
+    assert "${" not in yaml.safe_dump(rendered).replace("$${", "")
+
+
+def test_files_merge_as_compose_merges_them(rendered):
+    services = rendered["services"]
+    api = services["api"]
+    assert api["command"][:2] == ["uvicorn", "app.main:app"] and api["command"].count("uvicorn") == 1  # replaced, not appended
+    assert "--proxy-headers" in api["command"]  # production's
+    assert services["nginx"]["command"] == ["nginx", "-c", "/srv/app/current/nginx/nginx.conf", "-g", "daemon off;"]
+    targets = [cluster._mount_target(v) for v in services["nginx"]["volumes"]]
+    assert targets.count("/var/www/certbot") == 1 and "/srv/app" in targets
+    assert "/home/deploy/tasktracker/shared/acme:/var/www/certbot:ro" in services["nginx"]["volumes"]  # production's, not the named volume
+    assert api["environment"]["WORKERS"] == "1" and api["environment"]["POSTGRES_HOST"] == "postgres"
+    assert services["nginx"]["deploy"]["resources"]["limits"] == {"memory": "128M", "cpus": "0.3"}
 
 
 def test_without_ipvs_every_service_is_dnsrr_and_nginx_publishes_in_host_mode(rendered):
-    services = merged(rendered)
+    services = rendered["services"]
     assert {s["deploy"]["endpoint_mode"] for s in services.values()} == {"dnsrr"}
-    ports = [p for doc in rendered for p in ((doc.get("services") or {}).get("nginx") or {}).get("ports", [])]
-    assert ports == [{"target": 80, "protocol": "tcp", "mode": "host", "published": 80},
-                     {"target": 443, "protocol": "tcp", "mode": "host", "published": 443}]
+    assert services["nginx"]["ports"] == [{"target": 80, "protocol": "tcp", "mode": "host", "published": 80},
+                                          {"target": 443, "protocol": "tcp", "mode": "host", "published": 443}]
     assert "ports" not in services["postgres"] and "ports" not in services["nats"]  # loopback-only ports: not in a swarm
 
 
 def test_with_the_routing_mesh_ports_are_ingress_and_vips_stay():
-    services = merged(cluster.render_stack(load_sources(ROOT), VALUES, mesh=True))
+    services = cluster.render_stack(load_sources(ROOT), VALUES, mesh=True)["services"]
     assert all("endpoint_mode" not in s.get("deploy", {}) for s in services.values())
     assert {p["mode"] for p in services["nginx"]["ports"]} == {"ingress"}
 
@@ -190,15 +195,14 @@ def test_with_the_routing_mesh_ports_are_ingress_and_vips_stay():
 def test_settings_reach_the_services_escaped_and_the_release_image_is_pinned(rendered):
     env = cluster.service_environment(rendered, "api")
     assert env["POSTGRES_PASSWORD"] == "pg$secret" and env["POSTGRES_HOST"] == "postgres" and env["RELEASE_ID"] == "r1"
-    assert rendered[0]["services"]["api"]["environment"]["POSTGRES_PASSWORD"] == "pg$$secret"  # the CLI reads `$$` as `$`
-    services = merged(rendered)
+    services = rendered["services"]
+    assert services["api"]["environment"]["POSTGRES_PASSWORD"] == "pg$$secret"  # the CLI reads `$$` as `$`
     assert services["api"]["image"] == services["worker"]["image"] == "tasktracker-backend:abc"
-    entrypoint = services["nats"]["entrypoint"][2]
-    assert "$${NATS_USER:?is empty}" in entrypoint  # the container's own `$` stays escaped for the CLI
+    assert "$${NATS_USER:?is empty}" in services["nats"]["entrypoint"][2]  # the container's own `$` stays escaped
 
 
 def test_swarm_yml_places_data_and_entry_and_rolls_start_first(rendered):
-    swarm = rendered[2]["services"]
+    swarm = rendered["services"]
     assert swarm["postgres"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.data == true"]
     assert swarm["nats"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.data == true"]
     assert swarm["nginx"]["deploy"]["placement"]["constraints"] == ["node.labels.tasktracker.entry == true"]
@@ -206,13 +210,14 @@ def test_swarm_yml_places_data_and_entry_and_rolls_start_first(rendered):
     assert swarm["api"]["deploy"]["update_config"]["order"] == "start-first"
     assert swarm["api"]["deploy"]["update_config"]["failure_action"] == "rollback"
     assert swarm["postgres"]["deploy"]["update_config"]["order"] == "stop-first"  # one Postgres per volume
-    assert rendered[2]["networks"]["default"] == {"driver": "overlay", "attachable": True}
+    assert swarm["api"]["deploy"]["resources"]["limits"]["memory"] == "1G"  # compose.yml's, kept beside swarm.yml's
+    assert rendered["networks"]["default"] == {"driver": "overlay", "attachable": True}
 
 
 def test_only_services_keeps_the_data_services(rendered):
     data = cluster.only_services(rendered, {"postgres", "nats"})
-    assert set(merged(data)) == {"postgres", "nats"}
-    assert data[2]["networks"] == rendered[2]["networks"]
+    assert set(data["services"]) == {"postgres", "nats"} and data["networks"] == rendered["networks"]
+    assert "volumes" in data
 
 
 def test_the_migration_env_file_is_literal():

@@ -10,6 +10,7 @@ from tasks.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.deploy import new_release_id, parse_rsync_sent
 from tasks.host import choose_compose, host_problem
+from tasks.rollback import backend_differs, format_releases
 
 V2 = HostContext("tasktracker", "tasktracker", "v2")
 TT2 = HostContext("apps/tt", "tt", "v2")
@@ -219,3 +220,16 @@ def test_rsync_itemized_plan():
     assert transfer.parse_itemized("") == ([], 0)
     dry = sh(transfer.rsync(["compose.yml"], "u@h:app/r1/", ssh_command=["ssh"], link_dest="../r0", dry_run=True, delete=False))
     assert dry.endswith("--itemize-changes -e ssh --link-dest=../r0 --stats --dry-run compose.yml u@h:app/r1/")
+
+
+@pytest.mark.parametrize("now, then, differs", [
+    ({"backend_fingerprint": "b1", "backend_image": "i1"}, {"backend_fingerprint": "b1", "backend_image": "i1"}, False),
+    ({"backend_fingerprint": "b1", "backend_image": "i1"}, {"backend_fingerprint": "b2", "backend_image": "i1"}, True),
+    ({"backend_fingerprint": "b1", "backend_image": "i1"}, {"backend_fingerprint": "b1", "backend_image": "i2"}, True),
+    ({}, {}, True),  # releases from before fingerprints: always the full path
+], ids=["same backend", "settings changed", "image changed", "unknown"])
+def test_rollback_replaces_the_backend_only_when_it_differs(now, then, differs):
+    rows = [("r1", {**then, "result": "ok"}), ("r2", {**now, "result": "ok", "backend_release": "r1"})]
+    assert backend_differs(rows, "r2", "r1") is differs
+    listed = format_releases(rows, "r2")
+    assert listed[0].endswith("api from") and listed[1].endswith(" itself") and listed[2].endswith(" r1")

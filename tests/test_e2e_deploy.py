@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import time
@@ -12,7 +13,7 @@ import urllib.request
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, LoadProbe, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +140,42 @@ def test_redeploy_with_nothing_changed_keeps_serving_and_sends_nothing(sandbox, 
     assert http(sandbox.url("/api/health"))[0] == 200
     out = sandbox.fab("deploy")
     assert "Frontend is up to date" in out.stdout and "Nothing changed" in out.stdout
+
+
+def container_ids(sandbox, *services: str) -> dict[str, list[str]]:
+    return {s: sorted(subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={sandbox.project}",
+                                      "--filter", f"label=com.docker.compose.service={s}"],
+                                     capture_output=True, text=True, check=True).stdout.split()) for s in services}
+
+
+def test_a_dashboard_only_change_leaves_the_api_and_worker_alone(sandbox, deployed, tmp_path):
+    copy = copy_project(tmp_path / "project")
+    shutil.copytree(ROOT / "frontend" / "dist", copy / "frontend" / "dist")
+    index = copy / "frontend" / "dist" / "index.html"
+    index.write_text(index.read_text().replace("</body>", "<!-- dashboard-only change -->\n</body>"))
+    before, api_release = current_release(sandbox), json.loads(http(sandbox.url("/api/version"))[2])["release"]
+    ids = container_ids(sandbox, "api", "worker", "postgres", "nats", "nginx")
+    env = sandbox.dir / ".env"
+    with LoadProbe([sandbox.url("/"), sandbox.url("/api/tasks"), sandbox.url("/api/health")]) as load:
+        out = sandbox.fab_in(copy, "deploy", "--skip-build", env_file=env)
+    assert current_release(sandbox) != before
+    assert container_ids(sandbox, "api", "worker", "postgres", "nats", "nginx") == ids  # not one container replaced
+    assert "<!-- dashboard-only change -->" in http(sandbox.url("/"))[2]
+    assert json.loads(http(sandbox.url("/api/version"))[2])["release"] == api_release  # the API's truth: where it came from
+    assert f"skipped (unchanged since {api_release}: its containers keep running)" in out.stdout
+    assert re.search(r"remote commands: [0-7] ", out.stdout), out.stdout[-600:]
+    assert load.failures() == [] and len(load.results) > 10
+    listing = sandbox.fab("releases").stdout
+    assert any(line.startswith(f"* {current_release(sandbox)}") and line.endswith(f" {api_release}") for line in listing.splitlines())
+
+    noop = sandbox.fab_in(copy, "deploy", "--skip-build", env_file=env)
+    assert "Nothing changed since release" in noop.stdout and re.search(r"remote commands: [0-3]\b", noop.stdout), noop.stdout
+    assert not (sandbox.host_path("tasktracker/.deploy.lock")).exists()
+
+    rolled = sandbox.fab("rollback", "--to", before)  # the same backend: the API is left alone again
+    assert "skipped" in rolled.stdout and current_release(sandbox) == before
+    assert container_ids(sandbox, "api", "worker", "postgres", "nats", "nginx") == ids
+    assert "<!-- dashboard-only change -->" not in http(sandbox.url("/"))[2]
 
 
 def test_a_changed_release_is_deployed_and_old_releases_are_pruned(sandbox, deployed):

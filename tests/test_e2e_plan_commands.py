@@ -28,7 +28,7 @@ COMMAND = re.compile(r"`((?:fab -H vps|docker|curl) [^`]+)`")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # What each command must print besides exiting 0 (first match wins; host commands print something).
 EXPECT = [
-    (r"^fab -H vps deploy", r"is (live|current and healthy) on sandbox"),
+    (r"^fab -H vps deploy", r"is live on sandbox|Nothing changed since release"),
     (r"compose[ .]ps$", r"-api-\d+.*healthy"),
     (r"logs", r"(worker|api|nginx|postgres|nats)-\d+\s+\|"),
     (r"/api/health", r'"status":\s*"ok"'),

@@ -82,7 +82,7 @@ def test_unhealthy_release_is_rolled_back_automatically_while_the_old_one_serves
     failed = [e for e in audit_entries(sandbox) if e["action"] == "deploy" and e["result"] == "failed"]
     assert failed and "did not become healthy" in failed[-1]["detail"]
     listing = sandbox.fab("releases", env_file=env).stdout
-    assert any(line.endswith("failed") for line in listing.splitlines())
+    assert any(" failed " in line for line in listing.splitlines())
 
 
 def test_second_deploy_is_refused_while_one_runs_and_wait_queues(sandbox, release_a):

@@ -47,6 +47,7 @@ def facts() -> str:
         "printf 'first_address=%s\\n' \"$(hostname -I 2>/dev/null | awk '{print $1}')\"",
         "printf 'hostname=%s\\n' \"$(hostname)\"",
         "printf 'ipvs=%s\\n' \"$([ -e /proc/net/ip_vs ] && echo yes || echo no)\"",
+        "printf 'live_restore=%s\\n' \"$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)\"",
     ])
 
 
@@ -62,10 +63,57 @@ def parse_facts(output: str) -> dict:
     return {"state": swarm.get("LocalNodeState", "unknown") or "unknown", "manager": bool(swarm.get("ControlAvailable")),
             "node_id": swarm.get("NodeID", ""), "node_addr": swarm.get("NodeAddr", ""), "managers": managers,
             "address": raw.get("address", "").strip() or raw.get("first_address", "").strip(),
-            "hostname": raw.get("hostname", "").strip(), "ipvs": raw.get("ipvs", "").strip() == "yes"}
+            "hostname": raw.get("hostname", "").strip(), "ipvs": raw.get("ipvs", "").strip() == "yes",
+            "live_restore": raw.get("live_restore", "").strip() == "true"}
 
 
 # --- forming the swarm ------------------------------------------------------------------------------
+
+# Swarm mode refuses to start with live-restore on (provision turns it on for a single host: containers
+# survive a Docker upgrade). Off in daemon.json, then a reload (SIGHUP: live-restore is reloadable, no
+# container restarts). Runs as root through the deploy user's sudo.
+LIVE_RESTORE_OFF = ("python3 -c 'import json, os; p = \"/etc/docker/daemon.json\"; "
+                    "d = json.load(open(p)) if os.path.exists(p) else {}; d[\"live-restore\"] = False; "
+                    "open(p, \"w\").write(json.dumps(d, indent=2) + \"\\n\")' && "
+                    "(systemctl reload docker || kill -HUP \"$(pidof dockerd)\")")
+
+
+FIREWALL_FILE = "/etc/tasktracker-firewall.nft"  # provision's (commands/provision.py): SSH, HTTP, HTTPS only
+SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"
+
+
+def swarm_firewall(peers: list[str]) -> str:
+    """Rules appended to provision's `inet tasktracker` input chain (its policy drops the rest):
+    Swarm's ports (2377 management, 7946 gossip, 4789 VXLAN overlay) from the swarm's nodes only."""
+    elements = ", ".join(sorted(set(peers)))
+    return f"""# Written by `fab cluster.init`: the Swarm ports, from the nodes of the swarm only.
+table inet tasktracker {{
+    set swarm_peers {{ type ipv4_addr; elements = {{ {elements} }} }}
+    chain input {{
+        ip saddr @swarm_peers tcp dport {{ 2377, 7946 }} accept
+        ip saddr @swarm_peers udp dport {{ 7946, 4789 }} accept
+    }}
+}}
+"""
+
+
+def open_firewall(peers: list[str], uid: str = "1000") -> str:
+    """Write the swarm rules, include them in provision's firewall file (once: it is what the boot
+    unit loads, so they survive a reboot) and reload that file; as root. No-op without the file."""
+    include = f'include "{SWARM_FIREWALL_FILE}"'
+    script = (f"if [ -f {FIREWALL_FILE} ]; then printf %s {q(swarm_firewall(peers))} > {SWARM_FIREWALL_FILE} && "
+              f"(grep -qxF {q(include)} {FIREWALL_FILE} || echo {q(include)} >> {FIREWALL_FILE}) && nft -f {FIREWALL_FILE}; fi")
+    return script if uid == "0" else f"sudo -n sh -c {q(script)}"
+
+
+def leave() -> list[str]:
+    """A node stuck joining (`pending`) starts over."""
+    return ["docker", "swarm", "leave", "--force"]
+
+
+def live_restore_off(uid: str = "1000") -> str:
+    return LIVE_RESTORE_OFF if uid == "0" else f"sudo -n sh -c {q(LIVE_RESTORE_OFF)}"
+
 
 def init(address: str) -> list[str]:
     return ["docker", "swarm", "init", "--advertise-addr", address]
@@ -269,61 +317,81 @@ def _port(entry, mode: str) -> dict | None:
     return port
 
 
-def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> list[dict]:
-    """The stack files for `docker stack deploy -c ... -c ...`, one per compose file in order
-    (swarm.yml last): interpolated, Compose-only keys dropped, `env_file` replaced by the values;
-    without the routing mesh (`mesh`: the kernel has IPVS) every service resolves by DNS round robin
-    (`endpoint_mode: dnsrr`) and publishes in host mode. The CLI merges the files as Compose does."""
+def _merge(base, override, path: str = ""):
+    """Compose's merge of one value by a later file's: mappings merge key by key, `ports` add up,
+    service `volumes` replace by target, `environment` merges by name, any other list or value
+    (command, entrypoint, healthcheck.test, constraints ...) is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in out:
+                out[key] = value
+            elif key == "environment" and path.count(".") == 1:
+                out[key] = {**_environment(out[key]), **_environment(value)}
+            elif key == "ports" and path.count(".") == 1:
+                out[key] = [*out[key], *[p for p in value if p not in out[key]]]
+            elif key == "volumes" and path.count(".") == 1:
+                targets = {_mount_target(v) for v in value}
+                out[key] = [v for v in out[key] if _mount_target(v) not in targets] + list(value)
+            else:
+                out[key] = _merge(out[key], value, sub)
+        return out
+    return override
+
+
+def _mount_target(entry) -> str:
+    if isinstance(entry, dict):
+        return str(entry.get("target", ""))
+    parts = str(entry).split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> dict:
+    """The one stack file for `docker stack deploy`, from the compose files in order (swarm.yml
+    last), merged here as Compose merges them (the stack CLI's own merge appends `command` lists and
+    keeps both mounts at one target): interpolated, Compose-only keys dropped, `env_file` replaced by
+    the values; without the routing mesh (`mesh`: the kernel has IPVS) every service resolves by DNS
+    round robin (`endpoint_mode: dnsrr`) and publishes in host mode."""
     profiled = {name for doc in docs for name, s in (doc.get("services") or {}).items() if (s or {}).get("profiles")}
-    rendered = []
+    merged: dict = {}
     for doc in docs:
-        doc = _interpolated(copy.deepcopy(doc), values)
-        out: dict = {"version": STACK_FORMAT}
-        for key, value in doc.items():
-            if key in ("version", "name") or key.startswith("x-"):
-                continue
-            out[key] = value
-        services = {}
+        doc = {k: v for k, v in _interpolated(copy.deepcopy(doc), values).items()
+               if k not in ("version", "name") and not k.startswith("x-")}
         for name, service in (doc.get("services") or {}).items():
-            if name in profiled:
-                continue
-            service = {k: v for k, v in (service or {}).items() if k not in DROPPED_KEYS}
-            if "env_file" in service:
+            service = dict(service or {})
+            if "env_file" in service:  # before this file's own environment, which wins over it
                 service.pop("env_file")
                 escaped = {k: str(v).replace("$", "$$") for k, v in values.items()}
                 service["environment"] = {**escaped, **_environment(service.get("environment"))}
-            if "ports" in service:
-                ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"]) if p]
-                service["ports"] = ports
-                if not ports:
-                    service.pop("ports")
-            if not mesh:
-                service.setdefault("deploy", {})["endpoint_mode"] = "dnsrr"
-            services[name] = service
-        if "services" in doc:
-            out["services"] = services
-        rendered.append(out)
-    return rendered
+            doc["services"][name] = service
+        merged = _merge(merged, doc)
+    services = {}
+    for name, service in (merged.get("services") or {}).items():
+        if name in profiled:
+            continue
+        service = {k: v for k, v in service.items() if k not in DROPPED_KEYS}
+        if "ports" in service:
+            ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"]) if p]
+            service["ports"] = ports
+            if not ports:
+                service.pop("ports")
+        if not mesh:
+            service["deploy"] = {**service.get("deploy", {}), "endpoint_mode": "dnsrr"}
+        services[name] = service
+    return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"}, "services": services}
 
 
-def service_environment(rendered: list[dict], service: str) -> dict:
-    """The service's environment as its containers see it (later files win; `$$` read as `$`, as the
-    CLI does): what the one-off migration container gets."""
-    env: dict = {}
-    for doc in rendered:
-        env.update(_environment(((doc.get("services") or {}).get(service) or {}).get("environment")))
+def service_environment(rendered: dict, service: str) -> dict:
+    """The service's environment as its containers see it (`$$` read as `$`, as the CLI does): what
+    the one-off migration container gets."""
+    env = _environment(((rendered.get("services") or {}).get(service) or {}).get("environment"))
     return {k: "" if v is None else str(v).replace("$$", "$") for k, v in env.items()}
 
 
-def only_services(rendered: list[dict], names: set[str]) -> list[dict]:
-    """The same files with only `names` (the data services, deployed and awaited before migrating)."""
-    out = []
-    for doc in rendered:
-        doc = dict(doc)
-        if "services" in doc:
-            doc["services"] = {k: v for k, v in doc["services"].items() if k in names}
-        out.append(doc)
-    return out
+def only_services(rendered: dict, names: set[str]) -> dict:
+    """The same stack with only `names` (the data services, deployed and awaited before migrating)."""
+    return {**rendered, "services": {k: v for k, v in rendered["services"].items() if k in names}}
 
 
 def docker_env_file(env: Mapping[str, str]) -> str:
@@ -337,8 +405,8 @@ def stack_dir(ctx: HostContext, release_id: str) -> str:
     return f"{ctx.env_dir}/{release_id}.stack"
 
 
-def stack_paths(ctx: HostContext, release_id: str, count: int, prefix: str = "") -> list[str]:
-    return [f"{stack_dir(ctx, release_id)}/{prefix}{n}.yml" for n in range(1, count + 1)]
+def stack_file(ctx: HostContext, release_id: str, name: str = "stack") -> str:
+    return f"{stack_dir(ctx, release_id)}/{name}.yml"
 
 
 def prepare_stack_dir(ctx: HostContext, release_id: str) -> list[str]:

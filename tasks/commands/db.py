@@ -127,7 +127,7 @@ vol=@VOLUME@; keep=@KEEP@; new_image=@NEW_IMAGE@; new_major=@NEW_MAJOR@; old_maj
 current=$(readlink -f @CURRENT@)
 tmp=$(mktemp -d)
 main=$BASHPID
-stage=start; copied=""; wiped=""; pinned=""; old_image=""
+stage=start; copied=""; wiped=""; pinned=""; old_image=""; apps=""
 postgres() { @POSTGRES@; }
 in_pg() { docker exec -i "$(postgres)" sh -c "$1"; }
 wait_ready() {  # over TCP: while the image initialises a cluster, a temporary server answers on the socket only
@@ -138,8 +138,8 @@ wait_ready() {  # over TCP: while the image initialises a cluster, a temporary s
   done
   echo "postgres did not accept connections within 120s" >&2; return 1
 }
-start_app() {
-  (cd "$current" && @START_APP@)
+start_app() {  # the very containers step 1 stopped (Compose's `start` would also wait on nats's health check)
+  if [ -n "$apps" ]; then docker start $apps >/dev/null; else (cd "$current" && @START_APP@); fi
   for _ in $(seq 1 240); do
     api=$(@API@)
     [ -n "$api" ] && [ "$(docker inspect -f '{{.State.Health.Status}}' "$api")" = healthy ] && return 0
@@ -174,7 +174,8 @@ put_back() {
 trap put_back ERR
 
 stage="stop api and worker"
-for c in $(@APIS@) $(@WORKERS@); do docker stop -t 30 "$c" >/dev/null; done
+apps=$(@APIS@; @WORKERS@)
+for c in $apps; do docker stop -t 30 "$c" >/dev/null; done
 say "api and worker stopped"
 
 stage="verified backup"

@@ -151,4 +151,4 @@ def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) ->
         mark("build backend image"), build,
         mark("start postgres and nats"), sh(data_services_up(ctx)),
         mark("read database schema"), 'cd "$OLDPWD"',
-        "{ " + schema + "; } | sed 's/^/@@fact /'", END_MARK]) + "\n"
+        "{ " + schema.strip().rstrip(";") + "\n} | sed 's/^/@@fact /'", END_MARK]) + "\n"
