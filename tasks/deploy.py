@@ -76,14 +76,16 @@ def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
 
 
 BACKEND_PATHS = ("compose.yml", "docker-compose.production.yml", "backend")
+STACK_PATHS = ("compose.yml", "docker-compose.production.yml")
 
 
-def backend_fingerprint(root: Path, env_text: str, variant: str) -> str:
+def backend_fingerprint(root: Path, env_text: str, variant: str, paths: tuple[str, ...] = BACKEND_PATHS) -> str:
     """What the API, worker, Postgres and NATS containers depend on: the compose files, backend/
     and the settings. A release whose backend fingerprint is the live one's changes only the
-    dashboard (frontend/dist) or nginx's config: its deploy leaves those containers untouched."""
+    dashboard (frontend/dist) or nginx's config: its deploy leaves those containers untouched.
+    With `paths=STACK_PATHS`: what nginx's container depends on (its definition and settings)."""
     digest = hashlib.sha256(b"backend\0" + variant.encode() + b"\0" + env_text.encode())
-    for rel in BACKEND_PATHS:
+    for rel in paths:
         path = root / rel
         digest.update(rel.encode() + b"\0")
         digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
@@ -229,6 +231,7 @@ def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
     meta = {"release": release_id, "deployed_at": now_iso(), "deployed_user": who["user"], "deployed_machine": who["machine"],
             "commit": who["commit"], **({"ci_run": who["ci_run"]} if "ci_run" in who else {}),
             "fingerprint": fingerprint, "compose": host.variant, "backend_fingerprint": backend_fp,
+            "stack_fingerprint": backend_fingerprint(PROJECT_ROOT, env_text, host.variant, STACK_PATHS),
             "backend_release": release_id if backend else (live.get("backend_release") or current)}
     return DeployPlan(env_text, image, assets, current, Release(release_id, image, assets, previous=current, result="deploying", meta=meta),
                       backend)

@@ -371,7 +371,9 @@ class Host:
 
     def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
         probe = release_commands.probe(release.image, self.base_url, list(release.assets))
-        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then)
+        live = self.current_meta
+        nginx_same = bool(live.get("stack_fingerprint")) and live.get("stack_fingerprint") == release.meta.get("stack_fingerprint")
+        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then, nginx_same=nginx_same)
 
     def check_running(self) -> list[str]:
         """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:

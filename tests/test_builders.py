@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import audit, backup, lock, notify, release, rollout, sh, tls
+from tasks.commands import audit, backup, images, lock, notify, release, rollout, sh, tls
 from tasks.commands.context import HostContext
 from tests.support import RecordingServer
 
@@ -942,3 +942,8 @@ def test_activation_steps_in_order():
              "@@step record release and prune", 'cd "$home"\nTHEN']
     assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
     assert script.startswith("set -e\ntrap 'echo \"@@end $(date +%s.%N)\"' EXIT\n")
+
+
+def test_image_presence_of_no_image_is_a_valid_command():
+    assert images.present([]) == "true"
+    assert subprocess.run(["bash", "-n", "-c", "x; " + images.present([]) + "; y"]).returncode == 0

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tasks.cluster import STACK_SOURCES, load_sources
-from tasks.commands import cluster
+from tasks.commands import cluster, provision
 from tasks.commands.context import HostContext
 from tests.support import ROOT
 
@@ -74,6 +74,13 @@ def test_live_restore_is_turned_off_as_root_and_reloaded_not_restarted():
     assert cluster.live_restore_off().startswith("sudo -n sh -c ")
     assert cluster.live_restore_off("0") == cluster.LIVE_RESTORE_OFF
     assert '"live-restore"] = False' in cluster.LIVE_RESTORE_OFF and "systemctl reload docker" in cluster.LIVE_RESTORE_OFF
+
+
+def test_provision_keeps_the_live_restore_off_a_swarm_node_needs():
+    swarm_node = '{"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}, "live-restore": false}'
+    assert provision.daemon_json_ok(swarm_node)
+    assert not provision.daemon_json_ok('{"log-driver": "json-file"}')
+    assert provision.wanted_daemon_json({})["live-restore"] is True
 
 
 def test_the_facts_command_reads_the_default_routes_source_address():

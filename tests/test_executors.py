@@ -942,7 +942,7 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
 
 
 def test_a_dashboard_only_release_leaves_the_backend_alone(planning, capsys, monkeypatch):
-    monkeypatch.setattr(deploy_module, "backend_fingerprint", lambda root, env_text, variant: "bfp")
+    monkeypatch.setattr(deploy_module, "backend_fingerprint", lambda root, env_text, variant, paths=None: "bfp")
     image = deploy_module.backend_image(deploy_module.PROJECT_ROOT, "tasktracker")
     conn = (FakeConnection().on("tar -xpf", ok(RELEASES_BEFORE))
             .on("@@step switch current", ok(marks(*ALL_STEPS[2:], "record release and prune") + "ok   /nginx-health\n")))

@@ -36,7 +36,7 @@ def build_base_images(dockerfile: Path) -> list[str]:
 
 def present(images: list[str]) -> str:
     """Prints `have=IMAGE` for each image the host has (one round trip)."""
-    return "; ".join(f"docker image inspect {q(i)} >/dev/null 2>&1 && echo {q('have=' + i)}" for i in images) + "; true"
+    return "; ".join([*(f"docker image inspect {q(i)} >/dev/null 2>&1 && echo {q('have=' + i)}" for i in images), "true"])
 
 
 def parse_present(output: str) -> set[str]:

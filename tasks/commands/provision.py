@@ -88,7 +88,13 @@ def daemon_json_ok(text: str) -> bool:
         current = json.loads(text) if text else {}
     except ValueError:
         return False
-    return all(current.get(k) == v for k, v in DAEMON_JSON.items())
+    return all(current.get(k) == v for k, v in wanted_daemon_json(current).items())
+
+
+def wanted_daemon_json(current: dict) -> dict:
+    """DAEMON_JSON, except that an explicit `"live-restore": false` is kept: swarm mode refuses to
+    start with live-restore on, and `cluster.init` turns it off on every node."""
+    return {**DAEMON_JSON, **({"live-restore": False} if current.get("live-restore") is False else {})}
 
 
 def firewall_rules(ssh_port: int) -> str:
@@ -144,7 +150,8 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
         changes.append(Change("compose plugin", "Docker Compose v2 is missing", kind="upload-compose"))
     if not daemon_json_ok(f.get("daemon_json", "")):
         try:
-            merged = {**json.loads(f.get("daemon_json") or "{}"), **DAEMON_JSON}
+            current = json.loads(f.get("daemon_json") or "{}")
+            merged = {**current, **wanted_daemon_json(current)}
         except ValueError:
             merged = dict(DAEMON_JSON)
         changes.append(Change("docker daemon settings", "log rotation (10m x 3) and live-restore",

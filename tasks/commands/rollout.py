@@ -90,30 +90,32 @@ def mark(step: str) -> str:
     return f'echo "@@step {step} $(date +%s.%N)"'
 
 
-def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "") -> str:
+def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "", nginx_same: bool = False) -> str:
     """One script that moves traffic to the release and proves it, each step marked:
 
-    - backend: replace the API (new beside old), restart the worker, check the release's nginx
-      config in a throwaway container, switch `current`, (re)create nginx if its definition
-      changed and reload it;
-    - dashboard only (the API's image, settings and compose files are the live ones): check the
-      config inside the running nginx, switch `current`, reload nginx with a HUP; the API and
+    - backend: replace the API (new beside old), then restart the worker;
+    - dashboard only (the API's image, settings and compose files are the live ones): the API and
       worker containers are not touched;
+    - nginx: when its definition is unchanged (`nginx_same`, always for dashboard-only releases)
+      the release's config is checked inside the running nginx and nginx reloads with a HUP;
+      otherwise the config is checked in a throwaway container and nginx is (re)created if needed
+      and reloaded; `current` switches in between;
 
     then the health probe, then `then` (run from the login directory: recording the release)."""
     nginx_conf = f"/srv/app/releases/{release_id}/nginx/nginx.conf"
-    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD",
-             f"cd {q(ctx.release_dir(release_id))}"]
+    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD", f"cd {q(ctx.release_dir(release_id))}"]
     if backend:
         lines += [mark("replace api (new beside old)"), "(", api_rollout(ctx), ")",
-                  mark("restart worker (graceful)"), f"{sh(worker_restart(ctx))} >/dev/null",
-                  mark("switch current and reload nginx"), sh(nginx_check(ctx, release_id)),
-                  f"( cd \"$home\" && {switch_current(ctx, release_id)} )", nginx_up_and_reload(ctx)]
+                  mark("restart worker (graceful)"), f"{sh(worker_restart(ctx))} >/dev/null"]
+    lines += [mark("switch current and reload nginx")]
+    switch = f"( cd \"$home\" && {switch_current(ctx, release_id)} )"
+    if backend and not nginx_same:
+        lines += [sh(nginx_check(ctx, release_id)), switch, nginx_up_and_reload(ctx)]
     else:
-        lines += [mark("switch current and reload nginx"), f"ngx=$({ctx.container('nginx')})",
+        lines += [f"ngx=$({ctx.container('nginx')})",
                   f"if [ -n \"$ngx\" ]; then docker exec \"$ngx\" nginx -t -q -c {q(nginx_conf)}; "
                   f"else {sh(nginx_check(ctx, release_id))}; fi",
-                  f"( cd \"$home\" && {switch_current(ctx, release_id)} )",
+                  switch,
                   f"if [ -n \"$ngx\" ]; then docker kill --signal HUP \"$ngx\" >/dev/null; else {nginx_up_and_reload(ctx)}; fi"]
     lines += [mark("health checks"), probe]
     if then:
