@@ -23,6 +23,12 @@ def commands(stdout: str) -> int:
     return int(re.search(r"remote commands: (\d+)", stdout).group(1))
 
 
+def step_table(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Deploy to "))
+    return lines[start + 1:start + 30]
+
+
 def container_ids(project: str, service: str) -> list[str]:
     return sorted(subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
                                   "--filter", f"label=com.docker.compose.service={service}"],
@@ -51,6 +57,7 @@ def main() -> int:
         dashboard_failed, dashboard_requests = len(load.failures()), len(load.results)
         sent = int(re.search(r"sent (\d+) bytes", out).group(1))
         dashboard_commands = commands(out)
+        dashboard_table = step_table(out)
 
         main_py = box.copy / "backend" / "app" / "main.py"
         main_py.write_text(main_py.read_text() + "\n# benchmark: a backend change\n")
@@ -58,6 +65,7 @@ def main() -> int:
             backend, out = box.run("fab", "-H", "sandbox", "deploy", "--skip-build")
         backend_failed, backend_requests = len(load.failures()), len(load.results)
         backend_commands = commands(out)
+        backend_table = step_table(out)
 
     def line(label: str, seconds: float, goal: str, extra: str = "") -> str:
         return f"  {label:46} {seconds:7.2f} s  {goal:18} {extra}"
@@ -72,6 +80,10 @@ def main() -> int:
     print(f"  {'':46} bytes sent {sent} vs asset {asset_size} = {sent / asset_size:.2f}x")
     print(line("backend change (one line of backend/)", backend, "(goal <= 8 s)",
                f"remote commands {backend_commands}; {backend_failed} of {backend_requests} requests failed (goal 0)"))
+    print("  step table, dashboard-only deploy:")
+    print("\n".join("    " + line for line in dashboard_table if line.strip()))
+    print("  step table, backend deploy:")
+    print("\n".join("    " + line for line in backend_table if line.strip()))
     return 0
 
 

@@ -195,7 +195,7 @@ RELEASE = [
      "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; else echo 'docker=missing'; fi; "
      "echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"; "
      "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi; "
-     "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(docker-compose version --short 2>/dev/null)\"; fi; "
+     "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(command -v docker-compose)\"; fi; "
      "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
      "echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
      "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"; "

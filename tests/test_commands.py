@@ -34,7 +34,9 @@ CASES = [
      "if [ ! -e apps/tt/current ]; then echo 'no release deployed yet' >&2; exit 3; fi; cd \"$(readlink -f apps/tt/current)\" && docker compose ps"),
     ("in release", release.in_release(HostContext("/srv/my app", "tt"), "r1", "ls"), "cd '/srv/my app/releases/r1' && ls"),
     ("probe", release.probe("img:1", "http://127.0.0.1:80", ["/assets/a.js"], 60),
-     'docker run --rm --network host -v "$PWD/tasks/probe.py:/probe.py:ro" --entrypoint python img:1 /probe.py http://127.0.0.1:80 60 /assets/a.js'),
+     'if command -v python3 >/dev/null 2>&1; then python3 tasks/probe.py http://127.0.0.1:80 60 /assets/a.js; else '
+     'docker run --rm --network host -v "$PWD/tasks/probe.py:/probe.py:ro" --entrypoint python img:1 /probe.py '
+     'http://127.0.0.1:80 60 /assets/a.js; fi'),
     ("ssh", sh(transfer.ssh_command(port=2222, key_files=["/k"], known_hosts="/kh", config_file="/dev/null")),
      "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ForwardAgent=no -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -F /dev/null -p 2222 -i /k -o IdentitiesOnly=yes -o UserKnownHostsFile=/kh"),
     ("rsync", sh(transfer.rsync(["compose.yml", "nginx"], "u@h:app/r1/", ssh_command=["ssh", "-p", "22"], link_dest="../r0",
