@@ -937,7 +937,8 @@ def test_the_deploy_scripts_are_valid_bash(script):
 
 def test_activation_steps_in_order():
     script = rollout.activation(HostContext("app", "tt"), "r1", backend=True, probe="PROBE", then="THEN")
-    order = ["@@step replace api", "--scale", "@@step restart worker", "up -d --no-deps worker", "@@step switch current",
+    order = ["@@step replace api", "--scale", "/api/health", "up -d --no-deps worker", "docker stop -t 30",
+             "@@step restart worker", "wait $side", "@@step switch current",
              "run --rm --no-deps -T nginx nginx -t", "ln -sfn releases/r1 app/current.tmp", "@@step health checks", "PROBE",
              "@@step record release and prune", 'cd "$home"\nTHEN']
     assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)

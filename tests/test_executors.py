@@ -248,7 +248,7 @@ def test_put_back_puts_the_previous_release_back(marked, ending, capsys):
     assert [c.split("\n")[0][:40] for c in conn.commands][:2] == [c[:40] for c in (
         "if [ -f tasktracker/releases/r1/RELEASE.json ]; then cat", "cd tasktracker/releases/r1 && if docker image inspect")]
     script = conn.commands[2]  # one round trip: api, worker, nginx check, switch, reload, probe, in this order
-    order = [ACTIVATION, "--no-recreate --scale", "@@step restart worker", "up -d --no-deps worker", "nginx -t -q",
+    order = [ACTIVATION, "--no-recreate --scale", "up -d --no-deps worker", "@@step restart worker", "nginx -t -q",
              "ln -sfn releases/r1 tasktracker/current.tmp", "kill -HUP 1", "@@step health checks", "/probe.py"]
     assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
     assert len(conn.commands) == 3

@@ -14,20 +14,36 @@ from .context import HostContext
 RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
 
 
-def api_rollout(ctx: HostContext, timeout: int = 90) -> str:
-    """Start the release's API beside the running one, wait until healthy, stop the old one."""
+READY_POLL_SECONDS = 0.25
+
+
+def api_rollout(ctx: HostContext, timeout: int = 90, alongside: str = "", alongside_mark: str = "") -> str:
+    """Start the release's API beside the running one, wait until it is ready, stop the old one.
+
+    Ready: its /api/health answers 200 on the container's own address (polled every quarter
+    second from the host: the very request Docker's health check makes), or Docker reports it
+    healthy; Docker reporting it unhealthy (or the container exiting) fails the rollout, and the
+    old API keeps serving. `alongside` (the worker's restart) starts once the new API is proven,
+    while nginx's resolver catches up and the old API drains; `alongside_mark` is printed when
+    the script then waits for it."""
     scale = sh(ctx.compose("up", "-d", "--no-deps", "--no-recreate", "--scale"))
+    health = "GET /api/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"
+    side_start = f"( {alongside} ) & side=$!" if alongside else ""
+    side_wait = f"{alongside_mark}\nwait $side" if alongside else ""
     return f"""set -e
 old=$({ctx.containers('api')} | sort)
 count=$(printf '%s\\n' "$old" | grep -c . || true)
 {scale} "api=$((count + 1))" api >/dev/null 2>&1 || {scale} "api=$((count + 1))" api
 new=$({ctx.containers('api')} | sort | grep -vxF "$old" || true)
 if [ -z "$new" ]; then echo "no new api container was started" >&2; exit 1; fi
+ip=$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}} {{{{end}}}}' $new | awk '{{print $1}}')
+ready() {{ [ -n "$ip" ] && timeout 2 bash -c "exec 3<>/dev/tcp/$ip/8000 && printf '{health}' >&3 && head -n 1 <&3" 2>/dev/null | grep -q ' 200 '; }}
 state=starting
-for _ in $(seq 1 {timeout * 2}); do
+for _ in $(seq 1 {int(timeout / READY_POLL_SECONDS)}); do
   state=$(docker inspect -f '{{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}{{{{.State.Status}}}}{{{{end}}}}' $new)
   case "$state" in healthy|running) break ;; unhealthy|exited|dead) break ;; esac
-  sleep 0.5
+  if ready; then state=healthy; break; fi
+  sleep {READY_POLL_SECONDS}
 done
 if [ "$state" != healthy ] && [ "$state" != running ]; then
   echo "last log lines of the new api container:" >&2
@@ -37,9 +53,11 @@ if [ "$state" != healthy ] && [ "$state" != running ]; then
   echo "the new api container did not become healthy ($state); the old one kept serving" >&2
   exit 1
 fi
+{side_start}
 sleep {RESOLVER_GRACE_SECONDS}
 for c in $old; do docker stop -t 30 $c >/dev/null; docker rm $c >/dev/null; done
 echo "api: $(echo $new | cut -c1-12) healthy; replaced $(echo $old | wc -w) old container(s)"
+{side_wait}
 """
 
 
@@ -93,7 +111,8 @@ def mark(step: str) -> str:
 def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "", nginx_same: bool = False) -> str:
     """One script that moves traffic to the release and proves it, each step marked:
 
-    - backend: replace the API (new beside old), then restart the worker;
+    - backend: replace the API (new beside old); once the new API is proven, restart the worker
+      while the old API drains;
     - dashboard only (the API's image, settings and compose files are the live ones): the API and
       worker containers are not touched;
     - nginx: when its definition is unchanged (`nginx_same`, always for dashboard-only releases)
@@ -105,8 +124,9 @@ def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, 
     nginx_conf = f"/srv/app/releases/{release_id}/nginx/nginx.conf"
     lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD", f"cd {q(ctx.release_dir(release_id))}"]
     if backend:
-        lines += [mark("replace api (new beside old)"), "(", api_rollout(ctx), ")",
-                  mark("restart worker (graceful)"), f"{sh(worker_restart(ctx))} >/dev/null"]
+        worker = f"{sh(worker_restart(ctx))} >/dev/null"
+        lines += [mark("replace api (new beside old)"), "(",
+                  api_rollout(ctx, alongside=worker, alongside_mark=mark("restart worker (graceful)")), ")"]
     lines += [mark("switch current and reload nginx")]
     switch = f"( cd \"$home\" && {switch_current(ctx, release_id)} )"
     if backend and not nginx_same:
