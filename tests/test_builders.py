@@ -726,7 +726,8 @@ def test_api_rollout_script():
     assert lines[1] == f"old=$({PS.format('api')} | sort)"
     assert f'{D2} up -d --no-deps --no-recreate --scale "api=$((count + 1))" api >/dev/null 2>&1 || ' \
            f'{D2} up -d --no-deps --no-recreate --scale "api=$((count + 1))" api' in lines
-    assert "for _ in $(seq 1 60); do" in lines
+    assert "for _ in $(seq 1 120); do" in lines  # 30 s at a quarter of a second
+    assert "  if ready; then state=healthy; break; fi" in lines
     assert "  state=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $new)" in lines
     assert f"sleep {rollout.RESOLVER_GRACE_SECONDS}" in lines
 
