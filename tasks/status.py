@@ -215,8 +215,8 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     else:
         sampled = snap["latest_sample"].get("t", 0)
         if not sampled or now - sampled > SAMPLER_MAX_AGE_S:
-            add(Finding("jobs", False, "the metrics sampler has not recorded for "
-                        + (age_text(now - sampled) if sampled else "ever"),
+            add(Finding("jobs", False, ("the metrics sampler has not recorded for " + age_text(now - sampled)) if sampled
+                        else "the metrics sampler has not recorded yet (it runs every minute from cron)",
                         "is cron running (`systemctl status cron`)? Its log is shared/metrics/sampler.log"))
     return findings
 

@@ -70,7 +70,7 @@ TABLE = [
      "if [ -n \"$img\" ]; then v=$(docker run --rm --network none --entrypoint sh -v \"$vol\":/d:ro \"$img\" "
      "-c 'cat /d/PG_VERSION 2>/dev/null || echo empty' 2>/dev/null); fi; fi; echo \"pg_data=${v:-unknown}\"; "
      "else echo pg_data=none; fi"),
-    ("preflight ends with it", release.preflight(APP).endswith("; " + release.postgres_data_fact(APP)), True),
+    ("preflight asks it", ("{ " + release.postgres_data_fact(APP) + "; }") in release.preflight(APP), True),
     ("upgrade_facts", db.upgrade_facts(APP),
      "pg=$(docker ps -q --filter label=com.docker.compose.project=tt --filter label=com.docker.compose.service=postgres "
      "--filter label=com.docker.compose.oneoff=False | head -n 1); if [ -z \"$pg\" ]; then echo running=no; else "

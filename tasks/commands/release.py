@@ -27,15 +27,20 @@ REVISION_SED = "s/^{name}(: *[]A-Za-z_|[, ]+)? *= *['\"]([^'\"]+)['\"].*/\\2/p"
 
 
 def preflight(ctx: HostContext) -> str:
-    """One round trip that reports what every task needs to know about the host."""
-    return "; ".join([
-        "echo \"user=$(id -un)\"",
-        "echo \"home=$HOME\"",
+    """One round trip that reports what every task needs to know about the host. The Docker
+    questions (each a CLI call of tens of milliseconds, the Postgres one an exec) run side by side
+    and print in a fixed order."""
+    docker_facts = [
         "if command -v docker >/dev/null 2>&1; then "
         "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; "
         "else echo 'docker=missing'; fi",
         "echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"",
-        "if docker compose version >/dev/null 2>&1; then echo \"compose_v2=$(docker compose version --short 2>/dev/null)\"; fi",
+        "v=$(docker compose version --short 2>/dev/null) && echo \"compose_v2=$v\"",
+        postgres_data_fact(ctx),
+    ]
+    other_facts = [
+        "echo \"user=$(id -un)\"",
+        "echo \"home=$HOME\"",
         # v1's presence only: `docker-compose version` starts a Python program (about half a second)
         "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(command -v docker-compose)\"; fi",
         "echo \"rsync=$(command -v rsync || true)\"",
@@ -43,8 +48,10 @@ def preflight(ctx: HostContext) -> str:
         "echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"",
         f"echo \"current=$(readlink {q(ctx.current_link)} 2>/dev/null || true)\"",
         f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"",
-        postgres_data_fact(ctx),
-    ])
+    ]
+    started = " ".join(f"{{ {fact}; }} > \"$t/{n}\" 2>/dev/null &" for n, fact in enumerate(docker_facts))
+    collected = " ".join(f'"$t/{n}"' for n in range(len(docker_facts)))
+    return f"t=$(mktemp -d) || exit 1; {started} " + "; ".join(other_facts) + f"; wait; cat {collected}; rm -rf \"$t\""
 
 
 POSTGRES_DATA = "/var/lib/postgresql/data"  # where compose.yml mounts the postgres_data volume

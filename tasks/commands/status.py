@@ -231,9 +231,13 @@ def snapshot(ctx: HostContext) -> str:
         ("trigger_day", triggers(ctx, DAY)),
         ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 1) /dev/null 2>/dev/null | tail -n 1"),
     ]
+    # Every section runs at once (the slow ones: `docker stats` samples for about two seconds,
+    # `docker system df` sizes images), each into its own file, printed in order after `wait`.
     # `echo` before each marker: a section whose output has no final newline (jsz) cannot
     # swallow the next marker; parse_sections drops the blank lines this leaves.
-    return "; ".join(f"echo; echo {q(SECTION + name)}; {{ {command}; }} 2>/dev/null" for name, command in sections)
+    started = " ".join(f"{{ {command}; }} > \"$t/{n}\" 2>/dev/null &" for n, (_, command) in enumerate(sections))
+    printed = "; ".join(f"echo; echo {q(SECTION + name)}; cat \"$t/{n}\"" for n, (name, _) in enumerate(sections))
+    return f"t=$(mktemp -d) || exit 1; {started} wait; {printed}; rm -rf \"$t\""
 
 
 # --- parsers -------------------------------------------------------------------------------
