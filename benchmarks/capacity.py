@@ -192,8 +192,10 @@ def remove_stack(project: str) -> None:
     def ids(*argv: str) -> list[str]:
         return subprocess.run(["docker", *argv], capture_output=True, text=True).stdout.split()
 
+    # The image by its own name (repository:tag), never by id: other stacks' tags may share the id.
     for argv, rm in ((["ps", "-aq", "--filter", label], ["rm", "-f"]), (["volume", "ls", "-q", "--filter", label], ["volume", "rm", "-f"]),
-                     (["network", "ls", "-q", "--filter", label], ["network", "rm"]), (["images", "-q", f"{project}-backend"], ["rmi", "-f"])):
+                     (["network", "ls", "-q", "--filter", label], ["network", "rm"]),
+                     (["images", "--format", "{{.Repository}}:{{.Tag}}", f"{project}-backend"], ["rmi"])):
         found = sorted(set(ids(*argv)))
         if found:
             subprocess.run(["docker", *rm, *found], capture_output=True)
@@ -208,6 +210,90 @@ def ensure_wrk() -> str:
     return shutil.which("wrk")
 
 
+class Stack:
+    """The deployed stack of one Compose project: its containers' cgroups, nginx's address, and
+    wrk runs against it with the CPU of everything involved."""
+
+    def __init__(self, project: str, wrk: str, workdir: Path):
+        self.project, self.wrk, self.workdir = project, wrk, workdir
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re)read the running containers (a deploy replaces the API's)."""
+        ids = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={self.project}",
+                              "--filter", "label=com.docker.compose.oneoff=False",
+                              "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        self.containers = [cgroup_container(service, cid) for cid, service in (line.split() for line in ids if line.strip())]
+        self.by_service = {c.service: c for c in self.containers}
+        ip = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                             self.by_service["nginx"].id], capture_output=True, text=True, check=True).stdout.split()[0]
+        self.base = f"http://{ip}"
+
+    def psql(self, sql: str) -> str:
+        return subprocess.run(["docker", "exec", self.by_service["postgres"].id, "sh", "-c",
+                               f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{sql}"'],
+                              capture_output=True, text=True).stdout.strip()
+
+    def pending(self) -> int:
+        return int(self.psql("SELECT count(*) FROM tasks WHERE status = 'pending'") or -1)
+
+    def ours(self) -> float:
+        return docker_daemons_cpu() + sum(c.cpu_seconds() for c in self.containers)
+
+    def foreign_load(self, seconds: float = 1.0) -> float:
+        """Cores busy outside the stack, its Docker daemons and this script over `seconds`."""
+        busy0, ours0 = machine_cpu()[0], self.ours()
+        time.sleep(seconds)
+        return max(0.0, (machine_cpu()[0] - busy0) - (self.ours() - ours0)) / seconds
+
+    def load(self, mix: Mix, connections: int, seconds: int, pace_ms: int = 0) -> dict:
+        # Other people's work on this machine (builds, unit tests) would take CPU from the stack:
+        # wait up to 30 s for the machine to be quiet; the `other` column shows what remained.
+        deadline = time.monotonic() + 30
+        while self.foreign_load() > 0.25 and time.monotonic() < deadline:
+            pass
+        script, out = self.workdir / "mix.lua", self.workdir / "wrk.out"
+        script.write_text(mix.lua(pace_ms))
+        (busy0, total0), daemons0 = machine_cpu(), docker_daemons_cpu()
+        cpu0 = {c.service: c.cpu_seconds() for c in self.containers}
+        with open(out, "w") as f:
+            proc = subprocess.Popen([self.wrk, "-t", str(min(2, connections)), "-c", str(connections), "-d", f"{seconds}s",
+                                     "--timeout", "10s", "-s", str(script), self.base + "/"], stdout=f, stderr=subprocess.STDOUT)
+            time.sleep(seconds / 2)
+            conns = self.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            _, status, usage = os.wait4(proc.pid, 0)  # wrk's own CPU time comes with it
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        (busy1, total1), daemons1 = machine_cpu(), docker_daemons_cpu()
+        text = out.read_text()
+        line = next((v for v in text.splitlines() if v.startswith("CAPACITY ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"wrk failed ({proc.returncode}):\n{text}")
+        r = json.loads(line.removeprefix("CAPACITY "))
+        wall = r["duration_us"] / 1e6
+        r.update(rps=r["requests"] / wall, errors=sum(r[k] for k, _ in ERROR_KINDS), wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall,
+                 machine=(busy1 - busy0) / (total1 - total0), db_conns=conns,
+                 cpu={c.service: (c.cpu_seconds() - cpu0[c.service]) / wall for c in self.containers})
+        # cores busy elsewhere: Docker's daemons (container logs, networking), then anything else on
+        # the machine (the kernel, other people's work: the figures are only as good as this is small)
+        r["docker"] = max(0.0, daemons1 - daemons0) / wall  # (a daemon that exits takes its count with it)
+        r["other"] = max(0.0, (busy1 - busy0) / wall - r["docker"] - r["wrk_cpu"] - sum(r["cpu"].values()))
+        return r
+
+
+HEADER = (f"  {'mix':24} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}   "
+          f"{'wrk':>4} {'nginx':>5} {'api':>5} {'pg':>5} {'worker':>6} {'docker':>6} {'other':>5} {'machine':>7}  {'db conns':>8}")
+
+
+def show(name: str, conns: int, r: dict) -> None:
+    cpu = r["cpu"]
+    kinds = ", ".join(f"{r[k]} {label}" for k, label in ERROR_KINDS if r[k])
+    print(f"  {name:24} {conns:5} {r['rps']:7.0f} {r['p50'] / 1000:7.1f} {r['p95'] / 1000:7.1f} {r['p99'] / 1000:7.1f} "
+          f"{r['errors']:7}   {r['wrk_cpu']:4.2f} {cpu.get('nginx', 0):5.2f} {cpu.get('api', 0):5.2f} "
+          f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['docker']:6.2f} {r['other']:5.2f} "
+          f"{r['machine'] * 100:6.0f}%  {r['db_conns']:>8}" + (f"  errors: {kinds}" if kinds else ""), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15, help="duration of each level")
@@ -216,7 +302,6 @@ def main() -> int:
     parser.add_argument("--no-paced", action="store_true", help="skip the plan's paced load")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for the deployed stack")
     args = parser.parse_args()
-    levels = [int(v) for v in args.levels.split(",")]
     wrk = ensure_wrk()
     with throwaway_sandbox("127.0.0.8", "cap") as box:
         if args.set:
@@ -224,123 +309,59 @@ def main() -> int:
                 f.write("".join(f"{kv}\n" for kv in args.set))
         project = box.setting("COMPOSE_PROJECT")
         try:
-            measure(box, project, args, levels, wrk)
+            deploy_s, _ = box.run("fab", "-H", "sandbox", "deploy")
+            measure(Stack(project, wrk, box.work), args, deploy_s)
         finally:
             remove_stack(project)
     return 0
 
 
-def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
-    deploy_s, _ = box.run("fab", "-H", "sandbox", "deploy")
-    ids = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
-                          "--filter", "label=com.docker.compose.oneoff=False",
-                          "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}'],
-                         capture_output=True, text=True, check=True).stdout.split("\n")
-    containers = [cgroup_container(service, cid) for cid, service in (line.split() for line in ids if line.strip())]
-    by_service = {c.service: c for c in containers}
-    nginx_ip = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                               by_service["nginx"].id], capture_output=True, text=True, check=True).stdout.split()[0]
-    base = f"http://{nginx_ip}"
-
-    def psql(sql: str) -> str:
-        return subprocess.run(["docker", "exec", by_service["postgres"].id, "sh", "-c",
-                               f'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "{sql}"'],
-                              capture_output=True, text=True).stdout.strip()
-
-    html = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
+def measure(stack: Stack, args, deploy_s: float) -> None:
+    levels = [int(v) for v in args.levels.split(",")]
+    html = urllib.request.urlopen(f"{stack.base}/", timeout=10).read().decode()
     bundle = html.split('src="', 1)[1].split('"', 1)[0]  # the hashed JS bundle index.html loads
     mixes = {"dashboard": Mix("dashboard: / + bundle", ["/", bundle]),
              "get": Mix("GET /api/tasks", ["/api/tasks"]),
              "post": Mix("POST /api/tasks", [], post_every=1)}
     api_mix = Mix("API 80% GET 20% POST", ["/api/tasks"], post_every=5)
 
-    workdir = box.work  # the throwaway sandbox's own directory, removed with it
-
-    def load(mix: Mix, connections: int, seconds: int, pace_ms: int = 0) -> dict:
-        script = workdir / "mix.lua"
-        script.write_text(mix.lua(pace_ms))
-        out = workdir / "wrk.out"
-        threads = min(2, connections)
-        busy0, total0 = machine_cpu()
-        daemons0 = docker_daemons_cpu()
-        cpu0 = {c.service: c.cpu_seconds() for c in containers}
-        with open(out, "w") as f:
-            proc = subprocess.Popen([wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-                                     "-s", str(script), base + "/"], stdout=f, stderr=subprocess.STDOUT)
-            time.sleep(seconds / 2)
-            conns = psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        busy1, total1 = machine_cpu()
-        daemons1 = docker_daemons_cpu()
-        text = out.read_text()
-        line = next((v for v in text.splitlines() if v.startswith("CAPACITY ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"wrk failed ({proc.returncode}):\n{text}")
-        r = json.loads(line.removeprefix("CAPACITY "))
-        wall = r["duration_us"] / 1e6
-        r.update(rps=r["requests"] / wall, errors=r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
-                 wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall, machine=(busy1 - busy0) / (total1 - total0),
-                 cpu={s: (c.cpu_seconds() - cpu0[c.service]) / wall for s, c in by_service.items()}, db_conns=conns)
-        # cores busy elsewhere: Docker's daemons (container logs, networking), then anything else on
-        # the machine (the kernel, other people's work: the figures are only as good as this is small)
-        r["docker"] = (daemons1 - daemons0) / wall
-        r["other"] = max(0.0, (busy1 - busy0) / wall - r["docker"] - r["wrk_cpu"] - sum(r["cpu"].values()))
-        return r
-
-    header = (f"  {'mix':24} {'conns':>5} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>7}   "
-              f"{'wrk':>4} {'nginx':>5} {'api':>5} {'pg':>5} {'worker':>6} {'docker':>6} {'other':>5} {'machine':>7}  {'db conns':>8}")
-
-    def show(name: str, conns: int, r: dict) -> None:
-        cpu = r["cpu"]
-        print(f"  {name:24} {conns:5} {r['rps']:7.0f} {r['p50'] / 1000:7.1f} {r['p95'] / 1000:7.1f} {r['p99'] / 1000:7.1f} "
-              f"{r['errors']:7}   {r['wrk_cpu']:4.2f} {cpu.get('nginx', 0):5.2f} {cpu.get('api', 0):5.2f} "
-              f"{cpu.get('postgres', 0):5.2f} {cpu.get('worker', 0):6.2f} {r['docker']:6.2f} {r['other']:5.2f} "
-              f"{r['machine'] * 100:6.0f}%  {r['db_conns']:>8}"
-              + (f"  errors: {kinds}" if (kinds := ", ".join(f"{r[k]} {label}" for k, label in ERROR_KINDS if r[k])) else ""),
-              flush=True)
-
     # Warm-up: a few hundred tasks (so GET /api/tasks returns its full 100 rows), every path once hot.
-    load(mixes["post"], 4, 3)
-    load(mixes["get"], 4, 3)
-    load(mixes["dashboard"], 4, 3)
+    for key in ("post", "get", "dashboard"):
+        stack.load(mixes[key], 4, 3)
     time.sleep(8)  # the worker finishes the warm-up's jobs; then the stack is at rest
-    rest = {s: max(v, 0) for s, v in Sampler(containers).sample().items()}
-    pending0 = psql("SELECT count(*) FROM tasks WHERE status = 'pending'")
+    rest = {s: max(v, 0) for s, v in Sampler(stack.containers).sample().items()}
+    pending0 = stack.pending()
 
     cpus = os.cpu_count()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     print(f"Capacity benchmark: the sandbox stack on this machine ({cpus} CPUs, {mem_gb:.0f} GB), production override and "
           f"the plan's limits, deployed in {deploy_s:.0f}s{'; ' + ', '.join(args.set) if args.set else ''}")
-    print(f"  wrk ({wrk}, 2 threads, keep-alive) against nginx at {base}, {args.seconds}s per level; CPU columns in cores "
-          f"(1.00 = one core; limits: nginx 0.3, api 1.0); docker = Docker's daemons (container logs); other = the rest of the "
-          f"machine (kernel, anything else running: a large value spoils that row); machine = busy share of all {cpus} cores")
+    print(f"  wrk ({stack.wrk}, 2 threads, keep-alive) against nginx at {stack.base}, {args.seconds}s per level; CPU columns in "
+          f"cores (1.00 = one core; limits: nginx 0.3, api 1.0); docker = Docker's daemons (container logs); other = the rest "
+          f"of the machine (kernel, anything else running: a large value spoils that row); machine = busy share of all {cpus} cores")
     for path in ("/", bundle, "/api/tasks"):
         sizes = []
         for encoding in ("identity", "gzip"):
-            req = urllib.request.Request(base + path, headers={"Accept-Encoding": encoding})
+            req = urllib.request.Request(stack.base + path, headers={"Accept-Encoding": encoding})
             sizes.append(len(urllib.request.urlopen(req, timeout=10).read()))
         print(f"  {path}: {sizes[0] / 1000:.1f} kB, {sizes[1] / 1000:.1f} kB gzipped")
-    print(header, flush=True)
-
-    def pending() -> int:
-        return int(psql("SELECT count(*) FROM tasks WHERE status = 'pending'") or -1)
+    print(HEADER, flush=True)
 
     backlog = None
-    with Sampler(containers) as sampler:
+    with Sampler(stack.containers) as sampler:
         for key in args.mixes.split(","):
             for conns in levels:
-                show(mixes[key].name, conns, load(mixes[key], conns, args.seconds))
+                show(mixes[key].name, conns, stack.load(mixes[key], conns, args.seconds))
                 time.sleep(2)
             if key == "post":  # the worker's backlog: jobs queued by the POSTs, and how long it takes to run them
-                started, queued = time.monotonic(), pending()
-                while pending() > 0 and time.monotonic() - started < 90:
+                started, queued = time.monotonic(), stack.pending()
+                while stack.pending() > 0 and time.monotonic() - started < 90:
                     time.sleep(1)
-                backlog = (queued, time.monotonic() - started, pending())
+                backlog = (queued, time.monotonic() - started, stack.pending())
         if not args.no_paced:
             for conns, rate in ((100, 50), (200, 100)):
                 pace = int(conns / rate * 1000)
-                show(f"{api_mix.name} @{rate}/s", conns, load(api_mix, conns, max(args.seconds, 20), pace_ms=pace))
+                show(f"{api_mix.name} @{rate}/s", conns, stack.load(api_mix, conns, max(args.seconds, 20), pace_ms=pace))
     peaks = sampler.peaks
     print("  plan: 50-100 req/s with one API worker, p95 < 500 ms at 100-200 concurrent connections")
     if backlog:
@@ -349,7 +370,7 @@ def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
               f"{queued - left} run in {seconds:.0f} s ({(queued - left) / seconds:.0f}/s), {left} left")
 
     limits = {}
-    for c in containers:
+    for c in stack.containers:
         limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.Memory}}", c.id], capture_output=True, text=True).stdout
         limits[c.service] = int(limit.strip() or 0)
     print("  memory (MB, as docker stats counts it)   limit    rest    peak    plan")
@@ -358,7 +379,7 @@ def measure(box, project: str, args, levels: list[int], wrk: str) -> None:
               f"{PLAN_MEMORY_MB[s]:6}")
     print(f"    {'stack total':38} {sum(limits.values()) / 2**20:6.0f}  {sum(rest.values()) / 2**20:6.0f}  "
           f"{sum(peaks.values()) / 2**20:6.0f}  rest {PLAN_REST_MB}, peak {PLAN_PEAK_MB}")
-    errors = subprocess.run(["docker", "logs", by_service["nginx"].id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    errors = subprocess.run(["docker", "logs", stack.by_service["nginx"].id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True).stderr.splitlines()
     errors = [e for e in errors if "[error]" in e or "[warn]" in e or "[crit]" in e or "[alert]" in e]
     print(f"  nginx error log: {len(errors)} lines" + "".join(f"\n    {e[:200]}" for e in errors[:3]))

@@ -111,9 +111,10 @@ def test_dry_run_on_a_host_without_a_release_changes_nothing(sandbox):
                                             f"({', '.join(CHECKOUT)})"]
     assert "   on the host already: " in text
     rid = release.group(1)
-    for command in (f"[host] mkdir -p {FRESH}/releases/{rid} ", f"[sftp] {FRESH}/env/{rid}.env <- the release's settings",
+    for command in (f"[host] mkdir -p {FRESH}/releases/{rid} ", f"[sftp] {FRESH}/.deploy.lock/inbox/release.tar <- the release's settings",
                     "[here] cd ", "rsync -a --compress --checksum --whole-file --itemize-changes",
-                    "run --rm -T api alembic upgrade head", f"ln -sfn releases/{rid} {FRESH}/current.tmp"):
+                    "run --rm -T api alembic upgrade head",
+                    "  replace api, restart worker, switch current, reload nginx, health checks, record"):
         assert command in text, command
     assert "back up database before migrating" not in text  # a fresh database has nothing to lose
     assert re.search(r"^  read-only remote commands: \d+ \(\+1 rsync --dry-run\)$", text, re.M)
@@ -123,6 +124,7 @@ def test_dry_run_on_a_host_without_a_release_changes_nothing(sandbox):
 
 def test_dry_run_with_a_live_release_lists_the_changed_files_and_pending_migrations(sandbox, deployed, tmp_path):
     copy = plan_copy(tmp_path)
+    sandbox.fab("deploy", "--skip-build")  # the live release has this checkout's settings, whatever ran before
     live = os.readlink(sandbox.host_path("tasktracker/current")).split("/")[-1]
     before = snapshot(sandbox, "tasktracker", sandbox.project)
     out = sandbox.fab_in(copy, "deploy", "--dry-run", env_file=sandbox.dir / ".env")
@@ -138,13 +140,14 @@ def test_dry_run_with_a_live_release_lists_the_changed_files_and_pending_migrati
                                             f"taken first"]
     [backend] = [line for line in section(text, "images:") if line.startswith("backend ")]
     assert "built here (BUILD_BACKEND=auto)" in backend  # this machine has Docker: the image is built here, not now
-    for command in ("  back up database before migrating", "--db-only", "  migrate database", "  replace api (new beside old)",
+    for command in ("  back up database before migrating", "--db-only", "  migrate database", "  replace api, restart worker,",
                     "--scale \"api=$((count + 1))\" api"):
         assert command in text, command
     assert_no_secret(sandbox, out)
 
 
 def test_dry_run_when_nothing_changed(sandbox, deployed):
+    sandbox.fab("deploy", "--skip-build")  # the live release is this checkout's, whatever ran before
     live = os.readlink(sandbox.host_path("tasktracker/current")).split("/")[-1]
     before = snapshot(sandbox, "tasktracker", sandbox.project)
     out = sandbox.fab("deploy", "--dry-run", "--skip-build")
