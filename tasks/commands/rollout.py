@@ -20,14 +20,13 @@ READY_POLL_SECONDS = 0.25
 def api_rollout(ctx: HostContext, timeout: int = 90, alongside: str = "", alongside_mark: str = "") -> str:
     """Start the release's API beside the running one, wait until it is ready, stop the old one.
 
-    Ready: its /api/health answers 200 on the container's own address (polled every quarter
-    second from the host: the very request Docker's health check makes), or Docker reports it
-    healthy; Docker reporting it unhealthy (or the container exiting) fails the rollout, and the
-    old API keeps serving. `alongside` (the worker's restart) starts once the new API is proven,
+    Ready: Docker reports it healthy (polled every quarter second). One answer from one uvicorn
+    worker is not enough with API_WORKERS > 1 (another may still be connecting: a 503), so
+    Docker's health check decides. Unhealthy (or the container exiting) fails the rollout, and
+    the old API keeps serving. `alongside` (the worker's restart) starts once the new API is proven,
     while nginx's resolver catches up and the old API drains; `alongside_mark` is printed when
     the script then waits for it."""
     scale = sh(ctx.compose("up", "-d", "--no-deps", "--no-recreate", "--scale"))
-    health = "GET /api/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n"
     side_start = f"( {alongside} ) & side=$!" if alongside else ""
     side_wait = f"{alongside_mark}\nwait $side" if alongside else ""
     return f"""set -e
@@ -36,13 +35,10 @@ count=$(printf '%s\\n' "$old" | grep -c . || true)
 {scale} "api=$((count + 1))" api >/dev/null 2>&1 || {scale} "api=$((count + 1))" api
 new=$({ctx.containers('api')} | sort | grep -vxF "$old" || true)
 if [ -z "$new" ]; then echo "no new api container was started" >&2; exit 1; fi
-ip=$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}} {{{{end}}}}' $new | awk '{{print $1}}')
-ready() {{ [ -n "$ip" ] && timeout 2 bash -c "exec 3<>/dev/tcp/$ip/8000 && printf '{health}' >&3 && head -n 1 <&3" 2>/dev/null | grep -q ' 200 '; }}
 state=starting
 for _ in $(seq 1 {int(timeout / READY_POLL_SECONDS)}); do
   state=$(docker inspect -f '{{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}{{{{.State.Status}}}}{{{{end}}}}' $new)
   case "$state" in healthy|running) break ;; unhealthy|exited|dead) break ;; esac
-  if ready; then state=healthy; break; fi
   sleep {READY_POLL_SECONDS}
 done
 if [ "$state" != healthy ] && [ "$state" != running ]; then
