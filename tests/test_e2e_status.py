@@ -61,7 +61,7 @@ def test_status_shows_the_live_stack(sandbox, deployed):
 
 
 def test_sampler_records_a_minute_and_survives_in_history(sandbox, deployed):
-    line = [entry for entry in crontab(sandbox).splitlines() if f"tasktracker-sample:{sandbox.project}" in entry]
+    line = [entry for entry in crontab(sandbox).splitlines() if entry.endswith(f"# tasktracker-sample:{sandbox.project}")]
     assert line and line[0].startswith("* * * * * "), crontab(sandbox)
     command = line[0][len("* * * * * "):].split(" >> ")[0]
     as_user(sandbox, command)  # the CPU baseline

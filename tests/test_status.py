@@ -224,3 +224,22 @@ def test_status_screen_names_every_part():
 def test_pool_arithmetic(env, demand, fit):
     assert status.pool_demand(env) == demand
     assert status.fitting_pool(100, status.pool_settings(env)["API_WORKERS"]) == fit
+
+
+def test_cron_section_reads_this_apps_jobs_only(tmp_path):
+    """On a host running `tasktracker` and `tasktracker-staging`, each app's status sees its own jobs."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "crontab").write_text(
+        "#!/bin/sh\ncat <<'TAB'\nMAILTO=ops@example.com\n"
+        "* * * * * /s/bin/tasktracker-sample # tasktracker-sample:tasktracker-staging\n"
+        "15 4 * * * certbot renew # tasktracker-ssl:tasktracker-staging\n"
+        "0 2 * * * /p/bin/tasktracker-backup # tasktracker-backup:tasktracker\n"
+        "# a note about # tasktracker-ssl:tasktracker jobs\nTAB\n")
+    (bindir / "crontab").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    run = lambda project: commands.parse_cron(subprocess.run(  # noqa: E731
+        ["bash", "-c", commands.cron_section(HostContext(str(tmp_path / project), project))],
+        capture_output=True, text=True, env=env, check=True).stdout)
+    assert sorted(run("tasktracker")["jobs"]) == ["backup"]
+    assert sorted(run("tasktracker-staging")["jobs"]) == ["sample", "ssl"]

@@ -191,6 +191,15 @@ def triggers(ctx: HostContext, window: int) -> str:
             f"awk -v now=\"$(date +%s)\" -v window={int(window)} {q(TRIGGERS_AWK)}")
 
 
+def cron_section(ctx: HostContext) -> str:
+    """This app's cron jobs and the last line of each job's log. The marker must end the line,
+    so `:tasktracker` never matches `tasktracker-staging`'s jobs."""
+    return (f"crontab -l 2>/dev/null | awk -v p={q(':' + ctx.project)} "
+            "'index($0, \"# tasktracker-\") && substr($0, length($0) - length(p) + 1) == p'; "
+            f"for f in {q(ctx.backups_dir + '/cron.log')} {q(ctx.letsencrypt_dir + '/renew.log')} "
+            f"{q(metrics_dir(ctx) + '/sampler.log')}; do [ -f \"$f\" ] && echo \"log=$(stat -c %Y \"$f\")|$f|$(tail -n 1 \"$f\" | cut -c1-200)\"; done; true")
+
+
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
     app, project = q(ctx.app_dir), q(ctx.project)
@@ -224,9 +233,7 @@ def snapshot(ctx: HostContext) -> str:
                 f"wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true' 2>/dev/null | tr -d '\\n'"),
         ("backups", list_sets(ctx)),
         ("certs", tls_status(ctx)),
-        ("cron", f"crontab -l 2>/dev/null | grep -F {q('# tasktracker-')} | grep -F -- {q(':' + ctx.project)}; "
-                 f"for f in {q(ctx.backups_dir + '/cron.log')} {q(ctx.letsencrypt_dir + '/renew.log')} "
-                 f"{q(metrics_dir(ctx) + '/sampler.log')}; do [ -f \"$f\" ] && echo \"log=$(stat -c %Y \"$f\")|$f|$(tail -n 1 \"$f\" | cut -c1-200)\"; done; true"),
+        ("cron", cron_section(ctx)),
         ("trigger_hour", triggers(ctx, HOUR)),
         ("trigger_day", triggers(ctx, DAY)),
         ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 1) /dev/null 2>/dev/null | tail -n 1"),
