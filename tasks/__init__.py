@@ -3,12 +3,15 @@
 
 from invoke import Collection
 
-from . import audit, backup, build, cluster, compose, db, deploy, lock, migrate, provision, rollback, sandbox, status, testhost, tls
+from . import (audit, backup, build, cluster, compose, db, deploy, lock, migrate, offsite, provision, rollback, sandbox, status,
+               testhost, tls)
 
 ns = Collection()
 for module in (build, provision, deploy, rollback, compose, migrate, db, backup, tls, lock, audit, status, sandbox, testhost, cluster):
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
 ns.add_task(status.doctor)  # `fab -H HOST doctor`, beside `status`
+backup.ns.add_collection(offsite.ns)  # `backup.offsite.*`
+backup.ns.add_task(offsite.drill)  # `backup.drill`
 # Tasks never read the terminal's stdin for remote commands (CI has none); set once, here.
 ns.configure({"tasktracker": {"env_file": None}, "run": {"in_stream": False}})

@@ -1,5 +1,5 @@
 """Backups that are proven restorable: `backup`, `backup.list`, `backup.restore`, `backup.pull`,
-`backup.schedule`. The work is done on the host by one script (see tasks/commands/backup.py), the
+`backup.schedule`, `backup.drill` and `backup.offsite.*` (tasks/offsite.py). The work is done on the host by one script (see tasks/commands/backup.py), the
 same one the daily cron job runs, so a laptop is never needed for a backup."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from .commands import backup as commands
+from .commands import offsite as offsite_commands
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import PROJECT_ROOT
@@ -27,6 +28,10 @@ def backup_(c, keep=None, wait=False):
             name = host.backup(keep=int(keep) if keep else None)
             outcome["detail"] = name
     except StepFailed as failure:
+        if failure.step == "off-site copy":
+            raise Exit(f"Backup on {host.name}: the set is made and verified, but its OFF-SITE COPY FAILED: {failure.detail}. "
+                       f"The set is kept on the host. Fix the cause, then `fab -H {host.name} backup.offsite.push`.",
+                       code=ExitCode.FAILED)
         raise Exit(f"Backup on {host.name} FAILED: {failure.detail}. No partial set was left and no older set was "
                    f"deleted; fix the cause and run `fab -H {host.name} backup` again.", code=ExitCode.FAILED)
     print(f"Backup {name} is complete and verified on {host.name}.")
@@ -37,12 +42,25 @@ def list_(c):
     """List backup sets on the host: age, size, verified or not, and the latest runs (cron too)."""
     host = Host.open(c)
     sets, log = host.backup_sets()
-    if not sets:
+    remote = None
+    if host.settings.offsite_repository:
+        host.install_offsite()
+        result = host.offsite("list")
+        remote = [row["set"] for row in offsite_commands.parse_snapshots(result.stdout)] if result.ok else None
+        if not result.ok:
+            print(f"(the off-site repository did not answer: {host.redact(result.stderr.strip()[-200:])})")
+    where = offsite_commands.locations([s["name"] for s in sets], remote)
+    if not where:
         print(f"No backup sets on {host.name} yet.")
-    for s in sets:
+    by_name = {s["name"]: s for s in sets}
+    for name, place in where.items():
+        s = by_name.get(name)
+        if s is None:
+            print(f"  {name:32} {'':>11}  {'':12}  on: {place}")
+            continue
         verified = s.get("verification", {}).get("result") == "ok"
-        print(f"  {s['name']:32} {s['bytes'] / 1e6:8.2f} MB  {'verified' if verified else 'NOT VERIFIED'}  "
-              f"release {s.get('release', '?')}")
+        print(f"  {name:32} {s['bytes'] / 1e6:8.2f} MB  {'verified' if verified else 'NOT VERIFIED'}  "
+              f"release {s.get('release', '?')}  on: {place}")
     if log:
         print("latest runs:")
         for line in log:
@@ -135,7 +153,8 @@ def pull(c, name=None, to=None):
 
 @task(help={"at": "Time of day (host time, HH:MM) for the daily backup (default 02:00)."})
 def schedule(c, at="02:00"):
-    """Install the daily backup job (cron) on the host: backup, verification, retention."""
+    """Install the daily backup job (cron) on the host: backup, verification, retention; with
+    off-site copies set up, also the monthly restore drill and the weekly off-site check."""
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", at):
         raise Exit(f"--at {at!r} is not a time of day like 02:00.", code=ExitCode.USAGE)
     host = Host.open(c)
@@ -147,10 +166,20 @@ def schedule(c, at="02:00"):
     if not result.ok:
         raise Exit(f"Could not install the cron job on {host.name}: {result.stderr.strip()[-300:]} "
                    f"(is cron installed? `apt-get install cron`).", code=ExitCode.FAILED)
-    host.record("schedule", "ok", detail=f"daily backup at {at}")
-    print(f"Daily backup installed on {host.name}:\n  {result.stdout.strip()}")
+    installed = [result.stdout.strip()]
+    if host.settings.offsite_repository:
+        host.install_offsite()
+        for kind, job in offsite_commands.cron_lines(ctx, at).items():
+            result = host.probe_run(commands.install_cron(job, commands.cron_marker(kind, ctx.project)))
+            if not result.ok:
+                raise Exit(f"Could not install the off-site {kind} job on {host.name}: {result.stderr.strip()[-300:]}.",
+                           code=ExitCode.FAILED)
+            installed.append(result.stdout.strip())
+    host.record("schedule", "ok", detail=f"daily backup at {at}" + (", off-site drill and check" if len(installed) > 1 else ""))
+    print(f"Daily backup installed on {host.name}" + (" (each full set is copied off-site; a restore drill runs monthly "
+          "and an off-site check weekly)" if len(installed) > 1 else "") + ":\n  " + "\n  ".join(installed))
 
 
 ns = Collection("backup")
 for t in (backup_, list_, restore, pull, schedule):
-    ns.add_task(t)
+    ns.add_task(t)  # tasks/__init__.py adds backup.drill and backup.offsite (tasks/offsite.py)

@@ -28,6 +28,7 @@ from .commands import compose as compose_commands
 from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
+from .commands import offsite as offsite_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .commands.context import HostContext
@@ -428,13 +429,18 @@ class Host:
         self.conn.run(sh(backup_commands.activate_script(self.ctx)), hide=True)
 
     def backup(self, db_only: bool = False, keep: int | None = None) -> str:
-        """Install and run the host's backup script; returns the new set's name."""
+        """Install and run the host's backup script (a full set is then copied off-site when
+        OFFSITE_REPOSITORY is set); returns the new set's name."""
         self.install_backup_script()
+        if not db_only:
+            self.install_offsite()
         result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep, db_only)),
                                warn=True, hide="stdout")
         for line in result.stdout.splitlines():
             if line.startswith("[backup]"):
                 print(f"   {line}", flush=True)
+        if result.exited == offsite_commands.PUSH_FAILED_EXIT:
+            raise StepFailed("off-site copy", self.redact(" ".join(result.stderr.strip().splitlines()[-3:]) or "no output"))
         if not result.ok:
             raise StepFailed("backup", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
         name, manifest = backup_commands.parse_run(result.stdout)
@@ -442,6 +448,33 @@ class Host:
         print(f"   set {name}: verified ({v['tables']} tables, {v['rows']} rows, restore check {v['seconds']}s), "
               f"{sum(manifest['sizes'].values())} bytes, {manifest['duration_s']}s")
         return name
+
+    # --- off-site copies (restic) -------------------------------------------------------------
+    def install_offsite(self) -> str:
+        """When OFFSITE_REPOSITORY is set: install tasktracker-offsite and its offsite.conf (only a
+        file that differs is sent, over SFTP: the password never reaches a command line) and, for an
+        SFTP repository, the host's own key. Returns that key's public half ('' otherwise)."""
+        s = self.settings
+        if not s.offsite_repository:
+            return ""
+        with_key = offsite_commands.sftp_target(s.offsite_repository) is not None
+        pubkey, have = offsite_commands.parse_prepare(
+            self.run(offsite_commands.prepare(self.ctx, with_key), "install off-site copies").stdout)
+        conf = offsite_commands.conf_text(
+            repository=s.offsite_repository, password=s.offsite_password.reveal(),
+            aws_access_key_id=s.offsite_aws_access_key_id.reveal(), aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
+            keep=(s.offsite_keep_daily, s.offsite_keep_weekly, s.offsite_keep_monthly),
+            sftp=offsite_commands.sftp_command(s.offsite_repository, self.facts.get("home", "").rstrip("/")))
+        for path, text in ((offsite_commands.script_path(self.ctx), offsite_commands.OFFSITE_SCRIPT),
+                           (offsite_commands.conf_path(self.ctx), conf)):
+            if have.get(path) != offsite_commands.digest(text):
+                self.put_text(text, path)
+        return pubkey
+
+    def offsite(self, action: str, *args: str, show: bool = False):
+        """Run one action of the host's tasktracker-offsite; the result whatever its exit code
+        (`show`: its output streams here as it comes; restic never prints the password)."""
+        return self.conn.run(sh(offsite_commands.run(self.ctx, action, *args)), warn=True, hide=not show)
 
     def backup_sets(self) -> tuple[list[dict], list[str]]:
         return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx), hide=True).stdout)

@@ -59,6 +59,24 @@ def _spec(default: Any = None, *, required: bool = False, secret: bool = False, 
     return field(default=default, metadata={"required": required, "secret": secret, "key": key})
 
 
+OFFSITE_SCHEMES = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+
+
+def _offsite_problems(values: dict) -> list[str]:
+    repository = values["offsite_repository"]
+    if not repository:
+        return []
+    problems = []
+    if not (repository.startswith(OFFSITE_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
+        problems.append(f"OFFSITE_REPOSITORY {repository!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
+                        f"or s3:https://s3.example.com/bucket/tasktracker")
+    if not values["offsite_password"]:
+        problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
+    if repository.startswith("s3:") and not (values["offsite_aws_access_key_id"] and values["offsite_aws_secret_access_key"]):
+        problems.append("OFFSITE_AWS_ACCESS_KEY_ID and OFFSITE_AWS_SECRET_ACCESS_KEY are needed for an s3: OFFSITE_REPOSITORY")
+    return problems
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the deploy tasks and the stack need, validated."""
@@ -101,6 +119,15 @@ class Settings:
     alert_telegram_chat_id: str = _spec("")
     alert_webhook_url: Secret = _spec("", secret=True)  # webhook URLs embed their token
     telegram_api_base_url: str = _spec("https://api.telegram.org")
+    # Off-site copies (restic, commands/offsite.py): every full backup set is also pushed to this
+    # repository, encrypted with OFFSITE_PASSWORD; empty: no off-site copies.
+    offsite_repository: str = _spec("")
+    offsite_password: Secret = _spec("", secret=True)
+    offsite_aws_access_key_id: Secret = _spec("", secret=True)  # s3: repositories
+    offsite_aws_secret_access_key: Secret = _spec("", secret=True)
+    offsite_keep_daily: int = _spec(7)
+    offsite_keep_weekly: int = _spec(4)
+    offsite_keep_monthly: int = _spec(6)
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -199,6 +226,7 @@ class Settings:
         hook = values["alert_webhook_url"].reveal()
         if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
             problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
+        problems += _offsite_problems(values)
         if problems:
             raise SettingsError(problems, source)
         return cls(**values)

@@ -16,6 +16,7 @@ from invoke import Collection, Exit, task
 
 from .commands import backup as backup_commands
 from .commands import lock as lock_commands
+from .commands import offsite as offsite_commands
 from .commands import status as status_commands
 from .commands import tls as tls_commands
 from .exits import ExitCode
@@ -196,8 +197,12 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     elif certs and "renew.log" in logs and now - logs["renew.log"]["mtime"] > JOB_MAX_AGE_H * 3600:
         add(Finding("jobs", False, f"the certificate renewal job has not run for {age_text(now - logs['renew.log']['mtime'])}",
                     "is cron running (`systemctl status cron`)? Run `fab -H HOST ssl.renew` by hand to see its output"))
-    sets, _ = backup_commands.parse_sets(snap["backups"])
+    sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
+    push = offsite_commands.last_push(backup_log)
+    if push and push.get("result") == "offsite-failed":
+        add(Finding("backup", False, f"the off-site copy of {push.get('set')} failed ({push.get('time')}); the set is only on the host",
+                    "the nightly job's output is in backups/cron.log; fix the cause, then `fab -H HOST backup.offsite.push`"))
     if "backup" not in jobs:
         add(Finding("jobs", False, "no daily backup job is installed", "`fab -H HOST backup.schedule`"))
     if latest is None:

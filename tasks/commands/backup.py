@@ -14,7 +14,9 @@ It is built in APP_DIR/backups/.<name>.partial and renamed when complete and ver
 run leaves no partial set and deletes nothing. Verification restores the dump into a scratch
 database on the same server and compares the row counts. Retention keeps the newest KEEP full
 sets and, separately, the newest KEEP pre-deploy (database-only) sets, so pre-deploy sets never
-evict the last full one. One run at a time (flock on backups/.lock, cron included). While NATS is
+evict the last full one. When APP_DIR/shared/offsite.conf exists, a full set is then copied
+off-site (commands/offsite.py); if that fails the set stays and the script exits 3.
+One run at a time (flock on backups/.lock, cron included). While NATS is
 paused for its copy, a watchdog unpauses it if the script dies in any way (even SIGKILL).
 """
 
@@ -159,6 +161,14 @@ for kind in '^[0-9]{8}T[0-9]{6}Z$' '^[0-9]{8}T[0-9]{6}Z-predeploy$'; do
   done
 done
 log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(date -u +%FT%TZ)"'", "result": "ok", /')"
+if [ "$MODE" != "--db-only" ] && [ -f "$APP_DIR/shared/offsite.conf" ]; then
+  step="off-site copy"
+  trap - HUP INT TERM  # the set is complete: from here a failure keeps it
+  if ! "$APP_DIR/bin/tasktracker-offsite" "$APP_DIR" "$PROJECT" push "$name"; then  # it logs its result
+    echo "BACKUP OFFSITE FAILED: set $name is complete, verified and kept on this host, but its off-site copy failed (see above)" >&2
+    exit 3
+  fi
+fi
 echo "BACKUP OK $name"
 cat "$root/$name/manifest.json"
 '''

@@ -1,0 +1,206 @@
+"""Off-site copies without a host: the builders and parsers as tables, and the host program
+(`tasktracker-offsite`) run for real with restic against a local repository: push, retention,
+list, fetch on a "new host", a corrupted file found by `check`, a failed push that keeps the set."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.commands import offsite
+from tasks.commands.context import HostContext
+from tasks.settings import Settings, SettingsError
+
+ABS = HostContext("/home/deploy/tasktracker", "tasktracker")
+REQUIRED = {"POSTGRES_PASSWORD": "pg-secret", "NATS_PASSWORD": "nats-secret", "TELEGRAM_BOT_TOKEN": "123:tok",
+            "OPENAI_API_KEY": "sk-x", "APP_URL": "https://t.example.com", "WEBAPP_URL": "https://t.example.com",
+            "DOMAIN": "t.example.com"}
+
+
+@pytest.mark.parametrize("repository, target", [
+    ("sftp:backup@backup.example.com:/srv/restic/tt", ("backup", "backup.example.com", 22)),
+    ("sftp:backup.example.com:/srv/restic", ("", "backup.example.com", 22)),
+    ("sftp://backup@10.0.0.5:2222//srv/restic/tt", ("backup", "10.0.0.5", 2222)),
+    ("s3:https://s3.example.com/bucket/tt", None),
+    ("/mnt/usb/restic", None),
+])
+def test_sftp_target(repository, target):
+    assert offsite.sftp_target(repository) == target
+
+
+def test_sftp_command_uses_the_hosts_own_key_and_never_prompts():
+    assert offsite.sftp_command("sftp://backup@10.0.0.5:2222//srv/r", "/home/deploy") == (
+        "ssh -i /home/deploy/.ssh/tasktracker-offsite -o IdentitiesOnly=yes -o BatchMode=yes "
+        "-o StrictHostKeyChecking=accept-new -o ConnectTimeout=15 -p 2222 backup@10.0.0.5 -s sftp")
+    assert offsite.sftp_command("s3:https://s3.example.com/b", "/home/deploy") == ""
+
+
+def test_conf_text_quotes_values_and_leaves_out_empty_ones():
+    text = offsite.conf_text(repository="s3:https://s3.example.com/b", password="pa ss'word", aws_access_key_id="AK",
+                             aws_secret_access_key="SK$x", keep=(7, 4, 6), sftp="")
+    assert text.splitlines() == ["RESTIC_REPOSITORY=s3:https://s3.example.com/b", "RESTIC_PASSWORD='pa ss'\"'\"'word'",
+                                 "AWS_ACCESS_KEY_ID=AK", "AWS_SECRET_ACCESS_KEY='SK$x'", "KEEP_DAILY=7", "KEEP_WEEKLY=4",
+                                 "KEEP_MONTHLY=6"]
+    sourced = subprocess.run(["bash", "-c", 'set -a; . /dev/stdin; set +a; printf "%s|%s" "$RESTIC_PASSWORD" "$AWS_SECRET_ACCESS_KEY"'],
+                             input=text, capture_output=True, text=True, check=True).stdout
+    assert sourced == "pa ss'word|SK$x"
+
+
+def test_cron_lines_have_no_percent_sign_and_alert_on_failure():
+    lines = offsite.cron_lines(ABS, "02:30")
+    assert lines["drill"].startswith("30 3 1 * * /home/deploy/tasktracker/bin/tasktracker-offsite /home/deploy/tasktracker tasktracker drill")
+    assert lines["check"].startswith("30 4 * * 0 /home/deploy/tasktracker/bin/tasktracker-offsite /home/deploy/tasktracker tasktracker check 1/10")
+    for kind, line in lines.items():
+        assert "%" not in line and line.endswith(f"# tasktracker-{kind}:tasktracker") and "tasktracker-notify" in line
+    assert offsite.cron_lines(ABS, "23:15")["check"].startswith("15 1 * * 0 ")
+
+
+RESTIC_SNAPSHOTS = ('[{"time":"2026-11-26T04:31:02.1+00:00","tree":"ab","paths":["/home/d/tasktracker/backups/20261126T043100Z"],'
+                    '"hostname":"tasktracker","username":"d","tags":["tasktracker","set=20261126T043100Z"],"id":"0123456789abcdef",'
+                    '"short_id":"01234567"},{"time":"2026-11-25T02:00:09+00:00","paths":["/x"],"hostname":"tasktracker",'
+                    '"tags":["set=20261125T020000Z","tasktracker"],"id":"fedcba9876543210","short_id":"fedcba98"},'
+                    '{"time":"2026-11-25T02:00:09+00:00","paths":["/y"],"hostname":"tasktracker","tags":["other"],"id":"x"}]')
+
+
+def test_parse_snapshots_orders_sets_and_skips_foreign_snapshots():
+    assert offsite.parse_snapshots(RESTIC_SNAPSHOTS) == [
+        {"set": "20261125T020000Z", "time": "2026-11-25T02:00:09+00:00", "id": "fedcba98"},
+        {"set": "20261126T043100Z", "time": "2026-11-26T04:31:02.1+00:00", "id": "01234567"}]
+    assert offsite.parse_snapshots("") == [] and offsite.parse_snapshots("Fatal: unable to open") == []
+
+
+def test_parse_drill_and_last_push_and_locations():
+    assert offsite.parse_drill("[offsite] restoring x\ncount alembic_version=1\ncount tasks=42\nOFFSITE DRILL OK 20261126T043100Z\n") == (
+        "20261126T043100Z", {"alembic_version": 1, "tasks": 42})
+    log = ['{"time": "t1", "set": "A", "result": "ok"}', '{"time": "t1", "set": "A", "result": "offsite-failed"}',
+           '{"time": "t2", "set": "B", "result": "ok"}', "not json"]
+    assert offsite.last_push(log)["set"] == "A" and offsite.last_push(log[:1]) is None
+    assert offsite.locations(["A", "B"], None) == {"A": "host", "B": "host"}
+    assert offsite.locations(["B", "C"], ["A", "B"]) == {"A": "off-site", "B": "both", "C": "host"}
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"OFFSITE_REPOSITORY": "ftp://x/y", "OFFSITE_PASSWORD": "pw-secret-123"}, "OFFSITE_REPOSITORY 'ftp://x/y' is not a restic repository"),
+    ({"OFFSITE_REPOSITORY": "sftp:b@h:/r"}, "OFFSITE_PASSWORD is missing or empty"),
+    ({"OFFSITE_REPOSITORY": "s3:https://s3.example.com/b", "OFFSITE_PASSWORD": "pw-secret-123"}, "OFFSITE_AWS_ACCESS_KEY_ID and"),
+    ({"OFFSITE_REPOSITORY": "sftp:b@h:/r", "OFFSITE_PASSWORD": "pw-secret-123", "OFFSITE_KEEP_DAILY": "0"}, "OFFSITE_KEEP_DAILY must be"),
+])
+def test_offsite_settings_are_validated(overrides, problem):
+    with pytest.raises(SettingsError) as error:
+        Settings.load(env_file="/nonexistent", environ={**REQUIRED, **overrides})
+    assert problem in str(error.value)
+    assert overrides.get("OFFSITE_PASSWORD", "\0") not in str(error.value)
+
+
+def test_offsite_settings_accept_sftp_and_keep_the_password_secret():
+    s = Settings.load(env_file="/nonexistent", environ={**REQUIRED, "OFFSITE_REPOSITORY": "sftp:b@h:/r", "OFFSITE_PASSWORD": "hunter22"})
+    assert s.offsite_repository == "sftp:b@h:/r" and "hunter22" not in repr(s) and "hunter22" in s.secret_values()
+
+
+# --- the host program, with restic and a local repository ---------------------------------------
+
+needs_restic = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/test installs it)")
+
+
+def make_app(root: Path, repository: Path, keep=(7, 4, 6)) -> Path:
+    app = root / "app"
+    (app / "bin").mkdir(parents=True)
+    (app / "shared").mkdir()
+    (app / "backups").mkdir()
+    program = app / "bin" / offsite.SCRIPT_NAME
+    program.write_text(offsite.OFFSITE_SCRIPT)
+    program.chmod(0o700)
+    (app / "shared" / "offsite.conf").write_text(offsite.conf_text(
+        repository=str(repository), password="drill-secret", aws_access_key_id="", aws_secret_access_key="", keep=keep, sftp=""))
+    return app
+
+
+def make_set(app: Path, name: str, content: bytes) -> Path:
+    d = app / "backups" / name
+    d.mkdir()
+    (d / "database.dump").write_bytes(content)
+    (d / "rowcounts.txt").write_text("tasks=3\n")
+    sums = "".join(f"{hashlib.sha256((d / f).read_bytes()).hexdigest()}  {f}\n" for f in ("database.dump", "rowcounts.txt"))
+    (d / "SHA256SUMS").write_text(sums)
+    (d / "manifest.json").write_text(json.dumps({"set": name, "verification": {"result": "ok"}}))
+    return d
+
+
+def program(app: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "HOME": str(app.parent)}
+    return subprocess.run([str(app / "bin" / offsite.SCRIPT_NAME), str(app), "tt", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@needs_restic
+def test_push_list_retention_and_fetch_on_a_new_host(tmp_path):
+    repo = tmp_path / "repo"
+    app = make_app(tmp_path / "a", repo, keep=(1, 1, 1))
+    assert "repository created" in program(app, "init").stdout
+    assert "repository exists" in program(app, "init").stdout
+    for n, name in enumerate(("20261124T020000Z", "20261125T020000Z", "20261126T020000Z")):
+        make_set(app, name, os.urandom(2048) + bytes([n]))
+        result = program(app, "push", name)
+        assert result.returncode == 0 and f"OFFSITE OK {name}" in result.stdout, result.stderr
+        assert "drill-secret" not in result.stdout + result.stderr
+    # one schedule for the app: all three were made today, so keep-daily 1 keeps the newest only
+    rows = offsite.parse_snapshots(program(app, "list").stdout)
+    assert [r["set"] for r in rows] == ["20261126T020000Z"]
+    # a new host with only the settings: the set comes back byte for byte, checksums checked
+    fresh = make_app(tmp_path / "b", repo)
+    result = program(fresh, "fetch", "latest")
+    assert result.returncode == 0 and "OFFSITE FETCHED 20261126T020000Z" in result.stdout, result.stderr
+    for f in ("database.dump", "rowcounts.txt", "SHA256SUMS", "manifest.json"):
+        assert (fresh / "backups" / "20261126T020000Z" / f).read_bytes() == (app / "backups" / "20261126T020000Z" / f).read_bytes()
+    assert not list((fresh / "backups").glob(".offsite-*"))  # its scratch dir is gone
+    assert program(app, "check").returncode == 0
+
+
+@needs_restic
+def test_a_corrupted_file_is_found_by_check(tmp_path):
+    repo = tmp_path / "repo"
+    app = make_app(tmp_path, repo)
+    assert program(app, "init").returncode == 0
+    make_set(app, "20261126T020000Z", os.urandom(4096))
+    assert program(app, "push", "20261126T020000Z").returncode == 0
+    pack = max((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    pack.chmod(0o600)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    result = program(app, "check")
+    assert result.returncode != 0 and "drill-secret" not in result.stdout + result.stderr
+
+
+@needs_restic
+def test_a_failed_push_keeps_the_set_and_says_so(tmp_path):
+    app = make_app(tmp_path, tmp_path / "never-initialised")
+    made = make_set(app, "20261126T020000Z", b"dump")
+    result = program(app, "push", "20261126T020000Z")
+    assert result.returncode == 1 and "OFFSITE PUSH FAILED for 20261126T020000Z (the set is kept on this host)" in result.stderr
+    assert (made / "database.dump").read_bytes() == b"dump"
+    bad = program(app, "push", "../../etc")
+    assert bad.returncode == 2 and "no complete full set" in bad.stderr
+
+
+def test_not_configured_host_is_told_what_to_run(tmp_path):
+    app = make_app(tmp_path, tmp_path / "repo")
+    (app / "shared" / "offsite.conf").unlink()
+    result = program(app, "list")
+    assert result.returncode == 2 and "run backup.offsite.init" in result.stderr
+
+
+@needs_restic
+def test_each_push_leaves_its_result_in_the_backup_log(tmp_path):
+    app = make_app(tmp_path, tmp_path / "repo")
+    make_set(app, "20261126T020000Z", b"dump")
+    assert program(app, "push", "20261126T020000Z").returncode == 1  # no repository yet
+    assert offsite.last_push((app / "backups" / "backup.log").read_text().splitlines())["result"] == "offsite-failed"
+    assert program(app, "init").returncode == 0 and program(app, "push", "20261126T020000Z").returncode == 0
+    assert offsite.last_push((app / "backups" / "backup.log").read_text().splitlines()) == {
+        "time": offsite.last_push((app / "backups" / "backup.log").read_text().splitlines())["time"],
+        "set": "20261126T020000Z", "result": "offsite-ok"}
