@@ -11,6 +11,7 @@ for module in (build, provision, deploy, rollback, compose, migrate, db, backup,
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
 ns.add_task(status.doctor)  # `fab -H HOST doctor`, beside `status`
+ns.add_task(deploy.recover)  # `fab -H NEWHOST recover --from-offsite`, beside `deploy`
 backup.ns.add_collection(offsite.ns)  # `backup.offsite.*`
 backup.ns.add_task(offsite.drill)  # `backup.drill`
 # Tasks never read the terminal's stdin for remote commands (CI has none); set once, here.

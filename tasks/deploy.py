@@ -1,5 +1,6 @@
 """`fab -H HOST deploy`: build, ship a release, migrate, replace the API without downtime,
-prove health, switch `current`; roll back automatically when a check fails."""
+prove health, switch `current`; roll back automatically when a check fails. And `fab -H NEWHOST
+recover --from-offsite`: the same deploy onto a new host, with the data of the newest off-site set."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .commands import db as db_commands
 from .commands import envfile
 from .commands import images as image_commands
 from .commands import notify as notify_commands
+from .commands import offsite as offsite_commands
 from .commands import release as release_commands
 from .commands import sh
 from .commands import transfer as transfer_commands
@@ -190,6 +192,87 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     steps.print_table()
     print(f"  remote commands: {remote.CountingConnection.remote_commands}"
           + (f" (+{remote.CountingConnection.rsync_sessions} rsync session)" if remote.CountingConnection.rsync_sessions else ""))
+
+
+@task(help={
+    "from_offsite": "Recover from the off-site repository (OFFSITE_REPOSITORY): the only source so far; required.",
+    "name": "The off-site set to recover (default: the newest; see `backup.offsite.list`).",
+    "skip_build": "Deploy the frontend/dist already built.",
+    "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
+    "wait": WAIT_HELP,
+    "env": ENV_HELP,
+})
+def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", wait=False, env=None):
+    """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
+    the newest set's certificates, this checkout's release, then the set's database and JetStream
+    data; the same health checks as a deploy. Then point DNS at the new host (README)."""
+    if not from_offsite:
+        raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the off-site repository in "
+                   "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
+    if compose not in COMPOSE_CHOICES:
+        raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
+    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
+        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see `backup.offsite.list`). "
+                   f"Nothing was changed.", code=ExitCode.USAGE)
+    remote.require_host(c)
+    choose_env(c, env)
+    settings = Settings.from_context(c)
+    if not settings.offsite_repository:
+        raise Exit("OFFSITE_REPOSITORY is not set: there is nothing to recover from. Use the settings file of the lost host "
+                   "(OFFSITE_REPOSITORY and OFFSITE_PASSWORD). Nothing was changed.", code=ExitCode.USAGE)
+    if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
+        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` first. "
+                   "Nothing was changed on the server.", code=ExitCode.USAGE)
+    env_file = env_file_path(c)
+    steps = Steps(f"Recover on {c.original_host}", settings.secret_values())
+    try:
+        with steps.step("connect and check host"):
+            host = Host.open(c, settings, compose=compose, steps=steps)
+        if host.current_id:
+            raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a NEW host, and would replace "
+                       f"this one's database. To bring data back here use `fab -H {host.name} backup.restore`. Nothing was "
+                       f"changed.", code=ExitCode.REFUSED)
+        check_memory_budget(host)
+        check_postgres_major(host, env)
+        if skip_build:
+            steps.skip("build frontend", "--skip-build")
+        else:
+            with steps.step("build frontend"):
+                build_frontend(Context(config=c.config), FRONTEND)
+        with host.locked("recover", wait=wait), host.audited("recover") as outcome:
+            with steps.step("fetch the off-site set"):
+                set_name = fetch_offsite_set(host, name)
+            outcome["detail"] = f"from off-site set {set_name}"
+            with steps.step("certificates and TLS settings"):
+                print(f"   {host.run(offsite_commands.unpack_certificates(host.ctx, set_name), 'certificates').stdout.strip()}")
+            plan = plan_deploy(host, env_file)
+            run_deploy(host, plan, outcome)
+            with steps.step("restore database and nats"):
+                host.restore_backup(set_name)
+            with steps.step("migrate database"):  # the set may predate this checkout's migrations
+                host.run(host.in_release(plan.release.id, sh(compose_commands.migrate(host.ctx))), "migrate database", hide=False)
+            with steps.step("health checks"):
+                host.probe(host.release(plan.release.id))
+    except StepFailed as failure:
+        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}")
+    steps.print_table()
+    print(f"{host.name} serves release {plan.release.id} with the data of off-site set {set_name}. Now point DNS at it "
+          f"(README, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+
+
+def fetch_offsite_set(host: Host, name: str | None) -> str:
+    """Bring an off-site set (the newest, or `name`) into the host's backups/, checksums checked."""
+    pubkey = host.install_offsite()
+    result = host.offsite("fetch", name or "latest")
+    set_name = offsite_commands.parse_fetched(result.stdout)
+    if not result.ok or not set_name:
+        hint = (f" If the repository is on SFTP, authorize this host's key there first: {pubkey}" if pubkey else "")
+        raise StepFailed("fetch the off-site set", host.redact(result.stderr.strip()[-400:]) + hint)
+    made = backup_commands.parse_sets(host.probe_run(backup_commands.list_sets(host.ctx)).stdout)[0]
+    release = next((s.get("release", "") for s in made if s["name"] == set_name), "")
+    print(f"   off-site set {set_name}" + (f" (made under release {release}; deploying this checkout, {git_commit()[:12]})"
+                                           if release else ""))
+    return set_name
 
 
 @dataclass(frozen=True)

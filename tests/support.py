@@ -516,3 +516,56 @@ class RecordingServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class SftpServer:
+    """An off-site SFTP server on this machine: its own user and its own sshd on a loopback port
+    (TESTBED.md: `UsePAM yes`, or a new user is refused as locked). It removes what it made: the
+    sshd by its PID file, the user it created."""
+
+    def __init__(self, base: Path):
+        self.dir = base / "sftp"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.user = f"tt-off-{secrets.token_hex(3)}"
+        self.port = free_port()
+        self.pidfile = self.dir / "sshd.pid"
+
+    @property
+    def home(self) -> Path:
+        return Path("/home") / self.user
+
+    @property
+    def repository(self) -> str:
+        return f"sftp://{self.user}@127.0.0.1:{self.port}/{self.home}/restic"
+
+    def start(self) -> "SftpServer":
+        if not (self.dir / "host_key").exists():
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", self.user], check=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / "host_key")], check=True)
+            (self.dir / "sshd_config").write_text("\n".join([
+                f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir}/host_key", f"PidFile {self.pidfile}",
+                "AuthorizedKeysFile .ssh/authorized_keys", "PubkeyAuthentication yes", "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no", "PermitRootLogin no", f"AllowUsers {self.user}", "UsePAM yes",
+                "Subsystem sftp internal-sftp"]) + "\n")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        subprocess.run(["/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")], check=True)
+        wait_for(lambda: port_open(self.port), what="the SFTP server's sshd")
+        return self
+
+    def authorize(self, public_key: str) -> None:
+        ssh = self.home / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        (ssh / "authorized_keys").write_text(public_key.strip() + "\n")
+        (ssh / "authorized_keys").chmod(0o600)
+        subprocess.run(["chown", "-R", f"{self.user}:{self.user}", str(ssh)], check=True)
+
+    def stop(self) -> None:
+        if self.pidfile.exists():
+            subprocess.run(["kill", self.pidfile.read_text().strip()], capture_output=True)
+            wait_for(lambda: not port_open(self.port), what="the SFTP server's sshd to stop")
+            self.pidfile.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        self.stop()
+        if (self.dir / "host_key").exists():
+            subprocess.run(["userdel", "-r", self.user], capture_output=True)

@@ -204,3 +204,22 @@ def test_each_push_leaves_its_result_in_the_backup_log(tmp_path):
     assert offsite.last_push((app / "backups" / "backup.log").read_text().splitlines()) == {
         "time": offsite.last_push((app / "backups" / "backup.log").read_text().splitlines())["time"],
         "set": "20261126T020000Z", "result": "offsite-ok"}
+
+
+def test_unpack_certificates_brings_back_tls_files_only(tmp_path):
+    src = tmp_path / "old"
+    for rel, text in (("env/r1.env", "SECRET=1"), ("shared/nginx/tls.conf", "ssl on;"),
+                      ("shared/letsencrypt/live/t.example.com/cert.pem", "CERT"), ("shared/.env", "X=1")):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    app = tmp_path / "new"
+    (app / "backups" / "S").mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(src), "-czf", str(app / "backups" / "S" / "app-files.tar.gz"), "env", "shared"], check=True)
+    out = subprocess.run(["bash", "-c", offsite.unpack_certificates(HostContext(str(app), "tt"), "S")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "certificates: 1"
+    assert (app / "shared/letsencrypt/live/t.example.com/cert.pem").read_text() == "CERT"
+    assert (app / "shared/nginx/tls.conf").read_text() == "ssl on;"
+    assert not (app / "env").exists() and not (app / "shared/.env").exists()
+    assert subprocess.run(["bash", "-c", offsite.unpack_certificates(HostContext(str(app), "tt"), "none")],
+                          capture_output=True, text=True).returncode == 0  # a set without app files: nothing to do

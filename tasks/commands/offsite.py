@@ -257,3 +257,19 @@ def last_push(log_lines: list[str]) -> dict | None:
         if isinstance(entry, dict) and str(entry.get("result", "")).startswith("offsite-"):
             return entry
     return None
+
+
+def parse_fetched(output: str) -> str:
+    """The set `fetch` brought back ('' when it did not finish)."""
+    names = [line.split()[-1] for line in output.splitlines() if line.startswith("OFFSITE FETCHED ")]
+    return names[-1] if names else ""
+
+
+def unpack_certificates(ctx: HostContext, set_name: str) -> str:
+    """On a new host: the certificates and TLS settings of a set (shared/letsencrypt,
+    shared/nginx) into APP_DIR, before the first deploy starts nginx. Each release's own
+    settings (env/) are not restored: the deploy writes the release's from this checkout."""
+    archive = q(f"{ctx.backups_dir}/{set_name}/app-files.tar.gz")
+    return (f"if [ -f {archive} ]; then members=$(tar -tzf {archive} | grep -E '^shared/(letsencrypt|nginx)(/|$)'); "
+            f"[ -z \"$members\" ] || printf '%s\\n' \"$members\" | tar -C {q(ctx.app_dir)} -xzf {archive} --no-same-owner "
+            f"--no-recursion -T - && echo \"certificates: $(printf '%s\\n' \"$members\" | grep -c '^shared/letsencrypt/live/[^/]*/cert.pem$')\"; fi")

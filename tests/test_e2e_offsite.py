@@ -1,0 +1,196 @@
+"""Off-site copies (issue 15) on the sandbox, to a real SFTP server with restic: the host's key is
+authorized as an operator would, every full set is pushed, backup.list shows where sets live,
+the drill restores the newest copy into a scratch database, a failed push keeps the set and is
+loud, a corrupted file in the repository is found by `check`, and the password never shows."""
+
+import json
+import re
+import secrets
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.support import SftpServer
+
+pytestmark = pytest.mark.e2e
+APP = "os"
+PASSWORD = f"offsite-{secrets.token_hex(8)}"
+
+
+def post_task(sandbox, title: str) -> int:
+    req = urllib.request.Request(sandbox.app_url(APP, "/api/tasks"), data=json.dumps({"title": title}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        return json.loads(res.read())["id"]
+
+
+def local_sets(sandbox) -> list[str]:
+    root = sandbox.home / APP / "backups"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[:1].isdigit())
+
+
+def everything_said(*outs) -> str:
+    return "\n".join(o.stdout + o.stderr for o in outs)
+
+
+@pytest.fixture(scope="module")
+def sftp(sandbox):
+    server = SftpServer(sandbox.dir).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def app(sandbox, deployed, sftp):
+    env = sandbox.app_env(APP, "offsite", OFFSITE_REPOSITORY=sftp.repository, OFFSITE_PASSWORD=PASSWORD)
+    sandbox.fab("deploy", "--skip-build", env_file=env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def initialised(sandbox, app, sftp):
+    first = sandbox.fab("backup.offsite.init", env_file=app, check=False)
+    # The key is not authorized yet: a clear failure that shows the key to authorize.
+    assert first.returncode == 1, everything_said(first)
+    assert "Is the key above authorized on the SFTP server" in first.stderr, everything_said(first)
+    key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", first.stdout, re.M)
+    assert key, first.stdout
+    sftp.authorize(key.group(1))
+    second = sandbox.fab("backup.offsite.init", env_file=app)
+    assert "repository created" in second.stdout
+    assert "repository exists" in sandbox.fab("backup.offsite.init", env_file=app).stdout
+    assert PASSWORD not in everything_said(first, second)
+    return app
+
+
+def test_every_full_set_is_copied_and_listed_where_it_lives(sandbox, initialised, sftp):
+    ids = [post_task(sandbox, f"off-site task {i}") for i in range(5)]
+    out = sandbox.fab("backup", env_file=initialised)
+    assert "off-site copy of" in out.stdout, out.stdout
+    newest = local_sets(sandbox)[-1]
+    listed = sandbox.fab("backup.list", env_file=initialised).stdout
+    assert re.search(rf"{newest} .* on: both", listed), listed
+    assert newest in sandbox.fab("backup.offsite.list", env_file=initialised).stdout
+    status = sandbox.fab("backup.offsite.status", env_file=initialised).stdout
+    assert f"newest      {newest}" in status and "ok" in status.splitlines()[-1], status
+    # The repository on the SFTP server is restic's, encrypted: no task title in it.
+    repo = subprocess.run(["grep", "-rl", "off-site task", str(sftp.home / "restic")], capture_output=True, text=True)
+    assert repo.stdout == "", repo.stdout
+    assert PASSWORD not in out.stdout + out.stderr + listed
+    assert len(ids) == 5
+
+
+def test_drill_restores_the_newest_copy_into_a_scratch_database(sandbox, initialised):
+    before = subprocess.run(["docker", "compose", "-p", f"{sandbox.project}-{APP}", "exec", "-T", "postgres", "psql", "-U",
+                             "postgres", "-d", "tasktracker", "-Atc", "select datname from pg_database order by 1"],
+                            capture_output=True, text=True, check=True).stdout
+    out = sandbox.fab("backup.drill", env_file=initialised)
+    assert "row counts match" in out.stdout, out.stdout
+    tasks = re.search(r"^\s+tasks\s+(\d+)$", out.stdout, re.M)
+    assert tasks and int(tasks.group(1)) >= 5, out.stdout
+    after = subprocess.run(["docker", "compose", "-p", f"{sandbox.project}-{APP}", "exec", "-T", "postgres", "psql", "-U",
+                            "postgres", "-d", "tasktracker", "-Atc", "select datname from pg_database order by 1"],
+                           capture_output=True, text=True, check=True).stdout
+    assert before == after  # the scratch database is gone; the live one untouched
+    audit = (sandbox.home / APP / "audit.log").read_text() if (sandbox.home / APP / "audit.log").exists() else ""
+    assert PASSWORD not in audit
+
+
+def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initialised, sftp):
+    before = local_sets(sandbox)
+    sftp.stop()
+    try:
+        out = sandbox.fab("backup", env_file=initialised, check=False)
+        assert out.returncode == 1, everything_said(out)
+        assert "OFF-SITE COPY FAILED" in out.stderr and "The set is kept on the host" in out.stderr, out.stderr
+        after = local_sets(sandbox)
+        assert len(after) == len(before) + 1  # made, verified and kept
+        doctor = sandbox.fab("doctor", env_file=initialised, check=False).stdout
+        assert f"the off-site copy of {after[-1]} failed" in doctor, doctor
+        assert sandbox.fab("backup.offsite.status", env_file=initialised, check=False).returncode != 0
+    finally:
+        sftp.start()
+    retry = sandbox.fab("backup.offsite.push", env_file=initialised)
+    assert f"{after[-1]} is copied off-site" in retry.stdout
+    assert "the off-site copy of" not in sandbox.fab("doctor", env_file=initialised, check=False).stdout
+    assert PASSWORD not in everything_said(out, retry)
+
+
+def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialised):
+    out = sandbox.fab("backup.schedule", env_file=initialised)
+    assert "restore drill runs monthly" in out.stdout
+    crontab = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
+    project = f"{sandbox.project}-{APP}"
+    for kind in ("backup", "drill", "check"):
+        assert any(line.endswith(f"# tasktracker-{kind}:{project}") for line in crontab.splitlines()), crontab
+    assert PASSWORD not in crontab
+    check = [line for line in crontab.splitlines() if line.endswith(f"# tasktracker-check:{project}")][0]
+    command = check.split(" ", 5)[5].split(" # tasktracker-")[0]
+    ran = subprocess.run(["runuser", "-u", sandbox.user, "--", "bash", "-c", f"cd ~ && {command}"], capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+
+
+def destroy(sandbox, project: str) -> None:
+    """The lost VPS: every container, volume and network of the app, its directory, its off-site
+    key and its cron jobs are gone."""
+    label = f"label=com.docker.compose.project={project}"
+    for kind, listing in (("container", ["docker", "ps", "-aq"]), ("volume", ["docker", "volume", "ls", "-q"]),
+                          ("network", ["docker", "network", "ls", "-q"])):
+        ids = subprocess.run([*listing, "--filter", label], capture_output=True, text=True, check=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", kind, "rm", *(["-f"] if kind != "network" else []), *ids], capture_output=True, check=True)
+    subprocess.run(["rm", "-rf", str(sandbox.home / APP), str(sandbox.home / ".ssh" / "tasktracker-offsite"),
+                    str(sandbox.home / ".ssh" / "tasktracker-offsite.pub")], check=True)
+    crontab = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
+    kept = [line for line in crontab.splitlines() if not line.endswith(f":{project}")]
+    subprocess.run(["crontab", "-u", sandbox.user, "-"], input="\n".join(kept) + "\n", text=True, check=True)
+
+
+def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp):
+    """Writers keep POSTing; a backup is copied off-site; the host is destroyed; `recover` on the
+    bare host brings the service back with every write acknowledged before that backup."""
+    import time
+
+    from tests.support import Writers
+
+    project = f"{sandbox.project}-{APP}"
+    with Writers(sandbox.app_url(APP, "/api/tasks"), clients=2) as writers:
+        time.sleep(2)
+        before_backup = list(writers.acknowledged)
+        sandbox.fab("backup", env_file=initialised)
+        time.sleep(2)
+    acknowledged = set(writers.acknowledged)
+    assert before_backup and acknowledged
+    lost_at = time.monotonic()
+    destroy(sandbox, project)
+    init = sandbox.fab("backup.offsite.init", env_file=initialised, check=False)  # a new host: a new key to authorize
+    key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", init.stdout, re.M)
+    assert key, everything_said(init)
+    sftp.authorize(key.group(1))
+    out = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised)
+    rto = time.monotonic() - lost_at
+    assert "with the data of off-site set" in out.stdout, out.stdout
+    with urllib.request.urlopen(sandbox.app_url(APP, "/api/tasks"), timeout=10) as res:
+        present = {t["id"] for t in json.loads(res.read())}
+    missing = acknowledged - present
+    assert set(before_backup) <= present, sorted(set(before_backup) - present)[:20]
+    assert all(i > max(before_backup) for i in missing)  # only writes after the backup are missing
+    print(f"\nrecover: RTO {rto:.1f} s (destroy -> serving, key authorization included); RPO {len(missing)} of "
+          f"{len(acknowledged)} acknowledged writes (those after the last off-site set)")
+    again = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised, check=False)
+    assert again.returncode == 5 and "already serves release" in again.stderr, everything_said(again)
+    assert PASSWORD not in everything_said(out, again, init)
+
+
+def test_a_corrupted_file_off_site_is_found_by_check(sandbox, initialised, sftp):
+    assert "is sound" in sandbox.fab("backup.offsite.check", env_file=initialised).stdout
+    packs = sorted((p for p in (sftp.home / "restic" / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim = packs[-1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    out = sandbox.fab("backup.offsite.check", env_file=initialised, check=False)
+    assert out.returncode == 1 and "FAILED its check" in out.stderr, everything_said(out)
+    assert PASSWORD not in everything_said(out)
