@@ -569,3 +569,21 @@ class SftpServer:
         self.stop()
         if (self.dir / "host_key").exists():
             subprocess.run(["userdel", "-r", self.user], capture_output=True)
+
+
+def lose_host(user: str, app_dir: Path, project: str) -> None:
+    """The bad day, for an app on a sandbox: every container, volume and network of its Compose
+    project, its directory, the user's off-site key and the app's cron jobs are gone (removed by
+    the project's label and the app's own paths, nothing broader)."""
+    label = f"label=com.docker.compose.project={project}"
+    for kind, listing in (("container", ["docker", "ps", "-aq"]), ("volume", ["docker", "volume", "ls", "-q"]),
+                          ("network", ["docker", "network", "ls", "-q"])):
+        ids = subprocess.run([*listing, "--filter", label], capture_output=True, text=True, check=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", kind, "rm", *(["-f"] if kind == "container" else []), *ids], capture_output=True, check=True)
+    home = Path("/home") / user
+    subprocess.run(["rm", "-rf", str(app_dir), str(home / ".ssh" / "tasktracker-offsite"), str(home / ".ssh" / "tasktracker-offsite.pub")],
+                   check=True)
+    crontab = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
+    kept = [line for line in crontab.splitlines() if not line.endswith(f":{project}")]
+    subprocess.run(["crontab", "-u", user, "-"], input="\n".join(kept) + "\n", text=True, check=True)

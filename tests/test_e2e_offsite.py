@@ -7,11 +7,12 @@ import json
 import re
 import secrets
 import subprocess
+import time
 import urllib.request
 
 import pytest
 
-from tests.support import SftpServer
+from tests.support import SftpServer, Writers, lose_host
 
 pytestmark = pytest.mark.e2e
 APP = "os"
@@ -132,29 +133,9 @@ def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialis
     assert ran.returncode == 0, (ran.stdout, ran.stderr)
 
 
-def destroy(sandbox, project: str) -> None:
-    """The lost VPS: every container, volume and network of the app, its directory, its off-site
-    key and its cron jobs are gone."""
-    label = f"label=com.docker.compose.project={project}"
-    for kind, listing in (("container", ["docker", "ps", "-aq"]), ("volume", ["docker", "volume", "ls", "-q"]),
-                          ("network", ["docker", "network", "ls", "-q"])):
-        ids = subprocess.run([*listing, "--filter", label], capture_output=True, text=True, check=True).stdout.split()
-        if ids:
-            subprocess.run(["docker", kind, "rm", *(["-f"] if kind != "network" else []), *ids], capture_output=True, check=True)
-    subprocess.run(["rm", "-rf", str(sandbox.home / APP), str(sandbox.home / ".ssh" / "tasktracker-offsite"),
-                    str(sandbox.home / ".ssh" / "tasktracker-offsite.pub")], check=True)
-    crontab = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
-    kept = [line for line in crontab.splitlines() if not line.endswith(f":{project}")]
-    subprocess.run(["crontab", "-u", sandbox.user, "-"], input="\n".join(kept) + "\n", text=True, check=True)
-
-
 def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp):
     """Writers keep POSTing; a backup is copied off-site; the host is destroyed; `recover` on the
     bare host brings the service back with every write acknowledged before that backup."""
-    import time
-
-    from tests.support import Writers
-
     project = f"{sandbox.project}-{APP}"
     with Writers(sandbox.app_url(APP, "/api/tasks"), clients=2) as writers:
         time.sleep(2)
@@ -164,7 +145,7 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     acknowledged = set(writers.acknowledged)
     assert before_backup and acknowledged
     lost_at = time.monotonic()
-    destroy(sandbox, project)
+    lose_host(sandbox.user, sandbox.home / APP, project)
     init = sandbox.fab("backup.offsite.init", env_file=initialised, check=False)  # a new host: a new key to authorize
     key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", init.stdout, re.M)
     assert key, everything_said(init)

@@ -1,0 +1,118 @@
+"""The bad-day drill as a benchmark, on a throwaway sandbox VPS and an SFTP server on this machine
+(run as root): prints figures, asserts nothing.
+
+    uv run python benchmarks/recovery.py [--writers 2] [--after-backup-max 30]
+
+Writers keep POSTing tasks; a backup (pushed off-site) is made; the writers go on for a random
+0..N seconds; then the host is lost at that random moment (every container, volume and file of
+the app, its off-site key, its cron jobs). `recover --from-offsite` on the bare host brings the
+service back. Printed: RTO (loss -> serving again, with the time to authorize the new host's key
+on the SFTP server, which an operator does by hand) and RPO (acknowledged writes missing after
+recovery, and the span of time they cover). Goals (issue 15): RPO <= 1 minute, RTO <= 10 minutes.
+RPO here is the time since the last off-site set: without WAL archiving (not built yet) a nightly
+job means up to a day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import BIN, SftpServer, lose_host, throwaway_sandbox  # noqa: E402
+
+
+class TimedWriters:
+    """Clients that POST tasks and remember when each acknowledged id was acknowledged."""
+
+    def __init__(self, url: str, clients: int):
+        self.url, self.acked, self.stop = url, [], threading.Event()
+        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def loop(self, index: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            req = urllib.request.Request(self.url, data=json.dumps({"title": f"drill {index}-{n}"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as res:
+                    self.acked.append((json.loads(res.read())["id"], time.monotonic()))
+            except Exception:
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--writers", type=int, default=2, help="clients POSTing tasks")
+    parser.add_argument("--after-backup-max", type=float, default=30, help="the host is lost 0..N s after the backup")
+    args = parser.parse_args()
+    with throwaway_sandbox("127.0.0.8", "rc") as box:
+        sftp = SftpServer(box.work).start()
+        try:
+            env = box.state / ".env"
+            env.write_text(env.read_text() + f"OFFSITE_REPOSITORY={sftp.repository}\nOFFSITE_PASSWORD=bench-{random.getrandbits(64):x}\n")
+            box.run("fab", "-H", "sandbox", "deploy")
+            project, app_dir = box.setting("COMPOSE_PROJECT"), Path("/home") / box.user / box.setting("APP_DIR")
+
+            def authorize() -> float:
+                """A new host has a new key: init prints it, the SFTP server's user authorizes it."""
+                started = time.monotonic()
+                init = subprocess.run([str(BIN / "fab"), "-H", "sandbox", "backup.offsite.init"], cwd=box.copy, env=box.env,
+                                      capture_output=True, text=True)
+                key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", init.stdout, re.M)
+                if not key:
+                    raise SystemExit(f"no key to authorize:\n{init.stdout}\n{init.stderr}")
+                sftp.authorize(key.group(1))
+                box.run("fab", "-H", "sandbox", "backup.offsite.init")
+                return time.monotonic() - started
+
+            authorize()
+            url = f"http://{box.address}:{box.http_port}/api/tasks"
+            with TimedWriters(url, args.writers) as writers:
+                time.sleep(3)
+                backup_s, _ = box.run("fab", "-H", "sandbox", "backup")
+                backup_done = time.monotonic()
+                time.sleep(random.uniform(0, args.after_backup_max))
+                lost_at = time.monotonic()
+                lose_host(box.user, app_dir, project)
+            authorize_s = authorize()
+            recover_s, _ = box.run("fab", "-H", "sandbox", "recover", "--from-offsite", "--skip-build")
+            rto = time.monotonic() - lost_at
+            with urllib.request.urlopen(url, timeout=10) as res:
+                present = {t["id"] for t in json.loads(res.read())}
+            missing = [(i, t) for i, t in writers.acked if i not in present]
+            span = (lost_at - min(t for _, t in missing)) if missing else 0.0
+            print(f"Recovery drill ({args.writers} writers, host lost {lost_at - backup_done:.1f} s after the last off-site set):")
+            print(f"  backup with off-site copy   {backup_s:7.1f} s")
+            print(f"  authorize the new host key  {authorize_s:7.1f} s (by hand on a real day)")
+            print(f"  recover --from-offsite      {recover_s:7.1f} s")
+            print(f"  RTO (lost -> serving)       {rto:7.1f} s   goal <= 600 s")
+            print(f"  RPO                         {len(missing)} of {len(writers.acked)} acknowledged writes missing, "
+                  f"covering the last {span:.1f} s before the loss   goal <= 60 s")
+        finally:
+            sftp.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
