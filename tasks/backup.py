@@ -43,8 +43,7 @@ def list_(c):
     host = Host.open(c)
     sets, log = host.backup_sets()
     remote = None
-    if host.settings.offsite_repository:
-        host.install_offsite()
+    if host.settings.offsite_repository:  # read only: what `backup` or `backup.offsite.init` installed
         result = host.offsite("list")
         remote = [row["set"] for row in offsite_commands.parse_snapshots(result.stdout)] if result.ok else None
         if not result.ok:
@@ -63,7 +62,7 @@ def list_(c):
               f"release {s.get('release', '?')}  on: {place}")
     if log:
         print("latest runs:")
-        for line in log:
+        for line in log[-5:]:
             try:
                 entry = json.loads(line)
                 print(f"  {entry.get('time')}  {entry.get('result'):7} {entry.get('set')}"

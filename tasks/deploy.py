@@ -39,6 +39,7 @@ from .steps import StepFailed, Steps
 SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
+HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)
 DRY_RUN_FILES = 60  # files listed by `deploy --dry-run` (all are counted)
 DRY_RUN_COMMAND_LINES = 30  # lines shown of one planned command (a script)
 
@@ -53,11 +54,17 @@ def dist_assets(dist: Path) -> list[str]:
 
 
 def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict[str, str]:
-    """The release's settings: the local file's keys with every validated setting applied."""
+    """The release's settings: the local file's keys with every validated setting applied, less
+    the ones the stack must never see (the off-site repository's password and keys: an API
+    compromise must not reach the copies that outlive the host; offsite.conf holds them)."""
     values: dict[str, str] = {}
     if env_file and env_file.is_file():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    for key in [k for k in values if k.startswith(HOST_ONLY_PREFIXES)]:
+        del values[key]
     for f in fields(Settings):
+        if Settings.env_key(f.name).startswith(HOST_ONLY_PREFIXES):
+            continue
         value = getattr(settings, f.name)
         values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
     values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
@@ -228,10 +235,14 @@ def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", 
     try:
         with steps.step("connect and check host"):
             host = Host.open(c, settings, compose=compose, steps=steps)
-        if host.current_id:
+        marker = offsite_commands.recovering_marker(host.ctx)
+        resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
+        if host.current_id and not resuming:
             raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a NEW host, and would replace "
                        f"this one's database. To bring data back here use `fab -H {host.name} backup.restore`. Nothing was "
                        f"changed.", code=ExitCode.REFUSED)
+        if resuming:
+            print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
         check_memory_budget(host)
         check_postgres_major(host, env)
         if skip_build:
@@ -241,22 +252,28 @@ def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", 
                 build_frontend(Context(config=c.config), FRONTEND)
         with host.locked("recover", wait=wait), host.audited("recover") as outcome:
             with steps.step("fetch the off-site set"):
-                set_name = fetch_offsite_set(host, name)
+                set_name = fetch_offsite_set(host, name or resuming or None)
+                # Until the data is back, the host is a recovery in progress: `recover` may run again.
+                host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
             outcome["detail"] = f"from off-site set {set_name}"
             with steps.step("certificates and TLS settings"):
                 print(f"   {host.run(offsite_commands.unpack_certificates(host.ctx, set_name), 'certificates').stdout.strip()}")
             plan = plan_deploy(host, env_file)
             run_deploy(host, plan, outcome)
-            with steps.step("restore database and nats"):
-                host.restore_backup(set_name)
-            with steps.step("migrate database"):  # the set may predate this checkout's migrations
-                host.run(host.in_release(plan.release.id, sh(compose_commands.migrate(host.ctx))), "migrate database", hide=False)
+            live = plan.release.id if plan.release else plan.current
+            outcome["release"] = live
+            with steps.step("restore database and nats, then migrate"):
+                # Into a fresh database (the set's schema is all there is), migrated to this
+                # release's head before api and worker start on it.
+                host.restore_backup(set_name, fresh_database=True, migrate=True)
             with steps.step("health checks"):
-                host.probe(host.release(plan.release.id))
+                host.probe(host.release(live))
+            host.run(f"rm -f {marker}", "health checks")
     except StepFailed as failure:
-        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}")
+        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. Fix the cause and run "
+                   f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
     steps.print_table()
-    print(f"{host.name} serves release {plan.release.id} with the data of off-site set {set_name}. Now point DNS at it "
+    print(f"{host.name} serves release {live} with the data of off-site set {set_name}. Now point DNS at it "
           f"(README, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
 
 

@@ -465,10 +465,13 @@ class Host:
             aws_access_key_id=s.offsite_aws_access_key_id.reveal(), aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
             keep=(s.offsite_keep_daily, s.offsite_keep_weekly, s.offsite_keep_monthly),
             sftp=offsite_commands.sftp_command(s.offsite_repository, self.facts.get("home", "").rstrip("/")))
+        sent = []
         for path, text in ((offsite_commands.script_path(self.ctx), offsite_commands.OFFSITE_SCRIPT),
                            (offsite_commands.conf_path(self.ctx), conf)):
             if have.get(path) != offsite_commands.digest(text):
-                self.put_text(text, path)
+                self.put_text(text, path + ".new")
+                sent.append(path)
+        self.run(offsite_commands.finish(self.ctx, sent), "install off-site copies")
         return pubkey
 
     def offsite(self, action: str, *args: str, show: bool = False):
@@ -479,10 +482,15 @@ class Host:
     def backup_sets(self) -> tuple[list[dict], list[str]]:
         return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx), hide=True).stdout)
 
-    def restore_backup(self, set_name: str) -> None:
+    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
+        """Restore a set's database and NATS data (backup.restore); a recovery restores into a
+        fresh database and migrates it before api and worker start again."""
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}'), "restore", hide=False)
+        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
+                  if migrate else "")
+        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
+                                         before_start=before), "restore", hide=False)
 
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):

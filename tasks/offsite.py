@@ -55,7 +55,7 @@ def init(c):
                       "belong to that user? " if pubkey else "Check the repository URL and credentials. ")
                    + "Then run this again. The host's backups were not changed.", code=ExitCode.FAILED)
     host.record("offsite-init", "ok", detail=result.stdout.strip())
-    print(f"{result.stdout.strip()} ({host.settings.offsite_repository}). Every full backup set is now also copied there; "
+    print(f"{result.stdout.strip()} ({host.redact(host.settings.offsite_repository)}). Every full backup set is now also copied there; "
           f"`fab -H {host.name} backup` makes and copies one now.")
 
 
@@ -75,7 +75,7 @@ def status(c):
     """Off-site copies at a glance: the repository, the newest set there and its age, the last push."""
     host, _ = configured_host(c)
     rows = offsite_sets(host)
-    print(f"repository  {host.settings.offsite_repository}")
+    print(f"repository  {host.redact(host.settings.offsite_repository)}")
     print(f"sets        {len(rows)} (keep {host.settings.offsite_keep_daily} daily, {host.settings.offsite_keep_weekly} weekly, "
           f"{host.settings.offsite_keep_monthly} monthly)")
     if rows:
@@ -100,10 +100,17 @@ def _json_line(line: str) -> dict:
         return {}
 
 
+def valid_subset(subset: str) -> bool:
+    """A share restic's --read-data-subset takes: 1% to 100%, or n/t with 1 <= n <= t."""
+    percent = re.fullmatch(r"([0-9]{1,3})%", subset)
+    part = re.fullmatch(r"([0-9]{1,4})/([0-9]{1,4})", subset)
+    return bool(percent and 1 <= int(percent.group(1)) <= 100 or part and 1 <= int(part.group(1)) <= int(part.group(2)))
+
+
 @task(help={"subset": "Read only this share of the data, like 10% (default: read all of it)."})
 def check(c, subset=None):
     """Check the off-site repository: structure and every file's content (`restic check --read-data`)."""
-    if subset is not None and not re.fullmatch(r"([1-9][0-9]?|100)%|[0-9]+/[0-9]+", subset):
+    if subset is not None and not valid_subset(subset):
         raise Exit(f"--subset {subset!r} is not a share like 10% or 1/5. Nothing was run.", code=ExitCode.USAGE)
     host, _ = configured_host(c)
     result = host.offsite("check", *([subset] if subset else []))

@@ -59,6 +59,7 @@ def _spec(default: Any = None, *, required: bool = False, secret: bool = False, 
     return field(default=default, metadata={"required": required, "secret": secret, "key": key})
 
 
+URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
 OFFSITE_SCHEMES = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 
 
@@ -68,7 +69,8 @@ def _offsite_problems(values: dict) -> list[str]:
         return []
     problems = []
     if not (repository.startswith(OFFSITE_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
-        problems.append(f"OFFSITE_REPOSITORY {repository!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
+        shown = URL_PASSWORD_RE.sub("://USER:[REDACTED]@", repository)
+        problems.append(f"OFFSITE_REPOSITORY {shown!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
                         f"or s3:https://s3.example.com/bucket/tasktracker")
     if not values["offsite_password"]:
         problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
@@ -138,8 +140,11 @@ class Settings:
         return f"Settings({shown})"
 
     def secret_values(self) -> list[str]:
-        """Non-empty secret values, for redacting command output."""
-        return [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+        """Non-empty secret values, for redacting command output (and a password written into
+        OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it)."""
+        values = [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+        in_url = URL_PASSWORD_RE.search(self.offsite_repository)
+        return values + ([in_url.group(1)] if in_url else [])
 
     @classmethod
     def load(

@@ -168,7 +168,7 @@ BACKUP = [
     ("list_sets", backup.list_sets(APP),
      "for d in $(ls -1 app/backups 2>/dev/null | grep -E '^[0-9]{8}T' | sort); do "
      "printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb app/backups/$d | cut -f1)\" \"$(tr -d '\\n' < app/backups/$d/manifest.json 2>/dev/null)\"; done; "
-     "echo '--log'; tail -n 5 app/backups/backup.log 2>/dev/null || true"),
+     "echo '--log'; tail -n 20 app/backups/backup.log 2>/dev/null || true"),
     ("cron_marker", backup.cron_marker("backup", "tt-staging"), "# tasktracker-backup:tt-staging"),
     ("cron_line", backup.cron_line(ABS, 7, "02:00"),
      "0 2 * * * /home/deploy/tasktracker/bin/tasktracker-backup /home/deploy/tasktracker tasktracker 7 "
@@ -703,13 +703,13 @@ def test_list_sets_against_a_backups_dir(tmp_path):
     (root / "20261125T020000Z-predeploy").mkdir()
     (root / ".20261125T030000Z.partial").mkdir()
     (root / "notes.txt").write_text("not a set\n")
-    (root / "backup.log").write_text("".join(f'{{"set": "{i}"}}\n' for i in range(7)))
+    (root / "backup.log").write_text("".join(f'{{"set": "{i}"}}\n' for i in range(27)))
     sets, log = backup.parse_sets(bash(backup.list_sets(ctx), tmp_path).stdout)
     assert [s["name"] for s in sets] == ["20261124T020000Z", "20261125T020000Z-predeploy"]
     assert sets[0]["verification"] == manifest["verification"] and sets[0]["bytes"] >= 5000
     assert "verification" not in sets[1]
     assert backup.verified(sets) == ["20261124T020000Z"]
-    assert log == [f'{{"set": "{i}"}}' for i in range(2, 7)]
+    assert log == [f'{{"set": "{i}"}}' for i in range(7, 27)]  # the newest 20
 
 
 def test_backup_script_and_restore_parse():

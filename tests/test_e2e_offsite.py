@@ -119,6 +119,14 @@ def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initial
 
 
 def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialised):
+    saved = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
+    try:
+        scheduled(sandbox, initialised)
+    finally:  # no real 02:00 backup, drill or check may start during the rest of the run
+        subprocess.run(["crontab", "-u", sandbox.user, "-"], input=saved, text=True, check=True)
+
+
+def scheduled(sandbox, initialised):
     out = sandbox.fab("backup.schedule", env_file=initialised)
     assert "restore drill runs monthly" in out.stdout
     crontab = subprocess.run(["crontab", "-l", "-u", sandbox.user], capture_output=True, text=True).stdout
@@ -137,6 +145,12 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     """Writers keep POSTing; a backup is copied off-site; the host is destroyed; `recover` on the
     bare host brings the service back with every write acknowledged before that backup."""
     project = f"{sandbox.project}-{APP}"
+    live = sandbox.home / APP / "shared" / "letsencrypt" / "live" / "recover.example.test"
+    live.mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90",
+                    "-subj", "/CN=recover.example.test", "-keyout", str(live / "privkey.pem"), "-out", str(live / "cert.pem")],
+                   check=True, capture_output=True)
+    certificate = (live / "cert.pem").read_bytes()
     with Writers(sandbox.app_url(APP, "/api/tasks"), clients=2) as writers:
         time.sleep(2)
         before_backup = list(writers.acknowledged)
@@ -160,6 +174,13 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     assert all(i > max(before_backup) for i in missing)  # only writes after the backup are missing
     print(f"\nrecover: RTO {rto:.1f} s (destroy -> serving, key authorization included); RPO {len(missing)} of "
           f"{len(acknowledged)} acknowledged writes (those after the last off-site set)")
+    assert (live / "cert.pem").read_bytes() == certificate  # the certificates came back
+    assert not (sandbox.home / APP / ".recovering").exists()
+    for service in ("api", "worker"):  # the off-site secrets stay out of the stack
+        env = subprocess.run(["docker", "compose", "-p", project, "exec", "-T", service, "env"], capture_output=True, text=True,
+                             check=True).stdout
+        assert "OFFSITE_" not in env and PASSWORD not in env
+    assert PASSWORD not in "".join(p.read_text() for p in (sandbox.home / APP / "env").glob("*.env"))
     again = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised, check=False)
     assert again.returncode == 5 and "already serves release" in again.stderr, everything_said(again)
     assert PASSWORD not in everything_said(out, again, init)

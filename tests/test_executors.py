@@ -981,3 +981,15 @@ def test_memory_budget_before_anything_changes(capsys, mem_kb, level):
     assert conn.commands == []  # decided from the preflight's facts: no round trip
     assert ("  total                             1.6 GiB    6.6 GiB" in out) == (level != budget.OK)
     assert ("warning: the limits add up to 6.6 GiB" in out) == (level == budget.WARN)
+
+
+def test_env_values_keep_the_offsite_secrets_out_of_the_stack(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("OFFSITE_REPOSITORY=sftp:b@h:/r\nOFFSITE_PASSWORD=never-in-a-container\nOFFSITE_AWS_SECRET_ACCESS_KEY=sk\n")
+    from tasks.settings import Settings
+
+    s = Settings.load(env_file=str(env_file), environ=ENV)
+    assert s.offsite_password.reveal() == "never-in-a-container"
+    values = env_values(s, env_file, "/x")
+    assert not [k for k in values if k.startswith("OFFSITE_")]
+    assert "never-in-a-container" not in values.values()

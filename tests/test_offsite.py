@@ -35,7 +35,8 @@ def test_sftp_target(repository, target):
 def test_sftp_command_uses_the_hosts_own_key_and_never_prompts():
     assert offsite.sftp_command("sftp://backup@10.0.0.5:2222//srv/r", "/home/deploy") == (
         "ssh -i /home/deploy/.ssh/tasktracker-offsite -o IdentitiesOnly=yes -o BatchMode=yes "
-        "-o StrictHostKeyChecking=accept-new -o ConnectTimeout=15 -p 2222 backup@10.0.0.5 -s sftp")
+        "-o StrictHostKeyChecking=accept-new -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 "
+        "-p 2222 backup@10.0.0.5 -s sftp")
     assert offsite.sftp_command("s3:https://s3.example.com/b", "/home/deploy") == ""
 
 
@@ -223,3 +224,31 @@ def test_unpack_certificates_brings_back_tls_files_only(tmp_path):
     assert not (app / "env").exists() and not (app / "shared/.env").exists()
     assert subprocess.run(["bash", "-c", offsite.unpack_certificates(HostContext(str(app), "tt"), "none")],
                           capture_output=True, text=True).returncode == 0  # a set without app files: nothing to do
+
+
+@needs_restic
+def test_retention_goes_by_when_a_set_was_made_not_when_it_was_copied(tmp_path):
+    app = make_app(tmp_path, tmp_path / "repo", keep=(1, 1, 1))
+    assert program(app, "init").returncode == 0
+    for name in ("20261126T020000Z", "20261126T010000Z"):  # the older set is copied last (a retried push)
+        make_set(app, name, os.urandom(512))
+        assert program(app, "push", name).returncode == 0
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == ["20261126T020000Z"]
+
+
+def test_a_password_in_a_rest_repository_url_is_redacted():
+    s = Settings.load(env_file="/nonexistent", environ={**REQUIRED, "OFFSITE_REPOSITORY": "rest:https://bk:url-secret-9@r.example.com/tt",
+                                                       "OFFSITE_PASSWORD": "pw-secret-123"})
+    assert "url-secret-9" in s.secret_values()
+    with pytest.raises(SettingsError) as error:
+        Settings.load(env_file="/nonexistent", environ={**REQUIRED, "OFFSITE_REPOSITORY": "ftp://bk:url-secret-9@r.example.com/tt",
+                                                        "OFFSITE_PASSWORD": "pw-secret-123"})
+    assert "url-secret-9" not in str(error.value) and "ftp://USER:[REDACTED]@r.example.com/tt" in str(error.value)
+
+
+@pytest.mark.parametrize("subset, ok", [("10%", True), ("100%", True), ("1/10", True), ("10/10", True), ("0%", False),
+                                        ("101%", False), ("0/10", False), ("11/10", False), ("10", False), ("1/10; rm", False)])
+def test_check_subset_is_one_restic_accepts(subset, ok):
+    from tasks.offsite import valid_subset
+
+    assert valid_subset(subset) is ok

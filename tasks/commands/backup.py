@@ -164,7 +164,8 @@ log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(da
 if [ "$MODE" != "--db-only" ] && [ -f "$APP_DIR/shared/offsite.conf" ]; then
   step="off-site copy"
   trap - HUP INT TERM  # the set is complete: from here a failure keeps it
-  if ! "$APP_DIR/bin/tasktracker-offsite" "$APP_DIR" "$PROJECT" push "$name"; then  # it logs its result
+  # It logs its result; it runs under this script's lock, and for an hour at most.
+  if ! TASKTRACKER_BACKUP_LOCKED=1 timeout 3600 "$APP_DIR/bin/tasktracker-offsite" "$APP_DIR" "$PROJECT" push "$name"; then
     echo "BACKUP OFFSITE FAILED: set $name is complete, verified and kept on this host, but its off-site copy failed (see above)" >&2
     exit 3
   fi
@@ -201,7 +202,7 @@ def list_sets(ctx: HostContext) -> str:
     root = q(ctx.backups_dir)
     return (f"for d in $(ls -1 {root} 2>/dev/null | grep -E '^[0-9]{{8}}T' | sort); do "
             f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb {root}/$d | cut -f1)\" \"$(tr -d '\\n' < {root}/$d/manifest.json 2>/dev/null)\"; done; "
-            f"echo '--log'; tail -n 5 {root}/backup.log 2>/dev/null || true")
+            f"echo '--log'; tail -n 20 {root}/backup.log 2>/dev/null || true")
 
 
 def cron_marker(kind: str, project: str) -> str:
@@ -223,10 +224,18 @@ def install_cron(line: str, marker: str) -> str:
             f"&& crontab -l | grep -F -- {q(marker)} | grep -F -- {q(line)}")
 
 
-def restore(ctx: HostContext, set_name: str, compose_start: str) -> str:
+def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_database: bool = False, before_start: str = "") -> str:
     """Stop api and worker, restore the database and NATS data of a set, start them again. Any
-    failure starts NATS, api and worker again before the script exits."""
+    failure starts NATS, api and worker again before the script exits. `fresh_database` (a
+    recovery onto a new host): the database is dropped and made again, so the set's schema is
+    all there is; `before_start`: a command run before api and worker start (the migration)."""
     d = q(f"{ctx.backups_dir}/{set_name}")
+    if fresh_database:
+        load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" && createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
+                f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --no-owner --single-transaction --exit-on-error' < {d}/database.dump")
+    else:
+        load = (f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --clean --if-exists --no-owner "
+                f"--single-transaction --exit-on-error' < {d}/database.dump")
     return f"""set -eEuo pipefail
 start_services() {{ {compose_start}; }}
 trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && docker start "$nats" >/dev/null 2>&1; start_services >/dev/null 2>&1 || true' ERR
@@ -237,7 +246,7 @@ nats=$({ctx.container('nats')})
 [ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; false; }}
 for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 $c >/dev/null; done
 echo "[restore] api and worker stopped"
-docker exec -i "$pg" sh -c 'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --clean --if-exists --no-owner --single-transaction --exit-on-error' < {d}/database.dump
+{load}
 echo "[restore] database restored"
 if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   image=$(docker inspect -f '{{{{.Config.Image}}}}' "$nats")
@@ -247,7 +256,7 @@ if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   docker start "$nats" >/dev/null
   echo "[restore] nats data restored"
 fi
-start_services
+{before_start + chr(10) if before_start else ""}start_services
 for _ in $(seq 1 120); do
   api=$({ctx.container('api')})
   [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break

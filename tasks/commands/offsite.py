@@ -36,34 +36,60 @@ PUSH_FAILED_EXIT = 3  # the backup script's exit code: the set is made and kept,
 OFFSITE_SCRIPT = r'''#!/usr/bin/env bash
 # tasktracker-offsite APP_DIR PROJECT ACTION [ARG]   (installed by `fab backup`; do not edit)
 set -uo pipefail
+[ $# -ge 3 ] || { echo "usage: tasktracker-offsite APP_DIR PROJECT init|push SET|list|check [SUBSET]|fetch SET|latest|drill" >&2; exit 2; }
 APP_DIR=$1 PROJECT=$2 ACTION=$3 ARG=${4:-}
 umask 077
 cd "$APP_DIR" && APP_DIR=$(pwd) || exit 1
 conf="$APP_DIR/shared/offsite.conf"
-[ -f "$conf" ] || { echo "OFFSITE: not configured on this host ($conf is missing); run backup.offsite.init" >&2; exit 2; }
+[ -s "$conf" ] || { echo "OFFSITE: not configured on this host ($conf is missing); run backup.offsite.init" >&2; exit 2; }
 command -v restic >/dev/null || { echo "OFFSITE: restic is not installed (apt-get install restic; provision installs it)" >&2; exit 2; }
 set -a; . "$conf"; set +a
 export RESTIC_CACHE_DIR="$APP_DIR/shared/restic-cache"
 opts=()
 [ -n "${SFTP_COMMAND:-}" ] && opts+=(-o "sftp.command=$SFTP_COMMAND")
-r() { restic "${opts[@]}" "$@"; }
+# restic 0.14 has no --retry-lock: another run holding the repository's lock (a check, a prune,
+# another app sharing the repository) is waited for, up to 20 minutes; other errors end at once.
+r() {
+  local out rc attempt
+  for attempt in $(seq 1 40); do
+    out=$(restic "${opts[@]}" "$@" 2>&1); rc=$?
+    case "$out" in
+      *"repository is already locked"*) [ "$attempt" -lt 40 ] && { sleep 30; continue; } ;;
+    esac
+    [ -n "$out" ] && { [ "$rc" -eq 0 ] && printf '%s\n' "$out" || printf '%s\n' "$out" >&2; }
+    return "$rc"
+  done
+}
 root="$APP_DIR/backups"
+# Scratch directories of a fetch or drill that was killed (more than a day old).
+find "$root" -maxdepth 1 -name '.offsite-*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
 case "$ACTION" in
 init)
   if r cat config >/dev/null 2>&1; then echo "OFFSITE: repository exists"; else r init >/dev/null && echo "OFFSITE: repository created"; fi
   ;;
 push)
   [[ "$ARG" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] && [ -f "$root/$ARG/manifest.json" ] || { echo "OFFSITE: no complete full set $ARG in $root" >&2; exit 2; }
+  if [ -z "${TASKTRACKER_BACKUP_LOCKED:-}" ]; then  # not called by the backup script, which holds it
+    exec 9>>"$root/.lock"
+    flock -w 1800 9 || { echo "OFFSITE: a backup still holds $root/.lock after 30 min" >&2; exit 1; }
+  fi
   # Each push leaves a line in backups/backup.log, which `status`, `doctor` and backup.list read.
   logged() { printf '{"time": "%s", "set": "%s", "result": "%s"}\n' "$(date -u +%FT%TZ)" "$ARG" "$1" >> "$root/backup.log"; }
   echo "[backup] off-site copy of $ARG"
-  (cd "$root/$ARG" && r backup --quiet --host "$PROJECT" --tag tasktracker --tag "set=$ARG" .) \
-    || { logged offsite-failed; echo "OFFSITE PUSH FAILED for $ARG (the set is kept on this host)" >&2; exit 1; }
-  echo "[backup] off-site retention: $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly"
-  r forget --quiet --host "$PROJECT" --tag tasktracker --group-by host --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" \
-    --keep-monthly "$KEEP_MONTHLY" --prune >/dev/null \
-    || { logged offsite-failed; echo "OFFSITE RETENTION FAILED after copying $ARG (the copy is there)" >&2; exit 1; }
+  # Dated by the set's name, so retention keeps sets by when they were made, not when copied.
+  made="${ARG:0:4}-${ARG:4:2}-${ARG:6:2} ${ARG:9:2}:${ARG:11:2}:${ARG:13:2}"
+  if ! (cd "$root/$ARG" && r backup --quiet --time "$made" --host "$PROJECT" --tag tasktracker --tag "set=$ARG" .); then
+    r forget --quiet --host "$PROJECT" --tag "set=$ARG" >/dev/null 2>&1  # no partial snapshot is left to fetch
+    logged offsite-failed
+    echo "OFFSITE PUSH FAILED for $ARG (the set is kept on this host)" >&2; exit 1
+  fi
   logged offsite-ok
+  echo "[backup] off-site retention: $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly"
+  if ! r forget --quiet --host "$PROJECT" --tag tasktracker --group-by host --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" \
+      --keep-monthly "$KEEP_MONTHLY" --prune >/dev/null; then
+    logged offsite-retention-failed  # the copy is there; the next push applies retention again
+    echo "[backup] WARNING: off-site retention failed (the copy of $ARG is there; the next push tries again)"
+  fi
   echo "OFFSITE OK $ARG"
   ;;
 list)
@@ -75,12 +101,13 @@ check)
 fetch|drill)
   set_name=$ARG
   if [ "$ACTION" = drill ] || [ "$set_name" = latest ]; then
-    set_name=$(r snapshots --json --host "$PROJECT" --tag tasktracker | tr ',' '\n' | sed -n 's/.*"set=\([0-9TZ]*\)".*/\1/p' | sort | tail -n 1)
+    snapshots=$(r snapshots --json --host "$PROJECT" --tag tasktracker) || exit 1
+    set_name=$(printf '%s' "$snapshots" | tr ',' '\n' | sed -n 's/.*"set=\([0-9TZ]*\)".*/\1/p' | sort | tail -n 1)
     [ -n "$set_name" ] || { echo "OFFSITE: the repository has no set of $PROJECT" >&2; exit 2; }
   fi
   [[ "$set_name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $set_name is not a set name" >&2; exit 2; }
   mkdir -p "$root"
-  tmp=$(mktemp -d "$root/.offsite-XXXXXX")
+  tmp=$(mktemp -d "$root/.offsite-XXXXXX") || exit 1
   trap 'rm -rf "$tmp"' EXIT
   echo "[offsite] restoring $set_name"
   r restore latest --quiet --host "$PROJECT" --tag "set=$set_name" --target "$tmp/restore" || { echo "OFFSITE: restoring $set_name failed" >&2; exit 1; }
@@ -151,7 +178,8 @@ def sftp_command(repository: str, home: str) -> str:
         return ""
     user, host, port = target
     return shlex.join(["ssh", "-i", f"{home}/{key_path()}", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                       "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15", "-p", str(port),
+                       "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15",
+                       "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p", str(port),
                        f"{user}@{host}" if user else host, "-s", "sftp"])
 
 
@@ -165,20 +193,26 @@ def conf_text(*, repository: str, password: str, aws_access_key_id: str, aws_sec
 
 
 def prepare(ctx: HostContext, with_key: bool) -> str:
-    """Make sure the program (0700) and offsite.conf (0600) exist; with_key: make the host's SFTP
-    key if it has none and print its public key (`@@pubkey`); then the sha256 of the program and
-    conf (`@@have`): the host layer sends over SFTP, into these files, only what differs."""
+    """Make the 0700 program and 0600 conf's `.new` files the host layer writes into (over SFTP;
+    `finish` moves them into place, so a half-sent file is never run or sourced); with_key: make
+    the host's SFTP key if it has none and print its public key (`@@pubkey`); then the sha256 of
+    the program and conf in place (`@@have`): only what differs is sent."""
     program, conf = script_path(ctx), conf_path(ctx)
     parts = [sh(["mkdir", "-p", ctx.bin_dir, f"{ctx.app_dir}/shared", ctx.backups_dir]),
-             f"{{ [ -f {q(program)} ] || install -m 700 /dev/null {q(program)}; }}",
-             f"{{ [ -f {q(conf)} ] || install -m 600 /dev/null {q(conf)}; }}",
-             sh(["chmod", "700", program]), sh(["chmod", "600", conf])]
+             sh(["install", "-m", "700", "/dev/null", program + ".new"]), sh(["install", "-m", "600", "/dev/null", conf + ".new"])]
     if with_key:
         parts.append(f"mkdir -p -m 700 .ssh && {{ [ -f {q(key_path())} ] || ssh-keygen -q -t ed25519 -N '' "
                      f"-C {q('tasktracker-offsite@' + ctx.project)} -f {q(key_path())} >/dev/null; }} "
                      f"&& echo \"@@pubkey $(cat {q(key_path() + '.pub')})\"")
-    parts.append(f"for f in {q(program)} {q(conf)}; do echo \"@@have $(sha256sum < \"$f\" | cut -d' ' -f1) $f\"; done")
+    parts.append(f"for f in {q(program)} {q(conf)}; do [ ! -f \"$f\" ] || echo \"@@have $(sha256sum < \"$f\" | cut -d' ' -f1) $f\"; done")
     return " && ".join(parts)
+
+
+def finish(ctx: HostContext, sent: list[str]) -> str:
+    """Move the `.new` files that were sent into place; drop the others."""
+    moves = [sh(["mv", "-f", path + ".new", path]) for path in sent]
+    unused = [path + ".new" for path in (script_path(ctx), conf_path(ctx)) if path not in sent]
+    return " && ".join(moves + ([sh(["rm", "-f", *unused])] if unused else []))
 
 
 def digest(text: str) -> str:
@@ -273,3 +307,12 @@ def unpack_certificates(ctx: HostContext, set_name: str) -> str:
     return (f"if [ -f {archive} ]; then members=$(tar -tzf {archive} | grep -E '^shared/(letsencrypt|nginx)(/|$)'); "
             f"[ -z \"$members\" ] || printf '%s\\n' \"$members\" | tar -C {q(ctx.app_dir)} -xzf {archive} --no-same-owner "
             f"--no-recursion -T - && echo \"certificates: $(printf '%s\\n' \"$members\" | grep -c '^shared/letsencrypt/live/[^/]*/cert.pem$')\"; fi")
+
+
+def recovering_marker(ctx: HostContext) -> str:
+    """APP_DIR/.recovering holds the set a `recover` is bringing back, until it is done."""
+    return q(f"{ctx.app_dir}/.recovering")
+
+
+def mark_recovering(ctx: HostContext, set_name: str) -> str:
+    return f"mkdir -p {q(ctx.app_dir)} && printf '%s\\n' {q(set_name)} > {recovering_marker(ctx)}"
