@@ -70,11 +70,22 @@ def pgvector_bindir() -> Path:
     if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(bindir / "postgres")]).returncode == 0:
         return bindir
     # The checkout is somewhere the postgres user cannot reach: a copy it can (kept per version).
-    copy = Path(tempfile.gettempdir()) / f"tasktracker-pgserver-{dist.version}"
-    if not (copy / "bin" / "postgres").exists():
-        shutil.copytree(bindir.parent, copy, dirs_exist_ok=True)
-        subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True)
-    return copy / "bin"
+    # The binaries find their libraries at $ORIGIN/../../../pgserver.libs (the wheel's layout), so
+    # the package and its libs are copied side by side, into a new directory renamed into place
+    # when complete (a run that dies mid-copy, or two runs at once, never leave a half copy).
+    copy = Path(tempfile.gettempdir()) / f"tasktracker-pgserver-{dist.version}-wheel"
+    if not (copy / "pgserver" / "pginstall" / "bin" / "postgres").exists():
+        partial = Path(tempfile.mkdtemp(prefix=f"{copy.name}.partial-", dir=copy.parent))
+        site = bindir.parent.parent.parent
+        for name in ("pgserver", "pgserver.libs"):
+            if (site / name).is_dir():
+                shutil.copytree(site / name, partial / name)
+        subprocess.run(["chmod", "-R", "a+rX", str(partial)], check=True)
+        try:
+            partial.rename(copy)
+        except OSError:  # another run finished its copy first
+            shutil.rmtree(partial, ignore_errors=True)
+    return copy / "pgserver" / "pginstall" / "bin"
 
 
 class LocalPostgres:
