@@ -150,6 +150,7 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90",
                     "-subj", "/CN=recover.example.test", "-keyout", str(live / "privkey.pem"), "-out", str(live / "cert.pem")],
                    check=True, capture_output=True)
+    subprocess.run(["chown", "-R", f"{sandbox.user}:{sandbox.user}", str(sandbox.home / APP / "shared" / "letsencrypt")], check=True)
     certificate = (live / "cert.pem").read_bytes()
     with Writers(sandbox.app_url(APP, "/api/tasks"), clients=2) as writers:
         time.sleep(2)
