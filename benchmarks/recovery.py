@@ -16,49 +16,16 @@ job means up to a day.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import BIN, SftpServer, lose_host, throwaway_sandbox  # noqa: E402
-
-
-class TimedWriters:
-    """Clients that POST tasks and remember when each acknowledged id was acknowledged."""
-
-    def __init__(self, url: str, clients: int):
-        self.url, self.acked, self.stop = url, [], threading.Event()
-        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(clients)]
-
-    def loop(self, index: int) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            req = urllib.request.Request(self.url, data=json.dumps({"title": f"drill {index}-{n}"}).encode(),
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as res:
-                    self.acked.append((json.loads(res.read())["id"], time.monotonic()))
-            except Exception:
-                pass
-            time.sleep(0.05)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
+from tests.support import BIN, SftpServer, Writers, lose_host, throwaway_sandbox  # noqa: E402
 
 
 def main() -> int:
@@ -88,7 +55,7 @@ def main() -> int:
 
             authorize()
             url = f"http://{box.address}:{box.http_port}/api/tasks"
-            with TimedWriters(url, args.writers) as writers:
+            with Writers(url, clients=args.writers, max_seconds=600) as writers:
                 time.sleep(3)
                 backup_s, _ = box.run("fab", "-H", "sandbox", "backup")
                 backup_done = time.monotonic()
@@ -99,15 +66,18 @@ def main() -> int:
             recover_s, _ = box.run("fab", "-H", "sandbox", "recover", "--from-offsite", "--skip-build")
             rto = time.monotonic() - lost_at
             with urllib.request.urlopen(url, timeout=10) as res:
-                present = {t["id"] for t in json.loads(res.read())}
-            missing = [(i, t) for i, t in writers.acked if i not in present]
+                assert res.status == 200
+            present = {int(i) for i in subprocess.run(
+                ["docker", "compose", "-p", project, "exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "tasktracker",
+                 "-Atc", "select id from tasks"], capture_output=True, text=True, check=True).stdout.split()}
+            missing = [(i, t) for i, t in writers.acknowledged_at if i not in present]
             span = (lost_at - min(t for _, t in missing)) if missing else 0.0
             print(f"Recovery drill ({args.writers} writers, host lost {lost_at - backup_done:.1f} s after the last off-site set):")
             print(f"  backup with off-site copy   {backup_s:7.1f} s")
             print(f"  authorize the new host key  {authorize_s:7.1f} s (by hand on a real day)")
             print(f"  recover --from-offsite      {recover_s:7.1f} s")
             print(f"  RTO (lost -> serving)       {rto:7.1f} s   goal <= 600 s")
-            print(f"  RPO                         {len(missing)} of {len(writers.acked)} acknowledged writes missing, "
+            print(f"  RPO                         {len(missing)} of {len(writers.acknowledged_at)} acknowledged writes missing, "
                   f"covering the last {span:.1f} s before the loss   goal <= 60 s")
         finally:
             sftp.remove()

@@ -161,6 +161,7 @@ class Writers:
     def __init__(self, url: str, clients: int = 3, max_seconds: float = 300):
         self.url, self.max_seconds = url, max_seconds
         self.acknowledged: list[int] = []
+        self.acknowledged_at: list[tuple[int, float]] = []  # (id, time.monotonic() when acknowledged)
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
@@ -175,7 +176,9 @@ class Writers:
             try:
                 with urllib.request.urlopen(req, timeout=10) as res:
                     if 200 <= res.status < 300:
-                        self.acknowledged.append(json.loads(res.read())["id"])
+                        task_id = json.loads(res.read())["id"]
+                        self.acknowledged.append(task_id)
+                        self.acknowledged_at.append((task_id, time.monotonic()))
             except Exception as exc:  # refused / 5xx: not acknowledged, so not promised
                 self.errors.append(type(exc).__name__)
             time.sleep(0.02)
