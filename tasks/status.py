@@ -290,7 +290,7 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     if js:
         lines.append(f"jetstream {human(js['storage'])} stored of {human(js['max_storage'])}; {js['messages']} messages in "
                      f"{len(js['streams'])} streams")
-    sets, _ = backup_commands.parse_sets(snap["backups"])
+    sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
     if latest:
         made = set_time(latest["name"])
@@ -299,6 +299,10 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
                      f"{'verified' if verified else 'NOT verified'}, {human(latest['bytes'])}")
     else:
         lines.append("backup   none")
+    push = offsite_commands.last_push(backup_log)
+    if push:
+        lines.append(f"off-site {push.get('set')}: {'copied' if push.get('result') == 'offsite-ok' else 'copy FAILED'} "
+                     f"at {push.get('time')}")
     for cert in tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc)):
         lines.append(f"tls      {cert['name']}: {cert['days_left']} days left")
     lines.append("scaling triggers (the plan's)")

@@ -75,6 +75,7 @@ def test_every_full_set_is_copied_and_listed_where_it_lives(sandbox, initialised
     assert newest in sandbox.fab("backup.offsite.list", env_file=initialised).stdout
     status = sandbox.fab("backup.offsite.status", env_file=initialised).stdout
     assert f"newest      {newest}" in status and "ok" in status.splitlines()[-1], status
+    assert f"off-site {newest}: copied at" in sandbox.fab("status", env_file=initialised).stdout
     # The repository on the SFTP server is restic's, encrypted: no task title in it.
     repo = subprocess.run(["grep", "-rl", "off-site task", str(sftp.home / "restic")], capture_output=True, text=True)
     assert repo.stdout == "", repo.stdout

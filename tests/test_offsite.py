@@ -252,3 +252,26 @@ def test_check_subset_is_one_restic_accepts(subset, ok):
     from tasks.offsite import valid_subset
 
     assert valid_subset(subset) is ok
+
+
+@needs_restic
+def test_fetch_latest_falls_back_to_the_next_set_when_the_newest_is_damaged(tmp_path):
+    repo = tmp_path / "repo"
+    app = make_app(tmp_path / "a", repo)
+    assert program(app, "init").returncode == 0
+    for name in ("20261124T020000Z", "20261125T020000Z"):
+        make_set(app, name, os.urandom(8192))
+        assert program(app, "push", name).returncode == 0
+    # The newest push wrote its own pack files (blobs new in that run): damage them.
+    newest = max((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    newest.chmod(0o600)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    fresh = make_app(tmp_path / "b", repo)
+    named = program(fresh, "fetch", "20261125T020000Z")
+    assert named.returncode == 1 and "no set came back whole" in named.stderr
+    latest = program(fresh, "fetch", "latest")
+    assert latest.returncode == 0 and "OFFSITE FETCHED 20261124T020000Z" in latest.stdout, latest.stderr
+    assert "20261125T020000Z" in latest.stderr  # the damaged newest set is named
+    assert sorted(p.name for p in (fresh / "backups").iterdir() if p.name[:1].isdigit()) == ["20261124T020000Z"]

@@ -243,3 +243,18 @@ def test_cron_section_reads_this_apps_jobs_only(tmp_path):
         capture_output=True, text=True, env=env, check=True).stdout)
     assert sorted(run("tasktracker")["jobs"]) == ["backup"]
     assert sorted(run("tasktracker-staging")["jobs"]) == ["sample", "ssl"]
+
+
+def test_a_failed_offsite_copy_is_a_warning_until_a_copy_succeeds():
+    snap = snapshot()
+    failed = '{"time": "2026-11-25T02:00:09Z", "set": "20261125T020000Z", "result": "offsite-failed"}'
+    snap["backups"] = ("20261125T020000Z\t100\t{\"verification\": {\"result\": \"ok\"}}\n--log\n"
+                       '{"time": "2026-11-25T02:00:08Z", "set": "20261125T020000Z", "result": "ok"}\n' + failed + "\n")
+    now = recorded_now(snap)
+    assert any("off-site copy of 20261125T020000Z failed" in f for f in checks(snap, now=now))
+    lines = "\n".join(status.status_lines(snap, status.evaluate(snap, now), now, "vps"))
+    assert "off-site 20261125T020000Z: copy FAILED at 2026-11-25T02:00:09Z" in lines
+    snap["backups"] += failed.replace("offsite-failed", "offsite-ok").replace("02:00:09", "03:10:00") + "\n"
+    assert not any("off-site copy" in f for f in checks(snap, now=now))
+    assert "off-site 20261125T020000Z: copied at 2026-11-25T03:10:00Z" in "\n".join(
+        status.status_lines(snap, status.evaluate(snap, now), now, "vps"))

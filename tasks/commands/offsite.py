@@ -99,22 +99,35 @@ check)
   if [ -n "$ARG" ]; then r check --read-data-subset="$ARG"; else r check --read-data; fi
   ;;
 fetch|drill)
-  set_name=$ARG
-  if [ "$ACTION" = drill ] || [ "$set_name" = latest ]; then
+  # fetch latest: the newest set that comes back whole (a damaged newest set is reported and the
+  # next newest tried); fetch SET: that set only; drill: the newest only (a damaged set fails it).
+  candidates=$ARG
+  if [ "$ACTION" = drill ] || [ "$ARG" = latest ]; then
     snapshots=$(r snapshots --json --host "$PROJECT" --tag tasktracker) || exit 1
-    set_name=$(printf '%s' "$snapshots" | tr ',' '\n' | sed -n 's/.*"set=\([0-9TZ]*\)".*/\1/p' | sort | tail -n 1)
-    [ -n "$set_name" ] || { echo "OFFSITE: the repository has no set of $PROJECT" >&2; exit 2; }
+    candidates=$(printf '%s' "$snapshots" | tr ',' '\n' | sed -n 's/.*"set=\([0-9TZ]*\)".*/\1/p' | sort -ru)
+    [ -n "$candidates" ] || { echo "OFFSITE: the repository has no set of $PROJECT" >&2; exit 2; }
+    [ "$ACTION" = drill ] && candidates=$(printf '%s\n' "$candidates" | head -n 1)
   fi
-  [[ "$set_name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $set_name is not a set name" >&2; exit 2; }
   mkdir -p "$root"
   tmp=$(mktemp -d "$root/.offsite-XXXXXX") || exit 1
   trap 'rm -rf "$tmp"' EXIT
-  echo "[offsite] restoring $set_name"
-  r restore latest --quiet --host "$PROJECT" --tag "set=$set_name" --target "$tmp/restore" || { echo "OFFSITE: restoring $set_name failed" >&2; exit 1; }
-  got="$tmp/restore"  # `restic backup .` in the set's directory: its files come back at the top
-  [ -f "$got/manifest.json" ] || got=$(dirname "$(find "$tmp/restore" -name manifest.json | head -n 1)")
-  [ -f "$got/SHA256SUMS" ] || { echo "OFFSITE: $set_name came back without its SHA256SUMS" >&2; exit 1; }
-  (cd "$got" && sha256sum --quiet -c SHA256SUMS) || { echo "OFFSITE: $set_name does not match its checksums" >&2; exit 1; }
+  set_name="" got=""
+  for candidate in $candidates; do
+    [[ "$candidate" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $candidate is not a set name" >&2; exit 2; }
+    echo "[offsite] restoring $candidate"
+    rm -rf "$tmp/restore"
+    if ! r restore latest --quiet --host "$PROJECT" --tag "set=$candidate" --target "$tmp/restore"; then
+      echo "OFFSITE: restoring $candidate failed" >&2; continue
+    fi
+    got="$tmp/restore"  # `restic backup .` in the set's directory: its files come back at the top
+    [ -f "$got/manifest.json" ] || got=$(dirname "$(find "$tmp/restore" -name manifest.json | head -n 1)")
+    if [ ! -f "$got/SHA256SUMS" ] || ! (cd "$got" && sha256sum --quiet -c SHA256SUMS); then
+      echo "OFFSITE: $candidate came back damaged (its checksums do not match)" >&2; continue
+    fi
+    set_name=$candidate
+    break
+  done
+  [ -n "$set_name" ] || { echo "OFFSITE: no set came back whole (tried: $(echo $candidates)); run backup.offsite.check" >&2; exit 1; }
   echo "[offsite] checksums ok"
   if [ "$ACTION" = fetch ]; then
     if [ -d "$root/$set_name" ]; then echo "OFFSITE: $root/$set_name exists already; kept as it is"; else mv "$got" "$root/$set_name"; fi
