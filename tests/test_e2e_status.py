@@ -102,14 +102,17 @@ def test_doctor_reports_a_service_near_its_memory_limit(sandbox, deployed):
     # it again to just above what is left, until the use stays above 90% of the limit.
     for _ in range(6):
         used, limit = memory_use(worker)
-        if used >= 0.92 * limit:
+        if used >= 0.94 * limit:
             break
-        limit = int(used / 0.95)
+        limit = int(used / 0.97)
         subprocess.run(["docker", "update", "--memory", str(limit), "--memory-swap", str(limit), worker], check=True, capture_output=True)
         time.sleep(1)
     try:
-        out = doctor(sandbox)
-        assert "[memory] worker uses" in out and "limit" in out, out
+        for _ in range(5):  # the use under a tight limit wavers by a few percent: doctor reads one moment of it
+            out = doctor(sandbox)
+            if "[memory] worker uses" in out:
+                break
+        assert "[memory] worker uses" in out and "limit" in out, (out, memory_use(worker))
     finally:
         subprocess.run(["docker", "update", "--memory", "2g", "--memory-swap", "4g", worker], capture_output=True)
     assert "[memory] worker" not in doctor(sandbox)
