@@ -96,18 +96,29 @@ def memory_use(name: str) -> tuple[float, float]:
     return size(used), size(limit)
 
 
+HOLD_MEMORY = ("import os, time; open('/tmp/tasktracker-test-hold.pid', 'w').write(str(os.getpid())); "
+               "held = b'x' * (48 << 20); time.sleep(300)")
+
+
 def test_doctor_reports_a_service_near_its_memory_limit(sandbox, deployed):
     worker = container(sandbox, "worker")
-    # Lowering the limit makes the kernel reclaim the container's cache, so its use falls: lower
-    # it again to just above what is left, until the use stays above 90% of the limit.
-    for _ in range(6):
-        used, limit = memory_use(worker)
-        if used >= 0.94 * limit:
-            break
-        limit = int(used / 0.97)
-        subprocess.run(["docker", "update", "--memory", str(limit), "--memory-swap", str(limit), worker], check=True, capture_output=True)
-        time.sleep(1)
+    # The worker holds 48 MiB it cannot give back (no swap), so its use stays put when the limit
+    # drops: the kernel reclaims only cache, which is small next to the held block.
+    subprocess.run(["docker", "exec", "-d", worker, "python", "-c", HOLD_MEMORY], check=True)
     try:
+        for _ in range(20):
+            used, limit = memory_use(worker)
+            if used > 48 * 1024 ** 2:
+                break
+            time.sleep(0.5)
+        for _ in range(6):
+            used, limit = memory_use(worker)
+            if used >= 0.94 * limit:
+                break
+            limit = max(int(used / 0.96), 16 * 1024 ** 2)
+            subprocess.run(["docker", "update", "--memory", str(limit), "--memory-swap", str(limit), worker],
+                           check=True, capture_output=True)
+            time.sleep(1)
         for _ in range(5):  # the use under a tight limit wavers by a few percent: doctor reads one moment of it
             out = doctor(sandbox)
             if "[memory] worker uses" in out:
@@ -115,6 +126,8 @@ def test_doctor_reports_a_service_near_its_memory_limit(sandbox, deployed):
         assert "[memory] worker uses" in out and "limit" in out, (out, memory_use(worker))
     finally:
         subprocess.run(["docker", "update", "--memory", "2g", "--memory-swap", "4g", worker], capture_output=True)
+        subprocess.run(["docker", "exec", worker, "sh", "-c", "kill $(cat /tmp/tasktracker-test-hold.pid)"],
+                       capture_output=True)
     assert "[memory] worker" not in doctor(sandbox)
 
 
