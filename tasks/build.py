@@ -14,6 +14,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from .commands import build as commands
+from .commands.build import tree_hash
 from .commands import sh
 from .settings import PROJECT_ROOT
 
@@ -21,20 +22,6 @@ FRONTEND = PROJECT_ROOT / "frontend"
 MANIFEST_NAME = "build-manifest.json"
 LOCK_STAMP = Path("node_modules") / ".package-lock.sha256"
 SKIPPED_DIRS = {"node_modules", "dist", ".dist-build", ".dist-old"}
-
-
-def tree_hash(root: Path, skip_dirs: set[str] = frozenset(), skip_files: set[str] = frozenset()) -> str:
-    """sha256 over every file's relative path and content, in a stable order."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            if rel in skip_files:
-                continue
-            digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def file_hash(path: Path) -> str:

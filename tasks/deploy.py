@@ -36,7 +36,7 @@ from .identity import identity, now_iso
 from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path
 from .steps import StepFailed, Steps
 
-SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "frontend/dist", release_commands.PROBE_PATH)
+SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "postgres", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
 HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)
@@ -84,13 +84,13 @@ def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
     return digest.hexdigest()
 
 
-BACKEND_PATHS = ("compose.yml", "docker-compose.production.yml", "backend")
+BACKEND_PATHS = ("compose.yml", "docker-compose.production.yml", "backend", "postgres")
 STACK_PATHS = ("compose.yml", "docker-compose.production.yml")
 
 
 def backend_fingerprint(root: Path, env_text: str, variant: str, paths: tuple[str, ...] = BACKEND_PATHS) -> str:
-    """What the API, worker, Postgres and NATS containers depend on: the compose files, backend/
-    and the settings. A release whose backend fingerprint is the live one's changes only the
+    """What the API, worker, Postgres and NATS containers depend on: the compose files, backend/,
+    postgres/ and the settings. A release whose backend fingerprint is the live one's changes only the
     dashboard (frontend/dist) or nginx's config: its deploy leaves those containers untouched.
     With `paths=STACK_PATHS`: what nginx's container depends on (its definition and settings)."""
     digest = hashlib.sha256(b"backend\0" + variant.encode() + b"\0" + env_text.encode())
@@ -102,13 +102,12 @@ def backend_fingerprint(root: Path, env_text: str, variant: str, paths: tuple[st
     return digest.hexdigest()
 
 
-def image_repo(project: str) -> str:
-    return f"{project}-backend"
+def image_repo(project: str, service: str = "backend") -> str:
+    return f"{project}-{service}"
 
 
 def backend_image(root: Path, project: str) -> str:
-    """Backend images are tagged by the content of backend/: an unchanged backend is not rebuilt."""
-    return f"{image_repo(project)}:{tree_hash(root / 'backend', {'__pycache__', '.pytest_cache'})[:12]}"
+    return image_commands.backend_image(root, project)
 
 
 def parse_rsync_sent(output: str) -> int:
@@ -317,6 +316,7 @@ def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
         raise Exit(f"{err} Nothing was changed on the server.", code=ExitCode.USAGE) from None
     fingerprint = release_fingerprint(PROJECT_ROOT, env_text, host.variant)
     image = backend_image(PROJECT_ROOT, host.ctx.project)
+    postgres = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)
     assets = tuple(dist_assets(FRONTEND / "dist"))
     current = host.current_id
     if current and host.current_meta.get("fingerprint") == fingerprint:
@@ -332,7 +332,8 @@ def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
             "commit": who["commit"], **({"ci_run": who["ci_run"]} if "ci_run" in who else {}),
             "fingerprint": fingerprint, "compose": host.variant, "backend_fingerprint": backend_fp,
             "stack_fingerprint": backend_fingerprint(PROJECT_ROOT, env_text, host.variant, STACK_PATHS),
-            "backend_release": release_id if backend else (live.get("backend_release") or current)}
+            "backend_release": release_id if backend else (live.get("backend_release") or current),
+            **({"postgres_image": postgres} if postgres else {})}
     return DeployPlan(env_text, image, assets, current, Release(release_id, image, assets, previous=current, result="deploying", meta=meta),
                       backend)
 
@@ -358,7 +359,8 @@ def release_files(host: Host, plan: DeployPlan) -> list[tuple[str, int, str]]:
     conf = notify_commands.conf_text(host.ctx, telegram_api_base_url=s.telegram_api_base_url, bot_token=s.telegram_bot_token.reveal(),
                                      chat_id=s.alert_telegram_chat_id, webhook_url=s.alert_webhook_url.reveal())
     return [(f"env/{rid}.env", 0o600, plan.env_text),
-            (f"{rel}/release.yml", 0o644, compose_commands.release_override(plan.image, plan.backend_release)),
+            (f"{rel}/release.yml", 0o644, compose_commands.release_override(plan.image, plan.backend_release,
+                                                                                     postgres_image=plan.release.postgres_image)),
             (f"{rel}/RELEASE.json", 0o644, json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"),
             (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
             (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
@@ -381,7 +383,7 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
           + ("" if plan.backend else f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
     with host.steps.step("prepare release and its settings"):
         place = backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"]))
-        on_host, rows = host.prepare_release(release, release_files(host, plan), images_needed(place, release.image) if plan.backend else [])
+        on_host, rows = host.prepare_release(release, release_files(host, plan), images_needed(place, release) if plan.backend else [])
     try:
         ship_release(host, plan, place, on_host, rows)
     except StepFailed as failure:
@@ -406,30 +408,40 @@ def image_plan(needed: list[str], on_host: set[str], here: set[str], mode: str) 
     return [i for i in missing if i in here], [i for i in missing if i not in here]
 
 
-def images_needed(place: str, backend: str) -> list[str]:
-    """The images a release needs on the host (with the backend's base images when it is built there)."""
-    needed = image_commands.stack_images(PROJECT_ROOT) + [backend]
+def built_images(release: Release) -> list[tuple[str, Path]]:
+    """(image, build directory) of the images a release builds: the backend, and Postgres when
+    compose.yml builds it (postgres/)."""
+    return image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
+
+
+def images_needed(place: str, release: Release) -> list[str]:
+    """The images a release needs on the host (with the base images of what it builds, when it is
+    built there)."""
+    built = built_images(release)
+    needed = image_commands.stack_images(PROJECT_ROOT) + [image for image, _ in built]
     if place == "host":
-        needed += image_commands.build_base_images(PROJECT_ROOT / "backend" / "Dockerfile")
+        needed += [base for _, context in built for base in image_commands.build_base_images(context / "Dockerfile")
+                   if base not in needed]
     return needed
 
 
-def provide_images(host: Host, backend: str, place: str, on_host: set[str]) -> None:
+def provide_images(host: Host, release: Release, place: str, on_host: set[str]) -> None:
     """Make sure the host has every image the release needs (`on_host`: what it has, read while
-    preparing the release): build the backend here when that is the setting, and ship what the
-    host lacks (only that), compressed, with progress."""
+    preparing the release): build the backend (and Postgres) here when that is the setting, and
+    ship what the host lacks (only that), compressed, with progress."""
     local_docker = machine.ok(["docker", "info"])
-    needed = images_needed(place, backend)
-    if place == "local" and backend not in on_host:
-        if not machine.ok(["docker", "image", "inspect", backend]):
-            print(f"   building {backend} here (BUILD_BACKEND={host.settings.build_backend})", flush=True)
-            built = machine.run(image_commands.local_build(backend, PROJECT_ROOT / "backend"), check=False)
-            if built.returncode:
-                raise StepFailed("build backend image here", built.stderr.strip()[-800:])
-        if host.facts.get("docker_id") and host.facts.get("docker_id") == machine.docker_id():
-            on_host = on_host | {backend}  # the host's Docker is this machine's: it has it now
-    if place == "host":
-        needed.remove(backend)  # built on the host in the next step
+    needed = images_needed(place, release)
+    for image, context in built_images(release):
+        if place == "local" and image not in on_host:
+            if not machine.ok(["docker", "image", "inspect", image]):
+                print(f"   building {image} here (BUILD_BACKEND={host.settings.build_backend})", flush=True)
+                built = machine.run(image_commands.local_build(image, context), check=False)
+                if built.returncode:
+                    raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
+            if host.facts.get("docker_id") and host.facts.get("docker_id") == machine.docker_id():
+                on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
+        if place == "host":
+            needed.remove(image)  # built on the host in the next step
     here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
     ship, lacking = image_plan(needed, on_host, here, host.settings.ship_images)
     if lacking and host.settings.ship_images == "always":
@@ -458,6 +470,7 @@ def prune_command(host: Host, prune: list[str]) -> str:
     """The last step's command: remove pruned releases and unused backend images."""
     return (release_commands.remove_releases(host.ctx, prune) + "; "
             + release_commands.prune_images(host.ctx, image_repo(host.ctx.project)) + "; "
+            + release_commands.prune_images(host.ctx, image_repo(host.ctx.project, "postgres"), "postgres_image") + "; "
             + status_commands.install_sampler(host.absolute_ctx))
 
 
@@ -476,7 +489,7 @@ def ship_release(host: Host, plan: DeployPlan, place: str, on_host: set[str], ro
         print(f"   sent {sent} bytes{' (unchanged files hard-linked from ' + current + ')' if current else ''}")
     if plan.backend:
         with steps.step("images the host needs"):
-            provide_images(host, release.image, place, on_host)
+            provide_images(host, release, place, on_host)
         before = host.start_backend(release)
         if not before.readable:
             raise StepFailed("read database schema",
@@ -588,7 +601,7 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
                                  f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600); values not shown"),
         Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
                 + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"])),
-                                                       release.image) if plan.backend else [])
+                                                       release) if plan.backend else [])
                 + "; " + release_commands.list_releases(ctx)),
         Planned("upload files (rsync)", "here", upload),
     ]
@@ -596,7 +609,7 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
         if ship:
             planned.append(Planned("images the host needs", "here", f"{sh(image_commands.save(ship))} | gzip -1 | ssh {host.conn.user}@"
                                                                     f"{host.conn.host} {sh(['sh', '-c', image_commands.load()])}"))
-        planned.append(Planned("build backend image, start postgres and nats, read the schema", "host", host.start_backend_script(release)))
+        planned.append(Planned("build images, start postgres and nats, read the schema, WAL archive", "host", host.start_backend_script(release)))
         if backup:
             step = "back up database before migrating"
             planned += [Planned(step, "host", backup_commands.install_script(ctx)),
@@ -610,27 +623,32 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
                                                                      then=record_command(host, release, prune)))]
 
 
-def dry_run_images(host: Host, backend: str) -> tuple[list[str], list[str]]:
+def dry_run_images(host: Host, release: Release) -> tuple[list[str], list[str]]:
     """What the images step would do, building and sending nothing: (lines to print, images sent)."""
     local_docker = machine.ok(["docker", "info"])
     setting, mode = host.settings.build_backend, host.settings.ship_images
     place = backend_build_place(setting, local_docker)
-    needed = images_needed(place, backend)
+    needed = images_needed(place, release)
     on_host = host.images_present(needed)
 
     def here_has(image: str) -> bool:
         return local_docker and machine.ok(["docker", "image", "inspect", image])
 
-    if backend in on_host:
-        lines = [f"backend {backend}: already on the host (backend/ unchanged): not rebuilt"]
-    elif place == "local":
-        lines = [f"backend {backend}: {'already built here' if here_has(backend) else 'built here'} (BUILD_BACKEND={setting}), "
-                 f"then sent unless the host shares this machine's Docker"]
-    else:
-        lines = [f"backend {backend}: built on the host (BUILD_BACKEND={setting}): {sh(compose_commands.build_backend(host.ctx))}"]
-    if place == "host":
-        needed.remove(backend)
-    here = {i for i in needed if here_has(i) or (i == backend and place == "local" and local_docker)}
+    lines = []
+    for image, context in built_images(release):
+        what = context.name
+        build = compose_commands.build_backend if what == "backend" else compose_commands.build_postgres
+        if image in on_host:
+            lines.append(f"{what} {image}: already on the host ({what}/ unchanged): not rebuilt")
+        elif place == "local":
+            lines.append(f"{what} {image}: {'already built here' if here_has(image) else 'built here'} (BUILD_BACKEND={setting}), "
+                         f"then sent unless the host shares this machine's Docker")
+        else:
+            lines.append(f"{what} {image}: built on the host (BUILD_BACKEND={setting}): {sh(build(host.ctx))}")
+        if place == "host":
+            needed.remove(image)
+    built = {image for image, _ in built_images(release)}
+    here = {i for i in needed if here_has(i) or (i in built and place == "local" and local_docker)}
     ship, lacking = image_plan(needed, on_host, here, mode)
     lines.append(f"on the host already: {', '.join(i for i in needed if i in on_host) or 'none'}")
     if ship:
@@ -708,7 +726,7 @@ def print_dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list[P
         print(f"   ... and {len(files) - DRY_RUN_FILES} more")
 
     if plan.backend:
-        image_lines, ship = dry_run_images(host, release.image)
+        image_lines, ship = dry_run_images(host, release)
         migration_lines, backup, migrate = dry_run_migrations(host, current)
     else:
         unchanged = f"the backend is unchanged since {plan.backend_release}: its API and worker containers keep running"

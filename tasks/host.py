@@ -29,6 +29,7 @@ from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
 from .commands import offsite as offsite_commands
+from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .commands.context import HostContext
@@ -57,6 +58,11 @@ class Release:
     @property
     def commit(self) -> str:
         return self.meta.get("commit", "?")
+
+    @property
+    def postgres_image(self) -> str:
+        """The Postgres image the release built and pins ("" for one that pulls compose.yml's)."""
+        return self.meta.get("postgres_image", "")
 
     def recorded(self, result: str, **extra) -> dict:
         """The metadata to write for this release with a new result."""
@@ -367,8 +373,12 @@ class Host:
 
     def start_backend_script(self, release: Release) -> str:
         build = release_commands.image_present_or_build(release.image, sh(compose_commands.build_backend(self.ctx)))
+        if release.postgres_image:
+            build += "\n" + release_commands.image_present_or_build(release.postgres_image,
+                                                                      sh(compose_commands.build_postgres(self.ctx)))
         return rollout.start_backend(self.ctx, release.id, build,
-                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds))
+                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds),
+                                     pitr_commands.ensure_stanza(self.ctx) if release.postgres_image else "")
 
     def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
         probe = release_commands.probe(release.image, self.base_url, list(release.assets))

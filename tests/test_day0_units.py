@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 import subprocess
 
@@ -78,8 +79,10 @@ def test_facts_command_is_valid_shell_and_parses():
 
 
 def test_stack_and_build_images_come_from_the_files():
-    assert images.stack_images(ROOT) == ["nats:2.10-alpine", "nginx:1.27-alpine", "pgvector/pgvector:pg17"]
+    assert images.stack_images(ROOT) == ["nats:2.10-alpine", "nginx:1.27-alpine"]  # postgres and the backend are built
     assert images.build_base_images(ROOT / "backend" / "Dockerfile") == ["python:3.12-slim"]
+    assert images.build_base_images(ROOT / "postgres" / "Dockerfile") == ["pgvector/pgvector:pg17"]
+    assert re.fullmatch(r"tt-postgres:pg17-[0-9a-f]{12}", images.postgres_image(ROOT, "tt"))
 
 
 def test_image_planning():

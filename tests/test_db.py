@@ -54,7 +54,9 @@ def test_the_refusal_names_both_versions_and_the_way_out():
 
 
 def test_the_checkout_runs_postgres_17_with_pgvector():
-    assert db.postgres_image(ROOT) == "pgvector/pgvector:pg17" and db.image_major(db.postgres_image(ROOT)) == "17"
+    # compose.yml builds postgres/ (pgvector/pgvector:pg17 plus pgBackRest) and names its default tag
+    assert db.postgres_image(ROOT) == "tasktracker-postgres:pg17" and db.image_major(db.postgres_image(ROOT)) == "17"
+    assert "FROM pgvector/pgvector:pg17" in (ROOT / "postgres" / "Dockerfile").read_text()
 
 
 TABLE = [

@@ -39,7 +39,7 @@ def releases(sandbox) -> list[str]:
 
 def test_deploy_prints_a_step_table_and_switches_current(sandbox, deployed):
     out = deployed.stdout
-    for step in ("connect and check host", "build frontend", "upload files (rsync)", "build backend image",
+    for step in ("connect and check host", "build frontend", "upload files (rsync)", "build images",
                  "start postgres and nats", "migrate database", "replace api (new beside old)", "restart worker (graceful)",
                  "switch current and reload nginx", "health checks", "record release and prune", "total"):
         assert step in out

@@ -922,7 +922,7 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     plan_conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
     planned = deploy_module.print_dry_run(planning_host(plan_conn, KEEP_RELEASES="2"), None, skip_build=True)
     deploy_conn = (FakeConnection().on("tar -xpf", ok(HAVE + RELEASES_BEFORE)).on("--db-only", ok(BACKUP_OK))
-                   .on("@@step build backend image", ok(marks("build backend image", "start postgres and nats", "read database schema")
+                   .on("@@step build images", ok(marks("build images", "start postgres and nats", "read database schema")
                                                          + "".join(f"@@fact {line}\n" for line in SCHEMA_AT_0001.splitlines())))
                    .on(ACTIVATION, ok(marks(*ALL_STEPS, "record release and prune") + "ok   /nginx-health\npruned r1\n")))
     outcome: dict = {}

@@ -35,7 +35,7 @@ def project(tmp_path_factory):
     d = tmp_path_factory.mktemp("stack")
     for name in ("compose.yml", "compose.override.yml", "docker-compose.production.yml"):
         shutil.copy(ROOT / name, d / name)
-    for name in ("nginx", "backend", "frontend"):
+    for name in ("nginx", "backend", "postgres", "frontend"):
         (d / name).symlink_to(ROOT / name)
     shutil.copy(ROOT / ".env.example", d / ".env")
     return d

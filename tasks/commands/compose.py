@@ -46,6 +46,10 @@ def build_backend(ctx: HostContext) -> list[str]:
     return ctx.compose("build", "api")
 
 
+def build_postgres(ctx: HostContext) -> list[str]:
+    return ctx.compose("build", "postgres")
+
+
 def migrate(ctx: HostContext) -> list[str]:
     """Alembic in a one-off API container (Postgres and NATS are started and awaited first)."""
     return ctx.compose("run", "--rm", "-T", "api", "alembic", "upgrade", "head")

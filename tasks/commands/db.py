@@ -47,8 +47,10 @@ MATCH, FRESH, UNKNOWN, UNCHECKED, OLDER, NEWER = "match", "fresh", "unknown", "u
 
 
 def postgres_image(root: Path) -> str:
-    """The Postgres image a checkout's compose.yml names."""
-    return yaml.safe_load((root / "compose.yml").read_text())["services"]["postgres"]["image"]
+    """The Postgres image a checkout's compose.yml names (`${POSTGRES_IMAGE:-default}`: the default)."""
+    image = yaml.safe_load((root / "compose.yml").read_text())["services"]["postgres"]["image"]
+    match = re.fullmatch(r"\$\{\w+:-([^}]+)\}", image)
+    return match.group(1) if match else image
 
 
 def image_major(image: str) -> str | None:

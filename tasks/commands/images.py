@@ -9,15 +9,41 @@ from pathlib import Path
 import yaml
 
 from . import q, sh
+from .build import tree_hash
+from .db import image_major, postgres_image as compose_postgres_image
 
 # Services whose image is not pulled in production (built per release, or development only).
 NOT_PULLED = {"api", "worker", "dashboard"}
+HASH_SKIP = {"__pycache__", ".pytest_cache"}
 
 
 def stack_images(root: Path) -> list[str]:
-    """The upstream images the production stack runs (from compose.yml, as written there)."""
+    """The upstream images the production stack runs (from compose.yml, as written there; a
+    service with `build:` is built per release instead)."""
     services = yaml.safe_load((root / "compose.yml").read_text()).get("services", {})
-    return sorted({s["image"] for name, s in services.items() if name not in NOT_PULLED and "image" in s and "$" not in s["image"]})
+    return sorted({s["image"] for name, s in services.items()
+                   if name not in NOT_PULLED and "build" not in s and "image" in s and "$" not in s["image"]})
+
+
+def backend_image(root: Path, project: str) -> str:
+    """Backend images are tagged by the content of backend/: an unchanged backend is not rebuilt."""
+    return f"{project}-backend:{tree_hash(root / 'backend', HASH_SKIP)[:12]}"
+
+
+def postgres_image(root: Path, project: str) -> str:
+    """The Postgres image a release pins when compose.yml builds it (postgres/: pgvector plus
+    pgBackRest), tagged by its major and postgres/'s content; "" when compose.yml names an image
+    to pull instead."""
+    service = yaml.safe_load((root / "compose.yml").read_text())["services"]["postgres"]
+    if "build" not in service:
+        return ""
+    major = image_major(compose_postgres_image(root)) or "x"
+    return f"{project}-postgres:pg{major}-{tree_hash(root / 'postgres', HASH_SKIP)[:12]}"
+
+
+def built_images(root: Path, backend: str, postgres: str) -> list[tuple[str, Path]]:
+    """(image, build directory) of what a release builds rather than pulls."""
+    return [(backend, root / "backend"), *([(postgres, root / "postgres")] if postgres else [])]
 
 
 def build_base_images(dockerfile: Path) -> list[str]:

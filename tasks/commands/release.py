@@ -194,10 +194,11 @@ def remove_releases(ctx: HostContext, names: list[str]) -> str:
     return sh(["rm", "-rf", "--", *paths]) + "; " + "; ".join(f"echo {q('pruned ' + n)}" for n in names)
 
 
-def prune_images(ctx: HostContext, image_repo: str) -> str:
-    """Remove this project's backend images that no kept release names (images in use stay)."""
+def prune_images(ctx: HostContext, image_repo: str, key: str = "backend_image") -> str:
+    """Remove this project's images of `image_repo` that no kept release names under `key` in its
+    RELEASE.json (images in use stay)."""
     releases = q(ctx.releases_dir)
-    return (f"keep=$(cat {releases}/*/RELEASE.json 2>/dev/null | grep -o '\"backend_image\": \"[^\"]*\"' | cut -d'\"' -f4 | sort -u); "
+    return (f"keep=$(cat {releases}/*/RELEASE.json 2>/dev/null | grep -o '\"{key}\": \"[^\"]*\"' | cut -d'\"' -f4 | sort -u); "
             f"for img in $(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {q(image_repo)}); do "
             f"printf '%s\\n' \"$keep\" | grep -qxF \"$img\" || {{ docker rmi \"$img\" >/dev/null 2>&1 && echo \"removed image $img\"; }}; done; true")
 

@@ -1,0 +1,202 @@
+"""Point-in-time recovery with pgBackRest: the WAL archive's set-up, its backups, its window and
+`backup.restore --to-time`.
+
+The stack's Postgres image (postgres/Dockerfile) carries pgBackRest; compose.yml gives it its
+settings (PGBACKREST_* variables: stanza `main`, the repository in the `pgbackrest_repo` volume,
+two full backups kept) and archives every WAL segment with `pgbackrest archive-push`, at least
+once a minute (archive_timeout=60). Everything here runs pgBackRest inside the postgres container
+(or, for a restore, in a one-off container of the same image with the same volumes and settings),
+so the host needs nothing but Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+from . import q
+from .context import HostContext
+
+STANZA = "main"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+TIME_RE = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
+RECOVERY_WAIT_SECONDS = 600  # replaying WAL up to the target: minutes for a day of writes on a small VPS
+NO_PGBACKREST_EXIT = 9  # the release's Postgres image has no pgBackRest (an older release)
+
+# Shell: run pgBackRest as postgres in the container "$pg".
+BR = 'docker exec -u postgres "$pg" pgbackrest'
+
+
+def parse_target(text: str, now: datetime) -> datetime:
+    """The UTC moment `--to-time` names ("YYYY-MM-DD HH:MM:SS", UTC); ValueError with the fix."""
+    if not re.fullmatch(TIME_RE, text.strip()):
+        raise ValueError(f"--to-time {text!r} is not a time in the form \"YYYY-MM-DD HH:MM:SS\" (UTC), for example "
+                         f"--to-time \"{now.strftime(TIME_FORMAT)}\".")
+    try:
+        target = datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"--to-time {text!r} is not a real date and time (UTC, \"YYYY-MM-DD HH:MM:SS\").") from None
+    if target >= now:
+        raise ValueError(f"--to-time {text} is not in the past (it is {now.strftime(TIME_FORMAT)} UTC on the host): the "
+                         f"archive cannot hold what has not happened. Give an earlier time (UTC).")
+    return target
+
+
+def ensure_stanza(ctx: HostContext) -> str:
+    """Shell (run after Postgres started): create the stanza, or upgrade it after a new cluster
+    (db.upgrade), and take the first full backup when there is none, so that the database can
+    be restored to any moment from now on. Idempotent; prints `@@fact pitr=...`. An image
+    without pgBackRest (an older release) prints pitr=unavailable."""
+    return f"""pg=$({ctx.container('postgres')})
+if [ -z "$pg" ] || ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then
+  echo "@@fact pitr=unavailable"
+else
+  for _ in $(seq 1 120); do docker exec "$pg" pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done
+  if ! out=$({BR} stanza-create 2>&1) && ! out=$({BR} stanza-upgrade 2>&1); then
+    echo "WARNING: pgBackRest could not set up the WAL archive: $out" >&2; echo "@@fact pitr=failed"
+  elif {BR} info --output=json | grep -q '"label"'; then
+    echo "@@fact pitr=ok"
+  else
+    echo "   first pgBackRest full backup (the start of the point-in-time window)"
+    if out=$({BR} backup --type=full 2>&1); then echo "@@fact pitr=ok"
+    else echo "WARNING: the first pgBackRest backup failed: $out" >&2; echo "@@fact pitr=failed"; fi
+  fi
+fi"""
+
+
+def backup(ctx: HostContext) -> str:
+    """Shell for the backup script: a pgBackRest backup (full on Sundays, when there is none, or
+    differential), so the window reaches back two full backups. Prints one result line."""
+    return f"""pg=$({ctx.container('postgres')})
+if [ -n "$pg" ] && docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then
+  type=diff; [ "$(date -u +%u)" = 7 ] && type=full
+  {BR} stanza-create >/dev/null 2>&1 || true
+  if out=$({BR} backup --type=$type 2>&1); then echo "pitr-backup=ok type=$type"
+  else echo "pitr-backup=failed: $(printf '%s' "$out" | tail -n 3 | tr '\\n' ' ')"; fi
+else
+  echo "pitr-backup=unavailable"
+fi"""
+
+
+def info(ctx: HostContext) -> str:
+    """Shell: pgBackRest's `info` as JSON, the host's time, and the time of the last archived WAL."""
+    return f"""pg=$({ctx.container('postgres')})
+echo "now=$(date -u +%s)"
+if [ -z "$pg" ]; then echo "pitr=no-postgres"; exit 0; fi
+if ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then echo "pitr=unavailable"; exit 0; fi
+echo "archiver=$(docker exec "$pg" sh -c 'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0) || \\" \\" || failed_count || \\" \\" || coalesce(extract(epoch FROM last_failed_time)::bigint, 0) FROM pg_stat_archiver"' 2>/dev/null)"
+echo "info=$({BR} info --output=json 2>/dev/null | tr -d '\\n')"
+"""
+
+
+def parse_info(output: str) -> dict:
+    """{"state": ok|unavailable|no-postgres|no-backup, "now", "oldest" (the earliest moment a
+    restore can reach: the oldest backup's end), "backups", "last_archived", "failed_count",
+    "last_failed"} from `info`'s output."""
+    values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    result: dict = {"now": int(values.get("now", "0") or 0)}
+    if values.get("pitr") in ("unavailable", "no-postgres"):
+        return {**result, "state": values["pitr"]}
+    archived, failed, last_failed = ((values.get("archiver") or "0 0 0").split() + ["0", "0", "0"])[:3]
+    result.update(last_archived=int(archived or 0), failed_count=int(failed or 0), last_failed=int(last_failed or 0))
+    try:
+        stanzas = json.loads(values.get("info") or "[]")
+    except ValueError:
+        stanzas = []
+    backups = [b for s in stanzas if s.get("name") == STANZA for b in s.get("backup", []) if not b.get("error")]
+    if not backups:
+        return {**result, "state": "no-backup", "backups": 0}
+    stops = sorted(int(b["timestamp"]["stop"]) for b in backups)
+    return {**result, "state": "ok", "backups": len(backups), "oldest": stops[0], "newest": stops[-1]}
+
+
+def window_problem(state: dict, target: datetime) -> str | None:
+    """Why the archive cannot reach `target` (None: it can)."""
+    if state["state"] == "unavailable":
+        return ("the live release's Postgres image has no pgBackRest (it predates point-in-time recovery): deploy this "
+                "checkout first, then restores can reach any moment after its first pgBackRest backup")
+    if state["state"] == "no-postgres":
+        return "no postgres container is running (start the stack: `fab compose.up`)"
+    if state["state"] == "no-backup":
+        return "the WAL archive has no pgBackRest backup yet (deploy, or run `fab backup`, to take the first)"
+    oldest = datetime.fromtimestamp(state["oldest"], timezone.utc)
+    if target < oldest:
+        return (f"{target.strftime(TIME_FORMAT)} is before the oldest pgBackRest backup ended "
+                f"({oldest.strftime(TIME_FORMAT)} UTC), so the archive cannot reach it; the window starts there "
+                f"(`fab backup.list` shows it). For an older state restore a backup set: --name SET")
+    return None
+
+
+def restore_to_time(ctx: HostContext, target: str, compose_start: str) -> str:
+    """Restore the database to `target` (UTC, TIME_FORMAT), in one script:
+
+    1. stop api and worker (nothing writes), commit one transaction and have pgBackRest archive
+       the current WAL (`check`): every acknowledged write is now in the archive;
+    2. stop Postgres; restore in a one-off container of the same image and volumes
+       (`--delta --type=time --target-action=promote`); start Postgres; wait until it has
+       replayed to the target and is out of recovery;
+    3. start nats, api and worker.
+
+    A failure from step 2 on restores the database to the end of its archive on the timeline it
+    was on (what it held before, every write included), starts everything again and exits 1."""
+    pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
+    return f"""set -uo pipefail
+say() {{ echo "[restore] $*"; }}
+start_services() {{ {compose_start}; }}
+pg=$({ctx.container('postgres')})
+[ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; exit 1; }}
+docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1 || exit {NO_PGBACKREST_EXIT}
+sql() {{ {pg_psql} "$1"; }}
+image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
+envfile=$(mktemp) && chmod 600 "$envfile"
+docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
+tli=$(sql "SELECT timeline_id FROM pg_control_checkpoint()")
+restore_run() {{
+  docker run --rm --user postgres --volumes-from "$pg" --env-file "$envfile" --entrypoint pgbackrest "$image" restore --delta "$@"
+}}
+wait_promoted() {{
+  for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
+    [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
+    [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && return 0
+    sleep 0.5
+  done
+  return 1
+}}
+undo() {{
+  echo "[restore] FAILED at '$stage'; putting the database back as it was (the end of its archive, timeline $tli)" >&2
+  docker stop -t 60 "$pg" >/dev/null 2>&1
+  if restore_run --target-timeline="$tli" >&2 && docker start "$pg" >/dev/null && wait_promoted; then
+    echo "[restore] the database is back as it was before the restore" >&2
+  else
+    echo "[restore] PUTTING THE DATABASE BACK FAILED: the archive still holds it; see README, 'Point-in-time recovery'" >&2
+  fi
+  start_services >/dev/null 2>&1
+  rm -f "$envfile"
+  exit 1
+}}
+stage="stop api and worker"
+for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 "$c" >/dev/null; done
+say "api and worker stopped"
+stage="archive the current WAL"
+sql "SELECT txid_current()" >/dev/null && {BR} check >/dev/null \\
+  || {{ echo "[restore] pgBackRest could not archive the current WAL; nothing was changed" >&2; start_services >/dev/null 2>&1; rm -f "$envfile"; exit 1; }}
+say "every write up to now is archived (timeline $tli)"
+stage="stop postgres"
+docker stop -t 60 "$pg" >/dev/null || undo
+stage="restore to {target} UTC"
+restore_run --type=time --target={q(target + "+00")} --target-action=promote || undo
+say "data directory restored from pgBackRest; replaying WAL to {target} UTC"
+stage="replay WAL to the target"
+docker start "$pg" >/dev/null && wait_promoted || undo
+say "the database is at {target} UTC (new timeline $(sql "SELECT timeline_id FROM pg_control_checkpoint()"))"
+stage="start nats, api and worker"
+start_services || undo
+rm -f "$envfile"
+for _ in $(seq 1 120); do
+  api=$({ctx.container('api')})
+  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
+  sleep 0.5
+done
+say "api and worker started"
+"""
