@@ -8,12 +8,14 @@ import hashlib
 import io
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
 from .commands import backup as commands
 from .commands import offsite as offsite_commands
+from .commands import pitr as pitr_commands
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import PROJECT_ROOT
@@ -60,6 +62,7 @@ def list_(c):
         verified = s.get("verification", {}).get("result") == "ok"
         print(f"  {name:32} {s['bytes'] / 1e6:8.2f} MB  {'verified' if verified else 'NOT VERIFIED'}  "
               f"release {s.get('release', '?')}  on: {place}")
+    print(pitr_commands.window_line(host.pitr_state()))
     if log:
         print("latest runs:")
         for line in log[-5:]:
@@ -87,13 +90,18 @@ def chosen_set(host: Host, name: str | None) -> str:
 @task(help={
     "latest": "Restore the newest verified set.",
     "name": "Restore this set (see backup.list).",
+    "to_time": "Restore the database to this moment, \"YYYY-MM-DD HH:MM:SS\" in UTC, from the WAL archive (pgBackRest): "
+               "any moment since the oldest kept pgBackRest backup (backup.list shows the window). NATS is not touched.",
     "yes": "Do not ask for confirmation.",
     "wait": WAIT_HELP,
 })
-def restore(c, latest=False, name=None, yes=False, wait=False):
-    """Restore a backup set: stops api and worker, restores database and NATS, starts, checks health."""
-    if bool(latest) == bool(name):
-        raise Exit("Say which set to restore: --latest or --name SET (see `fab -H HOST backup.list`).", code=ExitCode.USAGE)
+def restore(c, latest=False, name=None, to_time=None, yes=False, wait=False):
+    """Restore a backup set (database and NATS) or the database to a moment (--to-time); checks health."""
+    if sum(map(bool, (latest, name, to_time))) != 1:
+        raise Exit("Say what to restore, one of: --latest, --name SET (see `fab -H HOST backup.list`), or --to-time "
+                   "\"YYYY-MM-DD HH:MM:SS\" (UTC) for the database at that moment. Nothing was changed.", code=ExitCode.USAGE)
+    if to_time:
+        return restore_to_time(c, to_time, yes, wait)
     steps = Steps(f"Restore on {c.original_host}")
     host = Host.open(c, steps=steps)
     steps.secrets = host.settings.secret_values()
@@ -115,6 +123,43 @@ def restore(c, latest=False, name=None, yes=False, wait=False):
         steps.fail(f"Restore of {set_name} on {host.name} failed at '{failure.step}': {failure.detail}")
     steps.print_table()
     print(f"Backup {set_name} restored on {host.name}; health checks pass.")
+
+
+def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
+    """backup.restore --to-time: the database at a moment, from pgBackRest's WAL archive."""
+    try:
+        target = pitr_commands.parse_target(text, datetime.now(timezone.utc))
+    except ValueError as err:
+        raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
+    steps = Steps(f"Restore to a time on {c.original_host}")
+    host = Host.open(c, steps=steps)
+    steps.secrets = host.settings.secret_values()
+    state = host.pitr_state()
+    problem = pitr_commands.window_problem(state, target)
+    if not problem and state.get("now") and target.timestamp() >= state["now"]:
+        problem = f"{text} is not in the past on {host.name} (its clock says {datetime.fromtimestamp(state['now'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"
+    if problem:
+        raise Exit(f"Cannot restore {host.name}'s database to {text} UTC: {problem}. Nothing was changed.", code=ExitCode.USAGE)
+    when = target.strftime(pitr_commands.TIME_FORMAT)
+    current = host.current_id
+    if not yes:
+        answer = input(f"Restore the database on {host.name} to {when} UTC? Every change after that moment leaves the live "
+                       f"database (it stays in the WAL archive), and the API is stopped meanwhile. Type the Compose project "
+                       f"name ({host.ctx.project}) to confirm: ")
+        if answer.strip() != host.ctx.project:
+            raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
+    try:
+        with host.locked("restore", wait=wait), host.audited("restore", release=current) as outcome:
+            outcome["detail"] = f"database to {when} UTC (point in time)"
+            with steps.step(f"restore database to {when} UTC"):
+                host.restore_to_time(when)
+            with steps.step("health checks"):
+                host.probe(host.release(current))
+    except StepFailed as failure:
+        steps.fail(f"Restore of the database to {when} UTC on {host.name} failed at '{failure.step}': {failure.detail}")
+    steps.print_table()
+    print(f"The database on {host.name} is back at {when} UTC; health checks pass. What came after that moment is still "
+          f"in the WAL archive (the timeline the restore printed).")
 
 
 @task(help={"name": "The set to copy (default: the newest verified one).",

@@ -502,6 +502,22 @@ class Host:
         self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
                                          before_start=before), "restore", hide=False)
 
+    # --- point-in-time recovery (pgBackRest) ----------------------------------------------------
+    def pitr_state(self) -> dict:
+        """The WAL archive as pgBackRest and Postgres report it (commands/pitr.parse_info)."""
+        return pitr_commands.parse_info(self.probe_run(pitr_commands.info(self.ctx)).stdout)
+
+    def restore_to_time(self, target: str) -> None:
+        """Restore the database to `target` (UTC) from the WAL archive (backup.restore --to-time);
+        on failure the database is put back as it was and StepFailed says so."""
+        start = release_commands.in_current(self.ctx, compose_commands.either(
+            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
+        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
+        if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
+            raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
+        if not result.ok:
+            raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
         """Run `argv_for(ctx)` (a Compose argv builder) in the current release."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 
 from . import notify, q, sh
+from .pitr import BACKUP_SHELL
 from .context import HostContext
 
 SCRIPT_NAME = "tasktracker-backup"
@@ -161,6 +162,8 @@ for kind in '^[0-9]{8}T[0-9]{6}Z$' '^[0-9]{8}T[0-9]{6}Z-predeploy$'; do
   done
 done
 log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(date -u +%FT%TZ)"'", "result": "ok", /')"
+[ "$MODE" != "--db-only" ] && { @PITR_BACKUP@
+}
 if [ "$MODE" != "--db-only" ] && [ -f "$APP_DIR/shared/offsite.conf" ]; then
   step="off-site copy"
   trap - HUP INT TERM  # the set is complete: from here a failure keeps it
@@ -174,6 +177,7 @@ echo "BACKUP OK $name"
 cat "$root/$name/manifest.json"
 '''
 
+BACKUP_SCRIPT = BACKUP_SCRIPT.replace("@PITR_BACKUP@", BACKUP_SHELL)
 
 # The only files a backup set holds (backup.pull writes no other name on the operator's machine).
 SET_FILES = ("database.dump", "rowcounts.txt", "nats.tar.gz", "app-files.tar.gz", "manifest.json")
