@@ -28,6 +28,7 @@ from .build import FRONTEND, git_commit, tree_hash
 from .commands import cluster as commands
 from .commands import compose as compose_commands
 from .commands import images as image_commands
+from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .exits import ExitCode
@@ -226,19 +227,33 @@ def node_hosts(manager: Host, nodes: list[dict]) -> list[tuple[dict, Host]]:
     return out
 
 
-def ship_to_nodes(manager: Host, nodes: list[dict], images: list[str]) -> None:
-    """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`."""
-    if not machine.ok(["docker", "image", "inspect", images[-1]]):
-        print(f"   building {images[-1]} here", flush=True)
-        built = machine.run(image_commands.local_build(images[-1], PROJECT_ROOT / "backend"), check=False)
-        if built.returncode:
-            raise StepFailed("build backend image here", built.stderr.strip()[-800:])
+def ship_to_nodes(manager: Host, nodes: list[dict], images: list[str], built: list[tuple[str, Path]]) -> None:
+    """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`;
+    `built` (image, build directory) are built here first when this machine lacks them."""
+    for image, context in built:
+        if not machine.ok(["docker", "image", "inspect", image]):
+            print(f"   building {image} here", flush=True)
+            result = machine.run(image_commands.local_build(image, context), check=False)
+            if result.returncode:
+                raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
     for _node, host in node_hosts(manager, nodes):
         missing = [i for i in images if i not in host.images_present(images)]
         if missing:
             host.ship_images(missing)
         else:
             print(f"   {host.name}: has all {len(images)} images")
+
+
+def ensure_archive(manager: Host, nodes: list[dict], stack: str) -> None:
+    """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
+    data = [(node, host) for node, host in node_hosts(manager, nodes) if node["labels"].get(commands.LABEL_DATA) == "true"]
+    if not data:
+        raise StepFailed("WAL archive", f"no reachable node has the label {commands.LABEL_DATA}=true")
+    node, host = data[0]
+    container = f"docker ps -q --filter label=com.docker.swarm.service.name={commands.q(stack + '_postgres')} | head -n 1"
+    out = host.run(pitr_commands.ensure_stanza(host.ctx, container), "WAL archive", hide=True).stdout
+    state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
+    print(f"   {node['alias'] or node['hostname']}: WAL archive {state.get('pitr', 'unknown')}")
 
 
 def wait_converged(host: Host, stack: str, services: list[str] | None, timeout: float, what: str) -> float:
@@ -302,12 +317,13 @@ def print_rows(steps: Steps) -> None:
 def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: bool, timeout: float) -> None:
     ctx, stack, steps = host.ctx, host.ctx.project, host.steps
     image = backend_image(stack)
+    postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
     current = host.current_id
     rid = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{(git_commit() or 'nogit')[:12]}"
     outcome["release"] = rid
     assets = tuple(sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (FRONTEND / "dist" / "index.html").read_text()))))
     values = {**release_values(host.settings, env_file, absolute_app_dir(host.facts, ctx.app_dir)),
-              "BACKEND_IMAGE": image, "RELEASE_ID": rid}
+              "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
     try:
         rendered = commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=mesh)
     except ValueError as err:
@@ -332,10 +348,14 @@ def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: b
             raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
     nodes = manager_status(host.conn, stack)["nodes"]
     with steps.step("images on every node"):
-        ship_to_nodes(host, nodes, [*image_commands.stack_images(PROJECT_ROOT), image])
+        built = image_commands.built_images(PROJECT_ROOT, image, postgres)
+        ship_to_nodes(host, nodes, [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
     with steps.step("start postgres and nats"):
         host.run(sh(commands.stack_deploy(stack, [data_file])), "deploy data services")
         print(f"   ready in {wait_converged(host, stack, sorted(DATA_SERVICES), timeout, 'start postgres and nats'):.1f}s")
+    if postgres:
+        with steps.step("WAL archive (point-in-time recovery)"):
+            ensure_archive(host, nodes, stack)
     with steps.step("migrate database (once)"):
         host.run(sh(commands.migrate(ctx, rid, stack, image)), "migrate database", hide=False)
     if not current:

@@ -12,6 +12,7 @@ from invoke import Collection, Exit, task
 from . import machine, remote
 from .commands import compose as compose_commands
 from .commands import db as commands
+from .commands import images as image_commands
 from .commands import q
 from .commands import release as release_commands
 from .exits import ExitCode
@@ -20,13 +21,19 @@ from .settings import ENV_HELP, PROJECT_ROOT, choose_env
 from .steps import StepFailed, Steps
 
 
-def provide_image(host: Host, image: str) -> None:
-    """The new Postgres image on the host: there already, sent from here over SSH, or pulled by it."""
+def provide_image(host: Host, image: str, built: bool) -> None:
+    """The new Postgres image on the host: there already, sent from here over SSH, built by the host
+    from postgres/Dockerfile (`built`: compose.yml builds it; the Dockerfile needs no context), or
+    pulled by it."""
     if host.images_present([image]):
         print(f"   the host has {image}")
         return
     if host.settings.ship_images != "never" and machine.ok(["docker", "image", "inspect", image]):
         host.ship_images([image])
+        return
+    if built:
+        dockerfile = (PROJECT_ROOT / "postgres" / "Dockerfile").read_text()
+        host.run(f"printf '%s' {q(dockerfile)} | docker build -q -t {q(image)} -", "build the new Postgres image", hide=False)
         return
     host.run(f"docker pull -q {q(image)}", "pull the new Postgres image", hide=False)
 
@@ -43,7 +50,8 @@ def upgrade(c, yes=False, wait=False, env=None):
     steps = Steps(f"Upgrade PostgreSQL on {c.original_host}")
     host = Host.open(c, steps=steps)
     steps.secrets = host.settings.secret_values()
-    image = commands.postgres_image(PROJECT_ROOT)
+    built = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)  # "" when compose.yml pulls its image
+    image = built or commands.postgres_image(PROJECT_ROOT)
     data = host.facts.get("pg_data", "")
     verdict, wanted = commands.guard(data, image)
     volume = host.ctx.postgres_volume
@@ -82,7 +90,7 @@ def upgrade(c, yes=False, wait=False, env=None):
         with host.locked("db.upgrade", wait=wait), host.audited("db.upgrade", release=current) as outcome:
             outcome["detail"] = f"PostgreSQL {data} -> {wanted} ({image})"
             with steps.step("images the host needs"):
-                provide_image(host, image)
+                provide_image(host, image, bool(built))
             with steps.step("install the backup program"):
                 host.install_backup_script()
             rows, _ = host.releases()

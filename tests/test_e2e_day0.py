@@ -82,7 +82,7 @@ def test_provision_again_changes_nothing(hosts):
 
 def test_deploy_ships_the_images_the_host_lacks_and_serves(hosts, settings):
     out = hosts.fab(NAME, "deploy", "--skip-build", env_file=settings)
-    assert "shipped" in out.stdout and "pgvector/pgvector:pg17" in out.stdout
+    assert "shipped" in out.stdout and "-postgres:pg17-" in out.stdout  # built here (pgvector plus pgBackRest), then sent
     assert get_json(hosts.url(NAME, "/api/health"))[1]["status"] == "ok"
     req = urllib.request.Request(hosts.url(NAME, "/api/tasks"), data=json.dumps({"title": "made on day 0", "body": "vm"}).encode(),
                                  headers={"Content-Type": "application/json"})

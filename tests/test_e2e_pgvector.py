@@ -22,7 +22,8 @@ from tests.support import ROOT, copy_project
 pytestmark = pytest.mark.e2e
 APP = "pgup"  # the upgrade's own app on the sandbox (own APP_DIR, Compose project, ports)
 OLD_IMAGE = "postgres:15"
-NEW_IMAGE = "pgvector/pgvector:pg17"
+NEW_IMAGE = "tasktracker-postgres:pg17"  # compose.yml's (built from postgres/: pgvector plus pgBackRest)
+IMAGE_LINE = "image: ${POSTGRES_IMAGE:-tasktracker-postgres:pg17}\n    build: ./postgres"
 
 
 def http_json(url: str, data=None):
@@ -101,8 +102,8 @@ def release_before_pgvector(dest: Path) -> Path:
     copy = copy_project(dest)
     shutil.copytree(ROOT / "frontend" / "dist", copy / "frontend" / "dist", dirs_exist_ok=True)
     compose = copy / "compose.yml"
-    assert f"image: {NEW_IMAGE}" in compose.read_text()
-    compose.write_text(compose.read_text().replace(f"image: {NEW_IMAGE}", f"image: {OLD_IMAGE}"))
+    assert IMAGE_LINE in compose.read_text()
+    compose.write_text(compose.read_text().replace(IMAGE_LINE, f"image: {OLD_IMAGE}"))
     (copy / "backend" / "alembic" / "versions" / "0002_task_embeddings.py").unlink()
     db = copy / "backend" / "app" / "db.py"
     text = db.read_text()
@@ -118,7 +119,8 @@ def with_postgres_image(dest: Path, image: str) -> Path:
     copy = copy_project(dest)
     shutil.copytree(ROOT / "frontend" / "dist", copy / "frontend" / "dist", dirs_exist_ok=True)
     compose = copy / "compose.yml"
-    compose.write_text(compose.read_text().replace(f"image: {NEW_IMAGE}", f"image: {image}"))
+    assert IMAGE_LINE in compose.read_text()
+    compose.write_text(compose.read_text().replace(IMAGE_LINE, f"image: {image}"))
     return copy
 
 
@@ -142,6 +144,7 @@ def upgrade_app(sandbox, deployed):
     if networks:
         docker("network", "rm", *networks, check=False)
     images = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{project}-backend", check=False).split()
+    images += docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{project}-postgres", check=False).split()
     docker("rmi", "-f", broken, *images, check=False)
 
 
@@ -196,7 +199,7 @@ def test_postgres_15_data_is_refused_then_upgraded_to_17_with_every_row(sandbox,
     assert psql(project, "SHOW server_version_num").startswith("17")
     assert psql(project, "SELECT count(*) FROM tasks") == rows
     assert http_json(sandbox.app_url(APP, "/api/version"))[1]["release"] == serving
-    assert NEW_IMAGE in (app_dir / "releases" / serving / "release.yml").read_text()
+    assert f"image: {project}-postgres:pg17-" in (app_dir / "releases" / serving / "release.yml").read_text()
     audit_lines = [json.loads(line) for line in (app_dir / "audit.log").read_text().splitlines()]
     assert [e["result"] for e in audit_lines if e["action"] == "db.upgrade"] == ["failed", "ok"]
 

@@ -43,12 +43,13 @@ def parse_target(text: str, now: datetime) -> datetime:
     return target
 
 
-def ensure_stanza(ctx: HostContext) -> str:
+def ensure_stanza(ctx: HostContext, container: str = "") -> str:
     """Shell (run after Postgres started): create the stanza, or upgrade it after a new cluster
     (db.upgrade), and take the first full backup when there is none, so that the database can
     be restored to any moment from now on. Idempotent; prints `@@fact pitr=...`. An image
-    without pgBackRest (an older release) prints pitr=unavailable."""
-    return f"""pg=$({ctx.container('postgres')})
+    without pgBackRest (an older release) prints pitr=unavailable. `container`: shell printing the
+    postgres container's id (default: the Compose project's; a swarm passes its own filter)."""
+    return f"""pg=$({container or ctx.container('postgres')})
 if [ -z "$pg" ] || ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then
   echo "@@fact pitr=unavailable"
 else
