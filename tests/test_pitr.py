@@ -1,0 +1,156 @@
+"""Point-in-time recovery (commands/pitr.py): the --to-time parser, pgBackRest's recorded `info`,
+the window, and the restore script's failure path run against a stand-in `docker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tasks.commands import backup, pitr
+from tasks.commands.context import HostContext
+
+CTX = HostContext(app_dir="/srv/tt", project="tt", variant="v2")
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+# `pgbackrest info --output=json` as pgBackRest 2.55.1 printed it in the stack's image (one full backup).
+RECORDED_INFO = ('[{"archive":[{"database":{"id":1,"repo-key":1},"id":"17-1","max":"000000010000000000000004","min":'
+                 '"000000010000000000000001"}],"backup":[{"archive":{"start":"000000010000000000000002","stop":'
+                 '"000000010000000000000003"},"backrest":{"format":5,"version":"2.55.1"},"database":{"id":1,"repo-key":1},'
+                 '"error":false,"info":{"delta":31024648,"repository":{"delta":4014277,"size":4014277},"size":31024648},'
+                 '"label":"20261126-071929F","lsn":{"start":"0/2000028","stop":"0/3000050"},"prior":null,"reference":null,'
+                 '"timestamp":{"start":1795677569,"stop":1795677571},"type":"full"}],"cipher":"none","db":[{"id":1,'
+                 '"repo-key":1,"system-id":7712376416637501467,"version":"17"}],"name":"main","repo":[{"cipher":"none",'
+                 '"key":1,"status":{"code":0,"message":"ok"}}],"status":{"code":0,"lock":{"backup":{"held":false}},"message":"ok"}}]')
+NO_BACKUP_INFO = '[{"archive":[],"backup":[],"name":"main","status":{"code":2,"message":"no valid backups"}}]'
+
+
+@pytest.mark.parametrize("text, ok_or_says", [
+    ("2026-11-26 11:59:59", datetime(2026, 11, 26, 11, 59, 59, tzinfo=timezone.utc)),
+    (" 2026-11-26 08:00:00 ", datetime(2026, 11, 26, 8, 0, 0, tzinfo=timezone.utc)),
+    ("2026-11-26T08:00:00", "is not a time in the form"),
+    ("yesterday", "is not a time in the form"),
+    ("2026-02-30 08:00:00", "is not a real date and time"),
+    ("2026-11-26 12:00:00", "is not in the past"),
+    ("2027-01-01 00:00:00", "is not in the past"),
+])
+def test_to_time_is_a_past_utc_moment(text, ok_or_says):
+    if isinstance(ok_or_says, datetime):
+        assert pitr.parse_target(text, NOW) == ok_or_says
+    else:
+        with pytest.raises(ValueError, match=ok_or_says):
+            pitr.parse_target(text, NOW)
+
+
+def test_recorded_info_gives_the_window():
+    out = f"now=1795680000\narchiver=1795679990 2 1795670000\ninfo={RECORDED_INFO}\n"
+    state = pitr.parse_info(out)
+    assert state == {"now": 1795680000, "state": "ok", "backups": 1, "oldest": 1795677571, "newest": 1795677571,
+                     "last_archived": 1795679990, "failed_count": 2, "last_failed": 1795670000}
+    inside = datetime.fromtimestamp(1795677600, timezone.utc)
+    before = datetime.fromtimestamp(1795677500, timezone.utc)
+    assert pitr.window_problem(state, inside) is None
+    assert "is before the oldest pgBackRest backup ended (2026-11-26 07:19:31 UTC)" in pitr.window_problem(state, before)
+    line = pitr.window_line(state)
+    assert line.startswith("point in time: any moment from 2026-11-26 07:19:31 UTC (1 pgBackRest backups)")
+    assert "WAL archived up to" in line and "FAILING" not in line  # the last failure is older than the last success
+
+
+@pytest.mark.parametrize("out, state, says", [
+    ("now=1\npitr=unavailable\n", "unavailable", "has no pgBackRest"),
+    ("now=1\npitr=no-postgres\n", "no-postgres", "no postgres container is running"),
+    (f"now=1\narchiver=0 0 0\ninfo={NO_BACKUP_INFO}\n", "no-backup", "has no pgBackRest backup yet"),
+    ("now=1\narchiver=\ninfo=not json\n", "no-backup", "has no pgBackRest backup yet"),
+])
+def test_an_archive_that_cannot_restore_says_why(out, state, says):
+    parsed = pitr.parse_info(out)
+    assert parsed["state"] == state
+    assert says in pitr.window_problem(parsed, NOW)
+
+
+def test_failing_archiving_is_loud():
+    state = pitr.parse_info(f"now=2000\narchiver=1000 7 1900\ninfo={RECORDED_INFO}\n")
+    assert "ARCHIVING IS FAILING since" in pitr.window_line(state) and "(7 failures)" in pitr.window_line(state)
+
+
+@pytest.mark.parametrize("script", [
+    pitr.ensure_stanza(CTX), pitr.ensure_stanza(CTX, "docker ps -q --filter label=x | head -n 1"), pitr.info(CTX),
+    pitr.restore_to_time(CTX, "2026-11-26 08:00:00", "echo start"), backup.BACKUP_SCRIPT,
+])
+def test_scripts_are_valid_bash(script):
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_the_target_is_quoted_and_utc():
+    script = pitr.restore_to_time(CTX, "2026-11-26 08:00:00", "echo start")
+    assert "restore_run --type=time --target='2026-11-26 08:00:00+00' --target-action=promote" in script
+    assert "grep '^PGBACKREST_'" in script  # only pgBackRest's settings reach the one-off container
+
+
+FAKE_DOCKER = r"""#!/bin/bash
+echo "$*" >> "$DOCKER_LOG"
+case "$*" in
+  "ps -q"*"service=postgres"*) echo pg1 ;;
+  "ps -q"*"service=api"*) echo api1 ;;
+  "ps -q"*"service=worker"*) echo worker1 ;;
+  *"command -v pgbackrest"*) ;;
+  "inspect -f {{.Config.Image}}"*) echo tt-postgres:pg17-abc ;;
+  "inspect -f {{range .Config.Env}}"*) printf 'POSTGRES_PASSWORD=secret\nPGBACKREST_STANZA=main\n' ;;
+  "inspect -f {{.State.Running}}"*) echo true ;;
+  "inspect -f {{.State.Health.Status}}"*) echo healthy ;;
+  *timeline_id*) echo 3 ;;
+  *pg_is_in_recovery*) echo f ;;
+  *--type=time*) [ -n "$FAIL_RESTORE" ] && exit 1 ;;
+  *) ;;
+esac
+exit 0
+"""
+
+
+def run_restore(tmp_path: Path, fail: bool) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log), "FAIL_RESTORE": "1" if fail else "",
+           "TMPDIR": str(tmp_path)}
+    script = pitr.restore_to_time(CTX, "2026-11-26 08:00:00", f'echo "compose start" >> {log}')
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    return result, log.read_text().splitlines()
+
+
+def calls(lines: list[str]) -> list[str]:
+    """The calls that change something, in order."""
+    out = []
+    for line in lines:
+        verb = line.split()[0]
+        if verb in ("stop", "start") or line == "compose start":
+            out.append(line if line == "compose start" else verb)
+        elif line.endswith("pgbackrest check"):
+            out.append("pgbackrest check")
+        elif verb == "run" and "restore --delta" in line:
+            out.append("restore --delta " + ("time" if "--type=time" in line else line.split("--target-timeline=")[1]))
+    return out
+
+
+def test_a_restore_that_fails_puts_the_database_back_as_it_was(tmp_path):
+    result, lines = run_restore(tmp_path, fail=True)
+    assert result.returncode == 1
+    assert "FAILED at 'restore to 2026-11-26 08:00:00 UTC'" in result.stderr and "back as it was" in result.stderr
+    assert calls(lines) == ["stop", "stop", "pgbackrest check", "stop", "restore --delta time", "stop",
+                            "restore --delta 3", "start", "compose start"]
+    assert not list(tmp_path.glob("tmp.*"))  # the settings file for the one-off container is gone
+
+
+def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path):
+    result, lines = run_restore(tmp_path, fail=False)
+    assert result.returncode == 0, result.stderr
+    assert calls(lines) == ["stop", "stop", "pgbackrest check", "stop", "restore --delta time", "start", "compose start"]
+    env_file = [line for line in lines if "--env-file" in line][0].split("--env-file ")[1].split()[0]
+    assert not Path(env_file).exists()
+    assert "the database is at 2026-11-26 08:00:00 UTC (new timeline 3)" in result.stdout
+    assert json.dumps("secret") not in result.stdout + result.stderr
