@@ -17,6 +17,7 @@ from invoke import Collection, Exit, task
 from .commands import backup as backup_commands
 from .commands import lock as lock_commands
 from .commands import offsite as offsite_commands
+from .commands import pitr as pitr_commands
 from .commands import status as status_commands
 from .commands import tls as tls_commands
 from .exits import ExitCode
@@ -203,6 +204,14 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     if push and push.get("result") == "offsite-failed":
         add(Finding("backup", False, f"the off-site copy of {push.get('set')} failed ({push.get('time')}); the set is only on the host",
                     "the nightly job's output is in backups/cron.log; fix the cause, then `fab -H HOST backup.offsite.push`"))
+    archive = snap.get("pitr") or {}
+    if archive.get("state") == "ok" and archive.get("last_failed", 0) > archive.get("last_archived", 0):
+        add(Finding("WAL archive", False, f"archiving WAL has failed {archive.get('failed_count')} times since the last success, "
+                                          f"so point-in-time recovery stops at the last archived segment and pg_wal grows",
+                    "`fab -H HOST compose.logs --service postgres` shows pgBackRest's error (full disk? a damaged repository?)"))
+    elif archive.get("state") == "no-backup":
+        add(Finding("WAL archive", False, "the WAL archive has no pgBackRest backup, so no restore to a moment is possible",
+                    "`fab -H HOST backup` takes one (a deploy takes the first)"))
     if "backup" not in jobs:
         add(Finding("jobs", False, "no daily backup job is installed", "`fab -H HOST backup.schedule`"))
     if latest is None:
@@ -303,6 +312,8 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     if push:
         lines.append(f"off-site {push.get('set')}: {'copied' if push.get('result') == 'offsite-ok' else 'copy FAILED'} "
                      f"at {push.get('time')}")
+    if (snap.get("pitr") or {}).get("state", "unknown") != "unknown":
+        lines.append(pitr_commands.window_line(snap["pitr"]))
     for cert in tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc)):
         lines.append(f"tls      {cert['name']}: {cert['days_left']} days left")
     lines.append("scaling triggers (the plan's)")

@@ -258,3 +258,18 @@ def test_a_failed_offsite_copy_is_a_warning_until_a_copy_succeeds():
     assert not any("off-site copy" in f for f in checks(snap, now=now))
     assert "off-site 20261125T020000Z: copied at 2026-11-25T03:10:00Z" in "\n".join(
         status.status_lines(snap, status.evaluate(snap, now), now, "vps"))
+
+
+def test_the_wal_archive_findings():
+    base = snapshot()
+    assert base["pitr"] == {"state": "unknown"}  # recorded before point-in-time recovery: nothing said
+    assert not any(f.startswith("WAL archive") for f in checks(base))
+    snap = copy.deepcopy(base)
+    snap["pitr"] = {"state": "ok", "now": 2000, "backups": 1, "oldest": 900, "newest": 900, "last_archived": 1000,
+                    "failed_count": 4, "last_failed": 1900}
+    assert any(f.startswith("WAL archive: archiving WAL has failed 4 times") for f in checks(snap))
+    assert any("ARCHIVING IS FAILING" in line for line in status.status_lines(snap, [], recorded_now(snap), "vps"))
+    snap["pitr"]["last_failed"] = 950  # an old failure, archived since
+    assert not any(f.startswith("WAL archive") for f in checks(snap))
+    snap["pitr"] = {"state": "no-backup", "now": 2000, "last_archived": 0, "failed_count": 0, "last_failed": 0, "backups": 0}
+    assert any("no pgBackRest backup" in f for f in checks(snap))

@@ -21,6 +21,7 @@ import json
 import re
 
 from . import q, sh
+from . import pitr
 from .backup import cron_marker, install_cron, list_sets
 from .context import HostContext
 from .lock import status as lock_status
@@ -232,6 +233,7 @@ def snapshot(ctx: HostContext) -> str:
         ("jsz", f"n=$({ctx.container('nats')}); [ -z \"$n\" ] || docker exec \"$n\" "
                 f"wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true' 2>/dev/null | tr -d '\\n'"),
         ("backups", list_sets(ctx)),
+        ("pitr", pitr.info(ctx)),
         ("certs", tls_status(ctx)),
         ("cron", cron_section(ctx)),
         ("trigger_hour", triggers(ctx, HOUR)),
@@ -409,6 +411,7 @@ def parse_snapshot(output: str) -> dict:
         "db": parse_db(s.get("db", "")),
         "jsz": parse_jsz(s.get("jsz", "")),
         "backups": s.get("backups", "") + "\n",  # parse_sets splits at "--log\n"
+        "pitr": pitr.parse_info(s.get("pitr", "")) if s.get("pitr", "").strip() else {"state": "unknown"},
         "certs": s.get("certs", ""),
         "cron": parse_cron(s.get("cron", "")),
         "trigger_hour": key_values(s.get("trigger_hour", "")),
