@@ -25,6 +25,7 @@ from .commands import envfile
 from .commands import images as image_commands
 from .commands import notify as notify_commands
 from .commands import offsite as offsite_commands
+from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import sh
 from .commands import transfer as transfer_commands
@@ -203,12 +204,14 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
 @task(help={
     "from_offsite": "Recover from the off-site repository (OFFSITE_REPOSITORY): the only source so far; required.",
     "name": "The off-site set to recover (default: the newest; see `backup.offsite.list`).",
+    "to_time": "With the WAL archive off-site (an SFTP repository): bring the database to this moment, \"YYYY-MM-DD "
+               "HH:MM:SS\" in UTC, instead of to the last archived WAL.",
     "skip_build": "Deploy the frontend/dist already built.",
     "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
     "wait": WAIT_HELP,
     "env": ENV_HELP,
 })
-def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", wait=False, env=None):
+def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto", wait=False, env=None):
     """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
     the newest set's certificates, this checkout's release, then the set's database and JetStream
     data; the same health checks as a deploy. Then point DNS at the new host (README)."""
@@ -229,7 +232,19 @@ def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", 
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` first. "
                    "Nothing was changed on the server.", code=ExitCode.USAGE)
+    wal_offsite = bool(pitr_commands.offsite_repo_path(settings.offsite_repository))
+    target = ""
+    if to_time:
+        try:
+            target = pitr_commands.parse_target(to_time, datetime.now(timezone.utc)).strftime(pitr_commands.TIME_FORMAT)
+        except ValueError as err:
+            raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
+        if not wal_offsite:
+            raise Exit("--to-time needs the WAL archive off-site, which is kept only for an SFTP repository with an absolute "
+                       "path (OFFSITE_REPOSITORY=sftp:user@host:/path). Without it `recover` brings back the newest set. "
+                       "Nothing was changed.", code=ExitCode.USAGE)
     env_file = env_file_path(c)
+    wal_note = ""
     steps = Steps(f"Recover on {c.original_host}", settings.secret_values())
     try:
         with steps.step("connect and check host"):
@@ -265,6 +280,10 @@ def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", 
                 # Into a fresh database (the set's schema is all there is), migrated to this
                 # release's head before api and worker start on it.
                 host.restore_backup(set_name, fresh_database=True, migrate=True)
+            if wal_offsite:
+                with steps.step(f"database to {target + ' UTC' if target else 'the last archived WAL'} (off-site)"):
+                    wal_note = host.restore_wal_offsite(target, migrate=True)
+                outcome["detail"] += f"; {wal_note}"
             with steps.step("health checks"):
                 host.probe(host.release(live))
             host.run(f"rm -f {marker}", "health checks")
@@ -272,8 +291,8 @@ def recover(c, from_offsite=False, name=None, skip_build=False, compose="auto", 
         steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. Fix the cause and run "
                    f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
     steps.print_table()
-    print(f"{host.name} serves release {live} with the data of off-site set {set_name}. Now point DNS at it "
-          f"(README, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+    print(f"{host.name} serves release {live} with the data of off-site set {set_name}" + (f" and {wal_note}" if wal_note else "")
+          + f". Now point DNS at it (README, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
 
 
 def fetch_offsite_set(host: Host, name: str | None) -> str:

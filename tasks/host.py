@@ -444,6 +444,10 @@ class Host:
         self.install_backup_script()
         if not db_only:
             self.install_offsite()
+            try:
+                self.install_wal_offsite()
+            except StepFailed as failure:  # the set is still made; the WAL archive stays on the host
+                print(f"   WARNING: the WAL archive is not copied off-site: {failure.detail}", flush=True)
         result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep, db_only)),
                                warn=True, hide="stdout")
         for line in result.stdout.splitlines():
@@ -517,6 +521,47 @@ class Host:
             raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
         if not result.ok:
             raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+
+    def install_wal_offsite(self) -> str:
+        """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
+        known host into the volume; stanza; first full backup), so every WAL segment is archived
+        off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
+        StepFailed says why it could not."""
+        s = self.settings
+        if not pitr_commands.offsite_repo_path(s.offsite_repository):
+            return ""
+        conf = f"{self.ctx.app_dir}/shared/pgbackrest-offsite.conf"
+        self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")
+        self.put_text(pitr_commands.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
+        self.run(sh(["mv", "-f", conf + ".new", conf]), "off-site WAL archive")
+        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres")),
+                               warn=True, hide=True)
+        if not result.ok:
+            raise StepFailed("off-site WAL archive", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+        return [line for line in result.stdout.splitlines() if line.startswith("pitr-offsite=")][-1]
+
+    def restore_wal_offsite(self, target: str, *, migrate: bool) -> str:
+        """recover: the database to the last WAL archived off-site (or `target`, UTC), after the
+        set was restored; says what the database now holds. With no off-site archive yet, the set's
+        data stays; a failed restore puts the set's data back and, unless `target` was asked for,
+        only warns (StepFailed when it was)."""
+        self.install_wal_offsite()
+        start = release_commands.in_current(self.ctx, compose_commands.either(
+            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
+        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
+                  if migrate else "")
+        result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
+                               warn=True, hide="stderr")
+        reason = self.redact((result.stderr.strip().splitlines() or ["no output"])[-1])
+        if result.exited == pitr_commands.NO_OFFSITE_ARCHIVE_EXIT and not target:
+            print("   the off-site WAL archive has no backup yet: the database holds the set's data")
+            return "no off-site WAL archive yet"
+        if not result.ok:
+            if target:
+                raise StepFailed("off-site WAL archive", reason)
+            print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database holds the set's data")
+            return "the off-site WAL could NOT be restored (the set's data)"
+        return f"the database at {target + ' UTC' if target else 'the last WAL archived off-site'}"
 
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):

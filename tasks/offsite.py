@@ -12,9 +12,11 @@ from invoke import Collection, Exit, task
 
 from .commands import backup as backup_commands
 from .commands import offsite as commands
+from .commands import pitr as pitr_commands
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import Settings
+from .steps import StepFailed
 
 
 def configured_host(c) -> tuple[Host, str]:
@@ -55,6 +57,14 @@ def init(c):
                       "belong to that user? " if pubkey else "Check the repository URL and credentials. ")
                    + "Then run this again. The host's backups were not changed.", code=ExitCode.FAILED)
     host.record("offsite-init", "ok", detail=result.stdout.strip())
+    try:
+        wal = host.install_wal_offsite()
+    except StepFailed as failure:
+        raise Exit(f"The restic repository is ready, but the WAL archive could not be set up off-site: {failure.detail}. "
+                   f"Check the SFTP server, then run this again.", code=ExitCode.FAILED) from None
+    if wal == "pitr-offsite=ok":
+        print(f"The WAL archive is copied off-site too (pgBackRest, {pitr_commands.offsite_repo_path(host.settings.offsite_repository)} "
+              f"on the SFTP server): `recover` brings the database back to the last archived minute.")
     print(f"{result.stdout.strip()} ({host.redact(host.settings.offsite_repository)}). Every full backup set is now also copied there; "
           f"`fab -H {host.name} backup` makes and copies one now.")
 

@@ -532,15 +532,23 @@ class RecordingServer:
         self.httpd.server_close()
 
 
+def docker_gateway() -> str:
+    """This machine's address on Docker's default bridge: reachable from the host's shell and from
+    every container (the Postgres container's pgBackRest included)."""
+    return subprocess.run(["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 class SftpServer:
     """An off-site SFTP server on this machine: its own user and its own sshd on a loopback port
     (TESTBED.md: `UsePAM yes`, or a new user is refused as locked). It removes what it made: the
     sshd by its PID file, the user it created."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, address: str = "127.0.0.1"):
         self.dir = base / "sftp"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = f"tt-off-{secrets.token_hex(3)}"
+        self.address = address  # docker_gateway(): containers (pgBackRest in Postgres's) reach it too
         self.port = free_port()
         self.pidfile = self.dir / "sshd.pid"
 
@@ -550,20 +558,20 @@ class SftpServer:
 
     @property
     def repository(self) -> str:
-        return f"sftp://{self.user}@127.0.0.1:{self.port}/{self.home}/restic"
+        return f"sftp://{self.user}@{self.address}:{self.port}/{self.home}/restic"
 
     def start(self) -> "SftpServer":
         if not (self.dir / "host_key").exists():
             subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", self.user], check=True)
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / "host_key")], check=True)
             (self.dir / "sshd_config").write_text("\n".join([
-                f"ListenAddress 127.0.0.1:{self.port}", f"HostKey {self.dir}/host_key", f"PidFile {self.pidfile}",
+                f"ListenAddress {self.address}:{self.port}", f"HostKey {self.dir}/host_key", f"PidFile {self.pidfile}",
                 "AuthorizedKeysFile .ssh/authorized_keys", "PubkeyAuthentication yes", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "PermitRootLogin no", f"AllowUsers {self.user}", "UsePAM yes",
                 "Subsystem sftp internal-sftp"]) + "\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         subprocess.run(["/usr/sbin/sshd", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")], check=True)
-        wait_for(lambda: port_open(self.port), what="the SFTP server's sshd")
+        wait_for(lambda: port_open(self.port, self.address), what="the SFTP server's sshd")
         return self
 
     def authorize(self, public_key: str) -> None:

@@ -183,6 +183,15 @@ def sftp_target(repository: str) -> tuple[str, str, int] | None:
     return (match.group(1) or "", match.group(2), 22) if match else None
 
 
+def sftp_path(repository: str) -> str:
+    """The directory of an `sftp:` repository on the server, as written ('' for other kinds)."""
+    if repository.startswith("sftp://"):
+        path = urlparse(repository).path
+        return path[1:] if path.startswith("//") else path
+    match = re.fullmatch(r"sftp:(?:([^@:/]+)@)?([^:/]+):(.+)", repository)
+    return match.group(3) if match else ""
+
+
 def sftp_command(repository: str, home: str) -> str:
     """The ssh command restic runs for an SFTP repository: the host's own key, no prompts, the
     server's key remembered on first use (compare it with the server's fingerprint once)."""

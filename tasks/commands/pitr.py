@@ -17,15 +17,22 @@ from datetime import datetime, timezone
 
 from . import q
 from .context import HostContext
+from .offsite import key_path, sftp_path, sftp_target
 
 STANZA = "main"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIME_RE = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 RECOVERY_WAIT_SECONDS = 600  # replaying WAL up to the target: minutes for a day of writes on a small VPS
 NO_PGBACKREST_EXIT = 9  # the release's Postgres image has no pgBackRest (an older release)
+NO_OFFSITE_ARCHIVE_EXIT = 3  # recover: the off-site WAL archive has no backup yet
 
 # Shell: run pgBackRest as postgres in the container "$pg".
 BR = 'docker exec -u postgres "$pg" pgbackrest'
+# In the pgbackrest_repo volume (so a recreated container keeps them): the second repository's
+# settings (read through the image's /etc/pgbackrest/conf.d link) and its SSH key and known host.
+CONF_DIR = "/var/lib/pgbackrest/conf.d"
+OFFSITE_DIR = "/var/lib/pgbackrest/offsite"
+OFFSITE_SUFFIX = "-pgbackrest"  # the WAL archive's directory beside the restic repository
 
 
 def parse_target(text: str, now: datetime) -> datetime:
@@ -76,6 +83,10 @@ BACKUP_SHELL = f"""if docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null
   {BR} stanza-create >/dev/null 2>&1 || true
   if out=$({BR} backup --type=$type 2>&1); then echo "[backup] pgBackRest $type backup ok"
   else echo "WARNING: the pgBackRest backup failed (point-in-time recovery reaches back only to the last good one): $(printf '%s' "$out" | tail -n 3 | tr '\\n' ' ')" >&2; fi
+  if docker exec "$pg" test -f {CONF_DIR}/offsite.conf; then
+    if out=$({BR} backup --repo=2 --type=$type 2>&1); then echo "[backup] pgBackRest $type backup off-site ok"
+    else echo "WARNING: the off-site pgBackRest backup failed: $(printf '%s' "$out" | tail -n 3 | tr '\\n' ' ')" >&2; fi
+  fi
 fi"""
 
 
@@ -211,6 +222,125 @@ say "the database is at {target} UTC (new timeline $(sql "SELECT timeline_id FRO
 stage="start nats, api and worker"
 start_services || undo
 rm -f "$envfile"
+for _ in $(seq 1 120); do
+  api=$({ctx.container('api')})
+  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
+  sleep 0.5
+done
+say "api and worker started"
+"""
+
+
+# --- the WAL archive off-site: pgBackRest's second repository on the SFTP server ----------------
+
+def offsite_repo_path(repository: str) -> str:
+    """Where the second repository lives on the SFTP server: beside restic's directory; '' when
+    the off-site repository is not SFTP with an absolute path (the WAL then stays on the host)."""
+    path = sftp_path(repository) if sftp_target(repository) else ""
+    return path.rstrip("/") + OFFSITE_SUFFIX if path.startswith("/") else ""
+
+
+def known_host_name(repository: str) -> str:
+    """How ssh's known_hosts names the SFTP server (`[host]:port` off port 22)."""
+    _, host, port = sftp_target(repository)
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def offsite_conf(repository: str, password: str) -> str:
+    """pgBackRest's settings for repo2 (an ini file, 0600, in the volume; it holds the cipher pass,
+    so it travels over SFTP and stdin, never a command line). Encrypted with OFFSITE_PASSWORD."""
+    user, host, port = sftp_target(repository)
+    return "\n".join([
+        "# Written by tasktracker (backup.offsite.init, backup, recover); do not edit.", "[global]",
+        "repo2-type=sftp", f"repo2-path={offsite_repo_path(repository)}", f"repo2-sftp-host={host}",
+        f"repo2-sftp-host-port={port}", f"repo2-sftp-host-user={user or 'root'}",
+        f"repo2-sftp-private-key-file={OFFSITE_DIR}/key", "repo2-sftp-host-key-check-type=strict",
+        "repo2-sftp-host-key-hash-type=sha256", f"repo2-sftp-known-host={OFFSITE_DIR}/known_hosts",
+        "repo2-cipher-type=aes-256-cbc", f"repo2-cipher-pass={password}", "repo2-retention-full=2", ""])
+
+
+def install_offsite(repository: str, conf_file: str, container: str) -> str:
+    """Shell (on the host, as the deploy user): copy the host's SFTP key, the server's known host
+    key (remembered by `backup.offsite.init`) and `conf_file` into the volume (through stdin),
+    create the stanza on both repositories and take repo2's first full backup when it has none.
+    Prints `pitr-offsite=ok|unavailable`; exits 1 with the reason otherwise."""
+    def into(path: str, mode: str) -> str:
+        inside = f"umask 077 && cat > {path}.new && chown postgres:postgres {path}.new && chmod {mode} {path}.new && mv -f {path}.new {path}"
+        return f"docker exec -u root -i \"$pg\" sh -c {q(inside)}"
+    return f"""set -o pipefail
+pg=$({container})
+if [ -z "$pg" ] || ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then echo "pitr-offsite=unavailable"; exit 0; fi
+known=$(ssh-keygen -F {q(known_host_name(repository))} -f ~/.ssh/known_hosts 2>/dev/null | grep -v '^#')
+[ -n "$known" ] || {{ echo "the SFTP server's host key is not known yet: run backup.offsite.init first" >&2; exit 1; }}
+docker exec -u root "$pg" install -d -o postgres -g postgres -m 700 {CONF_DIR} {OFFSITE_DIR} || exit 1
+{into(OFFSITE_DIR + '/key', '600')} < {q(key_path())} || exit 1
+printf '%s\n' "$known" | {into(OFFSITE_DIR + '/known_hosts', '600')} || exit 1
+{into(CONF_DIR + '/offsite.conf', '600')} < {q(conf_file)} || exit 1
+out=$({BR} stanza-create 2>&1) || {{ echo "pgBackRest could not reach the off-site repository: $out" >&2; exit 1; }}
+if ! {BR} info --repo=2 --output=json 2>/dev/null | grep -q '"label"'; then
+  echo "first pgBackRest full backup off-site"
+  out=$({BR} backup --repo=2 --type=full 2>&1) || {{ echo "the first off-site pgBackRest backup failed: $out" >&2; exit 1; }}
+fi
+echo "pitr-offsite=ok"
+"""
+
+
+def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compose_start: str) -> str:
+    """For `recover` on a new host, after the newest set was restored: replace the database with
+    the lost host's latest archived WAL (or `target`, UTC) from repo2. The set's data directory is
+    kept aside in the volume first; if anything fails it is put back (the service then holds the
+    set's data, as without this step) and the script exits 1. This host's own repo1 held only
+    the stanza of the cluster the deploy made, so it is emptied for the restored cluster's.
+    `before_start`: the migration, run before api and worker start."""
+    data = "/var/lib/postgresql/data"
+    aside = "/var/lib/pgbackrest/.before-wal-restore"
+    kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
+    pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
+    return f"""set -uo pipefail
+say() {{ echo "[recover] $*"; }}
+start_services() {{ {compose_start}; }}
+pg=$({ctx.container('postgres')})
+[ -n "$pg" ] || {{ echo "[recover] no running postgres container" >&2; exit 1; }}
+sql() {{ {pg_psql} "$1"; }}
+image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
+envfile=$(mktemp) && chmod 600 "$envfile"
+docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
+one_off() {{ docker run --rm --volumes-from "$pg" --env-file "$envfile" "$@"; }}
+wait_promoted() {{
+  for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
+    [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
+    [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && return 0
+    sleep 0.5
+  done
+  return 1
+}}
+undo() {{
+  echo "[recover] the off-site WAL could not be restored (at '$stage'); putting the set's database back" >&2
+  docker stop -t 60 "$pg" >/dev/null 2>&1
+  one_off --user root --entrypoint sh "$image" -c {q(f'find {data} -mindepth 1 -delete && cp -a {aside}/. {data}/ && rm -rf {aside}')} >&2
+  docker start "$pg" >/dev/null && wait_promoted
+  {BR} stanza-create >/dev/null 2>&1
+  start_services >/dev/null 2>&1
+  rm -f "$envfile"
+  exit 1
+}}
+stage="read the off-site archive"
+{BR} info --repo=2 --output=json 2>/dev/null | grep -q '"label"' || {{ echo "[recover] the off-site WAL archive has no backup: the set's data stays" >&2; rm -f "$envfile"; exit {NO_OFFSITE_ARCHIVE_EXIT}; }}
+stage="stop api, worker and postgres"
+for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 "$c" >/dev/null; done
+docker stop -t 60 "$pg" >/dev/null || undo
+stage="keep the set's data aside"
+one_off --user root --entrypoint sh "$image" -c {q(f'rm -rf {aside} && cp -a {data} {aside} && rm -rf /var/lib/pgbackrest/archive /var/lib/pgbackrest/backup')} || undo
+stage="restore from the off-site archive"
+one_off --user postgres --entrypoint pgbackrest "$image" restore --repo=2 --delta {kind} || undo
+say "data directory restored from the off-site pgBackRest repository; replaying its WAL{' to ' + target + ' UTC' if target else ''}"
+stage="replay the archived WAL"
+docker start "$pg" >/dev/null && wait_promoted || undo
+say "the database is back to {"%s UTC" % target if target else "the last archived WAL"}"
+one_off --user root --entrypoint rm "$image" -rf {aside}
+{BR} stanza-create >/dev/null 2>&1 && {BR} backup --type=full >/dev/null 2>&1 && say "this host's WAL archive starts again (full backup)"
+rm -f "$envfile"
+{before_start + chr(10) if before_start else ""}start_services || exit 1
 for _ in $(seq 1 120); do
   api=$({ctx.container('api')})
   [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
