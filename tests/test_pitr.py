@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import backup, pitr
+from tasks.commands import backup, pitr, status
 from tasks.commands.context import HostContext
 
 CTX = HostContext(app_dir="/srv/tt", project="tt", variant="v2")
@@ -78,7 +78,9 @@ def test_failing_archiving_is_loud():
 
 @pytest.mark.parametrize("script", [
     pitr.ensure_stanza(CTX), pitr.ensure_stanza(CTX, "docker ps -q --filter label=x | head -n 1"), pitr.info(CTX),
-    pitr.restore_to_time(CTX, "2026-11-26 08:00:00", "echo start"), backup.BACKUP_SCRIPT,
+    pitr.restore_to_time(CTX, "2026-11-26 08:00:00", "echo start"), backup.BACKUP_SCRIPT, status.snapshot(CTX),
+    pitr.restore_from_offsite(CTX, "", "echo migrate", "echo start"), pitr.restore_from_offsite(CTX, "2026-11-26 08:00:00", "", "true"),
+    pitr.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", CTX.container("postgres")),
 ])
 def test_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -154,3 +156,24 @@ def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path)
     assert not Path(env_file).exists()
     assert "the database is at 2026-11-26 08:00:00 UTC (new timeline 3)" in result.stdout
     assert json.dumps("secret") not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("repository, path, known", [
+    ("sftp://u@10.0.0.1:2222//srv/restic", "/srv/restic-pgbackrest", "[10.0.0.1]:2222"),
+    ("sftp:u@backup.example.com:/srv/tt/", "/srv/tt-pgbackrest", "backup.example.com"),
+    ("sftp:u@backup.example.com:relative/dir", "", None),  # pgBackRest needs an absolute path: the WAL stays on the host
+    ("s3:https://s3.example.com/bucket/tt", "", None),
+    ("/mnt/backup/restic", "", None),
+])
+def test_where_the_wal_archive_goes_off_site(repository, path, known):
+    assert pitr.offsite_repo_path(repository) == path
+    if known:
+        assert pitr.known_host_name(repository) == known
+
+
+def test_the_off_site_conf_holds_the_cipher_pass_and_strict_host_keys():
+    conf = pitr.offsite_conf("sftp://u@10.0.0.1:2222//srv/restic", "pa ss'word")
+    assert "repo2-cipher-pass=pa ss'word" in conf and "repo2-sftp-host-key-check-type=strict" in conf
+    assert "repo2-path=/srv/restic-pgbackrest" in conf and "repo2-sftp-host-port=2222" in conf
+    script = pitr.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", "true")
+    assert "pa ss" not in script  # the file travels through stdin, never the command line

@@ -97,8 +97,7 @@ echo "now=$(date -u +%s)"
 if [ -z "$pg" ]; then echo "pitr=no-postgres"; exit 0; fi
 if ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then echo "pitr=unavailable"; exit 0; fi
 echo "archiver=$(docker exec "$pg" sh -c 'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0) || \\" \\" || failed_count || \\" \\" || coalesce(extract(epoch FROM last_failed_time)::bigint, 0) FROM pg_stat_archiver"' 2>/dev/null)"
-echo "info=$({BR} info --output=json 2>/dev/null | tr -d '\\n')"
-"""
+echo "info=$({BR} info --output=json 2>/dev/null | tr -d '\\n')\""""
 
 
 def parse_info(output: str) -> dict:
