@@ -522,7 +522,7 @@ class Host:
         if not result.ok:
             raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
 
-    def install_wal_offsite(self) -> str:
+    def install_wal_offsite(self, stanza: bool = True) -> str:
         """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
         known host into the volume; stanza; first full backup), so every WAL segment is archived
         off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
@@ -534,7 +534,7 @@ class Host:
         self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")
         self.put_text(pitr_commands.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
         self.run(sh(["mv", "-f", conf + ".new", conf]), "off-site WAL archive")
-        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres")),
+        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres"), stanza),
                                warn=True, hide=True)
         if not result.ok:
             raise StepFailed("off-site WAL archive", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
@@ -545,7 +545,7 @@ class Host:
         set was restored; says what the database now holds. With no off-site archive yet, the set's
         data stays; a failed restore puts the set's data back and, unless `target` was asked for,
         only warns (StepFailed when it was)."""
-        self.install_wal_offsite()
+        self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'

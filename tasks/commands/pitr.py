@@ -258,11 +258,12 @@ def offsite_conf(repository: str, password: str) -> str:
         "repo2-cipher-type=aes-256-cbc", f"repo2-cipher-pass={password}", "repo2-retention-full=2", ""])
 
 
-def install_offsite(repository: str, conf_file: str, container: str) -> str:
+def install_offsite(repository: str, conf_file: str, container: str, stanza: bool = True) -> str:
     """Shell (on the host, as the deploy user): copy the host's SFTP key, the server's known host
     key (remembered by `backup.offsite.init`) and `conf_file` into the volume (through stdin),
-    create the stanza on both repositories and take repo2's first full backup when it has none.
-    Prints `pitr-offsite=ok|unavailable`; exits 1 with the reason otherwise."""
+    create the stanza on both repositories and take repo2's first full backup when it has none
+    (not `stanza` for `recover`: the cluster running is the new host's empty one, and repo2 holds
+    the lost host's). Prints `pitr-offsite=ok|unavailable`; exits 1 with the reason otherwise."""
     def into(path: str, mode: str) -> str:
         inside = f"umask 077 && cat > {path}.new && chown postgres:postgres {path}.new && chmod {mode} {path}.new && mv -f {path}.new {path}"
         return f"docker exec -u root -i \"$pg\" sh -c {q(inside)}"
@@ -275,6 +276,7 @@ docker exec -u root "$pg" install -d -o postgres -g postgres -m 700 {CONF_DIR} {
 {into(OFFSITE_DIR + '/key', '600')} < {q(key_path())} || exit 1
 printf '%s\n' "$known" | {into(OFFSITE_DIR + '/known_hosts', '600')} || exit 1
 {into(CONF_DIR + '/offsite.conf', '600')} < {q(conf_file)} || exit 1
+{"" if stanza else 'echo "pitr-offsite=ok"; exit 0'}
 out=$({BR} stanza-create 2>&1) || {{ echo "pgBackRest could not reach the off-site repository: $out" >&2; exit 1; }}
 if ! {BR} info --repo=2 --output=json 2>/dev/null | grep -q '"label"'; then
   echo "first pgBackRest full backup off-site"
