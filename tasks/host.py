@@ -552,13 +552,15 @@ class Host:
                   if migrate else "")
         result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
                                warn=True, hide="stderr")
-        reason = self.redact((result.stderr.strip().splitlines() or ["no output"])[-1])
+        said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]
+        reason = self.redact("; ".join(said) or (result.stderr.strip().splitlines() or ["no output"])[-1])
         if result.exited == pitr_commands.NO_OFFSITE_ARCHIVE_EXIT and not target:
-            print("   the off-site WAL archive has no backup yet: the database holds the set's data")
+            print("   the off-site WAL archive has no backup yet: the database holds the set's data; "
+                  f"`fab -H {self.name} backup.offsite.init` archives this host's WAL off-site from now on")
             return "no off-site WAL archive yet"
+        if result.exited == pitr_commands.PUT_BACK_FAILED_EXIT or (not result.ok and target):
+            raise StepFailed("off-site WAL archive", reason)
         if not result.ok:
-            if target:
-                raise StepFailed("off-site WAL archive", reason)
             print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database holds the set's data")
             return "the off-site WAL could NOT be restored (the set's data)"
         return f"the database at {target + ' UTC' if target else 'the last WAL archived off-site'}"

@@ -74,6 +74,9 @@ def _offsite_problems(values: dict) -> list[str]:
                         f"or s3:https://s3.example.com/bucket/tasktracker")
     if not values["offsite_password"]:
         problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
+    elif re.search(r"[\r\n]", values["offsite_password"]) or values["offsite_password"] != values["offsite_password"].strip():
+        problems.append("OFFSITE_PASSWORD has a line break or leading/trailing spaces, which pgBackRest's settings file cannot "
+                        "hold exactly: choose one without")
     if repository.startswith("s3:") and not (values["offsite_aws_access_key_id"] and values["offsite_aws_secret_access_key"]):
         problems.append("OFFSITE_AWS_ACCESS_KEY_ID and OFFSITE_AWS_SECRET_ACCESS_KEY are needed for an s3: OFFSITE_REPOSITORY")
     return problems

@@ -105,7 +105,8 @@ case "$*" in
   "inspect -f {{.State.Health.Status}}"*) echo healthy ;;
   *timeline_id*) echo 3 ;;
   *pg_is_in_recovery*) echo f ;;
-  *--type=time*) [ -n "$FAIL_RESTORE" ] && exit 1 ;;
+  *--type=time*|*"restore --repo=2"*) [ -n "$FAIL_RESTORE" ] && exit 1 ;;
+  *"info --repo=2"*) echo '[{"backup":[{"label":"x"}]}]' ;;
   *) ;;
 esac
 exit 0
@@ -177,3 +178,25 @@ def test_the_off_site_conf_holds_the_cipher_pass_and_strict_host_keys():
     assert "repo2-path=/srv/restic-pgbackrest" in conf and "repo2-sftp-host-port=2222" in conf
     script = pitr.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", "true")
     assert "pa ss" not in script  # the file travels through stdin, never the command line
+
+
+def test_recover_puts_the_sets_data_back_when_the_off_site_wal_fails(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log), "FAIL_RESTORE": "1", "TMPDIR": str(tmp_path)}
+    script = pitr.restore_from_offsite(CTX, "", f'echo "migrate" >> {log}', f'echo "compose start" >> {log}')
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    changes = [line.split(" --entrypoint ")[-1] if line.startswith("run ") else line.split()[0] if line.split()[0] in ("stop", "start")
+               else line for line in log.read_text().splitlines()
+               if line.startswith(("run ", "stop ", "start ")) or line in ("migrate", "compose start")]
+    assert changes[:4] == ["stop", "stop", "stop", changes[3]] and ".before-wal-restore.tmp" in changes[3]  # aside, complete
+    assert changes[4].startswith("pgbackrest tt-postgres:pg17-abc restore --repo=2 --delta")
+    rest = changes[5:]
+    assert rest[0].startswith("rm tt-postgres:pg17-abc -f /var/lib/pgbackrest/conf.d/offsite.conf")  # no archiving into the lost stanza
+    assert "find /var/lib/postgresql/data -mindepth 1 -delete && cp -a /var/lib/pgbackrest/.before-wal-restore/." in rest[2]
+    assert rest[3:] == ["start", "compose start"] and "migrate" not in rest
+    assert "putting the set's database back" in result.stderr and "holds the set's data" in result.stderr

@@ -25,6 +25,7 @@ TIME_RE = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 RECOVERY_WAIT_SECONDS = 600  # replaying WAL up to the target: minutes for a day of writes on a small VPS
 NO_PGBACKREST_EXIT = 9  # the release's Postgres image has no pgBackRest (an older release)
 NO_OFFSITE_ARCHIVE_EXIT = 3  # recover: the off-site WAL archive has no backup yet
+PUT_BACK_FAILED_EXIT = 6  # recover: the set's data could not be put back after a failed WAL restore
 
 # Shell: run pgBackRest as postgres in the container "$pg".
 BR = 'docker exec -u postgres "$pg" pgbackrest'
@@ -170,6 +171,7 @@ def restore_to_time(ctx: HostContext, target: str, compose_start: str) -> str:
     was on (what it held before, every write included), starts everything again and exits 1."""
     pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
     return f"""set -uo pipefail
+trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[restore] $*"; }}
 start_services() {{ {compose_start}; }}
 pg=$({ctx.container('postgres')})
@@ -180,6 +182,17 @@ image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
 envfile=$(mktemp) && chmod 600 "$envfile"
 docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
 tli=$(sql "SELECT timeline_id FROM pg_control_checkpoint()")
+if [ -z "$image" ] || [ ! -s "$envfile" ] || ! [[ "$tli" =~ ^[0-9]+$ ]]; then
+  echo "[restore] could not read the postgres container's image, pgBackRest settings or timeline; nothing was changed" >&2
+  rm -f "$envfile"; exit 1
+fi
+nothing_changed() {{
+  echo "[restore] $1; nothing was changed" >&2
+  start_services >/dev/null 2>&1; rm -f "$envfile"; exit 1
+}}
+touched=""
+interrupted() {{ if [ -n "$touched" ]; then undo; else nothing_changed "interrupted"; fi; }}
+trap interrupted HUP INT TERM
 restore_run() {{
   docker run --rm --user postgres --volumes-from "$pg" --env-file "$envfile" --entrypoint pgbackrest "$image" restore --delta "$@"
 }}
@@ -204,13 +217,17 @@ undo() {{
   exit 1
 }}
 stage="stop api and worker"
-for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 "$c" >/dev/null; done
+for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do
+  docker stop -t 30 "$c" >/dev/null || nothing_changed "could not stop container $c"
+done
+# Other sessions (a psql someone left open) end too, so no write lands after the archive check.
+sql "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'" >/dev/null
 say "api and worker stopped"
 stage="archive the current WAL"
-sql "SELECT txid_current()" >/dev/null && {BR} check >/dev/null \\
-  || {{ echo "[restore] pgBackRest could not archive the current WAL; nothing was changed" >&2; start_services >/dev/null 2>&1; rm -f "$envfile"; exit 1; }}
+sql "SELECT txid_current()" >/dev/null && {BR} check >/dev/null || nothing_changed "pgBackRest could not archive the current WAL"
 say "every write up to now is archived (timeline $tli)"
 stage="stop postgres"
+touched=1
 docker stop -t 60 "$pg" >/dev/null || undo
 stage="restore to {target} UTC"
 restore_run --type=time --target={q(target + "+00")} --target-action=promote || undo
@@ -220,6 +237,7 @@ docker start "$pg" >/dev/null && wait_promoted || undo
 say "the database is at {target} UTC (new timeline $(sql "SELECT timeline_id FROM pg_control_checkpoint()"))"
 stage="start nats, api and worker"
 start_services || undo
+trap - HUP INT TERM
 rm -f "$envfile"
 for _ in $(seq 1 120); do
   api=$({ctx.container('api')})
@@ -289,15 +307,20 @@ echo "pitr-offsite=ok"
 def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compose_start: str) -> str:
     """For `recover` on a new host, after the newest set was restored: replace the database with
     the lost host's latest archived WAL (or `target`, UTC) from repo2. The set's data directory is
-    kept aside in the volume first; if anything fails it is put back (the service then holds the
-    set's data, as without this step) and the script exits 1. This host's own repo1 held only
-    the stanza of the cluster the deploy made, so it is emptied for the restored cluster's.
-    `before_start`: the migration, run before api and worker start."""
+    first copied aside in the volume (complete, or not at all); if anything fails, the migration
+    included, that copy is put back (the service then holds the set's data, as without this
+    step). This host's own repo1 held only the stanza of the cluster the deploy made, so it is
+    emptied for the restored cluster's. `before_start`: the migration, run before api and worker
+    start. Exits 0 (restored), NO_OFFSITE_ARCHIVE_EXIT (no backup there: nothing changed),
+    1 (could not read it, or put back: the set's data) or PUT_BACK_FAILED_EXIT. On every path but
+    0, repo2's settings leave the volume, so this host does not archive into the lost host's
+    stanza (`backup.offsite.init` sets it up again)."""
     data = "/var/lib/postgresql/data"
     aside = "/var/lib/pgbackrest/.before-wal-restore"
     kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
     pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
     return f"""set -uo pipefail
+trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[recover] $*"; }}
 start_services() {{ {compose_start}; }}
 pg=$({ctx.container('postgres')})
@@ -307,6 +330,9 @@ image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
 envfile=$(mktemp) && chmod 600 "$envfile"
 docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
 one_off() {{ docker run --rm --volumes-from "$pg" --env-file "$envfile" "$@"; }}
+forget_offsite() {{ one_off --user root --entrypoint rm "$image" -f {CONF_DIR}/offsite.conf >/dev/null 2>&1; }}
+leave() {{ forget_offsite; rm -f "$envfile"; exit "$1"; }}
+if [ -z "$image" ] || [ ! -s "$envfile" ]; then echo "[recover] could not read the postgres container's settings" >&2; leave 1; fi
 wait_promoted() {{
   for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
     [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
@@ -315,37 +341,57 @@ wait_promoted() {{
   done
   return 1
 }}
+aside_ready=""
 undo() {{
+  trap - HUP INT TERM
   echo "[recover] the off-site WAL could not be restored (at '$stage'); putting the set's database back" >&2
+  forget_offsite
   docker stop -t 60 "$pg" >/dev/null 2>&1
-  one_off --user root --entrypoint sh "$image" -c {q(f'find {data} -mindepth 1 -delete && cp -a {aside}/. {data}/ && rm -rf {aside}')} >&2
-  docker start "$pg" >/dev/null && wait_promoted
-  {BR} stanza-create >/dev/null 2>&1
-  start_services >/dev/null 2>&1
-  rm -f "$envfile"
-  exit 1
+  if [ -n "$aside_ready" ]; then
+    one_off --user root --entrypoint sh "$image" -c {q(f'find {data} -mindepth 1 -delete && cp -a {aside}/. {data}/ && rm -rf {aside}')} >&2 \\
+      || {{ echo "[recover] PUTTING THE SET'S DATABASE BACK FAILED: its copy is in the pgbackrest_repo volume at {aside}; run recover again" >&2; rm -f "$envfile"; exit {PUT_BACK_FAILED_EXIT}; }}
+  fi
+  if docker start "$pg" >/dev/null && wait_promoted; then
+    {BR} stanza-create >/dev/null 2>&1
+    start_services >/dev/null 2>&1
+    echo "[recover] the database holds the set's data; run backup.offsite.init to archive this host's WAL off-site" >&2
+    rm -f "$envfile"; exit 1
+  fi
+  echo "[recover] POSTGRES DID NOT START on the set's data: see compose.logs --service postgres; run recover again" >&2
+  rm -f "$envfile"; exit {PUT_BACK_FAILED_EXIT}
 }}
 stage="read the off-site archive"
-{BR} info --repo=2 --output=json 2>/dev/null | grep -q '"label"' || {{ echo "[recover] the off-site WAL archive has no backup: the set's data stays" >&2; rm -f "$envfile"; exit {NO_OFFSITE_ARCHIVE_EXIT}; }}
+if ! info=$({BR} info --repo=2 --output=json 2>&1); then
+  echo "[recover] could not read the off-site WAL archive: $(printf '%s' "$info" | tail -n 2 | tr '\\n' ' ')" >&2; leave 1
+fi
+printf '%s' "$info" | grep -q '"label"' || {{ echo "[recover] the off-site WAL archive has no backup yet" >&2; leave {NO_OFFSITE_ARCHIVE_EXIT}; }}
+trap undo HUP INT TERM
 stage="stop api, worker and postgres"
-for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 "$c" >/dev/null; done
+for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 "$c" >/dev/null || undo; done
 docker stop -t 60 "$pg" >/dev/null || undo
-stage="keep the set's data aside"
-one_off --user root --entrypoint sh "$image" -c {q(f'rm -rf {aside} && cp -a {data} {aside} && rm -rf /var/lib/pgbackrest/archive /var/lib/pgbackrest/backup')} || undo
+stage="copy the set's data aside"
+one_off --user root --entrypoint sh "$image" -c {q(f'rm -rf {aside} {aside}.tmp && cp -a {data} {aside}.tmp && mv {aside}.tmp {aside} && rm -rf /var/lib/pgbackrest/archive /var/lib/pgbackrest/backup')} || undo
+aside_ready=1
 stage="restore from the off-site archive"
 one_off --user postgres --entrypoint pgbackrest "$image" restore --repo=2 --delta {kind} || undo
 say "data directory restored from the off-site pgBackRest repository; replaying its WAL{' to ' + target + ' UTC' if target else ''}"
 stage="replay the archived WAL"
 docker start "$pg" >/dev/null && wait_promoted || undo
 say "the database is back to {"%s UTC" % target if target else "the last archived WAL"}"
+stage="migrate"
+{(before_start + " || undo") if before_start else ":"}
+stage="start nats, api and worker"
+start_services || undo
+trap - HUP INT TERM
 one_off --user root --entrypoint rm "$image" -rf {aside}
-{BR} stanza-create >/dev/null 2>&1 && {BR} backup --type=full >/dev/null 2>&1 && say "this host's WAL archive starts again (full backup)"
 rm -f "$envfile"
-{before_start + chr(10) if before_start else ""}start_services || exit 1
 for _ in $(seq 1 120); do
   api=$({ctx.container('api')})
   [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
   sleep 0.5
 done
 say "api and worker started"
+{BR} stanza-create >/dev/null 2>&1 && {BR} backup --type=full >/dev/null 2>&1 \\
+  && say "this host's WAL archive starts again (a full pgBackRest backup, taken while serving)" \\
+  || echo "WARNING: this host's first pgBackRest backup failed; run fab backup" >&2
 """
