@@ -494,6 +494,7 @@ def prune_command(host: Host, prune: list[str]) -> str:
 
 
 BACKEND_STEPS = "images, backend build, database, migrations, api and worker"
+ARCHIVE_STEP = "WAL archive (point-in-time recovery)"
 RECORD_STEP = "record release and prune"  # the last step of rollout.activation's `then`
 
 
@@ -516,6 +517,9 @@ def ship_release(host: Host, plan: DeployPlan, place: str, on_host: set[str], ro
                              f"whether migrations are pending is unknown. Nothing was migrated"
                              + (f" and release {current} keeps serving" if current else "")
                              + f". Check Postgres (`fab -H {host.name} compose.logs --service postgres`) and deploy again.")
+        if release.postgres_image:
+            with steps.step(ARCHIVE_STEP):
+                host.ensure_archive()
         migrate_database(host, release, before, current)
     else:
         steps.skip(BACKEND_STEPS, f"unchanged since {plan.backend_release}: its containers keep running")
@@ -628,7 +632,9 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
         if ship:
             planned.append(Planned("images the host needs", "here", f"{sh(image_commands.save(ship))} | gzip -1 | ssh {host.conn.user}@"
                                                                     f"{host.conn.host} {sh(['sh', '-c', image_commands.load()])}"))
-        planned.append(Planned("build images, start postgres and nats, read the schema, WAL archive", "host", host.start_backend_script(release)))
+        planned.append(Planned("build images, start postgres and nats, read the schema", "host", host.start_backend_script(release)))
+        if release.postgres_image:
+            planned.append(Planned(ARCHIVE_STEP, "host", pitr_commands.ensure_stanza(ctx)))
         if backup:
             step = "back up database before migrating"
             planned += [Planned(step, "host", backup_commands.install_script(ctx)),

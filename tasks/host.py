@@ -377,8 +377,21 @@ class Host:
             build += "\n" + release_commands.image_present_or_build(release.postgres_image,
                                                                       sh(compose_commands.build_postgres(self.ctx)))
         return rollout.start_backend(self.ctx, release.id, build,
-                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds),
-                                     pitr_commands.ensure_stanza(self.ctx) if release.postgres_image else "")
+                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds))
+
+    def ensure_archive(self) -> None:
+        """The WAL archive ready (stanza, first full backup); a failure is a warning, not a failed
+        deploy (the database serves as before; `doctor` keeps saying so)."""
+        result = self.conn.run(pitr_commands.ensure_stanza(self.ctx), warn=True, hide=True)
+        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in result.stdout.splitlines()
+                                                       if line.startswith("@@fact "))).get("pitr", "failed")
+        for line in result.stdout.splitlines():
+            if not line.startswith("@@fact "):
+                print(line, flush=True)
+        if state != "ok":
+            print(f"   WARNING: the WAL archive is not ready ({state}): "
+                  + self.redact(" ".join(result.stderr.strip().splitlines()[-2:]) or "no output")
+                  + f". Restores to a moment are not possible until it is; `fab -H {self.name} doctor` checks it.", flush=True)
 
     def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
         probe = release_commands.probe(release.image, self.base_url, list(release.assets))

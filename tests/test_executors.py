@@ -936,8 +936,9 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     dry, real = planning
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
-    # a release with a migration: the tar, unpack, start, [the backup's 3 commands and upload], migrate, activate
-    assert len(deploy_conn.commands) == 4 + 3 and len(deploy_conn.uploads) == 1 + 1
+    # a release with a migration: the tar, unpack, start, the WAL archive, [the backup's 3 commands and upload],
+    # migrate, activate
+    assert len(deploy_conn.commands) == 5 + 3 and len(deploy_conn.uploads) == 1 + 1
     assert [row[0] for row in host.steps.rows][-5:] == [*ALL_STEPS, "record release and prune"]
 
 

@@ -57,14 +57,15 @@ def ensure_stanza(ctx: HostContext, container: str = "") -> str:
     be restored to any moment from now on. Idempotent; prints `@@fact pitr=...`. An image
     without pgBackRest (an older release) prints pitr=unavailable. `container`: shell printing the
     postgres container's id (default: the Compose project's; a swarm passes its own filter)."""
-    return f"""pg=$({container or ctx.container('postgres')})
+    return f"""# the WAL archive: pgBackRest's stanza and first full backup
+pg=$({container or ctx.container('postgres')})
 if [ -z "$pg" ] || ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then
   echo "@@fact pitr=unavailable"
 else
-  for _ in $(seq 1 120); do docker exec "$pg" pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done
-  if ! out=$({BR} stanza-create 2>&1) && ! out=$({BR} stanza-upgrade 2>&1); then
+  for _ in $(seq 1 60); do timeout 10 docker exec "$pg" pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done
+  if ! out=$(timeout 120 {BR} stanza-create 2>&1) && ! out=$(timeout 120 {BR} stanza-upgrade 2>&1); then
     echo "WARNING: pgBackRest could not set up the WAL archive: $out" >&2; echo "@@fact pitr=failed"
-  elif {BR} info --output=json | grep -q '"label"'; then
+  elif timeout 120 {BR} info --output=json | grep -q '"label"'; then
     echo "@@fact pitr=ok"
   else
     echo "   first pgBackRest full backup (the start of the point-in-time window)"

@@ -160,15 +160,13 @@ def stack_problems(output: str, services: tuple[str, ...] = STACK_SERVICES) -> l
     return problems
 
 
-def start_backend(ctx: HostContext, release_id: str, build: str, schema: str, archive: str = "") -> str:
-    """One script: build the backend image on the host when missing (`build`), start Postgres and
-    NATS, then read the schema state (`schema`, run from the login directory; its lines are
-    marked `@@fact` for the caller to parse), then set up the WAL archive (`archive`:
-    commands/pitr.ensure_stanza, which prints its own `@@fact pitr=`)."""
+def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) -> str:
+    """One script: build the release's images on the host when missing (`build`), start Postgres
+    and NATS, then read the schema state (`schema`, run from the login directory; its lines are
+    marked `@@fact` for the caller to parse)."""
     return "\n".join([
         "set -e", f"cd {q(ctx.release_dir(release_id))}",
         mark("build images"), build,
         mark("start postgres and nats"), sh(data_services_up(ctx)),
         mark("read database schema"), 'cd "$OLDPWD"',
-        "{ " + schema.strip().rstrip(";") + "\n} | sed 's/^/@@fact /'",
-        *([mark("WAL archive (point-in-time recovery)"), archive] if archive else []), END_MARK]) + "\n"
+        "{ " + schema.strip().rstrip(";") + "\n} | sed 's/^/@@fact /'", END_MARK]) + "\n"
