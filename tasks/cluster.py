@@ -335,8 +335,8 @@ def run_cluster_deploy(host: Host, env_file: Path | None, outcome: dict, mesh: b
         host.run(release_commands.prepare(ctx, rid, compose_commands.release_override(image, rid)) + " && "
                  + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
         stack_file, data_file = commands.stack_file(ctx, rid), commands.stack_file(ctx, rid, "data")
-        host.put_text(yaml.safe_dump(rendered, sort_keys=False), stack_file)
-        host.put_text(yaml.safe_dump(commands.only_services(rendered, DATA_SERVICES), sort_keys=False), data_file)
+        host.put_text(commands.dump_stack(rendered), stack_file)
+        host.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)), data_file)
         host.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
                       f"{commands.stack_dir(ctx, rid)}/migrate.env")
         host.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")

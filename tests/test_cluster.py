@@ -234,3 +234,9 @@ def test_the_migration_env_file_is_literal():
 def test_nginx_reload_targets_the_stacks_nginx_task():
     line = cluster.nginx_reload("tt")
     assert "label=com.docker.swarm.service.name=tt_nginx" in line and "kill -HUP 1" in line
+
+
+def test_the_stack_file_quotes_what_yaml_1_1_reads_as_booleans(rendered):
+    text = cluster.dump_stack(rendered)
+    assert "PGBACKREST_START_FAST: 'y'" in text and "PGBACKREST_LOG_LEVEL_FILE: 'off'" in text
+    assert yaml.safe_load(text) == rendered

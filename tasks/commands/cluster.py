@@ -19,6 +19,8 @@ import json
 import re
 from collections.abc import Mapping
 
+import yaml
+
 from . import q, sh
 from .context import HostContext
 
@@ -380,6 +382,24 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
             service["deploy"] = {**service.get("deploy", {}), "endpoint_mode": "dnsrr"}
         services[name] = service
     return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"}, "services": services}
+
+
+class _StackDumper(yaml.SafeDumper):
+    """Quotes the strings YAML 1.1 reads as booleans (`y`, `n`, ...), which PyYAML (YAML 1.2's
+    booleans) leaves bare but the Docker CLI's parser turns into true/false."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "'" if value.lower() in ("y", "n", "yes", "no", "on", "off", "true", "false") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_StackDumper.add_representer(str, _str)
+
+
+def dump_stack(rendered: dict) -> str:
+    """The stack file's text, for `docker stack deploy`."""
+    return yaml.dump(rendered, Dumper=_StackDumper, sort_keys=False)
 
 
 def service_environment(rendered: dict, service: str) -> dict:
