@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 
-from . import notify, q, sh
+from . import notify, q, rollout, sh
 from .pitr import BACKUP_SHELL
 from .context import HostContext
 
@@ -261,11 +261,7 @@ if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   echo "[restore] nats data restored"
 fi
 {before_start + chr(10) if before_start else ""}start_services
-for _ in $(seq 1 120); do
-  api=$({ctx.container('api')})
-  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
-  sleep 0.5
-done
+{rollout.wait_healthy(ctx, 'api')}
 echo "[restore] api and worker started"
 """
 

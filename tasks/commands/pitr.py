@@ -15,7 +15,7 @@ import json
 import re
 from datetime import datetime, timezone
 
-from . import q
+from . import q, rollout
 from .context import HostContext
 from .offsite import key_path, sftp_path, sftp_target
 
@@ -29,6 +29,22 @@ PUT_BACK_FAILED_EXIT = 6  # recover: the set's data could not be put back after 
 
 # Shell: run pgBackRest as postgres in the container "$pg".
 BR = 'docker exec -u postgres "$pg" pgbackrest'
+# Shell shared by the two restore scripts, where "$pg" is the postgres container: `sql` runs one
+# statement in the app's database; the image and its pgBackRest settings (only those: no password)
+# for one-off containers; `wait_promoted` waits until Postgres runs and is out of recovery.
+SQL_FUNCTION = 'sql() { docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql "$1"; }'
+CONTAINER_SETTINGS = """image=$(docker inspect -f '{{.Config.Image}}' "$pg")
+envfile=$(mktemp) && chmod 600 "$envfile"
+docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$pg" | grep '^PGBACKREST_' > "$envfile\""""
+WAIT_PROMOTED = f"""wait_promoted() {{
+  for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
+    [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
+    [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && return 0
+    sleep 0.5
+  done
+  return 1
+}}"""
+
 # In the pgbackrest_repo volume (so a recreated container keeps them): the second repository's
 # settings (read through the image's /etc/pgbackrest/conf.d link) and its SSH key and known host.
 CONF_DIR = "/var/lib/pgbackrest/conf.d"
@@ -170,7 +186,6 @@ def restore_to_time(ctx: HostContext, target: str, compose_start: str) -> str:
 
     A failure from step 2 on restores the database to the end of its archive on the timeline it
     was on (what it held before, every write included), starts everything again and exits 1."""
-    pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
     return f"""set -uo pipefail
 trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[restore] $*"; }}
@@ -178,10 +193,8 @@ start_services() {{ {compose_start}; }}
 pg=$({ctx.container('postgres')})
 [ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; exit 1; }}
 docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1 || exit {NO_PGBACKREST_EXIT}
-sql() {{ {pg_psql} "$1"; }}
-image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
-envfile=$(mktemp) && chmod 600 "$envfile"
-docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
+{SQL_FUNCTION}
+{CONTAINER_SETTINGS}
 tli=$(sql "SELECT timeline_id FROM pg_control_checkpoint()")
 if [ -z "$image" ] || [ ! -s "$envfile" ] || ! [[ "$tli" =~ ^[0-9]+$ ]]; then
   echo "[restore] could not read the postgres container's image, pgBackRest settings or timeline; nothing was changed" >&2
@@ -197,14 +210,7 @@ trap interrupted HUP INT TERM
 restore_run() {{
   docker run --rm --user postgres --volumes-from "$pg" --env-file "$envfile" --entrypoint pgbackrest "$image" restore --delta "$@"
 }}
-wait_promoted() {{
-  for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
-    [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
-    [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && return 0
-    sleep 0.5
-  done
-  return 1
-}}
+{WAIT_PROMOTED}
 undo() {{
   echo "[restore] FAILED at '$stage'; putting the database back as it was (the end of its archive, timeline $tli)" >&2
   docker stop -t 60 "$pg" >/dev/null 2>&1
@@ -240,11 +246,7 @@ stage="start nats, api and worker"
 start_services || undo
 trap - HUP INT TERM
 rm -f "$envfile"
-for _ in $(seq 1 120); do
-  api=$({ctx.container('api')})
-  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
-  sleep 0.5
-done
+{rollout.wait_healthy(ctx, 'api')}
 say "api and worker started"
 """
 
@@ -319,29 +321,19 @@ def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compo
     data = "/var/lib/postgresql/data"
     aside = "/var/lib/pgbackrest/.before-wal-restore"
     kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
-    pg_psql = 'docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql'
     return f"""set -uo pipefail
 trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[recover] $*"; }}
 start_services() {{ {compose_start}; }}
 pg=$({ctx.container('postgres')})
 [ -n "$pg" ] || {{ echo "[recover] no running postgres container" >&2; exit 1; }}
-sql() {{ {pg_psql} "$1"; }}
-image=$(docker inspect -f '{{{{.Config.Image}}}}' "$pg")
-envfile=$(mktemp) && chmod 600 "$envfile"
-docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' "$pg" | grep '^PGBACKREST_' > "$envfile"
+{SQL_FUNCTION}
+{CONTAINER_SETTINGS}
 one_off() {{ docker run --rm --volumes-from "$pg" --env-file "$envfile" "$@"; }}
 forget_offsite() {{ one_off --user root --entrypoint rm "$image" -f {CONF_DIR}/offsite.conf >/dev/null 2>&1; }}
 leave() {{ forget_offsite; rm -f "$envfile"; exit "$1"; }}
 if [ -z "$image" ] || [ ! -s "$envfile" ]; then echo "[recover] could not read the postgres container's settings" >&2; leave 1; fi
-wait_promoted() {{
-  for _ in $(seq 1 {RECOVERY_WAIT_SECONDS * 2}); do
-    [ "$(docker inspect -f '{{{{.State.Running}}}}' "$pg")" = true ] || return 1
-    [ "$(sql 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && return 0
-    sleep 0.5
-  done
-  return 1
-}}
+{WAIT_PROMOTED}
 aside_ready=""
 undo() {{
   trap - HUP INT TERM
@@ -386,11 +378,7 @@ start_services || undo
 trap - HUP INT TERM
 one_off --user root --entrypoint rm "$image" -rf {aside}
 rm -f "$envfile"
-for _ in $(seq 1 120); do
-  api=$({ctx.container('api')})
-  [ -n "$api" ] && [ "$(docker inspect -f '{{{{.State.Health.Status}}}}' "$api")" = healthy ] && break
-  sleep 0.5
-done
+{rollout.wait_healthy(ctx, 'api')}
 say "api and worker started"
 {BR} stanza-create >/dev/null 2>&1 && {BR} backup --type=full >/dev/null 2>&1 \\
   && say "this host's WAL archive starts again (a full pgBackRest backup, taken while serving)" \\

@@ -170,3 +170,11 @@ def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) ->
         mark("start postgres and nats"), sh(data_services_up(ctx)),
         mark("read database schema"), 'cd "$OLDPWD"',
         "{ " + schema.strip().rstrip(";") + "\n} | sed 's/^/@@fact /'", END_MARK]) + "\n"
+
+
+def wait_healthy(ctx: HostContext, service: str, tries: int = 120) -> str:
+    """Shell: wait (up to `tries` half-seconds) until the service's container reports healthy."""
+    return (f"for _ in $(seq 1 {tries}); do\n"
+            f"  cid=$({ctx.container(service)})\n"
+            f"  [ -n \"$cid\" ] && [ \"$(docker inspect -f '{{{{.State.Health.Status}}}}' \"$cid\")\" = healthy ] && break\n"
+            f"  sleep 0.5\ndone")
