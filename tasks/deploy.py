@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dotenv import dotenv_values
 from invoke import Collection, Context, Exit, task
 
 from . import machine, remote
@@ -29,18 +28,17 @@ from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import sh
 from .commands import transfer as transfer_commands
-from .commands.context import STACK_FILES
 from .commands import status as status_commands
 from .exits import ExitCode
 from .host import WAIT_HELP, Host, Release, absolute_app_dir
+from .swarm import SwarmHost, open_host
 from .identity import identity, now_iso
-from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path
+from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path, env_values
 from .steps import StepFailed, Steps
 
 SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "postgres", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
-HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)
 DRY_RUN_FILES = 60  # files listed by `deploy --dry-run` (all are counted)
 DRY_RUN_COMMAND_LINES = 30  # lines shown of one planned command (a script)
 
@@ -52,27 +50,6 @@ def new_release_id(now: datetime, commit: str) -> str:
 def dist_assets(dist: Path) -> list[str]:
     """The hashed asset paths index.html references (what the probe expects to be served)."""
     return sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (dist / "index.html").read_text())))
-
-
-def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict[str, str]:
-    """The release's settings: the local file's keys with every validated setting applied, less
-    the ones the stack must never see (the off-site repository's password and keys: an API
-    compromise must not reach the copies that outlive the host; offsite.conf holds them)."""
-    values: dict[str, str] = {}
-    if env_file and env_file.is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    for key in [k for k in values if k.startswith(HOST_ONLY_PREFIXES)]:
-        del values[key]
-    for f in fields(Settings):
-        if Settings.env_key(f.name).startswith(HOST_ONLY_PREFIXES):
-            continue
-        value = getattr(settings, f.name)
-        values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
-    values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
-    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
-    values["COMPOSE_FILE"] = ":".join(STACK_FILES)
-    values["COMPOSE_PROJECT_NAME"] = settings.compose_project
-    return values
 
 
 def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
@@ -171,7 +148,11 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     steps = Steps(f"Deploy to {c.original_host}", settings.secret_values())
     try:
         with steps.step("connect and check host"):
-            host = Host.open(c, settings, compose=compose, steps=steps)
+            host = open_host(c, settings, compose=compose, steps=steps)
+        if isinstance(host, SwarmHost):
+            deploy_to_swarm(c, host, env_file, skip_build=skip_build, wait=wait, dry_run=dry_run)
+            steps.print_table()
+            return
         check_memory_budget(host, table=dry_run)
         check_postgres_major(host, env)
         if dry_run:
@@ -199,6 +180,24 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     steps.print_table()
     print(f"  remote commands: {remote.CountingConnection.remote_commands}"
           + (f" (+{remote.CountingConnection.rsync_sessions} rsync session)" if remote.CountingConnection.rsync_sessions else ""))
+
+
+def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bool, wait: bool, dry_run: bool) -> None:
+    """`deploy` on a swarm manager (README, "Several hosts"): the same settings, lock and audit line;
+    the release goes out as a stack (tasks/swarm.py)."""
+    host.require_manager()
+    if dry_run:
+        raise Exit(f"--dry-run does not cover a swarm yet: `fab -H {host.name} cluster.status` shows what runs where, and "
+                   f"a deploy's own steps stop before any change when a node cannot take the images. Nothing was changed.",
+                   code=ExitCode.USAGE)
+    check_postgres_major(host)
+    if skip_build:
+        host.steps.skip("build frontend", "--skip-build")
+    else:
+        with host.steps.step("build frontend"):
+            build_frontend(Context(config=c.config), FRONTEND)
+    with host.locked("deploy", wait=wait), host.audited("deploy") as outcome:
+        host.deploy_release(env_file, outcome)
 
 
 @task(help={

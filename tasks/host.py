@@ -78,6 +78,23 @@ def choose_compose(facts: dict[str, str], wanted: str) -> str | None:
     return None
 
 
+def choose_engine(facts: dict[str, str], wanted: str, alias: str) -> tuple[str, str | None]:
+    """(`compose` or `swarm`, a problem or None) from ENGINE and the host's `swarm` fact: auto is Swarm on a
+    swarm manager and Compose outside a swarm; a swarm worker takes no stack operation."""
+    state, _, manager = facts.get("swarm", "").partition("/")
+    if wanted == "compose":
+        return "compose", None
+    if state == "active" and manager == "true":
+        return "swarm", None
+    if state == "active":
+        return "swarm", (f"{alias} is a worker in a Docker Swarm: stack operations run on a manager (`fab -H MANAGER ...`; "
+                         f"`cluster.status` lists the nodes), or set ENGINE=compose to run Compose on this host alone.")
+    if wanted == "swarm":
+        return "swarm", (f"ENGINE=swarm, but {alias} is not in a Docker Swarm (`docker info` reports {state or 'nothing'}): "
+                         f"form one with `fab -H {alias},OTHER... cluster.init`, or set ENGINE=compose.")
+    return "compose", None
+
+
 def host_problem(facts: dict[str, str], alias: str, wanted: str) -> str | None:
     """A clear message when the host cannot take a deploy, else None."""
     user = facts.get("user", "the deploy user")
@@ -141,6 +158,7 @@ class Host:
         self.facts = facts
         self.ctx = HostContext(settings.app_dir, settings.compose_project, variant)
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
+        self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)
         self._deferred: list[tuple[str, str]] | None = None  # audit lines waiting for the lock's release
 
@@ -162,7 +180,8 @@ class Host:
         if problem:
             raise Exit(problem + " Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
         self.facts = facts
-        self.ctx = self.ctx.with_variant(choose_compose(facts, compose))
+        self.engine, self.engine_problem = choose_engine(facts, self.settings.engine, self.name)
+        self.ctx = self.ctx.with_variant(choose_compose(facts, compose)).with_engine(self.engine)
 
     @property
     def name(self) -> str:
@@ -242,6 +261,7 @@ class Host:
         and `commit` (the release's, for the alert) on the dict it is given."""
         outcome = {"release": release}
         started = time.monotonic()
+        self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""
         try:
             yield outcome

@@ -9,6 +9,7 @@ from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import ENV_HELP, choose_env
 from .steps import StepFailed, Steps
+from .swarm import open_host
 
 
 def choose_target(rows: list[tuple[str, dict]], current: str, to: str | None) -> tuple[str | None, str]:
@@ -93,7 +94,7 @@ def rollback(c, to=None, force=False, wait=False, env=None):
     steps = Steps(f"Rollback on {c.original_host}")
     try:
         with steps.step("connect and check host"):
-            host = Host.open(c, steps=steps)
+            host = open_host(c, steps=steps)  # a SwarmHost on a swarm manager: the same steps, by stack deploy
         steps.secrets = host.settings.secret_values()
         with host.locked("rollback", wait=wait):
             rows, current = host.releases()

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from dotenv import dotenv_values
 from invoke import Exit
 
+from .commands.context import STACK_FILES
 from .exits import ExitCode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,9 @@ class Settings:
     db_wait_seconds: int = _spec(60)
     # Images: where the backend image is built, and whether images the host lacks are shipped
     # from this machine over SSH (hosts that cannot pull: rate limits, no registry, private nets).
+    # What runs the stack: Compose on one host, or a Docker Swarm (README, "Several hosts");
+    # auto: Swarm when the host is a swarm manager.
+    engine: str = _spec("auto")
     build_backend: str = _spec("auto")
     ship_images: str = _spec("auto")
     # Alerts (APP_DIR/bin/tasktracker-notify on the host): a failed nightly job, each deploy and
@@ -222,7 +226,7 @@ class Settings:
                 problems.append(f"{port.upper()} must be a TCP port (1-65535)")
         if values["http_port"] == values["https_port"]:
             problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
-        for name, choices in (("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
+        for name, choices in (("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
             values[name] = values[name].lower()
             if values[name] not in choices:
                 problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
@@ -350,3 +354,27 @@ def _shown(path: Path) -> str:
 def _is_http_url(value: str) -> bool:
     parsed = urlparse(value)
     return parsed.scheme in ("http", "https") and bool(parsed.hostname) and " " not in value
+
+
+HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)
+
+
+def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict[str, str]:
+    """The release's settings: the local file's keys with every validated setting applied, less
+    the ones the stack must never see (the off-site repository's password and keys: an API
+    compromise must not reach the copies that outlive the host; offsite.conf holds them)."""
+    values: dict[str, str] = {}
+    if env_file and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    for key in [k for k in values if k.startswith(HOST_ONLY_PREFIXES)]:
+        del values[key]
+    for f in fields(Settings):
+        if Settings.env_key(f.name).startswith(HOST_ONLY_PREFIXES):
+            continue
+        value = getattr(settings, f.name)
+        values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
+    values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
+    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
+    values["COMPOSE_FILE"] = ":".join(STACK_FILES)
+    values["COMPOSE_PROJECT_NAME"] = settings.compose_project
+    return values

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from invoke import Collection, Exit, task
 
 from .commands import backup as backup_commands
+from .commands import cluster as cluster_commands
 from .commands import lock as lock_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
@@ -22,6 +23,7 @@ from .commands import status as status_commands
 from .commands import tls as tls_commands
 from .exits import ExitCode
 from .host import Host
+from .swarm import SwarmHost, open_host, summary_lines
 
 # Thresholds (the issue's and the plan's): a line turns into a warning past these.
 BACKUP_MAX_AGE_H = 26
@@ -235,6 +237,23 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     return findings
 
 
+def swarm_findings(state: dict) -> list[Finding]:
+    """On a swarm: a node that is down or drained, and services short of their replicas or rolled back
+    (this host's containers are only the tasks placed on it)."""
+    findings = []
+    for n in state["nodes"]:
+        if n["state"] != "ready" or n["availability"] != "active":
+            findings.append(Finding("swarm", False, f"node {n['alias'] or n['hostname']} is {n['state']}/{n['availability']}",
+                                    "a drained node comes back with `fab -H HOST cluster.activate NODE`; a down one: "
+                                    "start the VPS (its tasks run elsewhere meanwhile); `cluster.status` shows where"))
+    verdict, reasons = cluster_commands.convergence(state["services"])
+    if verdict != "done":
+        findings.append(Finding("swarm", False, f"the stack is {verdict}: {'; '.join(reasons)}",
+                                "see `fab -H HOST cluster.status` and `docker service ps SERVICE --no-trunc` on the manager; "
+                                "a rolled-back update keeps the previous release serving: fix it and deploy again"))
+    return findings
+
+
 def verdict_line(trigger: dict, window: str) -> str:
     verdict = trigger.get("verdict", "unknown")
     label = {"stay": "stay", "upgrade": "move to 4 CPU / 16 GB", "scale-out": "scale out", "unknown": "not enough history"}[verdict]
@@ -346,14 +365,19 @@ def status(c, json_=False):
     """One screen: release, lock, services against their limits, host, database, JetStream,
     backup, certificates, the plan's scaling triggers, and warnings."""
     as_json = json_
-    host = Host.open(c)
+    host = open_host(c)
     snap, sent, received = read_snapshot(host)
     now = time.time()
     findings = evaluate(snap, now, sent, received)
+    swarm = host.state() if isinstance(host, SwarmHost) and not host.engine_problem else None
+    if swarm is not None:
+        findings += swarm_findings(swarm)
     if as_json:
-        print(json.dumps(jsonable(snap, findings), indent=2, default=str))
+        print(json.dumps({**jsonable(snap, findings), **({"swarm": swarm} if swarm is not None else {})}, indent=2, default=str))
         return
     print("\n".join(status_lines(snap, findings, now, host.name)))
+    if swarm is not None:
+        print("\n".join(summary_lines(swarm, host.ctx.project)))
 
 
 @task(help={"json_": "Print the findings as JSON (for scripts)."})
@@ -361,9 +385,11 @@ def doctor(c, json_=False):
     """Run the plan's troubleshooting checks and say what to do for each finding (exit 1 when
     something needs attention)."""
     as_json = json_
-    host = Host.open(c)
+    host = open_host(c)
     snap, sent, received = read_snapshot(host)
     findings = evaluate(snap, time.time(), sent, received)
+    if isinstance(host, SwarmHost) and not host.engine_problem:
+        findings += swarm_findings(host.state())
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:

@@ -196,14 +196,16 @@ RELEASE = [
      "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; else echo 'docker=missing'; fi; } "
      "> \"$t/0\" 2>/dev/null & "
      "{ echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"; } > \"$t/1\" 2>/dev/null & "
-     "{ v=$(docker compose version --short 2>/dev/null) && echo \"compose_v2=$v\"; } > \"$t/2\" 2>/dev/null & "
-     "{ " + release.postgres_data_fact(APP) + "; } > \"$t/3\" 2>/dev/null & "  # the data's major (tests/test_db.py)
+     "{ echo \"swarm=$(docker info --format '{{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}' 2>/dev/null)\"; } "
+     "> \"$t/2\" 2>/dev/null & "
+     "{ v=$(docker compose version --short 2>/dev/null) && echo \"compose_v2=$v\"; } > \"$t/3\" 2>/dev/null & "
+     "{ " + release.postgres_data_fact(APP) + "; } > \"$t/4\" 2>/dev/null & "  # the data's major (tests/test_db.py)
      "echo \"user=$(id -un)\"; echo \"home=$HOME\"; "
      "if command -v docker-compose >/dev/null 2>&1; then echo \"compose_v1=$(command -v docker-compose)\"; fi; "
      "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
      "echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
      "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"; "
-     "wait; cat \"$t/0\" \"$t/1\" \"$t/2\" \"$t/3\"; rm -rf \"$t\""),
+     "wait; cat \"$t/0\" \"$t/1\" \"$t/2\" \"$t/3\" \"$t/4\"; rm -rf \"$t\""),
     ("prepare", release.prepare(APP, "r1", "services: {}\n"),
      f"mkdir -p app/releases/r1 app/shared/nginx/conf.d app/shared/acme {LE}/live {LE}/archive app/backups app/bin && "
      "install -d -m 700 app/env && install -m 600 /dev/null app/env/r1.env && ln -sfn ../../env/r1.env app/releases/r1/.env && "

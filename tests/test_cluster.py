@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tasks.cluster import STACK_SOURCES, load_sources
+from tasks.swarm import STACK_SOURCES, load_sources
 from tasks.commands import cluster, provision
 from tasks.commands.context import HostContext
 from tests.support import ROOT

@@ -30,7 +30,8 @@ from tasks.commands import release as release_commands
 from tasks.commands import lock as lock_commands
 from tasks.commands import notify as notify_commands
 from tasks.commands.release import SchemaState
-from tasks.deploy import SENT_PATHS, env_values, migration_failure_detail, release_fingerprint, releases_to_prune
+from tasks.settings import env_values
+from tasks.deploy import SENT_PATHS, migration_failure_detail, release_fingerprint, releases_to_prune
 from tasks.exits import ExitCode
 from tasks.host import Host, Release
 from tasks.rollback import choose_target, schema_problem

@@ -43,9 +43,10 @@ tmp="$root/.$name.partial"
 started=$(date +%s)
 step=start
 release=$(basename "$(readlink current 2>/dev/null)" 2>/dev/null || true)
-container() {
-  docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
-    --filter label=com.docker.compose.oneoff=False | head -n 1
+container() {  # Compose's container of the service, or on a swarm the stack's task on this node
+  { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
+      --filter label=com.docker.compose.oneoff=False
+    docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT" --filter "label=com.docker.swarm.service.name=${PROJECT}_$1"; } | head -n 1
 }
 log() { printf '%s\n' "$1" >> "$root/backup.log"; }
 nats_paused=""

@@ -158,7 +158,7 @@ def status(stack: str) -> str:
         f"docker service ls --filter {filt} --format '{{{{json .}}}}'",
         "echo '@@ updates'",
         f"for s in $(docker service ls -q --filter {filt}); do docker service inspect --format "
-        + q("{{.Spec.Name}}\t{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}") + " \"$s\"; done",
+        + q("{{.Spec.Name}}\t{{if .UpdateStatus}}{{.UpdateStatus.State}}\t{{.UpdateStatus.StartedAt}}{{end}}") + " \"$s\"; done",
         "echo '@@ tasks'",
         f"docker stack ps {q(stack)} --filter desired-state=running --format '{{{{json .}}}}' 2>/dev/null",
         "true",
@@ -205,11 +205,13 @@ def parse_status(output: str) -> dict:
             continue
         running, desired = parse_replicas(row.get("Replicas", ""))
         services[row.get("Name", "")] = {"mode": row.get("Mode", ""), "replicas": row.get("Replicas", ""),
-                                         "running": running, "desired": desired, "image": row.get("Image", ""), "update": ""}
+                                         "running": running, "desired": desired, "image": row.get("Image", ""), "update": "",
+                                         "update_started": ""}
     for line in sections.get("updates", []):
-        name, _, state = line.partition("\t")
+        name, _, rest = line.partition("\t")
+        state, _, started = rest.partition("\t")
         if name in services:
-            services[name]["update"] = state.strip()
+            services[name]["update"], services[name]["update_started"] = state.strip(), started.strip()
     tasks = []
     for line in sections.get("tasks", []):
         try:
@@ -221,10 +223,12 @@ def parse_status(output: str) -> dict:
     return {"nodes": nodes, "services": services, "tasks": tasks}
 
 
-def convergence(services: dict, wanted: list[str] | None = None) -> tuple[str, list[str]]:
+def convergence(services: dict, wanted: list[str] | None = None, before: dict | None = None) -> tuple[str, list[str]]:
     """('done' | 'failed' | 'waiting', reasons) for the stack's services (or the `wanted` ones):
     done when every one runs all its replicas and no update is in progress; failed when Swarm rolled
-    an update back (update_config's failure_action) or paused it."""
+    an update back (update_config's failure_action) or paused it. An update already over in `before`
+    (the services as they were when this deploy began; a service whose spec did not change keeps
+    its old update state) is history, not this deploy's failure."""
     reasons, failed = [], []
     names = wanted if wanted is not None else sorted(services)
     for name in names:
@@ -232,9 +236,12 @@ def convergence(services: dict, wanted: list[str] | None = None) -> tuple[str, l
         if s is None:
             reasons.append(f"{name}: not created yet")
             continue
-        if s["update"] in FAILED_UPDATE_STATES:
+        old = (before or {}).get(name, {})
+        stale = (s["update"] in FAILED_UPDATE_STATES and bool(s.get("update_started"))
+                 and (old.get("update"), old.get("update_started")) == (s["update"], s["update_started"]))
+        if s["update"] in FAILED_UPDATE_STATES and not stale:
             failed.append(f"{name}: update {s['update'].replace('_', ' ')}")
-        elif s["update"] not in SETTLED_UPDATE_STATES:
+        elif s["update"] not in SETTLED_UPDATE_STATES and not stale:
             reasons.append(f"{name}: update {s['update']}")
         elif s["desired"] == 0 or s["running"] < s["desired"]:
             reasons.append(f"{name}: {s['replicas'] or '0/?'} running")

@@ -34,9 +34,13 @@ class HostContext:
     app_dir: str
     project: str
     variant: str = "v2"  # "v2" (docker compose plugin) or "v1" (docker-compose)
+    engine: str = "compose"  # "compose" (one host) or "swarm" (a stack on a Docker Swarm: tasks/swarm.py)
 
     def with_variant(self, variant: str) -> "HostContext":
         return replace(self, variant=variant)
+
+    def with_engine(self, engine: str) -> "HostContext":
+        return replace(self, engine=engine)
 
     # --- paths -----------------------------------------------------------------------
     @property
@@ -121,8 +125,16 @@ class HostContext:
             argv += ["-f", name]
         return [*argv, *args]
 
+    def service_name(self, service: str) -> str:
+        """The Swarm service of a stack service (`<project>_<service>`)."""
+        return f"{self.project}_{service}"
+
     def containers(self, service: str, *, running_only: bool = True) -> str:
-        """Shell: the ids of the service's long-running containers (never one-off `run` ones)."""
+        """Shell: the ids of the service's long-running containers on this host (never one-off `run`
+        ones): Compose's labels, or on a swarm the stack's tasks here."""
+        if self.engine == "swarm":
+            return (f"docker ps -q{'' if running_only else ' -a'} --filter label=com.docker.stack.namespace={q(self.project)} "
+                    f"--filter label=com.docker.swarm.service.name={q(self.service_name(service))}")
         return (f"docker ps -q{'' if running_only else ' -a'} --filter label=com.docker.compose.project={q(self.project)} "
                 f"--filter label=com.docker.compose.service={q(service)} --filter label=com.docker.compose.oneoff=False")
 

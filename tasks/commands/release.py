@@ -35,6 +35,8 @@ def preflight(ctx: HostContext) -> str:
         "echo \"docker=$(docker version --format '{{.Server.Version}}' 2>&1 | tr '\\n' ' ')\"; "
         "else echo 'docker=missing'; fi",
         "echo \"docker_id=$(docker info --format '{{.ID}}' 2>/dev/null)\"",
+        # Swarm mode: `active/true` on a manager, `active/false` on a worker, `inactive/false` outside one.
+        "echo \"swarm=$(docker info --format '{{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}' 2>/dev/null)\"",
         "v=$(docker compose version --short 2>/dev/null) && echo \"compose_v2=$v\"",
         postgres_data_fact(ctx),
     ]

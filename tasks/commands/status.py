@@ -91,9 +91,10 @@ mkdir -p "$dir" || exit 1
 exec 9>"$dir/.lock"
 flock -n 9 || exit 0
 now=$(date +%s)
-container() {
-  docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
-    --filter label=com.docker.compose.oneoff=False | head -n 1
+container() {  # Compose's container of the service, or on a swarm the stack's task on this node
+  { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
+      --filter label=com.docker.compose.oneoff=False
+    docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT" --filter "label=com.docker.swarm.service.name=${PROJECT}_$1"; } | head -n 1
 }
 line="t=$now ncpu=$(nproc)"
 line="$line $(awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {printf "mem_total=%d mem_avail=%d", t, a}' /proc/meminfo)"
@@ -105,9 +106,11 @@ if [ -f "$dir/.cpu" ] && read -r pb pt < "$dir/.cpu" && [ $((total - pt)) -gt 0 
 fi
 echo "$busy $total" > "$dir/.cpu"
 # Each service's memory (MiB), limit (MiB) and CPU (%), summed over its containers.
-ids=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter label=com.docker.compose.oneoff=False)
+ids=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter label=com.docker.compose.oneoff=False;
+     docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT")
 if [ -n "$ids" ]; then
-  names=$(docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}}' $ids | cut -c1-12,65-)
+  names=$(docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}}{{index .Config.Labels "com.docker.swarm.service.name"}}' $ids \
+    | cut -c1-12,65- | sed "s/ ${PROJECT}_/ /")
   line="$line $(docker stats --no-stream --format '{{.ID}} {{.MemUsage}} {{.CPUPerc}}' $ids | NAMES="$names" awk '
     function mib(s,   n) { n = s + 0; if (s ~ /GiB/) n *= 1024; else if (s ~ /KiB/) n /= 1024; else if (s ~ /MiB/) n += 0; else n /= 1048576; return n }
     BEGIN { k = split(ENVIRON["NAMES"], a, "\n"); for (j = 1; j <= k; j++) { split(a[j], p, " "); svc[p[1]] = p[2] } }
@@ -204,9 +207,14 @@ def cron_section(ctx: HostContext) -> str:
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
     app, project = q(ctx.app_dir), q(ctx.project)
-    containers = (f"docker ps -aq --filter label=com.docker.compose.project={project} "
-                  f"--filter label=com.docker.compose.oneoff=False")
-    inspect_format = ("{{index .Config.Labels \"com.docker.compose.service\"}}|{{.State.Status}}|"
+    if ctx.engine == "swarm":  # the stack's tasks on this node; the service without the `<project>_` prefix
+        containers = f"docker ps -q --filter label=com.docker.stack.namespace={project}"  # a swarm keeps ended tasks
+        service = f"{{{{slice (index .Config.Labels \"com.docker.swarm.service.name\") {len(ctx.project) + 1}}}}}"
+    else:
+        containers = (f"docker ps -aq --filter label=com.docker.compose.project={project} "
+                      f"--filter label=com.docker.compose.oneoff=False")
+        service = "{{index .Config.Labels \"com.docker.compose.service\"}}"
+    inspect_format = (service + "|{{.State.Status}}|"
                       "{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.RestartCount}}|{{.State.OOMKilled}}|"
                       "{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.State.StartedAt}}|{{slice .Id 0 12}}|{{.Name}}")
     env_keys = "|".join(PUBLIC_ENV_KEYS)

@@ -1,0 +1,271 @@
+"""The stack on a Docker Swarm (ENGINE=swarm, or a swarm manager with ENGINE=auto): the host layer's
+operations where a swarm differs from one Compose host. `open_host` gives the tasks a `SwarmHost`
+when the host runs the stack on a swarm, and a `Host` otherwise, so `deploy`, `rollback`, `status`
+and `cluster.deploy` take one code path per engine, not one per task:
+
+    ensure_image   the release's images on every node (`docker save | docker load` over SSH)
+    activate       `docker stack deploy` of the release's stack file, awaited until converged
+                   (start-first, health-checked; Swarm rolls an update back by itself), then
+                   `current` switched, nginx reloaded and the same health probe as one host
+    put_back       Host's own: ensure_image + activate of the previous release
+    deploy_release a new release: rendered stack, images, data services, WAL archive, migrations
+                   once, then activate
+
+Commands and parsers: tasks/commands/cluster.py. The stack is compose.yml +
+docker-compose.production.yml + swarm.yml, rendered for `docker stack deploy`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from fabric import Connection
+from invoke import Exit
+
+from . import machine, remote
+from .build import FRONTEND, git_commit
+from .commands import cluster as commands
+from .commands import compose as compose_commands
+from .commands import images as image_commands
+from .commands import pitr as pitr_commands
+from .commands import release as release_commands
+from .commands import rollout, sh
+from .exits import ExitCode
+from .host import Host, Release, absolute_app_dir
+from .identity import identity, now_iso
+from .settings import PROJECT_ROOT, Settings, env_values
+from .steps import StepFailed, Steps
+
+STACK_SOURCES = ("compose.yml", "docker-compose.production.yml", "swarm.yml")
+SENT_PATHS = (*STACK_SOURCES, "nginx", "backend", "postgres", "frontend/dist", release_commands.PROBE_PATH)
+RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
+DATA_SERVICES = {"postgres", "nats"}
+CONVERGE_SECONDS = 300
+
+
+def open_host(c, settings: Settings | None = None, *, compose: str = "auto", steps: Steps | None = None) -> Host:
+    """`Host.open`, as a `SwarmHost` when the host runs the stack on a swarm (`Host.engine`)."""
+    host = Host.open(c, settings, compose=compose, steps=steps)
+    return SwarmHost.adopt(host) if host.engine == "swarm" else host
+
+
+def manager_status(conn, stack: str) -> dict:
+    return commands.parse_status(conn.run(commands.status(stack), hide=True, warn=True).stdout)
+
+
+def load_sources(root: Path) -> list[dict]:
+    return [yaml.safe_load((root / name).read_text()) or {} for name in STACK_SOURCES]
+
+
+class SwarmHost(Host):
+    """A swarm manager: the stack runs as `docker stack deploy`, its images on every node."""
+
+    converge_seconds: float = CONVERGE_SECONDS
+
+    @classmethod
+    def adopt(cls, host: Host) -> "SwarmHost":
+        swarm = cls(host.conn, host.settings, host.variant, host.facts, host.steps)
+        swarm.engine, swarm.engine_problem, swarm.ctx = host.engine, host.engine_problem, host.ctx
+        return swarm
+
+    @property
+    def stack(self) -> str:
+        return self.ctx.project
+
+    def require_manager(self) -> None:
+        if self.engine_problem:
+            raise Exit(f"{self.engine_problem} Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+
+    def state(self) -> dict:
+        """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees them."""
+        return manager_status(self.conn, self.stack)
+
+    # --- nodes and images -------------------------------------------------------------------
+    def node_hosts(self, nodes: list[dict], step: str) -> list[tuple[dict, Host]]:
+        """Every node that is up, opened over SSH by the alias it joined with (this connection for the manager)."""
+        out: list[tuple[dict, Host]] = []
+        for node in nodes:
+            alias = node["alias"]
+            if alias == self.name:
+                out.append((node, self))
+                continue
+            if not alias:
+                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} label, so it cannot be "
+                                       f"reached over SSH: join it with cluster.init")
+            if node["state"] != "ready" or node["availability"] == "drain":
+                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images when it is back: deploy again)")
+                continue
+            out.append((node, Host.open(Connection(alias, config=self.conn.config), self.settings)))
+        return out
+
+    def ship_to_nodes(self, nodes: list[dict], images: list[str], built: list[tuple[str, Path]],
+                      step: str = "images on every node") -> None:
+        """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`;
+        `built` (image, build directory) are built here first when this machine lacks them."""
+        for image, context in built:
+            if not machine.ok(["docker", "image", "inspect", image]):
+                print(f"   building {image} here", flush=True)
+                result = machine.run(image_commands.local_build(image, context), check=False)
+                if result.returncode:
+                    raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
+        for _node, host in self.node_hosts(nodes, step):
+            missing = [i for i in images if i not in host.images_present(images)]
+            if not missing:
+                print(f"   {host.name}: has all {len(images)} images")
+                continue
+            absent = [i for i in missing if not machine.ok(["docker", "image", "inspect", i])]
+            if absent:
+                raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine does not have "
+                                       f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
+                                       f"that release (its images are built here), or pick another release")
+            host.ship_images(missing)
+
+    def ensure_image(self, release: Release, step: str = "images on every node") -> None:
+        """The release's images (backend, Postgres) on every node that is up."""
+        images = [release.image, *([release.postgres_image] if release.postgres_image else [])]
+        self.ship_to_nodes(self.state()["nodes"], images, [], step)
+
+    # --- rolling out ------------------------------------------------------------------------
+    def wait_converged(self, services: list[str] | None, what: str, before: dict | None = None) -> float:
+        started = time.monotonic()
+        reasons: list[str] = []
+        wanted = [self.ctx.service_name(s) for s in services] if services else None
+        while time.monotonic() - started < self.converge_seconds:
+            verdict, reasons = commands.convergence(self.state()["services"], wanted, before)
+            if verdict == "done":
+                return time.monotonic() - started
+            if verdict == "failed":
+                raise StepFailed(what, f"Swarm rolled the update back by itself: {'; '.join(reasons)}. The previous "
+                                       f"release's tasks keep serving; `docker service ps {self.ctx.service_name('api')} "
+                                       f"--no-trunc` on {self.name} says why the new ones failed.")
+            time.sleep(2)
+        raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: {'; '.join(reasons)}")
+
+    def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
+        """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled back
+        by Swarm on failure), awaited; then `current`, nginx and the probe as on one host. `backend`
+        is ignored: Swarm changes only the services whose spec changed."""
+        self.require_manager()
+        stack_file = commands.stack_file(self.ctx, release.id)
+        before = self.state()["services"]
+        with self.steps.step("rolling update (docker stack deploy)"):
+            out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack file: it was "
+                           f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file])),
+                           "rolling update")
+            for line in out.stdout.splitlines():
+                print(f"   {line}")
+            print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s", flush=True)
+        with self.steps.step("switch current and reload nginx"):
+            self.run(rollout.switch_current(self.ctx, release.id) + " && " + commands.nginx_reload(self.stack), "switch current")
+        with self.steps.step("health checks"):
+            self.probe(release)
+        if then:
+            self.run(then, "record release")
+
+    def check_running(self) -> list[str]:
+        verdict, reasons = commands.convergence(self.state()["services"])
+        return [] if verdict == "done" else reasons
+
+    def ensure_archive(self, nodes: list[dict] | None = None) -> None:
+        """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
+        nodes = nodes if nodes is not None else self.state()["nodes"]
+        data = [(node, host) for node, host in self.node_hosts(nodes, "WAL archive")
+                if node["labels"].get(commands.LABEL_DATA) == "true"]
+        if not data:
+            raise StepFailed("WAL archive", f"no reachable node has the label {commands.LABEL_DATA}=true")
+        node, host = data[0]
+        out = host.run(pitr_commands.ensure_stanza(self.ctx, self.ctx.container("postgres")), "WAL archive", hide=True).stdout
+        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
+        print(f"   {node['alias'] or node['hostname']}: WAL archive {state.get('pitr', 'unknown')}")
+
+    # --- a new release ----------------------------------------------------------------------
+    def deploy_release(self, env_file: Path | None, outcome: dict, mesh: bool | None = None) -> None:
+        """A new release on the swarm: its stack rendered from the three files, its images on every
+        node, Postgres and NATS first, the WAL archive, migrations once, then `activate`."""
+        self.require_manager()
+        ctx, stack = self.ctx, self.stack
+        compose_left = self.probe_run(f"{ctx.with_engine('compose').containers('api')} | head -n 1").stdout.strip()
+        if compose_left:
+            raise Exit(f"The single-host Compose stack {stack} still runs on {self.name}: stop it first with `fab -H "
+                       f"{self.name} compose.down` (its volumes stay, and the swarm's Postgres uses the same one: README, "
+                       f"\"From one VPS to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
+        swarm = commands.parse_facts(self.probe_run(commands.facts()).stdout)
+        mesh = swarm["ipvs"] if mesh is None else mesh
+        image = image_commands.backend_image(PROJECT_ROOT, stack)
+        postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
+        current = self.current_id
+        rid = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{(git_commit() or 'nogit')[:12]}"
+        outcome["release"] = rid
+        assets = tuple(sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (FRONTEND / "dist" / "index.html").read_text()))))
+        values = {**env_values(self.settings, env_file, absolute_app_dir(self.facts, ctx.app_dir)),
+                  "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
+        try:
+            rendered = commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=mesh)
+        except ValueError as err:
+            raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
+        who = identity()
+        release = Release(rid, image, assets, previous=current, result="deploying",
+                          meta={"release": rid, "deployed_at": now_iso(), "deployed_user": who["user"],
+                                "deployed_machine": who["machine"], "commit": who["commit"], "engine": "swarm",
+                                **({"postgres_image": postgres} if postgres else {})})
+        print(f"Release {rid} -> stack {stack} via {self.name} ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
+        try:
+            self._ship_and_migrate(release, rendered, current)
+            self.activate(release, then=release_commands.write_meta(ctx, rid, release.recorded("ok")))
+        except StepFailed as failure:
+            self.probe_run(release_commands.write_meta(ctx, rid, release.recorded("failed", failure=failure.detail[:300])))
+            outcome["detail"] = failure.detail
+            raise
+        print(f"Release {rid} is live on the swarm ({len(self.state()['nodes'])} nodes).")
+
+    def _ship_and_migrate(self, release: Release, rendered: dict, current: str) -> None:
+        ctx, stack, steps, rid = self.ctx, self.stack, self.steps, release.id
+        with steps.step("prepare release"):
+            self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid)) + " && "
+                     + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
+            stack_file, data_file = commands.stack_file(ctx, rid), commands.stack_file(ctx, rid, "data")
+            self.put_text(commands.dump_stack(rendered), stack_file)
+            self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)), data_file)
+            self.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
+                          f"{commands.stack_dir(ctx, rid)}/migrate.env")
+            self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
+            self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
+        with steps.step("upload files (rsync)"):
+            result = remote.rsync(self.conn, sources=list(SENT_PATHS), remote_path=f"{ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT),
+                                  relative=True, excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
+            if not result.ok:
+                raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
+        nodes = self.state()["nodes"]
+        with steps.step("images on every node"):
+            built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
+            self.ship_to_nodes(nodes, [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
+        with steps.step("start postgres and nats"):
+            self.run(sh(commands.stack_deploy(stack, [data_file])), "deploy data services")
+            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats'):.1f}s")
+        if release.postgres_image:
+            with steps.step("WAL archive (point-in-time recovery)"):
+                self.ensure_archive(nodes)
+        with steps.step("migrate database (once)"):
+            self.run(sh(commands.migrate(ctx, rid, stack, release.image)), "migrate database", hide=False)
+        if not current:
+            self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
+
+
+def summary_lines(state: dict, stack: str) -> list[str]:
+    """`cluster.status`'s lines: the nodes with their tasks, the stack's services, the verdict."""
+    lines = [f"Swarm: {len(state['nodes'])} node(s)"]
+    per_node = commands.tasks_per_node(state["tasks"])
+    for n in state["nodes"]:
+        labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items()) if v == "true")
+        lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} {n['state']:6} {n['address']:15} "
+                     f"{labels or '-':11} {' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
+    lines.append(f"Stack {stack}: {len(state['services'])} service(s)")
+    for name, s in sorted(state["services"].items()):
+        lines.append(f"  {name:32} {s['replicas']:8} {s['update'] or '-':20} {s['image']}")
+    verdict, reasons = commands.convergence(state["services"])
+    lines.append(f"state: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    return lines
