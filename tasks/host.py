@@ -531,7 +531,12 @@ class Host:
 
     def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
         """Restore a set's database and NATS data (backup.restore); a recovery restores into a
-        fresh database and migrates it before api and worker start again."""
+        fresh database and migrates it before api and worker start again. On a swarm it scales api and
+        worker down and up (`docker service scale`), so it runs on a manager that is the data node."""
+        if self.engine == "swarm" and self.engine_problem:
+            raise StepFailed("restore", f"on a swarm a restore scales the api and worker services down and up again, which "
+                                        f"only a manager can; {self.name} is a worker. Make the data node a manager "
+                                        f"(`docker node promote NODE` on the manager) and run the restore there. Nothing was changed")
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
@@ -547,6 +552,7 @@ class Host:
     def restore_to_time(self, target: str) -> None:
         """Restore the database to `target` (UTC) from the WAL archive (backup.restore --to-time);
         on failure the database is put back as it was and StepFailed says so."""
+        self.refuse_pitr_on_swarm()
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
@@ -554,6 +560,14 @@ class Host:
             raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
         if not result.ok:
             raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+
+    def refuse_pitr_on_swarm(self) -> None:
+        """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again at
+        once on the same volume: refused on a swarm, before anything changes."""
+        if self.engine == "swarm":
+            raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm yet (Swarm would "
+                                                  "restart the stopped Postgres on the volume being restored). Restore a "
+                                                  "backup set instead (`backup.restore --name SET`). Nothing was changed")
 
     def install_wal_offsite(self, stanza: bool = True) -> str:
         """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
@@ -578,6 +592,7 @@ class Host:
         set was restored; says what the database now holds. With no off-site archive yet, the set's
         data stays; a failed restore puts the set's data back and, unless `target` was asked for,
         only warns (StepFailed when it was)."""
+        self.refuse_pitr_on_swarm()
         self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))

@@ -246,7 +246,7 @@ def swarm_findings(state: dict) -> list[Finding]:
             findings.append(Finding("swarm", False, f"node {n['alias'] or n['hostname']} is {n['state']}/{n['availability']}",
                                     "a drained node comes back with `fab -H HOST cluster.activate NODE`; a down one: "
                                     "start the VPS (its tasks run elsewhere meanwhile); `cluster.status` shows where"))
-    verdict, reasons = cluster_commands.convergence(state["services"])
+    verdict, reasons = cluster_commands.convergence(state["services"], before=state["services"])  # a past rollback is history
     if verdict != "done":
         findings.append(Finding("swarm", False, f"the stack is {verdict}: {'; '.join(reasons)}",
                                 "see `fab -H HOST cluster.status` and `docker service ps SERVICE --no-trunc` on the manager; "

@@ -139,9 +139,9 @@ class SwarmHost(Host):
             if verdict == "done":
                 return time.monotonic() - started
             if verdict == "failed":
-                raise StepFailed(what, f"Swarm rolled the update back by itself: {'; '.join(reasons)}. The previous "
-                                       f"release's tasks keep serving; `docker service ps {self.ctx.service_name('api')} "
-                                       f"--no-trunc` on {self.name} says why the new ones failed.")
+                raise StepFailed(what, f"Swarm rolled the update back by itself ({'; '.join(reasons)}): the new tasks "
+                                       f"did not pass their health checks, and the previous ones kept serving; `docker "
+                                       f"service ps {self.ctx.service_name('api')} --no-trunc` on {self.name} says why.")
             time.sleep(2)
         raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: {'; '.join(reasons)}")
 
@@ -165,10 +165,6 @@ class SwarmHost(Host):
             self.probe(release)
         if then:
             self.run(then, "record release")
-
-    def check_running(self) -> list[str]:
-        verdict, reasons = commands.convergence(self.state()["services"])
-        return [] if verdict == "done" else reasons
 
     def ensure_archive(self, nodes: list[dict] | None = None) -> None:
         """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
@@ -215,12 +211,21 @@ class SwarmHost(Host):
         print(f"Release {rid} -> stack {stack} via {self.name} ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
         try:
             self._ship_and_migrate(release, rendered, current)
+        except StepFailed as failure:
+            self._record_failed(release, failure, outcome)
+            raise
+        try:
             self.activate(release, then=release_commands.write_meta(ctx, rid, release.recorded("ok")))
         except StepFailed as failure:
-            self.probe_run(release_commands.write_meta(ctx, rid, release.recorded("failed", failure=failure.detail[:300])))
-            outcome["detail"] = failure.detail
-            raise
+            self._record_failed(release, failure, outcome)
+            # Swarm rolls back only the services whose new tasks failed (the API); the others (the
+            # worker runs the same image) go back with the previous release's whole stack file.
+            raise StepFailed(failure.step, failure.detail + self.put_back(current, rid)) from None
         print(f"Release {rid} is live on the swarm ({len(self.state()['nodes'])} nodes).")
+
+    def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
+        self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
+        outcome["detail"] = failure.detail
 
     def _ship_and_migrate(self, release: Release, rendered: dict, current: str) -> None:
         ctx, stack, steps, rid = self.ctx, self.stack, self.steps, release.id
@@ -266,6 +271,6 @@ def summary_lines(state: dict, stack: str) -> list[str]:
     lines.append(f"Stack {stack}: {len(state['services'])} service(s)")
     for name, s in sorted(state["services"].items()):
         lines.append(f"  {name:32} {s['replicas']:8} {s['update'] or '-':20} {s['image']}")
-    verdict, reasons = commands.convergence(state["services"])
+    verdict, reasons = commands.convergence(state["services"], before=state["services"])  # a past rollback is history
     lines.append(f"state: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
     return lines

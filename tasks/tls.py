@@ -33,7 +33,10 @@ def open_for_tls(c, settings: Settings | None = None) -> Host:
 
 def check_and_reload(host: Host) -> str | None:
     """`nginx -t` with the shared conf.d in a throwaway container, then a graceful reload."""
-    check = host.in_release(host.current_id, sh(rollout.nginx_check(host.ctx, host.current_id)))
+    if host.engine == "swarm":
+        check = commands.nginx_test_running(host.ctx, host.current_id)
+    else:
+        check = host.in_release(host.current_id, sh(rollout.nginx_check(host.ctx, host.current_id)))
     result = host.probe_run(check)
     if not result.ok:
         return (result.stderr.strip() or result.stdout.strip())[-400:]

@@ -1,20 +1,26 @@
 """Several hosts (issue 16) on three VM-like hosts on one test-made Docker network: provisioned
 hosts -> `cluster.init` (and again: nothing to do) -> `cluster.deploy` -> tasks written and read
-through the entry host -> a changed release rolled out under load with no failed request -> a worker
-node stopped: the API keeps serving and its replicas move, then the node comes back -> `cluster.drain`
-of a node under load with no failed request. Everything made here is removed by its own records."""
+through the entry host -> a changed release rolled out by plain `deploy` (ENGINE=auto: the manager is
+a swarm manager) under load with no failed request -> `status` and `doctor` show the swarm -> a
+release whose API fails its health check: Swarm rolls it back by itself, the deploy puts the
+previous release back, no request fails -> `rollback` under load -> a worker node stopped: the API
+keeps serving and its replicas move, then the node comes back -> `cluster.drain` of a node under
+load with no failed request -> `backup` and `backup.restore` on the data node. Everything made here
+is removed by its own records."""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import shutil
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from tests.support import LoadProbe, TestHosts, Writers, app_settings, wait_for
+from tests.support import ROOT, LoadProbe, TestHosts, Writers, app_settings, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMES = ("cl1", "cl2", "cl3")
@@ -93,23 +99,80 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     assert len(api_nodes) == 2, listed  # two API replicas, on two nodes
 
 
+def release_of(hosts) -> str:
+    return get_json(hosts.url(MANAGER, "/api/version"))[1]["release"]
+
+
+def load_urls(hosts) -> list[str]:
+    return [hosts.url(MANAGER, "/api/health"), hosts.url(MANAGER, "/api/tasks"), hosts.url(MANAGER, "/")]
+
+
 def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, settings):
-    before = get_json(hosts.url(MANAGER, "/api/version"))[1]["release"]
+    before = release_of(hosts)
+    hosts.first_release = before
     changed = hosts.dir / "changed.env"
     changed.write_text(settings.read_text() + "API_WORKERS=2\n")
-    urls = [hosts.url(MANAGER, "/api/health"), hosts.url(MANAGER, "/api/tasks"), hosts.url(MANAGER, "/")]
-    with LoadProbe(urls, clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+    with LoadProbe(load_urls(hosts), clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
         started = time.monotonic()
-        out = hosts.fab(MANAGER, "cluster.deploy", env_file=changed, timeout=1200)
+        out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=changed, timeout=1200)  # ENGINE=auto: a swarm manager
         rollout = time.monotonic() - started
         time.sleep(2)
     print(f"rolling update: {rollout:.1f}s, {len(probe.results)} reads, {len(writers.acknowledged)} writes, "
           f"failed {len(probe.failures())} + {len(writers.errors)}")
+    assert "-> stack tasktracker" in out.stdout and "rolling update (docker stack deploy)" in out.stdout
     assert "shipped" not in out.stdout  # every node has the images already
     assert probe.failures() == [] and writers.errors == [] and len(probe.results) > 50
-    assert get_json(hosts.url(MANAGER, "/api/version"))[1]["release"] != before
+    assert release_of(hosts) != before
     newest = {t["id"] for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1]}  # the newest 100
     assert writers.acknowledged and max(writers.acknowledged) in newest
+
+
+def test_status_and_doctor_on_the_manager_show_the_swarm(hosts, settings):
+    out = hosts.fab(MANAGER, "status", env_file=settings).stdout
+    assert f"release  {release_of(hosts)}" in out
+    assert "Swarm: 3 node(s)" in out and "state: done" in out
+    assert re.search(r"^  api +running +healthy", out, re.M), out  # this node's own API task, found by the stack's labels
+    doctor = hosts.fab(MANAGER, "doctor", env_file=settings, check=False)
+    assert "[swarm]" not in doctor.stdout and "[services]" not in doctor.stdout, doctor.stdout
+
+
+def test_a_release_whose_api_fails_its_health_check_is_rolled_back_with_no_failed_request(hosts, settings, tmp_path):
+    serving = release_of(hosts)
+    broken = copy_project(tmp_path / "broken")
+    shutil.copytree(ROOT / "frontend" / "dist", broken / "frontend" / "dist", dirs_exist_ok=True)
+    main = broken / "backend" / "app" / "main.py"
+    main.write_text(main.read_text().replace('healthy = all(c["ok"] for c in checks.values())', "healthy = False"))
+    changed = hosts.dir / "changed.env"
+    with LoadProbe(load_urls(hosts), clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+        started = time.monotonic()
+        out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=changed, cwd=broken, check=False, timeout=1200)
+        took = time.monotonic() - started
+        time.sleep(2)
+    print(f"failed release rolled back: {took:.1f}s, {len(probe.results)} reads, {len(writers.acknowledged)} writes, "
+          f"failed {len(probe.failures())} + {len(writers.errors)}")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Swarm rolled the update back by itself" in out.stderr and f"Release {serving} was put back automatically" in out.stderr
+    assert probe.failures() == [] and writers.errors == [] and len(probe.results) > 50
+    assert release_of(hosts) == serving
+    listed = status(hosts, settings)
+    assert "state: done" in listed and "rollback_completed" in listed, listed  # serving, and the history says why
+    releases = hosts.fab(MANAGER, "releases", env_file=settings).stdout
+    assert re.search(r"failed", releases), releases
+    services = json.loads(hosts.fab(MANAGER, "status", "--json", env_file=settings).stdout)["swarm"]["services"]
+    images = {name: s["image"] for name, s in services.items()}
+    assert images["tasktracker_api"] == images["tasktracker_worker"], images  # the worker went back too
+
+
+def test_rollback_returns_to_the_previous_release_under_load(hosts, settings):
+    current, target = release_of(hosts), hosts.first_release
+    with LoadProbe(load_urls(hosts), clients=3) as probe:
+        out = hosts.fab(MANAGER, "rollback", env_file=settings, timeout=900)
+        time.sleep(2)
+    print(f"rollback on the swarm: {len(probe.failures())} of {len(probe.results)} requests failed")
+    assert f"Rolling back {MANAGER} from {current} to {target}" in out.stdout
+    assert probe.failures() == [] and len(probe.results) > 20
+    assert release_of(hosts) == target
+    assert post_task(hosts.url(MANAGER, "/api/tasks"), "after the rollback") == 201
 
 
 def test_a_lost_worker_node_leaves_the_api_serving_and_comes_back(hosts, settings):
@@ -143,3 +206,15 @@ def test_drain_under_load_fails_no_request_and_activate_takes_it_back(hosts, set
     line = node_line(status(hosts, settings), busy)
     assert "drain" in line and "(no tasks)" in line
     assert "availability drain -> active" in hosts.fab(MANAGER, "cluster.activate", busy, env_file=settings).stdout
+
+
+def test_backup_and_restore_run_on_the_data_node(hosts, settings):
+    out = hosts.fab(MANAGER, "backup", env_file=settings, timeout=900).stdout
+    name = re.search(r"Backup (\S+) is complete and verified on " + MANAGER, out).group(1)
+    assert post_task(hosts.url(MANAGER, "/api/tasks"), "written after the backup") == 201
+    restored = hosts.fab(MANAGER, "backup.restore", "--name", name, "--yes", env_file=settings, timeout=900)
+    assert f"Backup {name} restored on {MANAGER}; health checks pass." in restored.stdout
+    titles = [t["title"] for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1]]
+    assert "after the rollback" in titles and "written after the backup" not in titles
+    wait_for(lambda: converged(hosts, settings), 120, interval=2, what="api and worker scaled back")
+    assert "tasktracker_api                  2/2" in status(hosts, settings)

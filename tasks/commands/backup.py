@@ -241,29 +241,40 @@ def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_databa
     else:
         load = (f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --clean --if-exists --no-owner "
                 f"--single-transaction --exit-on-error' < {d}/database.dump")
+    if ctx.engine == "swarm":  # Swarm would start a stopped task's container again: scale the services instead
+        api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
+        replicas = "docker service inspect -f '{{{{.Spec.Mode.Replicated.Replicas}}}}'"
+        remember = f"n_api=$({replicas} {api}); n_worker=$({replicas} {worker})\n"
+        start_app = f"docker service scale {api}=${{n_api:-1}} {worker}=${{n_worker:-1}} >/dev/null"  # waits until they run
+        stop_app = f"docker service scale {api}=0 {worker}=0 >/dev/null"
+        stop_nats, start_nats, wait_api = f"docker service scale {nats}=0 >/dev/null", f"docker service scale {nats}=1 >/dev/null", ""
+    else:
+        remember, start_app = "", compose_start
+        stop_app = f"for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 $c >/dev/null; done"
+        stop_nats, start_nats = 'docker stop -t 10 "$nats" >/dev/null', 'docker start "$nats" >/dev/null'
+        wait_api = rollout.wait_healthy(ctx, 'api') + "\n"
     return f"""set -eEuo pipefail
-start_services() {{ {compose_start}; }}
-trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && docker start "$nats" >/dev/null 2>&1; start_services >/dev/null 2>&1 || true' ERR
+start_services() {{ {start_app}; }}
+trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && {start_nats} 2>&1; start_services >/dev/null 2>&1 || true' ERR
 (cd {d} && sha256sum --quiet -c SHA256SUMS)
 echo "[restore] checksums ok"
 pg=$({ctx.container('postgres')})
 nats=$({ctx.container('nats')})
 [ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; false; }}
-for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 $c >/dev/null; done
+{remember}{stop_app}
 echo "[restore] api and worker stopped"
 {load}
 echo "[restore] database restored"
 if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   image=$(docker inspect -f '{{{{.Config.Image}}}}' "$nats")
   volume=$(docker inspect -f '{{{{range .Mounts}}}}{{{{if eq .Destination "/data"}}}}{{{{.Name}}}}{{{{end}}}}{{{{end}}}}' "$nats")
-  docker stop -t 10 "$nats" >/dev/null
+  {stop_nats}
   docker run --rm -i --entrypoint sh -v "$volume:/data" "$image" -c 'find /data -mindepth 1 -delete && tar -C /data -xzf -' < {d}/nats.tar.gz
-  docker start "$nats" >/dev/null
+  {start_nats}
   echo "[restore] nats data restored"
 fi
 {before_start + chr(10) if before_start else ""}start_services
-{rollout.wait_healthy(ctx, 'api')}
-echo "[restore] api and worker started"
+{wait_api}echo "[restore] api and worker started"
 """
 
 

@@ -60,6 +60,13 @@ def with_ca_bundle(command: str, ca_bundle: str | None) -> str:
     return f"REQUESTS_CA_BUNDLE={q(ca_bundle)} {command}" if ca_bundle else command
 
 
+def nginx_test_running(ctx: HostContext, release_id: str) -> str:
+    """On a swarm (no Compose to start a throwaway nginx): `nginx -t` of the release's config inside the
+    running nginx task on this node, which mounts the same conf.d and certificates; it reloads nothing."""
+    return (f"c=$({ctx.container('nginx')}); [ -n \"$c\" ] || {{ echo 'no nginx task on this node: run on the entry node' >&2; "
+            f"exit 1; }}; docker exec \"$c\" nginx -t -q -c {q(f'/srv/app/releases/{release_id}/nginx/nginx.conf')}")
+
+
 def nginx_reload(ctx: HostContext) -> str:
     nginx = ctx.containers("nginx")
     # After HUP the old workers hand over to new ones within a moment; wait for that, so the new
