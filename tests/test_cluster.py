@@ -133,6 +133,30 @@ def test_convergence(services, wanted, expected):
     assert cluster.convergence(services, wanted) == expected
 
 
+ROLLED_BACK = {"replicas": "2/2", "running": 2, "desired": 2, "update": "rollback_completed", "update_started": "2026-11-26 10:00:00"}
+
+
+@pytest.mark.parametrize("now, before, expected", [
+    # the same rollback as when the deploy began: history (an unchanged spec keeps its old update state)
+    (ROLLED_BACK, ROLLED_BACK, ("done", [])),
+    # a rollback that started during this deploy: this deploy failed
+    ({**ROLLED_BACK, "update_started": "2026-11-26 10:05:00"}, ROLLED_BACK, ("failed", ["tt_api: update rollback completed"])),
+    ({**ROLLED_BACK, "update_started": "2026-11-26 10:05:00"}, {}, ("failed", ["tt_api: update rollback completed"])),
+    # history, but short of replicas: still waiting
+    ({**ROLLED_BACK, "replicas": "1/2", "running": 1}, ROLLED_BACK, ("waiting", ["tt_api: 1/2 running"])),
+    # an update in progress is never history
+    ({**ROLLED_BACK, "update": "updating"}, {**ROLLED_BACK, "update": "updating"}, ("waiting", ["tt_api: update updating"])),
+], ids=["old-rollback", "new-rollback", "no-before", "old-rollback-short", "updating"])
+def test_convergence_tells_this_deploys_rollback_from_an_earlier_one(now, before, expected):
+    assert cluster.convergence({"tt_api": now}, None, {"tt_api": before} if before else None) == expected
+
+
+def test_parse_status_reads_when_the_update_started():
+    out = "@@ services\n" + '{"Name":"tt_api","Replicas":"2/2","Image":"i"}' + "\n@@ updates\ntt_api\trollback_completed\t2026-11-26 10:00:00 +0000 UTC\n"
+    api = cluster.parse_status(out)["services"]["tt_api"]
+    assert (api["update"], api["update_started"]) == ("rollback_completed", "2026-11-26 10:00:00 +0000 UTC")
+
+
 @pytest.mark.parametrize("text, expected", [("2/3", (2, 3)), ("1/1 (max 1 per node)", (1, 1)), ("", (0, 0))])
 def test_parse_replicas(text, expected):
     assert cluster.parse_replicas(text) == expected

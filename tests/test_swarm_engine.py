@@ -1,0 +1,153 @@
+"""The engine choice and what a swarm changes in the host layer (tasks/swarm.py, HostContext's
+container filter, the restore script): tables, and executors against a fake connection."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tasks.commands import backup, status as status_commands, tls
+from tasks.commands.context import HostContext
+from tasks.host import Host, Release, choose_engine
+from tasks.status import swarm_findings
+from tasks.steps import StepFailed
+from tasks.swarm import SwarmHost
+from tests.test_executors import FACTS, FakeConnection, fail, ok, settings
+
+SWARM = HostContext("app", "tt", engine="swarm")
+COMPOSE = HostContext("app", "tt")
+
+
+@pytest.mark.parametrize("swarm, wanted, expected_engine, problem", [
+    ("inactive/false", "auto", "compose", None),
+    ("", "auto", "compose", None),  # an old Docker that prints nothing
+    ("active/true", "auto", "swarm", None),
+    ("active/true", "compose", "compose", None),  # ENGINE=compose: Compose even on a manager
+    ("active/false", "auto", "swarm", "is a worker in a Docker Swarm"),
+    ("inactive/false", "swarm", "swarm", "ENGINE=swarm, but vps is not in a Docker Swarm"),
+    ("active/true", "swarm", "swarm", None),
+], ids=["no-swarm", "old-docker", "manager", "compose-forced", "worker", "swarm-wanted-none", "swarm-wanted"])
+def test_choose_engine(swarm, wanted, expected_engine, problem):
+    engine, why = choose_engine({"swarm": swarm}, wanted, "vps")
+    assert engine == expected_engine
+    if problem is None:
+        assert why is None
+    else:
+        assert problem in why and "ENGINE=compose" in why  # names the problem and a fix
+
+
+def test_on_a_swarm_containers_are_the_stacks_tasks_on_this_node():
+    assert SWARM.container("postgres") == ("docker ps -q --filter label=com.docker.stack.namespace=tt "
+                                           "--filter label=com.docker.swarm.service.name=tt_postgres | head -n 1")
+    assert "com.docker.compose.project=tt" in COMPOSE.containers("api")
+    assert "com.docker.compose.oneoff=False" in COMPOSE.containers("api")
+
+
+def container_function(script: str) -> str:
+    start = script.index("container() {")
+    return script[start:script.index("\n}\n", start) + 3]
+
+
+@pytest.mark.parametrize("script", [backup.BACKUP_SCRIPT, status_commands.SAMPLER_SCRIPT], ids=["backup", "sampler"])
+@pytest.mark.parametrize("running, expected", [("compose", "c0mp05e"), ("swarm", "5wa4m"), ("none", "")])
+def test_the_host_side_scripts_find_a_compose_container_or_a_swarm_task(tmp_path, script, running, expected):
+    """The installed programs (cron runs them) do not know the engine: they ask for both labels."""
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\n"
+                      f"case \"$*\" in *compose.service=postgres*) [ {running} = compose ] && echo c0mp05e ;; "
+                      f"*swarm.service.name=tt_postgres*) [ {running} = swarm ] && echo 5wa4m ;; esac; exit 0\n")
+    docker.chmod(0o755)
+    out = subprocess.run(["bash", "-c", container_function(script) + "PROJECT=tt; container postgres"], text=True,
+                         capture_output=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert out.stdout.strip() == expected, out.stderr
+
+
+def test_the_status_snapshot_names_swarm_tasks_by_their_service():
+    snap = status_commands.snapshot(SWARM)
+    assert "docker ps -q --filter label=com.docker.stack.namespace=tt" in snap  # running tasks: a swarm keeps ended ones
+    assert "{{slice (index .Config.Labels \"com.docker.swarm.service.name\") 3}}|" in snap  # tt_api -> api
+
+
+def test_a_swarm_restore_scales_the_services_instead_of_stopping_containers():
+    script = backup.restore(SWARM, "20261126T100000Z", "true")
+    assert "docker service scale tt_api=0 tt_worker=0" in script
+    assert "docker service scale tt_api=${n_api:-1} tt_worker=${n_worker:-1}" in script
+    assert "docker service scale tt_nats=0" in script and "docker service scale tt_nats=1" in script
+    assert "docker stop" not in script and "docker start" not in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    compose = backup.restore(COMPOSE, "20261126T100000Z", "true")
+    assert "docker service" not in compose and "docker stop -t 30" in compose
+
+
+def test_a_swarm_checks_nginx_in_its_running_task():
+    command = tls.nginx_test_running(SWARM, "r1")
+    assert "com.docker.swarm.service.name=tt_nginx" in command
+    assert command.endswith("docker exec \"$c\" nginx -t -q -c /srv/app/releases/r1/nginx/nginx.conf")
+
+
+NODES = [{"id": "n1", "hostname": "vm1", "alias": "vps1", "role": "manager", "availability": "active", "state": "ready",
+          "address": "10.0.0.1", "labels": {"tasktracker.data": "true"}},
+         {"id": "n2", "hostname": "vm2", "alias": "vps2", "role": "worker", "availability": "drain", "state": "ready",
+          "address": "10.0.0.2", "labels": {}}]
+
+
+def test_swarm_findings_name_a_drained_node_and_a_short_service_but_not_an_old_rollback():
+    services = {"tt_api": {"replicas": "2/2", "running": 2, "desired": 2, "update": "rollback_completed", "update_started": "t"},
+                "tt_worker": {"replicas": "0/1", "running": 0, "desired": 1, "update": "", "update_started": ""}}
+    found = swarm_findings({"nodes": NODES, "services": services, "tasks": []})
+    assert [f.summary for f in found] == ["node vps2 is ready/drain", "the stack is waiting: tt_worker: 0/1 running"]
+    assert swarm_findings({"nodes": NODES[:1], "services": {"tt_api": services["tt_api"]}, "tasks": []}) == []
+
+
+STATUS_DONE = ("@@ nodes\n@@ services\n" + '{"Name":"tt_api","Replicas":"2/2","Image":"i"}' + "\n@@ updates\ntt_api\tcompleted\tT1\n")
+STATUS_ROLLED_BACK = ("@@ nodes\n@@ services\n" + '{"Name":"tt_api","Replicas":"2/2","Image":"i"}'
+                      + "\n@@ updates\ntt_api\trollback_completed\tT2\n")
+
+
+def swarm_host(conn: FakeConnection) -> SwarmHost:
+    host = SwarmHost.adopt(Host(conn, settings(COMPOSE_PROJECT="tt"), "v2", {**FACTS, "swarm": "active/true"}))
+    host.engine, host.ctx = "swarm", host.ctx.with_engine("swarm")
+    host.converge_seconds = 5
+    return host
+
+
+def test_activate_deploys_the_releases_stack_file_and_waits_for_it():
+    conn = FakeConnection().on("@@ nodes", ok(STATUS_DONE))
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed) as failed:  # the probe has no answer here: it is the step after the switch
+        conn.on("probe.py", fail("", 1, "FAIL health"))
+        host.activate(Release("r2", "tt-backend:b", previous="r1"))
+    deploy = next(c for c in conn.commands if "docker stack deploy" in c)
+    assert "test -f tasktracker/env/r2.stack/stack.yml" in deploy
+    assert deploy.endswith("docker stack deploy --resolve-image never -c tasktracker/env/r2.stack/stack.yml tt")
+    switch = next(c for c in conn.commands if "ln -sfn releases/r2" in c)
+    assert "com.docker.swarm.service.name=tt_nginx" in switch and "kill -HUP 1" in switch
+    assert failed.value.step == "health checks"
+
+
+def test_a_rollback_by_swarm_during_activate_fails_the_step_and_says_why():
+    conn = FakeConnection().on("@@ nodes", ok(STATUS_DONE), ok(STATUS_ROLLED_BACK))
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed) as failed:
+        host.activate(Release("r2", "tt-backend:b", previous="r1"))
+    assert failed.value.step == "rolling update"
+    assert "Swarm rolled the update back by itself (tt_api: update rollback completed)" in failed.value.detail
+    assert not any("ln -sfn" in c for c in conn.commands)  # current never moved
+
+
+def test_a_worker_node_takes_no_stack_operation():
+    conn = FakeConnection()
+    host = swarm_host(conn)
+    host.engine_problem = "vps is a worker in a Docker Swarm: stack operations run on a manager."
+    with pytest.raises(Exception, match="worker in a Docker Swarm"):
+        host.activate(Release("r2", "tt-backend:b"))
+    assert conn.commands == []
+
+
+def test_restore_to_a_time_is_refused_on_a_swarm_before_anything_runs():
+    conn = FakeConnection()
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed, match="not available on a swarm"):
+        host.restore_to_time("2026-11-26 10:00:00")
+    assert conn.commands == []
