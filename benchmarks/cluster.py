@@ -5,8 +5,9 @@
 Runs the end-to-end cluster test (tests/test_e2e_cluster.py: its hosts, network and records are
 made and removed by the test itself) and prints the figures it measures: `cluster.init`, the first
 `cluster.deploy` (images shipped to every node), the rolling update's time and failed requests
-under load, the time until the API's replicas run again after a worker node is lost (and the
-requests that failed meanwhile), and a drain under load.
+under load, a release whose API fails its health check (rolled back by Swarm and put back by the
+deploy: its time and failed requests), `rollback` under load, the time until the API's replicas
+run again after a worker node is lost (and the requests that failed meanwhile), and a drain under load.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = re.compile(r"(cluster\.init:|first cluster\.deploy:|rolling update:|lost node|drain \w+:) [^\n]*")  # after pytest's dots
+FIGURES = re.compile(r"(cluster\.init:|first cluster\.deploy:|rolling update:|failed release rolled back:|rollback on the swarm:|"
+                     r"lost node|drain \w+:) [^\n]*")  # after pytest's dots
 
 
 def main() -> int:
