@@ -151,7 +151,8 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
             host = open_host(c, settings, compose=compose, steps=steps)
         if isinstance(host, SwarmHost):
             deploy_to_swarm(c, host, env_file, skip_build=skip_build, wait=wait, dry_run=dry_run)
-            steps.print_table()
+            if not dry_run:
+                steps.print_table()
             return
         check_memory_budget(host, table=dry_run)
         check_postgres_major(host, env)
@@ -186,11 +187,13 @@ def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bo
     """`deploy` on a swarm manager (README, "Several hosts"): the same settings, lock and audit line;
     the release goes out as a stack (tasks/swarm.py)."""
     host.require_manager()
-    if dry_run:
-        raise Exit(f"--dry-run does not cover a swarm yet: `fab -H {host.name} cluster.status` shows what runs where, and "
-                   f"a deploy's own steps stop before any change when a node cannot take the images. Nothing was changed.",
-                   code=ExitCode.USAGE)
     check_postgres_major(host)
+    if dry_run:
+        if not (FRONTEND / "dist" / "index.html").is_file():
+            raise Exit("frontend/dist has not been built, so what a deploy would send is unknown: run `invoke build` (a dry "
+                       "run builds nothing) and try again. Nothing was changed on the server.", code=ExitCode.USAGE)
+        host.dry_run(env_file, dry_run_migrations(host, host.current_id)[0])
+        return
     if skip_build:
         host.steps.skip("build frontend", "--skip-build")
     else:

@@ -179,9 +179,10 @@ class SwarmHost(Host):
         print(f"   {node['alias'] or node['hostname']}: WAL archive {state.get('pitr', 'unknown')}")
 
     # --- a new release ----------------------------------------------------------------------
-    def deploy_release(self, env_file: Path | None, outcome: dict, mesh: bool | None = None) -> None:
-        """A new release on the swarm: its stack rendered from the three files, its images on every
-        node, Postgres and NATS first, the WAL archive, migrations once, then `activate`."""
+    def plan_release(self, env_file: Path | None, mesh: bool | None = None) -> tuple[Release, dict, bool]:
+        """The new release (id, images, assets, metadata), its rendered stack and whether it publishes
+        through the routing mesh; read-only, and it refuses (changing nothing) a manager where the
+        single-host Compose stack still runs or a stack file that lacks a setting."""
         self.require_manager()
         ctx, stack = self.ctx, self.stack
         compose_left = self.probe_run(f"{ctx.with_engine('compose').containers('api')} | head -n 1").stdout.strip()
@@ -193,9 +194,7 @@ class SwarmHost(Host):
         mesh = swarm["ipvs"] if mesh is None else mesh
         image = image_commands.backend_image(PROJECT_ROOT, stack)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
-        current = self.current_id
         rid = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{(git_commit() or 'nogit')[:12]}"
-        outcome["release"] = rid
         assets = tuple(sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (FRONTEND / "dist" / "index.html").read_text()))))
         values = {**env_values(self.settings, env_file, absolute_app_dir(self.facts, ctx.app_dir)),
                   "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
@@ -204,10 +203,18 @@ class SwarmHost(Host):
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
         who = identity()
-        release = Release(rid, image, assets, previous=current, result="deploying",
+        release = Release(rid, image, assets, previous=self.current_id, result="deploying",
                           meta={"release": rid, "deployed_at": now_iso(), "deployed_user": who["user"],
                                 "deployed_machine": who["machine"], "commit": who["commit"], "engine": "swarm",
                                 **({"postgres_image": postgres} if postgres else {})})
+        return release, rendered, mesh
+
+    def deploy_release(self, env_file: Path | None, outcome: dict, mesh: bool | None = None) -> None:
+        """A new release on the swarm: its stack rendered from the three files, its images on every
+        node, Postgres and NATS first, the WAL archive, migrations once, then `activate`."""
+        release, rendered, mesh = self.plan_release(env_file, mesh)
+        ctx, stack, rid, current = self.ctx, self.stack, release.id, release.previous
+        outcome["release"] = rid
         print(f"Release {rid} -> stack {stack} via {self.name} ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
         try:
             self._ship_and_migrate(release, rendered, current)
@@ -222,6 +229,52 @@ class SwarmHost(Host):
             # worker runs the same image) go back with the previous release's whole stack file.
             raise StepFailed(failure.step, failure.detail + self.put_back(current, rid)) from None
         print(f"Release {rid} is live on the swarm ({len(self.state()['nodes'])} nodes).")
+
+    def dry_run(self, env_file: Path | None, migrations: list[str]) -> None:
+        """`deploy --dry-run` on a swarm: the release, the stack's services, what each node lacks, the
+        migrations (`migrations`: deploy.dry_run_migrations' lines) and the commands that would change
+        the swarm, in order; read-only (no build, no lock, no audit line)."""
+        release, rendered, mesh = self.plan_release(env_file)
+        ctx, stack, rid, current = self.ctx, self.stack, release.id, release.previous
+        print(f"Dry run on {self.name} (a swarm manager): nothing is changed (no build, no lock, no audit line).")
+        print(f"release: {rid} -> stack {stack}" + (f", replacing {current}" if current else ", the swarm's first release")
+              + f" ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
+        print("services:")
+        for name, service in sorted(rendered["services"].items()):
+            deploy = service.get("deploy") or {}
+            where = ", ".join((deploy.get("placement") or {}).get("constraints") or []) or "any node"
+            order = (deploy.get("update_config") or {}).get("order", "stop-first")
+            print(f"   {name:9} {service.get('image', '?'):44} replicas {deploy.get('replicas', 1)}  on {where}  update {order}")
+        built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
+        images = [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)]
+        print("images:")
+        for image, _ in built:
+            if not machine.ok(["docker", "image", "inspect", image]):
+                print(f"   here: {image} would be built first")
+        shipping: list[tuple[str, list[str]]] = []
+        for _node, host in self.node_hosts(self.state()["nodes"], "images on every node"):
+            missing = [i for i in images if i not in host.images_present(images)]
+            print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing else f"has all {len(images)} images"))
+            if missing:
+                shipping.append((host.name, missing))
+        print("migrations:")
+        for line in migrations:
+            print(f"   {line}")
+        data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
+        planned = [(self.name, f"lay out {ctx.release_dir(rid)} and write the stack files (0600) in {commands.stack_dir(ctx, rid)}"),
+                   ("here", f"rsync {' '.join(SENT_PATHS)} to {self.name}:{ctx.release_dir(rid)}/"),
+                   *((name, f"docker load < (docker save {' '.join(missing)} from here, over SSH)") for name, missing in shipping),
+                   (self.name, sh(commands.stack_deploy(stack, [data_file])) + "  (Postgres and NATS, awaited)"),
+                   *([("data node", "pgBackRest: the stanza and a first full backup when missing (WAL archive)")]
+                     if release.postgres_image else []),
+                   (self.name, sh(commands.migrate(ctx, rid, stack, release.image))),
+                   (self.name, sh(commands.stack_deploy(stack, [stack_file])) + "  (start-first, awaited; Swarm rolls back a failure)"),
+                   (self.name, rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
+                   (self.name, "the health probe, then RELEASE.json marked ok")]
+        print(f"Commands that would change the swarm, in order (the deploy also takes {self.name}'s lock and appends one "
+              f"line to {ctx.audit_log}; when the rolling update fails it puts {current or 'nothing'} back):")
+        for n, (where, command) in enumerate(planned, 1):
+            print(f"   {n:>2}. [{where}] {self.redact(command)}")
 
     def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
         self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
