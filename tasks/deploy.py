@@ -26,6 +26,7 @@ from .commands import notify as notify_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .commands.release import releases_to_prune
 from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands import status as status_commands
@@ -91,19 +92,6 @@ def backend_image(root: Path, project: str) -> str:
 def parse_rsync_sent(output: str) -> int:
     match = re.search(r"Total bytes sent: ([\d,.]+)", output)
     return int(match.group(1).replace(",", "").replace(".", "")) if match else 0
-
-
-def releases_to_prune(rows: list[tuple[str, dict]], current: str, keep: int, keep_failed: int = 2) -> list[str]:
-    """Releases to delete: all but the newest `keep` successful ones (failed releases never count
-    toward `keep`), the current one and its recorded predecessor, and the newest `keep_failed`
-    failed ones (kept for inspection)."""
-    meta = dict(rows)
-    names = sorted(meta, reverse=True)
-    kept = set([n for n in names if meta[n].get("result") == "ok"][:keep])
-    kept |= set([n for n in names if meta[n].get("result") != "ok"][:keep_failed])
-    if current:
-        kept |= {current, meta.get(current, {}).get("previous", "")}
-    return sorted(n for n in names if n not in kept)
 
 
 def migration_failure_detail(before: release_commands.SchemaState, after: release_commands.SchemaState,

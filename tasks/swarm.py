@@ -33,6 +33,7 @@ from .commands import compose as compose_commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .commands import status as status_commands
 from .commands import rollout, sh
 from .exits import ExitCode
 from .host import Host, Release, absolute_app_dir
@@ -213,7 +214,7 @@ class SwarmHost(Host):
         """A new release on the swarm: its stack rendered from the three files, its images on every
         node, Postgres and NATS first, the WAL archive, migrations once, then `activate`."""
         release, rendered, mesh = self.plan_release(env_file, mesh)
-        ctx, stack, rid, current = self.ctx, self.stack, release.id, release.previous
+        stack, rid, current = self.stack, release.id, release.previous
         outcome["release"] = rid
         print(f"Release {rid} -> stack {stack} via {self.name} ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
         try:
@@ -222,7 +223,7 @@ class SwarmHost(Host):
             self._record_failed(release, failure, outcome)
             raise
         try:
-            self.activate(release, then=release_commands.write_meta(ctx, rid, release.recorded("ok")))
+            self.activate(release, then=self.record_command(release))
         except StepFailed as failure:
             self._record_failed(release, failure, outcome)
             # Swarm rolls back only the services whose new tasks failed (the API); the others (the
@@ -275,6 +276,19 @@ class SwarmHost(Host):
               f"line to {ctx.audit_log}; when the rolling update fails it puts {current or 'nothing'} back):")
         for n, (where, command) in enumerate(planned, 1):
             print(f"   {n:>2}. [{where}] {self.redact(command)}")
+
+    def record_command(self, release: Release) -> str:
+        """Once every check passed: the release recorded `ok`; releases beyond KEEP_RELEASES pruned with their
+        stack files, and the manager's unused images; the metrics sampler installed (as on one host)."""
+        rows, _ = self.releases()
+        prune = release_commands.releases_to_prune(rows + [(release.id, release.recorded("ok"))], release.id,
+                                                   self.settings.keep_releases)
+        project = self.ctx.project
+        return "; ".join([release_commands.write_meta(self.ctx, release.id, release.recorded("ok")),
+                          release_commands.remove_releases(self.ctx, prune),
+                          release_commands.prune_images(self.ctx, f"{project}-backend"),
+                          release_commands.prune_images(self.ctx, f"{project}-postgres", "postgres_image"),
+                          status_commands.install_sampler(self.absolute_ctx)])
 
     def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
         self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))

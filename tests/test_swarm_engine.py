@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from tasks.commands import backup, status as status_commands, tls
+from tasks.commands import backup, tls
+from tasks.commands import release as release_commands
+from tasks.commands import status as status_commands
 from tasks.commands.context import HostContext
 from tasks.host import Host, Release, choose_engine
 from tasks.status import swarm_findings
@@ -151,3 +153,21 @@ def test_restore_to_a_time_is_refused_on_a_swarm_before_anything_runs():
     with pytest.raises(StepFailed, match="not available on a swarm"):
         host.restore_to_time("2026-11-26 10:00:00")
     assert conn.commands == []
+
+
+def test_pruning_a_swarm_release_removes_its_stack_files_too():
+    assert release_commands.remove_releases(SWARM, ["r1"]) == ("rm -rf -- app/releases/r1 app/env/r1.env app/env/r1.stack; "
+                                                               "echo 'pruned r1'")
+    assert "r1.stack" not in release_commands.remove_releases(COMPOSE, ["r1"])
+
+
+def test_a_swarm_release_is_recorded_pruned_and_sampled_once_its_checks_pass():
+    rows = "".join(f"r{i}\t{{\"result\": \"ok\", \"previous\": \"r{i - 1}\"}}\n" for i in range(1, 8)) + "current=r7\n"
+    conn = FakeConnection().on("printf '%s\\t%s\\n'", ok(rows))
+    host = swarm_host(conn)
+    command = host.record_command(Release("r9", "tt-backend:b", previous="r7"))
+    assert '"result": "ok"' in command and "tt-backend" in command and "tt-postgres" in command
+    # KEEP_RELEASES=5: r9 and the newest four (r7 to r4) stay; r1 to r3 go, with their stack files
+    assert ("rm -rf -- " + " ".join(f"tasktracker/releases/r{i} tasktracker/env/r{i}.env tasktracker/env/r{i}.stack"
+                                    for i in (1, 2, 3)) + ";") in command
+    assert "tasktracker-sample" in command  # the metrics sampler, as after a single-host deploy

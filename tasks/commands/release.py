@@ -188,11 +188,25 @@ def parse_releases(output: str) -> tuple[list[tuple[str, dict]], str]:
     return rows, current
 
 
+def releases_to_prune(rows: list[tuple[str, dict]], current: str, keep: int, keep_failed: int = 2) -> list[str]:
+    """Releases to delete: all but the newest `keep` successful ones (failed releases never count
+    toward `keep`), the current one and its recorded predecessor, and the newest `keep_failed`
+    failed ones (kept for inspection)."""
+    meta = dict(rows)
+    names = sorted(meta, reverse=True)
+    kept = set([n for n in names if meta[n].get("result") == "ok"][:keep])
+    kept |= set([n for n in names if meta[n].get("result") != "ok"][:keep_failed])
+    if current:
+        kept |= {current, meta.get(current, {}).get("previous", "")}
+    return sorted(n for n in names if n not in kept)
+
+
 def remove_releases(ctx: HostContext, names: list[str]) -> str:
-    """Delete these releases and their settings files (never called with the current one)."""
+    """Delete these releases and their settings (never called with the current one): the .env, and
+    on a swarm the rendered stack files beside it."""
     if not names:
         return "true"
-    paths = [p for n in names for p in (ctx.release_dir(n), ctx.release_env(n))]
+    paths = [p for n in names for p in (ctx.release_dir(n), ctx.release_env(n), *([f"{ctx.env_dir}/{n}.stack"] if ctx.engine == "swarm" else []))]
     return sh(["rm", "-rf", "--", *paths]) + "; " + "; ".join(f"echo {q('pruned ' + n)}" for n in names)
 
 
