@@ -346,18 +346,20 @@ class Sandbox:
 
 
 class Pebble:
-    """Pebble (ACME) and pebble-challtestsrv (DNS), on loopback ports of their own."""
+    """Pebble (ACME) and pebble-challtestsrv (DNS), on ports of their own: the ACME directory on
+    `address` (loopback; or this machine's address on a test network, for hosts there), DOMAIN
+    resolved to `target` (where the HTTP-01 challenge is answered, on `http_port`)."""
 
-    def __init__(self, http_port: int):
+    def __init__(self, http_port: int, address: str = "127.0.0.1", target: str = "127.0.0.1"):
         self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-pebble-"))
         os.chmod(self.dir, 0o755)
         self.port, self.mgmt, self.dns, self.dns_mgmt = free_port(), free_port(), free_port(), free_port()
-        self.http_port = http_port
+        self.http_port, self.address, self.target = http_port, address, target
         self.procs: list[subprocess.Popen] = []
 
     @property
     def directory(self) -> str:
-        return f"https://127.0.0.1:{self.port}/dir"
+        return f"https://{self.address}:{self.port}/dir"
 
     @property
     def ca_bundle(self) -> str:
@@ -369,13 +371,13 @@ class Pebble:
                         "-keyout", d / "ca.key", "-out", d / "ca.pem"], check=True, capture_output=True)
         subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", d / "key.pem",
                         "-out", d / "req.csr"], check=True, capture_output=True)
-        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        (d / "san.ext").write_text(f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{self.address}\n")
         subprocess.run(["openssl", "x509", "-req", "-in", d / "req.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
                         "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "cert.pem"], check=True, capture_output=True)
         for f in d.iterdir():
             f.chmod(0o644)
         (d / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
+            "listenAddress": f"{self.address}:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
             "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"), "httpPort": self.http_port,
             "tlsPort": free_port(), "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
         log = open(d / "log", "w")
@@ -384,9 +386,9 @@ class Pebble:
                                             "-management", f"127.0.0.1:{self.dns_mgmt}"], stdout=log, stderr=log))
         self.procs.append(subprocess.Popen(["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns}",
                                             "-strict=false"], env={**os.environ, "PEBBLE_VA_NOSLEEP": "1"}, stdout=log, stderr=log))
-        wait_for(lambda: port_open(self.port) and port_open(self.dns_mgmt), 20, what="pebble")
+        wait_for(lambda: port_open(self.port, self.address) and port_open(self.dns_mgmt), 20, what="pebble")
         req = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt}/add-a",
-                                     data=json.dumps({"host": DOMAIN, "addresses": ["127.0.0.1"]}).encode())
+                                     data=json.dumps({"host": DOMAIN, "addresses": [self.target]}).encode())
         urllib.request.urlopen(req, timeout=5).read()
         return self
 

@@ -14,13 +14,15 @@ import json
 import re
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from tests.support import ROOT, LoadProbe, TestHosts, Writers, app_settings, copy_project, wait_for
+from tests.support import DOMAIN, ROOT, LoadProbe, Pebble, TestHosts, Writers, app_settings, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMES = ("cl1", "cl2", "cl3")
@@ -32,6 +34,7 @@ def hosts(sandbox):  # the sandbox fixture makes sure Docker and the stand-in im
     made = TestHosts(sandbox.env)
     network = f"ttcl-{secrets.token_hex(3)}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    made.network = network
     try:
         for name in NAMES:
             made.invoke("testhost.up", name, "--network", network, timeout=900)  # provisioned (not --bare)
@@ -230,3 +233,38 @@ def test_backup_and_restore_run_on_the_data_node(hosts, settings):
     assert "after the rollback" in titles and "written after the backup" not in titles
     wait_for(lambda: converged(hosts, settings), 120, interval=2, what="api and worker scaled back")
     assert re.search(r"tasktracker_api +2/2", status(hosts, settings))
+
+
+def network_address(hosts, name: str | None = None) -> str:
+    """A host's address on the test network, or (no name) this machine's: the network's gateway."""
+    if name is None:
+        return subprocess.run(["docker", "network", "inspect", hosts.network, "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["docker", "inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{hosts.network}\").IPAddress}}}}",
+                           hosts.state(name)["container"]], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_ssl_issue_on_the_swarm_serves_https_from_the_entry_node(hosts, settings, tmp_path):
+    """Last: from here on HTTP redirects to HTTPS. Pebble listens on this machine's address on the
+    hosts' network and resolves DOMAIN to the entry node, whose nginx task answers the challenge."""
+    entry = network_address(hosts, MANAGER)
+    pebble = Pebble(80, address=network_address(hosts), target=entry).start()
+    try:
+        subprocess.run(["docker", "cp", pebble.ca_bundle, f"{hosts.state(MANAGER)['container']}:/tmp/pebble-ca.pem"], check=True)
+        hosts.exec(MANAGER, "chmod 644 /tmp/pebble-ca.pem")
+        out = hosts.fab(MANAGER, "ssl.issue", "--domain", DOMAIN, "--email", "ops@example.test", "--server", pebble.directory,
+                        "--ca-bundle", "/tmp/pebble-ca.pem", env_file=settings, timeout=600)
+        assert f"HTTPS is enabled for {DOMAIN}" in out.stdout
+        roots = tmp_path / "roots.pem"
+        roots.write_text(pebble.roots())
+        context = ssl.create_default_context(cafile=str(roots))
+        with socket.create_connection((entry, 443), timeout=10) as raw, context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            assert ("DNS", DOMAIN) in tls.getpeercert()["subjectAltName"]
+            tls.sendall(f"GET /api/health HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in data.replace(b" ", b""), data[:300]
+        assert DOMAIN in hosts.fab(MANAGER, "ssl.status", env_file=settings).stdout
+    finally:
+        pebble.stop()
