@@ -191,8 +191,7 @@ def deploy(c, mesh="auto", wait=False, env=None, timeout=300):
                 raise Exit((host.engine_problem or f"{host.name} is not a swarm manager (ENGINE={settings.engine})") +
                            f" Run `fab -H {host.name},... cluster.init` first. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
         host.converge_seconds = float(timeout)
-        with host.locked("cluster.deploy", wait=wait), host.audited("cluster.deploy") as outcome:
-            host.deploy_release(env_file, outcome, None if mesh == "auto" else mesh == "yes")
+        host.deploy(env_file, mesh=None if mesh == "auto" else mesh == "yes", wait=wait, action="cluster.deploy")
     except StepFailed as failure:
         steps.fail(f"Cluster deploy via {c.original_host} failed at step '{failure.step}': {failure.detail}")
     steps.print_table()

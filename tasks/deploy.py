@@ -15,9 +15,10 @@ from pathlib import Path
 from invoke import Collection, Context, Exit, task
 
 from . import machine, remote
-from .build import FRONTEND, build_frontend, git_commit, is_up_to_date, tree_hash
+from .build import FRONTEND, build_frontend, git_commit, is_up_to_date
 from .commands import backup as backup_commands
 from .commands import budget
+from .commands.build import paths_digest
 from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import envfile
@@ -26,7 +27,7 @@ from .commands import notify as notify_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands.release import releases_to_prune
+from .commands.release import migration_failure_detail, releases_to_prune
 from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands import status as status_commands
@@ -54,13 +55,7 @@ def dist_assets(dist: Path) -> list[str]:
 
 
 def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
-    digest = hashlib.sha256(variant.encode() + b"\0" + env_text.encode())
-    for rel in SENT_PATHS:
-        path = root / rel
-        digest.update(rel.encode() + b"\0")
-        digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
-                       hashlib.sha256(path.read_bytes()).hexdigest()).encode())
-    return digest.hexdigest()
+    return paths_digest(root, SENT_PATHS, hashlib.sha256(variant.encode() + b"\0" + env_text.encode()))
 
 
 BACKEND_PATHS = ("compose.yml", "docker-compose.production.yml", "backend", "postgres")
@@ -72,13 +67,7 @@ def backend_fingerprint(root: Path, env_text: str, variant: str, paths: tuple[st
     postgres/ and the settings. A release whose backend fingerprint is the live one's changes only the
     dashboard (frontend/dist) or nginx's config: its deploy leaves those containers untouched.
     With `paths=STACK_PATHS`: what nginx's container depends on (its definition and settings)."""
-    digest = hashlib.sha256(b"backend\0" + variant.encode() + b"\0" + env_text.encode())
-    for rel in paths:
-        path = root / rel
-        digest.update(rel.encode() + b"\0")
-        digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
-                       hashlib.sha256(path.read_bytes()).hexdigest()).encode())
-    return digest.hexdigest()
+    return paths_digest(root, paths, hashlib.sha256(b"backend\0" + variant.encode() + b"\0" + env_text.encode()))
 
 
 def image_repo(project: str, service: str = "backend") -> str:
@@ -92,26 +81,6 @@ def backend_image(root: Path, project: str) -> str:
 def parse_rsync_sent(output: str) -> int:
     match = re.search(r"Total bytes sent: ([\d,.]+)", output)
     return int(match.group(1).replace(",", "").replace(".", "")) if match else 0
-
-
-def migration_failure_detail(before: release_commands.SchemaState, after: release_commands.SchemaState,
-                             backup_set: str, serving: str, host: str) -> str:
-    """What a failed migration did to the database, and what (if anything) to do about it."""
-    keeps = f"release {serving} keeps serving" if serving else "no release was serving"
-    kept = f" Backup {backup_set}, taken just before the migration, is kept." if backup_set else ""
-    if not after.readable:
-        return (f"The database could not be read after the failure ({after.error or 'no answer'}), so whether the "
-                f"migration changed it is unknown; nothing was restored and {keeps}.{kept} Check with "
-                f"`fab -H {host} compose.logs --service postgres`.")
-    if (after.revision, after.fingerprint) == (before.revision, before.fingerprint):
-        return (f"Postgres rolled the migration back: the database is unchanged (revision {before.revision or 'none'}), "
-                f"nothing needed restoring, no write was lost, and {keeps}.{kept}")
-    restore = (f"`fab -H {host} backup.restore --name {backup_set}` restores the pre-migration state (the API is "
-               f"stopped meanwhile, and writes since the backup are lost)" if backup_set else "no backup was taken")
-    return (f"The migration changed the database before it failed (revision {before.revision or 'none'} -> "
-            f"{after.revision or 'none'}, schema {'changed' if after.fingerprint != before.fingerprint else 'unchanged'}). "
-            f"It was NOT restored automatically, because that would discard writes users made since the backup; "
-            f"{keeps}. Fix the migration and deploy again, or {restore}.")
 
 
 @task(help={
@@ -187,8 +156,7 @@ def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bo
     else:
         with host.steps.step("build frontend"):
             build_frontend(Context(config=c.config), FRONTEND)
-    with host.locked("deploy", wait=wait), host.audited("deploy") as outcome:
-        host.deploy_release(env_file, outcome)
+    host.deploy(env_file, wait=wait)
 
 
 @task(help={

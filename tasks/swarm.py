@@ -17,6 +17,7 @@ docker-compose.production.yml + swarm.yml, rendered for `docker stack deploy`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from invoke import Exit
 from . import machine, remote
 from .build import FRONTEND, git_commit
 from .commands import cluster as commands
+from .commands.build import paths_digest
 from .commands import compose as compose_commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
@@ -201,14 +203,35 @@ class SwarmHost(Host):
                   "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
         try:
             rendered = commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=mesh)
+            # What the release is, whatever its id: the stack as rendered without it, and every file sent.
+            same = commands.dump_stack(commands.render_stack(load_sources(PROJECT_ROOT), {**values, "RELEASE_ID": ""}, mesh=mesh))
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
         who = identity()
         release = Release(rid, image, assets, previous=self.current_id, result="deploying",
                           meta={"release": rid, "deployed_at": now_iso(), "deployed_user": who["user"],
                                 "deployed_machine": who["machine"], "commit": who["commit"], "engine": "swarm",
+                                "fingerprint": paths_digest(PROJECT_ROOT, SENT_PATHS, hashlib.sha256(b"swarm\0" + same.encode())),
                                 **({"postgres_image": postgres} if postgres else {})})
         return release, rendered, mesh
+
+    def deploy(self, env_file: Path | None, *, mesh: bool | None = None, wait: bool = False, action: str = "deploy") -> None:
+        """A deploy on the swarm, in the host's lock with one audit line: nothing but an `unchanged` audit line
+        when the checkout and settings are the live release's and every service runs all its replicas."""
+        release, _, _ = self.plan_release(env_file, mesh)
+        current = self.current_id
+        if current and self.current_meta.get("fingerprint") == release.meta["fingerprint"]:
+            verdict, reasons = commands.convergence(self.state()["services"], before=self.state()["services"])
+            if verdict == "done":
+                print(f"Nothing changed since release {current} (same files, same settings); every service runs all its "
+                      f"replicas on the swarm.")
+                with self.audited(action, release=current) as outcome:
+                    outcome["result"] = "unchanged"
+                return
+            print(f"Nothing changed since release {current}, but {'; '.join(reasons)}: deploying it again.")
+        with self.locked(action, wait=wait), self.audited(action) as outcome:
+            self.refresh_facts()  # another deploy may have gone first while this one waited for the lock
+            self.deploy_release(env_file, outcome, mesh)
 
     def deploy_release(self, env_file: Path | None, outcome: dict, mesh: bool | None = None) -> None:
         """A new release on the swarm: its stack rendered from the three files, its images on every
@@ -290,6 +313,34 @@ class SwarmHost(Host):
                           release_commands.prune_images(self.ctx, f"{project}-postgres", "postgres_image"),
                           status_commands.install_sampler(self.absolute_ctx)])
 
+    def migrate_database(self, release: Release, current: str) -> None:
+        """Migrations once, in a one-off container of the new image on the stack's network. As on one host,
+        the schema is read first (fail closed) and a database-only backup taken when migrations are
+        pending, where the data is: on the manager when it is the data node (the default); otherwise a
+        warning names the node to back up."""
+        ctx, steps, rid = self.ctx, self.steps, release.id
+        before, backup_set = None, ""
+        if self.probe_run(ctx.container("postgres")).stdout.strip():
+            before = self.schema(rid)
+            if not before.readable:
+                raise StepFailed("migrate database", f"the database's revision could not be read ({before.error or 'no answer'}), "
+                                                     f"so the deploy stops before migrating (fail closed); "
+                                                     f"{current or 'no release'} keeps serving")
+            if before.migrations_pending:
+                with steps.step("back up database before migrating"):
+                    backup_set = self.backup(db_only=True)
+        else:
+            print(f"   WARNING: Postgres does not run on {self.name} (the data node is another one): no database backup "
+                  f"is taken before migrating; `fab -H DATA-NODE backup` takes one", flush=True)
+        with steps.step("migrate database (once)"):
+            try:
+                self.run(sh(commands.migrate(ctx, rid, self.stack, release.image)), "migrate database", hide=False)
+            except StepFailed as failure:
+                if before is None:
+                    raise
+                raise StepFailed(failure.step, f"{failure.detail} " + release_commands.migration_failure_detail(
+                    before, self.schema(rid), backup_set, current, self.name)) from None
+
     def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
         self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
         outcome["detail"] = failure.detail
@@ -321,8 +372,7 @@ class SwarmHost(Host):
         if release.postgres_image:
             with steps.step("WAL archive (point-in-time recovery)"):
                 self.ensure_archive(nodes)
-        with steps.step("migrate database (once)"):
-            self.run(sh(commands.migrate(ctx, rid, stack, release.image)), "migrate database", hide=False)
+        self.migrate_database(release, current)
         if not current:
             self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
 

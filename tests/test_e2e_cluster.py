@@ -130,6 +130,14 @@ def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, se
     assert writers.acknowledged and max(writers.acknowledged) in newest
 
 
+def test_a_deploy_with_nothing_changed_changes_nothing(hosts):
+    live = release_of(hosts)
+    out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=hosts.dir / "changed.env")
+    assert f"Nothing changed since release {live}" in out.stdout and "docker stack deploy" not in out.stdout
+    assert release_of(hosts) == live
+    assert '"result": "unchanged"' in hosts.exec(MANAGER, "tail -n 1 /home/*/tasktracker/audit.log").stdout
+
+
 def test_a_dry_run_on_the_swarm_plans_and_changes_nothing(hosts, settings):
     releases = hosts.fab(MANAGER, "releases", env_file=settings).stdout
     audit = hosts.exec(MANAGER, "cat /home/*/tasktracker/audit.log").stdout

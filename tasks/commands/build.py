@@ -20,3 +20,15 @@ def tree_hash(root: Path, skip_dirs: set[str] = frozenset(), skip_files: set[str
                 continue
             digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def paths_digest(root: Path, rels: tuple[str, ...] | list[str], digest=None) -> str:
+    """sha256 (continuing `digest` when given) over each path's name and content: a directory by
+    `tree_hash` (caches skipped), a file by its bytes."""
+    digest = digest or hashlib.sha256()
+    for rel in rels:
+        path = root / rel
+        digest.update(rel.encode() + b"\0")
+        digest.update((tree_hash(path, {"__pycache__", ".pytest_cache"}) if path.is_dir() else
+                       hashlib.sha256(path.read_bytes()).hexdigest()).encode())
+    return digest.hexdigest()

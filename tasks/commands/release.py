@@ -342,3 +342,23 @@ def pending_revisions(revisions: dict[str, tuple[str, ...]], database_revision: 
     for rev in sorted(revisions):
         visit(rev)
     return [r for r in ordered if r not in applied]
+
+
+def migration_failure_detail(before: SchemaState, after: SchemaState,
+                             backup_set: str, serving: str, host: str) -> str:
+    """What a failed migration did to the database, and what (if anything) to do about it."""
+    keeps = f"release {serving} keeps serving" if serving else "no release was serving"
+    kept = f" Backup {backup_set}, taken just before the migration, is kept." if backup_set else ""
+    if not after.readable:
+        return (f"The database could not be read after the failure ({after.error or 'no answer'}), so whether the "
+                f"migration changed it is unknown; nothing was restored and {keeps}.{kept} Check with "
+                f"`fab -H {host} compose.logs --service postgres`.")
+    if (after.revision, after.fingerprint) == (before.revision, before.fingerprint):
+        return (f"Postgres rolled the migration back: the database is unchanged (revision {before.revision or 'none'}), "
+                f"nothing needed restoring, no write was lost, and {keeps}.{kept}")
+    restore = (f"`fab -H {host} backup.restore --name {backup_set}` restores the pre-migration state (the API is "
+               f"stopped meanwhile, and writes since the backup are lost)" if backup_set else "no backup was taken")
+    return (f"The migration changed the database before it failed (revision {before.revision or 'none'} -> "
+            f"{after.revision or 'none'}, schema {'changed' if after.fingerprint != before.fingerprint else 'unchanged'}). "
+            f"It was NOT restored automatically, because that would discard writes users made since the backup; "
+            f"{keeps}. Fix the migration and deploy again, or {restore}.")
