@@ -207,6 +207,10 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
     try:
         with steps.step("connect and check host"):
             host = Host.open(c, settings, compose=compose, steps=steps)
+            if host.engine == "swarm":
+                raise Exit(f"{host.name} is in a Docker Swarm: `recover` rebuilds one Compose host. Recover onto a fresh "
+                           f"VPS (not yet in a swarm), then `cluster.init` with it first (README, \"From one VPS to a "
+                           f"cluster\"). Nothing was changed.", code=ExitCode.HOST_NOT_READY)
         marker = offsite_commands.recovering_marker(host.ctx)
         resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
         if host.current_id and not resuming:

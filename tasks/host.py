@@ -261,7 +261,6 @@ class Host:
         and `commit` (the release's, for the alert) on the dict it is given."""
         outcome = {"release": release}
         started = time.monotonic()
-        self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""
         try:
             yield outcome

@@ -102,8 +102,23 @@ class SwarmHost(Host):
             if node["state"] != "ready" or node["availability"] == "drain":
                 print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images when it is back: deploy again)")
                 continue
-            out.append((node, Host.open(Connection(alias, config=self.conn.config), self.settings)))
+            try:
+                out.append((node, Host.open(Connection(alias, config=self.conn.config), self.settings)))
+            except Exit as refused:
+                raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
         return out
+
+    def data_host(self, nodes: list[dict] | None = None) -> Host:
+        """Where Postgres runs: this manager when its task is here, else the node labelled
+        tasktracker.data (over SSH, by its alias); StepFailed when neither can be reached."""
+        if self.probe_run(self.ctx.container("postgres")).stdout.strip():
+            return self
+        nodes = nodes if nodes is not None else self.state()["nodes"]
+        data = [host for node, host in self.node_hosts(nodes, "data node") if node["labels"].get(commands.LABEL_DATA) == "true"]
+        if not data:
+            raise StepFailed("data node", f"Postgres does not run on {self.name} and no reachable node has the label "
+                                          f"{commands.LABEL_DATA}=true (`cluster.status` shows the nodes)")
+        return data[0]
 
     def ship_to_nodes(self, nodes: list[dict], images: list[str], built: list[tuple[str, Path]],
                       step: str = "images on every node") -> None:
@@ -129,6 +144,10 @@ class SwarmHost(Host):
 
     def ensure_image(self, release: Release, step: str = "images on every node") -> None:
         """The release's images (backend, Postgres) on every node that is up."""
+        if not self.probe_run(f"test -f {commands.q(commands.stack_file(self.ctx, release.id))}").ok:
+            raise StepFailed(step, f"release {release.id} has no stack file ({commands.stack_file(self.ctx, release.id)}): it "
+                                   f"was not deployed to this swarm (a Compose release from before `cluster.init`?). Pick "
+                                   f"a swarm release (`fab -H {self.name} releases`); nothing was changed")
         images = [release.image, *([release.postgres_image] if release.postgres_image else [])]
         self.ship_to_nodes(self.state()["nodes"], images, [], step)
 
@@ -142,9 +161,10 @@ class SwarmHost(Host):
             if verdict == "done":
                 return time.monotonic() - started
             if verdict == "failed":
+                failed = " ".join(reason.split(":")[0] for reason in reasons)
                 raise StepFailed(what, f"Swarm rolled the update back by itself ({'; '.join(reasons)}): the new tasks "
                                        f"did not pass their health checks, and the previous ones kept serving; `docker "
-                                       f"service ps {self.ctx.service_name('api')} --no-trunc` on {self.name} says why.")
+                                       f"service ps {failed} --no-trunc` on {self.name} says why.")
             time.sleep(2)
         raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: {'; '.join(reasons)}")
 
@@ -171,15 +191,10 @@ class SwarmHost(Host):
 
     def ensure_archive(self, nodes: list[dict] | None = None) -> None:
         """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
-        nodes = nodes if nodes is not None else self.state()["nodes"]
-        data = [(node, host) for node, host in self.node_hosts(nodes, "WAL archive")
-                if node["labels"].get(commands.LABEL_DATA) == "true"]
-        if not data:
-            raise StepFailed("WAL archive", f"no reachable node has the label {commands.LABEL_DATA}=true")
-        node, host = data[0]
-        out = host.run(pitr_commands.ensure_stanza(self.ctx, self.ctx.container("postgres")), "WAL archive", hide=True).stdout
+        host = self.data_host(nodes)
+        out = host.run(pitr_commands.ensure_stanza(host.ctx, host.ctx.container("postgres")), "WAL archive", hide=True).stdout
         state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
-        print(f"   {node['alias'] or node['hostname']}: WAL archive {state.get('pitr', 'unknown')}")
+        print(f"   {host.name}: WAL archive {state.get('pitr', 'unknown')}")
 
     # --- a new release ----------------------------------------------------------------------
     def plan_release(self, env_file: Path | None, mesh: bool | None = None) -> tuple[Release, dict, bool]:
@@ -221,7 +236,8 @@ class SwarmHost(Host):
         release, _, _ = self.plan_release(env_file, mesh)
         current = self.current_id
         if current and self.current_meta.get("fingerprint") == release.meta["fingerprint"]:
-            verdict, reasons = commands.convergence(self.state()["services"], before=self.state()["services"])
+            services = self.state()["services"]
+            verdict, reasons = commands.convergence(services, before=services)  # a past rollback is history
             if verdict == "done":
                 print(f"Nothing changed since release {current} (same files, same settings); every service runs all its "
                       f"replicas on the swarm.")
@@ -313,33 +329,30 @@ class SwarmHost(Host):
                           release_commands.prune_images(self.ctx, f"{project}-postgres", "postgres_image"),
                           status_commands.install_sampler(self.absolute_ctx)])
 
-    def migrate_database(self, release: Release, current: str) -> None:
-        """Migrations once, in a one-off container of the new image on the stack's network. As on one host,
-        the schema is read first (fail closed) and a database-only backup taken when migrations are
-        pending, where the data is: on the manager when it is the data node (the default); otherwise a
-        warning names the node to back up."""
+    def migrate_database(self, release: Release, current: str, nodes: list[dict] | None = None) -> None:
+        """Migrations once, in a one-off container of the new image on the stack's network. As on one
+        host, the schema is read first where the data is (fail closed) and a database-only backup is
+        taken there when migrations are pending (on a data node other than this manager the release's
+        migrations are not there to compare, so it is taken whenever the database is not fresh)."""
         ctx, steps, rid = self.ctx, self.steps, release.id
-        before, backup_set = None, ""
-        if self.probe_run(ctx.container("postgres")).stdout.strip():
-            before = self.schema(rid)
-            if not before.readable:
-                raise StepFailed("migrate database", f"the database's revision could not be read ({before.error or 'no answer'}), "
-                                                     f"so the deploy stops before migrating (fail closed); "
-                                                     f"{current or 'no release'} keeps serving")
-            if before.migrations_pending:
-                with steps.step("back up database before migrating"):
-                    backup_set = self.backup(db_only=True)
+        data = self.data_host(nodes)
+        before = data.schema(rid)
+        if not before.readable:
+            raise StepFailed("migrate database", f"the database's revision could not be read on {data.name} "
+                                                 f"({before.error or 'no answer'}), so the deploy stops before migrating "
+                                                 f"(fail closed); {current or 'no release'} keeps serving")
+        backup_set = ""
+        if before.migrations_pending or (data is not self and not before.fresh):
+            with steps.step("back up database before migrating"):
+                backup_set = data.backup(db_only=True)
         else:
-            print(f"   WARNING: Postgres does not run on {self.name} (the data node is another one): no database backup "
-                  f"is taken before migrating; `fab -H DATA-NODE backup` takes one", flush=True)
+            steps.skip("back up database before migrating", "fresh database" if before.fresh else "no pending migration")
         with steps.step("migrate database (once)"):
             try:
                 self.run(sh(commands.migrate(ctx, rid, self.stack, release.image)), "migrate database", hide=False)
             except StepFailed as failure:
-                if before is None:
-                    raise
                 raise StepFailed(failure.step, f"{failure.detail} " + release_commands.migration_failure_detail(
-                    before, self.schema(rid), backup_set, current, self.name)) from None
+                    before, data.schema(rid), backup_set, current, data.name)) from None
 
     def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
         self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
@@ -367,12 +380,13 @@ class SwarmHost(Host):
             built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
             self.ship_to_nodes(nodes, [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
         with steps.step("start postgres and nats"):
+            before = self.state()["services"]
             self.run(sh(commands.stack_deploy(stack, [data_file])), "deploy data services")
-            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats'):.1f}s")
+            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
         if release.postgres_image:
             with steps.step("WAL archive (point-in-time recovery)"):
                 self.ensure_archive(nodes)
-        self.migrate_database(release, current)
+        self.migrate_database(release, current, nodes)
         if not current:
             self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
 

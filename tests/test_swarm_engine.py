@@ -74,7 +74,8 @@ def test_the_status_snapshot_names_swarm_tasks_by_their_service():
 def test_a_swarm_restore_scales_the_services_instead_of_stopping_containers():
     script = backup.restore(SWARM, "20261126T100000Z", "true")
     assert "docker service scale tt_api=0 tt_worker=0" in script
-    assert "docker service scale tt_api=${n_api:-1} tt_worker=${n_worker:-1}" in script
+    assert "n_api=$(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' tt_api)\n" in script  # Go's braces, once
+    assert 'if [ -n "${scaled:-}" ]; then docker service scale tt_api=$n_api tt_worker=$n_worker' in script
     assert "docker service scale tt_nats=0" in script and "docker service scale tt_nats=1" in script
     assert "docker stop" not in script and "docker start" not in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -171,3 +172,60 @@ def test_a_swarm_release_is_recorded_pruned_and_sampled_once_its_checks_pass():
     assert ("rm -rf -- " + " ".join(f"tasktracker/releases/r{i} tasktracker/env/r{i}.env tasktracker/env/r{i}.stack"
                                     for i in (1, 2, 3)) + ";") in command
     assert "tasktracker-sample" in command  # the metrics sampler, as after a single-host deploy
+
+
+def run_restore(tmp_path, *, restore_fails: bool, good_sums: bool = True) -> tuple[int, list[str]]:
+    """The swarm restore script against a stand-in `docker` that logs its calls: api at 2 replicas,
+    worker at 1; pg_restore fails when asked."""
+    app = tmp_path / "app"
+    sets = app / "backups" / "S"
+    sets.mkdir(parents=True)
+    (sets / "database.dump").write_text("dump")
+    (sets / "SHA256SUMS").write_text(subprocess.run(["sha256sum", "database.dump"], cwd=sets, capture_output=True, text=True).stdout
+                                     if good_sums else "0" * 64 + "  database.dump\n")
+    log = tmp_path / "docker.log"
+    docker = tmp_path / "bin" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  ps*) echo c1 ;;
+  "service inspect"*tt_api) echo 2 ;;
+  "service inspect"*tt_worker) echo 1 ;;
+  "exec -i"*) {'exit 1' if restore_fails else 'cat >/dev/null'} ;;
+esac
+exit 0
+""")
+    docker.chmod(0o755)
+    script = backup.restore(HostContext(str(app), "tt", engine="swarm"), "S", "true")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": f"{docker.parent}:/usr/bin:/bin"})
+    calls = log.read_text().splitlines() if log.exists() else []
+    return out.returncode, [c for c in calls if c.startswith("service scale")]
+
+
+def test_a_failed_swarm_restore_scales_api_and_worker_back_to_what_they_were(tmp_path):
+    code, scales = run_restore(tmp_path, restore_fails=True)
+    assert code != 0
+    assert scales == ["service scale tt_api=0 tt_worker=0", "service scale tt_nats=1", "service scale tt_api=2 tt_worker=1"]
+
+
+def test_a_swarm_restore_that_fails_before_scaling_changes_no_replicas(tmp_path):
+    code, scales = run_restore(tmp_path, restore_fails=False, good_sums=False)
+    assert code != 0 and scales == []
+
+
+def test_a_swarm_restore_scales_back_after_success(tmp_path):
+    code, scales = run_restore(tmp_path, restore_fails=False)
+    assert code == 0
+    assert scales == ["service scale tt_api=0 tt_worker=0", "service scale tt_api=2 tt_worker=1"]
+
+
+def test_the_engine_holds_inside_an_audited_operation():
+    """The guards that read the engine run inside `audited` (restore, ssl): it must not reset it."""
+    conn = FakeConnection()
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed, match="not available on a swarm"):
+        with host.audited("restore"):
+            assert host.engine == "swarm"
+            host.restore_to_time("2026-11-26 10:00:00")
+    assert not any("pgbackrest" in c for c in conn.commands)

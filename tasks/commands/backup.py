@@ -243,9 +243,10 @@ def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_databa
                 f"--single-transaction --exit-on-error' < {d}/database.dump")
     if ctx.engine == "swarm":  # Swarm would start a stopped task's container again: scale the services instead
         api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
-        replicas = "docker service inspect -f '{{{{.Spec.Mode.Replicated.Replicas}}}}'"
-        remember = f"n_api=$({replicas} {api}); n_worker=$({replicas} {worker})\n"
-        start_app = f"docker service scale {api}=${{n_api:-1}} {worker}=${{n_worker:-1}} >/dev/null"  # waits until they run
+        replicas = "docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}'"
+        # Scaled back to what they were, and only once they were scaled down (the trap runs start_services on any failure).
+        remember = f"n_api=$({replicas} {api})\nn_worker=$({replicas} {worker})\nscaled=1\n"
+        start_app = f"if [ -n \"${{scaled:-}}\" ]; then docker service scale {api}=$n_api {worker}=$n_worker >/dev/null; fi"
         stop_app = f"docker service scale {api}=0 {worker}=0 >/dev/null"
         stop_nats, start_nats, wait_api = f"docker service scale {nats}=0 >/dev/null", f"docker service scale {nats}=1 >/dev/null", ""
     else:
