@@ -121,6 +121,9 @@ class Settings:
     # What runs the stack: Compose on one host, or a Docker Swarm (README, "Several hosts");
     # auto: Swarm when the host is a swarm manager.
     engine: str = _spec("auto")
+    # A container registry the swarm's nodes pull the built images from (`host[:port][/path]`; push
+    # access from this machine, `docker login` done as usual); empty: images go over SSH.
+    registry: str = _spec("")
     build_backend: str = _spec("auto")
     ship_images: str = _spec("auto")
     # Alerts (APP_DIR/bin/tasktracker-notify on the host): a failed nightly job, each deploy and
@@ -226,6 +229,9 @@ class Settings:
                 problems.append(f"{port.upper()} must be a TCP port (1-65535)")
         if values["http_port"] == values["https_port"]:
             problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
+        if values["registry"] and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*", values["registry"]):
+            problems.append(f"REGISTRY {values['registry']!r} is not a registry like registry.example.com:5000/team "
+                            f"(host, optional port and path; no scheme)")
         for name, choices in (("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
             values[name] = values[name].lower()
             if values[name] not in choices:

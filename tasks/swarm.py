@@ -130,6 +130,15 @@ class SwarmHost(Host):
                 result = machine.run(image_commands.local_build(image, context), check=False)
                 if result.returncode:
                     raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
+            if self.pulled(image):
+                started = time.monotonic()
+                result = machine.run(image_commands.push(image), check=False)
+                if result.returncode:
+                    raise StepFailed(step, f"docker push {image} failed: {result.stderr.strip()[-500:]} (is this machine "
+                                           f"logged in to {self.settings.registry}, and does Docker trust it?); nothing "
+                                           f"on the swarm was changed")
+                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)", flush=True)
+        images = [i for i in images if not self.pulled(i)]
         for _node, host in self.node_hosts(nodes, step):
             missing = [i for i in images if i not in host.images_present(images)]
             if not missing:
@@ -141,6 +150,10 @@ class SwarmHost(Host):
                                        f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
                                        f"that release (its images are built here), or pick another release")
             host.ship_images(missing)
+
+    def pulled(self, image: str) -> bool:
+        """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""
+        return bool(self.settings.registry) and image.startswith(self.settings.registry + "/")
 
     def ensure_image(self, release: Release, step: str = "images on every node") -> None:
         """The release's images (backend, Postgres) on every node that is up."""
@@ -177,7 +190,7 @@ class SwarmHost(Host):
         before = self.state()["services"]
         with self.steps.step("rolling update (docker stack deploy)"):
             out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack file: it was "
-                           f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file])),
+                           f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))),
                            "rolling update")
             for line in out.stdout.splitlines():
                 print(f"   {line}")
@@ -210,8 +223,10 @@ class SwarmHost(Host):
                        f"\"From one VPS to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         swarm = commands.parse_facts(self.probe_run(commands.facts()).stdout)
         mesh = swarm["ipvs"] if mesh is None else mesh
-        image = image_commands.backend_image(PROJECT_ROOT, stack)
+        registry = self.settings.registry
+        image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack), registry)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
+        postgres = image_commands.in_registry(postgres, registry) if postgres else ""
         rid = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{(git_commit() or 'nogit')[:12]}"
         assets = tuple(sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (FRONTEND / "dist" / "index.html").read_text()))))
         values = {**env_values(self.settings, env_file, absolute_app_dir(self.facts, ctx.app_dir)),
@@ -291,6 +306,9 @@ class SwarmHost(Host):
         for image, _ in built:
             if not machine.ok(["docker", "image", "inspect", image]):
                 print(f"   here: {image} would be built first")
+            if self.pulled(image):
+                print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes pull it)")
+        images = [i for i in images if not self.pulled(i)]
         shipping: list[tuple[str, list[str]]] = []
         for _node, host in self.node_hosts(self.state()["nodes"], "images on every node"):
             missing = [i for i in images if i not in host.images_present(images)]
@@ -304,11 +322,12 @@ class SwarmHost(Host):
         planned = [(self.name, f"lay out {ctx.release_dir(rid)} and write the stack files (0600) in {commands.stack_dir(ctx, rid)}"),
                    ("here", f"rsync {' '.join(SENT_PATHS)} to {self.name}:{ctx.release_dir(rid)}/"),
                    *((name, f"docker load < (docker save {' '.join(missing)} from here, over SSH)") for name, missing in shipping),
-                   (self.name, sh(commands.stack_deploy(stack, [data_file])) + "  (Postgres and NATS, awaited)"),
+                   (self.name, sh(commands.stack_deploy(stack, [data_file], bool(self.settings.registry))) + "  (Postgres and NATS, awaited)"),
                    *([("data node", "pgBackRest: the stanza and a first full backup when missing (WAL archive)")]
                      if release.postgres_image else []),
                    (self.name, sh(commands.migrate(ctx, rid, stack, release.image))),
-                   (self.name, sh(commands.stack_deploy(stack, [stack_file])) + "  (start-first, awaited; Swarm rolls back a failure)"),
+                   (self.name, sh(commands.stack_deploy(stack, [stack_file], bool(self.settings.registry)))
+                    + "  (start-first, awaited; Swarm rolls back a failure)"),
                    (self.name, rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
                    (self.name, "the health probe, then RELEASE.json marked ok")]
         print(f"Commands that would change the swarm, in order (the deploy also takes {self.name}'s lock and appends one "
@@ -381,7 +400,7 @@ class SwarmHost(Host):
             self.ship_to_nodes(nodes, [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
         with steps.step("start postgres and nats"):
             before = self.state()["services"]
-            self.run(sh(commands.stack_deploy(stack, [data_file])), "deploy data services")
+            self.run(sh(commands.stack_deploy(stack, [data_file], bool(self.settings.registry))), "deploy data services")
             print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
         if release.postgres_image:
             with steps.step("WAL archive (point-in-time recovery)"):

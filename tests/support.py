@@ -404,6 +404,52 @@ class Pebble:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Registry:
+    """A private container registry on this machine (Debian's `docker-registry`), over TLS with a
+    test CA, on `address` (this machine's address on the hosts' network). This machine's Docker
+    trusts it through /etc/docker/certs.d/<name>/ (made here, removed by `stop`); hosts are given
+    the CA with `trust_on`."""
+
+    def __init__(self, address: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-registry-"))
+        self.port = free_port()
+        self.address = address
+        self.name = f"{address}:{self.port}"
+        self.certs_d = Path("/etc/docker/certs.d") / self.name
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Registry":
+        d = self.dir
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test registry CA",
+                        "-keyout", d / "ca.key", "-out", d / "ca.crt"], check=True, capture_output=True)
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={self.address}", "-keyout", d / "key.pem",
+                        "-out", d / "req.csr"], check=True, capture_output=True)
+        (d / "san.ext").write_text(f"subjectAltName=IP:{self.address}\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", d / "req.csr", "-CA", d / "ca.crt", "-CAkey", d / "ca.key",
+                        "-CAcreateserial", "-days", "2", "-extfile", d / "san.ext", "-out", d / "cert.pem"], check=True, capture_output=True)
+        (d / "config.yml").write_text(
+            f"version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {d / 'data'}}}}}\n"
+            f"http: {{addr: '{self.name}', tls: {{certificate: {d / 'cert.pem'}, key: {d / 'key.pem'}}}}}\n")
+        self.certs_d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(d / "ca.crt", self.certs_d / "ca.crt")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=open(d / "log", "w"),
+                                     stderr=subprocess.STDOUT)
+        wait_for(lambda: port_open(self.port, self.address), 20, what="the test registry")
+        return self
+
+    def trust_on(self, container: str) -> None:
+        """A host (a VM-like host's container) trusts the registry's CA, as an operator sets it up."""
+        subprocess.run(["docker", "exec", container, "mkdir", "-p", f"/etc/docker/certs.d/{self.name}"], check=True)
+        subprocess.run(["docker", "cp", str(self.dir / "ca.crt"), f"{container}:/etc/docker/certs.d/{self.name}/ca.crt"], check=True)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+        shutil.rmtree(self.certs_d, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @dataclass
 class Bench:
     work: Path

@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import DOMAIN, ROOT, LoadProbe, Pebble, TestHosts, Writers, app_settings, copy_project, wait_for
+from tests.support import DOMAIN, ROOT, LoadProbe, Pebble, Registry, TestHosts, Writers, app_settings, copy_project, wait_for
 
 pytestmark = pytest.mark.e2e
 NAMES = ("cl1", "cl2", "cl3")
@@ -250,6 +250,28 @@ def network_address(hosts, name: str | None = None) -> str:
                               capture_output=True, text=True, check=True).stdout.strip()
     return subprocess.run(["docker", "inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{hosts.network}\").IPAddress}}}}",
                            hosts.state(name)["container"]], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
+    """REGISTRY set: this machine pushes the built images and every node pulls them; nothing goes over SSH."""
+    registry = Registry(network_address(hosts)).start()
+    try:
+        for name in NAMES:
+            registry.trust_on(hosts.state(name)["container"])
+        env = hosts.dir / "registry.env"
+        env.write_text(settings.read_text() + f"REGISTRY={registry.name}/tt\n")
+        before = release_of(hosts)
+        out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=env, timeout=1200)
+        assert f"pushed {registry.name}/tt/tasktracker-backend:" in out.stdout, out.stdout
+        assert "shipped" not in out.stdout  # no image went over SSH
+        assert release_of(hosts) != before
+        for name in NAMES[1:]:  # the workers run API or worker tasks: they pulled the image
+            pulled = hosts.exec(name, "docker images --format '{{.Repository}}'").stdout
+            assert f"{registry.name}/tt/tasktracker-backend" in pulled, (name, pulled)
+        services = json.loads(hosts.fab(MANAGER, "status", "--json", env_file=env).stdout)["swarm"]["services"]
+        assert services["tasktracker_api"]["image"].startswith(f"{registry.name}/tt/tasktracker-backend:")
+    finally:
+        registry.stop()
 
 
 def test_ssl_issue_on_the_swarm_serves_https_from_the_entry_node(hosts, settings, tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tasks.commands import backup, tls
+from tasks.commands import cluster as cluster_commands
 from tasks.commands import release as release_commands
 from tasks.commands import status as status_commands
 from tasks.commands.context import HostContext
@@ -229,3 +230,23 @@ def test_the_engine_holds_inside_an_audited_operation():
             assert host.engine == "swarm"
             host.restore_to_time("2026-11-26 10:00:00")
     assert not any("pgbackrest" in c for c in conn.commands)
+
+
+@pytest.mark.parametrize("registry, ok_", [("registry.example.com:5000/team", True), ("10.0.0.1:5000", True),
+                                           ("ghcr.io/acme/tasktracker", True), ("https://registry.example.com", False),
+                                           ("Registry.Example.com", False), ("reg istry", False)])
+def test_registry_setting(registry, ok_):
+    if ok_:
+        assert settings(REGISTRY=registry).registry == registry
+    else:
+        with pytest.raises(Exception, match="REGISTRY .* is not a registry like"):
+            settings(REGISTRY=registry)
+
+
+def test_with_a_registry_the_built_images_are_pushed_and_pulled_not_shipped():
+    host = swarm_host(FakeConnection())
+    assert not host.pulled("tt-backend:abc")
+    host.settings = settings(COMPOSE_PROJECT="tt", REGISTRY="reg.example:5000/team")
+    assert host.pulled("reg.example:5000/team/tt-backend:abc") and not host.pulled("nats:2.10-alpine")
+    assert " ".join(cluster_commands.stack_deploy("tt", ["s.yml"], registry=True)) == \
+        "docker stack deploy --resolve-image never --with-registry-auth -c s.yml tt"

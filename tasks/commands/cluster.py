@@ -445,9 +445,10 @@ def network(stack: str) -> str:
     return f"{stack}_default"
 
 
-def stack_deploy(stack: str, files: list[str]) -> list[str]:
-    """Images are never resolved against a registry: every node has them (shipped), none pulls."""
-    argv = ["docker", "stack", "deploy", "--resolve-image", "never"]
+def stack_deploy(stack: str, files: list[str], registry: bool = False) -> list[str]:
+    """Images are never resolved to a digest: their tags name their content. Shipped images are on every
+    node; with a registry, the nodes pull the built ones, with the manager's login (`--with-registry-auth`)."""
+    argv = ["docker", "stack", "deploy", "--resolve-image", "never", *(["--with-registry-auth"] if registry else [])]
     for f in files:
         argv += ["-c", f]
     return [*argv, stack]

@@ -79,6 +79,15 @@ def load() -> str:
     return "gunzip -c | docker load"
 
 
+def in_registry(image: str, registry: str) -> str:
+    """The image's name in a registry (`REGISTRY/<project>-backend:<hash>`); unchanged without one."""
+    return f"{registry}/{image}" if registry else image
+
+
+def push(image: str) -> list[str]:
+    return ["docker", "push", "-q", image]
+
+
 def local_build(image: str, context: Path) -> list[str]:
     return ["docker", "build", "-q", "-t", image, str(context)]
 
