@@ -280,10 +280,10 @@ def test_ssl_issue_on_the_swarm_serves_https_from_the_entry_node(hosts, settings
     entry = network_address(hosts, MANAGER)
     pebble = Pebble(80, address=network_address(hosts), target=entry).start()
     try:
-        subprocess.run(["docker", "cp", pebble.ca_bundle, f"{hosts.state(MANAGER)['container']}:/tmp/pebble-ca.pem"], check=True)
-        hosts.exec(MANAGER, "chmod 644 /tmp/pebble-ca.pem")
+        subprocess.run(["docker", "cp", pebble.ca_bundle, f"{hosts.state(MANAGER)['container']}:/usr/local/share/pebble-ca.pem"], check=True)
+        hosts.exec(MANAGER, "chmod 644 /usr/local/share/pebble-ca.pem")
         out = hosts.fab(MANAGER, "ssl.issue", "--domain", DOMAIN, "--email", "ops@example.test", "--server", pebble.directory,
-                        "--ca-bundle", "/tmp/pebble-ca.pem", env_file=settings, timeout=600)
+                        "--ca-bundle", "/usr/local/share/pebble-ca.pem", env_file=settings, timeout=600)
         assert f"HTTPS is enabled for {DOMAIN}" in out.stdout
         roots = tmp_path / "roots.pem"
         roots.write_text(pebble.roots())
