@@ -109,7 +109,8 @@ echo "$busy $total" > "$dir/.cpu"
 ids=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter label=com.docker.compose.oneoff=False;
      docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT")
 if [ -n "$ids" ]; then
-  names=$(docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}}{{index .Config.Labels "com.docker.swarm.service.name"}}' $ids \
+  # `with`: a label the container lacks prints nothing (a bare `index` prints "<no value>")
+  names=$(docker inspect -f '{{.Id}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{end}}{{with index .Config.Labels "com.docker.swarm.service.name"}}{{.}}{{end}}' $ids \
     | cut -c1-12,65- | sed "s/ ${PROJECT}_/ /")
   line="$line $(docker stats --no-stream --format '{{.ID}} {{.MemUsage}} {{.CPUPerc}}' $ids | NAMES="$names" awk '
     function mib(s,   n) { n = s + 0; if (s ~ /GiB/) n *= 1024; else if (s ~ /KiB/) n /= 1024; else if (s ~ /MiB/) n += 0; else n /= 1048576; return n }
