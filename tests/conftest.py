@@ -1,19 +1,48 @@
-"""Session fixtures: the sandbox VPS every end-to-end test deploys to."""
+"""Session fixtures and the run's shape.
+
+- `docker_machine`: Docker Engine, the Compose v2 plugin and the stand-in images, shared by every
+  pytest-xdist worker of the run (tests/shared_machine.py).
+- `sandbox`: the sandbox VPS the sandbox tests deploy to, one per run; `deployed`: the stack
+  deployed to it once.
+- End-to-end tests run in two xdist groups, one worker each: `sandbox` (every test on the sandbox
+  VPS) and `testhosts` (the VM-like hosts: tests that use no sandbox). The unit tiers share the
+  two workers.
+- At the end: each module's time beside its budget (docs/development.md, "Test budget").
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
-from tests.support import Sandbox
+from tests.shared_machine import SharedMachine
+from tests.support import ROOT, Sandbox
+
+BUDGET_DOC = ROOT / "docs" / "development.md"
+MODULE_SECONDS: dict[str, float] = defaultdict(float)
+SESSION_STARTED = [time.monotonic()]
 
 
 @pytest.fixture(scope="session")
-def sandbox():
+def docker_machine(testrun_uid):
     if os.geteuid() != 0:
-        pytest.skip("the sandbox VPS needs root (it creates a user and runs sshd)")
+        pytest.skip("end-to-end tests need root (Docker, users, sshd)")
+    machine = SharedMachine(testrun_uid)
+    machine.join()
+    try:
+        yield machine
+    finally:
+        machine.leave()
+
+
+@pytest.fixture(scope="session")
+def sandbox(docker_machine):
     box = Sandbox()
     try:
         box.invoke("sandbox.up", "--address", box.address, "--port", str(box.port), "--user", box.user,
@@ -27,5 +56,40 @@ def sandbox():
 @pytest.fixture(scope="session")
 def deployed(sandbox):
     """The stack deployed once to the sandbox with Compose v2 (the main path)."""
-    result = sandbox.fab("deploy")
-    return result
+    return sandbox.fab("deploy")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            group = "sandbox" if "sandbox" in item.fixturenames else "testhosts"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionstart(session):
+    SESSION_STARTED[0] = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    MODULE_SECONDS[report.nodeid.split("::")[0]] += report.duration
+
+
+def module_budgets(path: Path = BUDGET_DOC) -> dict[str, float]:
+    """The budget table in the development docs: `| tests/test_x.py | 120 |` rows, in seconds."""
+    if not path.is_file():
+        return {}
+    rows = re.findall(r"^\|\s*`?(tests/\S+?\.py)`?\s*\|\s*(\d+)\s*\|", path.read_text(), re.MULTILINE)
+    return {module: float(seconds) for module, seconds in rows}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MODULE_SECONDS:
+        return
+    budgets = module_budgets()
+    wall = time.monotonic() - SESSION_STARTED[0]
+    terminalreporter.section("time per module (setup + call + teardown; workers run in parallel)")
+    for module, seconds in sorted(MODULE_SECONDS.items(), key=lambda kv: -kv[1])[:12]:
+        budget = budgets.get(module)
+        mark = "" if budget is None else f"  budget {budget:>5.0f} s" + ("  OVER" if seconds > budget else "")
+        terminalreporter.write_line(f"{seconds:8.1f} s  {module}{mark}")
+    terminalreporter.write_line(f"{sum(MODULE_SECONDS.values()):8.1f} s  in all modules; {wall:.0f} s of wall time")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -585,11 +586,32 @@ class RecordingServer:
         self.httpd.server_close()
 
 
+def interface_address(interface: str) -> str:
+    """This machine's IPv4 address on a network interface, read from the interface itself
+    (`ip -4 addr`): a freshly started dockerd may leave a network's IPAM gateway empty."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", interface],
+                         capture_output=True, text=True, check=True).stdout
+    match = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", out)
+    if not match:
+        raise RuntimeError(f"interface {interface} has no IPv4 address: {out!r}")
+    return match.group(1)
+
+
 def docker_gateway() -> str:
-    """This machine's address on Docker's default bridge: reachable from the host's shell and from
-    every container (the Postgres container's pgBackRest included)."""
-    return subprocess.run(["docker", "network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    """This machine's address on Docker's default bridge (docker0): reachable from the host's
+    shell and from every container (the Postgres container's pgBackRest included)."""
+    return interface_address("docker0")
+
+
+def network_gateway(network: str) -> str:
+    """This machine's address on a user-defined Docker bridge network, read from its interface
+    (`br-` and the first 12 characters of the network's id, unless the network names its own)."""
+    fields = subprocess.run(
+        ["docker", "network", "inspect", network, "-f",
+         '{{.Id}} {{index .Options "com.docker.network.bridge.name"}}'],
+        capture_output=True, text=True, check=True).stdout.split()
+    named = fields[1] if len(fields) > 1 and fields[1] != "<no value>" else ""
+    return interface_address(named or f"br-{fields[0][:12]}")
 
 
 class SftpServer:

@@ -11,6 +11,7 @@ is removed by its own records."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -22,7 +23,8 @@ import urllib.request
 
 import pytest
 
-from tests.support import DOMAIN, ROOT, LoadProbe, Pebble, Registry, TestHosts, Writers, app_settings, copy_project, wait_for
+from tests.support import (DOMAIN, ROOT, LoadProbe, Pebble, Registry, TestHosts, Writers,
+                           app_settings, copy_project, network_gateway, wait_for)
 
 pytestmark = pytest.mark.e2e
 NAMES = ("cl1", "cl2", "cl3")
@@ -30,8 +32,8 @@ MANAGER = NAMES[0]
 
 
 @pytest.fixture(scope="module")
-def hosts(sandbox):  # the sandbox fixture makes sure Docker and the stand-in images are here
-    made = TestHosts(sandbox.env)
+def hosts(docker_machine):  # Docker and the stand-in images on this machine
+    made = TestHosts(dict(os.environ))
     network = f"ttcl-{secrets.token_hex(3)}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
     made.network = network
@@ -246,8 +248,7 @@ def test_backup_and_restore_run_on_the_data_node(hosts, settings):
 def network_address(hosts, name: str | None = None) -> str:
     """A host's address on the test network, or (no name) this machine's: the network's gateway."""
     if name is None:
-        return subprocess.run(["docker", "network", "inspect", hosts.network, "-f", "{{(index .IPAM.Config 0).Gateway}}"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return network_gateway(hosts.network)
     return subprocess.run(["docker", "inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{hosts.network}\").IPAddress}}}}",
                            hosts.state(name)["container"]], capture_output=True, text=True, check=True).stdout.strip()
 

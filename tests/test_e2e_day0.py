@@ -6,6 +6,7 @@ restarts -> provision again changes nothing -> a deploy under load fails no requ
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -21,8 +22,8 @@ NAME = "day0"
 
 
 @pytest.fixture(scope="module")
-def hosts(sandbox):  # the sandbox fixture makes sure Docker and the stand-in images are here
-    made = TestHosts(sandbox.env)
+def hosts(docker_machine):  # Docker and the stand-in images on this machine
+    made = TestHosts(dict(os.environ))
     try:
         made.invoke("testhost.up", NAME, "--bare")
         yield made

@@ -278,3 +278,12 @@ def test_deploy_workflow_with_a_wrong_host_key_fails_before_anything_changes(san
     after = sorted(p.name for p in (sandbox.home / "gha" / "releases").iterdir()) if (sandbox.home / "gha").exists() else []
     assert after == before
     assert "Forget the key" in results  # runs even after a failure
+
+
+def test_ci_runs_the_fast_tier_first_and_the_whole_suite_after_it():
+    """The fast tier answers first; the whole suite (the README's test command) only after it passed."""
+    jobs = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())["jobs"]
+    runs = {name: " ".join(step.get("run", "") for step in job["steps"]) for name, job in jobs.items()}
+    assert "bash scripts/test --fast" in runs["fast"] and "ruff check" in runs["fast"]
+    assert jobs["test"]["needs"] == "fast"
+    assert re.search(r"bash scripts/test\s*$", runs["test"].strip())
