@@ -14,8 +14,10 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -92,16 +94,20 @@ def wait_for_ssh(container: str, timeout: float = 60) -> str:
 
 
 @task(help={
-    "name": "Name of the host (its SSH aliases are NAME-root and NAME).",
+    "name": "Name of the host (its SSH aliases are NAME-root and NAME); several, comma-separated "
+            "(cl1,cl2,cl3), boot one after another and are provisioned in parallel.",
     "bare": "Leave it as a freshly bought VPS (root with a key; no Docker, no deploy user).",
     "network": "Attach the host to this Docker network (several hosts that must reach each other).",
 })
 def up(c, name, bare=False, network=None):
-    """Start a VM-like test host (systemd, sshd, its own Docker Engine once provisioned)."""
+    """Start VM-like test hosts (systemd, sshd, their own Docker Engine once provisioned)."""
     if os.geteuid() != 0:
         raise Exit("VM-like test hosts need root (Docker, a state dir): run as root.", code=ExitCode.USAGE)
-    if not name.replace("-", "").isalnum() or not name[0].isalpha():
-        raise Exit(f"Test host name {name!r} must be letters, digits and '-', starting with a letter.", code=ExitCode.USAGE)
+    names = [n for n in name.split(",") if n]
+    for n in names:
+        if not n.replace("-", "").isalnum() or not n[0].isalpha():
+            raise Exit(f"Test host name {n!r} must be letters, digits and '-', starting with a letter.",
+                       code=ExitCode.USAGE)
     d = testhost_dir()
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
@@ -111,15 +117,33 @@ def up(c, name, bare=False, network=None):
     if pid:
         state["dockerd_pid"] = pid
     save_state(state)
-    if name in state["hosts"] and ok(["docker", "inspect", state["hosts"][name]["container"]]):
-        run(["docker", "start", state["hosts"][name]["container"]], check=False)
-        wait_for_ssh(state["hosts"][name]["container"])
-        say(f"{name} is up (ssh -F {d / 'ssh_config'} {name}-root)", "testhost")
+    new = [n for n in names if not restart(state, n)]
+    if not new:
         return
     ensure_image()
     key = d / "id_ed25519"
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator@testhosts", "-f", str(key)])
+    for n in new:
+        boot(state, n, bare, network)
+    if not bare:
+        provision_all(new)
+
+
+def restart(state: dict, name: str) -> bool:
+    """Start a recorded host again (`docker start`); False when there is none to start."""
+    if name not in state["hosts"] or not ok(["docker", "inspect", state["hosts"][name]["container"]]):
+        return False
+    run(["docker", "start", state["hosts"][name]["container"]], check=False)
+    wait_for_ssh(state["hosts"][name]["container"])
+    say(f"{name} is up (ssh -F {testhost_dir() / 'ssh_config'} {name}-root)", "testhost")
+    return True
+
+
+def boot(state: dict, name: str, bare: bool, network: str | None) -> None:
+    """A new host: its container (recorded first), sshd, root's key, the pinned host key."""
+    d = testhost_dir()
+    key = d / "id_ed25519"
     container = f"tt-vm-{state['owner']}-{name}"
     volume = f"{container}-docker"
     host = {"container": container, "volume": volume, "ssh_port": free_port(), "http_port": free_port(),
@@ -137,12 +161,26 @@ def up(c, name, bare=False, network=None):
     write_ssh_files(state)
     say(f"{name} booted in {time.monotonic() - started:.1f}s: ssh on 127.0.0.1:{host['ssh_port']}, "
         f"http {host['http_port']}, https {host['https_port']}", "testhost")
-    if not bare:
-        say(f"provisioning {name}", "testhost")
-        out = c.run(f"fab -H {name}-root provision", warn=True, env={"TASKTRACKER_TESTHOST_DIR": str(d)})
-        if not out.ok:
-            raise Exit(f"Provisioning {name} failed (above); the host is kept for inspection (`testhost.down`).",
-                       code=ExitCode.FAILED)
+
+
+def provision_all(names: list[str]) -> None:
+    """`fab -H NAME-root provision` on each host, in parallel; each one's output printed whole
+    when it ends."""
+    started = time.monotonic()
+    say(f"provisioning {', '.join(names)}", "testhost")
+    fab = str(Path(sys.executable).parent / "fab")
+    env = {**os.environ, "TASKTRACKER_TESTHOST_DIR": str(testhost_dir())}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        results = list(pool.map(lambda n: run([fab, "-H", f"{n}-root", "provision"], check=False, env=env), names))
+    failed = []
+    for n, out in zip(names, results, strict=True):
+        print(out.stdout + out.stderr, end="", flush=True)
+        if out.returncode != 0:
+            failed.append(n)
+    if failed:
+        raise Exit(f"Provisioning {', '.join(failed)} failed (above); the hosts are kept for inspection "
+                   f"(`testhost.down`).", code=ExitCode.FAILED)
+    say(f"provisioned {', '.join(names)} in {time.monotonic() - started:.1f}s", "testhost")
 
 
 @task

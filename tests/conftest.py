@@ -47,10 +47,23 @@ def sandbox(docker_machine):
     try:
         box.invoke("sandbox.up", "--address", box.address, "--port", str(box.port), "--user", box.user,
                    "--http-port", str(box.http_port))
+        Sandbox.running = box
         yield box
     finally:
+        Sandbox.running = None
         box.invoke("sandbox.down", check=False)
         shutil.rmtree(box.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_the_modules_apps(request):
+    """After each module, the separate sandbox apps it made (`Sandbox.app_env`) are removed."""
+    box = Sandbox.running
+    before = box.apps() if box else set()
+    yield
+    box = Sandbox.running
+    if box:
+        box.remove_apps(box.apps() - before)
 
 
 @pytest.fixture(scope="session")

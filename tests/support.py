@@ -260,6 +260,8 @@ class LoadProbe:
 class Sandbox:
     """A test sandbox: its own state dir, loopback address, sshd port and deploy user."""
 
+    running: "Sandbox | None" = None  # the session's sandbox, while it is up
+
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="tasktracker-e2e-"))
         self.address = "127.0.0.3"
@@ -329,6 +331,16 @@ class Sandbox:
 
     def app_url(self, name: str, path: str = "/") -> str:
         return f"http://{self.address}:{self.ports[name]}{path}"
+
+    def apps(self) -> set[str]:
+        """The separate apps `app_env` has made settings for."""
+        return set(getattr(self, "ports", {}))
+
+    def remove_apps(self, names) -> None:
+        """Remove apps a module made and no longer needs: their stacks stop costing the machine's
+        two cores (health checks, the sampler's minute) while later modules run."""
+        for name in sorted(names):
+            remove_app(self.user, self.home / name, f"{self.project}-{name}")
 
     def fab_in(self, project_dir: Path, *args, env_file: Path, check=True, timeout=900):
         """fab from another working copy of the project (a changed release)."""
@@ -606,12 +618,12 @@ def docker_gateway() -> str:
 def network_gateway(network: str) -> str:
     """This machine's address on a user-defined Docker bridge network, read from its interface
     (`br-` and the first 12 characters of the network's id, unless the network names its own)."""
-    fields = subprocess.run(
+    network_id, _, named = subprocess.run(
         ["docker", "network", "inspect", network, "-f",
-         '{{.Id}} {{index .Options "com.docker.network.bridge.name"}}'],
-        capture_output=True, text=True, check=True).stdout.split()
-    named = fields[1] if len(fields) > 1 and fields[1] != "<no value>" else ""
-    return interface_address(named or f"br-{fields[0][:12]}")
+         '{{.Id}}|{{index .Options "com.docker.network.bridge.name"}}'],
+        capture_output=True, text=True, check=True).stdout.strip().partition("|")
+    named = "" if named == "<no value>" else named
+    return interface_address(named or f"br-{network_id[:12]}")
 
 
 class SftpServer:
@@ -672,15 +684,22 @@ def lose_host(user: str, app_dir: Path, project: str) -> None:
     """The bad day, for an app on a sandbox: every container, volume and network of its Compose
     project, its directory, the user's off-site key and the app's cron jobs are gone (removed by
     the project's label and the app's own paths, nothing broader)."""
+    remove_app(user, app_dir, project)
+    home = Path("/home") / user
+    for name in ("tasktracker-offsite", "tasktracker-offsite.pub"):
+        (home / ".ssh" / name).unlink(missing_ok=True)
+
+
+def remove_app(user: str, app_dir: Path, project: str) -> None:
+    """An app on a sandbox removed by its own records: its Compose project's containers, volumes
+    and networks (by the project's label), its directory and its cron jobs (`...:PROJECT` lines)."""
     label = f"label=com.docker.compose.project={project}"
     for kind, listing in (("container", ["docker", "ps", "-aq"]), ("volume", ["docker", "volume", "ls", "-q"]),
                           ("network", ["docker", "network", "ls", "-q"])):
         ids = subprocess.run([*listing, "--filter", label], capture_output=True, text=True, check=True).stdout.split()
         if ids:
             subprocess.run(["docker", kind, "rm", *(["-f"] if kind == "container" else []), *ids], capture_output=True, check=True)
-    home = Path("/home") / user
-    subprocess.run(["rm", "-rf", str(app_dir), str(home / ".ssh" / "tasktracker-offsite"), str(home / ".ssh" / "tasktracker-offsite.pub")],
-                   check=True)
+    subprocess.run(["rm", "-rf", str(app_dir)], check=True)
     crontab = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
     kept = [line for line in crontab.splitlines() if not line.endswith(f":{project}")]
     subprocess.run(["crontab", "-u", user, "-"], input="\n".join(kept) + "\n", text=True, check=True)
