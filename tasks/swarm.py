@@ -38,7 +38,7 @@ from .commands import release as release_commands
 from .commands import status as status_commands
 from .commands import rollout, sh
 from .exits import ExitCode
-from .host import Host, Release, absolute_app_dir
+from .host import Host, Release, absolute_app_dir, ship_images_to
 from .identity import identity, now_iso
 from .settings import PROJECT_ROOT, Settings, env_values
 from .steps import StepFailed, Steps
@@ -139,6 +139,7 @@ class SwarmHost(Host):
                                            f"on the swarm was changed")
                 print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)", flush=True)
         images = [i for i in images if not self.pulled(i)]
+        lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
         for _node, host in self.node_hosts(nodes, step):
             missing = [i for i in images if i not in host.images_present(images)]
             if not missing:
@@ -149,7 +150,9 @@ class SwarmHost(Host):
                 raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine does not have "
                                        f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
                                        f"that release (its images are built here), or pick another release")
-            host.ship_images(missing)
+            lacking.setdefault(tuple(missing), []).append(host)
+        for missing, hosts in lacking.items():
+            ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
 
     def pulled(self, image: str) -> bool:
         """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""

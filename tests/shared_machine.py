@@ -1,5 +1,8 @@
 """What every end-to-end test of one run shares on this machine, whatever the number of
-pytest-xdist workers: a running Docker Engine, the Compose v2 plugin and the stand-in images.
+pytest-xdist workers: a running Docker Engine, the Compose v2 plugin, the stand-in images, the
+VM-like host image and the dashboard's build (every deploy of the run then finds it built, and no
+two workers build it at once). What is missing is made in parallel: a fresh machine waits for the
+slowest debootstrap, not for the sum of three.
 
 The first worker to join sets up what is missing, under a file lock, and records what it started
 or installed in the run's own directory; the last worker to leave undoes exactly that (a dockerd
@@ -11,13 +14,17 @@ import fcntl
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.machine import (ensure_standin_images, install_compose_plugin, read_records, start_dockerd,
                            write_records)
+from tasks.testhost import ensure_image as ensure_testhost_image
+from tests.support import BIN, ROOT
 
 
 class SharedMachine:
@@ -44,7 +51,10 @@ class SharedMachine:
             plugin = install_compose_plugin()
             if plugin:
                 records["compose_plugin"] = str(plugin)
-            ensure_standin_images()
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                for made in [pool.submit(ensure_standin_images), pool.submit(ensure_testhost_image),
+                             pool.submit(build_dashboard)]:
+                    made.result()
             records["workers"] = records.get("workers", 0) + 1
 
     def leave(self) -> None:
@@ -57,6 +67,13 @@ class SharedMachine:
             if records.get("dockerd_pid"):
                 stop_process(records.pop("dockerd_pid"))
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def build_dashboard() -> None:
+    """`invoke build` in this checkout (skipped when frontend/dist is current)."""
+    out = subprocess.run([str(BIN / "invoke"), "build"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"invoke build failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
 
 
 def stop_process(pid: int, timeout: float = 30) -> None:

@@ -250,3 +250,52 @@ def test_with_a_registry_the_built_images_are_pushed_and_pulled_not_shipped():
     assert host.pulled("reg.example:5000/team/tt-backend:abc") and not host.pulled("nats:2.10-alpine")
     assert " ".join(cluster_commands.stack_deploy("tt", ["s.yml"], registry=True)) == \
         "docker stack deploy --resolve-image never --with-registry-auth -c s.yml tt"
+
+
+class ShipTarget:
+    """A host as `ship_images_to` sees one: a name and a connection's user and address."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.conn = type("Conn", (), {"user": "deploy", "host": name})()
+
+
+def fake_shipping(monkeypatch, tmp_path, fails: str = ""):
+    """`docker save` writes 3 MB of noise; each host's `docker load` is a local shell that unzips
+    what it receives into a file named after the host (or, for `fails`, exits 3)."""
+    import tasks.host as host_module
+
+    monkeypatch.setattr(host_module.image_commands, "save",
+                        lambda images: ["sh", "-c", f"head -c 3000000 /dev/urandom | tee {tmp_path}/sent"])
+    monkeypatch.setattr(host_module.remote, "ssh_argv", lambda conn: [])
+
+    def load(ssh_argv, destination):
+        name = destination.split("@")[1]
+        if name == fails:
+            return ["sh", "-c", "echo 'no space left on device' >&2; exit 3"]
+        return ["sh", "-c", f"gunzip > {tmp_path}/{name}"]
+    monkeypatch.setattr(host_module.image_commands, "ssh_load", load)
+    return host_module.ship_images_to
+
+
+def test_one_save_is_streamed_to_every_node_that_lacks_the_images(monkeypatch, tmp_path, capsys):
+    ship = fake_shipping(monkeypatch, tmp_path)
+    sent = ship([ShipTarget("cl2"), ShipTarget("cl3")], ["tasktracker-backend:abc"])
+    made = (tmp_path / "sent").read_bytes()
+    assert len(made) == 3_000_000 and sent > 0
+    assert (tmp_path / "cl2").read_bytes() == made == (tmp_path / "cl3").read_bytes()
+    assert "shipped tasktracker-backend:abc to cl2, cl3" in capsys.readouterr().out
+
+
+def test_a_node_whose_load_fails_fails_the_step_by_its_name(monkeypatch, tmp_path):
+    ship = fake_shipping(monkeypatch, tmp_path, fails="cl3")
+    with pytest.raises(StepFailed) as failed:
+        ship([ShipTarget("cl2"), ShipTarget("cl3")], ["tasktracker-backend:abc"])
+    assert "to cl3 failed: no space left on device" in str(failed.value)
+    assert (tmp_path / "cl2").read_bytes() == (tmp_path / "sent").read_bytes()  # the other still got it whole
+
+
+def test_when_every_load_fails_the_save_is_stopped_not_waited_on(monkeypatch, tmp_path):
+    ship = fake_shipping(monkeypatch, tmp_path, fails="cl2")
+    with pytest.raises(StepFailed, match="to cl2 failed"):
+        ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
