@@ -322,6 +322,14 @@ def test_dockerfiles_pass_hadolint():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_shell_programs_pass_shellcheck():
+    """The repository's own shell programs (the README's commands, CI's entry point) lint clean."""
+    shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable))
+    programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").iterdir() if p.is_file())
+    out = subprocess.run([shellcheck, *programs, ".ci/run"], cwd=ROOT, capture_output=True, text=True)
+    assert programs and out.returncode == 0, out.stdout + out.stderr
+
+
 def test_frontend_dockerfile_build_stage_keeps_dev_dependencies():
     text = (ROOT / "frontend" / "Dockerfile").read_text()
     build_stage = text.split("AS build", 1)[1].split("FROM", 1)[0]
