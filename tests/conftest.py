@@ -4,9 +4,9 @@
   pytest-xdist worker of the run (tests/shared_machine.py).
 - `sandbox`: the sandbox VPS the sandbox tests deploy to, one per run; `deployed`: the stack
   deployed to it once.
-- End-to-end tests run in two xdist groups, one worker each: `sandbox` (every test on the sandbox
-  VPS) and `testhosts` (the VM-like hosts: tests that use no sandbox). The unit tiers share the
-  two workers.
+- End-to-end modules run in two xdist groups (lanes), one worker each, balanced by the budgets:
+  `testhosts` (the VM-like hosts' modules, and sandbox modules that fit beside them, on a sandbox
+  of that worker's own) and `sandbox`. The unit tiers fill the gaps.
 - At the end: each module's time beside its budget (docs/development.md, "Test budget").
 """
 
@@ -73,10 +73,34 @@ def deployed(sandbox):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Each end-to-end module joins one of two xdist groups (lanes), one worker each."""
+    modules: dict[str, set[str]] = {}
     for item in items:
         if item.get_closest_marker("e2e"):
-            group = "sandbox" if "sandbox" in item.fixturenames else "testhosts"
-            item.add_marker(pytest.mark.xdist_group(group))
+            modules.setdefault(item.nodeid.split("::")[0], set()).update(item.fixturenames)
+    lane_of = lanes(modules, module_budgets())
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if module in lane_of:
+            item.add_marker(pytest.mark.xdist_group(lane_of[module]))
+
+
+def lanes(modules: dict[str, set[str]], budgets: dict[str, float], default: float = 120) -> dict[str, str]:
+    """Module -> lane. The VM-like hosts' modules (no sandbox) share the `testhosts` lane; the
+    sandbox's modules, longest budget first, go to whichever lane has less budgeted time so far
+    (one in the `testhosts` lane has a sandbox of its own, made by that worker)."""
+    time_of = {"sandbox": 0.0, "testhosts": 0.0}
+    lane_of: dict[str, str] = {}
+    for module, fixtures in modules.items():
+        if "sandbox" not in fixtures:
+            lane_of[module] = "testhosts"
+            time_of["testhosts"] += budgets.get(module, default)
+    sandbox_modules = sorted((m for m in modules if m not in lane_of), key=lambda m: -budgets.get(m, default))
+    for module in sandbox_modules:
+        lane = min(time_of, key=lambda name: (time_of[name], name != "sandbox"))
+        lane_of[module] = lane
+        time_of[lane] += budgets.get(module, default)
+    return lane_of
 
 
 def pytest_sessionstart(session):

@@ -1,0 +1,47 @@
+"""The test harness itself: how end-to-end modules are laid out on the two workers, the budget
+table they are laid out by, and the machine facts the harness reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import BUDGET_DOC, lanes, module_budgets
+from tests.support import ROOT, interface_address
+
+SANDBOX = {"sandbox", "request"}
+HOSTS = {"docker_machine", "hosts"}
+
+
+@pytest.mark.parametrize("modules, budgets, expected", [
+    # The VM-like hosts' modules share a lane; the sandbox's go where there is less time.
+    ({"day0": HOSTS, "cluster": HOSTS, "a": SANDBOX, "b": SANDBOX, "c": SANDBOX},
+     {"day0": 300, "cluster": 600, "a": 500, "b": 450, "c": 300},
+     {"day0": "testhosts", "cluster": "testhosts", "a": "sandbox", "b": "sandbox", "c": "testhosts"}),
+    # No VM-like hosts: the sandbox's modules are still spread over both lanes.
+    ({"a": SANDBOX, "b": SANDBOX}, {"a": 100, "b": 100}, {"a": "sandbox", "b": "testhosts"}),
+    # A module without a budget counts as 120 s.
+    ({"a": SANDBOX, "new": SANDBOX, "day0": HOSTS}, {"a": 500, "day0": 100},
+     {"a": "sandbox", "new": "testhosts", "day0": "testhosts"}),
+])
+def test_lanes_balance_the_budgeted_time(modules, budgets, expected):
+    assert lanes(modules, budgets) == expected
+
+
+def test_every_end_to_end_module_has_a_budget_and_the_lanes_fit_the_suites_budget():
+    budgets = module_budgets()
+    e2e = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_e2e_*.py"))
+    assert e2e and not [m for m in e2e if m not in budgets], f"add a row to {BUDGET_DOC.name}'s budget table"
+    assert not [m for m in budgets if not (ROOT / m).is_file()], "a budget row names a module that is gone"
+
+
+def test_budget_rows_are_read_from_the_table(tmp_path):
+    doc = tmp_path / "dev.md"
+    doc.write_text("| module | budget (s) |\n| --- | --- |\n| `tests/test_e2e_x.py` | 240 | deploys |\n"
+                   "| tests/test_y.py | 30 |\nnot a row: tests/test_z.py | 9\n")
+    assert module_budgets(doc) == {"tests/test_e2e_x.py": 240.0, "tests/test_y.py": 30.0}
+
+
+def test_this_machines_address_is_read_from_the_interface():
+    assert interface_address("lo") == "127.0.0.1"
+    with pytest.raises(Exception):
+        interface_address("tt-no-such-interface")
