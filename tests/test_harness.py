@@ -3,6 +3,8 @@ table they are laid out by, and the machine facts the harness reads."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.conftest import BUDGET_DOC, lanes, module_budgets
@@ -43,5 +45,5 @@ def test_budget_rows_are_read_from_the_table(tmp_path):
 
 def test_this_machines_address_is_read_from_the_interface():
     assert interface_address("lo") == "127.0.0.1"
-    with pytest.raises(Exception):
+    with pytest.raises(subprocess.CalledProcessError):
         interface_address("tt-no-such-interface")
