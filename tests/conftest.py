@@ -72,6 +72,7 @@ def deployed(sandbox):
     return sandbox.fab("deploy")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Each end-to-end module joins one of two xdist groups (lanes), one worker each."""
     modules: dict[str, set[str]] = {}
