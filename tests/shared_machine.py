@@ -1,7 +1,8 @@
 """What every end-to-end test of one run shares on this machine, whatever the number of
 pytest-xdist workers: a running Docker Engine, the Compose v2 plugin, the stand-in images, the
 VM-like host image and the dashboard's build (every deploy of the run then finds it built, and no
-two workers build it at once). What is missing is made in parallel: a fresh machine waits for the
+two workers build it at once; `scripts/test` builds it before any test, so that no unit test copies
+frontend/ while npm writes to it). What is missing is made in parallel: a fresh machine waits for the
 slowest debootstrap, not for the sum of three.
 
 The first worker to join sets up what is missing, under a file lock, and records what it started
