@@ -3,7 +3,9 @@ table they are laid out by, and the machine facts the harness reads."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +49,20 @@ def test_this_machines_address_is_read_from_the_interface():
     assert interface_address("lo") == "127.0.0.1"
     with pytest.raises(subprocess.CalledProcessError):
         interface_address("tt-no-such-interface")
+
+
+def test_the_lanes_reach_pytest_xdist(tmp_path):
+    """pytest-xdist puts a group's tests on one worker only where it can rename their node ids
+    (`...@sandbox`); pytest 9 ignores the rename, which silently spread a module over both workers."""
+    (tmp_path / "lane_probe.py").write_text(
+        "def pytest_collection_finish(session):\n"
+        "    c = session.config\n"
+        "    if hasattr(c, 'workerinput'):\n"
+        f"        open('{tmp_path}/' + c.workerinput['workerid'], 'w').write("
+        "'\\n'.join(i.nodeid for i in session.items))\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "", "-n", "2", "-p", "no:cacheprovider",
+                          "-p", "lane_probe", "-k", "test_e2e_alerts", "--setup-plan", "-q"],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
+    ids = (tmp_path / "gw0").read_text().split()
+    assert out.returncode in (0, 5), out.stdout + out.stderr
+    assert ids and all(i.endswith("@sandbox") for i in ids if "test_e2e_alerts" in i), ids
