@@ -95,7 +95,7 @@ def renew(c, force=False, ca_bundle=None, wait=False):
     """Renew certificates that are due (or all with --force) and reload nginx gracefully."""
     host = open_for_tls(c)
     with host.locked("ssl.renew", wait=wait), host.audited("ssl.renew") as outcome:
-        result = host.probe_run(commands.with_ca_bundle(sh(commands.renew(host.ctx, force)), ca_bundle))
+        result = host.probe_run(commands.with_ca_bundle(sh(commands.renew(host.ctx, force, now=True)), ca_bundle))
         if not result.ok:
             outcome["detail"] = commands.explain_failure(result.stdout + result.stderr, [])
             raise Exit(f"Renewal failed on {host.name}: {outcome['detail']} The current certificates keep serving.",

@@ -4,6 +4,7 @@ copies, local Postgres/NATS processes, and small helpers (free ports, waiting)."
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -667,6 +668,19 @@ class SftpServer:
         (ssh / "authorized_keys").write_text(public_key.strip() + "\n")
         (ssh / "authorized_keys").chmod(0o600)
         subprocess.run(["chown", "-R", f"{self.user}:{self.user}", str(ssh)], check=True)
+
+    @contextlib.contextmanager
+    def refusing_keys(self):
+        """The server refuses every key while inside: an off-site copy fails at once. (A stopped
+        server fails it too, but pgBackRest retries a refused connection for its io-timeout,
+        60 s per command.)"""
+        keys = self.home / ".ssh" / "authorized_keys"
+        aside = keys.with_name("authorized_keys.refused")
+        keys.rename(aside)
+        try:
+            yield
+        finally:
+            aside.rename(keys)
 
     def stop(self) -> None:
         if self.pidfile.exists():

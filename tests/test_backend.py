@@ -2,9 +2,11 @@
 requiring a login whose user name and password hold the characters URLs and config files trip on."""
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -215,20 +217,27 @@ def stack(postgres, nats_server, tmp_path_factory):
     port = free_port()
     logs = tmp_path_factory.mktemp("logs")
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                           cwd=BACKEND, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT)
+                           cwd=BACKEND, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    # taskiq's worker runs its workers as child processes: each program leads its own process group,
+    # and the group is what is stopped.
     worker = subprocess.Popen([sys.executable, "-m", "taskiq", "worker", "app.worker:broker", "--workers", "1"],
-                              cwd=BACKEND, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT)
+                              cwd=BACKEND, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
     try:
         wait_for(lambda: port_open(port), 30, what="uvicorn")
         yield f"http://127.0.0.1:{port}"
     finally:
         for proc in (api, worker):
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:  # taskiq's worker hangs on SIGTERM while NATS is down
-                proc.kill()
-                proc.wait(5)
+                pass
+            with contextlib.suppress(ProcessLookupError):  # and whatever of its group is left
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def get(url):

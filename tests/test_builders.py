@@ -120,6 +120,7 @@ TLS = [
      "--keep-until-expiring --expand -d a.example --staging --force-renewal"),
     ("renew", sh(tls.renew(APP)), f"{CERTBOT} renew"),
     ("renew force", sh(tls.renew(APP, force=True)), f"{CERTBOT} renew --force-renewal"),
+    ("renew now", sh(tls.renew(APP, force=True, now=True)), f"{CERTBOT} renew --force-renewal --no-random-sleep-on-renew"),
     ("with_ca_bundle", tls.with_ca_bundle("certbot renew", "/etc/pebble ca.pem"), "REQUESTS_CA_BUNDLE='/etc/pebble ca.pem' certbot renew"),
     ("with_ca_bundle none", tls.with_ca_bundle("certbot renew", None), "certbot renew"),
     ("nginx_reload", tls.nginx_reload(APP), f"for c in $({PS.format('nginx')}); do docker exec $c kill -HUP 1; done; sleep 1.5"),

@@ -265,7 +265,15 @@ def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
         assert f"pushed {registry.name}/tt/tasktracker-backend:" in out.stdout, out.stdout
         assert "shipped" not in out.stdout  # no image went over SSH
         assert release_of(hosts) != before
-        for name in NAMES[1:]:  # the workers run API or worker tasks: they pulled the image
+        # Swarm places the new tasks where it likes (a drained node got none back): every node that
+        # runs an API or worker task now pulled its image, and so did at least one worker node.
+        by_hostname = {hosts.state(name)["container"]: name for name in NAMES}  # the container's hostname
+        nodes = hosts.exec(MANAGER, "docker service ps tasktracker_api tasktracker_worker "
+                                    "--filter desired-state=running --format '{{.Node}}'").stdout.split()
+        running = {by_hostname.get(node, node) for node in nodes}
+        assert running and running <= set(NAMES), (running, by_hostname)
+        assert running - {MANAGER}, running
+        for name in sorted(running):
             pulled = hosts.exec(name, "docker images --format '{{.Repository}}'").stdout
             assert f"{registry.name}/tt/tasktracker-backend" in pulled, (name, pulled)
         services = json.loads(hosts.fab(MANAGER, "status", "--json", env_file=env).stdout)["swarm"]["services"]

@@ -102,8 +102,7 @@ def test_drill_restores_the_newest_copy_into_a_scratch_database(sandbox, initial
 
 def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initialised, sftp):
     before = local_sets(sandbox)
-    sftp.stop()
-    try:
+    with sftp.refusing_keys():  # the off-site server turns the host away
         out = sandbox.fab("backup", env_file=initialised, check=False)
         assert out.returncode == 1, everything_said(out)
         assert "OFF-SITE COPY FAILED" in out.stderr and "The set is kept on the host" in out.stderr, out.stderr
@@ -112,8 +111,6 @@ def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initial
         doctor = sandbox.fab("doctor", env_file=initialised, check=False).stdout
         assert f"the off-site copy of {after[-1]} failed" in doctor, doctor
         assert sandbox.fab("backup.offsite.status", env_file=initialised, check=False).returncode != 0
-    finally:
-        sftp.start()
     retry = sandbox.fab("backup.offsite.push", env_file=initialised)
     assert f"{after[-1]} is copied off-site" in retry.stdout
     assert "the off-site copy of" not in sandbox.fab("doctor", env_file=initialised, check=False).stdout

@@ -51,8 +51,12 @@ def issue(ctx: HostContext, domains: list[str], email: str, server: str | None =
     return argv
 
 
-def renew(ctx: HostContext, force: bool = False) -> list[str]:
-    return [*certbot_base(ctx), "renew", *(["--force-renewal"] if force else [])]
+def renew(ctx: HostContext, force: bool = False, now: bool = False) -> list[str]:
+    """`certbot renew`. Run with no terminal, certbot first sleeps up to 8 minutes to spread the
+    load on the CA: right for the nightly job, not for `ssl.renew`, which an operator is waiting
+    on (`now`)."""
+    return [*certbot_base(ctx), "renew", *(["--force-renewal"] if force else []),
+            *(["--no-random-sleep-on-renew"] if now else [])]
 
 
 def with_ca_bundle(command: str, ca_bundle: str | None) -> str:
