@@ -27,7 +27,7 @@ from .commands import notify as notify_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands.release import migration_failure_detail, releases_to_prune
+from .commands.release import dist_assets, migration_failure_detail, new_release_id, releases_to_prune
 from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands import status as status_commands
@@ -43,15 +43,6 @@ RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
 DRY_RUN_FILES = 60  # files listed by `deploy --dry-run` (all are counted)
 DRY_RUN_COMMAND_LINES = 30  # lines shown of one planned command (a script)
-
-
-def new_release_id(now: datetime, commit: str) -> str:
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{re.sub(r'[^0-9a-z]+', '', commit.lower())[:12] or 'nogit'}"
-
-
-def dist_assets(dist: Path) -> list[str]:
-    """The hashed asset paths index.html references (what the probe expects to be served)."""
-    return sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (dist / "index.html").read_text())))
 
 
 def release_fingerprint(root: Path, env_text: str, variant: str) -> str:
@@ -298,7 +289,7 @@ def plan_deploy(host: Host, env_file: Path | None) -> DeployPlan:
     fingerprint = release_fingerprint(PROJECT_ROOT, env_text, host.variant)
     image = backend_image(PROJECT_ROOT, host.ctx.project)
     postgres = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)
-    assets = tuple(dist_assets(FRONTEND / "dist"))
+    assets = tuple(dist_assets((FRONTEND / "dist" / "index.html").read_text()))
     current = host.current_id
     if current and host.current_meta.get("fingerprint") == fingerprint:
         return DeployPlan(env_text, image, assets, current, None)

@@ -18,7 +18,6 @@ docker-compose.production.yml + swarm.yml, rendered for `docker stack deploy`.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -230,8 +229,8 @@ class SwarmHost(Host):
         image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack), registry)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
         postgres = image_commands.in_registry(postgres, registry) if postgres else ""
-        rid = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{(git_commit() or 'nogit')[:12]}"
-        assets = tuple(sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', (FRONTEND / "dist" / "index.html").read_text()))))
+        rid = release_commands.new_release_id(datetime.now(timezone.utc), git_commit())
+        assets = tuple(release_commands.dist_assets((FRONTEND / "dist" / "index.html").read_text()))
         values = {**env_values(self.settings, env_file, absolute_app_dir(self.facts, ctx.app_dir)),
                   "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
         try:

@@ -91,3 +91,11 @@ def test_in_stream_is_configured_once_on_the_collection():
     assert ns.configuration()["run"]["in_stream"] is False
     offenders = [str(p.relative_to(ROOT)) for p in TASKS.rglob("*.py") if "in_stream=False" in p.read_text()]
     assert offenders == []
+
+
+def test_release_ids_have_one_maker():
+    """Both engines name a release with `commands.release.new_release_id`: a second maker (a
+    release-id time format joined to a commit anywhere else) fails here."""
+    makers = [path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "tasks").rglob("*.py"))
+              if "%Y%m%dT%H%M%SZ')}-" in path.read_text()]
+    assert makers == ["tasks/commands/release.py"], makers

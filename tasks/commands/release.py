@@ -11,9 +11,11 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import tarfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from . import q, sh
@@ -24,6 +26,17 @@ PROBE_PATH = "tasks/probe.py"
 SCHEMA_WAIT_SECONDS = 60
 # `revision = "x"` or `revision = 'x'` (Alembic's template writes repr()); `None` is no revision.
 REVISION_SED = "s/^{name}(: *[]A-Za-z_|[, ]+)? *= *['\"]([^'\"]+)['\"].*/\\2/p"
+
+
+def new_release_id(now: datetime, commit: str) -> str:
+    """The one maker of release ids, for both engines: UTC time, then the commit (letters and
+    digits only: `ab12cd3-dirty` -> `ab12cd3dirty`), e.g. `20261125T173005Z-ab12cd3dirty`."""
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{re.sub(r'[^0-9a-z]+', '', commit.lower())[:12] or 'nogit'}"
+
+
+def dist_assets(index_html: str) -> list[str]:
+    """The hashed asset paths the dashboard's index.html references (what the probe expects)."""
+    return sorted(set(re.findall(r'(?:src|href)="(/assets/[^"]+)"', index_html)))
 
 
 def preflight(ctx: HostContext) -> str:
