@@ -94,7 +94,8 @@ class LocalPostgres:
     """A throwaway PostgreSQL cluster owned by the `postgres` system user (Debian's PostgreSQL 15,
     or the binaries in `bindir`, e.g. `pgvector_bindir()`)."""
 
-    def __init__(self, bindir: Path | None = None):
+    def __init__(self, bindir: Path | None = None, options: str = ""):
+        self.options = options  # more server settings, e.g. "-c archive_mode=on"
         # pytest's tmp dirs are private to root; the postgres user needs a directory it can reach.
         self.base = Path(tempfile.mkdtemp(prefix="tasktracker-test-pg-"))
         os.chmod(self.base, 0o755)
@@ -115,7 +116,7 @@ class LocalPostgres:
         pwfile.write_text(self.password)
         shutil.chown(pwfile, "postgres", "postgres")
         self._as_postgres([self.initdb, "-D", str(self.dir), "-E", "UTF8", "--locale=C.UTF-8", "-U", "postgres", "--pwfile", str(pwfile), "-A", "md5"])
-        self._as_postgres([self.pg_ctl, "-D", str(self.dir), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1", "-w", "start", "-l", str(self.dir / "log")])
+        self._as_postgres([self.pg_ctl, "-D", str(self.dir), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 {self.options}", "-w", "start", "-l", str(self.dir / "log")])
         return self
 
     def url(self, db: str = "postgres") -> str:

@@ -200,3 +200,32 @@ def test_recover_puts_the_sets_data_back_when_the_off_site_wal_fails(tmp_path):
     assert "find /var/lib/postgresql/data -mindepth 1 -delete && cp -a /var/lib/pgbackrest/.before-wal-restore/." in rest[2]
     assert rest[3:] == ["start", "compose start"] and "migrate" not in rest
     assert "putting the set's database back" in result.stderr and "holds the set's data" in result.stderr
+
+
+def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
+    """`info`'s pg_stat_archiver query, run as the host runs it (through `docker exec ... sh -c`,
+    here a stand-in `docker` that runs the command on this machine) against a PostgreSQL whose
+    archive_command fails: the failures reach `parse_info`, so `doctor` can warn about them."""
+    from tests.support import LocalPostgres, wait_for
+
+    pg = LocalPostgres(options="-c wal_level=replica -c archive_mode=on -c archive_command=false").start()
+    try:
+        pg.psql("CREATE TABLE t AS SELECT 1 AS x; SELECT pg_switch_wal()")
+        wait_for(lambda: int(pg.psql("SELECT failed_count FROM pg_stat_archiver")) > 0, 30,
+                 what="the archiver's first failure")
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        # docker ps -> one container id; docker exec [-u USER] ID CMD... -> CMD... here.
+        (bin_dir / "docker").write_text('#!/bin/sh\n[ "$1" = ps ] && { echo pg1; exit 0; }\nshift\n'
+                                        '[ "$1" = -u ] && shift 2\nshift\nexec "$@"\n')
+        (bin_dir / "pgbackrest").write_text("#!/bin/sh\necho '[]'\n")
+        for program in ("docker", "pgbackrest"):
+            (bin_dir / program).chmod(0o755)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
+               "PGPASSWORD": pg.password, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres"}
+        out = subprocess.run(["bash", "-c", pitr.info(CTX)], env=env, capture_output=True, text=True, check=True).stdout
+    finally:
+        pg.stop()
+    state = pitr.parse_info(out)
+    assert state["failed_count"] >= 1 and state["last_failed"] > 0, out
+    assert state["last_archived"] == 0, out  # `false` never archived a segment

@@ -108,13 +108,19 @@ BACKUP_SHELL = f"""if docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null
 fi"""
 
 
+# The archiver's last success, failures and last failure, as epoch seconds and a count, space-separated
+# by psql's -F (a quoted ' ' would end the shell's single quotes; a "..." in SQL is a column name).
+ARCHIVER_COLUMNS = ("coalesce(extract(epoch FROM last_archived_time)::bigint, 0), failed_count, "
+                    "coalesce(extract(epoch FROM last_failed_time)::bigint, 0)")
+
+
 def info(ctx: HostContext) -> str:
     """Shell: pgBackRest's `info` as JSON, the host's time, and the time of the last archived WAL."""
     return f"""pg=$({ctx.container('postgres')})
 echo "now=$(date -u +%s)"
 if [ -z "$pg" ]; then echo "pitr=no-postgres"; exit 0; fi
 if ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then echo "pitr=unavailable"; exit 0; fi
-echo "archiver=$(docker exec "$pg" sh -c 'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0) || \\" \\" || failed_count || \\" \\" || coalesce(extract(epoch FROM last_failed_time)::bigint, 0) FROM pg_stat_archiver"' 2>/dev/null)"
+echo "archiver=$(docker exec "$pg" sh -c 'psql -X -At -F " " -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT {ARCHIVER_COLUMNS} FROM pg_stat_archiver"' 2>/dev/null)"
 echo "info=$({BR} info --output=json 2>/dev/null | tr -d '\\n')\""""
 
 
