@@ -1,4 +1,4 @@
-"""Several hosts as one Docker Swarm (README, "Several hosts: Docker Swarm"):
+"""Several hosts as one Docker Swarm (docs/several-hosts.md):
 
     fab -H vps1,vps2,vps3 cluster.init     first host: manager (data + entry node); the others join
     fab -H vps1 deploy                     on a swarm manager: the release as a stack (tasks/swarm.py):

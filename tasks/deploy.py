@@ -132,7 +132,7 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
 
 
 def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bool, wait: bool, dry_run: bool) -> None:
-    """`deploy` on a swarm manager (README, "Several hosts"): the same settings, lock and audit line;
+    """`deploy` on a swarm manager (docs/several-hosts.md): the same settings, lock and audit line;
     the release goes out as a stack (tasks/swarm.py)."""
     host.require_manager()
     check_postgres_major(host)
@@ -163,7 +163,7 @@ def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bo
 def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto", wait=False, env=None):
     """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
     the newest set's certificates, this checkout's release, then the set's database and JetStream
-    data; the same health checks as a deploy. Then point DNS at the new host (README)."""
+    data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md, "The bad day")."""
     if not from_offsite:
         raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the off-site repository in "
                    "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
@@ -200,7 +200,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
             host = Host.open(c, settings, compose=compose, steps=steps)
             if host.engine == "swarm":
                 raise Exit(f"{host.name} is in a Docker Swarm: `recover` rebuilds one Compose host. Recover onto a fresh "
-                           f"VPS (not yet in a swarm), then `cluster.init` with it first (README, \"From one VPS to a "
+                           f"VPS (not yet in a swarm), then `cluster.init` with it first (docs/several-hosts.md, \"From one VPS to a "
                            f"cluster\"). Nothing was changed.", code=ExitCode.HOST_NOT_READY)
         marker = offsite_commands.recovering_marker(host.ctx)
         resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
@@ -245,7 +245,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
                    f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
     steps.print_table()
     print(f"{host.name} serves release {live} with the data of off-site set {set_name}" + (f" and {wal_note}" if wal_note else "")
-          + f". Now point DNS at it (README, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+          + f". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
 
 
 def fetch_offsite_set(host: Host, name: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Named exit codes: every task ends with one of these (README, "Exit codes")."""
+"""Named exit codes: every task ends with one of these (docs/reference.md, "Exit codes")."""
 
 from enum import IntEnum
 

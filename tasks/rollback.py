@@ -44,7 +44,7 @@ def schema_problem(schema: SchemaState, target: str) -> str | None:
         return (f"release {target} predates the database schema: the database is at migration {schema.revision}, "
                 f"which a later release applied and {target}'s code does not know. Its code may not work on this "
                 f"schema. Restore the database backup taken before that migration, or, if the migration only "
-                f"added things (expand-then-contract, see README), pass --force.")
+                f"added things (expand-then-contract, see docs/deploying.md), pass --force.")
     return None
 
 

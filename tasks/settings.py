@@ -56,8 +56,13 @@ class Secret(str):
         return str.__str__(self)
 
 
-def _spec(default: Any = None, *, required: bool = False, secret: bool = False, key: str | None = None):
-    return field(default=default, metadata={"required": required, "secret": secret, "key": key})
+def _spec(default: Any = None, *, required: bool = False, secret: bool = False, key: str | None = None,
+          doc: str = "", group: str = "", example: str | None = None):
+    """A setting: its default, whether it must be set and is secret, and for the settings reference
+    (docs/settings.md) and .env.example, both rendered by tasks/settings_doc.py: a one-sentence
+    description, its group and, where the default will not do, the value .env.example shows."""
+    return field(default=default, metadata={"required": required, "secret": secret, "key": key, "doc": doc,
+                                            "group": group, "example": example})
 
 
 URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
@@ -83,63 +88,159 @@ def _offsite_problems(values: dict) -> list[str]:
     return problems
 
 
+# The groups of the settings reference (docs/settings.md) and of .env.example, in their order, each
+# with what holds for all of its keys. Every field of `Settings` names one of them.
+SETTING_GROUPS: dict[str, str] = {
+    "Database": "The PostgreSQL container and the API's connection pool.",
+    "NATS JetStream": "The message bus between the API and the worker; nats-server requires a login.",
+    "Telegram": "The stack's Telegram bot, which also sends the alerts (below).",
+    "LLM provider": "The LLM the app calls, openai or anthropic: only the chosen provider's API key is "
+                    "required.",
+    "Public addresses": "Where users reach the app (all three are required).",
+    "Runtime and deploy": "Where releases live on the host and how many are kept, and the names and "
+                          "ports that let two environments share one host (each needs its own APP_DIR, "
+                          "COMPOSE_PROJECT, HTTP_PORT/HTTPS_PORT and *_HOST_PORT values).",
+    "Images and engine": "Where the backend image is built, whether images the host lacks are shipped "
+                         "from this machine over SSH (hosts that cannot pull: rate limits, no registry, "
+                         "private networks), and what runs the stack: Compose on one host, or a Docker "
+                         "Swarm (docs/several-hosts.md).",
+    "Alerts": "A failed nightly backup or certificate renewal, each deploy and rollback "
+              "(docs/operations.md, \"Alerts\"). Sent from the host (APP_DIR/bin/tasktracker-notify), "
+              "so no laptop is needed: to Telegram (the stack's bot, TELEGRAM_BOT_TOKEN) and/or a "
+              "webhook; both ALERT_TELEGRAM_CHAT_ID and ALERT_WEBHOOK_URL empty: no alerts.",
+    "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository you own, "
+                       "off this VPS (docs/operations.md, \"Off-site copies\"; tasks/commands/offsite.py); "
+                       "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host only in its "
+                       "offsite.conf, never in a release's .env (the stack must not see them).",
+}
+
+
+@dataclass(frozen=True)
+class StackKey:
+    """A key the stack's containers read from the release's .env that `Settings` does not check:
+    it reaches the host as written in the local settings file (`env_values` keeps every key of it),
+    else the stack uses `default`. Listed in the settings reference and .env.example."""
+
+    key: str
+    default: str
+    group: str
+    doc: str
+
+
+STACK_KEYS: tuple[StackKey, ...] = (
+    StackKey("DB_POOL_SIZE", "15", "Database",
+             "Connections each API worker process and the worker keep in their database pool "
+             "(the plan's VPS value)."),
+    StackKey("DB_MAX_OVERFLOW", "20", "Database",
+             "Connections a pool may open beyond DB_POOL_SIZE; `doctor` checks "
+             "(API_WORKERS + 1) x (DB_POOL_SIZE + DB_MAX_OVERFLOW) against Postgres's max_connections."),
+    StackKey("DB_POOL_TIMEOUT", "30", "Database", "Seconds a request waits for a free pooled connection."),
+    StackKey("DB_POOL_RECYCLE", "3600", "Database", "Seconds after which a pooled connection is replaced."),
+    StackKey("POSTGRES_HOST_PORT", "5432", "Runtime and deploy",
+             "The port Postgres is published on, on the host's loopback only (never public)."),
+    StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
+             "The port NATS is published on, on the host's loopback only (never public)."),
+    StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
+             "The port of NATS's monitoring endpoint (`/varz`, `/healthz`), on the host's loopback only."),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the deploy tasks and the stack need, validated."""
 
-    # Database
-    postgres_user: str = _spec("postgres")
-    postgres_password: Secret = _spec(required=True, secret=True)
-    postgres_db: str = _spec("tasktracker")
-    # Message bus
-    nats_url: str = _spec("nats://nats:4222")
-    nats_user: str = _spec("tasktracker")
-    nats_password: Secret = _spec(required=True, secret=True)
-    # Telegram and the LLM provider
-    telegram_bot_token: Secret = _spec(required=True, secret=True)
-    llm_provider: str = _spec("openai")
-    openai_api_key: Secret = _spec("", secret=True)
-    openai_api_base_url: str = _spec("https://api.openai.com/v1")
-    openai_default_model: str = _spec("gpt-4o-mini")
-    anthropic_api_key: Secret = _spec("", secret=True)
-    anthropic_default_model: str = _spec("claude-3-5-haiku-20241022")
-    # Public addresses
-    app_url: str = _spec(required=True)
-    webapp_url: str = _spec(required=True)
-    domain: str = _spec(required=True)
-    # Runtime and deploy
-    api_workers: int = _spec(1)
-    app_dir: str = _spec("tasktracker")
-    keep_releases: int = _spec(5)
-    http_port: int = _spec(80)
-    https_port: int = _spec(443)
-    compose_project: str = _spec("tasktracker")
-    backup_keep: int = _spec(7)
-    db_wait_seconds: int = _spec(60)
-    # Images: where the backend image is built, and whether images the host lacks are shipped
-    # from this machine over SSH (hosts that cannot pull: rate limits, no registry, private nets).
-    # What runs the stack: Compose on one host, or a Docker Swarm (README, "Several hosts");
-    # auto: Swarm when the host is a swarm manager.
-    engine: str = _spec("auto")
-    # A container registry the swarm's nodes pull the built images from (`host[:port][/path]`; push
-    # access from this machine, `docker login` done as usual); empty: images go over SSH.
-    registry: str = _spec("")
-    build_backend: str = _spec("auto")
-    ship_images: str = _spec("auto")
-    # Alerts (APP_DIR/bin/tasktracker-notify on the host): a failed nightly job, each deploy and
-    # rollback. Telegram (the stack's bot, to this chat) and/or a webhook; neither set: no alerts.
-    alert_telegram_chat_id: str = _spec("")
-    alert_webhook_url: Secret = _spec("", secret=True)  # webhook URLs embed their token
-    telegram_api_base_url: str = _spec("https://api.telegram.org")
-    # Off-site copies (restic, commands/offsite.py): every full backup set is also pushed to this
-    # repository, encrypted with OFFSITE_PASSWORD; empty: no off-site copies.
-    offsite_repository: str = _spec("")
-    offsite_password: Secret = _spec("", secret=True)
-    offsite_aws_access_key_id: Secret = _spec("", secret=True)  # s3: repositories
-    offsite_aws_secret_access_key: Secret = _spec("", secret=True)
-    offsite_keep_daily: int = _spec(7)
-    offsite_keep_weekly: int = _spec(4)
-    offsite_keep_monthly: int = _spec(6)
+    postgres_user: str = _spec("postgres", group="Database", doc="The database user.")
+    postgres_password: Secret = _spec(
+        required=True, secret=True, example="change-me", group="Database",
+        doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # : $` work).")
+    postgres_db: str = _spec("tasktracker", group="Database", doc="The database name.")
+    nats_url: str = _spec("nats://nats:4222", group="NATS JetStream",
+                          doc="Where the API and the worker reach NATS (a nats:// or tls:// URL).")
+    nats_user: str = _spec("tasktracker", group="NATS JetStream",
+                           doc="The login nats-server requires; the API and the worker connect with it.")
+    nats_password: Secret = _spec(
+        required=True, secret=True, example="change-me-too", group="NATS JetStream",
+        doc="The NATS password; it reaches nats-server through a private config file, never a command line.")
+    telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me", group="Telegram",
+                                       doc="The Telegram bot's token.")
+    llm_provider: str = _spec("openai", group="LLM provider", doc="The LLM provider the app calls: openai or anthropic.")
+    openai_api_key: Secret = _spec("", secret=True, example="sk-proj-replace-me", group="LLM provider",
+                                   doc="The OpenAI API key, required when LLM_PROVIDER=openai.")
+    openai_api_base_url: str = _spec("https://api.openai.com/v1", group="LLM provider",
+                                     doc="The OpenAI API's base URL.")
+    openai_default_model: str = _spec("gpt-4o-mini", group="LLM provider", doc="The OpenAI model the app uses.")
+    anthropic_api_key: Secret = _spec("", secret=True, group="LLM provider",
+                                      doc="The Anthropic API key, required when LLM_PROVIDER=anthropic.")
+    anthropic_default_model: str = _spec("claude-3-5-haiku-20241022", group="LLM provider",
+                                         doc="The Anthropic model the app uses.")
+    app_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+                         doc="The app's public http(s) URL.")
+    webapp_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+                            doc="The web app's public http(s) URL.")
+    domain: str = _spec(required=True, example="tasks.example.com", group="Public addresses",
+                        doc="The public domain name; `ssl.issue` certifies it unless given `--domain`.")
+    api_workers: int = _spec(1, group="Runtime and deploy", doc="Uvicorn worker processes in the API container.")
+    app_dir: str = _spec("tasktracker", group="Runtime and deploy",
+                         doc="Where releases live on the host: absolute, or relative to the deploy user's home.")
+    keep_releases: int = _spec(5, group="Runtime and deploy",
+                               doc="Successful releases kept on the host (at least 2: the live one and the one a "
+                                   "rollback returns to).")
+    http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for HTTP.")
+    https_port: int = _spec(443, group="Runtime and deploy",
+                            doc="The host port nginx listens on for HTTPS once `ssl.issue` has run (not HTTP_PORT).")
+    compose_project: str = _spec("tasktracker", group="Runtime and deploy",
+                                 doc="The Compose project name on the host: containers and volumes are named after it.")
+    backup_keep: int = _spec(7, group="Runtime and deploy",
+                             doc="Full backup sets kept on the host, and pre-deploy sets separately (the newest "
+                                 "verified set is never deleted).")
+    db_wait_seconds: int = _spec(60, group="Runtime and deploy",
+                                 doc="How long a deploy or rollback waits for Postgres to answer before it refuses "
+                                     "to go on.")
+    engine: str = _spec("auto", group="Images and engine",
+                        doc="What runs the stack: auto (Docker Swarm when the host is a swarm manager, else "
+                            "Compose), compose or swarm.")
+    registry: str = _spec("", group="Images and engine",
+                          doc="On a swarm, a container registry the nodes pull the built images from "
+                              "(`host[:port][/path]`; this machine pushes to it, `docker login` as usual); "
+                              "empty: images are sent to each node over SSH.")
+    build_backend: str = _spec("auto", group="Images and engine",
+                               doc="Where the backend image is built: auto (this machine when it has Docker, else "
+                                   "the host), local (build here and ship it; spares the VPS's 2 CPUs) or host "
+                                   "(docker compose build on the VPS).")
+    ship_images: str = _spec("auto", group="Images and engine",
+                             doc="Whether images the host lacks are sent from this machine over SSH: auto (when "
+                                 "this machine has them), always (fail if it cannot) or never (the host pulls them "
+                                 "itself).")
+    alert_telegram_chat_id: str = _spec("", group="Alerts",
+                                        doc="The Telegram chat (an id, or @channel) the bot sends alerts to; find a "
+                                            "chat's id by messaging the bot, then opening "
+                                            "`https://api.telegram.org/bot<token>/getUpdates`; empty: no Telegram "
+                                            "alerts.")
+    alert_webhook_url: Secret = _spec("", secret=True, group="Alerts",
+                                      doc="A webhook that receives each alert as a POST of `{\"text\": \"...\"}` (a Slack "
+                                          "or Mattermost incoming webhook, or your own endpoint); secret, since its URL "
+                                          "holds a token; empty: none.")
+    telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
+                                       doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
+                                           "endpoint).")
+    offsite_repository: str = _spec("", group="Off-site copies",
+                                    doc="The restic repository, like `sftp:backup@backup.example.com:/srv/restic/tasktracker` "
+                                        "(`fab -H HOST backup.offsite.init` prints the host's key to authorize there) or "
+                                        "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/tasktracker`; empty: no "
+                                        "off-site copies.")
+    offsite_password: Secret = _spec("", secret=True, group="Off-site copies",
+                                     doc="Encrypts the repository (required with OFFSITE_REPOSITORY): keep a copy OFF "
+                                         "the VPS (a password manager), since without it the copies are unreadable.")
+    offsite_aws_access_key_id: Secret = _spec("", secret=True, group="Off-site copies",
+                                              doc="The S3 access key id, for s3: repositories only.")
+    offsite_aws_secret_access_key: Secret = _spec("", secret=True, group="Off-site copies",
+                                                  doc="The S3 secret access key, for s3: repositories only.")
+    offsite_keep_daily: int = _spec(7, group="Off-site copies",
+                                    doc="Off-site retention (restic forget): the newest set of each of the last N days.")
+    offsite_keep_weekly: int = _spec(4, group="Off-site copies",
+                                     doc="Off-site retention: the newest set of each of the last N weeks.")
+    offsite_keep_monthly: int = _spec(6, group="Off-site copies",
+                                      doc="Off-site retention: the newest set of each of the last N months.")
 
     @staticmethod
     def env_key(name: str) -> str:

@@ -221,7 +221,7 @@ class SwarmHost(Host):
         compose_left = self.probe_run(f"{ctx.with_engine('compose').containers('api')} | head -n 1").stdout.strip()
         if compose_left:
             raise Exit(f"The single-host Compose stack {stack} still runs on {self.name}: stop it first with `fab -H "
-                       f"{self.name} compose.down` (its volumes stay, and the swarm's Postgres uses the same one: README, "
+                       f"{self.name} compose.down` (its volumes stay, and the swarm's Postgres uses the same one: docs/several-hosts.md, "
                        f"\"From one VPS to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         swarm = commands.parse_facts(self.probe_run(commands.facts()).stdout)
         mesh = swarm["ipvs"] if mesh is None else mesh

@@ -1,4 +1,4 @@
-"""The README's "From the plan to the toolkit" table, tested: every command of a "works as-is" row
+"""The "From the plan to the toolkit" table (docs/design.md), tested: every command of a "works as-is" row
 runs on the sandbox as the deploy user over SSH from `APP_DIR/current`, as a person following the
 plan would type it, and every replacement the table names runs too (`fab -H vps TASK` from this
 machine, anything else on the host). They run on an app of their own (own APP_DIR, project and
@@ -48,13 +48,13 @@ EXPECT = [
 
 @dataclass(frozen=True)
 class Run:
-    command: str  # as written in the README
+    command: str  # as written in docs/design.md
     where: str  # "host" (SSH, from APP_DIR/current) or "fab" (this machine)
     as_is: bool  # the plan's own command, unchanged
 
 
 def plan_table(readme: str) -> list[tuple[str, str]]:
-    """(the plan says, on a toolkit host) for each row of the README's table."""
+    """(the plan says, on a toolkit host) for each row of the design notes' table."""
     body = readme.split(SECTION, 1)[1].split("\n## ", 1)[0]
     rows = [line for line in body.splitlines() if line.startswith("| ")][2:]  # past the header and |---|
     return [tuple(cell.strip() for cell in line.strip().strip("|").split(" | ")) for line in rows]
@@ -68,7 +68,7 @@ def runs(plan: str, toolkit: str) -> list[Run]:
     return found
 
 
-TABLE = plan_table((ROOT / "README.md").read_text())
+TABLE = plan_table((ROOT / "docs" / "design.md").read_text())
 RUNS = [run for row in TABLE for run in runs(*row)]
 
 

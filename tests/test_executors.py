@@ -643,7 +643,7 @@ def test_env_values_apply_every_setting_over_the_file(tmp_path):
     assert values["HTTP_PORT"] == "80" and values["APP_ROOT"] == "/home/deploy/tasktracker"
     assert "[REDACTED]" not in values.values()
     assert env_values(settings(), tmp_path / "missing.env", "/x")["APP_ROOT"] == "/x"
-    # plain `docker compose ...` typed in APP_DIR/current finds the release's stack (README: from the plan to the toolkit)
+    # plain `docker compose ...` typed in APP_DIR/current finds the release's stack (docs/design.md: from the plan to the toolkit)
     assert values["COMPOSE_FILE"] == "compose.yml:docker-compose.production.yml:release.yml"
     assert values["COMPOSE_PROJECT_NAME"] == settings().compose_project
 

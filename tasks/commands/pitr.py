@@ -223,7 +223,7 @@ undo() {{
   if restore_run --target-timeline="$tli" >&2 && docker start "$pg" >/dev/null && wait_promoted; then
     echo "[restore] the database is back as it was before the restore" >&2
   else
-    echo "[restore] PUTTING THE DATABASE BACK FAILED: the archive still holds it; see README, 'Point-in-time recovery'" >&2
+    echo "[restore] PUTTING THE DATABASE BACK FAILED: the archive still holds it; see docs/operations.md, 'Point-in-time recovery'" >&2
   fi
   start_services >/dev/null 2>&1
   rm -f "$envfile"

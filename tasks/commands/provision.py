@@ -76,7 +76,7 @@ def unsupported(f: dict[str, str]) -> str | None:
     if (f.get("os"), f.get("version")) not in SUPPORTED:
         found = f"{f.get('os') or 'unknown OS'} {f.get('version') or ''}".strip()
         return (f"{found} is not supported: provision knows Debian 12 and Ubuntu 22.04/24.04. Use one of them "
-                f"(most providers offer Debian 12), or prepare the host by hand as README describes.")
+                f"(most providers offer Debian 12), or prepare the host by hand as docs/getting-started.md describes.")
     if f.get("uid") != "0" and f.get("sudo") != "yes":
         return ("the login user is not root and cannot use sudo without a password. Connect as root "
                 "(`fab -H root@HOST provision`), or give this user passwordless sudo.")
