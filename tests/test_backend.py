@@ -290,9 +290,19 @@ def test_similar_tasks_come_nearest_first_through_the_hnsw_index(stack, postgres
     assert "tasks_embedding_hnsw" in plan
 
 
+def api_healthcheck(stack: str) -> int:
+    """The API container's health check from compose.yml, run here against this API's port."""
+    test = yaml.safe_load((ROOT / "compose.yml").read_text())["services"]["api"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "python"
+    argv = [sys.executable, *test[2:-1], test[-1].replace("8000", stack.rsplit(":", 1)[1])]
+    return subprocess.run(argv, capture_output=True, timeout=10).returncode
+
+
 def test_health_is_503_when_nats_is_down(stack, nats_server):
+    assert api_healthcheck(stack) == 0
     nats_server.stop()
     status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(f"{stack}/api/health")), 20, what="health 503")
     assert body["status"] == "degraded"
     assert body["checks"]["nats"]["ok"] is False
     assert body["checks"]["database"]["ok"] is True
+    assert api_healthcheck(stack) != 0  # Docker marks the container unhealthy
