@@ -20,6 +20,9 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.support import ROOT, LocalPostgres, free_port, pgvector_bindir, port_open, wait_for
 
+# pytest-xdist: its module's stack (PostgreSQL, NATS, the API, the worker) starts once, on one worker.
+pytestmark = pytest.mark.xdist_group("backend")
+
 BACKEND = ROOT / "backend"
 
 # The app's database role and NATS login: `@ / # :` and friends must still connect.
@@ -232,7 +235,7 @@ def stack(postgres, nats_server, tmp_path_factory):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(5)
+                proc.wait(2)
             except subprocess.TimeoutExpired:  # taskiq's worker hangs on SIGTERM while NATS is down
                 pass
             with contextlib.suppress(ProcessLookupError):  # and whatever of its group is left

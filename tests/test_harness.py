@@ -60,8 +60,8 @@ def test_the_lanes_reach_pytest_xdist(tmp_path):
         "    if hasattr(c, 'workerinput'):\n"
         f"        open('{tmp_path}/' + c.workerinput['workerid'], 'w').write("
         "'\\n'.join(i.nodeid for i in session.items))\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "", "-n", "2", "-p", "no:cacheprovider",
-                          "-p", "lane_probe", "-k", "test_e2e_alerts", "--setup-plan", "-q"],
+    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "", "-n", "1", "-p", "no:cacheprovider",
+                          "-p", "lane_probe", "--setup-plan", "-q", "tests/test_e2e_alerts.py"],
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True)
     ids = (tmp_path / "gw0").read_text().split()
     assert out.returncode in (0, 5), out.stdout + out.stderr

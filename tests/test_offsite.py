@@ -15,6 +15,9 @@ from tasks.commands import offsite
 from tasks.commands.context import HostContext
 from tasks.settings import Settings, SettingsError
 
+# pytest-xdist: its restic repository template is made once, on one worker.
+pytestmark = pytest.mark.xdist_group("offsite")
+
 ABS = HostContext("/home/deploy/tasktracker", "tasktracker")
 REQUIRED = {"POSTGRES_PASSWORD": "pg-secret", "NATS_PASSWORD": "nats-secret", "TELEGRAM_BOT_TOKEN": "123:tok",
             "OPENAI_API_KEY": "sk-x", "APP_URL": "https://t.example.com", "WEBAPP_URL": "https://t.example.com",
@@ -137,6 +140,20 @@ def program(app: Path, *args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
+@pytest.fixture(scope="session")
+def initialised_repository(tmp_path_factory) -> Path:
+    """A repository `init` made once (restic's key derivation costs seconds of CPU per `init`):
+    tests that start from an initialised one copy it."""
+    root = tmp_path_factory.mktemp("offsite-template")
+    assert program(make_app(root, root / "repo"), "init").returncode == 0
+    return root / "repo"
+
+
+def initialised(app: Path, repo: Path, template: Path) -> None:
+    shutil.copytree(template, repo)
+    assert "repository exists" in program(app, "init").stdout
+
+
 @needs_restic
 def test_push_list_retention_and_fetch_on_a_new_host(tmp_path):
     repo = tmp_path / "repo"
@@ -162,10 +179,10 @@ def test_push_list_retention_and_fetch_on_a_new_host(tmp_path):
 
 
 @needs_restic
-def test_a_corrupted_file_is_found_by_check(tmp_path):
+def test_a_corrupted_file_is_found_by_check(tmp_path, initialised_repository):
     repo = tmp_path / "repo"
     app = make_app(tmp_path, repo)
-    assert program(app, "init").returncode == 0
+    initialised(app, repo, initialised_repository)
     make_set(app, "20261126T020000Z", os.urandom(4096))
     assert program(app, "push", "20261126T020000Z").returncode == 0
     pack = max((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -227,9 +244,9 @@ def test_unpack_certificates_brings_back_tls_files_only(tmp_path):
 
 
 @needs_restic
-def test_retention_goes_by_when_a_set_was_made_not_when_it_was_copied(tmp_path):
+def test_retention_goes_by_when_a_set_was_made_not_when_it_was_copied(tmp_path, initialised_repository):
     app = make_app(tmp_path, tmp_path / "repo", keep=(1, 1, 1))
-    assert program(app, "init").returncode == 0
+    initialised(app, tmp_path / "repo", initialised_repository)
     for name in ("20261126T020000Z", "20261126T010000Z"):  # the older set is copied last (a retried push)
         make_set(app, name, os.urandom(512))
         assert program(app, "push", name).returncode == 0
@@ -255,10 +272,10 @@ def test_check_subset_is_one_restic_accepts(subset, ok):
 
 
 @needs_restic
-def test_fetch_latest_falls_back_to_the_next_set_when_the_newest_is_damaged(tmp_path):
+def test_fetch_latest_falls_back_to_the_next_set_when_the_newest_is_damaged(tmp_path, initialised_repository):
     repo = tmp_path / "repo"
     app = make_app(tmp_path / "a", repo)
-    assert program(app, "init").returncode == 0
+    initialised(app, repo, initialised_repository)
     for name in ("20261124T020000Z", "20261125T020000Z"):
         make_set(app, name, os.urandom(8192))
         assert program(app, "push", name).returncode == 0
