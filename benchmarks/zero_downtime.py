@@ -45,7 +45,7 @@ def main() -> int:
         def phase(name, action=None):
             urls = [f"http://{box.address}:{box.http_port}/", f"http://{box.address}:{box.http_port}/api/health"]
             started = time.monotonic()
-            with LoadProbe(urls, clients=args.clients, max_seconds=300) as load:
+            with LoadProbe(urls, clients=args.clients, max_seconds=300, pace=0) as load:
                 if action:
                     action()
                 while len(load.results) < args.min_requests:

@@ -220,10 +220,12 @@ def copy_project(dest: Path) -> Path:
 
 
 class LoadProbe:
-    """Background clients that keep requesting URLs and count every failure (bounded in time)."""
+    """Background clients that keep requesting URLs and count every failure (bounded in time).
+    Each client pauses `pace` seconds between requests: unpaced, the clients and the server they
+    hammer took both of this 2-core machine's cores from the deploy under test."""
 
-    def __init__(self, urls: list[str], clients: int = 4, max_seconds: float = 600):
-        self.urls, self.clients, self.max_seconds = urls, clients, max_seconds
+    def __init__(self, urls: list[str], clients: int = 4, max_seconds: float = 600, pace: float = 0.01):
+        self.urls, self.clients, self.max_seconds, self.pace = urls, clients, max_seconds, pace
         self.stop_event = threading.Event()
         self.results: list[tuple[str, int | str, float]] = []
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
@@ -244,6 +246,7 @@ class LoadProbe:
             except Exception as exc:  # connection refused / reset
                 status = type(exc).__name__
             self.results.append((url, status, time.monotonic() - started))
+            self.stop_event.wait(self.pace)
 
     def __enter__(self):
         for t in self.threads:
