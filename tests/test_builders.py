@@ -94,11 +94,14 @@ LOCK = [
     ("status", lock.status(APP), f"if [ -d app/.deploy.lock ]; then echo HELD; {HOLDER}; else echo FREE; fi"),
     ("release", lock.release(APP, "t1"),
      "if grep -qF '\"t1\"' app/.deploy.lock/info.json 2>/dev/null; then "
-     "if [ -f app/.deploy.lock/keeper.pid ]; then kill \"$(cat app/.deploy.lock/keeper.pid)\" 2>/dev/null || true; fi; "
-     "rm -rf app/.deploy.lock; echo RELEASED; else echo NOT-OURS; fi"),
+     "if mv app/.deploy.lock app/.deploy.lock.released.$$ 2>/dev/null; then "
+     "if [ -f app/.deploy.lock.released.$$/keeper.pid ]; then kill \"$(cat app/.deploy.lock.released.$$/keeper.pid)\" "
+     "2>/dev/null || true; fi; rm -rf app/.deploy.lock.released.$$; fi; echo RELEASED; else echo NOT-OURS; fi"),
     ("force_release quoted", lock.force_release(SPACE),
-     "if [ -f '/srv/my app/.deploy.lock'/keeper.pid ]; then kill \"$(cat '/srv/my app/.deploy.lock'/keeper.pid)\" 2>/dev/null || true; fi; "
-     "rm -rf '/srv/my app/.deploy.lock'"),
+     "if mv '/srv/my app/.deploy.lock' '/srv/my app/.deploy.lock.released.'$$ 2>/dev/null; then "
+     "if [ -f '/srv/my app/.deploy.lock.released.'$$/keeper.pid ]; then "
+     "kill \"$(cat '/srv/my app/.deploy.lock.released.'$$/keeper.pid)\" 2>/dev/null || true; fi; "
+     "rm -rf '/srv/my app/.deploy.lock.released.'$$; fi"),
     ("describe alive", lock.describe({"user": "bob", "machine": "ci", "action": "deploy", "since": "T", "commit": "c1"}, "ALIVE"),
      "deploy by bob@ci since T (commit c1)"),
     ("describe stale", lock.describe({"user": "bob"}, "STALE"), "? by bob@? since ? (commit ?) -- its holder is gone (stale lock)"),
@@ -383,6 +386,34 @@ def test_lock_owner_token_cycle(tmp_path):
         if keeper.poll() is None:
             keeper.kill()
             keeper.wait()
+
+
+def test_the_lock_is_gone_before_its_keeper_is_stopped(tmp_path):
+    """A run waiting for the lock must never see it held by a dead keeper (read as stale, which
+    fails closed): `release` renames the lock away first, then stops the keeper. Here `kill` (the
+    builtin disabled) notes whether the lock was still there when it ran."""
+    ctx = HostContext("app", "tt")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kill").write_text('#!/bin/sh\n[ -d app/.deploy.lock ] && echo "lock present at kill" >> kill.log\n'
+                                  'echo killed >> kill.log\nexec /bin/kill "$@"\n')
+    (bin_dir / "kill").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for remove in (lock.release(ctx, INFO["token"]), lock.force_release(ctx)):
+        assert bash(lock.acquire(ctx, INFO), tmp_path).stdout == "ACQUIRED\n"
+        keeper = subprocess.Popen(["/bin/bash", "-c", lock.keeper(ctx, INFO["token"])], cwd=tmp_path, stdin=subprocess.PIPE)
+        try:
+            wait_for_file(tmp_path / "app/.deploy.lock/keeper.pid")
+            time.sleep(0.1)
+            (tmp_path / "kill.log").unlink(missing_ok=True)
+            assert bash(f"enable -n kill; {remove}", tmp_path, env=env).returncode == 0
+            assert keeper.wait(timeout=5) != 0
+            assert (tmp_path / "kill.log").read_text() == "killed\n"
+            assert sorted(p.name for p in (tmp_path / "app").iterdir()) == []  # nothing left behind
+        finally:
+            if keeper.poll() is None:
+                keeper.kill()
+                keeper.wait()
 
 
 def test_lock_is_stale_when_its_keeper_died_or_never_started(tmp_path):

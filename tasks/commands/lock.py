@@ -43,18 +43,24 @@ def status(ctx: HostContext) -> str:
     return f"if [ -d {q(d)} ]; then echo HELD; {_holder_report(d)}; else echo FREE; fi"
 
 
+def _remove(d: str) -> str:
+    """The lock leaves in one atomic rename, and only then is its keeper stopped: a run waiting for
+    it sees the lock held by a live keeper or no lock, never a lock whose keeper is gone (which
+    reads as stale and fails closed)."""
+    gone = f"{q(d + '.released.')}$$"  # quoted, then this shell's pid
+    return (f"if mv {q(d)} {gone} 2>/dev/null; then "
+            f"if [ -f {gone}/keeper.pid ]; then kill \"$(cat {gone}/keeper.pid)\" 2>/dev/null || true; fi; "
+            f"rm -rf {gone}; fi")
+
+
 def release(ctx: HostContext, token: str) -> str:
     """Remove the lock only if this token still owns it (prints RELEASED or NOT-OURS)."""
     d = ctx.lock_dir
-    return (f"if {_owned(d, token)}; then "
-            f"if [ -f {q(d)}/keeper.pid ]; then kill \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null || true; fi; "
-            f"rm -rf {q(d)}; echo RELEASED; else echo NOT-OURS; fi")
+    return f"if {_owned(d, token)}; then {_remove(d)}; echo RELEASED; else echo NOT-OURS; fi"
 
 
 def force_release(ctx: HostContext) -> str:
-    d = ctx.lock_dir
-    return (f"if [ -f {q(d)}/keeper.pid ]; then kill \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null || true; fi; "
-            f"rm -rf {q(d)}")
+    return _remove(ctx.lock_dir)
 
 
 def parse_report(output: str) -> tuple[str, dict, str]:
