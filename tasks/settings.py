@@ -193,6 +193,11 @@ class Settings:
     backup_keep: int = _spec(7, group="Runtime and deploy",
                              doc="Full backup sets kept on the host, and pre-deploy sets separately (the newest "
                                  "verified set is never deleted).")
+    wal_archive_timeout: int = _spec(60, group="Runtime and deploy",
+                                     doc="Seconds after which Postgres archives a WAL segment that is not full "
+                                         "(archive_timeout): the longest stretch of writes a lost host takes with it "
+                                         "(off-site: plus the push). Lower means a smaller RPO and more, mostly empty, "
+                                         "compressed segments in the archive.")
     db_wait_seconds: int = _spec(60, group="Runtime and deploy",
                                  doc="How long a deploy or rollback waits for Postgres to answer before it refuses "
                                      "to go on.")

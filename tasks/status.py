@@ -172,6 +172,18 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
                         "consumers are not keeping up or the stream's limit is too small: check the worker "
                         "(`compose.logs --service worker`), then raise max_bytes or set max_age"))
 
+    # Jobs that do not drain, and dead letters.
+    jobs = snap.get("jobs") or {}
+    if jobs.get("late"):
+        add(Finding("jobs", False, f"{jobs['late']} tasks have waited more than {status_commands.JOBS_LATE_SECONDS // 60} minutes "
+                    f"for their job (oldest {age_text(jobs['oldest_seconds'])}): the backlog does not drain",
+                    "check the worker (`compose.logs --service worker`, `status`: is it healthy?), then "
+                    "`compose.restart --service worker`"))
+    if jobs.get("failed"):
+        add(Finding("jobs", False, f"{jobs['failed']} tasks failed their job after its last try (JOB_MAX_REQUEUES)",
+                    "read why in `compose.logs --service worker`; once fixed, queue them again with "
+                    "`UPDATE tasks SET status = 'pending', requeues = 0 WHERE status = 'failed'`"))
+
     # Disk filling.
     for d in snap["disk"]:
         if d["percent"] > DISK_MAX_PERCENT:
@@ -318,6 +330,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     if js:
         lines.append(f"jetstream {human(js['storage'])} stored of {human(js['max_storage'])}; {js['messages']} messages in "
                      f"{len(js['streams'])} streams")
+    jobs = snap.get("jobs") or {}
+    if jobs:
+        flow = "; ".join(f"{s['name']}/{c['name']}: {c['waiting']} waiting, {c['in_flight']} in flight, {c['redelivered']} redelivered"
+                         for s in js.get("streams", []) for c in s.get("consumers", []))
+        lines.append(f"jobs     {jobs['pending']} pending" + (f" (oldest {age_text(jobs['oldest_seconds'])})" if jobs["pending"] else "")
+                     + f", {jobs['failed']} failed" + (f"; {flow}" if flow else ""))
     sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
     if latest:

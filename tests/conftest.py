@@ -27,6 +27,7 @@ from tests.support import ROOT, Sandbox
 BUDGET_DOC = ROOT / "docs" / "development.md"
 MODULE_SECONDS: dict[str, float] = defaultdict(float)
 SESSION_STARTED = [time.monotonic()]
+SANDBOX_FREE_MODULES: set[str] = set()  # end-to-end modules none of whose tests use the sandbox
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +51,30 @@ def sandbox(docker_machine):
         Sandbox.running = box
         yield box
     finally:
-        Sandbox.running = None
+        retire_the_sandbox()
+
+
+def retire_the_sandbox() -> None:
+    """Remove the worker's sandbox (its stacks, user and sshd) now; the fixture's end then has
+    nothing left to do."""
+    box, Sandbox.running = Sandbox.running, None
+    if box:
         box.invoke("sandbox.down", check=False)
         shutil.rmtree(box.dir, ignore_errors=True)
+
+
+def pytest_runtest_setup(item):
+    """In the `testhosts` lane the sandbox's modules run first (`in_lane_order`); once a test of
+    the VM-like hosts starts there, that worker's sandbox is idle for the rest of the run, and its
+    stack's health checks would only tax the two cores: it is removed."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and Sandbox.running and lane_of_item(item) == "testhosts" \
+            and item.module.__name__ in SANDBOX_FREE_MODULES:
+        retire_the_sandbox()
+
+
+def lane_of_item(item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker and marker.args else None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,10 +102,25 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("e2e"):
             modules.setdefault(item.nodeid.split("::")[0], set()).update(item.fixturenames)
     lane_of = lanes(modules, module_budgets())
+    SANDBOX_FREE_MODULES.update(m.removesuffix(".py").replace("/", ".") for m, fixtures in modules.items()
+                                if "sandbox" not in fixtures)
     for item in items:
         module = item.nodeid.split("::")[0]
         if module in lane_of:
             item.add_marker(pytest.mark.xdist_group(lane_of[module]))
+    items[:] = in_lane_order(items, lambda item: lane_of.get(item.nodeid.split("::")[0]),
+                             lambda item: "sandbox" in modules[item.nodeid.split("::")[0]])
+
+
+def in_lane_order(items: list, lane, uses_sandbox) -> list:
+    """The same items, the `testhosts` lane's modules that use the sandbox moved before that lane's
+    other ones (a stable sort: modules and tests keep their order otherwise)."""
+    late = [i for i in items if lane(i) == "testhosts" and not uses_sandbox(i)]
+    if not late:
+        return items
+    first = items.index(late[0])
+    rest = [i for i in items[first:] if not (lane(i) == "testhosts" and not uses_sandbox(i))]
+    return items[:first] + rest + late
 
 
 def lanes(modules: dict[str, set[str]], budgets: dict[str, float], default: float = 120) -> dict[str, str]:

@@ -47,7 +47,7 @@ def postgres():
     # POSTGRES_USER is the superuser and the migration creates it).
     pg = LocalPostgres(pgvector_bindir()).start()
     pg.psql(f"CREATE ROLE {sql_identifier(DB_USER)} LOGIN PASSWORD {sql_literal(DB_PASSWORD)}")
-    for db in ("tasktracker", "migrations_check"):
+    for db in ("tasktracker", "migrations_check", "jobs_check"):
         pg.psql(f"CREATE DATABASE {db} OWNER {sql_identifier(DB_USER)}")
         pg.psql("CREATE EXTENSION vector", db=db)
     yield pg
@@ -84,9 +84,9 @@ class ComposeNats:
         wait_for(lambda: self.proc.poll() is None and port_open(self.port), 15, what="nats-server")
         return self
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             self.proc.wait(10)
 
 
@@ -102,7 +102,8 @@ def backend_env(postgres, nats_server, db="tasktracker"):
     # The app builds its database URL from the parts, as in the containers.
     return {**env, "POSTGRES_USER": DB_USER, "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_HOST": "127.0.0.1",
             "POSTGRES_PORT": str(postgres.port), "POSTGRES_DB": db, "NATS_URL": nats_server.url,
-            "NATS_USER": NATS_USER, "NATS_PASSWORD": NATS_PASSWORD, "RELEASE_ID": "test-release-1", "PYTHONUNBUFFERED": "1"}
+            "NATS_USER": NATS_USER, "NATS_PASSWORD": NATS_PASSWORD, "RELEASE_ID": "test-release-1", "PYTHONUNBUFFERED": "1",
+            "JOB_REQUEUE_AFTER": "2", "JOB_ACK_WAIT": "5", "WORKER_HEARTBEAT": str(nats_server.base / "heartbeat")}
 
 
 def backend_config_module():
@@ -183,8 +184,13 @@ def test_migrations_create_the_schema_on_an_empty_database_twice(postgres, nats_
     second = alembic_upgrade(env)
     assert second.returncode == 0, second.stderr
     assert "Running upgrade" not in second.stderr
-    assert postgres.psql("SELECT version_num FROM alembic_version", db="migrations_check") == "0002"
-    assert postgres.psql("SELECT count(*) FROM information_schema.columns WHERE table_name='tasks'", db="migrations_check") == "9"
+    assert "Running upgrade 0002 -> 0003" in upgraded.stderr
+    assert postgres.psql("SELECT version_num FROM alembic_version", db="migrations_check") == "0003"
+    assert postgres.psql("SELECT count(*) FROM information_schema.columns WHERE table_name='tasks'", db="migrations_check") == "11"
+    # The row from before 0003 is waiting for its job like any other: the sweeper reads it.
+    assert postgres.psql("SELECT requeues, queued_at IS NULL FROM tasks", db="migrations_check") == "0|t"
+    assert postgres.psql("SELECT indexdef FROM pg_indexes WHERE indexname = 'tasks_pending'",
+                         db="migrations_check").endswith("(id) WHERE ((status)::text = 'pending'::text)")
     assert postgres.psql("SELECT count(*) FROM tasks WHERE embedding IS NULL", db="migrations_check") == "0"
     assert postgres.psql("SELECT vector_dims(embedding) FROM tasks", db="migrations_check") == "32"
     index = postgres.psql("SELECT indexdef FROM pg_indexes WHERE indexname = 'tasks_embedding_hnsw'", db="migrations_check")
@@ -217,6 +223,7 @@ def test_the_embedding_is_deterministic_unit_length_and_puts_alike_texts_closer(
 def stack(postgres, nats_server, tmp_path_factory):
     env = backend_env(postgres, nats_server)
     assert alembic_upgrade(env).returncode == 0
+    asyncio.run(old_job_stream(nats_server))  # as an earlier release's library left it
     port = free_port()
     logs = tmp_path_factory.mktemp("logs")
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -241,6 +248,27 @@ def stack(postgres, nats_server, tmp_path_factory):
             with contextlib.suppress(ProcessLookupError):  # and whatever of its group is left
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+async def old_job_stream(nats_server) -> None:
+    """The job stream as taskiq-nats makes it by default (limits retention: every job kept), with
+    one message in it."""
+    import nats
+
+    nc = await nats.connect(nats_server.url, user=NATS_USER, password=NATS_PASSWORD)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="TASKTRACKER_JOBS", subjects=["tasktracker.jobs"])
+        await js.publish("tasktracker.jobs", b"{}")
+    finally:
+        await nc.close()
+
+
+def jetstream(nats_server) -> dict:
+    url = f"http://127.0.0.1:{nats_server.monitor_port}/jsz?streams=true&config=true&consumers=true"
+    with urllib.request.urlopen(url, timeout=5) as res:
+        data = json.loads(res.read())
+    return {s["name"]: s for a in data.get("account_details") or [] for s in a.get("stream_detail") or []}
 
 
 def get(url):
@@ -299,6 +327,78 @@ def api_healthcheck(stack: str) -> int:
     assert test[0] == "CMD" and test[1] == "python"
     argv = [sys.executable, *test[2:-1], test[-1].replace("8000", stack.rsplit(":", 1)[1])]
     return subprocess.run(argv, capture_output=True, timeout=10).returncode
+
+
+def test_the_worker_declares_the_job_stream_in_place_of_an_old_one(stack, nats_server):
+    stream = wait_for(lambda: (lambda s: s if s and s["config"].get("retention") == "workqueue" else None)(
+        jetstream(nats_server).get("TASKTRACKER_JOBS")), 20, what="the job stream declared by the worker")
+    config = stream["config"]
+    assert (config["storage"], config["discard"], config["max_msgs"], config["max_bytes"]) == ("file", "new", 1_000_000, 256 << 20)
+    consumer = {c["name"]: c["config"] for c in stream.get("consumer_detail") or []}["tasktracker-worker"]
+    assert consumer["ack_policy"] == "explicit" and consumer["ack_wait"] == 5 * 10**9 and consumer["max_deliver"] == 5
+
+
+def test_a_task_written_while_nats_is_down_is_processed_once_it_is_back(stack, nats_server, postgres):
+    """NATS killed as the OOM killer would: the write is still acknowledged, and its job, which
+    could not be queued, is queued by the worker's sweeper once NATS is back."""
+    nats_server.stop(signal.SIGKILL)
+    wait_for(lambda: get(f"{stack}/api/health")[0] == 503, 20, what="health 503")
+    status, task = post(f"{stack}/api/tasks", {"title": "Written while NATS was down"})
+    assert status == 201 and task["status"] == "pending"
+    nats_server.start()
+    done = wait_for(lambda: postgres.psql(f"SELECT status, requeues FROM tasks WHERE id = {task['id']}",
+                                          db="tasktracker").startswith("done"), 45, what="the task processed")
+    assert done
+    row = postgres.psql(f"SELECT status, requeues, word_count FROM tasks WHERE id = {task['id']}", db="tasktracker")
+    status_, requeues, words = row.split("|")
+    assert status_ == "done" and int(requeues) >= 1 and words == "5", row  # queued again by the sweeper
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(get(f"{stack}/api/health")), 30, what="health 200")
+    status, again = post(f"{stack}/api/tasks", {"title": "Written after NATS came back"})
+    wait_for(lambda: postgres.psql(f"SELECT status FROM tasks WHERE id = {again['id']}", db="tasktracker") == "done",
+             30, what="a new task processed by the same worker")
+
+
+@pytest.fixture
+def jobs_db(postgres, nats_server, monkeypatch):
+    """The backend's `app.db`, imported here, on a database of its own at the newest revision."""
+    env = backend_env(postgres, nats_server, db="jobs_check")
+    assert alembic_upgrade(env).returncode == 0
+    for key in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.syspath_prepend(str(BACKEND))
+    for name in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
+        monkeypatch.delitem(sys.modules, name)
+    db = importlib.import_module("app.db")
+    yield db
+    db.get_engine().dispose()
+    postgres.psql("TRUNCATE tasks", db="jobs_check")
+
+
+def test_a_job_delivered_twice_does_its_work_once(jobs_db):
+    task = jobs_db.insert_task("Twice", "delivered")
+    calls = []
+
+    def work(row):
+        calls.append(row.id)
+        return {"word_count": 2, "summary": "Twice delivered"}
+
+    outcome, done = jobs_db.finish_task(task["id"], work)
+    assert outcome == "done" and done["status"] == "done" and done["word_count"] == 2
+    assert jobs_db.finish_task(task["id"], work)[0] == "repeated"
+    assert calls == [task["id"]]
+    assert jobs_db.finish_task(task["id"] + 1000, work) == ("vanished", None)
+
+
+def test_late_jobs_are_claimed_once_and_fail_after_their_last_try(jobs_db, postgres):
+    late, last_try, fresh = (jobs_db.insert_task(t, "")["id"] for t in ("late", "last try", "fresh"))
+    postgres.psql(f"UPDATE tasks SET queued_at = now() - interval '2 minutes' WHERE id IN ({late}, {last_try}); "
+                  f"UPDATE tasks SET requeues = 5 WHERE id = {last_try}", db="jobs_check")
+    assert jobs_db.claim_stale(60, 5) == ([late], [last_try])
+    assert jobs_db.claim_stale(60, 5) == ([], [])  # claimed: queued again just now
+    rows = postgres.psql(f"SELECT id, status, requeues, queued_at > now() - interval '5 seconds' FROM tasks "
+                         f"ORDER BY id", db="jobs_check").splitlines()
+    assert rows == [f"{late}|pending|1|t", f"{last_try}|failed|5|f", f"{fresh}|pending|0|t"]
 
 
 def test_health_is_503_when_nats_is_down(stack, nats_server):

@@ -32,7 +32,7 @@ def audit_lines(sandbox) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def app(sandbox, deployed):
-    env = sandbox.app_env(APP)
+    env = sandbox.app_env(APP, "archive", WAL_ARCHIVE_TIMEOUT="30")
     sandbox.fab("deploy", "--skip-build", env_file=env)
     return env
 
@@ -41,7 +41,7 @@ def test_the_deploy_sets_up_the_wal_archive(sandbox, app):
     out = sandbox.fab("backup.list", env_file=app).stdout
     assert "point in time: any moment from" in out and "pgBackRest backups" in out, out
     settings = psql(sandbox, "SELECT current_setting('archive_mode') || ' ' || current_setting('archive_timeout')")
-    assert settings == "on 1min"
+    assert settings == "on 30s"  # WAL_ARCHIVE_TIMEOUT
 
 
 def test_restore_to_a_time_before_a_bad_delete_brings_the_rows_back(sandbox, app):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import BUDGET_DOC, lanes, module_budgets
+from tests.conftest import BUDGET_DOC, in_lane_order, lanes, module_budgets
 from tests.support import ROOT, interface_address
 
 SANDBOX = {"sandbox", "request"}
@@ -29,6 +29,20 @@ HOSTS = {"docker_machine", "hosts"}
 ])
 def test_lanes_balance_the_budgeted_time(modules, budgets, expected):
     assert lanes(modules, budgets) == expected
+
+
+@pytest.mark.parametrize("items, expected", [
+    # In the testhosts lane, the sandbox's tests (s*) move before the VM-like hosts' (h*);
+    # the sandbox lane (x*) and the unit tests (u*) keep their places.
+    ("u1 h1 x1 s1 h2 s2 x2 u2", "u1 x1 s1 s2 x2 u2 h1 h2"),
+    ("u1 s1 h1", "u1 s1 h1"),
+    ("h1 h2 x1", "x1 h1 h2"),
+    ("x1 s1 u1", "x1 s1 u1"),
+])
+def test_the_testhosts_lane_runs_its_sandbox_tests_first(items, expected):
+    lane = {"h": "testhosts", "s": "testhosts", "x": "sandbox"}
+    ordered = in_lane_order(items.split(), lambda i: lane.get(i[0]), lambda i: i[0] in "sx")
+    assert " ".join(ordered) == expected
 
 
 def test_every_end_to_end_module_has_a_budget_and_the_lanes_fit_the_suites_budget():

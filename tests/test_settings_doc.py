@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import fields
 
@@ -49,3 +50,13 @@ def test_secrets_in_the_example_are_empty_or_placeholders():
 def test_the_check_flag_finds_the_files_current():
     out = subprocess.run([str(BIN / "invoke"), "docs.settings", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_compose_files_defaults_are_the_settings_defaults():
+    """A setting the stack reads as `${KEY:-default}` falls back to the same default as `Settings`."""
+    defaults = {f.name.upper(): f.default for f in fields(Settings)}
+    found = re.findall(r"\$\{([A-Z0-9_]+):-([^}]*)\}", "".join(
+        (ROOT / name).read_text() for name in ("compose.yml", "docker-compose.production.yml", "swarm.yml")))
+    checked = {(key, default) for key, default in found if key in defaults}
+    assert ("WAL_ARCHIVE_TIMEOUT", "60") in checked
+    assert [(k, d) for k, d in checked if d != str(defaults[k])] == []

@@ -29,6 +29,11 @@ class AppConfig:
     max_overflow: int
     pool_timeout: int
     pool_recycle: int
+    job_requeue_after: int = 60
+    job_max_requeues: int = 5
+    job_ack_wait: int = 60
+    job_stream_max_msgs: int = 1_000_000
+    job_stream_max_bytes: int = 256 << 20
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -50,6 +55,13 @@ class AppConfig:
             max_overflow=_int("DB_MAX_OVERFLOW", 20),
             pool_timeout=_int("DB_POOL_TIMEOUT", 30),
             pool_recycle=_int("DB_POOL_RECYCLE", 3600),
+            # Jobs (app/worker.py): a task still pending this long after its job was queued is
+            # queued again, at most this often, then marked failed; the job stream's limits.
+            job_requeue_after=_int("JOB_REQUEUE_AFTER", 60),
+            job_max_requeues=_int("JOB_MAX_REQUEUES", 5),
+            job_ack_wait=_int("JOB_ACK_WAIT", 60),  # a job not acknowledged by then is delivered again
+            job_stream_max_msgs=_int("JOB_STREAM_MAX_MSGS", 1_000_000),
+            job_stream_max_bytes=_int("JOB_STREAM_MAX_BYTES", 256 << 20),
         )
 
     def nats_options(self) -> dict:

@@ -116,12 +116,17 @@ async def similar_tasks(q: str = Query(min_length=1, max_length=500), limit: int
 
 @app.post("/api/tasks", status_code=201)
 async def create_task(task_in: TaskIn):
+    """Stores the task, then queues its job. The row is the promise: a job that cannot be queued
+    now (NATS down or its stream full) is queued by the worker's sweeper later (app/worker.py)."""
     task = await asyncio.to_thread(db.insert_task, task_in.title, task_in.body)
-    if hub.nc is not None and hub.nc.is_connected:
+    if hub.nc is None or not hub.nc.is_connected:
+        logger.warning("task {} stored; its job waits for the sweeper: NATS is down", task["id"])
+        return task
+    try:
         await publish_event(hub.nc, "task.created", task)
-        await process_task.kiq(task["id"])
-    else:
-        logger.error("task {} stored but not queued: NATS is down", task["id"])
+        await asyncio.wait_for(process_task.kiq(task["id"]), timeout=5)
+    except Exception as exc:
+        logger.warning("task {} stored; its job waits for the sweeper: {}: {}", task["id"], type(exc).__name__, exc)
     return task
 
 

@@ -205,6 +205,16 @@ def cron_section(ctx: HostContext) -> str:
             f"{q(metrics_dir(ctx) + '/sampler.log')}; do [ -f \"$f\" ] && echo \"log=$(stat -c %Y \"$f\")|$f|$(tail -n 1 \"$f\" | cut -c1-200)\"; done; true")
 
 
+# The app's jobs as its rows record them (backend/README.md, "Jobs"): pending, pending for longer
+# than JOBS_LATE_SECONDS (the sweeper queues a late job again within JOB_REQUEUE_AFTER), failed
+# after their last try, and the age of the oldest pending one.
+JOBS_LATE_SECONDS = 300
+JOBS_QUERY = ("select count(*) filter (where status = 'pending'), count(*) filter (where status = 'pending' and "
+              f"coalesce(queued_at, created_at) < now() - interval '{JOBS_LATE_SECONDS} seconds'), "
+              "count(*) filter (where status = 'failed'), "
+              "coalesce(extract(epoch from now() - min(created_at) filter (where status = 'pending'))::bigint, 0) from tasks")
+
+
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
     app, project = q(ctx.app_dir), q(ctx.project)
@@ -239,8 +249,10 @@ def snapshot(ctx: HostContext) -> str:
                + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"select pg_database_size(current_database()), "
                    "count(*) filter (where backend_type = 'client backend'), current_setting('max_connections') "
                    "from pg_stat_activity\"") + " 2>&1 | tail -n 1"),
+        ("jobs", f"pg=$({ctx.container('postgres')}); [ -z \"$pg\" ] || docker exec \"$pg\" sh -c "
+                 + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"" + JOBS_QUERY + "\"") + " 2>&1 | tail -n 1"),
         ("jsz", f"n=$({ctx.container('nats')}); [ -z \"$n\" ] || docker exec \"$n\" "
-                f"wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true' 2>/dev/null | tr -d '\\n'"),
+                f"wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true&consumers=true' 2>/dev/null | tr -d '\\n'"),
         ("backups", list_sets(ctx)),
         ("pitr", pitr.info(ctx)),
         ("certs", tls_status(ctx)),
@@ -346,6 +358,14 @@ def parse_db(text: str) -> dict:
     return {"error": text.strip()[-200:]} if text.strip() else {}
 
 
+def parse_jobs(text: str) -> dict:
+    """JOBS_QUERY's one line; empty when the app's table has no job columns (or no database)."""
+    parts = text.strip().split("|")
+    if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
+        return dict(zip(("pending", "late", "failed", "oldest_seconds"), map(int, parts), strict=True))
+    return {}
+
+
 def parse_jsz(text: str) -> dict:
     try:
         data = json.loads(text) if text.strip() else {}
@@ -355,8 +375,11 @@ def parse_jsz(text: str) -> dict:
     for account in data.get("account_details") or []:
         for stream in account.get("stream_detail") or []:
             config, state = stream.get("config") or {}, stream.get("state") or {}
+            consumers = [{"name": c.get("name", "?"), "waiting": c.get("num_pending", 0), "in_flight": c.get("num_ack_pending", 0),
+                          "redelivered": c.get("num_redelivered", 0)} for c in stream.get("consumer_detail") or []]
             streams.append({"name": stream.get("name", "?"), "bytes": state.get("bytes", 0), "messages": state.get("messages", 0),
-                            "max_bytes": config.get("max_bytes", -1), "max_msgs": config.get("max_msgs", -1)})
+                            "max_bytes": config.get("max_bytes", -1), "max_msgs": config.get("max_msgs", -1),
+                            "consumers": consumers})
     config = data.get("config") or {}
     return {"storage": data.get("storage", 0), "max_storage": config.get("max_storage", 0), "memory": data.get("memory", 0),
             "max_memory": config.get("max_memory", 0), "messages": data.get("messages", 0), "streams": streams}
@@ -419,6 +442,7 @@ def parse_snapshot(output: str) -> dict:
         "audit": audit,
         "db": parse_db(s.get("db", "")),
         "jsz": parse_jsz(s.get("jsz", "")),
+        "jobs": parse_jobs(s.get("jobs", "")),
         "backups": s.get("backups", "") + "\n",  # parse_sets splits at "--log\n"
         "pitr": pitr.parse_info(s.get("pitr", "")) if s.get("pitr", "").strip() else {"state": "unknown"},
         "certs": s.get("certs", ""),
