@@ -175,12 +175,12 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     # Jobs that do not drain, and dead letters.
     jobs = snap.get("jobs") or {}
     if jobs.get("late"):
-        add(Finding("jobs", False, f"{jobs['late']} tasks have waited more than {status_commands.JOBS_LATE_SECONDS // 60} minutes "
+        add(Finding("background jobs", False, f"{jobs['late']} tasks have waited more than {status_commands.JOBS_LATE_SECONDS // 60} minutes "
                     f"for their job (oldest {age_text(jobs['oldest_seconds'])}): the backlog does not drain",
                     "check the worker (`compose.logs --service worker`, `status`: is it healthy?), then "
                     "`compose.restart --service worker`"))
     if jobs.get("failed"):
-        add(Finding("jobs", False, f"{jobs['failed']} tasks failed their job after its last try (JOB_MAX_REQUEUES)",
+        add(Finding("background jobs", False, f"{jobs['failed']} tasks failed their job after its last try (JOB_MAX_REQUEUES)",
                     "read why in `compose.logs --service worker`; once fixed, queue them again with "
                     "`UPDATE tasks SET status = 'pending', requeues = 0 WHERE status = 'failed'`"))
 

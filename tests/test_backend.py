@@ -396,8 +396,8 @@ def test_late_jobs_are_claimed_once_and_fail_after_their_last_try(jobs_db, postg
                   f"UPDATE tasks SET requeues = 5 WHERE id = {last_try}", db="jobs_check")
     assert jobs_db.claim_stale(60, 5) == ([late], [last_try])
     assert jobs_db.claim_stale(60, 5) == ([], [])  # claimed: queued again just now
-    rows = postgres.psql(f"SELECT id, status, requeues, queued_at > now() - interval '5 seconds' FROM tasks "
-                         f"ORDER BY id", db="jobs_check").splitlines()
+    rows = postgres.psql("SELECT id, status, requeues, queued_at > now() - interval '5 seconds' FROM tasks "
+                         "ORDER BY id", db="jobs_check").splitlines()
     assert rows == [f"{late}|pending|1|t", f"{last_try}|failed|5|f", f"{fresh}|pending|0|t"]
 
 

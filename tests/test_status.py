@@ -2,6 +2,7 @@
 sampler against a fake `docker`, the snapshot's parsers, and every doctor check as a table."""
 
 import copy
+import json
 import os
 import subprocess
 import time
@@ -196,6 +197,41 @@ def test_each_doctor_check_fires():
     found = checks(snap)
     assert any(f.startswith("services:") and "exited" in f for f in found)
     assert any("out of memory" in f for f in found)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("12|3|1|420\n", {"pending": 12, "late": 3, "failed": 1, "oldest_seconds": 420}),
+    ("0|0|0|0", {"pending": 0, "late": 0, "failed": 0, "oldest_seconds": 0}),
+    ('ERROR:  column "queued_at" does not exist', {}),  # a real app without the job columns
+    ("", {}),
+])
+def test_the_jobs_line_parses(text, expected):
+    assert commands.parse_jobs(text) == expected
+
+
+def test_a_backlog_that_does_not_drain_and_dead_letters_are_findings():
+    snap = snapshot()
+    snap["jobs"] = {"pending": 40, "late": 7, "failed": 2, "oldest_seconds": 900}
+    found = [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "background jobs"]
+    assert [f.summary for f in found] == [
+        "7 tasks have waited more than 5 minutes for their job (oldest 15 min): the backlog does not drain",
+        "2 tasks failed their job after its last try (JOB_MAX_REQUEUES)"]
+    assert "compose.restart --service worker" in found[0].advice
+    snap["jobs"] = {"pending": 3, "late": 0, "failed": 0, "oldest_seconds": 2}
+    assert not [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "background jobs"]
+    snap["jsz"]["streams"] = [{"name": "TASKTRACKER_JOBS", "bytes": 0, "messages": 3, "max_bytes": -1, "max_msgs": -1,
+                               "consumers": [{"name": "tasktracker-worker", "waiting": 2, "in_flight": 1, "redelivered": 4}]}]
+    lines = "\n".join(status.status_lines(snap, [], recorded_now(snap), "vps"))
+    assert ("jobs     3 pending (oldest 0 min), 0 failed; TASKTRACKER_JOBS/tasktracker-worker: 2 waiting, 1 in flight, "
+            "4 redelivered") in lines
+
+
+def test_the_consumers_of_each_stream_are_read_from_jsz():
+    jsz = json.dumps({"account_details": [{"stream_detail": [{
+        "name": "TASKTRACKER_JOBS", "config": {"max_bytes": 268435456, "max_msgs": 1000000}, "state": {"bytes": 10, "messages": 1},
+        "consumer_detail": [{"name": "tasktracker-worker", "num_pending": 5, "num_ack_pending": 1, "num_redelivered": 2}]}]}]})
+    stream = commands.parse_jsz(jsz)["streams"][0]
+    assert stream["consumers"] == [{"name": "tasktracker-worker", "waiting": 5, "in_flight": 1, "redelivered": 2}]
 
 
 def test_backup_age_and_jobs():

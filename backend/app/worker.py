@@ -24,7 +24,6 @@ import re
 import time
 from pathlib import Path
 
-import nats
 from loguru import logger
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
