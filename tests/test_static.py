@@ -323,11 +323,26 @@ def test_dockerfiles_pass_hadolint():
 
 
 def test_shell_programs_pass_shellcheck():
-    """The repository's own shell programs (the README's commands, CI's entry point) lint clean."""
+    """The repository's own shell programs (the README's commands, CI's entry point) and the ones
+    the toolkit runs on hosts (tasks/programs) lint clean."""
     shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable))
     programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").iterdir() if p.is_file())
-    out = subprocess.run([shellcheck, *programs, ".ci/run"], cwd=ROOT, capture_output=True, text=True)
+    host_programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "programs").glob("*.sh"))
+    assert len(host_programs) >= 6
+    out = subprocess.run([shellcheck, *programs, ".ci/run", *host_programs], cwd=ROOT, capture_output=True, text=True)
     assert programs and out.returncode == 0, out.stdout + out.stderr
+
+
+def test_awk_programs_parse():
+    for program in (ROOT / "tasks" / "programs").glob("*.awk"):
+        out = subprocess.run(["awk", "-f", str(program)], input="", capture_output=True, text=True)
+        assert out.returncode == 0, (program.name, out.stderr)
+
+
+def test_every_host_program_is_used():
+    sources = "".join(p.read_text() for p in (ROOT / "tasks").rglob("*.py"))
+    for program in (ROOT / "tasks" / "programs").iterdir():
+        assert f'program("{program.name}")' in sources, f"{program.name} is read by no builder"
 
 
 def test_frontend_dockerfile_build_stage_keeps_dev_dependencies():

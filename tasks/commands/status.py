@@ -26,6 +26,7 @@ from .backup import cron_marker, install_cron, list_sets
 from .context import HostContext
 from .lock import status as lock_status
 from .tls import status as tls_status
+from .programs import program
 
 SAMPLER_NAME = "tasktracker-sample"
 METRICS_DAYS = 8
@@ -36,127 +37,9 @@ SECTION = "@@ "
 
 # The plan's triggers ("Scaling Triggers (When to Upgrade)"), for a window of samples.
 # Sustained = at least SUSTAINED of the window's samples (with data) are past the threshold.
-TRIGGERS_AWK = r'''
-# in: sample lines (key=value ...); -v now=EPOCH -v window=SECONDS
-# out: key=value lines: samples, figures, verdict (stay|upgrade|scale-out|unknown), reasons
-function val(k,   i, kv) { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) return kv[2] }; return "" }
-BEGIN { SUSTAINED = 0.75; MEM_FRACTION = 5 / 8; CPU = 80; P95 = 500; DB = 0.8; MSG_UP = 500; MSG_OUT = 1000; CLIENTS = 200; MIN = 10 }
-{
-  t = val("t") + 0
-  if (t < now - window || t > now) next
-  n++
-  total = val("mem_total") + 0; avail = val("mem_avail") + 0
-  if (total > 0) { used = (total - avail) / 1048576; mtot = total / 1048576; if (used > mem_max) mem_max = used
-                   if (total - avail > MEM_FRACTION * total) mem_hi++; mem_sum += used; mem_n++ }
-  c = val("cpu"); if (c != "") { cpu_n++; cpu_sum += c; if (c + 0 > CPU) cpu_hi++; if (c + 0 > cpu_max) cpu_max = c + 0 }
-  p = val("p95"); if (p != "" && val("req") + 0 > 0) { p_n++; if (p + 0 > P95) p_hi++; if (p + 0 > p_max) p_max = p + 0; reqs += val("req") }
-  d = val("db_conn"); m = val("db_max")
-  if (d != "" && m + 0 > 0) { r = d / m; if (r > db_max) { db_max = r; db_peak = d "/" m } }
-  cl = val("clients") + 0; if (cl > clients_max) clients_max = cl
-  s = val("js_seq"); if (s != "") { if (first_seq == "") { first_seq = s; first_t = t }; last_seq = s; last_t = t }
-  if (val("ncpu") != "") ncpu = val("ncpu")
-}
-END {
-  printf "samples=%d\n", n
-  if (mem_n) printf "mem_used_gb_avg=%.2f\nmem_used_gb_max=%.2f\nmem_total_gb=%.2f\n", mem_sum / mem_n, mem_max, mtot
-  if (cpu_n) printf "cpu_avg=%.1f\ncpu_max=%.1f\n", cpu_sum / cpu_n, cpu_max
-  if (p_n) printf "api_p95_ms_max=%d\napi_requests=%d\n", p_max, reqs
-  if (db_peak != "") printf "db_connections_peak=%s\n", db_peak
-  printf "clients_max=%d\n", clients_max
-  msgs = -1
-  if (first_seq != "" && last_t > first_t) { msgs = (last_seq - first_seq) * 86400 / (last_t - first_t); if (msgs < 0) msgs = 0; printf "messages_per_day=%d\n", msgs }
-  out = ""; up = ""
-  if (clients_max > CLIENTS) out = out sprintf("%d distinct clients in a minute (> %d); ", clients_max, CLIENTS)
-  if (msgs > MSG_OUT) out = out sprintf("%d messages/day (> %d); ", msgs, MSG_OUT)
-  if (n < MIN) { printf "verdict=unknown\nreasons=only %d samples in this window (the sampler runs every minute)\n", n; exit }
-  if (mem_n && mem_hi >= SUSTAINED * mem_n) up = up sprintf("memory %.1f of %.1f GB used on average (> %d%%, sustained); ", mem_sum / mem_n, mtot, MEM_FRACTION * 100)
-  if (cpu_n && cpu_hi >= SUSTAINED * cpu_n) up = up sprintf("CPU %.0f%% on average (> %d%%, sustained); ", cpu_sum / cpu_n, CPU)
-  if (p_n && p_hi >= SUSTAINED * p_n) up = up sprintf("API p95 up to %d ms (> %d ms, sustained); ", p_max, P95)
-  if (db_max >= DB) up = up sprintf("database connections peaked at %s (>= %d%% of max_connections); ", db_peak, DB * 100)
-  if (msgs > MSG_UP && msgs <= MSG_OUT) up = up sprintf("%d messages/day (> %d); ", msgs, MSG_UP)
-  if (out != "") { printf "verdict=scale-out\nreasons=%s\n", out; exit }
-  if (up != "") { printf "verdict=upgrade\nreasons=%s\n", up; exit }
-  printf "verdict=stay\nreasons=no trigger fired\n"
-}
-'''
+TRIGGERS_AWK = program("triggers.awk")
 
-SAMPLER_SCRIPT = r'''#!/usr/bin/env bash
-# tasktracker-sample APP_DIR PROJECT   (cron, every minute; installed by `fab deploy`; do not edit)
-# One line of key=value fields per minute in APP_DIR/shared/metrics/samples-<UTC day>.log.
-set -uo pipefail
-APP_DIR=$1 PROJECT=$2
-umask 077
-dir="$APP_DIR/shared/metrics"
-mkdir -p "$dir" || exit 1
-exec 9>"$dir/.lock"
-flock -n 9 || exit 0
-now=$(date +%s)
-container() {  # Compose's container of the service, or on a swarm the stack's task on this node
-  { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
-      --filter label=com.docker.compose.oneoff=False
-    docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT" --filter "label=com.docker.swarm.service.name=${PROJECT}_$1"; } | head -n 1
-}
-line="t=$now ncpu=$(nproc)"
-line="$line $(awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {printf "mem_total=%d mem_avail=%d", t, a}' /proc/meminfo)"
-line="$line load1=$(cut -d' ' -f1 /proc/loadavg)"
-read -r _ u n s i w x y z _ < /proc/stat
-busy=$((u + n + s + x + y + z)); total=$((busy + i + w))
-if [ -f "$dir/.cpu" ] && read -r pb pt < "$dir/.cpu" && [ $((total - pt)) -gt 0 ]; then
-  line="$line cpu=$(awk -v b=$((busy - pb)) -v t=$((total - pt)) 'BEGIN {printf "%.1f", 100 * b / t}')"
-fi
-echo "$busy $total" > "$dir/.cpu"
-# Each service's memory (MiB), limit (MiB) and CPU (%), summed over its containers.
-ids=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter label=com.docker.compose.oneoff=False;
-     docker ps -q --filter "label=com.docker.stack.namespace=$PROJECT")
-if [ -n "$ids" ]; then
-  # `with`: a label the container lacks prints nothing (a bare `index` prints "<no value>")
-  names=$(docker inspect -f '{{.Id}} {{with index .Config.Labels "com.docker.compose.service"}}{{.}}{{end}}{{with index .Config.Labels "com.docker.swarm.service.name"}}{{.}}{{end}}' $ids \
-    | cut -c1-12,65- | sed "s/ ${PROJECT}_/ /")
-  line="$line $(docker stats --no-stream --format '{{.ID}} {{.MemUsage}} {{.CPUPerc}}' $ids | NAMES="$names" awk '
-    function mib(s,   n) { n = s + 0; if (s ~ /GiB/) n *= 1024; else if (s ~ /KiB/) n /= 1024; else if (s ~ /MiB/) n += 0; else n /= 1048576; return n }
-    BEGIN { k = split(ENVIRON["NAMES"], a, "\n"); for (j = 1; j <= k; j++) { split(a[j], p, " "); svc[p[1]] = p[2] } }
-    { s = svc[substr($1, 1, 12)]; if (s == "") next; mem[s] += mib($2); lim[s] = mib($4); sub(/%/, "", $5); cpu[s] += $5 }
-    END { for (s in mem) printf "svc.%s=%.1f/%.0f/%.1f ", s, mem[s], lim[s], cpu[s] }')"
-fi
-# API requests in the minute since the last run: count, p95 (ms), 5xx, distinct clients (nginx's log).
-since=$(cat "$dir/.since" 2>/dev/null || echo $((now - 60)))
-echo "$now" > "$dir/.since"
-ngx=$(container nginx)
-if [ -n "$ngx" ]; then
-  docker logs --since "$since" --until "$now" "$ngx" > "$dir/.access" 2>/dev/null
-  line="$line $(awk '{ split($0, part, "\""); split(part[3], st, " "); ip[$1] = 1 }
-    part[2] ~ /^[A-Z]+ \/api\// && / rt=[0-9.]+/ { n++; if (st[1] >= 500) e++ }
-    END { c = 0; for (a in ip) c++; printf "req=%d e5xx=%d clients=%d", n, e, c }' "$dir/.access")"
-  line="$line$(awk '{ split($0, part, "\"") } part[2] ~ /^[A-Z]+ \/api\// && match($0, / rt=[0-9.]+/) { print substr($0, RSTART + 4, RLENGTH - 4) * 1000 }' \
-    "$dir/.access" | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf " p95=%d", v[int(0.95 * NR + 0.999)] }')"
-  rm -f "$dir/.access"
-fi
-pg=$(container postgres)
-if [ -n "$pg" ]; then
-  db=$(docker exec "$pg" sh -c 'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "select count(*) filter (where backend_type = '\''client backend'\''), current_setting('\''max_connections'\'') from pg_stat_activity"' 2>/dev/null | tr '|' ' ')
-  [ -n "$db" ] && line="$line $(echo "$db" | awk '{printf "db_conn=%d db_max=%d", $1, $2}')"
-fi
-nats=$(container nats)
-if [ -n "$nats" ]; then
-  jsz=$(docker exec "$nats" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' 2>/dev/null | tr -d ' \n')
-  [ -n "$jsz" ] && line="$line $(printf '%s' "$jsz" | awk '{
-      s = m = 0; if (match($0, /"storage":[0-9]+/)) s = substr($0, RSTART + 10, RLENGTH - 10)
-      if (match($0, /"max_storage":[0-9]+/)) m = substr($0, RSTART + 14, RLENGTH - 14)
-      q = 0; t = $0; while (match(t, /"last_seq":[0-9]+/)) { q += substr(t, RSTART + 11, RLENGTH - 11); t = substr(t, RSTART + RLENGTH) }
-      printf "js_storage=%.0f js_max=%.0f js_seq=%.0f", s, m, q }')"
-fi
-echo "$line" >> "$dir/samples-$(date -u +%Y%m%d).log"
-find "$dir" -maxdepth 1 -name 'samples-*.log' -mtime +__KEEP_DAYS__ -delete
-# Alert when the verdict over the last hour changes (once, not every minute).
-verdict=$(cat $(ls -1 "$dir"/samples-*.log | tail -n 2) | awk -v now="$now" -v window=3600 '__TRIGGERS__')
-state=$(printf '%s\n' "$verdict" | sed -n 's/^verdict=//p')
-if [ "$state" != unknown ] && [ "$state" != "$(cat "$dir/.verdict" 2>/dev/null || echo stay)" ]; then
-  echo "$state" > "$dir/.verdict"
-  notify="$APP_DIR/bin/tasktracker-notify"
-  [ -x "$notify" ] && "$notify" "scaling triggers over the last hour: $state ($(printf '%s\n' "$verdict" | sed -n 's/^reasons=//p'))"
-fi
-exit 0
-'''
+SAMPLER_SCRIPT = program("sample.sh")
 
 
 def metrics_dir(ctx: HostContext) -> str:
