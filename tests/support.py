@@ -166,6 +166,7 @@ class Writers:
         self.acknowledged: list[int] = []
         self.acknowledged_at: list[tuple[int, float]] = []  # (id, time.monotonic() when acknowledged)
         self.errors: list[str] = []
+        self.slowest = 0.0  # seconds, the slowest acknowledged write
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
 
@@ -176,12 +177,14 @@ class Writers:
             n += 1
             body = json.dumps({"title": f"write {index}-{n}", "body": "during a failing deploy"}).encode()
             req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+            sent = time.monotonic()
             try:
                 with urllib.request.urlopen(req, timeout=10) as res:
                     if 200 <= res.status < 300:
                         task_id = json.loads(res.read())["id"]
                         self.acknowledged.append(task_id)
                         self.acknowledged_at.append((task_id, time.monotonic()))
+                        self.slowest = max(self.slowest, time.monotonic() - sent)
             except Exception as exc:  # refused / 5xx: not acknowledged, so not promised
                 self.errors.append(type(exc).__name__)
             time.sleep(0.02)

@@ -61,7 +61,7 @@ def processed_twice(sandbox) -> list[int]:
     return sorted(n for n, c in counts.items() if c > 1)
 
 
-def under_writers(sandbox, name: str, fault) -> None:
+def under_writers(sandbox, name: str, fault) -> Writers:
     url = sandbox.app_url(APP, "/api/tasks")
     with Writers(url, clients=2) as writers, LoadProbe([url], clients=1) as probe:
         time.sleep(3)
@@ -77,10 +77,11 @@ def under_writers(sandbox, name: str, fault) -> None:
     print(f"\njobs, {name}: {len(acknowledged)} acknowledged writes, {len(writers.errors)} refused, "
           f"{len(left)} jobs lost, {len(twice)} processed twice ({repeated} repeated deliveries skipped), "
           f"backlog drained {drained:.1f} s after the writers stopped; {len(probe.failures())} of "
-          f"{len(probe.results)} reads failed")
+          f"{len(probe.results)} reads failed; slowest write {writers.slowest:.2f} s")
     assert acknowledged and not left, sorted(left)[:20]
     assert writers.errors == [] and probe.failures() == [], (writers.errors[:5], probe.failures()[:5])
     assert twice == [], twice[:20]
+    return writers
 
 
 def test_the_worker_killed_loses_no_job(sandbox, app):
@@ -100,7 +101,14 @@ def test_nats_killed_loses_no_job_and_the_worker_takes_jobs_again(sandbox, app):
 
 
 def test_a_backup_loses_no_job(sandbox, app):
-    under_writers(sandbox, "backup", lambda: sandbox.fab("backup", env_file=app))
+    """NATS is paused while its store is copied: writes wait, none fails, no job is lost."""
+    done = []
+    under_writers(sandbox, "backup", lambda: done.append(sandbox.fab("backup", env_file=app)))
+    name = re.search(r"Backup (\S+) is complete", done[0].stdout).group(1)
+    manifest = json.loads((sandbox.home / APP / "backups" / name / "manifest.json").read_text())
+    paused = manifest["seconds"]["nats_paused"]
+    print(f"backup under writers: NATS paused {paused:.2f} s")
+    assert 0 < paused < 10, manifest
 
 
 def test_a_deploy_that_replaces_the_worker_loses_no_job(sandbox, app):

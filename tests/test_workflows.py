@@ -89,7 +89,12 @@ def expression(value, context: dict) -> str:
     (TAG_PUSHED, True),
     ({**TAG_PUSHED, "github.ref": "refs/heads/v2-branch"}, False),
     (dispatched("production"), True),
-], ids=["main-passed", "ci-failed", "pull-request", "fork", "other-branch", "tag", "branch-named-v", "dispatch"])
+    # A rollback runs this file from the ref it was dispatched on, with the environment's secrets:
+    # only main's copy may (issue 24).
+    ({**dispatched("production"), "github.ref": "refs/heads/feature"}, False),
+    ({**dispatched("staging"), "github.ref": "refs/tags/v9.9.9"}, False),
+], ids=["main-passed", "ci-failed", "pull-request", "fork", "other-branch", "tag", "branch-named-v", "dispatch",
+        "dispatch-from-a-branch", "dispatch-from-a-tag"])
 def test_deploy_runs_only_after_ci_passed_on_main_for_a_tag_or_to_roll_back(context, runs):
     deploy = yaml.safe_load(DEPLOY.read_text())
     assert expression("${{ " + deploy["jobs"]["deploy"]["if"] + " }}", context) == str(runs).lower()

@@ -32,6 +32,7 @@ class AppConfig:
     job_requeue_after: int = 60
     job_max_requeues: int = 5
     job_ack_wait: int = 60
+    job_standin_seconds: float = 0.0
     job_stream_max_msgs: int = 1_000_000
     job_stream_max_bytes: int = 256 << 20
 
@@ -60,6 +61,8 @@ class AppConfig:
             job_requeue_after=_int("JOB_REQUEUE_AFTER", 60),
             job_max_requeues=_int("JOB_MAX_REQUEUES", 5),
             job_ack_wait=_int("JOB_ACK_WAIT", 60),  # a job not acknowledged by then is delivered again
+            # How long the stand-in job waits, as the real app's LLM call would (benchmarks/jobs.py).
+            job_standin_seconds=float(os.environ.get("JOB_STANDIN_SECONDS", 0)),
             job_stream_max_msgs=_int("JOB_STREAM_MAX_MSGS", 1_000_000),
             job_stream_max_bytes=_int("JOB_STREAM_MAX_BYTES", 256 << 20),
         )

@@ -135,6 +135,8 @@ async def publish_event(nc, kind: str, task: dict) -> None:
 
 @broker.task(task_name="process_task")
 async def process_task(task_id: int) -> dict | None:
+    if _config.job_standin_seconds:  # the LLM call's latency, outside the row's lock
+        await asyncio.sleep(_config.job_standin_seconds)
     outcome, result = await asyncio.to_thread(db.finish_task, task_id, _summary)
     if outcome != "done":
         logger.info("task {} {}: a repeated job, nothing to do", task_id,

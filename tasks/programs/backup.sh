@@ -51,7 +51,7 @@ fi
 [ -n "$pg" ] || fail "no running postgres container in compose project $PROJECT"
 
 progress "database dump (streamed) and row counts in one snapshot"
-t0=$(now)
+t0=$(now); pause_s=0.00
 # shellcheck disable=SC2016  # expanded in the container, by its own shell
 psql_in_pg='psql -X -q -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 coproc PSQL { docker exec -i "$pg" sh -c "$psql_in_pg"; }
@@ -86,10 +86,14 @@ if [ "$MODE" != "--db-only" ]; then
     setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; docker unpause "$2" >/dev/null 2>&1' \
       watchdog "$$" "$nats" </dev/null >/dev/null 2>&1 &
     watchdog=$!
+    # Paused only while the store is copied; compressed once NATS runs again.
+    paused_at=$(now)
     docker pause "$nats" >/dev/null && nats_paused=$nats
-    docker run --rm --entrypoint tar -v "$volume:/data:ro" "$image" -C /data -czf - . > "$tmp/nats.tar.gz" || fail "copying the nats volume failed (disk full?)"
+    docker run --rm --entrypoint tar -v "$volume:/data:ro" "$image" -C /data -cf - . > "$tmp/nats.tar" || fail "copying the nats volume failed (disk full?)"
     docker unpause "$nats" >/dev/null; nats_paused=""
+    pause_s=$(since "$paused_at")
     kill "$watchdog" 2>/dev/null; watchdog=""
+    gzip -1 "$tmp/nats.tar" || fail "compressing the nats copy failed (disk full?)"
   fi
   progress "app files"
   files=()
@@ -121,8 +125,8 @@ rows=$(awk -F= '{s+=$2} END {print s+0}' "$tmp/rowcounts.txt")
 progress "checksums and manifest"
 (cd "$tmp" && sha256sum -- * > SHA256SUMS) || fail "writing checksums failed"
 sizes=$(cd "$tmp" && for f in *; do printf '"%s": %s, ' "$f" "$(stat -c %s "$f")"; done)
-printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "seconds": {"database": %s, "nats_and_files": %s}, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
-  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$database_s" "$other_s" "$tables" "$rows" "$vseconds" "${sizes%, }" \
+printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "seconds": {"database": %s, "nats_and_files": %s, "nats_paused": %s}, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
+  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$database_s" "$other_s" "$pause_s" "$tables" "$rows" "$vseconds" "${sizes%, }" \
   > "$tmp/manifest.json" || fail "writing the manifest failed (disk full?)"
 chmod 600 "$tmp"/* && chmod 700 "$tmp"
 mv "$tmp" "$root/$name" || fail "renaming the finished set failed"
