@@ -1,9 +1,10 @@
 """Compose on the current release: up, down, ps, restart, logs (the ones that change the host
 take its lock)."""
 
-from invoke import Collection, task
+from invoke import Collection, Exit, task
 
 from .commands import compose as commands
+from .exits import ExitCode
 from .host import WAIT_HELP, Host
 
 @task(help={"wait": WAIT_HELP})
@@ -14,10 +15,18 @@ def up(c, wait=False):
         host.on_current(commands.up, what="start the stack")
 
 
-@task(help={"volumes": "Also delete the named volumes: THE DATABASE AND NATS DATA ARE LOST.", "wait": WAIT_HELP})
-def down(c, volumes=False, wait=False):
+@task(help={"volumes": "Also delete the named volumes: THE DATABASE, NATS DATA AND THE POINT-IN-TIME ARCHIVE ARE LOST "
+                      "(asks first).",
+            "yes": "Do not ask before deleting the volumes (scripts).", "wait": WAIT_HELP})
+def down(c, volumes=False, yes=False, wait=False):
     """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""
     host = Host.open(c)
+    if volumes and not yes:
+        answer = input(f"Delete the stack's volumes on {host.name}? The database, the NATS data and the point-in-time "
+                       f"archive (pgBackRest's WAL and backups) are deleted; backup sets in APP_DIR/backups and "
+                       f"off-site copies are kept. Type the host name ({host.name}) to confirm: ")
+        if answer.strip() != host.name:
+            raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
     with host.locked("compose.down", wait=wait), host.audited("compose.down", release=host.current_id) as outcome:
         outcome["detail"] = "with volumes" if volumes else ""
         host.on_current(lambda ctx: commands.down(ctx, volumes=volumes), what="stop the stack")

@@ -9,6 +9,7 @@ opens, and every problem is reported in one message.
 from __future__ import annotations
 
 import os
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -78,6 +79,11 @@ def _offsite_problems(values: dict) -> list[str]:
         shown = URL_PASSWORD_RE.sub("://USER:[REDACTED]@", repository)
         problems.append(f"OFFSITE_REPOSITORY {shown!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
                         f"or s3:https://s3.example.com/bucket/tasktracker")
+    sftp = re.fullmatch(r"sftp:(?:([^@/]+)@)?([^:/]+):(.+)", repository) if repository.startswith("sftp:") else None
+    if repository.startswith("sftp:") and not (sftp and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", sftp.group(2))
+                                               and (sftp.group(1) is None or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", sftp.group(1)))):
+        problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as sftp:USER@HOST:/PATH, the user and host "
+                        f"in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would read it as an option)")
     if not values["offsite_password"]:
         problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
     elif re.search(r"[\r\n]", values["offsite_password"]) or values["offsite_password"] != values["offsite_password"].strip():
@@ -357,6 +363,13 @@ class Settings:
         chat = values["alert_telegram_chat_id"]
         if chat and not re.fullmatch(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}", chat):
             problems.append(f"ALERT_TELEGRAM_CHAT_ID {chat!r} must be a chat id like 123456789 or -1001234567890, or @channelname")
+        for f in fields(cls):  # .env.example's placeholder left in place of a real secret
+            example = f.metadata["example"]
+            if f.metadata["secret"] and example and str(values[f.name]) and values[f.name].reveal() == example:
+                problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder {example!r}: set the real value")
+        for key, url in (("TELEGRAM_API_BASE_URL", values["telegram_api_base_url"]), ("ALERT_WEBHOOK_URL", values["alert_webhook_url"].reveal())):
+            if url.startswith("http://") and not _is_loopback(urlparse(url).hostname or ""):
+                problems.append(f"{key} must be https:// (it carries a token; plain http:// only to this host's loopback)")
         hook = values["alert_webhook_url"].reveal()
         if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
             problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
@@ -471,6 +484,13 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_http_url(value: str) -> bool:

@@ -103,7 +103,7 @@ def plan_app(sandbox, deployed):
         yield env, pebble
     finally:
         pebble.stop()
-        sandbox.fab("compose.down", "--volumes", env_file=env, check=False)  # its own project only
+        sandbox.fab("compose.down", "--volumes", "--yes", env_file=env, check=False)  # its own project only
 
 
 def on_host(sandbox, env: dict, command: str) -> tuple[int, str]:

@@ -995,3 +995,17 @@ def test_env_values_keep_the_offsite_secrets_out_of_the_stack(tmp_path):
     values = env_values(s, env_file, "/x")
     assert not [k for k in values if k.startswith("OFFSITE_")]
     assert "never-in-a-container" not in values.values()
+
+
+def test_compose_down_with_volumes_asks_first_and_a_wrong_answer_changes_nothing(monkeypatch):
+    import tasks.compose as compose_tasks
+
+    conn = FakeConnection()
+    host = make_host(conn)
+    monkeypatch.setattr(compose_tasks.Host, "open", classmethod(lambda cls, c, *args, **kwargs: host))
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "yes")
+    with pytest.raises(Exit) as refused:
+        compose_tasks.down.body(None, volumes=True)
+    assert refused.value.code == ExitCode.USAGE and "nothing was changed" in str(refused.value.message)
+    assert "point-in-time archive" in asked[0] and conn.commands == []

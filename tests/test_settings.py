@@ -50,6 +50,14 @@ def test_valid_settings_load_with_defaults(tmp_path):
         ({"ALERT_WEBHOOK_URL": "hooks.example.com/x"}, "ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... "
                                                        "(value not shown: it is secret)"),
         ({"TELEGRAM_API_BASE_URL": "api.telegram.org"}, "TELEGRAM_API_BASE_URL 'api.telegram.org' is not an http(s) URL"),
+        # Issue 24: placeholders, tokens over plain http, an ssh option for a host.
+        ({"POSTGRES_PASSWORD": "change-me"}, "POSTGRES_PASSWORD is still .env.example's placeholder 'change-me'"),
+        ({"TELEGRAM_BOT_TOKEN": "123456:replace-me"}, "TELEGRAM_BOT_TOKEN is still .env.example's placeholder"),
+        ({"TELEGRAM_API_BASE_URL": "http://bot.example.com"}, "TELEGRAM_API_BASE_URL must be https:// (it carries a token"),
+        ({"ALERT_WEBHOOK_URL": "http://10.0.0.5/hook"}, "ALERT_WEBHOOK_URL must be https://"),
+        ({"OFFSITE_REPOSITORY": "sftp:backup@-oProxyCommand=x:/srv", "OFFSITE_PASSWORD": "p"},
+         "must name its SFTP server as sftp:USER@HOST:/PATH"),
+        ({"OFFSITE_REPOSITORY": "sftp:-l@host:/srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -102,10 +110,16 @@ def test_env_file_then_environment_override_fabric_yaml(tmp_path):
     assert s.api_workers == 4  # environment beats .env
 
 
-def test_example_env_file_is_complete_and_valid():
+def test_example_env_file_is_complete_and_valid_once_its_placeholders_are_replaced():
     from tests.support import ROOT
 
-    s = Settings.load(env_file=ROOT / ".env.example", environ={})
+    # A copy of the template is refused only for its placeholder secrets (issue 24), and names each.
+    with pytest.raises(SettingsError) as err:
+        Settings.load(env_file=ROOT / ".env.example", environ={})
+    assert [p.split(" is still")[0] for p in err.value.problems] == [
+        "POSTGRES_PASSWORD", "NATS_PASSWORD", "TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY"]
+    real = {"POSTGRES_PASSWORD": "a", "NATS_PASSWORD": "b", "TELEGRAM_BOT_TOKEN": "1:c", "OPENAI_API_KEY": "d"}
+    s = Settings.load(env_file=ROOT / ".env.example", environ=real)
     assert s.domain == "tasks.example.com"
     text = (ROOT / ".env.example").read_text()
     from dataclasses import fields
@@ -266,3 +280,12 @@ def test_sandbox_status_prints_the_url_the_app_answers_on_and_the_deploy_command
     assert "  app:     http://127.0.0.2:18123/\n" in capsys.readouterr().out
     # ... the same file `fab -H sandbox deploy` reads, with no variable set.
     assert sandbox.deploy_env_file(Context()) == tmp_path / ".sandbox" / ".env"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"TELEGRAM_API_BASE_URL": "http://127.0.0.1:8081", "ALERT_WEBHOOK_URL": "http://localhost:9000/hook"},
+    {"OFFSITE_REPOSITORY": "sftp:backup@backup.example.com:/srv/restic/tt", "OFFSITE_PASSWORD": "p"},
+    {"OFFSITE_REPOSITORY": "sftp:backup-host:/srv/restic/tt", "OFFSITE_PASSWORD": "p"},
+])
+def test_loopback_http_and_plain_sftp_repositories_are_accepted(tmp_path, overrides):
+    load(tmp_path, **overrides)
