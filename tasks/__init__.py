@@ -4,11 +4,11 @@
 from invoke import Collection
 
 from . import (audit, backup, build, cluster, compose, db, deploy, lock, migrate, offsite, provision, rollback, sandbox,
-               settings_doc, status, testhost, tls)
+               settings_doc, status, telegram, testhost, tls)
 
 ns = Collection()
-for module in (build, provision, deploy, rollback, compose, migrate, db, backup, tls, lock, audit, status, sandbox, testhost, cluster,
-               settings_doc):
+for module in (build, provision, deploy, rollback, compose, migrate, db, backup, tls, telegram, lock, audit, status, sandbox,
+               testhost, cluster, settings_doc):
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
 ns.add_task(status.doctor)  # `fab -H HOST doctor`, beside `status`

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from . import machine, remote
+from . import botapi, machine, remote
 from .build import FRONTEND, build_frontend, git_commit, is_up_to_date
 from .commands import backup as backup_commands
 from .commands import budget
@@ -101,6 +101,7 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
             deploy_to_swarm(c, host, env_file, skip_build=skip_build, wait=wait, dry_run=dry_run)
             if not dry_run:
                 steps.print_table()
+                botapi.after_change(host)
             return
         check_memory_budget(host, table=dry_run)
         check_postgres_major(host, env)
@@ -129,6 +130,7 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     steps.print_table()
     print(f"  remote commands: {remote.CountingConnection.remote_commands}"
           + (f" (+{remote.CountingConnection.rsync_sessions} rsync session)" if remote.CountingConnection.rsync_sessions else ""))
+    botapi.after_change(host)  # the bot's updates reach the live release (after the count: not the deploy's)
 
 
 def deploy_to_swarm(c, host: SwarmHost, env_file: Path | None, *, skip_build: bool, wait: bool, dry_run: bool) -> None:

@@ -241,6 +241,10 @@ class Settings:
                                       doc="A webhook that receives each alert as a POST of `{\"text\": \"...\"}` (a Slack "
                                           "or Mattermost incoming webhook, or your own endpoint); secret, since its URL "
                                           "holds a token; empty: none.")
+    telegram_webhook: str = _spec("auto", group="Telegram",
+                                  doc="auto: every deploy (and `ssl.issue`) points the bot's webhook at APP_URL + "
+                                      "/api/telegram/webhook once the host serves HTTPS for DOMAIN, with a secret token "
+                                      "derived from TELEGRAM_BOT_TOKEN; off: the toolkit leaves the webhook alone.")
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
                                        doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
                                            "endpoint).")
@@ -354,7 +358,7 @@ class Settings:
         if values["registry"] and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*", values["registry"]):
             problems.append(f"REGISTRY {values['registry']!r} is not a registry like registry.example.com:5000/team "
                             f"(host, optional port and path; no scheme)")
-        for name, choices in (("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
+        for name, choices in (("telegram_webhook", ("auto", "off")), ("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
             values[name] = values[name].lower()
             if values[name] not in choices:
                 problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from invoke import Collection, Exit, task
 
+from . import botapi
 from .commands import backup as backup_commands
 from .commands import cluster as cluster_commands
 from .commands import lock as lock_commands
@@ -363,6 +364,18 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     return lines
 
 
+def telegram_check(host: Host, snap: dict) -> tuple[str | None, list[Finding]]:
+    """The bot's webhook (issue 27): a status line and findings, read from Telegram when the host
+    serves HTTPS for DOMAIN (its certificate is in the snapshot); nothing when it is not in use."""
+    certified = any(host.settings.domain in c["domains"] for c in tls_commands.parse_status(snap["certs"]))
+    reason = botapi.not_ready_reason(host.settings, host.name, certified)
+    if reason:
+        return (None if host.settings.telegram_webhook == "off" else f"telegram not set: {reason}"), []
+    state, problems = botapi.webhook_state(host.settings)
+    fix = f"`fab -H {host.name} telegram.webhook` points it here again; `telegram.status` shows Telegram's view"
+    return (f"telegram {state.line()}" if state else "telegram unknown"), [Finding("telegram", False, p, fix) for p in problems]
+
+
 def read_snapshot(host: Host) -> tuple[dict, float, float]:
     sent = time.time()
     out = host.conn.run(status_commands.snapshot(host.ctx), hide=True, warn=True).stdout
@@ -387,6 +400,8 @@ def status(c, json_=False):
     snap, sent, received = read_snapshot(host)
     now = time.time()
     findings = evaluate(snap, now, sent, received)
+    bot_line, bot_findings = telegram_check(host, snap)
+    findings += bot_findings
     swarm = host.state() if isinstance(host, SwarmHost) and not host.engine_problem else None
     if swarm is not None:
         findings += swarm_findings(swarm)
@@ -394,6 +409,8 @@ def status(c, json_=False):
         print(json.dumps({**jsonable(snap, findings), **({"swarm": swarm} if swarm is not None else {})}, indent=2, default=str))
         return
     print("\n".join(status_lines(snap, findings, now, host.name)))
+    if bot_line:
+        print(bot_line)
     if swarm is not None:
         print("\n".join(summary_lines(swarm, host.ctx.project)))
 
@@ -405,7 +422,7 @@ def doctor(c, json_=False):
     as_json = json_
     host = open_host(c)
     snap, sent, received = read_snapshot(host)
-    findings = evaluate(snap, time.time(), sent, received)
+    findings = evaluate(snap, time.time(), sent, received) + telegram_check(host, snap)[1]
     if isinstance(host, SwarmHost) and not host.engine_problem:
         findings += swarm_findings(host.state())
     if as_json:

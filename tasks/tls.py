@@ -9,6 +9,7 @@ import re
 
 from invoke import Collection, Exit, task
 
+from . import botapi
 from .commands import backup as backup_commands
 from .commands import rollout, sh
 from .commands import tls as commands
@@ -86,6 +87,7 @@ def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None
                        f"configuration was put back and keeps serving.", code=ExitCode.FAILED)
     print(f"HTTPS is enabled for {', '.join(domains)} on port {settings.https_port}; HTTP redirects to it "
           f"(except /.well-known/acme-challenge/).")
+    botapi.after_change(host)  # Telegram calls HTTPS URLs only: now the bot's webhook can be set
 
 
 @task(help={"force": "Renew even certificates that are not close to expiry.",

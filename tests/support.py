@@ -559,10 +559,61 @@ def app_settings(path: Path, **overrides) -> Path:
     """A settings file for a fresh app (random secrets), with overrides."""
     values = {"POSTGRES_PASSWORD": secrets.token_urlsafe(16), "NATS_PASSWORD": secrets.token_urlsafe(16),
               "TELEGRAM_BOT_TOKEN": f"tg-{secrets.token_hex(8)}", "OPENAI_API_KEY": f"sk-{secrets.token_hex(8)}",
-              "APP_URL": f"https://{DOMAIN}", "WEBAPP_URL": f"https://{DOMAIN}", "DOMAIN": DOMAIN, **overrides}
+              "APP_URL": f"https://{DOMAIN}", "WEBAPP_URL": f"https://{DOMAIN}", "DOMAIN": DOMAIN,
+              "TELEGRAM_WEBHOOK": "off", **overrides}  # no Bot API here (tests/test_e2e_telegram.py has a stand-in)
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
     return path
+
+
+class BotApiStandIn:
+    """A local stand-in for Telegram's Bot API (TELEGRAM_API_BASE_URL): records every call
+    (method, body) and answers setWebhook / getWebhookInfo from what was set; `webhook` can be
+    changed to play a webhook pointed elsewhere, `last_error` a failing delivery."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+        self.webhook: dict = {}
+        self.last_error: tuple[str, int] | None = None
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                method = self.path.rsplit("/", 1)[-1]
+                payload = json.loads(body) if body else {}
+                stand_in.calls.append((method, payload))
+                if method == "setWebhook":
+                    stand_in.webhook = payload
+                    result = True
+                else:
+                    result = {"url": stand_in.webhook.get("url", ""), "pending_update_count": 0}
+                    if stand_in.last_error:
+                        result.update(last_error_message=stand_in.last_error[0], last_error_date=stand_in.last_error[1])
+                answer = json.dumps({"ok": True, "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.calls]
+
+    def __enter__(self) -> "BotApiStandIn":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class RecordingServer:

@@ -30,6 +30,7 @@ DB_USER = "tt@app/x:y#z"
 DB_PASSWORD = "p@ss/w#rd:1 %?&=+ 'q\"$x\\"
 NATS_USER = "tt@nats"
 NATS_PASSWORD = "n@ts/p#ss:w rd,1 'q\"$x\\ 123"
+BOT_TOKEN = "123456:test-bot-token"
 
 
 def sql_literal(value: str) -> str:
@@ -103,7 +104,7 @@ def backend_env(postgres, nats_server, db="tasktracker"):
     return {**env, "POSTGRES_USER": DB_USER, "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_HOST": "127.0.0.1",
             "POSTGRES_PORT": str(postgres.port), "POSTGRES_DB": db, "NATS_URL": nats_server.url,
             "NATS_USER": NATS_USER, "NATS_PASSWORD": NATS_PASSWORD, "RELEASE_ID": "test-release-1", "PYTHONUNBUFFERED": "1",
-            "JOB_REQUEUE_AFTER": "2", "JOB_ACK_WAIT": "5", "WORKER_HEARTBEAT": str(nats_server.base / "heartbeat")}
+            "JOB_REQUEUE_AFTER": "2", "JOB_ACK_WAIT": "5", "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "WORKER_HEARTBEAT": str(nats_server.base / "heartbeat")}
 
 
 def backend_config_module():
@@ -319,6 +320,35 @@ def test_similar_tasks_come_nearest_first_through_the_hnsw_index(stack, postgres
     plan = postgres.psql("SET enable_seqscan = off; EXPLAIN SELECT id FROM tasks ORDER BY embedding <=> "
                          "(SELECT embedding FROM tasks LIMIT 1) LIMIT 3", db="tasktracker")
     assert "tasks_embedding_hnsw" in plan
+
+
+def post_update(stack: str, update: dict, secret: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"X-Telegram-Bot-Api-Secret-Token": secret} if secret is not None else {})}
+    req = urllib.request.Request(f"{stack}/api/telegram/webhook", data=json.dumps(update).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_telegram_message_with_the_webhook_secret_becomes_a_processed_task(stack, postgres):
+    from tasks.commands.telegram import webhook_secret  # the toolkit's derivation: the two must agree
+
+    message = {"update_id": 7, "message": {"message_id": 1, "chat": {"id": 42}, "text": "Call the plumber\nabout the sink"}}
+    count = postgres.psql("SELECT count(*) FROM tasks", db="tasktracker")
+    for secret in (None, "wrong", webhook_secret("123456:another-bot")):
+        assert post_update(stack, message, secret)[0] == 403, secret
+    assert postgres.psql("SELECT count(*) FROM tasks", db="tasktracker") == count  # nothing stored
+    status, answer = post_update(stack, message, webhook_secret(BOT_TOKEN))
+    assert status == 200 and answer["ok"] and answer["task"]
+    wait_for(lambda: postgres.psql(f"SELECT status FROM tasks WHERE id = {answer['task']}", db="tasktracker") == "done",
+             30, what="the message's task processed")
+    assert postgres.psql(f"SELECT title, body FROM tasks WHERE id = {answer['task']}", db="tasktracker") == \
+        "Call the plumber|Call the plumber\nabout the sink"
+    # An update without text (a sticker, an edit) is taken and ignored: Telegram does not resend it.
+    assert post_update(stack, {"update_id": 8, "edited_message": {"text": "x"}}, webhook_secret(BOT_TOKEN)) == \
+        (200, {"ok": True, "task": None})
 
 
 def api_healthcheck(stack: str) -> int:

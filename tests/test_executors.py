@@ -1009,3 +1009,46 @@ def test_compose_down_with_volumes_asks_first_and_a_wrong_answer_changes_nothing
         compose_tasks.down.body(None, volumes=True)
     assert refused.value.code == ExitCode.USAGE and "nothing was changed" in str(refused.value.message)
     assert "point-in-time archive" in asked[0] and conn.commands == []
+
+
+# --- the Telegram webhook after a deploy (tasks/telegram.py) ---------------------------------
+
+def test_after_a_deploy_the_webhook_is_set_with_the_derived_secret_and_checked(capsys):
+    from tasks import botapi as telegram
+    from tasks.commands.telegram import webhook_secret
+    from tests.support import BotApiStandIn
+
+    with BotApiStandIn() as bot:
+        host = make_host(FakeConnection(), TELEGRAM_API_BASE_URL=bot.url)
+        telegram.after_change(host)
+        assert bot.methods() == ["setWebhook", "getWebhookInfo"]
+        body = bot.calls[0][1]
+        assert body["url"] == "https://tasks.example.com/api/telegram/webhook" and body["allowed_updates"] == ["message"]
+        assert body["secret_token"] == webhook_secret(ENV["TELEGRAM_BOT_TOKEN"])
+    out = capsys.readouterr().out
+    assert "Telegram webhook: https://tasks.example.com/api/telegram/webhook, 0 updates pending" in out
+    assert body["secret_token"] not in out and ENV["TELEGRAM_BOT_TOKEN"] not in out
+
+
+def test_no_https_yet_sets_no_webhook_and_says_why(capsys):
+    from tasks import botapi as telegram
+    from tests.support import BotApiStandIn
+
+    with BotApiStandIn() as bot:
+        host = make_host(FakeConnection().on("letsencrypt/live", ("", "", 1)), TELEGRAM_API_BASE_URL=bot.url)
+        telegram.after_change(host)
+        assert bot.calls == []
+    assert "Telegram webhook not set: vps serves no HTTPS for tasks.example.com yet" in capsys.readouterr().out
+    with BotApiStandIn() as bot:
+        telegram.after_change(make_host(FakeConnection(), TELEGRAM_API_BASE_URL=bot.url, TELEGRAM_WEBHOOK="off"))
+        assert bot.calls == []
+    assert capsys.readouterr().out == ""
+
+
+def test_a_bot_api_that_does_not_answer_is_a_warning_that_names_no_token(capsys):
+    from tasks import botapi as telegram
+
+    telegram.after_change(make_host(FakeConnection(), TELEGRAM_API_BASE_URL="http://127.0.0.1:9"))
+    out = capsys.readouterr().out
+    assert "WARNING: the Telegram webhook could not be set: the Bot API at http://127.0.0.1:9 did not answer" in out
+    assert ENV["TELEGRAM_BOT_TOKEN"] not in out and "telegram.webhook" in out

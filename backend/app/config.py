@@ -1,5 +1,7 @@
 """Runtime configuration of the reference API, read from the environment."""
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -33,6 +35,7 @@ class AppConfig:
     job_max_requeues: int = 5
     job_ack_wait: int = 60
     job_standin_seconds: float = 0.0
+    telegram_bot_token: str = field(default="", repr=False)
     job_stream_max_msgs: int = 1_000_000
     job_stream_max_bytes: int = 256 << 20
 
@@ -63,6 +66,7 @@ class AppConfig:
             job_ack_wait=_int("JOB_ACK_WAIT", 60),  # a job not acknowledged by then is delivered again
             # How long the stand-in job waits, as the real app's LLM call would (benchmarks/jobs.py).
             job_standin_seconds=float(os.environ.get("JOB_STANDIN_SECONDS", 0)),
+            telegram_bot_token=os.environ.get("TELEGRAM_BOT_TOKEN", ""),
             job_stream_max_msgs=_int("JOB_STREAM_MAX_MSGS", 1_000_000),
             job_stream_max_bytes=_int("JOB_STREAM_MAX_BYTES", 256 << 20),
         )
@@ -75,3 +79,10 @@ class AppConfig:
 
 
 EVENTS_SUBJECT = "tasktracker.events"
+
+
+def webhook_secret(bot_token: str) -> str:
+    """The secret token Telegram sends with each update (X-Telegram-Bot-Api-Secret-Token): derived
+    from the bot token exactly as the deploy toolkit derives it when it sets the webhook
+    (tasks/commands/telegram.py), so nothing new is stored."""
+    return hmac.new(bot_token.encode(), b"tasktracker telegram webhook", hashlib.sha256).hexdigest()

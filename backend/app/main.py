@@ -1,17 +1,18 @@
 """FastAPI app: health, version, tasks, similar tasks (pgvector) and a WebSocket of task events."""
 
 import asyncio
+import hmac
 import json
 from contextlib import asynccontextmanager
 
 import nats
-from fastapi import FastAPI, Query, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field
 
 from . import db
-from .config import EVENTS_SUBJECT, AppConfig
+from .config import EVENTS_SUBJECT, AppConfig, webhook_secret
 from .worker import broker, process_task, publish_event
 
 
@@ -135,6 +136,26 @@ async def create_task(task_in: TaskIn):
     except Exception as exc:
         logger.warning("task {} stored; its job waits for the sweeper: {}: {}", task["id"], type(exc).__name__, exc)
     return task
+
+
+@app.post("/api/telegram/webhook")
+async def telegram_webhook(request: Request):
+    """An update from the Telegram bot: a message becomes a task, processed like any other. Only
+    requests carrying the webhook's secret token are taken (403 otherwise, and nothing stored);
+    updates without text are acknowledged and ignored, so Telegram does not send them again."""
+    token = AppConfig.from_env().telegram_bot_token
+    given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+    if not token or not hmac.compare_digest(given.encode(), webhook_secret(token).encode()):
+        return JSONResponse({"ok": False}, status_code=403)
+    try:
+        update = await request.json()
+    except ValueError:
+        return JSONResponse({"ok": False, "error": "not JSON"}, status_code=400)
+    text = ((update.get("message") or {}).get("text") or "").strip() if isinstance(update, dict) else ""
+    if not text:
+        return {"ok": True, "task": None}
+    task = await create_task(TaskIn(title=text.splitlines()[0][:500], body=text))
+    return {"ok": True, "task": task["id"]}
 
 
 @app.websocket("/ws")
