@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 from invoke import Exit
 
 from .commands.context import STACK_FILES
+from .commands.offsite import REPOSITORY_SCHEMES, sftp_target
 from .exits import ExitCode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,13 @@ def _spec(default: Any = None, *, required: bool = False, secret: bool = False, 
 
 
 URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
-OFFSITE_SCHEMES = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:")
+
+
+def _sftp_server_is_safe(repository: str) -> bool:
+    """A user and host (in either of restic's SFTP spellings) that ssh cannot read as an option."""
+    target = sftp_target(repository)
+    return target is not None and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", target[1])) and (
+        not target[0] or bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", target[0])))
 
 
 def _offsite_problems(values: dict) -> list[str]:
@@ -75,14 +82,13 @@ def _offsite_problems(values: dict) -> list[str]:
     if not repository:
         return []
     problems = []
-    if not (repository.startswith(OFFSITE_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
+    if not (repository.startswith(REPOSITORY_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
         shown = URL_PASSWORD_RE.sub("://USER:[REDACTED]@", repository)
         problems.append(f"OFFSITE_REPOSITORY {shown!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
                         f"or s3:https://s3.example.com/bucket/tasktracker")
-    sftp = re.fullmatch(r"sftp:(?:([^@/]+)@)?([^:/]+):(.+)", repository) if repository.startswith("sftp:") else None
-    if repository.startswith("sftp:") and not (sftp and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", sftp.group(2))
-                                               and (sftp.group(1) is None or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", sftp.group(1)))):
-        problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as sftp:USER@HOST:/PATH, the user and host "
+    if repository.startswith("sftp:") and not _sftp_server_is_safe(repository):
+        problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as sftp:USER@HOST:/PATH "
+                        f"(or sftp://USER@HOST:PORT//PATH), the user and host "
                         f"in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would read it as an option)")
     if not values["offsite_password"]:
         problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
@@ -105,7 +111,7 @@ SETTING_GROUPS: dict[str, str] = {
     "Public addresses": "Where users reach the app (all three are required).",
     "Runtime and deploy": "Where releases live on the host and how many are kept, and the names and "
                           "ports that let two environments share one host (each needs its own APP_DIR, "
-                          "COMPOSE_PROJECT, HTTP_PORT/HTTPS_PORT and *_HOST_PORT values).",
+                          "COMPOSE_PROJECT and HTTP_PORT/HTTPS_PORT).",
     "Images and engine": "Where the backend image is built, whether images the host lacks are shipped "
                          "from this machine over SSH (hosts that cannot pull: rate limits, no registry, "
                          "private networks), and what runs the stack: Compose on one host, or a Docker "
@@ -153,11 +159,13 @@ STACK_KEYS: tuple[StackKey, ...] = (
              "The most jobs the job stream holds; when full, new jobs wait in their rows for the sweeper."),
     StackKey("JOB_STREAM_MAX_BYTES", "268435456", "NATS JetStream", "The most bytes the job stream holds (256 MiB)."),
     StackKey("POSTGRES_HOST_PORT", "5432", "Runtime and deploy",
-             "The port Postgres is published on, on the host's loopback only (never public)."),
+             "Development only (compose.override.yml): the port Postgres is published on, on this machine's "
+             "loopback; production publishes nothing but nginx."),
     StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
-             "The port NATS is published on, on the host's loopback only (never public)."),
+             "Development only (compose.override.yml): the port NATS is published on, on this machine's loopback."),
     StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
-             "The port of NATS's monitoring endpoint (`/varz`, `/healthz`), on the host's loopback only."),
+             "Development only (compose.override.yml): the port of NATS's monitoring endpoint (`/varz`, "
+             "`/healthz`), on this machine's loopback."),
 )
 
 

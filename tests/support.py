@@ -657,6 +657,15 @@ class RecordingServer:
         self.httpd.server_close()
 
 
+def service_address(project: str, service: str) -> str:
+    """A Compose service's container address on its network: how this machine (the host itself)
+    reaches Postgres or NATS, which publish no port in production."""
+    container = subprocess.run(["docker", "compose", "-p", project, "ps", "-q", service], capture_output=True, text=True,
+                               check=True).stdout.split()[0]
+    return subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+
+
 def interface_address(interface: str) -> str:
     """This machine's IPv4 address on a network interface, read from the interface itself
     (`ip -4 addr`): a freshly started dockerd may leave a network's IPAM gateway empty."""

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import copy_project, head_revision
+from tests.support import copy_project, head_revision, service_address
 
 pytestmark = pytest.mark.e2e
 APP = "bk"
@@ -46,14 +46,14 @@ def nats_login(env) -> dict:
     return {"user": values.get("NATS_USER", "tasktracker"), "password": values["NATS_PASSWORD"]}
 
 
-def nats_port(sandbox, env):
-    return int([line.split("=")[1] for line in env.read_text().splitlines() if line.startswith("NATS_HOST_PORT=")][0])
+def nats_address(sandbox, env):
+    return service_address(f"{sandbox.project}-{APP}", "nats")  # no port is published in production
 
 
-async def jetstream(port, action, login):
+async def jetstream(address, action, login):
     import nats
 
-    nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5,
+    nc = await nats.connect(f"nats://{address}:4222", allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5,
                             **login)
     try:
         js = nc.jetstream()
@@ -71,7 +71,7 @@ async def jetstream(port, action, login):
 
 def test_backup_delete_restore_brings_tasks_and_stream_messages_back(sandbox, app):
     ids = [http_json(sandbox.app_url(APP, "/api/tasks"), {"title": f"backed up task {i}"})[1]["id"] for i in range(3)]
-    asyncio.run(jetstream(nats_port(sandbox, app), "publish", nats_login(app)))
+    asyncio.run(jetstream(nats_address(sandbox, app), "publish", nats_login(app)))
     out = sandbox.fab("backup", env_file=app)
     assert "is complete and verified" in out.stdout
     name = sets(sandbox)[-1]
@@ -86,14 +86,14 @@ def test_backup_delete_restore_brings_tasks_and_stream_messages_back(sandbox, ap
     assert name in listing and "verified" in listing
 
     psql(sandbox, "DELETE FROM tasks")
-    asyncio.run(jetstream(nats_port(sandbox, app), "delete", nats_login(app)))
+    asyncio.run(jetstream(nats_address(sandbox, app), "delete", nats_login(app)))
     assert http_json(sandbox.app_url(APP, "/api/tasks"))[1] == []
 
     out = sandbox.fab("backup.restore", "--latest", "--yes", env_file=app)
     assert "health checks pass" in out.stdout
     restored = {t["id"] for t in http_json(sandbox.app_url(APP, "/api/tasks"))[1]}
     assert set(ids) <= restored
-    assert asyncio.run(jetstream(nats_port(sandbox, app), "get", nats_login(app))) == b"message waiting in the stream"
+    assert asyncio.run(jetstream(nats_address(sandbox, app), "get", nats_login(app))) == b"message waiting in the stream"
     status, health = http_json(sandbox.app_url(APP, "/api/health"))
     assert status == 200 and health["checks"]["nats"]["ok"]
 

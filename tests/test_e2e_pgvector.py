@@ -98,16 +98,21 @@ def test_the_deployed_stack_searches_by_similarity_through_the_hnsw_index(sandbo
 
 def release_before_pgvector(dest: Path) -> Path:
     """This checkout as the release before pgvector was: compose.yml on postgres:15, and the
-    backend without migration 0002 and the embedding column (an old app on an old Postgres)."""
+    backend without migrations 0002 (embeddings) and 0003 (job recovery, which follows it) nor
+    their columns (an old app on an old Postgres; its sweeper logs that it cannot run)."""
     copy = copy_project(dest)
     shutil.copytree(ROOT / "frontend" / "dist", copy / "frontend" / "dist", dirs_exist_ok=True)
     compose = copy / "compose.yml"
     assert IMAGE_LINE in compose.read_text()
     compose.write_text(compose.read_text().replace(IMAGE_LINE, f"image: {OLD_IMAGE}"))
-    (copy / "backend" / "alembic" / "versions" / "0002_task_embeddings.py").unlink()
+    for migration in ("0002_task_embeddings.py", "0003_job_recovery.py"):
+        (copy / "backend" / "alembic" / "versions" / migration).unlink()
     db = copy / "backend" / "app" / "db.py"
     text = db.read_text()
-    for line in ('    Column("embedding", Vector(DIM)),\n', ', embedding=embed(f"{title} {body}")'):
+    for line in ('    Column("embedding", Vector(DIM)),\n', ', embedding=embed(f"{title} {body}")',
+                 '    Column("queued_at", DateTime(timezone=True)),\n',
+                 '    Column("requeues", Integer, nullable=False, server_default="0"),\n',
+                 ',\n                                                 queued_at=func.now()'):
         assert line in text, line
         text = text.replace(line, "")
     db.write_text(text)

@@ -4,8 +4,8 @@ plan would type it, and every replacement the table names runs too (`fab -H vps 
 machine, anything else on the host). They run on an app of their own (own APP_DIR, project and
 ports) so that restarts, backups and `ssl.issue` (against Pebble) disturb no other test.
 
-The sandbox's ports are not the plan's: the commands get the app's HTTP_PORT for `localhost`'s 80
-and its NATS_MONITOR_HOST_PORT for 8222; `~/tasktracker`, the project's volume names and the
+The sandbox's ports are not the plan's: the commands get the app's HTTP_PORT for `localhost`'s 80;
+`~/tasktracker`, the project's volume names and the
 example domain and e-mail are mapped the same way. Commands that stream until Ctrl-C (`logs -f`,
 `docker stats`) are interrupted after a few seconds."""
 
@@ -110,7 +110,6 @@ def on_host(sandbox, env: dict, command: str) -> tuple[int, str]:
     """The command as the deploy user types it in APP_DIR/current, in a terminal (ssh -tt) of a
     real size (psql pages only what is longer than the screen)."""
     command = (command.replace("http://localhost/", f"http://localhost:{env['HTTP_PORT']}/")
-               .replace("localhost:8222", f"localhost:{env['NATS_MONITOR_HOST_PORT']}")
                .replace("tasktracker_", f"{env['COMPOSE_PROJECT']}_"))
     if re.search(r"\blogs -f\b|\blogs .*--follow\b", command) or (command.startswith("docker stats") and "--no-stream" not in command):
         # Ctrl-C after a few seconds: SIGINT to the whole process group, as a terminal sends it (the

@@ -10,6 +10,8 @@ import urllib.request
 
 import pytest
 
+from tests.support import service_address
+
 pytestmark = pytest.mark.e2e
 
 
@@ -135,11 +137,11 @@ def test_doctor_reports_connections_near_max(sandbox, deployed):
     import psycopg
 
     values = settings_of(sandbox)
-    port = int(values.get("POSTGRES_HOST_PORT", 5432))
+    address = service_address(sandbox.project, "postgres")  # no port is published in production
     held = []
     try:
         for _ in range(85):
-            held.append(psycopg.connect(host="127.0.0.1", port=port, user=values.get("POSTGRES_USER", "postgres"),
+            held.append(psycopg.connect(host=address, port=5432, user=values.get("POSTGRES_USER", "postgres"),
                                         password=values["POSTGRES_PASSWORD"], dbname=values.get("POSTGRES_DB", "tasktracker")))
         out = doctor(sandbox)
         assert "[connection pool]" in out and "database connections are in use" in out, out
@@ -148,10 +150,10 @@ def test_doctor_reports_connections_near_max(sandbox, deployed):
             conn.close()
 
 
-async def fill_stream(port: int, login: dict, name: str, max_bytes: int, delete: bool = False) -> None:
+async def fill_stream(address: str, login: dict, name: str, max_bytes: int, delete: bool = False) -> None:
     import nats
 
-    nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=5, **login)
+    nc = await nats.connect(f"nats://{address}:4222", allow_reconnect=False, connect_timeout=5, **login)
     try:
         js = nc.jetstream()
         if delete:
@@ -170,13 +172,13 @@ async def fill_stream(port: int, login: dict, name: str, max_bytes: int, delete:
 def test_doctor_reports_a_stream_near_its_limit(sandbox, deployed):
     values = settings_of(sandbox)
     login = {"user": values.get("NATS_USER", "tasktracker"), "password": values["NATS_PASSWORD"]}
-    port = int(values.get("NATS_HOST_PORT", 4222))
-    asyncio.run(fill_stream(port, login, "DOCTORFULL", 16384))
+    address = service_address(sandbox.project, "nats")
+    asyncio.run(fill_stream(address, login, "DOCTORFULL", 16384))
     try:
         out = doctor(sandbox)
         assert "[jetstream] stream DOCTORFULL holds" in out, out
     finally:
-        asyncio.run(fill_stream(port, login, "DOCTORFULL", 0, delete=True))
+        asyncio.run(fill_stream(address, login, "DOCTORFULL", 0, delete=True))
 
 
 def test_doctor_reports_a_filling_disk(sandbox, deployed):

@@ -6,6 +6,7 @@ is refused; `status` and `doctor` show a webhook pointed elsewhere; a rollback l
 live host; the secret and the token appear in no output, log or audit line."""
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -78,7 +79,8 @@ def test_with_https_the_deploy_sets_the_webhook_and_checks_it(sandbox, app, bot,
     live.mkdir(parents=True, exist_ok=True)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90",
                     "-subj", f"/CN={DOMAIN}", "-addext", f"subjectAltName=DNS:{DOMAIN}", "-keyout", str(live / "privkey.pem"),
-                    "-out", str(live / "fullchain.pem")], check=True, capture_output=True)
+                    "-out", str(live / "cert.pem")], check=True, capture_output=True)
+    shutil.copyfile(live / "cert.pem", live / "fullchain.pem")  # certbot's layout: status reads cert.pem
     (shared / "nginx" / "conf.d").mkdir(parents=True, exist_ok=True)
     (shared / "nginx" / "conf.d" / tls_commands.TLS_CONF).write_text(
         tls_commands.tls_server_config([DOMAIN], int(dotenv_values(app)["HTTPS_PORT"])))

@@ -58,6 +58,8 @@ def test_valid_settings_load_with_defaults(tmp_path):
         ({"OFFSITE_REPOSITORY": "sftp:backup@-oProxyCommand=x:/srv", "OFFSITE_PASSWORD": "p"},
          "must name its SFTP server as sftp:USER@HOST:/PATH"),
         ({"OFFSITE_REPOSITORY": "sftp:-l@host:/srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
+        ({"OFFSITE_REPOSITORY": "sftp://-l@host:22//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
+        ({"OFFSITE_REPOSITORY": "sftp://u@-oProxyCommand=x//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -286,6 +288,7 @@ def test_sandbox_status_prints_the_url_the_app_answers_on_and_the_deploy_command
     {"TELEGRAM_API_BASE_URL": "http://127.0.0.1:8081", "ALERT_WEBHOOK_URL": "http://localhost:9000/hook"},
     {"OFFSITE_REPOSITORY": "sftp:backup@backup.example.com:/srv/restic/tt", "OFFSITE_PASSWORD": "p"},
     {"OFFSITE_REPOSITORY": "sftp:backup-host:/srv/restic/tt", "OFFSITE_PASSWORD": "p"},
+    {"OFFSITE_REPOSITORY": "sftp://backup@10.0.0.5:2222//srv/restic/tt", "OFFSITE_PASSWORD": "p"},
 ])
 def test_loopback_http_and_plain_sftp_repositories_are_accepted(tmp_path, overrides):
     load(tmp_path, **overrides)

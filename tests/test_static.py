@@ -96,11 +96,15 @@ def test_resource_limits_match_the_plan(project):
             assert float(res["reservations"]["cpus"]) == float(rcpus), name
 
 
-def test_database_and_nats_are_published_on_loopback_only(project):
+def test_production_publishes_nothing_but_nginx_and_development_only_on_loopback(project):
+    """A port published on 127.0.0.1 is reachable from the network segment by routing to the
+    container on Docker Engine before 28 (moby/moby#45610): production publishes only nginx's."""
     config = compose_config(project, "v2", "compose.yml", "docker-compose.production.yml")
+    assert {name for name, service in config["services"].items() if service.get("ports")} == {"nginx"}
+    development = compose_config(project, "v2", "compose.yml", "compose.override.yml")
     for name in ("postgres", "nats"):
-        for port in config["services"][name].get("ports", []):
-            assert port["host_ip"] == "127.0.0.1", (name, port)
+        ports = development["services"][name]["ports"]
+        assert ports and all(port["host_ip"] == "127.0.0.1" for port in ports), (name, ports)
     assert config["services"]["nats"]["command"][:1] == ["--jetstream"]
     assert "8222" in config["services"]["nats"]["command"]
     for name in ("postgres", "nats", "api", "worker", "nginx"):
