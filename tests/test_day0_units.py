@@ -18,7 +18,7 @@ BARE = {"os": "debian", "version": "12", "codename": "bookworm", "uid": "0", "co
         "sshd_permitrootlogin": "yes", "sshd_port": "22", "timesync": "", "swap": "", "mem_mb": "7900"}
 DONE = {**BARE, **{f"pkg_{p}": "1" for p in provision.PACKAGES}, "compose": "2.40.3", "docker_enabled": "enabled",
         "docker_active": "active", "daemon_json": json.dumps(provision.DAEMON_JSON), "user_groups": "deploy docker",
-        "key": "1", "sudoers": "1", "sshd_passwordauthentication": "no", "sshd_permitrootlogin": "no", "firewall": "1",
+        "key": "1", "sudoers": "1", **{f"sshd_{k}": v for k, v in provision.SSHD_SETTINGS.items()}, "firewall": "1",
         "auto_upgrades": "1", "timesync": "enabled", "swap_fstab": "1"}
 
 
@@ -27,6 +27,18 @@ def test_a_bare_debian_host_gets_every_change_in_a_safe_order():
     assert names == ["packages", "compose plugin", "docker daemon settings", "docker at boot", "deploy user", "deploy key",
                      "deploy sudo", "ssh hardening", "firewall", "security upgrades", "time sync", "swap"]
     assert names.index("ssh hardening") > names.index("deploy key")  # never close root before the key is in
+
+
+def test_a_host_hardened_by_an_older_provision_gets_the_forwarding_and_login_limits():
+    older = {**DONE, "sshd_x11forwarding": "yes", "sshd_allowtcpforwarding": "yes", "sshd_maxauthtries": "6"}
+    assert [c.name for c in provision.plan(older, "deploy", KEY)] == ["ssh hardening"]
+    assert [c.name for c in provision.plan(DONE, "deploy", KEY)] == []
+
+
+def test_the_sshd_drop_in_says_what_the_facts_check():
+    lines = provision.SSHD_HARDENING.splitlines()[1:]
+    assert dict(line.split(" ", 1) for line in lines) == provision.SSHD_SETTINGS
+    assert {"x11forwarding no", "allowtcpforwarding no", "maxauthtries 3", "logingracetime 30"} <= set(lines)
 
 
 def test_a_provisioned_host_plans_nothing():

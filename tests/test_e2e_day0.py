@@ -64,7 +64,9 @@ def test_provision_takes_the_bare_host_to_what_deploy_needs(hosts):
     for change in ("packages", "compose plugin", "docker daemon settings", "deploy user", "ssh hardening", "firewall"):
         assert f"  {change}" in out.stdout and "changed" in out.stdout
     sshd = hosts.exec(NAME, "sshd -T").stdout
-    assert "passwordauthentication no" in sshd and "permitrootlogin no" in sshd
+    for line in ("passwordauthentication no", "permitrootlogin no", "x11forwarding no", "allowtcpforwarding no",
+                 "maxauthtries 3", "logingracetime 30"):
+        assert line in sshd.splitlines(), line
     assert "tcp dport { 22, 80, 443 } accept" in hosts.exec(NAME, "nft list table inet tasktracker").stdout
     daemon = json.loads(hosts.exec(NAME, "cat /etc/docker/daemon.json").stdout)
     assert daemon["live-restore"] is True and daemon["log-opts"]["max-size"] == "10m"

@@ -22,8 +22,13 @@ DOCKER_REPO_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"  # Docker's
 COMPOSE_PLUGIN_PATH = "/usr/local/lib/docker/cli-plugins/docker-compose"
 DAEMON_JSON = {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}, "live-restore": True}
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-tasktracker-hardening.conf"
+# What sshd must say (`sshd -T`, lower case) once hardened: keys only, no root, nothing forwarded
+# through the deploy login (X11, TCP, agent), few tries and a short window to log in.
+SSHD_SETTINGS = {"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitrootlogin": "no",
+                 "x11forwarding": "no", "allowtcpforwarding": "no", "allowagentforwarding": "no",
+                 "maxauthtries": "3", "logingracetime": "30"}
 SSHD_HARDENING = ("# Written by `fab provision` after a login as the deploy user was proven.\n"
-                  "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n")
+                  + "".join(f"{key} {value}\n" for key, value in SSHD_SETTINGS.items()))
 FIREWALL_FILE = "/etc/tasktracker-firewall.nft"
 FIREWALL_UNIT = "/etc/systemd/system/tasktracker-firewall.service"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
@@ -48,7 +53,7 @@ def facts(deploy_user: str, public_key: str) -> str:
         f"h=$(getent passwd {q(deploy_user)} | cut -d: -f6); "
         f"if [ -n \"$h\" ] && grep -qF {q(key)} \"$h/.ssh/authorized_keys\" 2>/dev/null; then echo key=1; fi",
         f"if [ -f /etc/sudoers.d/tasktracker-{deploy_user} ]; then echo sudoers=1; fi",
-        "sshd -T 2>/dev/null | grep -E '^(passwordauthentication|permitrootlogin|port) ' | sed 's/^/sshd_/; s/ /=/'",
+        f"sshd -T 2>/dev/null | grep -E '^({'|'.join([*SSHD_SETTINGS, 'port'])}) ' | sed 's/^/sshd_/; s/ /=/'",
         f"if [ -f {SSHD_DROPIN} ]; then echo sshd_dropin=1; fi",
         f"if [ -f {FIREWALL_FILE} ] && nft list table inet tasktracker >/dev/null 2>&1; then echo firewall=1; fi",
         f"if [ -f {AUTO_UPGRADES} ] && grep -q Unattended-Upgrade {AUTO_UPGRADES}; then echo auto_upgrades=1; fi",
@@ -174,9 +179,10 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
         changes.append(Change("deploy sudo", f"{deploy_user} may re-run provision once root login is off",
                               write_file(f"/etc/sudoers.d/tasktracker-{deploy_user}", f"{deploy_user} ALL=(ALL) NOPASSWD:ALL\n", "440")
                               + f" && visudo -cf /etc/sudoers.d/tasktracker-{deploy_user} >/dev/null"))
-    hardened = (f.get("sshd_passwordauthentication") == "no" and f.get("sshd_permitrootlogin") == "no")
+    hardened = all(f.get(f"sshd_{key}") == value for key, value in SSHD_SETTINGS.items())
     if not hardened:
-        changes.append(Change("ssh hardening", "no passwords, no root login (after the deploy user's login is proven)",
+        changes.append(Change("ssh hardening", "no passwords, no root login, no forwarding, 3 tries in 30 s "
+                                               "(after the deploy user's login is proven)",
                               kind="harden-ssh"))
     if not f.get("firewall"):
         ssh_port = int(f.get("sshd_port") or 22)
