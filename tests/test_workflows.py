@@ -182,6 +182,18 @@ def test_deploy_job_runs_no_npm_install_scripts():
     assert names.index("Build the dashboard") < names.index("SSH key and pinned host key")
 
 
+def test_deploy_job_uses_no_cache_and_installs_only_the_toolkit():
+    """A cache another run wrote (a pull request's) must not reach the job with the deploy key;
+    it installs the project's own dependencies only (no test tools, no reference backend)."""
+    job = yaml.safe_load(DEPLOY.read_text())["jobs"]["deploy"]
+    inputs = {step["uses"].split("@")[0]: step.get("with", {}) for step in job["steps"] if "uses" in step}
+    assert inputs["actions/setup-node"].get("package-manager-cache") is False and "cache" not in inputs["actions/setup-node"]
+    assert inputs["astral-sh/setup-uv"].get("enable-cache") is False
+    installs = [step["run"].strip() for step in job["steps"] if "uv sync" in step.get("run", "")]
+    assert installs == ["uv sync --frozen --no-default-groups"]
+    assert job["env"]["UV_NO_SYNC"] == "1"  # `uv run` would otherwise install the default groups
+
+
 def test_deploy_workflow_holds_no_deploy_logic_and_echoes_no_secret():
     workflow = yaml.safe_load(DEPLOY.read_text())
     job = workflow["jobs"]["deploy"]
