@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import throwaway_sandbox  # noqa: E402
+from tests.support import container_address, throwaway_sandbox  # noqa: E402
 
 # The plan's figures (docs/vps-deployment-strategy.md, "Production" and "Expected Performance").
 PLAN_MEMORY_MB = {"postgres": 300, "nats": 50, "worker": 600, "api": 800, "nginx": 20}
@@ -226,9 +226,7 @@ class Stack:
                              capture_output=True, text=True, check=True).stdout.splitlines()
         self.containers = [cgroup_container(service, cid) for cid, service in (line.split() for line in ids if line.strip())]
         self.by_service = {c.service: c for c in self.containers}
-        ip = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                             self.by_service["nginx"].id], capture_output=True, text=True, check=True).stdout.split()[0]
-        self.base = f"http://{ip}"
+        self.base = f"http://{container_address(self.by_service['nginx'].id)}"
 
     def psql(self, sql: str) -> str:
         return subprocess.run(["docker", "exec", self.by_service["postgres"].id, "sh", "-c",

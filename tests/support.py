@@ -662,6 +662,11 @@ def service_address(project: str, service: str) -> str:
     reaches Postgres or NATS, which publish no port in production."""
     container = subprocess.run(["docker", "compose", "-p", project, "ps", "-q", service], capture_output=True, text=True,
                                check=True).stdout.split()[0]
+    return container_address(container)
+
+
+def container_address(container: str) -> str:
+    """A container's address on its (first) network, as Docker reports it for the running container."""
     return subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
                           capture_output=True, text=True, check=True).stdout.split()[0]
 
