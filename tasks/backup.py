@@ -16,6 +16,7 @@ from invoke import Collection, Exit, task
 from .commands import backup as commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
+from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import PROJECT_ROOT
@@ -24,7 +25,7 @@ from .steps import StepFailed, Steps
 @task(name="backup", default=True, help={"keep": "How many sets to keep (default BACKUP_KEEP, 7).", "wait": WAIT_HELP})
 def backup_(c, keep=None, wait=False):
     """Make one verified backup set on the host: database, NATS data, app files."""
-    host = Host.open(c)
+    host = open_host(c)
     try:
         with host.locked("backup", wait=wait), host.audited("backup") as outcome:
             name = host.backup(keep=int(keep) if keep else None)
@@ -42,7 +43,7 @@ def backup_(c, keep=None, wait=False):
 @task(name="list")
 def list_(c):
     """List backup sets on the host: age, size, verified or not, and the latest runs (cron too)."""
-    host = Host.open(c)
+    host = open_host(c)
     sets, log = host.backup_sets()
     remote = None
     if host.settings.offsite_repository:  # read only: what `backup` or `backup.offsite.init` installed
@@ -103,7 +104,7 @@ def restore(c, latest=False, name=None, to_time=None, yes=False, wait=False):
     if to_time:
         return restore_to_time(c, to_time, yes, wait)
     steps = Steps(f"Restore on {c.original_host}")
-    host = Host.open(c, steps=steps)
+    host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
     set_name = chosen_set(host, None if latest else name)
     if not yes:
@@ -132,7 +133,7 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
     except ValueError as err:
         raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
     steps = Steps(f"Restore to a time on {c.original_host}")
-    host = Host.open(c, steps=steps)
+    host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
     state = host.pitr_state()
     problem = pitr_commands.window_problem(state, target)
@@ -166,7 +167,7 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
             "to": "Local directory (default: backups/<host>/)."})
 def pull(c, name=None, to=None):
     """Copy a backup set to this machine and check every file against its checksum."""
-    host = Host.open(c)
+    host = open_host(c)
     set_name = chosen_set(host, name)
     local = Path(to or PROJECT_ROOT / "backups" / host.name) / set_name
     remote_dir = f"{host.ctx.backups_dir}/{set_name}"
@@ -201,7 +202,7 @@ def schedule(c, at="02:00"):
     off-site copies set up, also the monthly restore drill and the weekly off-site check."""
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", at):
         raise Exit(f"--at {at!r} is not a time of day like 02:00.", code=ExitCode.USAGE)
-    host = Host.open(c)
+    host = open_host(c)
     host.install_backup_script()
     host.install_notify()  # the job alerts when it fails
     ctx = host.absolute_ctx

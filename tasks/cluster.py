@@ -23,7 +23,9 @@ from .commands import cluster as commands
 from .commands import sh
 from .exits import ExitCode
 from .host import WAIT_HELP
-from .swarm import SwarmHost, manager_status, open_host, summary_lines
+from . import pipeline
+from .engines import open_host
+from .swarm import manager_status, summary_lines
 from .settings import ENV_HELP, Settings, choose_env, env_file_path
 from .steps import StepFailed, Steps
 
@@ -187,11 +189,12 @@ def deploy(c, mesh="auto", wait=False, env=None, timeout=300):
     try:
         with steps.step("connect to the manager"):
             host = open_host(c, settings, steps=steps)
-            if not isinstance(host, SwarmHost) or host.engine_problem:
+            if host.cluster_state() is None:
                 raise Exit((host.engine_problem or f"{host.name} is not a swarm manager (ENGINE={settings.engine})") +
                            f" Run `fab -H {host.name},... cluster.init` first. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
         host.converge_seconds = float(timeout)
-        host.deploy(env_file, mesh=None if mesh == "auto" else mesh == "yes", wait=wait, action="cluster.deploy")
+        host.mesh = None if mesh == "auto" else mesh == "yes"
+        pipeline.deploy(host, env_file, wait=wait, action="cluster.deploy")
     except StepFailed as failure:
         steps.fail(f"Cluster deploy via {c.original_host} failed at step '{failure.step}': {failure.detail}")
     steps.print_table()

@@ -4,13 +4,14 @@ take its lock)."""
 from invoke import Collection, Exit, task
 
 from .commands import compose as commands
+from .engines import open_host
 from .exits import ExitCode
-from .host import WAIT_HELP, Host
+from .host import WAIT_HELP
 
 @task(help={"wait": WAIT_HELP})
 def up(c, wait=False):
     """Start (or update) the stack of the current release."""
-    host = Host.open(c)
+    host = open_host(c)
     with host.locked("compose.up", wait=wait), host.audited("compose.up", release=host.current_id):
         host.on_current(commands.up, what="start the stack")
 
@@ -20,7 +21,7 @@ def up(c, wait=False):
             "yes": "Do not ask before deleting the volumes (scripts).", "wait": WAIT_HELP})
 def down(c, volumes=False, yes=False, wait=False):
     """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""
-    host = Host.open(c)
+    host = open_host(c)
     if volumes and not yes:
         answer = input(f"Delete the stack's volumes on {host.name}? The database, the NATS data and the point-in-time "
                        f"archive (pgBackRest's WAL and backups) are deleted; backup sets in APP_DIR/backups and "
@@ -35,13 +36,13 @@ def down(c, volumes=False, yes=False, wait=False):
 @task
 def ps(c):
     """Show the stack's containers and their health."""
-    Host.open(c).on_current(commands.ps, what="list containers")
+    open_host(c).on_current(commands.ps, what="list containers")
 
 
 @task(iterable=["service"], help={"service": "Service to restart (repeatable); all when omitted.", "wait": WAIT_HELP})
 def restart(c, service=None, wait=False):
     """Restart services of the current release."""
-    host = Host.open(c)
+    host = open_host(c)
     with host.locked("compose.restart", wait=wait), host.audited("compose.restart", release=host.current_id) as outcome:
         outcome["detail"] = " ".join(service or []) or "all services"
         host.on_current(lambda ctx: commands.restart(ctx, list(service or [])), what="restart")
@@ -55,7 +56,7 @@ def restart(c, service=None, wait=False):
 })
 def logs(c, service=None, since=None, follow=False, tail=200):
     """Show the stack's logs."""
-    Host.open(c).on_current(lambda ctx: commands.logs(ctx, service=service, since=since, follow=follow, tail=int(tail)),
+    open_host(c).on_current(lambda ctx: commands.logs(ctx, service=service, since=since, follow=follow, tail=int(tail)),
                             pty=follow, what="show logs")
 
 

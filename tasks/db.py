@@ -15,6 +15,7 @@ from .commands import db as commands
 from .commands import images as image_commands
 from .commands import q
 from .commands import release as release_commands
+from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import ENV_HELP, PROJECT_ROOT, choose_env
@@ -48,7 +49,7 @@ def upgrade(c, yes=False, wait=False, env=None):
     remote.require_host(c)
     choose_env(c, env)
     steps = Steps(f"Upgrade PostgreSQL on {c.original_host}")
-    host = Host.open(c, steps=steps)
+    host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
     built = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)  # "" when compose.yml pulls its image
     image = built or commands.postgres_image(PROJECT_ROOT)

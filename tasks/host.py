@@ -21,10 +21,11 @@ from pathlib import Path
 
 from invoke import Exit
 
-from . import remote
+from . import guards, machine, planning, remote
 from .commands import audit as audit_commands
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
+from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
@@ -32,10 +33,11 @@ from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
+from .commands import status as status_commands
 from .commands.context import HostContext
 from .exits import ExitCode
 from .identity import identity, now_iso
-from .settings import Settings
+from .settings import PROJECT_ROOT, Settings
 from .steps import StepFailed, Steps, redact, run_checked
 
 
@@ -532,10 +534,6 @@ class Host:
         """Restore a set's database and NATS data (backup.restore); a recovery restores into a
         fresh database and migrates it before api and worker start again. On a swarm it scales api and
         worker down and up (`docker service scale`), so it runs on a manager that is the data node."""
-        if self.engine == "swarm" and self.engine_problem:
-            raise StepFailed("restore", f"on a swarm a restore scales the api and worker services down and up again, which "
-                                        f"only a manager can; {self.name} is a worker. Make the data node a manager "
-                                        f"(`docker node promote NODE` on the manager) and run the restore there. Nothing was changed")
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
@@ -551,7 +549,7 @@ class Host:
     def restore_to_time(self, target: str) -> None:
         """Restore the database to `target` (UTC) from the WAL archive (backup.restore --to-time);
         on failure the database is put back as it was and StepFailed says so."""
-        self.refuse_pitr_on_swarm()
+        self.require_pitr()
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
@@ -560,13 +558,8 @@ class Host:
         if not result.ok:
             raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
 
-    def refuse_pitr_on_swarm(self) -> None:
-        """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again at
-        once on the same volume: refused on a swarm, before anything changes."""
-        if self.engine == "swarm":
-            raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm yet (Swarm would "
-                                                  "restart the stopped Postgres on the volume being restored). Restore a "
-                                                  "backup set instead (`backup.restore --name SET`). Nothing was changed")
+    def require_pitr(self) -> None:
+        """Restoring to a moment works on this engine (a swarm refuses it)."""
 
     def install_wal_offsite(self, stanza: bool = True) -> str:
         """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
@@ -591,7 +584,7 @@ class Host:
         set was restored; says what the database now holds. With no off-site archive yet, the set's
         data stays; a failed restore puts the set's data back and, unless `target` was asked for,
         only warns (StepFailed when it was)."""
-        self.refuse_pitr_on_swarm()
+        self.require_pitr()
         self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
@@ -625,6 +618,134 @@ class Host:
                        code=result.exited or ExitCode.FAILED)
         return result
 
+    # --- the Compose engine's part of the release pipeline (tasks/pipeline.py) ---------------
+    sent_paths = fingerprints.SENT_PATHS
+    images_step = "images the host needs"
+
+    def release_images(self) -> tuple[str, str]:
+        """The backend and Postgres images a release of this checkout runs (tagged by content)."""
+        return (image_commands.backend_image(PROJECT_ROOT, self.ctx.project),
+                image_commands.postgres_image(PROJECT_ROOT, self.ctx.project))
+
+    def fingerprint(self, plan) -> tuple[str, dict]:
+        """The release's fingerprint and what it records to tell, next time, which containers a
+        release may leave running (the backend's and nginx's own fingerprints)."""
+        env, variant = plan.env_text, self.variant
+        backend = fingerprints.backend_fingerprint
+        return (fingerprints.release_fingerprint(PROJECT_ROOT, env, variant),
+                {"compose": variant, "backend_fingerprint": backend(PROJECT_ROOT, env, variant),
+                 "stack_fingerprint": backend(PROJECT_ROOT, env, variant, fingerprints.STACK_PATHS)})
+
+    def describe(self, plan) -> str:
+        rid = plan.release.id
+        return (f"{rid} -> {self.name}:{self.ctx.release_dir(rid)} (Compose {self.variant})"
+                + ("" if plan.backend else
+                   f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
+
+    def build_place(self) -> str:
+        return image_commands.backend_build_place(self.settings.build_backend,
+                                                  machine.ok(["docker", "info"]))
+
+    def images_needed(self, release: Release, place: str) -> list[str]:
+        return image_commands.images_needed(PROJECT_ROOT, place, release.image,
+                                            release.postgres_image)
+
+    def prepare(self, plan) -> tuple[set[str], list[tuple[str, dict]]]:
+        """The release's own files sent and unpacked; (images the host has, the kept releases)."""
+        needed = self.images_needed(plan.release, self.build_place()) if plan.backend else []
+        return self.prepare_release(plan.release, self.release_files(plan), needed)
+
+    def release_files(self, plan) -> list[tuple[str, int, str]]:
+        """The files a release writes besides its rsync'd tree, relative to APP_DIR, with modes:
+        its settings (0600), release.yml, RELEASE.json, the alert program and its channels."""
+        rid, s = plan.release.id, self.settings
+        conf = notify_commands.conf_text(self.ctx, telegram_api_base_url=s.telegram_api_base_url,
+                                         bot_token=s.telegram_bot_token.reveal(),
+                                         chat_id=s.alert_telegram_chat_id,
+                                         webhook_url=s.alert_webhook_url.reveal())
+        override = compose_commands.release_override(plan.image, plan.backend_release,
+                                                     postgres_image=plan.release.postgres_image)
+        meta = json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"
+        return [(f"env/{rid}.env", 0o600, plan.env_text),
+                (f"releases/{rid}/release.yml", 0o644, override),
+                (f"releases/{rid}/RELEASE.json", 0o644, meta),
+                (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
+                (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
+
+    def provide_images(self, plan, on_host: set[str]) -> None:
+        """Every image the release needs on the host (`on_host`: what it has): the backend (and
+        Postgres) built here when that is the setting, and what the host lacks (only that) sent,
+        compressed, with progress."""
+        release, place = plan.release, self.build_place()
+        local_docker = machine.ok(["docker", "info"])
+        needed = self.images_needed(release, place)
+        for image, context in image_commands.built_images(PROJECT_ROOT, release.image,
+                                                          release.postgres_image):
+            if place == "local" and image not in on_host:
+                build_here(image, context, self.settings.build_backend)
+                if self.facts.get("docker_id") and self.facts.get("docker_id") == machine.docker_id():
+                    on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
+            if place == "host":
+                needed.remove(image)  # built on the host in the next step
+        here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
+        mode = self.settings.ship_images
+        ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
+        if lacking and mode == "always":
+            raise StepFailed(self.images_step, f"SHIP_IMAGES=always, but this machine does not have "
+                                               f"{', '.join(lacking)} to send; pull or build them "
+                                               f"here first.")
+        if ship:
+            self.ship_images(ship)
+        else:
+            print(f"   the host has {len(needed) - len(lacking)} of {len(needed)} images"
+                  + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
+
+    def start_data(self, plan) -> tuple[release_commands.SchemaState, "Host"]:
+        """Postgres and NATS up (images built on the host when that is the place), the schema
+        read: one round trip; the data is here."""
+        return self.start_backend(plan.release), self
+
+    def migrate_command(self, release: Release) -> str:
+        return self.in_release(release.id, sh(compose_commands.migrate(self.ctx)))
+
+    def upload_options(self, release_id: str, current: str) -> dict:
+        """rsync of a release's files (the deploy, and its dry run): unchanged files become hard
+        links to the current release's copies."""
+        return dict(sources=list(self.sent_paths), remote_path=f"{self.ctx.release_dir(release_id)}/",
+                    cwd=str(PROJECT_ROOT), relative=True, excludes=fingerprints.RSYNC_EXCLUDES,
+                    link_dest=f"../{current}" if current else None, delete=False)
+
+    def preflight_checks(self, env: str | None, *, table: bool = False) -> None:
+        """Before a deploy changes anything: the stack's memory and the data's PostgreSQL major."""
+        guards.check_memory_budget(self, table=table)
+        guards.check_postgres_major(self, env)
+
+    def require_one_host(self, action: str) -> None:
+        """`action` works on this engine (one Compose host); a swarm refuses it, before changing
+        anything."""
+
+    def cluster_state(self) -> dict | None:
+        """The swarm as its manager sees it (nodes, services, tasks); None on one host."""
+        return None
+
+    def nginx_check_command(self) -> str:
+        """`nginx -t` of the current release's config with the shared conf.d."""
+        return self.in_release(self.current_id, sh(rollout.nginx_check(self.ctx, self.current_id)))
+
+    def dry_run_plan(self, plan) -> list:
+        """`deploy --dry-run`'s engine part (tasks/planning.py): the planned commands."""
+        return planning.compose_dry_run(self, plan)
+
+    def record_command(self, release: Release, prune: list[str]) -> str:
+        """Run once every check passed: the release recorded `ok`; releases beyond KEEP_RELEASES
+        removed (with their stack files on a swarm) and unused images; the sampler installed."""
+        ctx, project = self.ctx, self.ctx.project
+        return "; ".join([release_commands.write_meta(ctx, release.id, release.recorded("ok")),
+                          release_commands.remove_releases(ctx, prune),
+                          release_commands.prune_images(ctx, f"{project}-backend"),
+                          release_commands.prune_images(ctx, f"{project}-postgres", "postgres_image"),
+                          status_commands.install_sampler(self.absolute_ctx)])
+
     # --- images ---------------------------------------------------------------------------
     def images_present(self, images: list[str]) -> set[str]:
         return image_commands.parse_present(self.conn.run(image_commands.present(images), hide=True).stdout)
@@ -633,6 +754,16 @@ class Host:
         """Stream `docker save | gzip` from this machine into the host's `docker load` over the
         connection's own SSH trust; prints progress; returns the compressed bytes sent."""
         return ship_images_to([self], images, report_every)
+
+
+def build_here(image: str, context: Path, setting: str) -> None:
+    """Build a release's image on this machine when it lacks it."""
+    if machine.ok(["docker", "image", "inspect", image]):
+        return
+    print(f"   building {image} here (BUILD_BACKEND={setting})", flush=True)
+    built = machine.run(image_commands.local_build(image, context), check=False)
+    if built.returncode:
+        raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
 
 
 def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3.0) -> int:

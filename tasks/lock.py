@@ -5,14 +5,14 @@ from __future__ import annotations
 from invoke import Collection, Exit, task
 
 from .commands import lock as commands
+from .engines import open_host
 from .exits import ExitCode
-from .host import Host
 
 
 @task
 def status(c):
     """Show who holds the host's lock, if anyone, and whether the holder is still alive."""
-    host = Host.open(c)
+    host = open_host(c)
     state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx), hide=True).stdout)
     if state == "FREE":
         print(f"{host.name}: not locked.")
@@ -23,7 +23,7 @@ def status(c):
 @task(help={"force": "Remove the lock even though an operation may hold it (for stale locks)."})
 def release(c, force=False):
     """Remove the host's lock (only with --force: make sure its holder is gone)."""
-    host = Host.open(c)
+    host = open_host(c)
     state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx), hide=True).stdout)
     if state == "FREE":
         print(f"{host.name}: not locked; nothing to release.")

@@ -13,6 +13,7 @@ from invoke import Collection, Exit, task
 from .commands import backup as backup_commands
 from .commands import offsite as commands
 from .commands import pitr as pitr_commands
+from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import Settings
@@ -27,7 +28,7 @@ def configured_host(c) -> tuple[Host, str]:
         raise Exit("OFFSITE_REPOSITORY is not set, so there are no off-site copies to work with. Set OFFSITE_REPOSITORY and "
                    "OFFSITE_PASSWORD in the settings file (see .env.example, \"Off-site copies\"), then run "
                    "`fab -H HOST backup.offsite.init`. Nothing was changed.", code=ExitCode.USAGE)
-    host = Host.open(c)
+    host = open_host(c)
     return host, host.install_offsite()
 
 

@@ -6,10 +6,10 @@ from invoke import Collection, Exit, task
 
 from .commands.release import SchemaState
 from .exits import ExitCode
-from .host import WAIT_HELP, Host
+from .host import WAIT_HELP
 from .settings import ENV_HELP, choose_env
 from .steps import StepFailed, Steps
-from .swarm import open_host
+from .engines import open_host
 
 
 def choose_target(rows: list[tuple[str, dict]], current: str, to: str | None) -> tuple[str | None, str]:
@@ -74,7 +74,7 @@ def format_releases(rows: list[tuple[str, dict]], current: str) -> list[str]:
 @task
 def releases(c):
     """List the releases kept on the host (* marks current): commit, time, who deployed, result."""
-    host = Host.open(c)
+    host = open_host(c)
     rows, current = host.releases()
     if not rows:
         print(f"No releases on {host.name} yet.")
@@ -94,7 +94,7 @@ def rollback(c, to=None, force=False, wait=False, env=None):
     steps = Steps(f"Rollback on {c.original_host}")
     try:
         with steps.step("connect and check host"):
-            host = open_host(c, steps=steps)  # a SwarmHost on a swarm manager: the same steps, by stack deploy
+            host = open_host(c, steps=steps)
         steps.secrets = host.settings.secret_values()
         with host.locked("rollback", wait=wait):
             rows, current = host.releases()

@@ -24,7 +24,8 @@ from .commands import status as status_commands
 from .commands import tls as tls_commands
 from .exits import ExitCode
 from .host import Host
-from .swarm import SwarmHost, open_host, summary_lines
+from .engines import open_host
+from .swarm import summary_lines
 
 # Thresholds (the and the plan's): a line turns into a warning past these.
 BACKUP_MAX_AGE_H = 26
@@ -402,7 +403,7 @@ def status(c, json_=False):
     findings = evaluate(snap, now, sent, received)
     bot_line, bot_findings = telegram_check(host, snap)
     findings += bot_findings
-    swarm = host.state() if isinstance(host, SwarmHost) and not host.engine_problem else None
+    swarm = host.cluster_state()
     if swarm is not None:
         findings += swarm_findings(swarm)
     if as_json:
@@ -423,8 +424,8 @@ def doctor(c, json_=False):
     host = open_host(c)
     snap, sent, received = read_snapshot(host)
     findings = evaluate(snap, time.time(), sent, received) + telegram_check(host, snap)[1]
-    if isinstance(host, SwarmHost) and not host.engine_problem:
-        findings += swarm_findings(host.state())
+    if (swarm := host.cluster_state()) is not None:
+        findings += swarm_findings(swarm)
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:

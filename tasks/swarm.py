@@ -17,42 +17,32 @@ docker-compose.production.yml + swarm.yml, rendered for `docker stack deploy`.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 from fabric import Connection
 from invoke import Exit
 
-from . import machine, remote
-from .build import FRONTEND, git_commit
+from . import guards, machine, planning
 from .commands import cluster as commands
-from .commands.build import paths_digest
 from .commands import compose as compose_commands
+from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands import status as status_commands
 from .commands import rollout, sh
+from .commands import tls as tls_commands
+from .commands.rollout import ARCHIVE_STEP
 from .exits import ExitCode
 from .host import Host, Release, absolute_app_dir, ship_images_to
-from .identity import identity, now_iso
-from .settings import PROJECT_ROOT, Settings, env_values
-from .steps import StepFailed, Steps
+from .planning import Planned
+from .settings import PROJECT_ROOT, env_values
+from .steps import StepFailed
 
 STACK_SOURCES = ("compose.yml", "docker-compose.production.yml", "swarm.yml")
-SENT_PATHS = (*STACK_SOURCES, "nginx", "backend", "postgres", "frontend/dist", release_commands.PROBE_PATH)
-RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 DATA_SERVICES = {"postgres", "nats"}
 CONVERGE_SECONDS = 300
-
-
-def open_host(c, settings: Settings | None = None, *, compose: str = "auto", steps: Steps | None = None) -> Host:
-    """`Host.open`, as a `SwarmHost` when the host runs the stack on a swarm (`Host.engine`)."""
-    host = Host.open(c, settings, compose=compose, steps=steps)
-    return SwarmHost.adopt(host) if host.engine == "swarm" else host
 
 
 def manager_status(conn, stack: str) -> dict:
@@ -81,6 +71,41 @@ class SwarmHost(Host):
     def require_manager(self) -> None:
         if self.engine_problem:
             raise Exit(f"{self.engine_problem} Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+
+    def preflight_checks(self, env: str | None, *, table: bool = False) -> None:
+        """A manager only; the data's PostgreSQL major (the memory budget is per node: Swarm
+        places the tasks by their reservations)."""
+        self.require_manager()
+        guards.check_postgres_major(self, env)
+
+    def require_one_host(self, action: str) -> None:
+        raise Exit(f"{self.name} is in a Docker Swarm: `{action}` works on one Compose host. Recover "
+                   f"onto a fresh VPS (not yet in a swarm), then `cluster.init` with it first "
+                   f"(docs/several-hosts.md, \"From one VPS to a cluster\"). Nothing was changed.",
+                   code=ExitCode.HOST_NOT_READY)
+
+    def require_pitr(self) -> None:
+        """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again
+        at once on the same volume: refused on a swarm, before anything changes."""
+        raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm yet "
+                                              "(Swarm would restart the stopped Postgres on the volume "
+                                              "being restored). Restore a backup set instead "
+                                              "(`backup.restore --name SET`). Nothing was changed")
+
+    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
+        """A restore scales api and worker down and up (`docker service scale`): a manager only."""
+        if self.engine_problem:
+            raise StepFailed("restore", f"on a swarm a restore scales the api and worker services down and "
+                                        f"up again, which only a manager can; {self.name} is a worker. Make "
+                                        f"the data node a manager (`docker node promote NODE` on the "
+                                        f"manager) and run the restore there. Nothing was changed")
+        super().restore_backup(set_name, fresh_database=fresh_database, migrate=migrate)
+
+    def cluster_state(self) -> dict | None:
+        return None if self.engine_problem else self.state()
+
+    def nginx_check_command(self) -> str:
+        return tls_commands.nginx_test_running(self.ctx, self.current_id)
 
     def state(self) -> dict:
         """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees them."""
@@ -190,6 +215,8 @@ class SwarmHost(Host):
         self.require_manager()
         stack_file = commands.stack_file(self.ctx, release.id)
         before = self.state()["services"]
+        if not self.current_id:  # the first release: nginx mounts its config from `current`
+            self.run(rollout.switch_current(self.ctx, release.id), "switch current")
         with self.steps.step("rolling update (docker stack deploy)"):
             out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack file: it was "
                            f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))),
@@ -211,100 +238,139 @@ class SwarmHost(Host):
         state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
         print(f"   {host.name}: WAL archive {state.get('pitr', 'unknown')}")
 
-    # --- a new release ----------------------------------------------------------------------
-    def plan_release(self, env_file: Path | None, mesh: bool | None = None) -> tuple[Release, dict, bool]:
-        """The new release (id, images, assets, metadata), its rendered stack and whether it publishes
-        through the routing mesh; read-only, and it refuses (changing nothing) a manager where the
-        single-host Compose stack still runs or a stack file that lacks a setting."""
-        self.require_manager()
-        ctx, stack = self.ctx, self.stack
-        compose_left = self.probe_run(f"{ctx.with_engine('compose').containers('api')} | head -n 1").stdout.strip()
-        if compose_left:
-            raise Exit(f"The single-host Compose stack {stack} still runs on {self.name}: stop it first with `fab -H "
-                       f"{self.name} compose.down` (its volumes stay, and the swarm's Postgres uses the same one: docs/several-hosts.md, "
-                       f"\"From one VPS to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
-        swarm = commands.parse_facts(self.probe_run(commands.facts()).stdout)
-        mesh = swarm["ipvs"] if mesh is None else mesh
-        registry = self.settings.registry
+    # --- the swarm engine's part of the release pipeline (tasks/pipeline.py) -------------------
+    sent_paths = fingerprints.SWARM_SENT_PATHS
+    images_step = "images on every node"
+    mesh: bool | None = None  # publish through the routing mesh (None: when the swarm has IPVS)
+
+    def release_images(self) -> tuple[str, str]:
+        """The built images, named in REGISTRY when the nodes pull them from there."""
+        registry, stack = self.settings.registry, self.stack
         image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack), registry)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
-        postgres = image_commands.in_registry(postgres, registry) if postgres else ""
-        rid = release_commands.new_release_id(datetime.now(timezone.utc), git_commit())
-        assets = tuple(release_commands.dist_assets((FRONTEND / "dist" / "index.html").read_text()))
-        values = {**env_values(self.settings, env_file, absolute_app_dir(self.facts, ctx.app_dir)),
-                  "BACKEND_IMAGE": image, **({"POSTGRES_IMAGE": postgres} if postgres else {}), "RELEASE_ID": rid}
+        return image, image_commands.in_registry(postgres, registry) if postgres else ""
+
+    def fingerprint(self, plan) -> tuple[str, dict]:
+        """The stack rendered without the release id, and every file sent. Refuses (changing
+        nothing) a manager where the single-host Compose stack still runs, or a stack file that
+        lacks a setting."""
+        self.require_manager()
+        compose_left = self.probe_run(f"{self.ctx.with_engine('compose').containers('api')} "
+                                      f"| head -n 1").stdout.strip()
+        if compose_left:
+            raise Exit(f"The single-host Compose stack {self.stack} still runs on {self.name}: stop it "
+                       f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
+                       f"swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS to "
+                       f"a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
+        if self.mesh is None:
+            self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
+        same = commands.dump_stack(self.render(plan, ""))
+        return fingerprints.stack_fingerprint(PROJECT_ROOT, same), {"engine": "swarm"}
+
+    def render(self, plan, release_id: str) -> dict:
+        """The stack for `docker stack deploy`: the three files, `${VAR}` filled in."""
+        values = {**env_values(self.settings, plan.env_file, absolute_app_dir(self.facts, self.ctx.app_dir)),
+                  "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
+                  **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
-            rendered = commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=mesh)
-            # What the release is, whatever its id: the stack as rendered without it, and every file sent.
-            same = commands.dump_stack(commands.render_stack(load_sources(PROJECT_ROOT), {**values, "RELEASE_ID": ""}, mesh=mesh))
+            return commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
-        who = identity()
-        release = Release(rid, image, assets, previous=self.current_id, result="deploying",
-                          meta={"release": rid, "deployed_at": now_iso(), "deployed_user": who["user"],
-                                "deployed_machine": who["machine"], "commit": who["commit"], "engine": "swarm",
-                                "fingerprint": paths_digest(PROJECT_ROOT, SENT_PATHS, hashlib.sha256(b"swarm\0" + same.encode())),
-                                **({"postgres_image": postgres} if postgres else {})})
-        return release, rendered, mesh
 
-    def deploy(self, env_file: Path | None, *, mesh: bool | None = None, wait: bool = False, action: str = "deploy") -> None:
-        """A deploy on the swarm, in the host's lock with one audit line: nothing but an `unchanged` audit line
-        when the checkout and settings are the live release's and every service runs all its replicas."""
-        release, _, _ = self.plan_release(env_file, mesh)
-        current = self.current_id
-        if current and self.current_meta.get("fingerprint") == release.meta["fingerprint"]:
-            services = self.state()["services"]
-            verdict, reasons = commands.convergence(services, before=services)  # a past rollback is history
-            if verdict == "done":
-                print(f"Nothing changed since release {current} (same files, same settings); every service runs all its "
-                      f"replicas on the swarm.")
-                with self.audited(action, release=current) as outcome:
-                    outcome["result"] = "unchanged"
-                return
-            print(f"Nothing changed since release {current}, but {'; '.join(reasons)}: deploying it again.")
-        with self.locked(action, wait=wait), self.audited(action) as outcome:
-            self.refresh_facts()  # another deploy may have gone first while this one waited for the lock
-            self.deploy_release(env_file, outcome, mesh)
+    def describe(self, plan) -> str:
+        return (f"{plan.release.id} -> stack {self.stack} via {self.name} "
+                f"({'routing mesh' if self.mesh else 'dnsrr + host-mode ports: no IPVS'})")
 
-    def deploy_release(self, env_file: Path | None, outcome: dict, mesh: bool | None = None) -> None:
-        """A new release on the swarm: its stack rendered from the three files, its images on every
-        node, Postgres and NATS first, the WAL archive, migrations once, then `activate`."""
-        release, rendered, mesh = self.plan_release(env_file, mesh)
-        stack, rid, current = self.stack, release.id, release.previous
-        outcome["release"] = rid
-        print(f"Release {rid} -> stack {stack} via {self.name} ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
-        try:
-            self._ship_and_migrate(release, rendered, current)
-        except StepFailed as failure:
-            self._record_failed(release, failure, outcome)
-            raise
-        try:
-            self.activate(release, then=self.record_command(release))
-        except StepFailed as failure:
-            self._record_failed(release, failure, outcome)
-            # Swarm rolls back only the services whose new tasks failed (the API); the others (the
-            # worker runs the same image) go back with the previous release's whole stack file.
-            raise StepFailed(failure.step, failure.detail + self.put_back(current, rid)) from None
-        print(f"Release {rid} is live on the swarm ({len(self.state()['nodes'])} nodes).")
+    def prepare(self, plan) -> tuple[set[str], list[tuple[str, dict]]]:
+        """The release's directory, its stack files (0600: they hold the settings) and RELEASE.json;
+        (nothing: images are looked up per node, the kept releases)."""
+        ctx, release = self.ctx, plan.release
+        rid = release.id
+        rendered = self.render(plan, rid)
+        self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid))
+                 + " && " + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
+        self.put_text(commands.dump_stack(rendered), commands.stack_file(ctx, rid))
+        self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)),
+                      commands.stack_file(ctx, rid, "data"))
+        self.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
+                      f"{commands.stack_dir(ctx, rid)}/migrate.env")
+        self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
+        self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
+        return set(), self.releases()[0]
 
-    def dry_run(self, env_file: Path | None, migrations: list[str]) -> None:
-        """`deploy --dry-run` on a swarm: the release, the stack's services, what each node lacks, the
-        migrations (`migrations`: deploy.dry_run_migrations' lines) and the commands that would change
-        the swarm, in order; read-only (no build, no lock, no audit line)."""
-        release, rendered, mesh = self.plan_release(env_file)
-        ctx, stack, rid, current = self.ctx, self.stack, release.id, release.previous
-        print(f"Dry run on {self.name} (a swarm manager): nothing is changed (no build, no lock, no audit line).")
-        print(f"release: {rid} -> stack {stack}" + (f", replacing {current}" if current else ", the swarm's first release")
-              + f" ({'routing mesh' if mesh else 'dnsrr + host-mode ports: no IPVS'})")
+    def provide_images(self, plan, on_host: set[str]) -> None:
+        release = plan.release
+        built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
+        self.ship_to_nodes(self.state()["nodes"],
+                           [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
+
+    def start_data(self, plan) -> tuple[release_commands.SchemaState, Host]:
+        """Postgres and NATS deployed first and awaited; the schema read where the data is."""
+        data_file = commands.stack_file(self.ctx, plan.release.id, "data")
+        with self.steps.step("start postgres and nats"):
+            before = self.state()["services"]
+            self.run(sh(commands.stack_deploy(self.stack, [data_file], bool(self.settings.registry))),
+                     "deploy data services")
+            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
+        data = self.data_host()
+        return data.schema(plan.release.id), data
+
+    def migrate_command(self, release: Release) -> str:
+        """Once, in a one-off container of the new image on the stack's attachable network."""
+        return sh(commands.migrate(self.ctx, release.id, self.stack, release.image))
+
+    def check_running(self) -> list[str]:
+        """What keeps the stack from running all its replicas (a past rollback is history)."""
+        services = self.state()["services"]
+        verdict, reasons = commands.convergence(services, before=services)
+        return [] if verdict == "done" else reasons or [f"the stack is {verdict}"]
+
+    def dry_run_plan(self, plan) -> list[Planned]:
+        """`deploy --dry-run` on a swarm, once a release is planned: the stack's services, what each
+        node lacks, the migrations and the commands that would change the swarm, in order."""
+        ctx, stack, release, current = self.ctx, self.stack, plan.release, plan.current
+        rid, registry = release.id, bool(self.settings.registry)
         print("services:")
-        for name, service in sorted(rendered["services"].items()):
+        for name, service in sorted(self.render(plan, rid)["services"].items()):
             deploy = service.get("deploy") or {}
             where = ", ".join((deploy.get("placement") or {}).get("constraints") or []) or "any node"
             order = (deploy.get("update_config") or {}).get("order", "stop-first")
-            print(f"   {name:9} {service.get('image', '?'):44} replicas {deploy.get('replicas', 1)}  on {where}  update {order}")
+            print(f"   {name:9} {service.get('image', '?'):44} replicas {deploy.get('replicas', 1)}  "
+                  f"on {where}  update {order}")
+        print("images:")
+        shipping = self.dry_run_images(release)
+        print("migrations:")
+        for line in planning.dry_run_migrations(self, current)[0]:
+            print(f"   {line}")
+        data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
+        planned = [
+            Planned("prepare release", self.name, f"lay out {ctx.release_dir(rid)} and write the stack "
+                                                  f"files (0600) in {commands.stack_dir(ctx, rid)}"),
+            Planned("upload files (rsync)", "here",
+                    f"rsync {' '.join(self.sent_paths)} to {self.name}:{ctx.release_dir(rid)}/"),
+            *(Planned(self.images_step, name, f"docker load < (docker save {' '.join(missing)} from "
+                                              f"here, over SSH)") for name, missing in shipping),
+            Planned("start postgres and nats", self.name,
+                    sh(commands.stack_deploy(stack, [data_file], registry)) + "  (awaited)"),
+            *([Planned(ARCHIVE_STEP, "data node", "pgBackRest: the stanza and a first full backup "
+                                                  "when missing")] if release.postgres_image else []),
+            Planned("migrate database", self.name, self.migrate_command(release)),
+            Planned("rolling update (docker stack deploy)", self.name,
+                    sh(commands.stack_deploy(stack, [stack_file], registry))
+                    + "  (start-first, awaited; Swarm rolls back a failure)"),
+            Planned("switch current and reload nginx", self.name,
+                    rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
+            Planned("health checks", self.name, "the health probe, then RELEASE.json marked ok")]
+        planning.print_planned(self, planned, f"Commands that would change the swarm, in order (the "
+                               f"deploy also takes {self.name}'s lock and appends one line to "
+                               f"{ctx.audit_log}; when the rolling update fails it puts "
+                               f"{current or 'nothing'} back):")
+        return planned
+
+    def dry_run_images(self, release: Release) -> list[tuple[str, list[str]]]:
+        """Prints what the images step would do; (node, images it would get) for each node."""
         built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
         images = [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)]
-        print("images:")
         for image, _ in built:
             if not machine.ok(["docker", "image", "inspect", image]):
                 print(f"   here: {image} would be built first")
@@ -312,104 +378,13 @@ class SwarmHost(Host):
                 print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes pull it)")
         images = [i for i in images if not self.pulled(i)]
         shipping: list[tuple[str, list[str]]] = []
-        for _node, host in self.node_hosts(self.state()["nodes"], "images on every node"):
+        for _node, host in self.node_hosts(self.state()["nodes"], self.images_step):
             missing = [i for i in images if i not in host.images_present(images)]
-            print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing else f"has all {len(images)} images"))
+            print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing
+                                        else f"has all {len(images)} images"))
             if missing:
                 shipping.append((host.name, missing))
-        print("migrations:")
-        for line in migrations:
-            print(f"   {line}")
-        data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
-        planned = [(self.name, f"lay out {ctx.release_dir(rid)} and write the stack files (0600) in {commands.stack_dir(ctx, rid)}"),
-                   ("here", f"rsync {' '.join(SENT_PATHS)} to {self.name}:{ctx.release_dir(rid)}/"),
-                   *((name, f"docker load < (docker save {' '.join(missing)} from here, over SSH)") for name, missing in shipping),
-                   (self.name, sh(commands.stack_deploy(stack, [data_file], bool(self.settings.registry))) + "  (Postgres and NATS, awaited)"),
-                   *([("data node", "pgBackRest: the stanza and a first full backup when missing (WAL archive)")]
-                     if release.postgres_image else []),
-                   (self.name, sh(commands.migrate(ctx, rid, stack, release.image))),
-                   (self.name, sh(commands.stack_deploy(stack, [stack_file], bool(self.settings.registry)))
-                    + "  (start-first, awaited; Swarm rolls back a failure)"),
-                   (self.name, rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
-                   (self.name, "the health probe, then RELEASE.json marked ok")]
-        print(f"Commands that would change the swarm, in order (the deploy also takes {self.name}'s lock and appends one "
-              f"line to {ctx.audit_log}; when the rolling update fails it puts {current or 'nothing'} back):")
-        for n, (where, command) in enumerate(planned, 1):
-            print(f"   {n:>2}. [{where}] {self.redact(command)}")
-
-    def record_command(self, release: Release) -> str:
-        """Once every check passed: the release recorded `ok`; releases beyond KEEP_RELEASES pruned with their
-        stack files, and the manager's unused images; the metrics sampler installed (as on one host)."""
-        rows, _ = self.releases()
-        prune = release_commands.releases_to_prune(rows + [(release.id, release.recorded("ok"))], release.id,
-                                                   self.settings.keep_releases)
-        project = self.ctx.project
-        return "; ".join([release_commands.write_meta(self.ctx, release.id, release.recorded("ok")),
-                          release_commands.remove_releases(self.ctx, prune),
-                          release_commands.prune_images(self.ctx, f"{project}-backend"),
-                          release_commands.prune_images(self.ctx, f"{project}-postgres", "postgres_image"),
-                          status_commands.install_sampler(self.absolute_ctx)])
-
-    def migrate_database(self, release: Release, current: str, nodes: list[dict] | None = None) -> None:
-        """Migrations once, in a one-off container of the new image on the stack's network. As on one
-        host, the schema is read first where the data is (fail closed) and a database-only backup is
-        taken there when migrations are pending (on a data node other than this manager the release's
-        migrations are not there to compare, so it is taken whenever the database is not fresh)."""
-        ctx, steps, rid = self.ctx, self.steps, release.id
-        data = self.data_host(nodes)
-        before = data.schema(rid)
-        if not before.readable:
-            raise StepFailed("migrate database", f"the database's revision could not be read on {data.name} "
-                                                 f"({before.error or 'no answer'}), so the deploy stops before migrating "
-                                                 f"(fail closed); {current or 'no release'} keeps serving")
-        backup_set = ""
-        if before.migrations_pending or (data is not self and not before.fresh):
-            with steps.step("back up database before migrating"):
-                backup_set = data.backup(db_only=True)
-        else:
-            steps.skip("back up database before migrating", "fresh database" if before.fresh else "no pending migration")
-        with steps.step("migrate database (once)"):
-            try:
-                self.run(sh(commands.migrate(ctx, rid, self.stack, release.image)), "migrate database", hide=False)
-            except StepFailed as failure:
-                raise StepFailed(failure.step, f"{failure.detail} " + release_commands.migration_failure_detail(
-                    before, data.schema(rid), backup_set, current, data.name)) from None
-
-    def _record_failed(self, release: Release, failure: StepFailed, outcome: dict) -> None:
-        self.probe_run(release_commands.write_meta(self.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
-        outcome["detail"] = failure.detail
-
-    def _ship_and_migrate(self, release: Release, rendered: dict, current: str) -> None:
-        ctx, stack, steps, rid = self.ctx, self.stack, self.steps, release.id
-        with steps.step("prepare release"):
-            self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid)) + " && "
-                     + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
-            stack_file, data_file = commands.stack_file(ctx, rid), commands.stack_file(ctx, rid, "data")
-            self.put_text(commands.dump_stack(rendered), stack_file)
-            self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)), data_file)
-            self.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
-                          f"{commands.stack_dir(ctx, rid)}/migrate.env")
-            self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
-            self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
-        with steps.step("upload files (rsync)"):
-            result = remote.rsync(self.conn, sources=list(SENT_PATHS), remote_path=f"{ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT),
-                                  relative=True, excludes=RSYNC_EXCLUDES, link_dest=f"../{current}" if current else None, delete=False)
-            if not result.ok:
-                raise StepFailed("upload files", f"rsync exit {result.exited}: {result.stderr.strip()[-800:]}")
-        nodes = self.state()["nodes"]
-        with steps.step("images on every node"):
-            built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
-            self.ship_to_nodes(nodes, [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
-        with steps.step("start postgres and nats"):
-            before = self.state()["services"]
-            self.run(sh(commands.stack_deploy(stack, [data_file], bool(self.settings.registry))), "deploy data services")
-            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
-        if release.postgres_image:
-            with steps.step("WAL archive (point-in-time recovery)"):
-                self.ensure_archive(nodes)
-        self.migrate_database(release, current, nodes)
-        if not current:
-            self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
+        return shipping
 
 
 def summary_lines(state: dict, stack: str) -> list[str]:

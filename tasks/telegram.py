@@ -6,14 +6,14 @@ from __future__ import annotations
 from invoke import Collection, Exit, task
 
 from .botapi import BotApiError, host_not_ready, register, webhook_state
+from .engines import open_host
 from .exits import ExitCode
-from .host import Host
 
 
 @task
 def webhook(c):
     """Point the Telegram bot's webhook at this host (needs HTTPS: `ssl.issue`) and check it took."""
-    host = Host.open(c)
+    host = open_host(c)
     reason = host_not_ready(host)
     if reason:
         raise Exit(f"The Telegram webhook was not set: {reason}. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
@@ -26,7 +26,7 @@ def webhook(c):
 @task
 def status(c):
     """The Telegram webhook as Telegram reports it: URL, pending updates, the last delivery error."""
-    host = Host.open(c)
+    host = open_host(c)
     reason = host_not_ready(host)
     if reason:
         print(f"Telegram webhook: not in use ({reason}).")

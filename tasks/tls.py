@@ -11,8 +11,9 @@ from invoke import Collection, Exit, task
 
 from . import botapi
 from .commands import backup as backup_commands
-from .commands import rollout, sh
+from .commands import sh
 from .commands import tls as commands
+from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
 from .settings import DOMAIN_RE, Settings
@@ -22,7 +23,7 @@ WARN_DAYS = 14
 
 def open_for_tls(c, settings: Settings | None = None) -> Host:
     """A host that has a live release (nginx answers the challenge) and certbot."""
-    host = Host.open(c, settings)
+    host = open_host(c, settings)
     if not host.current_id:
         raise Exit(f"{host.name} has no release yet: deploy first (`fab -H {host.name} deploy`), "
                    f"so nginx can answer the ACME challenge. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
@@ -34,11 +35,7 @@ def open_for_tls(c, settings: Settings | None = None) -> Host:
 
 def check_and_reload(host: Host) -> str | None:
     """`nginx -t` with the shared conf.d in a throwaway container, then a graceful reload."""
-    if host.engine == "swarm":
-        check = commands.nginx_test_running(host.ctx, host.current_id)
-    else:
-        check = host.in_release(host.current_id, sh(rollout.nginx_check(host.ctx, host.current_id)))
-    result = host.probe_run(check)
+    result = host.probe_run(host.nginx_check_command())
     if not result.ok:
         return (result.stderr.strip() or result.stdout.strip())[-400:]
     host.conn.run(commands.nginx_reload(host.ctx), hide=True)
@@ -116,7 +113,7 @@ def schedule(c, at="03:00", ca_bundle=None):
     """Install the daily renewal job (cron): renews what is due and reloads nginx gracefully."""
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", at):
         raise Exit(f"--at {at!r} is not a time of day like 03:00.", code=ExitCode.USAGE)
-    host = Host.open(c)
+    host = open_host(c)
     host.install_notify()  # the job alerts when it fails
     ctx = host.absolute_ctx
     line = commands.cron_line(ctx, at, ca_bundle)
@@ -130,7 +127,7 @@ def schedule(c, at="03:00", ca_bundle=None):
 @task
 def status(c):
     """Each certificate's domains, issuer, expiry and days left (warns below 14 days)."""
-    host = Host.open(c)
+    host = open_host(c)
     certs = commands.parse_status(host.conn.run(commands.status(host.ctx), hide=True).stdout)
     if not certs:
         print(f"No certificates on {host.name} yet: `fab -H {host.name} ssl.issue --email ...`.")

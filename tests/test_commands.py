@@ -9,7 +9,7 @@ from tasks.commands import budget, chain, compose, release, sh, transfer
 from tasks.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.commands.release import new_release_id
-from tasks.deploy import parse_rsync_sent
+from tasks.pipeline import parse_rsync_sent
 from tasks.host import choose_compose, host_problem
 from tasks.rollback import backend_differs, format_releases
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tasks.commands import images, provision, testhost
-from tasks.deploy import backend_build_place, image_plan
+from tasks.commands.images import backend_build_place, image_plan
 from tests.support import ROOT
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKey operator@laptop"

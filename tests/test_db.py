@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import tasks.deploy as deploy_module
+import tasks.guards as guards
 from tasks.commands import backup, db, release
 from tasks.commands import compose as compose_commands
 from tasks.commands.context import HostContext
@@ -161,7 +161,7 @@ class FakeHost:
 
 @pytest.mark.parametrize("data, verdict", [("17", db.MATCH), ("none", db.FRESH), ("unknown", db.UNKNOWN)])
 def test_the_deploy_goes_on_when_the_data_fits(data, verdict, capsys):
-    assert deploy_module.check_postgres_major(FakeHost(data)) == verdict
+    assert guards.check_postgres_major(FakeHost(data)) == verdict
     assert ("could not be read" in capsys.readouterr().out) == (verdict == db.UNKNOWN)
 
 
@@ -169,7 +169,7 @@ def test_the_deploy_refuses_data_of_another_major_before_anything_changes():
     from invoke import Exit
 
     with pytest.raises(Exit) as refused:
-        deploy_module.check_postgres_major(FakeHost("15"), env="staging")
+        guards.check_postgres_major(FakeHost("15"), env="staging")
     assert refused.value.code == ExitCode.REFUSED
     assert "PostgreSQL 15 (volume tt_postgres_data)" in refused.value.message
     assert "`fab -H vps db.upgrade --env staging`" in refused.value.message

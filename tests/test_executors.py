@@ -11,6 +11,7 @@ import io
 import json
 import tarfile
 import re
+import sys
 import shlex
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
 import tasks.backup as backup_tasks
-import tasks.deploy as deploy_module
+import tasks.guards as guards
+import tasks.pipeline as pipeline
+from tasks.commands import fingerprint as fingerprints
 import tasks.host as host_module
 import tasks.tls as tls_tasks
 from tasks import remote
@@ -31,7 +34,9 @@ from tasks.commands import lock as lock_commands
 from tasks.commands import notify as notify_commands
 from tasks.commands.release import SchemaState
 from tasks.settings import env_values
-from tasks.deploy import SENT_PATHS, migration_failure_detail, release_fingerprint, releases_to_prune
+from tasks.commands.fingerprint import SENT_PATHS, release_fingerprint
+from tasks.commands.release import migration_failure_detail, releases_to_prune
+from tasks.settings import PROJECT_ROOT
 from tasks.exits import ExitCode
 from tasks.host import Host, Release
 from tasks.rollback import choose_target, schema_problem
@@ -794,8 +799,8 @@ SCHEMA_AT_0001 = "db=ok\nrevision=0001\nschema=f1\nknown=0001 0002\nparents=0001
 RELEASES_BEFORE = (f"r1\t{json.dumps({'result': 'ok', 'previous': ''})}\nr2\t{json.dumps({'result': 'ok', 'previous': 'r1'})}\n"
                    "current=r2\n")
 RELEASES_AFTER = RELEASES_BEFORE.replace("current=r2\n", f"r3\t{json.dumps({'result': 'ok', 'previous': 'r2'})}\ncurrent=r3\n")
-STACK = image_commands.stack_images(deploy_module.PROJECT_ROOT)
-BASE = image_commands.build_base_images(deploy_module.PROJECT_ROOT / "backend" / "Dockerfile")
+STACK = image_commands.stack_images(PROJECT_ROOT)
+BASE = image_commands.build_base_images(PROJECT_ROOT / "backend" / "Dockerfile")
 HAVE = "".join(f"have={i}\n" for i in STACK + BASE)  # everything but the new backend image
 BACKUP_OK = "[backup] done\nBACKUP OK 20261125T214510Z-predeploy\n" + json.dumps(
     {"verification": {"tables": 2, "rows": 9, "seconds": 1.0}, "sizes": {"database.dump": 100}, "duration_s": 2.0})
@@ -815,14 +820,14 @@ def planning(monkeypatch, tmp_path):
     identity, no Docker here, rsync recorded instead of run."""
     (tmp_path / "dist").mkdir()
     (tmp_path / "dist" / "index.html").write_text('<script src="/assets/index-1.js"></script>')
-    monkeypatch.setattr(deploy_module, "FRONTEND", tmp_path)
-    monkeypatch.setattr(deploy_module, "is_up_to_date", lambda frontend: (True, "built 2026-11-25T21:00:00Z from commit ab12cd3"))
-    monkeypatch.setattr(deploy_module, "release_fingerprint", lambda root, env_text, variant: "fp-new")
-    monkeypatch.setattr(deploy_module, "new_release_id", lambda now, commit: "r3")
-    monkeypatch.setattr(deploy_module, "git_commit", lambda: "ab12cd3")
-    monkeypatch.setattr(deploy_module, "identity", lambda: dict(WHO))
-    monkeypatch.setattr(deploy_module, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
-    monkeypatch.setattr(deploy_module.machine, "ok", lambda argv: False)
+    monkeypatch.setattr(pipeline, "FRONTEND", tmp_path)
+    monkeypatch.setattr(pipeline, "is_up_to_date", lambda frontend: (True, "built 2026-11-25T21:00:00Z from commit ab12cd3"))
+    monkeypatch.setattr(fingerprints, "release_fingerprint", lambda root, env_text, variant: "fp-new")
+    monkeypatch.setattr(pipeline, "new_release_id", lambda now, commit: "r3")
+    monkeypatch.setattr(pipeline, "git_commit", lambda: "ab12cd3")
+    monkeypatch.setattr(pipeline, "identity", lambda: dict(WHO))
+    monkeypatch.setattr(pipeline, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
+    monkeypatch.setattr(host_module.machine, "ok", lambda argv: False)
     monkeypatch.setattr(release_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
     calls: list[dict] = []
 
@@ -845,7 +850,7 @@ def planning_host(conn: FakeConnection, current: str = "releases/r2", fingerprin
 
 def test_dry_run_without_a_live_release(planning, capsys):
     conn = FakeConnection().on('echo "current=$(basename', ok("current=\n"))
-    planned = deploy_module.print_dry_run(planning_host(conn, current=""), None, skip_build=False)
+    planned = pipeline.dry_run(planning_host(conn, current=""), None, skip_build=False)
     out = capsys.readouterr().out
     for line in ("Dry run on vps: nothing is changed (no build, no lock, no audit line).",
                  "frontend: up to date (built 2026-11-25T21:00:00Z from commit ab12cd3)",
@@ -858,7 +863,7 @@ def test_dry_run_without_a_live_release(planning, capsys):
         assert line in out.splitlines()
     assert [c for c in conn.commands if not _read_only(c)] == []  # nothing but reads: no lock, no audit, no schema
     assert conn.uploads == [] and not any("audit.log" in c or ".deploy.lock" in c for c in conn.commands)
-    assert planning == [{**deploy_module.upload_options(planning_host(FakeConnection(), current=""), "r3", ""), "dry_run": True}]
+    assert planning == [{**planning_host(FakeConnection(), current="").upload_options("r3", ""), "dry_run": True}]
     assert planning[0]["link_dest"] is None
     steps = [p.step for p in planned]
     assert "back up database before migrating" not in steps  # a fresh database has nothing to lose
@@ -871,7 +876,7 @@ def test_dry_run_without_a_live_release(planning, capsys):
 
 def test_dry_run_when_nothing_changed(planning, capsys):
     conn = FakeConnection()
-    planned = deploy_module.print_dry_run(planning_host(conn, fingerprint="fp-new"), None, skip_build=True)
+    planned = pipeline.dry_run(planning_host(conn, fingerprint="fp-new"), None, skip_build=True)
     assert planned == [] and conn.commands == [] and planning == []
     out = capsys.readouterr().out
     assert "frontend: --skip-build: frontend/dist is sent as it is\n" in out
@@ -880,16 +885,16 @@ def test_dry_run_when_nothing_changed(planning, capsys):
 
 
 def test_dry_run_with_migrations_pending_plans_a_backup(planning, capsys, monkeypatch):
-    monkeypatch.setattr(deploy_module, "is_up_to_date", lambda frontend: (False, "sources changed"))
+    monkeypatch.setattr(pipeline, "is_up_to_date", lambda frontend: (False, "sources changed"))
     conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
-    planned = deploy_module.print_dry_run(planning_host(conn, KEEP_RELEASES="2"), None, skip_build=False)
+    planned = pipeline.dry_run(planning_host(conn, KEEP_RELEASES="2"), None, skip_build=False)
     out = capsys.readouterr().out.splitlines()
     for line in ("frontend: stale (sources changed): the deploy would build it first, so its files and the release below "
                  "would change",
                  "release: r3 -> vps:tasktracker/releases/r3 (Compose v2), replacing r2",
                  "settings: changed since r2 (values not shown)",
                  "files: 3 would be sent, 1029 bytes (the rest hard-linked from r2)",
-                 f"   backend {deploy_module.backend_image(deploy_module.PROJECT_ROOT, 'tasktracker')}: built on the host "
+                 f"   backend {image_commands.backend_image(PROJECT_ROOT, 'tasktracker')}: built on the host "
                  f"(BUILD_BACKEND=auto): docker compose -p tasktracker -f compose.yml -f docker-compose.production.yml -f release.yml build api",
                  "   1 pending (0002; the database is at 0001): a database-only backup is taken first",
                  "releases pruned after it: r1"):
@@ -913,7 +918,7 @@ def test_dry_run_with_migrations_pending_plans_a_backup(planning, capsys, monkey
 ], ids=["unreadable", "up to date", "newer", "empty"])
 def test_dry_run_migration_verdicts(planning, capsys, schema_out, line):
     conn = FakeConnection().on('echo "known=', ok(schema_out)).on('echo "current=$(basename', ok(RELEASES_BEFORE))
-    deploy_module.print_dry_run(planning_host(conn), None, skip_build=True)
+    pipeline.dry_run(planning_host(conn), None, skip_build=True)
     assert line in capsys.readouterr().out.splitlines()
 
 
@@ -921,19 +926,26 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     """The commands `--dry-run` prints are the ones the deploy then runs, in the same order: the
     remote ones (all but the reads), the files written over SFTP, and the rsync."""
     plan_conn = FakeConnection().on('echo "current=$(basename', ok(RELEASES_BEFORE))
-    planned = deploy_module.print_dry_run(planning_host(plan_conn, KEEP_RELEASES="2"), None, skip_build=True)
+    planned = pipeline.dry_run(planning_host(plan_conn, KEEP_RELEASES="2"), None, skip_build=True)
     deploy_conn = (FakeConnection().on("tar -xpf", ok(HAVE + RELEASES_BEFORE)).on("--db-only", ok(BACKUP_OK))
                    .on("@@step build images", ok(marks("build images", "start postgres and nats", "read database schema")
                                                          + "".join(f"@@fact {line}\n" for line in SCHEMA_AT_0001.splitlines())))
                    .on(ACTIVATION, ok(marks(*ALL_STEPS, "record release and prune") + "ok   /nginx-health\npruned r1\n")))
     outcome: dict = {}
     host = planning_host(deploy_conn, KEEP_RELEASES="2")
-    deploy_module.run_deploy(host, deploy_module.plan_deploy(host, None), outcome)
+    visited: set[str] = set()
+    sys.setprofile(lambda frame, event, arg: visited.add(frame.f_code.co_filename))
+    try:
+        pipeline.run_deploy(host, pipeline.plan_deploy(host, None), outcome)
+    finally:
+        sys.setprofile(None)
+    assert str(PROJECT_ROOT / "tasks" / "pipeline.py") in visited
+    assert not [f for f in visited if f.endswith("tasks/swarm.py")]  # one host: no Swarm code runs
     assert outcome == {"release": "r3"}
     assert [p.command for p in planned if p.where == "host"] == [c for c in deploy_conn.commands if not _read_only(c)]
     assert [p.command.split(" <- ")[0] for p in planned if p.where == "sftp"] == [path for path, _ in deploy_conn.uploads]
     assert [p.command for p in planned if p.where == "here"] == ["cd {} && rsync ... tasktracker/releases/r3/".format(
-        deploy_module.PROJECT_ROOT)]
+        PROJECT_ROOT)]
     dry, real = planning
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
@@ -944,16 +956,17 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
 
 
 def test_a_dashboard_only_release_leaves_the_backend_alone(planning, capsys, monkeypatch):
-    monkeypatch.setattr(deploy_module, "backend_fingerprint", lambda root, env_text, variant, paths=None: "bfp")
-    image = deploy_module.backend_image(deploy_module.PROJECT_ROOT, "tasktracker")
+    monkeypatch.setattr(pipeline, "backend_fingerprint", lambda root, env_text, variant, paths=None: "bfp")
+    monkeypatch.setattr(fingerprints, "backend_fingerprint", lambda root, env_text, variant, paths=None: "bfp")
+    image = image_commands.backend_image(PROJECT_ROOT, "tasktracker")
     conn = (FakeConnection().on("tar -xpf", ok(RELEASES_BEFORE))
             .on("@@step switch current", ok(marks(*ALL_STEPS[2:], "record release and prune") + "ok   /nginx-health\n")))
     host = planning_host(conn)
     host.facts["current_meta"] = json.dumps({"fingerprint": "fp-old", "backend_fingerprint": "bfp", "backend_image": image,
                                              "backend_release": "r1", "result": "ok"})
-    plan = deploy_module.plan_deploy(host, None)
+    plan = pipeline.plan_deploy(host, None)
     assert not plan.backend and plan.backend_release == "r1"
-    deploy_module.run_deploy(host, plan, {})
+    pipeline.run_deploy(host, plan, {})
     tar = tarfile.open(fileobj=io.BytesIO(conn.uploads[0][1]))
     assert "RELEASE_ID: r1" in tar.extractfile("releases/r3/release.yml").read().decode()  # what the API truthfully reports
     assert json.loads(tar.extractfile("releases/r3/RELEASE.json").read())["backend_release"] == "r1"
@@ -972,13 +985,13 @@ def test_memory_budget_before_anything_changes(capsys, mem_kb, level):
     host = Host(conn, settings(), "v2", {**FACTS, "mem_total_kb": str(mem_kb)})
     if level == budget.REFUSE:
         with pytest.raises(Exit) as refused:
-            deploy_module.check_memory_budget(host)
+            guards.check_memory_budget(host)
         assert refused.value.code == ExitCode.REFUSED
         assert refused.value.message.startswith("The stack does not fit in the memory of vps: the services reserve 1.6 GiB, more "
                                                 "than the 1.4 GiB the host has for them (1.9 GiB less 512 MiB for the system)")
         assert refused.value.message.endswith("Nothing was changed on the server.")
     else:
-        assert deploy_module.check_memory_budget(host).level == level
+        assert guards.check_memory_budget(host).level == level
     out = capsys.readouterr().out
     assert conn.commands == []  # decided from the preflight's facts: no round trip
     assert ("  total                             1.6 GiB    6.6 GiB" in out) == (level != budget.OK)
@@ -1002,7 +1015,7 @@ def test_compose_down_with_volumes_asks_first_and_a_wrong_answer_changes_nothing
 
     conn = FakeConnection()
     host = make_host(conn)
-    monkeypatch.setattr(compose_tasks.Host, "open", classmethod(lambda cls, c, *args, **kwargs: host))
+    monkeypatch.setattr(compose_tasks, "open_host", lambda c, *args, **kwargs: host)
     asked = []
     monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or "yes")
     with pytest.raises(Exit) as refused:

@@ -14,7 +14,7 @@ from tests.support import BIN, ROOT
 
 TASKS = ROOT / "tasks"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "swarm", "remote", "settings", "steps", "exits", "identity", "build", "machine", "botapi"}
+LOWER_LAYER = {"host", "swarm", "engines", "pipeline", "planning", "guards", "remote", "settings", "steps", "exits", "identity", "build", "machine", "botapi"}
 
 
 def imports_of(path):
@@ -107,3 +107,29 @@ def test_release_ids_have_one_maker():
     makers = [path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "tasks").rglob("*.py"))
               if "%Y%m%dT%H%M%SZ')}-" in path.read_text()]
     assert makers == ["tasks/commands/release.py"], makers
+
+
+ENGINE_MODULES = {"host", "swarm", "engines"}  # the engines, and the one place that picks one
+
+
+def test_one_release_pipeline_for_both_engines():
+    """One release-id maker (called by the pipeline only), one dry run, and no engine branch in a
+    task module: where Compose and Swarm differ, the engine object (Host, SwarmHost) answers."""
+    sources = {p.stem: p.read_text() for p in TASKS.glob("*.py")}
+    makers = sorted(name for name, text in sources.items() if "new_release_id(" in text)
+    assert makers == ["pipeline"]
+    assert "def new_release_id(" in (TASKS / "commands" / "release.py").read_text()
+    assert sorted(name for name, text in sources.items() if "def dry_run(" in text) == ["pipeline"]
+    branches = sorted(f"{name}:{node.lineno}" for name, text in sources.items() if name not in ENGINE_MODULES
+                      for node in ast.walk(ast.parse(text)) if engine_branch(node))
+    assert branches == []
+
+
+def engine_branch(node: ast.AST) -> bool:
+    """`x.engine == ...`, a SwarmHost named, or `Host.open` (not `open_host`)."""
+    if isinstance(node, ast.Compare):
+        return any(isinstance(x, ast.Attribute) and x.attr == "engine" for x in [node.left, *node.comparators])
+    if isinstance(node, ast.Name):
+        return node.id == "SwarmHost"
+    return (isinstance(node, ast.Attribute) and node.attr == "open" and isinstance(node.value, ast.Name)
+            and node.value.id == "Host")

@@ -167,7 +167,10 @@ def test_a_swarm_release_is_recorded_pruned_and_sampled_once_its_checks_pass():
     rows = "".join(f"r{i}\t{{\"result\": \"ok\", \"previous\": \"r{i - 1}\"}}\n" for i in range(1, 8)) + "current=r7\n"
     conn = FakeConnection().on("printf '%s\\t%s\\n'", ok(rows))
     host = swarm_host(conn)
-    command = host.record_command(Release("r9", "tt-backend:b", previous="r7"))
+    release = Release("r9", "tt-backend:b", previous="r7")
+    prune = release_commands.releases_to_prune(host.releases()[0] + [("r9", release.recorded("ok"))], "r9",
+                                               host.settings.keep_releases)
+    command = host.record_command(release, prune)
     assert '"result": "ok"' in command and "tt-backend" in command and "tt-postgres" in command
     # KEEP_RELEASES=5: r9 and the newest four (r7 to r4) stay; r1 to r3 go, with their stack files
     assert ("rm -rf -- " + " ".join(f"tasktracker/releases/r{i} tasktracker/env/r{i}.env tasktracker/env/r{i}.stack"

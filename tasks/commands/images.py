@@ -94,3 +94,30 @@ def local_build(image: str, context: Path) -> list[str]:
 
 def ssh_load(ssh_argv: list[str], destination: str) -> list[str]:
     return [*ssh_argv, destination, sh(["sh", "-c", load()])]
+
+
+def backend_build_place(setting: str, local_docker: bool) -> str:
+    """Where the backend image is built: `local` spares the VPS's CPUs when this machine has Docker."""
+    if setting == "auto":
+        return "local" if local_docker else "host"
+    return setting
+
+
+def image_plan(needed: list[str], on_host: set[str], here: set[str],
+               mode: str) -> tuple[list[str], list[str]]:
+    """(images to ship, images the host lacks that this machine cannot send)."""
+    missing = [i for i in needed if i not in on_host]
+    if mode == "never":
+        return [], []
+    return [i for i in missing if i in here], [i for i in missing if i not in here]
+
+
+def images_needed(root: Path, place: str, backend: str, postgres: str) -> list[str]:
+    """The images a release needs on the host (with the base images of what it builds, when it is
+    built there)."""
+    built = built_images(root, backend, postgres)
+    needed = stack_images(root) + [image for image, _ in built]
+    if place == "host":
+        needed += [base for _, context in built
+                   for base in build_base_images(context / "Dockerfile") if base not in needed]
+    return needed

@@ -96,6 +96,9 @@ def nginx_up_and_reload(ctx: HostContext) -> str:
 
 
 STACK_SERVICES = ("postgres", "nats", "api", "worker", "nginx")
+BACKEND_STEPS = "images, backend build, database, migrations, api and worker"
+ARCHIVE_STEP = "WAL archive (point-in-time recovery)"
+RECORD_STEP = "record release and prune"  # the last step of `activation`'s `then`
 END_MARK = 'echo "@@end $(date +%s.%N)"'
 
 
@@ -135,7 +138,7 @@ def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, 
                   f"if [ -n \"$ngx\" ]; then docker kill --signal HUP \"$ngx\" >/dev/null; else {nginx_up_and_reload(ctx)}; fi"]
     lines += [mark("health checks"), probe]
     if then:
-        lines += [mark("record release and prune"), 'cd "$home"', then]
+        lines += [mark(RECORD_STEP), 'cd "$home"', then]
     return "\n".join(lines) + "\n"
 
 
