@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import secrets as token_source
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,23 +20,18 @@ from pathlib import Path
 
 from invoke import Exit
 
-from . import guards, machine, planning, remote
+from . import remote
 from .commands import audit as audit_commands
-from .commands import backup as backup_commands
-from .commands import compose as compose_commands
-from .commands import fingerprint as fingerprints
-from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
-from .commands import offsite as offsite_commands
-from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands import rollout, sh
-from .commands import status as status_commands
+from .commands import sh
 from .commands.context import HostContext
+from .compose_engine import ComposeEngine
+from .host_data import DataOperations
 from .exits import ExitCode
 from .identity import identity, now_iso
-from .settings import PROJECT_ROOT, Settings
+from .settings import Settings
 from .steps import StepFailed, Steps, redact, run_checked
 
 
@@ -151,7 +145,7 @@ def failure_kind(exc: BaseException) -> tuple[str, str]:
     return "", "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
 
 
-class Host:
+class Host(ComposeEngine, DataOperations):
     """A connected host, its facts, and the operations every task shares."""
 
     def __init__(self, conn, settings: Settings, variant: str, facts: dict[str, str], steps: Steps | None = None):
@@ -343,107 +337,6 @@ class Host:
                                              f"release (`fab -H {self.name} releases`) or deploy again.")
         return Release.from_meta(release_id, meta)
 
-    def ensure_image(self, release: Release, step: str = "build backend image") -> None:
-        build = sh(compose_commands.build_backend(self.ctx))
-        self.run(self.in_release(release.id, release_commands.image_present_or_build(release.image, build)), step, hide=False)
-
-    def probe(self, release: Release) -> None:
-        command = self.in_release(release.id, release_commands.probe(release.image, self.base_url, list(release.assets)))
-        result = self.probe_run(command)
-        for line in result.stdout.splitlines():
-            print(f"   {line}")
-        if not result.ok:
-            out = result.stdout.strip()
-            raise StepFailed("health checks", out.splitlines()[-1] if out else result.stderr.strip()[-500:])
-
-    def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
-        """Move traffic to `release` without dropping requests and prove it with the probe, in one
-        round trip (commands/rollout.activation): the API and worker are replaced only when
-        `backend` (a dashboard-only release just switches `current` and reloads nginx); `then`
-        runs after the checks passed (recording the release). Each step gets its own row."""
-        stream = self.steps.remote()
-        result = self.conn.run(self.activation_script(release, backend=backend, then=then), warn=True, hide="stderr",
-                               out_stream=stream)
-        stream.finish(result.ok)
-        if not result.ok:
-            failed_checks = [line for line in stream.lines if line.startswith("FAIL")]  # the probe's own verdicts
-            output = (result.stderr.strip() or "\n".join(stream.lines[-8:]))[-1500:]
-            raise StepFailed(stream.current or "activate",
-                             self.redact("; ".join(failed_checks) if failed_checks else f"exit {result.exited}: {output}"))
-
-    def prepare_release(self, release: Release, files: list[tuple[str, int, str]],
-                        images: list[str]) -> tuple[set[str], list[tuple[str, dict]]]:
-        """Send the release's own files (settings, release.yml, RELEASE.json, the alert program) as
-        one tar into the lock's 0700 inbox, then lay the release out, unpack them and report which
-        of `images` the host has and the kept releases: two round trips. Call inside `locked` (the
-        inbox is the lock's)."""
-        self.conn.put(io.BytesIO(release_commands.files_archive(files)), remote=f"{self.ctx.inbox}/{release_commands.RELEASE_TAR}")
-        out = self.run(release_commands.unpack_release(self.ctx, release.id) + "; " + image_commands.present(images)
-                       + "; " + release_commands.list_releases(self.ctx), "prepare release").stdout
-        return image_commands.parse_present(out), release_commands.parse_releases(out)[0]
-
-    def start_backend(self, release: Release) -> release_commands.SchemaState:
-        """One round trip: build the backend image on the host if it is missing, start Postgres and
-        NATS, and read the database's schema state (fails closed: see SchemaState.readable)."""
-        stream = self.steps.remote()
-        result = self.conn.run(self.start_backend_script(release), warn=True, hide="stderr", out_stream=stream)
-        stream.finish(result.ok)
-        if not result.ok:
-            raise StepFailed(stream.current or "start backend", self.redact(f"exit {result.exited}: {result.stderr.strip()[-1500:]}"))
-        return release_commands.parse_schema("\n".join(stream.facts))
-
-    def start_backend_script(self, release: Release) -> str:
-        build = release_commands.image_present_or_build(release.image, sh(compose_commands.build_backend(self.ctx)))
-        if release.postgres_image:
-            build += "\n" + release_commands.image_present_or_build(release.postgres_image,
-                                                                      sh(compose_commands.build_postgres(self.ctx)))
-        return rollout.start_backend(self.ctx, release.id, build,
-                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds))
-
-    def ensure_archive(self) -> None:
-        """The WAL archive ready (stanza, first full backup); a failure is a warning, not a failed
-        deploy (the database serves as before; `doctor` keeps saying so)."""
-        result = self.conn.run(pitr_commands.ensure_stanza(self.ctx), warn=True, hide=True)
-        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in result.stdout.splitlines()
-                                                       if line.startswith("@@fact "))).get("pitr", "failed")
-        for line in result.stdout.splitlines():
-            if not line.startswith("@@fact "):
-                print(line, flush=True)
-        if state != "ok":
-            print(f"   WARNING: the WAL archive is not ready ({state}): "
-                  + self.redact(" ".join(result.stderr.strip().splitlines()[-2:]) or "no output")
-                  + f". Restores to a moment are not possible until it is; `fab -H {self.name} doctor` checks it.", flush=True)
-
-    def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
-        probe = release_commands.probe(release.image, self.base_url, list(release.assets))
-        live = self.current_meta
-        nginx_same = bool(live.get("stack_fingerprint")) and live.get("stack_fingerprint") == release.meta.get("stack_fingerprint")
-        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then, nginx_same=nginx_same)
-
-    def check_running(self) -> list[str]:
-        """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:
-        every service has a running container and none is unhealthy."""
-        out = self.conn.run(rollout.running_services(self.ctx), hide=True, warn=True).stdout
-        return rollout.stack_problems(out)
-
-    def put_back(self, previous: str, failed: str, marked: bool = True, backend: bool = True) -> str:
-        """Put `previous` back (with its own settings) after `failed` did not pass its checks
-        (`backend=False`: `failed` changed only the dashboard, so only `current` and nginx go
-        back); returns a sentence for the error message."""
-        if not previous:
-            self.probe_run(sh(rollout.remove_current(self.ctx)))
-            return " There is no earlier release to go back to; `current` was removed."
-        print(f"   rolling back automatically to {previous}")
-        try:
-            release = self.release(previous)
-            if backend:
-                self.ensure_image(release, "rebuild previous image")
-            self.activate(release, backend=backend)
-        except StepFailed as again:
-            return f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H {self.name} rollback --to {previous}`."
-        self.put_back_release = previous
-        return f" Release {previous} was put back automatically and is serving" + (f"; {failed} is marked failed." if marked else ".")
-
     def schema(self, release_id: str) -> release_commands.SchemaState:
         """The database's schema state as seen with `release_id`'s migrations."""
         out = self.probe_run(release_commands.schema_state(self.ctx, release_id, self.settings.db_wait_seconds)).stdout
@@ -466,145 +359,6 @@ class Host:
             if have.get(path) != notify_commands.digest(text):
                 self.put_text(text, path)
 
-    # --- backups ---------------------------------------------------------------------------
-    def install_backup_script(self) -> None:
-        self.conn.run(backup_commands.install_script(self.ctx), hide=True)
-        self.put_text(backup_commands.BACKUP_SCRIPT, backup_commands.script_path(self.ctx) + ".new")
-        self.conn.run(sh(backup_commands.activate_script(self.ctx)), hide=True)
-
-    def backup(self, db_only: bool = False, keep: int | None = None) -> str:
-        """Install and run the host's backup script (a full set is then copied off-site when
-        OFFSITE_REPOSITORY is set); returns the new set's name."""
-        self.install_backup_script()
-        if not db_only:
-            self.install_offsite()
-            try:
-                self.install_wal_offsite()
-            except StepFailed as failure:  # the set is still made; the WAL archive stays on the host
-                print(f"   WARNING: the WAL archive is not copied off-site: {failure.detail}", flush=True)
-        result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep, db_only)),
-                               warn=True, hide="stdout")
-        for line in result.stdout.splitlines():
-            if line.startswith("[backup]"):
-                print(f"   {line}", flush=True)
-        if result.exited == offsite_commands.PUSH_FAILED_EXIT:
-            raise StepFailed("off-site copy", self.redact(" ".join(result.stderr.strip().splitlines()[-3:]) or "no output"))
-        if not result.ok:
-            raise StepFailed("backup", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
-        name, manifest = backup_commands.parse_run(result.stdout)
-        v = manifest["verification"]
-        print(f"   set {name}: verified ({v['tables']} tables, {v['rows']} rows, restore check {v['seconds']}s), "
-              f"{sum(manifest['sizes'].values())} bytes, {manifest['duration_s']}s")
-        return name
-
-    # --- off-site copies (restic) -------------------------------------------------------------
-    def install_offsite(self) -> str:
-        """When OFFSITE_REPOSITORY is set: install tasktracker-offsite and its offsite.conf (only a
-        file that differs is sent, over SFTP: the password never reaches a command line) and, for an
-        SFTP repository, the host's own key. Returns that key's public half ('' otherwise)."""
-        s = self.settings
-        if not s.offsite_repository:
-            return ""
-        with_key = offsite_commands.sftp_target(s.offsite_repository) is not None
-        pubkey, have = offsite_commands.parse_prepare(
-            self.run(offsite_commands.prepare(self.ctx, with_key), "install off-site copies").stdout)
-        conf = offsite_commands.conf_text(
-            repository=s.offsite_repository, password=s.offsite_password.reveal(),
-            aws_access_key_id=s.offsite_aws_access_key_id.reveal(), aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
-            keep=(s.offsite_keep_daily, s.offsite_keep_weekly, s.offsite_keep_monthly),
-            sftp=offsite_commands.sftp_command(s.offsite_repository, self.facts.get("home", "").rstrip("/")))
-        sent = []
-        for path, text in ((offsite_commands.script_path(self.ctx), offsite_commands.OFFSITE_SCRIPT),
-                           (offsite_commands.conf_path(self.ctx), conf)):
-            if have.get(path) != offsite_commands.digest(text):
-                self.put_text(text, path + ".new")
-                sent.append(path)
-        self.run(offsite_commands.finish(self.ctx, sent), "install off-site copies")
-        return pubkey
-
-    def offsite(self, action: str, *args: str, show: bool = False):
-        """Run one action of the host's tasktracker-offsite; the result whatever its exit code
-        (`show`: its output streams here as it comes; restic never prints the password)."""
-        return self.conn.run(sh(offsite_commands.run(self.ctx, action, *args)), warn=True, hide=not show)
-
-    def backup_sets(self) -> tuple[list[dict], list[str]]:
-        return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx), hide=True).stdout)
-
-    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
-        """Restore a set's database and NATS data (backup.restore); a recovery restores into a
-        fresh database and migrates it before api and worker start again. On a swarm it scales api and
-        worker down and up (`docker service scale`), so it runs on a manager that is the data node."""
-        start = release_commands.in_current(self.ctx, compose_commands.either(
-            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
-        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
-                                         before_start=before), "restore", hide=False)
-
-    # --- point-in-time recovery (pgBackRest) ----------------------------------------------------
-    def pitr_state(self) -> dict:
-        """The WAL archive as pgBackRest and Postgres report it (commands/pitr.parse_info)."""
-        return pitr_commands.parse_info(self.probe_run(pitr_commands.info(self.ctx)).stdout)
-
-    def restore_to_time(self, target: str) -> None:
-        """Restore the database to `target` (UTC) from the WAL archive (backup.restore --to-time);
-        on failure the database is put back as it was and StepFailed says so."""
-        self.require_pitr()
-        start = release_commands.in_current(self.ctx, compose_commands.either(
-            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
-        if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
-            raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
-        if not result.ok:
-            raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
-
-    def require_pitr(self) -> None:
-        """Restoring to a moment works on this engine (a swarm refuses it)."""
-
-    def install_wal_offsite(self, stanza: bool = True) -> str:
-        """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
-        known host into the volume; stanza; first full backup), so every WAL segment is archived
-        off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
-        StepFailed says why it could not."""
-        s = self.settings
-        if not pitr_commands.offsite_repo_path(s.offsite_repository):
-            return ""
-        conf = f"{self.ctx.app_dir}/shared/pgbackrest-offsite.conf"
-        self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")
-        self.put_text(pitr_commands.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
-        self.run(sh(["mv", "-f", conf + ".new", conf]), "off-site WAL archive")
-        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres"), stanza),
-                               warn=True, hide=True)
-        if not result.ok:
-            raise StepFailed("off-site WAL archive", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
-        return [line for line in result.stdout.splitlines() if line.startswith("pitr-offsite=")][-1]
-
-    def restore_wal_offsite(self, target: str, *, migrate: bool) -> str:
-        """recover: the database to the last WAL archived off-site (or `target`, UTC), after the
-        set was restored; says what the database now holds. With no off-site archive yet, the set's
-        data stays; a failed restore puts the set's data back and, unless `target` was asked for,
-        only warns (StepFailed when it was)."""
-        self.require_pitr()
-        self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
-        start = release_commands.in_current(self.ctx, compose_commands.either(
-            self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
-        result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
-                               warn=True, hide="stderr")
-        said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]
-        reason = self.redact("; ".join(said) or (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if result.exited == pitr_commands.NO_OFFSITE_ARCHIVE_EXIT and not target:
-            print("   the off-site WAL archive has no backup yet: the database holds the set's data; "
-                  f"`fab -H {self.name} backup.offsite.init` archives this host's WAL off-site from now on")
-            return "no off-site WAL archive yet"
-        if result.exited == pitr_commands.PUT_BACK_FAILED_EXIT or (not result.ok and target):
-            raise StepFailed("off-site WAL archive", reason)
-        if not result.ok:
-            print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database holds the set's data")
-            return "the off-site WAL could NOT be restored (the set's data)"
-        return f"the database at {target + ' UTC' if target else 'the last WAL archived off-site'}"
-
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
         """Run `argv_for(ctx)` (a Compose argv builder) in the current release."""
@@ -617,201 +371,3 @@ class Host:
             raise Exit(f"`{what}` failed on {self.name} (exit {result.exited}); its output is above.",
                        code=result.exited or ExitCode.FAILED)
         return result
-
-    # --- the Compose engine's part of the release pipeline (tasks/pipeline.py) ---------------
-    sent_paths = fingerprints.SENT_PATHS
-    images_step = "images the host needs"
-
-    def release_images(self) -> tuple[str, str]:
-        """The backend and Postgres images a release of this checkout runs (tagged by content)."""
-        return (image_commands.backend_image(PROJECT_ROOT, self.ctx.project),
-                image_commands.postgres_image(PROJECT_ROOT, self.ctx.project))
-
-    def fingerprint(self, plan) -> tuple[str, dict]:
-        """The release's fingerprint and what it records to tell, next time, which containers a
-        release may leave running (the backend's and nginx's own fingerprints)."""
-        env, variant = plan.env_text, self.variant
-        backend = fingerprints.backend_fingerprint
-        return (fingerprints.release_fingerprint(PROJECT_ROOT, env, variant),
-                {"compose": variant, "backend_fingerprint": backend(PROJECT_ROOT, env, variant),
-                 "stack_fingerprint": backend(PROJECT_ROOT, env, variant, fingerprints.STACK_PATHS)})
-
-    def describe(self, plan) -> str:
-        rid = plan.release.id
-        return (f"{rid} -> {self.name}:{self.ctx.release_dir(rid)} (Compose {self.variant})"
-                + ("" if plan.backend else
-                   f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
-
-    def build_place(self) -> str:
-        return image_commands.backend_build_place(self.settings.build_backend,
-                                                  machine.ok(["docker", "info"]))
-
-    def images_needed(self, release: Release, place: str) -> list[str]:
-        return image_commands.images_needed(PROJECT_ROOT, place, release.image,
-                                            release.postgres_image)
-
-    def prepare(self, plan) -> tuple[set[str], list[tuple[str, dict]]]:
-        """The release's own files sent and unpacked; (images the host has, the kept releases)."""
-        needed = self.images_needed(plan.release, self.build_place()) if plan.backend else []
-        return self.prepare_release(plan.release, self.release_files(plan), needed)
-
-    def release_files(self, plan) -> list[tuple[str, int, str]]:
-        """The files a release writes besides its rsync'd tree, relative to APP_DIR, with modes:
-        its settings (0600), release.yml, RELEASE.json, the alert program and its channels."""
-        rid, s = plan.release.id, self.settings
-        conf = notify_commands.conf_text(self.ctx, telegram_api_base_url=s.telegram_api_base_url,
-                                         bot_token=s.telegram_bot_token.reveal(),
-                                         chat_id=s.alert_telegram_chat_id,
-                                         webhook_url=s.alert_webhook_url.reveal())
-        override = compose_commands.release_override(plan.image, plan.backend_release,
-                                                     postgres_image=plan.release.postgres_image)
-        meta = json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"
-        return [(f"env/{rid}.env", 0o600, plan.env_text),
-                (f"releases/{rid}/release.yml", 0o644, override),
-                (f"releases/{rid}/RELEASE.json", 0o644, meta),
-                (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
-                (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
-
-    def provide_images(self, plan, on_host: set[str]) -> None:
-        """Every image the release needs on the host (`on_host`: what it has): the backend (and
-        Postgres) built here when that is the setting, and what the host lacks (only that) sent,
-        compressed, with progress."""
-        release, place = plan.release, self.build_place()
-        local_docker = machine.ok(["docker", "info"])
-        needed = self.images_needed(release, place)
-        for image, context in image_commands.built_images(PROJECT_ROOT, release.image,
-                                                          release.postgres_image):
-            if place == "local" and image not in on_host:
-                build_here(image, context, self.settings.build_backend)
-                if self.facts.get("docker_id") and self.facts.get("docker_id") == machine.docker_id():
-                    on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
-            if place == "host":
-                needed.remove(image)  # built on the host in the next step
-        here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
-        mode = self.settings.ship_images
-        ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
-        if lacking and mode == "always":
-            raise StepFailed(self.images_step, f"SHIP_IMAGES=always, but this machine does not have "
-                                               f"{', '.join(lacking)} to send; pull or build them "
-                                               f"here first.")
-        if ship:
-            self.ship_images(ship)
-        else:
-            print(f"   the host has {len(needed) - len(lacking)} of {len(needed)} images"
-                  + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
-
-    def start_data(self, plan) -> tuple[release_commands.SchemaState, "Host"]:
-        """Postgres and NATS up (images built on the host when that is the place), the schema
-        read: one round trip; the data is here."""
-        return self.start_backend(plan.release), self
-
-    def migrate_command(self, release: Release) -> str:
-        return self.in_release(release.id, sh(compose_commands.migrate(self.ctx)))
-
-    def upload_options(self, release_id: str, current: str) -> dict:
-        """rsync of a release's files (the deploy, and its dry run): unchanged files become hard
-        links to the current release's copies."""
-        return dict(sources=list(self.sent_paths), remote_path=f"{self.ctx.release_dir(release_id)}/",
-                    cwd=str(PROJECT_ROOT), relative=True, excludes=fingerprints.RSYNC_EXCLUDES,
-                    link_dest=f"../{current}" if current else None, delete=False)
-
-    def preflight_checks(self, env: str | None, *, table: bool = False) -> None:
-        """Before a deploy changes anything: the stack's memory and the data's PostgreSQL major."""
-        guards.check_memory_budget(self, table=table)
-        guards.check_postgres_major(self, env)
-
-    def require_one_host(self, action: str) -> None:
-        """`action` works on this engine (one Compose host); a swarm refuses it, before changing
-        anything."""
-
-    def cluster_state(self) -> dict | None:
-        """The swarm as its manager sees it (nodes, services, tasks); None on one host."""
-        return None
-
-    def nginx_check_command(self) -> str:
-        """`nginx -t` of the current release's config with the shared conf.d."""
-        return self.in_release(self.current_id, sh(rollout.nginx_check(self.ctx, self.current_id)))
-
-    def dry_run_plan(self, plan) -> list:
-        """`deploy --dry-run`'s engine part (tasks/planning.py): the planned commands."""
-        return planning.compose_dry_run(self, plan)
-
-    def record_command(self, release: Release, prune: list[str]) -> str:
-        """Run once every check passed: the release recorded `ok`; releases beyond KEEP_RELEASES
-        removed (with their stack files on a swarm) and unused images; the sampler installed."""
-        ctx, project = self.ctx, self.ctx.project
-        return "; ".join([release_commands.write_meta(ctx, release.id, release.recorded("ok")),
-                          release_commands.remove_releases(ctx, prune),
-                          release_commands.prune_images(ctx, f"{project}-backend"),
-                          release_commands.prune_images(ctx, f"{project}-postgres", "postgres_image"),
-                          status_commands.install_sampler(self.absolute_ctx)])
-
-    # --- images ---------------------------------------------------------------------------
-    def images_present(self, images: list[str]) -> set[str]:
-        return image_commands.parse_present(self.conn.run(image_commands.present(images), hide=True).stdout)
-
-    def ship_images(self, images: list[str], report_every: float = 3.0) -> int:
-        """Stream `docker save | gzip` from this machine into the host's `docker load` over the
-        connection's own SSH trust; prints progress; returns the compressed bytes sent."""
-        return ship_images_to([self], images, report_every)
-
-
-def build_here(image: str, context: Path, setting: str) -> None:
-    """Build a release's image on this machine when it lacks it."""
-    if machine.ok(["docker", "image", "inspect", image]):
-        return
-    print(f"   building {image} here (BUILD_BACKEND={setting})", flush=True)
-    built = machine.run(image_commands.local_build(image, context), check=False)
-    if built.returncode:
-        raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
-
-
-def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3.0) -> int:
-    """One `docker save | gzip` on this machine, streamed into `docker load` on every host at once
-    (over each connection's own SSH trust): several nodes cost one save and one compression, and
-    their loads run side by side. Prints progress; returns the compressed bytes sent to each."""
-    names = ", ".join(host.name for host in hosts)
-    save = subprocess.Popen(image_commands.save(images), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    gzip = subprocess.Popen(["gzip", "-1"], stdin=save.stdout, stdout=subprocess.PIPE)
-    save.stdout.close()
-    loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), f"{host.conn.user}@{host.conn.host}"),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for host in hosts]
-    receiving = list(loads)
-    sent, started, last = 0, time.monotonic(), time.monotonic()
-    try:
-        while receiving and (chunk := gzip.stdout.read(1 << 20)):
-            for load in list(receiving):
-                try:
-                    load.stdin.write(chunk)
-                except BrokenPipeError:  # that load ended early: its exit status says why
-                    receiving.remove(load)
-            sent += len(chunk)
-            if time.monotonic() - last > report_every:
-                last = time.monotonic()
-                print(f"   shipped {sent / 1e6:.0f} MB ({sent / 1e6 / (last - started):.1f} MB/s)", flush=True)
-    finally:
-        for load in loads:
-            try:
-                load.stdin.close()
-            except BrokenPipeError:
-                pass
-    if not receiving:  # every load ended early: stop the save instead of waiting on a full pipe
-        gzip.kill()
-        save.kill()
-    errors = []
-    for load in loads:  # stdin is closed: read what each said, then its exit status
-        load.stdout.read()
-        errors.append(load.stderr.read())
-        load.wait()
-    gzip.stdout.close()
-    gzip.wait()
-    save_err = save.communicate()[1]
-    failed = [(host, err) for host, load, err in zip(hosts, loads, errors, strict=True) if load.returncode]
-    if save.returncode or gzip.returncode or failed:
-        host, err = failed[0] if failed else (hosts[0], b"")
-        why = (save_err or err).decode(errors="replace").strip()[-500:]
-        raise StepFailed("ship images", f"sending {', '.join(images)} to {host.name} failed: {why}")
-    print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB compressed in "
-          f"{time.monotonic() - started:.1f}s")
-    return sent

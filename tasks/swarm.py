@@ -35,7 +35,8 @@ from .commands import rollout, sh
 from .commands import tls as tls_commands
 from .commands.rollout import ARCHIVE_STEP
 from .exits import ExitCode
-from .host import Host, Release, absolute_app_dir, ship_images_to
+from .compose_engine import ship_images_to
+from .host import Host, Release, absolute_app_dir
 from .planning import Planned
 from .settings import PROJECT_ROOT, env_values
 from .steps import StepFailed

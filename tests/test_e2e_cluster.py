@@ -144,7 +144,7 @@ def test_a_dry_run_on_the_swarm_plans_and_changes_nothing(hosts, settings):
     releases = hosts.fab(MANAGER, "releases", env_file=settings).stdout
     audit = hosts.exec(MANAGER, "cat /home/*/tasktracker/audit.log").stdout
     out = hosts.fab(MANAGER, "deploy", "--dry-run", env_file=settings).stdout
-    assert f"Dry run on {MANAGER} (a swarm manager): nothing is changed" in out
+    assert f"Dry run on {MANAGER}: nothing is changed" in out and f"-> stack tasktracker via {MANAGER}" in out
     assert re.search(r"^   api +tasktracker-backend:\S+ +replicas 2 ", out, re.M), out
     assert all(f"   {n}: has all " in out for n in NAMES), out  # every node has this checkout's images
     assert "none pending" in out and "docker stack deploy --resolve-image never" in out

@@ -14,7 +14,7 @@ from tests.support import BIN, ROOT
 
 TASKS = ROOT / "tasks"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "swarm", "engines", "pipeline", "planning", "guards", "remote", "settings", "steps", "exits", "identity", "build", "machine", "botapi"}
+LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "engines", "pipeline", "planning", "guards", "remote", "settings", "steps", "exits", "identity", "build", "machine", "botapi"}
 
 
 def imports_of(path):

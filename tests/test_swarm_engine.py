@@ -266,7 +266,7 @@ class ShipTarget:
 def fake_shipping(monkeypatch, tmp_path, fails: str = ""):
     """`docker save` writes 3 MB of noise; each host's `docker load` is a local shell that unzips
     what it receives into a file named after the host (or, for `fails`, exits 3)."""
-    import tasks.host as host_module
+    import tasks.compose_engine as host_module
 
     monkeypatch.setattr(host_module.image_commands, "save",
                         lambda images: ["sh", "-c", f"head -c 3000000 /dev/urandom | tee {tmp_path}/sent"])
