@@ -14,7 +14,7 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from . import botapi, machine, remote
+from . import botapi, localhost, remote
 from .build import FRONTEND, build_frontend, git_commit, is_up_to_date
 from .commands import backup as backup_commands
 from .commands import budget
@@ -356,7 +356,7 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
     print(f"Release {release_id} -> {host.name}:{host.ctx.release_dir(release_id)} (Compose {host.variant})"
           + ("" if plan.backend else f"; dashboard only: the API and worker of {plan.backend_release} serve on"))
     with host.steps.step("prepare release and its settings"):
-        place = backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"]))
+        place = backend_build_place(host.settings.build_backend, localhost.ok(["docker", "info"]))
         on_host, rows = host.prepare_release(release, release_files(host, plan), images_needed(place, release) if plan.backend else [])
     try:
         ship_release(host, plan, place, on_host, rows)
@@ -403,20 +403,20 @@ def provide_images(host: Host, release: Release, place: str, on_host: set[str]) 
     """Make sure the host has every image the release needs (`on_host`: what it has, read while
     preparing the release): build the backend (and Postgres) here when that is the setting, and
     ship what the host lacks (only that), compressed, with progress."""
-    local_docker = machine.ok(["docker", "info"])
+    local_docker = localhost.ok(["docker", "info"])
     needed = images_needed(place, release)
     for image, context in built_images(release):
         if place == "local" and image not in on_host:
-            if not machine.ok(["docker", "image", "inspect", image]):
+            if not localhost.ok(["docker", "image", "inspect", image]):
                 print(f"   building {image} here (BUILD_BACKEND={host.settings.build_backend})", flush=True)
-                built = machine.run(image_commands.local_build(image, context), check=False)
+                built = localhost.run(image_commands.local_build(image, context), check=False)
                 if built.returncode:
                     raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
-            if host.facts.get("docker_id") and host.facts.get("docker_id") == machine.docker_id():
+            if host.facts.get("docker_id") and host.facts.get("docker_id") == localhost.docker_id():
                 on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
         if place == "host":
             needed.remove(image)  # built on the host in the next step
-    here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
+    here = {i for i in needed if local_docker and localhost.ok(["docker", "image", "inspect", i])}
     ship, lacking = image_plan(needed, on_host, here, host.settings.ship_images)
     if lacking and host.settings.ship_images == "always":
         raise StepFailed("images the host needs", f"SHIP_IMAGES=always, but this machine does not have {', '.join(lacking)} "
@@ -578,7 +578,7 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
         Planned(prepare, "sftp", f"{ctx.inbox}/{release_commands.RELEASE_TAR} <- the release's settings ({env_keys} keys, mode 0600), "
                                  f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600); values not shown"),
         Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
-                + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"])),
+                + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, localhost.ok(["docker", "info"])),
                                                        release) if plan.backend else [])
                 + "; " + release_commands.list_releases(ctx)),
         Planned("upload files (rsync)", "here", upload),
@@ -605,14 +605,14 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
 
 def dry_run_images(host: Host, release: Release) -> tuple[list[str], list[str]]:
     """What the images step would do, building and sending nothing: (lines to print, images sent)."""
-    local_docker = machine.ok(["docker", "info"])
+    local_docker = localhost.ok(["docker", "info"])
     setting, mode = host.settings.build_backend, host.settings.ship_images
     place = backend_build_place(setting, local_docker)
     needed = images_needed(place, release)
     on_host = host.images_present(needed)
 
     def here_has(image: str) -> bool:
-        return local_docker and machine.ok(["docker", "image", "inspect", image])
+        return local_docker and localhost.ok(["docker", "image", "inspect", image])
 
     lines = []
     for image, context in built_images(release):

@@ -822,7 +822,7 @@ def planning(monkeypatch, tmp_path):
     monkeypatch.setattr(deploy_module, "git_commit", lambda: "ab12cd3")
     monkeypatch.setattr(deploy_module, "identity", lambda: dict(WHO))
     monkeypatch.setattr(deploy_module, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
-    monkeypatch.setattr(deploy_module.machine, "ok", lambda argv: False)
+    monkeypatch.setattr(deploy_module.localhost, "ok", lambda argv: False)
     monkeypatch.setattr(release_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
     calls: list[dict] = []
 
