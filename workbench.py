@@ -1,6 +1,6 @@
-"""What `invoke` loads (invoke.yaml): the product's tasks (`tasks.ns`, all that `fab` shows)
-plus the test lab's `sandbox.*` and `testhost.*` (lab/). A module at the top level, so invoke
-puts the project's root, not tasks/, on sys.path."""
+"""What `invoke` lists (through the top-level tasks.py): the product's tasks (`tasks.ns`, all
+that `fab` shows) plus the test lab's `sandbox.*` and `testhost.*` (lab/). Loaded from the top
+level, so invoke puts the project's root, not tasks/, on sys.path."""
 
 from invoke import Collection
 
