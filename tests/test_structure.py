@@ -88,6 +88,22 @@ def test_the_product_never_imports_the_lab():
     assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr[-800:]
 
 
+def test_invoke_loads_the_workbench_with_the_root_on_sys_path():
+    """invoke's own loader finds tasks.py (before the tasks/ package), gets workbench.ns from it
+    and puts the project's root first on sys.path; `tasks` stays the package."""
+    code = ("import sys\n"
+            "from invoke import Config, FilesystemLoader\n"
+            "module, parent = FilesystemLoader(config=Config()).load()\n"
+            "import tasks, workbench\n"
+            "assert module.ns is workbench.ns, module\n"
+            "assert tasks.__file__.endswith('tasks/__init__.py'), tasks.__file__\n"
+            "print(parent == sys.path[0], sorted(workbench.ns.collections))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-800:]
+    first, collections = out.stdout.split(" ", 1)
+    assert first == "True" and "'sandbox'" in collections and "'testhost'" in collections
+
+
 def test_task_modules_import_in_any_order():
     orders = [list(TASK_MODULES), list(reversed(TASK_MODULES))] + [list(p) for p in itertools.islice(
         itertools.permutations(["tls", "backup", "rollback", "deploy", "host"]), 0, 120, 17)]
