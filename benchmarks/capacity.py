@@ -204,7 +204,7 @@ def remove_stack(project: str) -> None:
 def ensure_wrk() -> str:
     """Debian's wrk (an efficient C load generator); installed once, a no-op when present."""
     if not shutil.which("wrk"):
-        from tasks.machine import apt_install
+        from lab.machine import apt_install
 
         apt_install(["wrk"])
     return shutil.which("wrk")

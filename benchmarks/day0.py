@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks.testhost import ensure_image  # noqa: E402
+from lab.testhost import ensure_image  # noqa: E402
 from tests.support import DOMAIN, TestHosts, app_settings, throwaway_sandbox  # noqa: E402
 from tests.test_e2e_day0 import NAME, https_get, start_pebble_on  # noqa: E402
 

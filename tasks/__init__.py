@@ -3,12 +3,12 @@
 
 from invoke import Collection
 
-from . import (audit, backup, build, cluster, compose, db, deploy, lock, migrate, offsite, provision, rollback, sandbox,
-               settings_doc, status, telegram, testhost, tls)
+from . import (audit, backup, build, cluster, compose, db, deploy, lock, migrate, offsite,
+               provision, rollback, settings_doc, status, telegram, tls)
 
 ns = Collection()
-for module in (build, provision, deploy, rollback, compose, migrate, db, backup, tls, telegram, lock, audit, status, sandbox,
-               testhost, cluster, settings_doc):
+for module in (build, provision, deploy, rollback, compose, migrate, db, backup, tls, telegram,
+               lock, audit, status, cluster, settings_doc):
     ns.add_collection(module.ns)  # tls.ns is named `ssl` (the module is tls.py: stdlib has `ssl`)
 ns.add_task(rollback.releases)  # `fab -H HOST releases`, beside `rollback`
 ns.add_task(status.doctor)  # `fab -H HOST doctor`, beside `status`

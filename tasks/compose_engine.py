@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import guards, machine, planning, remote
+from . import guards, localhost, planning, remote
 from .commands import compose as compose_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
@@ -158,7 +158,7 @@ class ComposeEngine:
 
     def build_place(self) -> str:
         return image_commands.backend_build_place(self.settings.build_backend,
-                                                  machine.ok(["docker", "info"]))
+                                                  localhost.ok(["docker", "info"]))
 
     def images_needed(self, release: Release, place: str) -> list[str]:
         return image_commands.images_needed(PROJECT_ROOT, place, release.image,
@@ -191,17 +191,17 @@ class ComposeEngine:
         Postgres) built here when that is the setting, and what the host lacks (only that) sent,
         compressed, with progress."""
         release, place = plan.release, self.build_place()
-        local_docker = machine.ok(["docker", "info"])
+        local_docker = localhost.ok(["docker", "info"])
         needed = self.images_needed(release, place)
         for image, context in image_commands.built_images(PROJECT_ROOT, release.image,
                                                           release.postgres_image):
             if place == "local" and image not in on_host:
                 build_here(image, context, self.settings.build_backend)
-                if self.facts.get("docker_id") and self.facts.get("docker_id") == machine.docker_id():
+                if self.facts.get("docker_id") and self.facts.get("docker_id") == localhost.docker_id():
                     on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
             if place == "host":
                 needed.remove(image)  # built on the host in the next step
-        here = {i for i in needed if local_docker and machine.ok(["docker", "image", "inspect", i])}
+        here = {i for i in needed if local_docker and localhost.ok(["docker", "image", "inspect", i])}
         mode = self.settings.ship_images
         ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
         if lacking and mode == "always":
@@ -272,10 +272,10 @@ class ComposeEngine:
 
 def build_here(image: str, context: Path, setting: str) -> None:
     """Build a release's image on this machine when it lacks it."""
-    if machine.ok(["docker", "image", "inspect", image]):
+    if localhost.ok(["docker", "image", "inspect", image]):
         return
     print(f"   building {image} here (BUILD_BACKEND={setting})", flush=True)
-    built = machine.run(image_commands.local_build(image, context), check=False)
+    built = localhost.run(image_commands.local_build(image, context), check=False)
     if built.returncode:
         raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from invoke import Collection, Exit, task
 
-from . import machine, remote
+from . import localhost, remote
 from .commands import compose as compose_commands
 from .commands import db as commands
 from .commands import images as image_commands
@@ -29,7 +29,7 @@ def provide_image(host: Host, image: str, built: bool) -> None:
     if host.images_present([image]):
         print(f"   the host has {image}")
         return
-    if host.settings.ship_images != "never" and machine.ok(["docker", "image", "inspect", image]):
+    if host.settings.ship_images != "never" and localhost.ok(["docker", "image", "inspect", image]):
         host.ship_images([image])
         return
     if built:

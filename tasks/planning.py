@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from invoke import Exit
 
-from . import machine, remote
+from . import localhost, remote
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
 from .commands import images as image_commands
@@ -71,14 +71,14 @@ def planned_commands(host, plan, *, upload: str, ship: list[str], backup: bool, 
 
 def dry_run_images(host, release) -> tuple[list[str], list[str]]:
     """What the images step would do, building and sending nothing: (lines to print, images sent)."""
-    local_docker = machine.ok(["docker", "info"])
+    local_docker = localhost.ok(["docker", "info"])
     setting, mode = host.settings.build_backend, host.settings.ship_images
     place = host.build_place()
     needed = host.images_needed(release, place)
     on_host = host.images_present(needed)
 
     def here_has(image: str) -> bool:
-        return local_docker and machine.ok(["docker", "image", "inspect", image])
+        return local_docker and localhost.ok(["docker", "image", "inspect", image])
 
     lines = []
     for image, context in image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image):

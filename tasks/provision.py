@@ -18,7 +18,7 @@ from invoke import Collection, Exit, task
 from . import remote
 from .commands import provision as commands
 from .exits import ExitCode
-from .machine import compose_v2_binary
+from .localhost import compose_v2_binary
 from .steps import StepFailed, Steps, run_checked
 
 

@@ -24,7 +24,7 @@ import yaml
 from fabric import Connection
 from invoke import Exit
 
-from . import guards, machine, planning
+from . import guards, localhost, planning
 from .commands import cluster as commands
 from .commands import compose as compose_commands
 from .commands import fingerprint as fingerprints
@@ -150,14 +150,14 @@ class SwarmHost(Host):
         """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`;
         `built` (image, build directory) are built here first when this machine lacks them."""
         for image, context in built:
-            if not machine.ok(["docker", "image", "inspect", image]):
+            if not localhost.ok(["docker", "image", "inspect", image]):
                 print(f"   building {image} here", flush=True)
-                result = machine.run(image_commands.local_build(image, context), check=False)
+                result = localhost.run(image_commands.local_build(image, context), check=False)
                 if result.returncode:
                     raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
             if self.pulled(image):
                 started = time.monotonic()
-                result = machine.run(image_commands.push(image), check=False)
+                result = localhost.run(image_commands.push(image), check=False)
                 if result.returncode:
                     raise StepFailed(step, f"docker push {image} failed: {result.stderr.strip()[-500:]} (is this machine "
                                            f"logged in to {self.settings.registry}, and does Docker trust it?); nothing "
@@ -170,7 +170,7 @@ class SwarmHost(Host):
             if not missing:
                 print(f"   {host.name}: has all {len(images)} images")
                 continue
-            absent = [i for i in missing if not machine.ok(["docker", "image", "inspect", i])]
+            absent = [i for i in missing if not localhost.ok(["docker", "image", "inspect", i])]
             if absent:
                 raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine does not have "
                                        f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
@@ -373,7 +373,7 @@ class SwarmHost(Host):
         built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
         images = [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)]
         for image, _ in built:
-            if not machine.ok(["docker", "image", "inspect", image]):
+            if not localhost.ok(["docker", "image", "inspect", image]):
                 print(f"   here: {image} would be built first")
             if self.pulled(image):
                 print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes pull it)")

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.machine import (ensure_standin_images, install_compose_plugin, read_records, start_dockerd,
-                           write_records)
-from tasks.testhost import ensure_image as ensure_testhost_image
+from lab.machine import (ensure_standin_images, install_compose_plugin, read_records, start_dockerd,
+                         write_records)
+from lab.testhost import ensure_image as ensure_testhost_image
 from tests.support import BIN, ROOT
 
 

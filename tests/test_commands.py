@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tasks.commands import budget, chain, compose, release, sh, transfer
-from tasks.commands import sandbox as sandbox_commands
+from lab.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.commands.release import new_release_id
 from tasks.pipeline import parse_rsync_sent

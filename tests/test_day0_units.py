@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tasks.commands import images, provision, testhost
+from lab.commands import testhost
+from tasks.commands import images, provision
 from tasks.commands.images import backend_build_place, image_plan
 from tests.support import ROOT
 

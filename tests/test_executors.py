@@ -22,7 +22,7 @@ from invoke.runners import Result
 
 import tasks.backup as backup_tasks
 import tasks.guards as guards
-import tasks.machine as machine
+import tasks.localhost as localhost
 import tasks.pipeline as pipeline
 from tasks.commands import fingerprint as fingerprints
 import tasks.host as host_module
@@ -828,7 +828,7 @@ def planning(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "git_commit", lambda: "ab12cd3")
     monkeypatch.setattr(pipeline, "identity", lambda: dict(WHO))
     monkeypatch.setattr(pipeline, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
-    monkeypatch.setattr(machine, "ok", lambda argv: False)
+    monkeypatch.setattr(localhost, "ok", lambda argv: False)
     monkeypatch.setattr(release_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
     calls: list[dict] = []
 

@@ -265,7 +265,7 @@ def test_the_env_flag_names_the_environment_like_the_variable(tmp_path, monkeypa
 def test_sandbox_status_prints_the_url_the_app_answers_on_and_the_deploy_command(tmp_path, monkeypatch, capsys):
     from invoke import Context
 
-    from tasks import sandbox
+    from lab import sandbox
 
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)

@@ -328,17 +328,20 @@ def test_dockerfiles_pass_hadolint():
 
 def test_shell_programs_pass_shellcheck():
     """The repository's own shell programs (the README's commands, CI's entry point) and the ones
-    the toolkit runs on hosts (tasks/programs) lint clean."""
+    the toolkit runs on hosts (tasks/programs) or the lab's images (lab/programs) lint clean."""
     shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable))
     programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").iterdir() if p.is_file())
-    host_programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tasks" / "programs").glob("*.sh"))
+    host_programs = sorted(str(p.relative_to(ROOT)) for d in ("tasks", "lab")
+                           for p in (ROOT / d / "programs").glob("*.sh"))
     assert len(host_programs) >= 6
+    assert "lab/programs/sandbox-postgres-entrypoint.sh" in host_programs
     out = subprocess.run([shellcheck, *programs, ".ci/run", *host_programs], cwd=ROOT, capture_output=True, text=True)
     assert programs and out.returncode == 0, out.stdout + out.stderr
 
 
 def test_awk_programs_parse():
-    for program in (ROOT / "tasks" / "programs").glob("*.awk"):
+    for program in [*(ROOT / "tasks/programs").glob("*.awk"),
+                    *(ROOT / "lab/programs").glob("*.awk")]:
         out = subprocess.run(["awk", "-f", str(program)], input="", capture_output=True, text=True)
         assert out.returncode == 0, (program.name, out.stderr)
 
@@ -347,6 +350,9 @@ def test_every_host_program_is_used():
     sources = "".join(p.read_text() for p in (ROOT / "tasks").rglob("*.py"))
     for program in (ROOT / "tasks" / "programs").iterdir():
         assert f'program("{program.name}")' in sources, f"{program.name} is read by no builder"
+    lab_sources = "".join(p.read_text() for p in (ROOT / "lab").rglob("*.py"))
+    for program in (ROOT / "lab" / "programs").iterdir():
+        assert f'"{program.name}"' in lab_sources, f"{program.name} is read by nothing in lab/"
 
 
 def test_frontend_dockerfile_build_stage_keeps_dev_dependencies():
@@ -368,11 +374,18 @@ def _listing(tool):
     return [line.split()[0] for line in out.stdout.splitlines()[2:] if line.strip() and line.startswith("  ") and not line.startswith("    ")]
 
 
-def test_fab_and_invoke_list_the_same_tasks_each_with_summary_and_flag_help():
-    from tasks import ns
+def test_invoke_lists_fabs_tasks_and_the_labs_each_with_summary_and_flag_help():
+    """`fab` lists the product's tasks; `invoke` (workbench.py) the same plus the lab's."""
+    from lab import ns as lab_ns
+    from workbench import ns
 
     listed = _listing("fab")
-    assert "build.frontend" in listed and listed == _listing("invoke")
+    lab_tasks = set(lab_ns.task_names)
+    assert "build.frontend" in listed and not lab_tasks & set(listed)
+    assert {"sandbox.up", "sandbox.down", "testhost.up"} <= lab_tasks
+    listed_by_invoke = _listing("invoke")
+    assert [name for name in listed_by_invoke if name not in lab_tasks] == listed
+    assert lab_tasks <= set(listed_by_invoke)
     for name in ns.task_names:
         task = ns[name]
         assert task.__doc__ and task.__doc__.strip(), f"{name} has no docstring"

@@ -1,4 +1,5 @@
-"""The architecture holds (ARCHITECTURE.md): layers, no cycles, no shadowed standard library."""
+"""The architecture holds (ARCHITECTURE.md): layers, no cycles, no shadowed standard library, and
+the product (tasks/) never imports the test lab (lab/)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 from tests.support import BIN, ROOT
 
 TASKS = ROOT / "tasks"
+LAB = ROOT / "lab"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "engines", "pipeline", "planning", "guards", "remote", "settings", "steps", "exits", "identity", "build", "machine", "botapi"}
+LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "engines", "pipeline", "planning",
+               "guards", "remote", "settings", "steps", "exits", "identity", "build", "localhost", "botapi"}
+SOURCES = sorted([*TASKS.rglob("*.py"), *LAB.rglob("*.py")])
 
 
 def imports_of(path):
@@ -23,11 +27,16 @@ def imports_of(path):
 
 
 def test_no_module_shadows_the_standard_library():
+    """Nor a top-level one: invoke (workbench.py) and fab (fabfile.py) put the root on sys.path."""
     names = {p.stem for p in TASKS.rglob("*.py")} | {p.name for p in TASKS.iterdir() if p.is_dir()}
+    names |= {p.stem for p in LAB.rglob("*.py")} | {p.name for p in LAB.iterdir() if p.is_dir()}
+    names |= {p.stem for p in ROOT.glob("*.py")}
+    names |= {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert {"workbench", "lab", "tasks"} <= names
     assert sorted(names & set(sys.stdlib_module_names)) == []
 
 
-@pytest.mark.parametrize("path", sorted(TASKS.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_import_inside_a_function(path):
     tree, _ = imports_of(path)
     inside = [f"{node.name}:{inner.lineno}" for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -35,7 +44,10 @@ def test_no_import_inside_a_function(path):
     assert inside == []
 
 
-@pytest.mark.parametrize("path", sorted((TASKS / "commands").glob("*.py")), ids=lambda p: p.name)
+BUILDERS = sorted([*(TASKS / "commands").glob("*.py"), *(LAB / "commands").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", BUILDERS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_builders_open_no_connection(path):
     _, nodes = imports_of(path)
     modules = {(getattr(n, "module", None) or "") for n in nodes} | {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
@@ -58,6 +70,40 @@ def test_task_modules_import_only_lower_layers():
     assert problems == []
 
 
+def test_the_product_never_imports_the_lab():
+    """The lab (lab/) may import tasks/; no module of tasks/ imports the lab or workbench.py, and
+    importing the product (as `fab` does) loads neither."""
+    problems = []
+    for path in sorted(TASKS.rglob("*.py")):
+        _, nodes = imports_of(path)
+        names = [a.name for n in nodes if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in nodes
+                  if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
+        problems += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                     if name.split(".")[0] in ("lab", "workbench")]
+    assert problems == []
+    code = ("import sys, fabfile\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lab', 'workbench')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr[-800:]
+
+
+def test_invoke_loads_the_workbench_with_the_root_on_sys_path():
+    """invoke's own loader finds tasks.py (before the tasks/ package), gets workbench.ns from it
+    and puts the project's root first on sys.path; `tasks` stays the package."""
+    code = ("import sys\n"
+            "from invoke import Config, FilesystemLoader\n"
+            "module, parent = FilesystemLoader(config=Config()).load()\n"
+            "import tasks, workbench\n"
+            "assert module.ns is workbench.ns, module\n"
+            "assert tasks.__file__.endswith('tasks/__init__.py'), tasks.__file__\n"
+            "print(parent == sys.path[0], sorted(workbench.ns.collections))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-800:]
+    first, collections = out.stdout.split(" ", 1)
+    assert first == "True" and "'sandbox'" in collections and "'testhost'" in collections
+
+
 def test_task_modules_import_in_any_order():
     orders = [list(TASK_MODULES), list(reversed(TASK_MODULES))] + [list(p) for p in itertools.islice(
         itertools.permutations(["tls", "backup", "rollback", "deploy", "host"]), 0, 120, 17)]
@@ -78,12 +124,15 @@ def test_task_modules_import_in_any_order():
 def test_every_task_is_listed_once_and_every_flag_has_help():
     listed = json.loads(subprocess.run([str(BIN / "fab"), "--list", "--list-format", "json"], cwd=ROOT, capture_output=True,
                                        text=True, check=True).stdout)
-    from tasks import ns
+    from workbench import ns  # the product's tasks and the lab's
 
     bodies = [id(ns[name].body) for name in ns.task_names]
     assert len(bodies) == len(set(bodies)), "a task is listed under two names"
     assert {t["name"] for t in listed["tasks"]} >= {"releases"}
-    assert {c["name"] for c in listed["collections"]} >= {"ssl", "deploy", "provision", "testhost"}
+    fab_collections = {c["name"] for c in listed["collections"]}
+    assert fab_collections >= {"ssl", "deploy", "provision", "cluster"}
+    assert not fab_collections & {"sandbox", "testhost"}, "fab shows the lab's tasks"
+    assert {"sandbox.up", "testhost.up"} <= set(ns.task_names)
     missing = []
     for name in ns.task_names:
         task = ns[name]

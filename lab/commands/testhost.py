@@ -1,6 +1,6 @@
 """VM-like test hosts: containers that boot systemd like a small VPS, with their own sshd and
 (once provisioned) their own Docker Engine, reached only through loopback-published ports
-(TESTBED.md, "VM-like hosts"). Built here, run by tasks/testhost.py; nothing here runs anything.
+(TESTBED.md, "VM-like hosts"). Built here, run by lab/testhost.py; nothing here runs anything.
 
 A *bare* host looks like a freshly bought Debian 12 VPS: root login with a key, sshd, apt,
 systemd; no Docker, no deploy user.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import q
+from tasks.commands import q
 
 IMAGE = "tasktracker-vmhost:bookworm"
 LABEL = "org.tasktracker.testhost"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .programs import program
-
+PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 STANDIN_BASE = "tasktracker-standin-base:bookworm"
 STANDIN_LABEL = "org.tasktracker.standin=1"
 # Debian packages in the stand-in base image: enough to honour each upstream image's contract.
@@ -29,7 +28,8 @@ STANDIN_BASES: dict[str, tuple[str, list[str], str]] = {
     PGVECTOR_BASE: ("trixie", PGVECTOR_PACKAGES, f"rm -rf /var/lib/postgresql/17/main /etc/postgresql/17/main && {SLIM}"),
 }
 
-POSTGRES_ENTRYPOINT = program("sandbox-postgres-entrypoint.sh")
+# The stand-in Postgres images' entrypoint (lab/programs/, shellchecked in tests/test_static.py).
+POSTGRES_ENTRYPOINT = (PROGRAMS_DIR / "sandbox-postgres-entrypoint.sh").read_text()
 
 # name: (Dockerfile lines after FROM, extra files). The stack runs pgvector/pgvector:pg17 (the
 # postgres:17 image with pgvector: same entrypoint contract, PGDATA, PG_MAJOR); postgres:15 stays for

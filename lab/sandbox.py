@@ -13,12 +13,14 @@ from pathlib import Path
 from dotenv import dotenv_values
 from invoke import Collection, Exit, task
 
+from tasks.exits import ExitCode
+from tasks.localhost import ok, run
+from tasks.remote import sandbox_dir
+from tasks.settings import PROJECT_ROOT, EnvChoiceError, config_section, resolve_env_file
+
 from .commands import sandbox as build
-from .exits import ExitCode
-from .machine import (apt_install, ensure_standin_images, install_compose_plugin, ok, read_records, run, say,
+from .machine import (apt_install, ensure_standin_images, install_compose_plugin, read_records, say,
                       start_dockerd, write_records)
-from .remote import sandbox_dir
-from .settings import PROJECT_ROOT, EnvChoiceError, config_section, resolve_env_file
 
 ALIAS = "sandbox"
 DEPLOY_COMMAND = f"uv run fab -H {ALIAS} deploy"
