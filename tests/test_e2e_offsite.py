@@ -153,17 +153,18 @@ def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, init
                  timeout=180, interval=3, what="the archiver's failures")
         doctor = sandbox.fab("doctor", env_file=initialised, check=False)
         assert doctor.returncode == 1, everything_said(doctor)
-        assert "[WAL archive] archiving WAL has failed" in doctor.stdout, doctor.stdout
+        assert "[WAL archive] archiving WAL is failing: the last attempt failed at" in doctor.stdout, doctor.stdout
         status = sandbox.fab("status", env_file=initialised).stdout
-        assert "ARCHIVING IS FAILING since" in status, status
-        assert "  ! WAL archive: archiving WAL has failed" in status, status
+        assert "ARCHIVING IS FAILING: the last attempt failed at" in status, status
+        assert "  ! WAL archive: archiving WAL is failing" in status, status
+        assert re.search(r"^wal      pg_wal [\d.]+ MB of the [\d.]+ GB disk", status, re.M), status
     wait_for(lambda: written(sandbox, lambda a: a["last_archived"] > a["last_failed"]), timeout=180, interval=3,
              what="the archiver to archive again")
     doctor = sandbox.fab("doctor", env_file=initialised, check=False)
     assert "[WAL archive]" not in doctor.stdout, doctor.stdout
     status = sandbox.fab("status", env_file=initialised).stdout
     assert "ARCHIVING IS FAILING" not in status and "WAL archive" not in status, status
-    assert "WAL archived up to" in status, status
+    assert "WAL archived up to" in status and "COULD NOT BE READ" not in status, status
 
 
 def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialised):

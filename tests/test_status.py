@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks import status
+from tasks.commands import pitr
 from tasks.commands import status as commands
 from tasks.commands.context import HostContext
 
@@ -299,13 +300,62 @@ def test_a_failed_offsite_copy_is_a_warning_until_a_copy_succeeds():
 def test_the_wal_archive_findings():
     base = snapshot()
     assert base["pitr"] == {"state": "unknown"}  # recorded before point-in-time recovery: nothing said
-    assert not any(f.startswith("WAL archive") for f in checks(base))
+    assert not any(f.startswith(("WAL archive", "pg_wal")) for f in checks(base))
     snap = copy.deepcopy(base)
-    snap["pitr"] = {"state": "ok", "now": 2000, "backups": 1, "oldest": 900, "newest": 900, "last_archived": 1000,
-                    "failed_count": 4, "last_failed": 1900}
-    assert any(f.startswith("WAL archive: archiving WAL has failed 4 times") for f in checks(snap))
+    snap["pitr"] = {**ARCHIVE, "last_failed": 1995}
+    assert any(f.startswith("WAL archive: archiving WAL is failing") for f in checks(snap))
     assert any("ARCHIVING IS FAILING" in line for line in status.status_lines(snap, [], recorded_now(snap), "vps"))
-    snap["pitr"]["last_failed"] = 950  # an old failure, archived since
-    assert not any(f.startswith("WAL archive") for f in checks(snap))
     snap["pitr"] = {"state": "no-backup", "now": 2000, "last_archived": 0, "failed_count": 0, "last_failed": 0, "backups": 0}
     assert any("no pgBackRest backup" in f for f in checks(snap))
+
+
+GB = 1024 ** 3
+# A healthy archive as pitr.parse_info gives it: the host's clock at 2000, a segment archived at
+# 1990, an old failure, one segment waiting for 10 s, 48 MB of pg_wal on a 40 GB disk.
+ARCHIVE = {"state": "ok", "now": 2000, "backups": 1, "oldest": 900, "newest": 900, "last_archived": 1990,
+           "failed_count": 4, "last_failed": 950, "ready": 1, "oldest_ready": 1990, "wal_bytes": 48 * 1024 ** 2,
+           "disk_total": 40 * GB, "disk_available": 20 * GB}
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, []),
+    ({"state": "unavailable"}, []),
+    ({"last_failed": 1995}, ["WAL archive: archiving WAL is failing: the last attempt failed at 1970-01-01 00:33:15 UTC, "
+                             "the last success was 1970-01-01 00:33:10 UTC (4 failures counted); point-in-time recovery "
+                             "stops at the last archived segment and pg_wal grows (pg_wal 48.0 MB of the 40.0 GB disk, "
+                             "20.0 GB free)"]),
+    ({"last_failed": 1995, "last_archived": 0}, ["WAL archive: archiving WAL is failing: the last attempt failed at "
+                                                 "1970-01-01 00:33:15 UTC, the last success was never since the last restart"]),
+    ({"state": "no-backup", "last_failed": 1995}, ["WAL archive: archiving WAL is failing"]),
+    ({"ready": 7, "oldest_ready": 2000 - 301}, ["WAL archive: 7 finished WAL segments wait to be archived, the oldest "
+                                                "for 5 min (over 5 min): the archive is stalled"]),
+    ({"ready": 7, "oldest_ready": 2000 - 300}, []),  # up to the bound: a slow push, not a stall
+    ({"ready": 0, "oldest_ready": 0}, []),
+    ({"ready": 7, "oldest_ready": 1000, "last_failed": 1995}, ["WAL archive: archiving WAL is failing"]),  # one finding
+    ({"wal_bytes": 4 * GB + 1}, ["pg_wal: pg_wal holds 4.0 GB, 10% of its 40.0 GB disk (20.0 GB free; over 10%)"]),
+    ({"wal_bytes": 4 * GB}, []),
+    ({"wal_bytes": 9 * GB, "disk_total": 0}, []),  # no disk figure: no fraction
+    ({"archiver_error": 'ERROR:  column " " does not exist'},
+     ["WAL archive: the archiver's state could not be read, so whether WAL is archived is unknown; Postgres said: "
+      'ERROR:  column " " does not exist']),
+])
+def test_archive_thresholds(changes, expected):
+    """Issue 26: a failing, stalled or unreadable archive and pg_wal against its disk, each said."""
+    archive = {**ARCHIVE, **changes}
+    if "archiver_error" in changes:  # parse_info gives the error instead of the figures
+        archive = {k: v for k, v in archive.items() if k not in pitr.ARCHIVER_FIELDS}
+    found = [f"{f.check}: {f.summary}" for f in status.archive_findings(archive, now=0)]
+    assert len(found) == len(expected), found
+    for got, want in zip(found, expected, strict=True):
+        assert got.startswith(want), got
+
+
+def test_the_status_screen_shows_the_archive_and_pg_wal():
+    snap = snapshot()
+    snap["pitr"] = {**ARCHIVE, "ready": 3, "oldest_ready": 1880, "last_failed": 1995}
+    found = status.evaluate(snap, recorded_now(snap))
+    lines = status.status_lines(snap, found, recorded_now(snap), "vps")
+    assert ("wal      pg_wal 48.0 MB of the 40.0 GB disk, 20.0 GB free; 3 finished segments waiting to be archived "
+            "(the oldest 2 min)") in lines
+    assert any(line.startswith("  ! WAL archive: archiving WAL is failing") for line in lines), lines
+    assert [f.check for f in found if f.check in ("WAL archive", "pg_wal")] == ["WAL archive"]
