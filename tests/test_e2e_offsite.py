@@ -56,9 +56,11 @@ def initialised(sandbox, app, sftp):
     first = sandbox.fab("backup.offsite.init", env_file=app, check=False)
     # The key is not authorized yet: a clear failure that shows the key to authorize.
     assert first.returncode == 1, everything_said(first)
-    assert "Is the key above authorized on the SFTP server" in first.stderr, everything_said(first)
+    assert f"The SFTP server {sftp.address} does not accept sandbox's key yet" in first.stderr, everything_said(first)
+    assert "Nothing was lost or changed" in first.stderr and "Fatal:" not in first.stderr, everything_said(first)
     key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", first.stdout, re.M)
     assert key, first.stdout
+    assert f"\n  {key.group(1)}\nto ~{sftp.user}/.ssh/authorized_keys on {sftp.address}" in first.stderr
     sftp.authorize(key.group(1))
     second = sandbox.fab("backup.offsite.init", env_file=app)
     assert "repository created" in second.stdout
