@@ -143,6 +143,14 @@ def written(sandbox, predicate) -> bool:
     return predicate(archiver(sandbox))
 
 
+def sampled_archive(sandbox) -> str:
+    """Run the host's sampler once, as cron does, and read the archive verdict its alert keeps."""
+    app = sandbox.home / APP
+    subprocess.run(["runuser", "-u", sandbox.user, "--", str(app / "bin" / "tasktracker-sample"), str(app),
+                    f"{sandbox.project}-{APP}"], check=True, capture_output=True, timeout=120)
+    return (app / "shared" / "metrics" / ".archive").read_text().strip()
+
+
 def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, initialised, sftp):
     """Issue 26: the off-site WAL archive's directory turns unwritable (as a full disk or a broken
     server would), writes go on, and the archiver records failures: `doctor` fails naming the
@@ -160,13 +168,15 @@ def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, init
         assert "ARCHIVING IS FAILING: the last attempt failed at" in status, status
         assert "  ! WAL archive: archiving WAL is failing" in status, status
         assert re.search(r"^wal      pg_wal [\d.]+ MB of the [\d.]+ GB disk", status, re.M), status
+        assert sampled_archive(sandbox) == "failing"  # the alert's verdict (sent when channels are set)
     wait_for(lambda: written(sandbox, lambda a: a["last_archived"] > a["last_failed"]), timeout=180, interval=3,
              what="the archiver to archive again")
     doctor = sandbox.fab("doctor", env_file=initialised, check=False)
     assert "[WAL archive]" not in doctor.stdout, doctor.stdout
     status = sandbox.fab("status", env_file=initialised).stdout
-    assert "ARCHIVING IS FAILING" not in status and "WAL archive" not in status, status
+    assert "ARCHIVING IS FAILING" not in status and "! WAL archive" not in status, status
     assert "WAL archived up to" in status and "COULD NOT BE READ" not in status, status
+    assert sampled_archive(sandbox) == "ok"
 
 
 def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialised):
