@@ -56,11 +56,12 @@ def initialised(sandbox, app, sftp):
     first = sandbox.fab("backup.offsite.init", env_file=app, check=False)
     # The key is not authorized yet: a clear failure that shows the key to authorize.
     assert first.returncode == 1, everything_said(first)
-    assert f"The SFTP server {sftp.address} does not accept sandbox's key yet" in first.stderr, everything_said(first)
-    assert "Nothing was lost or changed" in first.stderr and "Fatal:" not in first.stderr, everything_said(first)
+    said = everything_said(first)
+    assert f"The SFTP server {sftp.address} does not accept sandbox's key yet" in first.stderr, said
+    assert "Nothing was lost or changed" in first.stderr and "Fatal:" not in first.stderr, said
     key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", first.stdout, re.M)
     assert key, first.stdout
-    assert f"\n  {key.group(1)}\nto ~{sftp.user}/.ssh/authorized_keys on {sftp.address}" in first.stderr
+    assert f"\n  {key.group(1)}\nto ~{sftp.user}/.ssh/authorized_keys on {sftp.address}" in said
     sftp.authorize(key.group(1))
     second = sandbox.fab("backup.offsite.init", env_file=app)
     assert "repository created" in second.stdout
@@ -122,7 +123,7 @@ def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initial
 
 
 def archiver(sandbox) -> dict:
-    """pg_stat_archiver in the app's Postgres: failures, and the last failure and success (epoch)."""
+    """pg_stat_archiver in the app's Postgres: failures, the last failure and success (epoch)."""
     query = ("select failed_count, coalesce(extract(epoch from last_failed_time)::bigint, 0), "
              "coalesce(extract(epoch from last_archived_time)::bigint, 0) from pg_stat_archiver")
     out = psql(sandbox, query).split()
@@ -131,8 +132,9 @@ def archiver(sandbox) -> dict:
 
 def psql(sandbox, query: str) -> str:
     """One query in the app's database, as psql -At prints it (columns joined by a space)."""
-    return subprocess.run(["docker", "compose", "-p", f"{sandbox.project}-{APP}", "exec", "-T", "postgres",
-                           "psql", "-U", "postgres", "-d", "tasktracker", "-AtF", " ", "-c", query],
+    project = f"{sandbox.project}-{APP}"
+    return subprocess.run(["docker", "compose", "-p", project, "exec", "-T", "postgres", "psql",
+                           "-U", "postgres", "-d", "tasktracker", "-AtF", " ", "-c", query],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -146,8 +148,10 @@ def written(sandbox, predicate) -> bool:
 def sampled_archive(sandbox) -> str:
     """Run the host's sampler once, as cron does, and read the archive verdict its alert keeps."""
     app = sandbox.home / APP
-    subprocess.run(["runuser", "-u", sandbox.user, "--", str(app / "bin" / "tasktracker-sample"), str(app),
-                    f"{sandbox.project}-{APP}"], check=True, capture_output=True, timeout=120)
+    sampler = app / "bin" / "tasktracker-sample"
+    project = f"{sandbox.project}-{APP}"
+    subprocess.run(["runuser", "-u", sandbox.user, "--", str(sampler), str(app), project],
+                   check=True, capture_output=True, timeout=120)
     return (app / "shared" / "metrics" / ".archive").read_text().strip()
 
 
@@ -163,14 +167,15 @@ def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, init
                  timeout=180, interval=3, what="the archiver's failures")
         doctor = sandbox.fab("doctor", env_file=initialised, check=False)
         assert doctor.returncode == 1, everything_said(doctor)
-        assert "[WAL archive] archiving WAL is failing: the last attempt failed at" in doctor.stdout, doctor.stdout
+        said = doctor.stdout
+        assert "[WAL archive] archiving WAL is failing: the last attempt failed at" in said, said
         status = sandbox.fab("status", env_file=initialised).stdout
         assert "ARCHIVING IS FAILING: the last attempt failed at" in status, status
         assert "  ! WAL archive: archiving WAL is failing" in status, status
         assert re.search(r"^wal      pg_wal [\d.]+ MB of the [\d.]+ GB disk", status, re.M), status
-        assert sampled_archive(sandbox) == "failing"  # the alert's verdict (sent when channels are set)
-    wait_for(lambda: written(sandbox, lambda a: a["last_archived"] > a["last_failed"]), timeout=180, interval=3,
-             what="the archiver to archive again")
+        assert sampled_archive(sandbox) == "failing"  # the alert's verdict (sent to any channel)
+    wait_for(lambda: written(sandbox, lambda a: a["last_archived"] > a["last_failed"]), timeout=180,
+             interval=3, what="the archiver to archive again")
     doctor = sandbox.fab("doctor", env_file=initialised, check=False)
     assert "[WAL archive]" not in doctor.stdout, doctor.stdout
     status = sandbox.fab("status", env_file=initialised).stdout

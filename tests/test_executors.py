@@ -1054,7 +1054,7 @@ def test_a_bot_api_that_does_not_answer_is_a_warning_that_names_no_token(capsys)
     assert ENV["TELEGRAM_BOT_TOKEN"] not in out and "telegram.webhook" in out
 
 
-def test_testhost_up_refuses_a_network_that_does_not_exist_before_making_anything(tmp_path, monkeypatch):
+def test_testhost_up_refuses_a_missing_network_before_making_anything(tmp_path, monkeypatch):
     """Issue 26: `testhost.up --network NET` with no such network: one paragraph, nothing made
     (no state dir, no dockerd started, no container recorded)."""
     from invoke import Context
@@ -1087,4 +1087,5 @@ def test_a_testhost_whose_boot_never_finished_is_not_claimed_up(tmp_path, monkey
     monkeypatch.setattr(testhost, "wait_for_ssh", lambda c: pytest.fail("claimed up"))
     half = {"hosts": {"vm1": {"container": "tt-vm-ab12-vm1", "volume": "tt-vm-ab12-vm1-docker"}}}
     assert testhost.restart(half, "vm1") is False
-    assert ran == [["docker", "rm", "-f", "tt-vm-ab12-vm1"], ["docker", "volume", "rm", "-f", "tt-vm-ab12-vm1-docker"]]
+    assert ran == [["docker", "rm", "-f", "tt-vm-ab12-vm1"],
+                   ["docker", "volume", "rm", "-f", "tt-vm-ab12-vm1-docker"]]

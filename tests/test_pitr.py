@@ -49,9 +49,10 @@ def test_recorded_info_gives_the_window():
     out = (f"now=1795680000\narchiver=1795679990 2 1795670000 1 1795679995 50331648\n"
            f"wal_disk=42949672960 21474836480\ninfo={RECORDED_INFO}\n")
     state = pitr.parse_info(out)
-    assert state == {"now": 1795680000, "state": "ok", "backups": 1, "oldest": 1795677571, "newest": 1795677571,
-                     "last_archived": 1795679990, "failed_count": 2, "last_failed": 1795670000, "ready": 1,
-                     "oldest_ready": 1795679995, "wal_bytes": 50331648, "disk_total": 42949672960,
+    assert state == {"now": 1795680000, "state": "ok", "backups": 1, "oldest": 1795677571,
+                     "newest": 1795677571, "last_archived": 1795679990, "failed_count": 2,
+                     "last_failed": 1795670000, "ready": 1, "oldest_ready": 1795679995,
+                     "wal_bytes": 50331648, "disk_total": 42949672960,
                      "disk_available": 21474836480}
     inside = datetime.fromtimestamp(1795677600, timezone.utc)
     before = datetime.fromtimestamp(1795677500, timezone.utc)
@@ -65,7 +66,8 @@ def test_recorded_info_gives_the_window():
 @pytest.mark.parametrize("out, state, says", [
     ("now=1\npitr=unavailable\n", "unavailable", "has no pgBackRest"),
     ("now=1\npitr=no-postgres\n", "no-postgres", "no postgres container is running"),
-    (f"now=1\narchiver=0 0 0 0 0 16777216\ninfo={NO_BACKUP_INFO}\n", "no-backup", "has no pgBackRest backup yet"),
+    (f"now=1\narchiver=0 0 0 0 0 16777216\ninfo={NO_BACKUP_INFO}\n", "no-backup",
+     "has no pgBackRest backup yet"),
     ("now=1\narchiver=\ninfo=not json\n", "no-backup", "has no pgBackRest backup yet"),
 ])
 def test_an_archive_that_cannot_restore_says_why(out, state, says):
@@ -75,15 +77,17 @@ def test_an_archive_that_cannot_restore_says_why(out, state, says):
 
 
 def test_failing_archiving_is_loud():
-    state = pitr.parse_info(f"now=2000\narchiver=1000 7 1900 3 1100 50331648\ninfo={RECORDED_INFO}\n")
-    assert ("ARCHIVING IS FAILING: the last attempt failed at 1970-01-01 00:31:40 UTC (7 failures counted)"
-            in pitr.window_line(state))
-    no_backup = pitr.parse_info(f"now=2000\narchiver=1000 7 1900 3 1100 50331648\ninfo={NO_BACKUP_INFO}\n")
+    failing = "now=2000\narchiver=1000 7 1900 3 1100 50331648\n"
+    state = pitr.parse_info(f"{failing}info={RECORDED_INFO}\n")
+    assert ("ARCHIVING IS FAILING: the last attempt failed at 1970-01-01 00:31:40 UTC "
+            "(7 failures counted)") in pitr.window_line(state)
+    no_backup = pitr.parse_info(f"{failing}info={NO_BACKUP_INFO}\n")
     assert "ARCHIVING IS FAILING" in pitr.window_line(no_backup)
 
 
 @pytest.mark.parametrize("archiver, says", [
-    ("archiver_error=ERROR:  column \" \" does not exist LINE 1: SELECT ...", 'column " " does not exist'),
+    ('archiver_error=ERROR:  column " " does not exist LINE 1: SELECT ...',
+     'column " " does not exist'),
     ("archiver_error=", "psql failed and said nothing"),
     ("archiver=", "the archiver's figures are missing"),
     ("archiver=1000 7", "unreadable pg_stat_archiver figures: '1000 7'"),
@@ -93,7 +97,8 @@ def test_failing_archiving_is_loud():
 def test_an_archiver_that_cannot_be_read_is_said_never_zeros(archiver, says):
     """The bug of issue 26: a query error read as `0 0 0`, so a failing archive looked healthy."""
     state = pitr.parse_info(f"now=2000\n{archiver}\ninfo={RECORDED_INFO}\n")
-    assert says in state["archiver_error"] and "failed_count" not in state and "last_archived" not in state
+    assert says in state["archiver_error"]
+    assert "failed_count" not in state and "last_archived" not in state
     assert "THE ARCHIVER'S STATE COULD NOT BE READ" in pitr.window_line(state)
 
 
@@ -237,10 +242,11 @@ def run_info(pg, tmp_path, **env_overrides) -> str:
     (bin_dir / "pgbackrest").write_text("#!/bin/sh\necho '[]'\n")
     for program in ("docker", "pgbackrest"):
         (bin_dir / program).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
-           "PGPASSWORD": pg.password, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres", "PGDATA": str(pg.dir),
-           **env_overrides}
-    return subprocess.run(["bash", "-c", pitr.info(CTX)], env=env, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1",
+           "PGPORT": str(pg.port), "PGPASSWORD": pg.password, "POSTGRES_USER": "postgres",
+           "POSTGRES_DB": "postgres", "PGDATA": str(pg.dir), **env_overrides}
+    return subprocess.run(["bash", "-c", pitr.info(CTX)], env=env, capture_output=True, text=True,
+                          check=True).stdout
 
 
 def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
@@ -263,7 +269,7 @@ def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
     assert state["failed_count"] >= 1 and state["last_failed"] > 0, out
     assert state["last_archived"] == 0, out  # `false` never archived a segment
     assert pitr.archive_failing(state)
-    assert state["ready"] >= 1 and 0 < state["oldest_ready"] <= state["now"], out  # the switched segment waits
+    assert state["ready"] >= 1 and 0 < state["oldest_ready"] <= state["now"], out  # switched
     assert state["wal_bytes"] >= 16 * 1024 * 1024, out  # at least one segment
     assert state["disk_total"] > state["disk_available"] > 0, out
     failed = pitr.parse_info(broken)
