@@ -40,16 +40,18 @@ def offsite_sets(host: Host) -> list[dict]:
     return commands.parse_snapshots(result.stdout)
 
 
-def unauthorized_key_message(host_name: str, repository: str, pubkey: str, stderr: str) -> str | None:
+def unauthorized_key_message(host_name: str, repository: str, pubkey: str,
+                             stderr: str) -> str | None:
     """The one paragraph `init` ends with when the SFTP server refused the host's key (ssh's
     "Permission denied (publickey"), the usual first run on a new host; None for anything else."""
     if not pubkey or "Permission denied (publickey" not in stderr:
         return None
     user, server, _ = commands.sftp_target(repository)
-    return (f"The SFTP server {server} does not accept {host_name}'s key yet, so the off-site repository could not "
-            f"be opened. Authorize this key: add the line\n  {pubkey}\nto ~{user or 'USER'}/.ssh/authorized_keys "
-            f"on {server}, then run `fab -H {host_name} backup.offsite.init` again. Nothing was lost or "
-            f"changed: the host's backups and WAL archive are as they were, and nothing was written off-site.")
+    return (f"The SFTP server {server} does not accept {host_name}'s key yet, so the off-site "
+            f"repository could not be opened. Authorize this key: add the line\n  {pubkey}\nto "
+            f"~{user or 'USER'}/.ssh/authorized_keys on {server}, then run `fab -H {host_name} "
+            "backup.offsite.init` again. Nothing was lost or changed: the host's backups and WAL "
+            "archive are as they were, and nothing was written off-site.")
 
 
 @task
@@ -62,7 +64,8 @@ def init(c):
         print(f"The host's key for the SFTP repository (add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}):\n"
               f"  {pubkey}")
     result = host.offsite("init")
-    refused = unauthorized_key_message(host.name, host.settings.offsite_repository, pubkey, result.stderr)
+    refused = unauthorized_key_message(host.name, host.settings.offsite_repository, pubkey,
+                                       result.stderr)
     if not result.ok and refused:
         raise Exit(refused, code=ExitCode.FAILED)
     if not result.ok:

@@ -109,9 +109,10 @@ def up(c, name, bare=False, network=None):
             raise Exit(f"Test host name {n!r} must be letters, digits and '-', starting with a letter.",
                        code=ExitCode.USAGE)
     if network and not ok(["docker", "network", "inspect", network]):
-        raise Exit(f"Docker network {network!r} does not exist (or Docker is not running), so no test host was "
-                   f"made. Create it first (`docker network create {network}`) or leave out --network, then "
-                   f"run `invoke testhost.up {name} --network {network}` again. Nothing was changed.",
+        raise Exit(f"Docker network {network!r} does not exist (or Docker is not running), so no "
+                   f"test host was made. Create it first (`docker network create {network}`) or "
+                   f"leave out --network, then run `invoke testhost.up {name} --network {network}` "
+                   "again. Nothing was changed.",
                    code=ExitCode.USAGE)
     d = testhost_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,7 @@ def restart(state: dict, name: str) -> bool:
     """Start a recorded host again (`docker start`); False when there is none to start."""
     if name not in state["hosts"] or not ok(["docker", "inspect", state["hosts"][name]["container"]]):
         return False
-    if "known_hosts" not in state["hosts"][name]:  # its boot never finished: no ssh config; boot it again
+    if "known_hosts" not in state["hosts"][name]:  # its boot never finished: no ssh config yet
         record = state["hosts"][name]
         run(["docker", "rm", "-f", record["container"]], check=False)
         run(["docker", "volume", "rm", "-f", record["volume"]], check=False)

@@ -112,13 +112,14 @@ fi"""
 # The archiver in one row: its last success, failures counted and last failure (epoch seconds),
 # the finished segments waiting to be archived (`.ready`) and the oldest one's time, and the size
 # of pg_wal. archive-state.sh hands it to psql as an argument, so no shell quoting touches it.
-ARCHIVER_QUERY = ("SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0), failed_count, "
-                  "coalesce(extract(epoch FROM last_failed_time)::bigint, 0), "
+ARCHIVER_QUERY = ("SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0), "
+                  "failed_count, coalesce(extract(epoch FROM last_failed_time)::bigint, 0), "
                   "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
                   "(SELECT coalesce(extract(epoch FROM min(modification))::bigint, 0) "
                   "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
                   "(SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()) FROM pg_stat_archiver")
-ARCHIVER_FIELDS = ("last_archived", "failed_count", "last_failed", "ready", "oldest_ready", "wal_bytes")
+ARCHIVER_FIELDS = ("last_archived", "failed_count", "last_failed", "ready", "oldest_ready",
+                   "wal_bytes")
 ARCHIVE_STATE = program("archive-state.sh")
 
 
@@ -134,7 +135,8 @@ def parse_archiver(values: dict[str, str]) -> dict:
     """The archiver's figures (ARCHIVER_FIELDS), or {"archiver_error": why}: a query that failed
     or printed something else is itself a finding, never a row of zeros."""
     if "archiver_error" in values:
-        return {"archiver_error": values["archiver_error"].strip() or "psql failed and said nothing"}
+        return {"archiver_error": values["archiver_error"].strip()
+                or "psql failed and said nothing"}
     words = (values.get("archiver") or "").split()
     if len(words) != len(ARCHIVER_FIELDS) or not all(w.isdigit() for w in words):
         text = (values.get("archiver") or "").strip()
@@ -182,9 +184,11 @@ def window_line(state: dict) -> str:
         return ("point in time: not available (" + ("the live Postgres image has no pgBackRest" if state["state"] == "unavailable"
                                                      else "postgres is not running") + ")")
     if state["state"] == "no-backup":
-        line = "point in time: no pgBackRest backup yet (the next deploy or `fab backup` takes the first)"
+        line = ("point in time: no pgBackRest backup yet (the next deploy or `fab backup` takes "
+                "the first)")
     else:
-        line = f"point in time: any moment from {at(state['oldest'])} ({state['backups']} pgBackRest backups)"
+        line = (f"point in time: any moment from {at(state['oldest'])} ({state['backups']} "
+                "pgBackRest backups)")
     if state.get("last_archived"):
         line += f"; WAL archived up to {at(state['last_archived'])}"
     if state.get("archiver_error"):

@@ -59,7 +59,8 @@ def sampler_path(ctx: HostContext) -> str:
 
 def sampler_script() -> str:
     awk = TRIGGERS_AWK.replace("'", "'\\''")
-    return (SAMPLER_SCRIPT.replace("__TRIGGERS__", awk).replace("__KEEP_DAYS__", str(METRICS_DAYS - 1))
+    return (SAMPLER_SCRIPT.replace("__TRIGGERS__", awk)
+            .replace("__KEEP_DAYS__", str(METRICS_DAYS - 1))
             .replace("__ARCHIVER_QUERY__", q(pitr.ARCHIVER_QUERY)))
 
 

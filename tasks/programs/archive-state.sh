@@ -15,12 +15,13 @@ if [ -z "$pg" ]; then echo "pitr=no-postgres"; exit 0; fi
 if ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then
   echo "pitr=unavailable"; exit 0
 fi
-if out=$(docker exec "$pg" sh -c 'psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"' \
-    psql "$query" 2>&1) && [ -n "$out" ]; then
+psql_in_pg='psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"'
+if out=$(docker exec "$pg" sh -c "$psql_in_pg" psql "$query" 2>&1) && [ -n "$out" ]; then
   echo "archiver=$(printf '%s\n' "$out" | tail -n 1)"
 else
   echo "archiver_error=$(printf '%s' "${out:-psql printed nothing}" | tr '\n' ' ' | cut -c1-300)"
 fi
 df=$(docker exec "$pg" sh -c 'df -Pk "${PGDATA:-/var/lib/postgresql/data}"' 2>/dev/null | tail -n 1)
-echo "wal_disk=$(printf '%s\n' "$df" | awk 'NF >= 4 && $2 ~ /^[0-9]+$/ {printf "%.0f %.0f", $2 * 1024, $4 * 1024}')"
+echo "wal_disk=$(printf '%s\n' "$df" |
+  awk 'NF >= 4 && $2 ~ /^[0-9]+$/ {printf "%.0f %.0f", $2 * 1024, $4 * 1024}')"
 echo "info=$(docker exec -u postgres "$pg" pgbackrest info --output=json 2>/dev/null | tr -d '\n')"

@@ -58,14 +58,17 @@ if [ -n "$pg" ]; then
   # The WAL archive (commands/pitr.ARCHIVER_QUERY, given to psql as an argument): a query that
   # fails is recorded as such (arch_error=1), never as zeros.
   # shellcheck disable=SC2016  # expanded in the container
-  if arch=$(docker exec "$pg" sh -c 'psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"' \
-      psql __ARCHIVER_QUERY__ 2>/dev/null | tail -n 1) && [ "$(echo "$arch" | wc -w)" = 6 ]; then
-    line="$line $(echo "$arch" | awk '{printf "arch_ok=%s arch_failures=%s arch_fail_t=%s arch_ready=%s arch_ready_t=%s wal_bytes=%s", $1, $2, $3, $4, $5, $6}')"
+  psql_in_pg='psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"'
+  if arch=$(docker exec "$pg" sh -c "$psql_in_pg" psql __ARCHIVER_QUERY__ 2>/dev/null | tail -n 1) \
+      && [ "$(echo "$arch" | wc -w)" = 6 ]; then
+    line="$line $(echo "$arch" | awk '{printf "arch_ok=%s arch_failures=%s", $1, $2
+      printf " arch_fail_t=%s arch_ready=%s arch_ready_t=%s wal_bytes=%s", $3, $4, $5, $6}')"
   else
     line="$line arch_error=1"
   fi
   # shellcheck disable=SC2016  # expanded in the container
-  disk=$(docker exec "$pg" sh -c 'df -Pk "${PGDATA:-/var/lib/postgresql/data}"' 2>/dev/null | awk 'END { if ($2 ~ /^[0-9]+$/) printf "%.0f", $2 * 1024 }')
+  disk=$(docker exec "$pg" sh -c 'df -Pk "${PGDATA:-/var/lib/postgresql/data}"' 2>/dev/null |
+    awk 'END { if ($2 ~ /^[0-9]+$/) printf "%.0f", $2 * 1024 }')
   [ -n "$disk" ] && line="$line wal_disk=$disk"
 fi
 nats=$(container nats)
@@ -89,9 +92,10 @@ if [ "$state" != unknown ] && [ "$state" != "$(cat "$dir/.verdict" 2>/dev/null |
   notify="$APP_DIR/bin/tasktracker-notify"
   [ -x "$notify" ] && "$notify" "scaling triggers over the last hour: $state ($(printf '%s\n' "$verdict" | sed -n 's/^reasons=//p'))"
 fi
-# Alert when the WAL archive's verdict changes: failing, stalled, unreadable, pg_wal too big, or ok again.
+# Alert when the WAL archive's verdict changes: failing, stalled, unreadable, pg_wal too big, ok.
 archive=$(printf '%s\n' "$verdict" | sed -n 's/^archive=//p')
-if [ -n "$archive" ] && [ "$archive" != unknown ] && [ "$archive" != "$(cat "$dir/.archive" 2>/dev/null || echo ok)" ]; then
+before=$(cat "$dir/.archive" 2>/dev/null || echo ok)
+if [ -n "$archive" ] && [ "$archive" != unknown ] && [ "$archive" != "$before" ]; then
   echo "$archive" > "$dir/.archive"
   notify="$APP_DIR/bin/tasktracker-notify"
   why=$(printf '%s\n' "$verdict" | sed -n 's/^archive_reasons=//p')
