@@ -110,6 +110,12 @@ def up(c, name, bare=False, network=None):
         if not n.replace("-", "").isalnum() or not n[0].isalpha():
             raise Exit(f"Test host name {n!r} must be letters, digits and '-', starting with a letter.",
                        code=ExitCode.USAGE)
+    if network and not ok(["docker", "network", "inspect", network]):
+        raise Exit(f"Docker network {network!r} does not exist (or Docker is not running), so no "
+                   f"test host was made. Create it first (`docker network create {network}`) or "
+                   f"leave out --network, then run `invoke testhost.up {name} --network {network}` "
+                   "again. Nothing was changed.",
+                   code=ExitCode.USAGE)
     d = testhost_dir()
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
@@ -135,6 +141,11 @@ def up(c, name, bare=False, network=None):
 def restart(state: dict, name: str) -> bool:
     """Start a recorded host again (`docker start`); False when there is none to start."""
     if name not in state["hosts"] or not ok(["docker", "inspect", state["hosts"][name]["container"]]):
+        return False
+    if "known_hosts" not in state["hosts"][name]:  # its boot never finished: no ssh config yet
+        record = state["hosts"][name]
+        run(["docker", "rm", "-f", record["container"]], check=False)
+        run(["docker", "volume", "rm", "-f", record["volume"]], check=False)
         return False
     run(["docker", "start", state["hosts"][name]["container"]], check=False)
     wait_for_ssh(state["hosts"][name]["container"])

@@ -41,6 +41,20 @@ def offsite_sets(host: Host) -> list[dict]:
     return commands.parse_snapshots(result.stdout)
 
 
+def unauthorized_key_message(host_name: str, repository: str, pubkey: str,
+                             stderr: str) -> str | None:
+    """The one paragraph `init` ends with when the SFTP server refused the host's key (ssh's
+    "Permission denied (publickey"), the usual first run on a new host; None for anything else."""
+    if not pubkey or "Permission denied (publickey" not in stderr:
+        return None
+    user, server, _ = commands.sftp_target(repository)
+    return (f"The SFTP server {server} does not accept {host_name}'s key yet, so the off-site "
+            f"repository could not be opened. Authorize this key: add the line\n  {pubkey}\nto "
+            f"~{user or 'USER'}/.ssh/authorized_keys on {server}, then run `fab -H {host_name} "
+            "backup.offsite.init` again. Nothing was lost or changed: the host's backups and WAL "
+            "archive are as they were, and nothing was written off-site.")
+
+
 @task
 def init(c):
     """Set up off-site copies: install them on the host and create the repository (idempotent).
@@ -51,6 +65,10 @@ def init(c):
         print(f"The host's key for the SFTP repository (add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}):\n"
               f"  {pubkey}")
     result = host.offsite("init")
+    refused = unauthorized_key_message(host.name, host.settings.offsite_repository, pubkey,
+                                       result.stderr)
+    if not result.ok and refused:
+        raise Exit(refused, code=ExitCode.FAILED)
     if not result.ok:
         raise Exit(f"The off-site repository could not be opened or created from {host.name}: "
                    f"{host.redact(result.stderr.strip()[-400:])}. "

@@ -221,11 +221,8 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
         add(Finding("backup", False, f"the off-site copy of {push.get('set')} failed ({push.get('time')}); the set is only on the host",
                     "the nightly job's output is in backups/cron.log; fix the cause, then `fab -H HOST backup.offsite.push`"))
     archive = snap.get("pitr") or {}
-    if archive.get("state") == "ok" and archive.get("last_failed", 0) > archive.get("last_archived", 0):
-        add(Finding("WAL archive", False, f"archiving WAL has failed {archive.get('failed_count')} times since the last success, "
-                                          f"so point-in-time recovery stops at the last archived segment and pg_wal grows",
-                    "`fab -H HOST compose.logs --service postgres` shows pgBackRest's error (full disk? a damaged repository?)"))
-    elif archive.get("state") == "no-backup":
+    findings += archive_findings(archive, now)
+    if archive.get("state") == "no-backup":
         add(Finding("WAL archive", False, "the WAL archive has no pgBackRest backup, so no restore to a moment is possible",
                     "`fab -H HOST backup` takes one (a deploy takes the first)"))
     if "backup" not in jobs:
@@ -249,6 +246,72 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
                         else "the metrics sampler has not recorded yet (it runs every minute from cron)",
                         "is cron running (`systemctl status cron`)? Its log is shared/metrics/sampler.log"))
     return findings
+
+
+def utc(seconds: float) -> str:
+    return f"{datetime.fromtimestamp(seconds, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+ARCHIVE_LOGS = "`fab -H HOST compose.logs --service postgres` shows pgBackRest's error"
+
+
+def archive_findings(archive: dict, now: float) -> list[Finding]:
+    """The WAL archive (issue 26): figures that could not be read, an archiver whose last attempt
+    failed, finished segments waiting longer than ARCHIVE_STALL_S (a stalled archive_command
+    records no failure), and pg_wal past WAL_MAX_DISK_FRACTION of its disk. Ages are measured
+    on the host's clock (`now` only when the snapshot has none)."""
+    if archive.get("state") not in ("ok", "no-backup"):
+        return []
+    if archive.get("archiver_error"):
+        return [Finding("WAL archive", False,
+                        "the archiver's state could not be read, so whether WAL is archived is "
+                        f"unknown; Postgres said: {archive['archiver_error']}",
+                        "Postgres's words name the cause (the database or its user renamed? a "
+                        "Postgres older than 12?); `fab -H HOST compose.logs --service postgres` "
+                        "shows more")]
+    found = []
+    wal = f" ({wal_text(archive)})" if wal_text(archive) else ""
+    host_now = archive.get("now") or now
+    stall = status_commands.ARCHIVE_STALL_S
+    waited = host_now - archive.get("oldest_ready", host_now)
+    if pitr_commands.archive_failing(archive):
+        last_ok = (utc(archive["last_archived"]) if archive.get("last_archived")
+                   else "never since the last restart")
+        found.append(Finding(
+            "WAL archive", False,
+            f"archiving WAL is failing: the last attempt failed at {utc(archive['last_failed'])}, "
+            f"the last success was {last_ok} ({archive.get('failed_count', 0)} failures counted); "
+            f"point-in-time recovery stops at the last archived segment and pg_wal grows{wal}",
+            ARCHIVE_LOGS + " (a full disk? an off-site SFTP server that is down or refuses the "
+            "key?); Postgres keeps every segment until it is archived, then archives them in "
+            "order"))
+    elif archive.get("ready") and waited > stall:
+        found.append(Finding(
+            "WAL archive", False,
+            f"{archive['ready']} finished WAL segments wait to be archived, the oldest for "
+            f"{age_text(waited)} (over {stall // 60} min): the archive is stalled{wal}",
+            ARCHIVE_LOGS + "; a hanging archive_command (pgBackRest waiting on an unreachable "
+            "repository) records no failure while it hangs"))
+    total, used = archive.get("disk_total", 0), archive.get("wal_bytes", 0)
+    if total and used > status_commands.WAL_MAX_DISK_FRACTION * total:
+        found.append(Finding(
+            "pg_wal", False,
+            f"pg_wal holds {human(used)}, {100 * used / total:.0f}% of its {human(total)} disk "
+            f"({human(archive.get('disk_available', 0))} free; over "
+            f"{status_commands.WAL_MAX_DISK_FRACTION:.0%})",
+            "Postgres keeps WAL it has not archived: fix the archive first (the WAL archive "
+            "finding); a replication slot nobody reads keeps WAL too (`select slot_name, active "
+            "from pg_replication_slots`)"))
+    return found
+
+
+def wal_text(archive: dict) -> str:
+    """`pg_wal 1.2 GB of the 40.0 GB disk, 20.0 GB free`, or '' without the figures."""
+    if "wal_bytes" not in archive:
+        return ""
+    disk = (f" of the {human(archive['disk_total'])} disk, "
+            f"{human(archive.get('disk_available', 0))} free" if archive.get("disk_total") else "")
+    return f"pg_wal {human(archive['wal_bytes'])}{disk}"
 
 
 def swarm_findings(state: dict) -> list[Finding]:
@@ -353,6 +416,14 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
                      f"at {push.get('time')}")
     if (snap.get("pitr") or {}).get("state", "unknown") != "unknown":
         lines.append(pitr_commands.window_line(snap["pitr"]))
+        archive = snap["pitr"]
+        if "wal_bytes" in archive:
+            waiting = archive.get("ready", 0)
+            oldest = (archive.get("now") or now) - archive.get("oldest_ready", 0)
+            age = (f" (the oldest {age_text(oldest)})" if waiting and archive.get("oldest_ready")
+                   else "")
+            lines.append(f"wal      {wal_text(archive)}; {waiting} finished segments waiting to be "
+                         f"archived{age}")
     for cert in tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc)):
         lines.append(f"tls      {cert['name']}: {cert['days_left']} days left")
     lines.append("scaling triggers (the plan's)")
@@ -431,7 +502,7 @@ def doctor(c, json_=False):
     else:
         if not findings:
             print(f"{host.name}: every check passed (services, memory, connection pool, JetStream, disk, clock, "
-                  f"certificates, backup and sampler jobs).")
+                  f"certificates, backup and sampler jobs, WAL archive).")
         for f in findings:
             print(f"[{f.check}] {f.summary}\n    -> {f.advice.replace('HOST', host.name)}")
     if findings:

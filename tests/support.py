@@ -754,6 +754,16 @@ class SftpServer:
         finally:
             aside.rename(keys)
 
+    @contextlib.contextmanager
+    def unwritable(self, directory: Path):
+        """`directory` (and everything in it) is read-only for the SFTP user while inside, as a
+        full disk or a broken server would be: every write there fails at once."""
+        subprocess.run(["chmod", "-R", "a-w", str(directory)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(directory)], check=True)
+
     def stop(self) -> None:
         if self.pidfile.exists():
             subprocess.run(["kill", self.pidfile.read_text().strip()], capture_output=True)

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import SftpServer, Writers, docker_gateway, lose_host
+from tests.support import SftpServer, Writers, docker_gateway, lose_host, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "os"
@@ -56,9 +56,12 @@ def initialised(sandbox, app, sftp):
     first = sandbox.fab("backup.offsite.init", env_file=app, check=False)
     # The key is not authorized yet: a clear failure that shows the key to authorize.
     assert first.returncode == 1, everything_said(first)
-    assert "Is the key above authorized on the SFTP server" in first.stderr, everything_said(first)
+    said = everything_said(first)
+    assert f"The SFTP server {sftp.address} does not accept sandbox's key yet" in first.stderr, said
+    assert "Nothing was lost or changed" in first.stderr and "Fatal:" not in first.stderr, said
     key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", first.stdout, re.M)
     assert key, first.stdout
+    assert f"\n  {key.group(1)}\nto ~{sftp.user}/.ssh/authorized_keys on {sftp.address}" in said
     sftp.authorize(key.group(1))
     second = sandbox.fab("backup.offsite.init", env_file=app)
     assert "repository created" in second.stdout
@@ -117,6 +120,68 @@ def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initial
     assert f"{after[-1]} is copied off-site" in retry.stdout
     assert "the off-site copy of" not in sandbox.fab("doctor", env_file=initialised, check=False).stdout
     assert PASSWORD not in everything_said(out, retry)
+
+
+def archiver(sandbox) -> dict:
+    """pg_stat_archiver in the app's Postgres: failures, the last failure and success (epoch)."""
+    query = ("select failed_count, coalesce(extract(epoch from last_failed_time)::bigint, 0), "
+             "coalesce(extract(epoch from last_archived_time)::bigint, 0) from pg_stat_archiver")
+    out = psql(sandbox, query).split()
+    return dict(zip(("failed", "last_failed", "last_archived"), map(int, out), strict=True))
+
+
+def psql(sandbox, query: str) -> str:
+    """One query in the app's database, as psql -At prints it (columns joined by a space)."""
+    project = f"{sandbox.project}-{APP}"
+    return subprocess.run(["docker", "compose", "-p", project, "exec", "-T", "postgres", "psql",
+                           "-U", "postgres", "-d", "tasktracker", "-AtF", " ", "-c", query],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def written(sandbox, predicate) -> bool:
+    """Write (a task, and a finished WAL segment for the archiver), then ask `predicate`."""
+    post_task(sandbox, "archive test")
+    psql(sandbox, "select pg_switch_wal()")
+    return predicate(archiver(sandbox))
+
+
+def sampled_archive(sandbox) -> str:
+    """Run the host's sampler once, as cron does, and read the archive verdict its alert keeps."""
+    app = sandbox.home / APP
+    sampler = app / "bin" / "tasktracker-sample"
+    project = f"{sandbox.project}-{APP}"
+    subprocess.run(["runuser", "-u", sandbox.user, "--", str(sampler), str(app), project],
+                   check=True, capture_output=True, timeout=120)
+    return (app / "shared" / "metrics" / ".archive").read_text().strip()
+
+
+def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, initialised, sftp):
+    """Issue 26: the off-site WAL archive's directory turns unwritable (as a full disk or a broken
+    server would), writes go on, and the archiver records failures: `doctor` fails naming the
+    archive and `status` says ARCHIVING IS FAILING. Once the server takes writes again and the
+    archiver catches up, both stop saying so."""
+    before = archiver(sandbox)
+    with sftp.unwritable(sftp.home / "restic-pgbackrest"):
+        wait_for(lambda: written(sandbox, lambda a: a["failed"] > before["failed"]
+                                 and a["last_failed"] > a["last_archived"]),
+                 timeout=180, interval=3, what="the archiver's failures")
+        doctor = sandbox.fab("doctor", env_file=initialised, check=False)
+        assert doctor.returncode == 1, everything_said(doctor)
+        said = doctor.stdout
+        assert "[WAL archive] archiving WAL is failing: the last attempt failed at" in said, said
+        status = sandbox.fab("status", env_file=initialised).stdout
+        assert "ARCHIVING IS FAILING: the last attempt failed at" in status, status
+        assert "  ! WAL archive: archiving WAL is failing" in status, status
+        assert re.search(r"^wal      pg_wal [\d.]+ MB of the [\d.]+ GB disk", status, re.M), status
+        assert sampled_archive(sandbox) == "failing"  # the alert's verdict (sent to any channel)
+    wait_for(lambda: written(sandbox, lambda a: a["last_archived"] > a["last_failed"]), timeout=180,
+             interval=3, what="the archiver to archive again")
+    doctor = sandbox.fab("doctor", env_file=initialised, check=False)
+    assert "[WAL archive]" not in doctor.stdout, doctor.stdout
+    status = sandbox.fab("status", env_file=initialised).stdout
+    assert "ARCHIVING IS FAILING" not in status and "! WAL archive" not in status, status
+    assert "WAL archived up to" in status and "COULD NOT BE READ" not in status, status
+    assert sampled_archive(sandbox) == "ok"
 
 
 def test_schedule_installs_the_monthly_drill_and_weekly_check(sandbox, initialised):

@@ -1066,3 +1066,40 @@ def test_a_bot_api_that_does_not_answer_is_a_warning_that_names_no_token(capsys)
     out = capsys.readouterr().out
     assert "WARNING: the Telegram webhook could not be set: the Bot API at http://127.0.0.1:9 did not answer" in out
     assert ENV["TELEGRAM_BOT_TOKEN"] not in out and "telegram.webhook" in out
+
+
+def test_testhost_up_refuses_a_missing_network_before_making_anything(tmp_path, monkeypatch):
+    """Issue 26: `testhost.up --network NET` with no such network: one paragraph, nothing made
+    (no state dir, no dockerd started, no container recorded)."""
+    from invoke import Context
+
+    from tasks import testhost
+
+    monkeypatch.setenv("TASKTRACKER_TESTHOST_DIR", str(tmp_path / "hosts"))
+    asked = []
+    monkeypatch.setattr(testhost, "ok", lambda argv: asked.append(argv) or False)
+    monkeypatch.setattr(testhost, "start_dockerd", lambda *a: pytest.fail("dockerd started"))
+    monkeypatch.setattr(testhost.os, "geteuid", lambda: 0)
+    with pytest.raises(Exit) as refused:
+        testhost.up(Context(), "vm1", network="tt-no-such-net")
+    assert asked == [["docker", "network", "inspect", "tt-no-such-net"]]
+    assert "Docker network 'tt-no-such-net' does not exist" in str(refused.value.message)
+    assert "`docker network create tt-no-such-net`" in str(refused.value.message)
+    assert "Nothing was changed" in str(refused.value.message)
+    assert not (tmp_path / "hosts").exists()
+
+
+def test_a_testhost_whose_boot_never_finished_is_not_claimed_up(tmp_path, monkeypatch):
+    """A host recorded before its container ran (the boot failed half-way) has no pinned key and
+    no ssh config: `up` again removes what that boot left, by its records, and boots it anew."""
+    from tasks import testhost
+
+    monkeypatch.setenv("TASKTRACKER_TESTHOST_DIR", str(tmp_path))
+    ran = []
+    monkeypatch.setattr(testhost, "ok", lambda argv: True)
+    monkeypatch.setattr(testhost, "run", lambda argv, **kw: ran.append(argv))
+    monkeypatch.setattr(testhost, "wait_for_ssh", lambda c: pytest.fail("claimed up"))
+    half = {"hosts": {"vm1": {"container": "tt-vm-ab12-vm1", "volume": "tt-vm-ab12-vm1-docker"}}}
+    assert testhost.restart(half, "vm1") is False
+    assert ran == [["docker", "rm", "-f", "tt-vm-ab12-vm1"],
+                   ["docker", "volume", "rm", "-f", "tt-vm-ab12-vm1-docker"]]

@@ -292,3 +292,32 @@ def test_fetch_latest_falls_back_to_the_next_set_when_the_newest_is_damaged(tmp_
     assert latest.returncode == 0 and "OFFSITE FETCHED 20261124T020000Z" in latest.stdout, latest.stderr
     assert "20261125T020000Z" in latest.stderr  # the damaged newest set is named
     assert sorted(p.name for p in (fresh / "backups").iterdir() if p.name[:1].isdigit()) == ["20261124T020000Z"]
+
+
+# What restic printed when the SFTP server refused the host's key (issue 26: the recovery host's
+# first `backup.offsite.init` ended with this "Fatal" line).
+REFUSED = ("subprocess ssh: tt-off-1a2b3c@172.17.0.1: Permission denied (publickey).\n"
+           "Fatal: create repository at sftp:tt-off-1a2b3c@172.17.0.1:/home/tt-off-1a2b3c/restic "
+           "failed: unable to start the sftp session, error: EOF\n")
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample tasktracker-offsite@vps2"
+
+
+@pytest.mark.parametrize("stderr, pubkey, says", [
+    (REFUSED, PUBKEY, ["The SFTP server 172.17.0.1 does not accept vps2's key yet",
+                       f"add the line\n  {PUBKEY}\nto ~tt-off-1a2b3c/.ssh/authorized_keys on "
+                       "172.17.0.1", "run `fab -H vps2 backup.offsite.init` again",
+                       "Nothing was lost or changed"]),
+    (REFUSED, "", None),  # not SFTP: no key of ours to authorize
+    ("Fatal: unable to open config file: stat /restic/config: no such file\n", PUBKEY, None),
+])
+def test_a_key_not_yet_authorized_says_so_in_one_paragraph(stderr, pubkey, says):
+    from tasks.offsite import unauthorized_key_message
+
+    repository = "sftp://tt-off-1a2b3c@172.17.0.1:22//home/tt-off-1a2b3c/restic"
+    message = unauthorized_key_message("vps2", repository, pubkey, stderr)
+    if says is None:
+        assert message is None
+        return
+    for part in says:
+        assert part in message, message
+    assert "Fatal" not in message and "\n\n" not in message

@@ -46,10 +46,14 @@ def test_to_time_is_a_past_utc_moment(text, ok_or_says):
 
 
 def test_recorded_info_gives_the_window():
-    out = f"now=1795680000\narchiver=1795679990 2 1795670000\ninfo={RECORDED_INFO}\n"
+    out = (f"now=1795680000\narchiver=1795679990 2 1795670000 1 1795679995 50331648\n"
+           f"wal_disk=42949672960 21474836480\ninfo={RECORDED_INFO}\n")
     state = pitr.parse_info(out)
-    assert state == {"now": 1795680000, "state": "ok", "backups": 1, "oldest": 1795677571, "newest": 1795677571,
-                     "last_archived": 1795679990, "failed_count": 2, "last_failed": 1795670000}
+    assert state == {"now": 1795680000, "state": "ok", "backups": 1, "oldest": 1795677571,
+                     "newest": 1795677571, "last_archived": 1795679990, "failed_count": 2,
+                     "last_failed": 1795670000, "ready": 1, "oldest_ready": 1795679995,
+                     "wal_bytes": 50331648, "disk_total": 42949672960,
+                     "disk_available": 21474836480}
     inside = datetime.fromtimestamp(1795677600, timezone.utc)
     before = datetime.fromtimestamp(1795677500, timezone.utc)
     assert pitr.window_problem(state, inside) is None
@@ -62,7 +66,8 @@ def test_recorded_info_gives_the_window():
 @pytest.mark.parametrize("out, state, says", [
     ("now=1\npitr=unavailable\n", "unavailable", "has no pgBackRest"),
     ("now=1\npitr=no-postgres\n", "no-postgres", "no postgres container is running"),
-    (f"now=1\narchiver=0 0 0\ninfo={NO_BACKUP_INFO}\n", "no-backup", "has no pgBackRest backup yet"),
+    (f"now=1\narchiver=0 0 0 0 0 16777216\ninfo={NO_BACKUP_INFO}\n", "no-backup",
+     "has no pgBackRest backup yet"),
     ("now=1\narchiver=\ninfo=not json\n", "no-backup", "has no pgBackRest backup yet"),
 ])
 def test_an_archive_that_cannot_restore_says_why(out, state, says):
@@ -72,8 +77,29 @@ def test_an_archive_that_cannot_restore_says_why(out, state, says):
 
 
 def test_failing_archiving_is_loud():
-    state = pitr.parse_info(f"now=2000\narchiver=1000 7 1900\ninfo={RECORDED_INFO}\n")
-    assert "ARCHIVING IS FAILING since" in pitr.window_line(state) and "(7 failures)" in pitr.window_line(state)
+    failing = "now=2000\narchiver=1000 7 1900 3 1100 50331648\n"
+    state = pitr.parse_info(f"{failing}info={RECORDED_INFO}\n")
+    assert ("ARCHIVING IS FAILING: the last attempt failed at 1970-01-01 00:31:40 UTC "
+            "(7 failures counted)") in pitr.window_line(state)
+    no_backup = pitr.parse_info(f"{failing}info={NO_BACKUP_INFO}\n")
+    assert "ARCHIVING IS FAILING" in pitr.window_line(no_backup)
+
+
+@pytest.mark.parametrize("archiver, says", [
+    ('archiver_error=ERROR:  column " " does not exist LINE 1: SELECT ...',
+     'column " " does not exist'),
+    ("archiver_error=", "psql failed and said nothing"),
+    ("archiver=", "the archiver's figures are missing"),
+    ("archiver=1000 7", "unreadable pg_stat_archiver figures: '1000 7'"),
+    ("archiver=0 0 0 x 0 0", "unreadable pg_stat_archiver figures"),
+    ("", "the archiver's figures are missing"),
+])
+def test_an_archiver_that_cannot_be_read_is_said_never_zeros(archiver, says):
+    """The bug of issue 26: a query error read as `0 0 0`, so a failing archive looked healthy."""
+    state = pitr.parse_info(f"now=2000\n{archiver}\ninfo={RECORDED_INFO}\n")
+    assert says in state["archiver_error"]
+    assert "failed_count" not in state and "last_archived" not in state
+    assert "THE ARCHIVER'S STATE COULD NOT BE READ" in pitr.window_line(state)
 
 
 @pytest.mark.parametrize("script", [
@@ -202,10 +228,31 @@ def test_recover_puts_the_sets_data_back_when_the_off_site_wal_fails(tmp_path):
     assert "putting the set's database back" in result.stderr and "holds the set's data" in result.stderr
 
 
+STAND_IN_DOCKER = ('#!/bin/sh\n[ "$1" = ps ] && { echo pg1; exit 0; }\nshift\n'
+                   '[ "$1" = -u ] && shift 2\nshift\nexec "$@"\n')
+
+
+def run_info(pg, tmp_path, **env_overrides) -> str:
+    """`info`'s script, run as the host runs it (through `docker exec ... sh -c`), with a stand-in
+    `docker` that runs the command on this machine, against `pg`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    # docker ps -> one container id; docker exec [-u USER] ID CMD... -> CMD... here.
+    (bin_dir / "docker").write_text(STAND_IN_DOCKER)
+    (bin_dir / "pgbackrest").write_text("#!/bin/sh\necho '[]'\n")
+    for program in ("docker", "pgbackrest"):
+        (bin_dir / program).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1",
+           "PGPORT": str(pg.port), "PGPASSWORD": pg.password, "POSTGRES_USER": "postgres",
+           "POSTGRES_DB": "postgres", "PGDATA": str(pg.dir), **env_overrides}
+    return subprocess.run(["bash", "-c", pitr.info(CTX)], env=env, capture_output=True, text=True,
+                          check=True).stdout
+
+
 def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
-    """`info`'s pg_stat_archiver query, run as the host runs it (through `docker exec ... sh -c`,
-    here a stand-in `docker` that runs the command on this machine) against a PostgreSQL whose
-    archive_command fails: the failures reach `parse_info`, so `doctor` can warn about them."""
+    """Against a PostgreSQL whose archive_command fails: the failures, the segments waiting and
+    pg_wal's size and disk reach `parse_info`, so `doctor` can warn about them; a query that fails
+    (here: a database that does not exist) arrives as Postgres's own error, not as zeros."""
     from tests.support import LocalPostgres, wait_for
 
     pg = LocalPostgres(options="-c wal_level=replica -c archive_mode=on -c archive_command=false").start()
@@ -213,19 +260,18 @@ def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
         pg.psql("CREATE TABLE t AS SELECT 1 AS x; SELECT pg_switch_wal()")
         wait_for(lambda: int(pg.psql("SELECT failed_count FROM pg_stat_archiver")) > 0, 30,
                  what="the archiver's first failure")
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        # docker ps -> one container id; docker exec [-u USER] ID CMD... -> CMD... here.
-        (bin_dir / "docker").write_text('#!/bin/sh\n[ "$1" = ps ] && { echo pg1; exit 0; }\nshift\n'
-                                        '[ "$1" = -u ] && shift 2\nshift\nexec "$@"\n')
-        (bin_dir / "pgbackrest").write_text("#!/bin/sh\necho '[]'\n")
-        for program in ("docker", "pgbackrest"):
-            (bin_dir / program).chmod(0o755)
-        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
-               "PGPASSWORD": pg.password, "POSTGRES_USER": "postgres", "POSTGRES_DB": "postgres"}
-        out = subprocess.run(["bash", "-c", pitr.info(CTX)], env=env, capture_output=True, text=True, check=True).stdout
+        out = run_info(pg, tmp_path)
+        broken = run_info(pg, tmp_path, POSTGRES_DB="no_such_db")
     finally:
         pg.stop()
     state = pitr.parse_info(out)
+    assert "archiver_error" not in state, out
     assert state["failed_count"] >= 1 and state["last_failed"] > 0, out
     assert state["last_archived"] == 0, out  # `false` never archived a segment
+    assert pitr.archive_failing(state)
+    assert state["ready"] >= 1 and 0 < state["oldest_ready"] <= state["now"], out  # switched
+    assert state["wal_bytes"] >= 16 * 1024 * 1024, out  # at least one segment
+    assert state["disk_total"] > state["disk_available"] > 0, out
+    failed = pitr.parse_info(broken)
+    assert 'database "no_such_db" does not exist' in failed["archiver_error"], broken
+    assert "failed_count" not in failed

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks import status
+from tasks.commands import pitr
 from tasks.commands import status as commands
 from tasks.commands.context import HostContext
 
@@ -77,7 +78,11 @@ case "$1 $2" in
     for i in $(seq 1 19); do echo "10.0.0.$i - - [x] \"GET /api/tasks HTTP/1.1\" 200 12 \"-\" \"ua\" rt=0.0$i urt=0.0$i"; done
     echo '10.0.0.1 - - [x] "POST /api/tasks HTTP/1.1" 502 12 "-" "ua" rt=0.900 urt=0.900'
     echo '10.0.0.1 - - [x] "GET /assets/a.js HTTP/1.1" 200 12 "-" "ua" rt=5.000 urt=-';;
-  "exec pg0000000001") echo "7 100";;
+  "exec pg0000000001") case "$*" in
+      *pg_stat_archiver*) [ -n "$ARCHIVER" ] || { echo 'ERROR:  permission denied' >&2; exit 1; }
+                          echo "$ARCHIVER";;
+      *"df -Pk"*) echo "/dev/vda 41943040 20971520 20971520 50% /var/lib/postgresql/data";;
+      *) echo "7 100";; esac;;
   "exec nats00000001") echo '{"config": {"max_storage": 1000}, "storage": 250, "account_details": [{"stream_detail": [{"state": {"last_seq": 41}}, {"state": {"last_seq": 1}}]}]}';;
 esac
 '''
@@ -90,10 +95,12 @@ def test_the_sampler_writes_one_line_a_minute(tmp_path):
     (bindir / "docker").chmod(0o755)
     script = tmp_path / "sample"
     script.write_text(commands.sampler_script())
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+           "ARCHIVER": "1799999990 4 1799990000 1 1799999995 50331648"}
     app = tmp_path / "app"
     for _ in range(2):
-        run = subprocess.run(["bash", str(script), str(app), "proj"], env=env, capture_output=True, text=True, timeout=30)
+        run = subprocess.run(["bash", str(script), str(app), "proj"], env=env, capture_output=True,
+                             text=True, timeout=30)
         assert run.returncode == 0, run.stderr
     files = list((app / "shared" / "metrics").glob("samples-*.log"))
     lines = files[0].read_text().splitlines()
@@ -106,6 +113,49 @@ def test_the_sampler_writes_one_line_a_minute(tmp_path):
     assert fields["services"]["api"] == {"mem_mib": 80.0, "limit_mib": 1024.0, "cpu": 1.5}
     assert fields["services"]["postgres"]["mem_mib"] == 1536.0
     assert oct((app / "shared" / "metrics").stat().st_mode)[-3:] == "700"
+    archiver = ("arch_ok", "arch_failures", "arch_fail_t", "arch_ready", "arch_ready_t",
+                "wal_bytes")
+    assert [fields[k] for k in archiver] == [1799999990, 4, 1799990000, 1, 1799999995, 50331648]
+    assert fields["wal_disk"] == 41943040 * 1024
+
+
+def test_the_sampler_alerts_once_when_the_wal_archive_fails_and_once_when_it_recovers(tmp_path):
+    """Issue 26: the alert program says a failing (or unreadable) archive once, and once again
+    when it archives again; a query error is recorded as such, never as zeros."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    app = tmp_path / "app"
+    (app / "bin").mkdir(parents=True)
+    sent = tmp_path / "sent.txt"
+    (app / "bin" / "tasktracker-notify").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {sent}\n')
+    (app / "bin" / "tasktracker-notify").chmod(0o755)
+    script = tmp_path / "sample"
+    script.write_text(commands.sampler_script())
+    now = int(time.time())
+
+    def sample_with(archiver: str) -> str:
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "ARCHIVER": archiver}
+        run = subprocess.run(["bash", str(script), str(app), "proj"], env=env, capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        return sent.read_text() if sent.exists() else ""
+
+    healthy = f"{now - 10} 4 {now - 900} 0 0 50331648"
+    failing = f"{now - 900} 6 {now - 300} 2 {now - 200} 50331648"  # in minutes: no drift shows
+    assert sample_with(healthy) == ""  # ok from the start: nothing to say
+    said = sample_with(failing)
+    assert said.splitlines() == ["WAL ARCHIVING IS FAILING: the last attempt failed 5 min ago, "
+                                 "the last success 15 min ago (6 failures counted); run doctor"]
+    assert sample_with(failing) == said  # once, not every minute
+    again = sample_with(healthy).splitlines()[1:]
+    assert again == ["WAL archive: ok again (every finished segment is archived)"]
+    said = sample_with("")  # the query fails
+    assert said.splitlines()[2:] == ["THE WAL ARCHIVE'S STATE CANNOT BE READ: the archiver's "
+                                     "state could not be read (see doctor)"], said
+    lines = next((app / "shared" / "metrics").glob("samples-*.log")).read_text().splitlines()
+    assert " arch_error=1" in lines[-1] and "arch_ok=" not in lines[-1]
 
 
 def test_sampler_install_is_one_idempotent_command():
@@ -299,13 +349,107 @@ def test_a_failed_offsite_copy_is_a_warning_until_a_copy_succeeds():
 def test_the_wal_archive_findings():
     base = snapshot()
     assert base["pitr"] == {"state": "unknown"}  # recorded before point-in-time recovery: nothing said
-    assert not any(f.startswith("WAL archive") for f in checks(base))
+    assert not any(f.startswith(("WAL archive", "pg_wal")) for f in checks(base))
     snap = copy.deepcopy(base)
-    snap["pitr"] = {"state": "ok", "now": 2000, "backups": 1, "oldest": 900, "newest": 900, "last_archived": 1000,
-                    "failed_count": 4, "last_failed": 1900}
-    assert any(f.startswith("WAL archive: archiving WAL has failed 4 times") for f in checks(snap))
-    assert any("ARCHIVING IS FAILING" in line for line in status.status_lines(snap, [], recorded_now(snap), "vps"))
-    snap["pitr"]["last_failed"] = 950  # an old failure, archived since
-    assert not any(f.startswith("WAL archive") for f in checks(snap))
-    snap["pitr"] = {"state": "no-backup", "now": 2000, "last_archived": 0, "failed_count": 0, "last_failed": 0, "backups": 0}
+    snap["pitr"] = {**ARCHIVE, "last_failed": 1995}
+    assert any(f.startswith("WAL archive: archiving WAL is failing") for f in checks(snap))
+    lines = status.status_lines(snap, [], recorded_now(snap), "vps")
+    assert any("ARCHIVING IS FAILING" in line for line in lines)
+    snap["pitr"] = {"state": "no-backup", "now": 2000, "last_archived": 0, "failed_count": 0,
+                    "last_failed": 0, "backups": 0}
     assert any("no pgBackRest backup" in f for f in checks(snap))
+
+
+GB = 1024 ** 3
+# A healthy archive as pitr.parse_info gives it: the host's clock at 2000, a segment archived at
+# 1990, an old failure, one segment waiting for 10 s, 48 MB of pg_wal on a 40 GB disk.
+ARCHIVE = {"state": "ok", "now": 2000, "backups": 1, "oldest": 900, "newest": 900,
+           "last_archived": 1990, "failed_count": 4, "last_failed": 950, "ready": 1,
+           "oldest_ready": 1990, "wal_bytes": 48 * 1024 ** 2, "disk_total": 40 * GB,
+           "disk_available": 20 * GB}
+FAILED_AT = "the last attempt failed at 1970-01-01 00:33:15 UTC"
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, []),
+    ({"state": "unavailable"}, []),
+    ({"last_failed": 1995},
+     [f"WAL archive: archiving WAL is failing: {FAILED_AT}, the last success was "
+      "1970-01-01 00:33:10 UTC (4 failures counted); point-in-time recovery stops at the last "
+      "archived segment and pg_wal grows (pg_wal 48.0 MB of the 40.0 GB disk, 20.0 GB free)"]),
+    ({"last_failed": 1995, "last_archived": 0},
+     [f"WAL archive: archiving WAL is failing: {FAILED_AT}, the last success was never "
+      "since the last restart"]),
+    ({"state": "no-backup", "last_failed": 1995}, ["WAL archive: archiving WAL is failing"]),
+    ({"ready": 7, "oldest_ready": 2000 - 301},
+     ["WAL archive: 7 finished WAL segments wait to be archived, the oldest for 5 min "
+      "(over 5 min): the archive is stalled"]),
+    ({"ready": 7, "oldest_ready": 2000 - 300}, []),  # up to the bound: a slow push, not a stall
+    ({"ready": 0, "oldest_ready": 0}, []),
+    ({"ready": 7, "oldest_ready": 1000, "last_failed": 1995},
+     ["WAL archive: archiving WAL is failing"]),  # one finding, not two
+    ({"wal_bytes": 4 * GB + 1},
+     ["pg_wal: pg_wal holds 4.0 GB, 10% of its 40.0 GB disk (20.0 GB free; over 10%)"]),
+    ({"wal_bytes": 4 * GB}, []),
+    ({"wal_bytes": 9 * GB, "disk_total": 0}, []),  # no disk figure: no fraction
+    ({"archiver_error": 'ERROR:  column " " does not exist'},
+     ["WAL archive: the archiver's state could not be read, so whether WAL is archived is unknown; "
+      'Postgres said: ERROR:  column " " does not exist']),
+])
+def test_archive_thresholds(changes, expected):
+    """Issue 26: a failing, stalled or unreadable archive and pg_wal against its disk, each said."""
+    archive = {**ARCHIVE, **changes}
+    if "archiver_error" in changes:  # parse_info gives the error instead of the figures
+        archive = {k: v for k, v in archive.items() if k not in pitr.ARCHIVER_FIELDS}
+    found = [f"{f.check}: {f.summary}" for f in status.archive_findings(archive, now=0)]
+    assert len(found) == len(expected), found
+    for got, want in zip(found, expected, strict=True):
+        assert got.startswith(want), got
+
+
+def test_the_status_screen_shows_the_archive_and_pg_wal():
+    snap = snapshot()
+    snap["pitr"] = {**ARCHIVE, "ready": 3, "oldest_ready": 1880, "last_failed": 1995}
+    found = status.evaluate(snap, recorded_now(snap))
+    lines = status.status_lines(snap, found, recorded_now(snap), "vps")
+    assert ("wal      pg_wal 48.0 MB of the 40.0 GB disk, 20.0 GB free; 3 finished segments "
+            "waiting to be archived (the oldest 2 min)") in lines
+    assert any(line.startswith("  ! WAL archive: archiving WAL is failing") for line in lines)
+    assert [f.check for f in found if f.check in ("WAL archive", "pg_wal")] == ["WAL archive"]
+
+
+def awk_archive(archive: dict) -> dict:
+    """The sampler's rule (triggers.awk) on one sample made of `archive` (parse_info's figures)."""
+    t = archive["now"]
+    if "archiver_error" in archive:
+        fields = {"arch_error": 1}
+    else:
+        fields = {"arch_ok": archive["last_archived"], "arch_failures": archive["failed_count"],
+                  "arch_fail_t": archive["last_failed"], "arch_ready": archive["ready"],
+                  "arch_ready_t": archive["oldest_ready"], "wal_bytes": archive["wal_bytes"],
+                  "wal_disk": archive["disk_total"]}
+    line = sample(0, t=t, **fields)
+    out = subprocess.run(["awk", "-v", f"now={t}", "-v", "window=3600", commands.TRIGGERS_AWK],
+                         input=line + "\n", capture_output=True, text=True, check=True).stdout
+    return commands.key_values(out)
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"last_failed": 1995}, {"last_failed": 1995, "last_archived": 0},
+    {"ready": 7, "oldest_ready": 2000 - 301}, {"ready": 7, "oldest_ready": 2000 - 300},
+    {"ready": 7, "oldest_ready": 1000, "last_failed": 1995},
+    {"wal_bytes": 4 * GB + 1}, {"wal_bytes": 4 * GB}, {"wal_bytes": 9 * GB, "disk_total": 0},
+    {"archiver_error": "ERROR: x"},
+])
+def test_the_alert_and_doctor_apply_one_rule(changes):
+    """The sampler's alert (awk, on the host) and doctor (Python) agree on every row of the table
+    above: the same bounds (ARCHIVE_STALL_S, WAL_MAX_DISK_FRACTION), the same verdict."""
+    archive = {**ARCHIVE, **changes}
+    if "archiver_error" in changes:
+        archive = {k: v for k, v in archive.items() if k not in pitr.ARCHIVER_FIELDS}
+    found = [f.summary for f in status.archive_findings(archive, now=0)]
+    expected = ("unreadable" if any("could not be read" in f for f in found) else
+                "failing" if any("is failing" in f for f in found) else
+                "stalled" if any("is stalled" in f for f in found) else
+                "pg_wal-high" if any(f.startswith("pg_wal holds") for f in found) else "ok")
+    assert awk_archive(archive)["archive"] == expected, (found, awk_archive(archive))

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from . import q, rollout
 from .context import HostContext
 from .offsite import key_path, sftp_path, sftp_target
+from .programs import program
 
 STANZA = "main"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -108,32 +109,56 @@ BACKUP_SHELL = f"""if docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null
 fi"""
 
 
-# The archiver's last success, failures and last failure, as epoch seconds and a count, space-separated
-# by psql's -F (a quoted ' ' would end the shell's single quotes; a "..." in SQL is a column name).
-ARCHIVER_COLUMNS = ("coalesce(extract(epoch FROM last_archived_time)::bigint, 0), failed_count, "
-                    "coalesce(extract(epoch FROM last_failed_time)::bigint, 0)")
+# The archiver in one row: its last success, failures counted and last failure (epoch seconds),
+# the finished segments waiting to be archived (`.ready`) and the oldest one's time, and the size
+# of pg_wal. archive-state.sh hands it to psql as an argument, so no shell quoting touches it.
+ARCHIVER_QUERY = ("SELECT coalesce(extract(epoch FROM last_archived_time)::bigint, 0), "
+                  "failed_count, coalesce(extract(epoch FROM last_failed_time)::bigint, 0), "
+                  "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
+                  "(SELECT coalesce(extract(epoch FROM min(modification))::bigint, 0) "
+                  "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
+                  "(SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()) FROM pg_stat_archiver")
+ARCHIVER_FIELDS = ("last_archived", "failed_count", "last_failed", "ready", "oldest_ready",
+                   "wal_bytes")
+ARCHIVE_STATE = program("archive-state.sh")
 
 
 def info(ctx: HostContext) -> str:
-    """Shell: pgBackRest's `info` as JSON, the host's time, and the time of the last archived WAL."""
-    return f"""pg=$({ctx.container('postgres')})
-echo "now=$(date -u +%s)"
-if [ -z "$pg" ]; then echo "pitr=no-postgres"; exit 0; fi
-if ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 2>&1; then echo "pitr=unavailable"; exit 0; fi
-echo "archiver=$(docker exec "$pg" sh -c 'psql -X -At -F " " -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "SELECT {ARCHIVER_COLUMNS} FROM pg_stat_archiver"' 2>/dev/null)"
-echo "info=$({BR} info --output=json 2>/dev/null | tr -d '\\n')\""""
+    """Shell: the WAL archive's state (tasks/programs/archive-state.sh): the host's time, the
+    archiver's figures (or the error that kept them from being read), pg_wal's disk and
+    pgBackRest's `info` as JSON."""
+    return (ARCHIVE_STATE.rstrip("\n").replace("@QUERY@", q(ARCHIVER_QUERY))
+            .replace("@POSTGRES@", ctx.container("postgres")))
+
+
+def parse_archiver(values: dict[str, str]) -> dict:
+    """The archiver's figures (ARCHIVER_FIELDS), or {"archiver_error": why}: a query that failed
+    or printed something else is itself a finding, never a row of zeros."""
+    if "archiver_error" in values:
+        return {"archiver_error": values["archiver_error"].strip()
+                or "psql failed and said nothing"}
+    words = (values.get("archiver") or "").split()
+    if len(words) != len(ARCHIVER_FIELDS) or not all(w.isdigit() for w in words):
+        text = (values.get("archiver") or "").strip()
+        return {"archiver_error": f"unreadable pg_stat_archiver figures: {text[:200]!r}" if text
+                else "the archiver's figures are missing"}
+    figures = dict(zip(ARCHIVER_FIELDS, map(int, words), strict=True))
+    disk = (values.get("wal_disk") or "").split()
+    if len(disk) == 2 and all(w.isdigit() for w in disk):
+        figures.update(disk_total=int(disk[0]), disk_available=int(disk[1]))
+    return figures
 
 
 def parse_info(output: str) -> dict:
     """{"state": ok|unavailable|no-postgres|no-backup, "now", "oldest" (the earliest moment a
-    restore can reach: the oldest backup's end), "backups", "last_archived", "failed_count",
-    "last_failed"} from `info`'s output."""
+    restore can reach: the oldest backup's end), "backups", and the archiver's figures
+    (`parse_archiver`: ARCHIVER_FIELDS, "disk_total", "disk_available", or "archiver_error")}
+    from `info`'s output."""
     values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
     result: dict = {"now": int(values.get("now", "0") or 0)}
     if values.get("pitr") in ("unavailable", "no-postgres"):
         return {**result, "state": values["pitr"]}
-    archived, failed, last_failed = ((values.get("archiver") or "0 0 0").split() + ["0", "0", "0"])[:3]
-    result.update(last_archived=int(archived or 0), failed_count=int(failed or 0), last_failed=int(last_failed or 0))
+    result.update(parse_archiver(values))
     try:
         stanzas = json.loads(values.get("info") or "[]")
     except ValueError:
@@ -145,6 +170,11 @@ def parse_info(output: str) -> dict:
     return {**result, "state": "ok", "backups": len(backups), "oldest": stops[0], "newest": stops[-1]}
 
 
+def archive_failing(state: dict) -> bool:
+    """The archiver's last attempt failed (its last failure is newer than its last success)."""
+    return state.get("last_failed", 0) > state.get("last_archived", 0)
+
+
 def window_line(state: dict) -> str:
     """One line for backup.list: how far back a restore --to-time reaches, and the archive's health."""
     def at(seconds: int) -> str:
@@ -154,12 +184,18 @@ def window_line(state: dict) -> str:
         return ("point in time: not available (" + ("the live Postgres image has no pgBackRest" if state["state"] == "unavailable"
                                                      else "postgres is not running") + ")")
     if state["state"] == "no-backup":
-        return "point in time: no pgBackRest backup yet (the next deploy or `fab backup` takes the first)"
-    line = f"point in time: any moment from {at(state['oldest'])} ({state['backups']} pgBackRest backups)"
+        line = ("point in time: no pgBackRest backup yet (the next deploy or `fab backup` takes "
+                "the first)")
+    else:
+        line = (f"point in time: any moment from {at(state['oldest'])} ({state['backups']} "
+                "pgBackRest backups)")
     if state.get("last_archived"):
         line += f"; WAL archived up to {at(state['last_archived'])}"
-    if state.get("last_failed", 0) > state.get("last_archived", 0):
-        line += f"; ARCHIVING IS FAILING since {at(state['last_failed'])} ({state['failed_count']} failures)"
+    if state.get("archiver_error"):
+        line += f"; THE ARCHIVER'S STATE COULD NOT BE READ ({state['archiver_error'][:120]})"
+    elif archive_failing(state):
+        line += (f"; ARCHIVING IS FAILING: the last attempt failed at {at(state['last_failed'])} "
+                 f"({state['failed_count']} failures counted)")
     return line
 
 

@@ -33,11 +33,18 @@ METRICS_DAYS = 8
 HOUR, DAY = 3600, 86400
 # Keys of the live release's settings that status/doctor may read (never a secret).
 PUBLIC_ENV_KEYS = ("API_WORKERS", "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "HTTP_PORT", "HTTPS_PORT")
+# The WAL archive (issue 26), for status/doctor (tasks/status.archive_findings) and the sampler's
+# alert (triggers.awk): a finished segment waiting longer than this means the archive is stalled
+# (archive_timeout, at most a minute by default, finishes one a minute while WAL is written); and
+# pg_wal past this fraction of its disk is WAL piling up.
+ARCHIVE_STALL_S = 300
+WAL_MAX_DISK_FRACTION = 0.10
 SECTION = "@@ "
 
 # The plan's triggers ("Scaling Triggers (When to Upgrade)"), for a window of samples.
 # Sustained = at least SUSTAINED of the window's samples (with data) are past the threshold.
-TRIGGERS_AWK = program("triggers.awk")
+TRIGGERS_AWK = (program("triggers.awk").replace("__ARCHIVE_STALL_S__", str(ARCHIVE_STALL_S))
+                .replace("__WAL_MAX_DISK_FRACTION__", str(WAL_MAX_DISK_FRACTION)))
 
 SAMPLER_SCRIPT = program("sample.sh")
 
@@ -52,7 +59,9 @@ def sampler_path(ctx: HostContext) -> str:
 
 def sampler_script() -> str:
     awk = TRIGGERS_AWK.replace("'", "'\\''")
-    return SAMPLER_SCRIPT.replace("__TRIGGERS__", awk).replace("__KEEP_DAYS__", str(METRICS_DAYS - 1))
+    return (SAMPLER_SCRIPT.replace("__TRIGGERS__", awk)
+            .replace("__KEEP_DAYS__", str(METRICS_DAYS - 1))
+            .replace("__ARCHIVER_QUERY__", q(pitr.ARCHIVER_QUERY)))
 
 
 def sampler_cron_line(ctx_abs: HostContext) -> str:

@@ -55,6 +55,21 @@ pg=$(container postgres)
 if [ -n "$pg" ]; then
   db=$(docker exec "$pg" sh -c 'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "select count(*) filter (where backend_type = '\''client backend'\''), current_setting('\''max_connections'\'') from pg_stat_activity"' 2>/dev/null | tr '|' ' ')
   [ -n "$db" ] && line="$line $(echo "$db" | awk '{printf "db_conn=%d db_max=%d", $1, $2}')"
+  # The WAL archive (commands/pitr.ARCHIVER_QUERY, given to psql as an argument): a query that
+  # fails is recorded as such (arch_error=1), never as zeros.
+  # shellcheck disable=SC2016  # expanded in the container
+  psql_in_pg='psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"'
+  if arch=$(docker exec "$pg" sh -c "$psql_in_pg" psql __ARCHIVER_QUERY__ 2>/dev/null | tail -n 1) \
+      && [ "$(echo "$arch" | wc -w)" = 6 ]; then
+    line="$line $(echo "$arch" | awk '{printf "arch_ok=%s arch_failures=%s", $1, $2
+      printf " arch_fail_t=%s arch_ready=%s arch_ready_t=%s wal_bytes=%s", $3, $4, $5, $6}')"
+  else
+    line="$line arch_error=1"
+  fi
+  # shellcheck disable=SC2016  # expanded in the container
+  disk=$(docker exec "$pg" sh -c 'df -Pk "${PGDATA:-/var/lib/postgresql/data}"' 2>/dev/null |
+    awk 'END { if ($2 ~ /^[0-9]+$/) printf "%.0f", $2 * 1024 }')
+  [ -n "$disk" ] && line="$line wal_disk=$disk"
 fi
 nats=$(container nats)
 if [ -n "$nats" ]; then
@@ -76,5 +91,21 @@ if [ "$state" != unknown ] && [ "$state" != "$(cat "$dir/.verdict" 2>/dev/null |
   echo "$state" > "$dir/.verdict"
   notify="$APP_DIR/bin/tasktracker-notify"
   [ -x "$notify" ] && "$notify" "scaling triggers over the last hour: $state ($(printf '%s\n' "$verdict" | sed -n 's/^reasons=//p'))"
+fi
+# Alert when the WAL archive's verdict changes: failing, stalled, unreadable, pg_wal too big, ok.
+archive=$(printf '%s\n' "$verdict" | sed -n 's/^archive=//p')
+before=$(cat "$dir/.archive" 2>/dev/null || echo ok)
+if [ -n "$archive" ] && [ "$archive" != unknown ] && [ "$archive" != "$before" ]; then
+  echo "$archive" > "$dir/.archive"
+  notify="$APP_DIR/bin/tasktracker-notify"
+  why=$(printf '%s\n' "$verdict" | sed -n 's/^archive_reasons=//p')
+  case "$archive" in
+    ok) text="WAL archive: ok again (every finished segment is archived)" ;;
+    failing) text="WAL ARCHIVING IS FAILING: $why; run doctor" ;;
+    stalled) text="WAL ARCHIVING IS STALLED: $why; run doctor" ;;
+    unreadable) text="THE WAL ARCHIVE'S STATE CANNOT BE READ: $why" ;;
+    *) text="PG_WAL IS FILLING THE DISK: $why; run doctor" ;;
+  esac
+  [ -x "$notify" ] && "$notify" "$text"
 fi
 exit 0
