@@ -1073,7 +1073,7 @@ def test_testhost_up_refuses_a_missing_network_before_making_anything(tmp_path, 
     (no state dir, no dockerd started, no container recorded)."""
     from invoke import Context
 
-    from tasks import testhost
+    from lab import testhost
 
     monkeypatch.setenv("TASKTRACKER_TESTHOST_DIR", str(tmp_path / "hosts"))
     asked = []
@@ -1092,7 +1092,7 @@ def test_testhost_up_refuses_a_missing_network_before_making_anything(tmp_path, 
 def test_a_testhost_whose_boot_never_finished_is_not_claimed_up(tmp_path, monkeypatch):
     """A host recorded before its container ran (the boot failed half-way) has no pinned key and
     no ssh config: `up` again removes what that boot left, by its records, and boots it anew."""
-    from tasks import testhost
+    from lab import testhost
 
     monkeypatch.setenv("TASKTRACKER_TESTHOST_DIR", str(tmp_path))
     ran = []
