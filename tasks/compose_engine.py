@@ -150,6 +150,10 @@ class ComposeEngine:
                 {"compose": variant, "backend_fingerprint": backend(PROJECT_ROOT, env, variant),
                  "stack_fingerprint": backend(PROJECT_ROOT, env, variant, fingerprints.STACK_PATHS)})
 
+    def serving_on(self) -> str:
+        """Where a live release serves, for the deploy's last line."""
+        return self.name
+
     def describe(self, plan) -> str:
         rid = plan.release.id
         return (f"{rid} -> {self.name}:{self.ctx.release_dir(rid)} (Compose {self.variant})"

@@ -12,6 +12,7 @@ manager) supplies only what differs, through these methods:
     ensure_archive()        pgBackRest's stanza (the WAL archive) where Postgres runs
     migrate_command(plan)   the one migration command
     activate / put_back / check_running   traffic to a release, back, and the live stack's state
+    describe(plan), serving_on()   where the release goes, and where it then serves
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
             host.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
         outcome["detail"] = failure.detail
         raise
-    print(f"Release {release.id} is live on {host.name}"
+    print(f"Release {release.id} is live on {host.serving_on()}"
           + ("." if plan.backend else f" (API and worker: {plan.backend_release})."))
 
 

@@ -278,6 +278,9 @@ class SwarmHost(Host):
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
 
+    def serving_on(self) -> str:
+        return f"the swarm ({len(self.state()['nodes'])} nodes)"
+
     def describe(self, plan) -> str:
         return (f"{plan.release.id} -> stack {self.stack} via {self.name} "
                 f"({'routing mesh' if self.mesh else 'dnsrr + host-mode ports: no IPVS'})")
