@@ -38,7 +38,8 @@ from .identity import identity, now_iso
 from .settings import ENV_HELP, PROJECT_ROOT, Settings, choose_env, env_file_path, env_values
 from .steps import StepFailed, Steps
 
-SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "postgres", "frontend/dist", release_commands.PROBE_PATH)
+SENT_PATHS = ("compose.yml", "docker-compose.production.yml", compose_commands.MIGRATE_FILE, "nginx", "backend",
+              "postgres", "frontend/dist", release_commands.PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 COMPOSE_CHOICES = ("auto", "v1", "v2")
 DRY_RUN_FILES = 60  # files listed by `deploy --dry-run` (all are counted)
@@ -337,7 +338,9 @@ def release_files(host: Host, plan: DeployPlan) -> list[tuple[str, int, str]]:
                                                                                      postgres_image=plan.release.postgres_image)),
             (f"{rel}/RELEASE.json", 0o644, json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"),
             (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
-            (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
+            (f"bin/{notify_commands.CONF_NAME}", 0o600, conf),
+            (f"env/{db_commands.APP_ROLE_FILE}", 0o600,
+             db_commands.app_role_script(s.app_db_user, s.postgres_user, s.postgres_password.reveal(), s.postgres_db))]
 
 
 def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
@@ -450,6 +453,7 @@ def prune_command(host: Host, prune: list[str]) -> str:
 
 BACKEND_STEPS = "images, backend build, database, migrations, api and worker"
 ARCHIVE_STEP = "WAL archive (point-in-time recovery)"
+APP_ROLE_STEP = "the app's database role and its grants"
 RECORD_STEP = "record release and prune"  # the last step of rollout.activation's `then`
 
 
@@ -476,6 +480,8 @@ def ship_release(host: Host, plan: DeployPlan, place: str, on_host: set[str], ro
             with steps.step(ARCHIVE_STEP):
                 host.ensure_archive()
         migrate_database(host, release, before, current)
+        with steps.step(APP_ROLE_STEP):
+            host.run(db_commands.ensure_app_role(host.ctx), APP_ROLE_STEP)
     else:
         steps.skip(BACKEND_STEPS, f"unchanged since {plan.backend_release}: its containers keep running")
     prune = releases_to_prune(rows + [(rid, release.recorded("ok"))], rid, host.settings.keep_releases)
@@ -506,7 +512,7 @@ def migrate_database(host: Host, release: Release, before: release_commands.Sche
         steps.skip("back up database before migrating", "fresh database" if before.fresh else "no pending migration")
     with steps.step("migrate database"):
         try:
-            host.run(host.in_release(rid, sh(compose_commands.migrate(host.ctx))), "migrate database", hide=False)
+            host.run(host.in_release(rid, compose_commands.migrate(host.ctx)), "migrate database", hide=False)
         except StepFailed as failure:
             after = host.schema(rid)
             raise StepFailed(failure.step, f"{failure.detail} "
@@ -576,7 +582,8 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
     prepare = "prepare release and its settings"
     planned = [
         Planned(prepare, "sftp", f"{ctx.inbox}/{release_commands.RELEASE_TAR} <- the release's settings ({env_keys} keys, mode 0600), "
-                                 f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600); values not shown"),
+                                 f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600), "
+                                 f"the app's database role (env/{db_commands.APP_ROLE_FILE}, 0600); values not shown"),
         Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
                 + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"])),
                                                        release) if plan.backend else [])
@@ -597,7 +604,8 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
                         Planned(step, "host", sh(backup_commands.activate_script(ctx))),
                         Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
         if migrate:
-            planned.append(Planned("migrate database", "host", host.in_release(rid, sh(compose_commands.migrate(ctx)))))
+            planned.append(Planned("migrate database", "host", host.in_release(rid, compose_commands.migrate(ctx))))
+        planned.append(Planned(APP_ROLE_STEP, "host", db_commands.ensure_app_role(ctx)))
     steps = ("replace api, restart worker, " if plan.backend else "") + "switch current, reload nginx, health checks, record"
     return planned + [Planned(steps, "host", host.activation_script(release, backend=plan.backend,
                                                                      then=record_command(host, release, prune)))]

@@ -25,6 +25,7 @@ from . import remote
 from .commands import audit as audit_commands
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import images as image_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
@@ -538,10 +539,19 @@ class Host:
                                         f"(`docker node promote NODE` on the manager) and run the restore there. Nothing was changed")
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
+        before = self.before_start(migrate)
         self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
                                          before_start=before), "restore", hide=False)
+
+    def before_start(self, migrate: bool) -> str:
+        """What a restore runs before api and worker start on the restored database: the migration
+        (`migrate`), then the app role and its grants (a dump holds neither the role, a cluster's
+        object, nor its grants: restores leave privileges out, commands/db.py puts them back)."""
+        role = f'(cd "$HOME" && {db_commands.ensure_app_role(self.ctx)})'
+        if not migrate:
+            return role
+        migration = release_commands.in_current(self.ctx, compose_commands.migrate(self.ctx))
+        return f'(cd "$HOME" && {migration}) && {role}'
 
     # --- point-in-time recovery (pgBackRest) ----------------------------------------------------
     def pitr_state(self) -> dict:
@@ -554,7 +564,8 @@ class Host:
         self.refuse_pitr_on_swarm()
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
+        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}',
+                                                             self.before_start(migrate=False)), warn=True)
         if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
             raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
         if not result.ok:
@@ -595,8 +606,7 @@ class Host:
         self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
+        before = self.before_start(migrate)
         result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
                                warn=True, hide="stderr")
         said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]
@@ -614,8 +624,9 @@ class Host:
 
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
-        """Run `argv_for(ctx)` (a Compose argv builder) in the current release."""
-        command = release_commands.in_current(self.ctx, sh(argv_for(self.ctx)))
+        """Run `argv_for(ctx)` (a Compose argv builder, or one that builds a shell line) in the current release."""
+        built = argv_for(self.ctx)
+        command = release_commands.in_current(self.ctx, built if isinstance(built, str) else sh(built))
         result = self.conn.run(command, warn=True, hide=hide, pty=pty, **({"in_stream": None} if pty else {}))
         if result.exited == release_commands.NO_RELEASE_EXIT:
             raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so there is nothing to "

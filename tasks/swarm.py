@@ -31,6 +31,7 @@ from .build import FRONTEND, git_commit
 from .commands import cluster as commands
 from .commands.build import paths_digest
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
@@ -47,6 +48,7 @@ SENT_PATHS = (*STACK_SOURCES, "nginx", "backend", "postgres", "frontend/dist", r
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")
 DATA_SERVICES = {"postgres", "nats"}
 CONVERGE_SECONDS = 300
+APP_ROLE_STEP = "the app's database role and its grants"
 
 
 def open_host(c, settings: Settings | None = None, *, compose: str = "auto", steps: Steps | None = None) -> Host:
@@ -328,6 +330,7 @@ class SwarmHost(Host):
                    *([("data node", "pgBackRest: the stanza and a first full backup when missing (WAL archive)")]
                      if release.postgres_image else []),
                    (self.name, sh(commands.migrate(ctx, rid, stack, release.image))),
+                   (self.name, commands.ensure_app_role(ctx, rid, stack, rendered["services"]["postgres"]["image"])),
                    (self.name, sh(commands.stack_deploy(stack, [stack_file], bool(self.settings.registry)))
                     + "  (start-first, awaited; Swarm rolls back a failure)"),
                    (self.name, rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
@@ -387,9 +390,15 @@ class SwarmHost(Host):
             stack_file, data_file = commands.stack_file(ctx, rid), commands.stack_file(ctx, rid, "data")
             self.put_text(commands.dump_stack(rendered), stack_file)
             self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)), data_file)
-            self.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
+            s = self.settings
+            self.put_text(commands.docker_env_file(commands.migration_environment(rendered)),
                           f"{commands.stack_dir(ctx, rid)}/migrate.env")
-            self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
+            role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
+            self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user, s.postgres_password.reveal(),
+                                                      s.postgres_db), role_sql)
+            # Protected; the role's file also where a restore on this node finds it (commands/db.py).
+            self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/* && "
+                     + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]), "protect stack files")
             self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
         with steps.step("upload files (rsync)"):
             result = remote.rsync(self.conn, sources=list(SENT_PATHS), remote_path=f"{ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT),
@@ -408,6 +417,8 @@ class SwarmHost(Host):
             with steps.step("WAL archive (point-in-time recovery)"):
                 self.ensure_archive(nodes)
         self.migrate_database(release, current, nodes)
+        with steps.step(APP_ROLE_STEP):
+            self.run(commands.ensure_app_role(ctx, rid, stack, rendered["services"]["postgres"]["image"]), APP_ROLE_STEP)
         if not current:
             self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
 

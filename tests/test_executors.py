@@ -938,8 +938,19 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
     # a release with a migration: the tar, unpack, start, the WAL archive, [the backup's 3 commands and upload],
-    # migrate, activate
-    assert len(deploy_conn.commands) == 5 + 3 and len(deploy_conn.uploads) == 1 + 1
+    # migrate, the app role, activate
+    assert len(deploy_conn.commands) == 6 + 3 and len(deploy_conn.uploads) == 1 + 1
+    migrate, role = deploy_conn.commands[-3:-1]
+    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in migrate
+    assert role.startswith("if [ -f tasktracker/env/app-role.sql ]; then") and "psql" in role
+    tar = tarfile.open(fileobj=io.BytesIO(deploy_conn.uploads[0][1]))
+    assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/app-role.sql"] == "0o600"
+    sql = tar.extractfile("env/app-role.sql").read().decode()
+    password = host.settings.app_db_password.reveal()
+    assert "PASSWORD 'SCRAM-SHA-256$4096:" in sql and password not in sql  # a verifier, never the password
+    env = tar.extractfile("env/r3.env").read().decode()
+    assert f"APP_DB_PASSWORD={password}\n" in env and "APP_DB_USER=tasktracker_app\n" in env
+    assert password not in "\n".join(deploy_conn.commands)
     assert [row[0] for row in host.steps.rows][-5:] == [*ALL_STEPS, "record release and prune"]
 
 
