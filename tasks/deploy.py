@@ -340,7 +340,8 @@ def release_files(host: Host, plan: DeployPlan) -> list[tuple[str, int, str]]:
             (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
             (f"bin/{notify_commands.CONF_NAME}", 0o600, conf),
             (f"env/{db_commands.APP_ROLE_FILE}", 0o600,
-             db_commands.app_role_script(s.app_db_user, s.postgres_user, s.postgres_password.reveal(), s.postgres_db))]
+             db_commands.app_role_script(s.app_db_user, s.postgres_user, s.postgres_password.reveal(),
+                                         s.postgres_db))]
 
 
 def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
@@ -512,7 +513,8 @@ def migrate_database(host: Host, release: Release, before: release_commands.Sche
         steps.skip("back up database before migrating", "fresh database" if before.fresh else "no pending migration")
     with steps.step("migrate database"):
         try:
-            host.run(host.in_release(rid, compose_commands.migrate(host.ctx)), "migrate database", hide=False)
+            host.run(host.in_release(rid, compose_commands.migrate(host.ctx)), "migrate database",
+                     hide=False)
         except StepFailed as failure:
             after = host.schema(rid)
             raise StepFailed(failure.step, f"{failure.detail} "
@@ -582,8 +584,9 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
     prepare = "prepare release and its settings"
     planned = [
         Planned(prepare, "sftp", f"{ctx.inbox}/{release_commands.RELEASE_TAR} <- the release's settings ({env_keys} keys, mode 0600), "
-                                 f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600), "
-                                 f"the app's database role (env/{db_commands.APP_ROLE_FILE}, 0600); values not shown"),
+                                 f"release.yml, RELEASE.json, the alert program and its channels "
+                                 f"(notify.conf, 0600), the app's database role "
+                                 f"(env/{db_commands.APP_ROLE_FILE}, 0600); values not shown"),
         Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
                 + image_commands.present(images_needed(backend_build_place(host.settings.build_backend, machine.ok(["docker", "info"])),
                                                        release) if plan.backend else [])
@@ -604,7 +607,8 @@ def planned_commands(host: Host, plan: DeployPlan, *, upload: str, ship: list[st
                         Planned(step, "host", sh(backup_commands.activate_script(ctx))),
                         Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
         if migrate:
-            planned.append(Planned("migrate database", "host", host.in_release(rid, compose_commands.migrate(ctx))))
+            planned.append(Planned("migrate database", "host",
+                                   host.in_release(rid, compose_commands.migrate(ctx))))
         planned.append(Planned(APP_ROLE_STEP, "host", db_commands.ensure_app_role(ctx)))
     steps = ("replace api, restart worker, " if plan.backend else "") + "switch current, reload nginx, health checks, record"
     return planned + [Planned(steps, "host", host.activation_script(release, backend=plan.backend,

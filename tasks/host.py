@@ -564,8 +564,9 @@ class Host:
         self.refuse_pitr_on_swarm()
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}',
-                                                             self.before_start(migrate=False)), warn=True)
+        script = pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}',
+                                               self.before_start(migrate=False))
+        result = self.conn.run(script, warn=True)
         if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
             raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
         if not result.ok:
@@ -624,9 +625,11 @@ class Host:
 
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
-        """Run `argv_for(ctx)` (a Compose argv builder, or one that builds a shell line) in the current release."""
+        """Run `argv_for(ctx)` (a Compose argv builder, or one that builds a shell line) in the
+        current release."""
         built = argv_for(self.ctx)
-        command = release_commands.in_current(self.ctx, built if isinstance(built, str) else sh(built))
+        command = release_commands.in_current(self.ctx,
+                                              built if isinstance(built, str) else sh(built))
         result = self.conn.run(command, warn=True, hide=hide, pty=pty, **({"in_stream": None} if pty else {}))
         if result.exited == release_commands.NO_RELEASE_EXIT:
             raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so there is nothing to "

@@ -330,7 +330,8 @@ class SwarmHost(Host):
                    *([("data node", "pgBackRest: the stanza and a first full backup when missing (WAL archive)")]
                      if release.postgres_image else []),
                    (self.name, sh(commands.migrate(ctx, rid, stack, release.image))),
-                   (self.name, commands.ensure_app_role(ctx, rid, stack, rendered["services"]["postgres"]["image"])),
+                   (self.name, commands.ensure_app_role(ctx, rid, stack,
+                                                        rendered["services"]["postgres"]["image"])),
                    (self.name, sh(commands.stack_deploy(stack, [stack_file], bool(self.settings.registry)))
                     + "  (start-first, awaited; Swarm rolls back a failure)"),
                    (self.name, rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
@@ -394,11 +395,13 @@ class SwarmHost(Host):
             self.put_text(commands.docker_env_file(commands.migration_environment(rendered)),
                           f"{commands.stack_dir(ctx, rid)}/migrate.env")
             role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
-            self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user, s.postgres_password.reveal(),
-                                                      s.postgres_db), role_sql)
+            self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user,
+                                                      s.postgres_password.reveal(), s.postgres_db),
+                          role_sql)
             # Protected; the role's file also where a restore on this node finds it (commands/db.py).
             self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/* && "
-                     + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]), "protect stack files")
+                     + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]),
+                     "protect stack files")
             self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
         with steps.step("upload files (rsync)"):
             result = remote.rsync(self.conn, sources=list(SENT_PATHS), remote_path=f"{ctx.release_dir(rid)}/", cwd=str(PROJECT_ROOT),
@@ -418,7 +421,8 @@ class SwarmHost(Host):
                 self.ensure_archive(nodes)
         self.migrate_database(release, current, nodes)
         with steps.step(APP_ROLE_STEP):
-            self.run(commands.ensure_app_role(ctx, rid, stack, rendered["services"]["postgres"]["image"]), APP_ROLE_STEP)
+            postgres_image = rendered["services"]["postgres"]["image"]
+            self.run(commands.ensure_app_role(ctx, rid, stack, postgres_image), APP_ROLE_STEP)
         if not current:
             self.run(rollout.switch_current(ctx, rid), "switch current")  # nginx's config lives in the release
 

@@ -476,12 +476,13 @@ APP_ROLE_FILE = "app-role.sql"  # beside migrate.env in the release's stack dire
 def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str) -> str:
     """The app role and its grants (commands/db.app_role_sql, the release's APP_ROLE_FILE), applied
     once as the owner from a one-off container of the Postgres image on the stack's network, with
-    the migration's environment (the owner's login; psql reads its password from the environment)."""
+    the migration's environment (the owner's login; psql reads its password from the
+    environment)."""
     d = stack_dir(ctx, release_id)
-    psql = ('PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 -h "$POSTGRES_HOST" '
-            '-U "$POSTGRES_USER" -d "$POSTGRES_DB"')
-    argv = ["docker", "run", "--rm", "-i", "--network", network(stack), "--env-file", f"{d}/migrate.env",
-            "--entrypoint", "sh", postgres_image, "-c", psql]
+    psql = ('PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 '
+            '-h "$POSTGRES_HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
+    argv = ["docker", "run", "--rm", "-i", "--network", network(stack),
+            "--env-file", f"{d}/migrate.env", "--entrypoint", "sh", postgres_image, "-c", psql]
     return f"{sh(argv)} < {q(f'{d}/{APP_ROLE_FILE}')} >/dev/null"
 
 

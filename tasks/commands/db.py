@@ -151,7 +151,8 @@ def upgrade(ctx: HostContext, *, old_major: str, new_image: str, keep: str, back
         "@POSTGRES_UP@": sh(ctx.compose("up", "-d", "--no-deps", "postgres")),
         "@BACKUP@": sh([script_path(ctx), ctx.app_dir, ctx.project, str(backup_keep)]), "@BACKUPS@": q(ctx.backups_dir),
         "@DATA@": POSTGRES_DATA, "@KEEP_LABELS@": labels, "@PIN@": pin, "@PIN_FILES@": " ".join(q(f) for f in pin_files),
-        "@ROW_COUNTS_SQL@": ROW_COUNTS_SQL.rstrip("\n"), "@PROBE@": probe, "@APP_ROLE@": ensure_app_role(ctx),
+        "@ROW_COUNTS_SQL@": ROW_COUNTS_SQL.rstrip("\n"), "@PROBE@": probe,
+        "@APP_ROLE@": ensure_app_role(ctx),
     }
     script = UPGRADE_SCRIPT
     for key, value in values.items():
@@ -196,7 +197,8 @@ def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATION
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
     b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+    stored_key = hashlib.sha256(client_key).digest()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def app_role_verifier(owner_password: str) -> str:
@@ -223,7 +225,8 @@ def app_role_sql(role: str, verifier: str, owner: str, database: str) -> str:
     tables and sequences the owner creates later (default privileges: the next migration's tables
     need no new grant). The owner keeps the schema; nobody else may create objects in it."""
     r, o = ident(role), ident(owner)
-    attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT -1"
+    attributes = ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+                  "CONNECTION LIMIT -1")
     return "\n".join([
         "\\set ON_ERROR_STOP on",
         "BEGIN;",
@@ -235,7 +238,8 @@ def app_role_sql(role: str, verifier: str, owner: str, database: str) -> str:
         f"GRANT USAGE ON SCHEMA public TO {r};",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {r};",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r};",
-        f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r};",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r};",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {r};",
         "COMMIT;",
     ]) + "\n"
@@ -259,6 +263,7 @@ def ensure_app_role(ctx: HostContext) -> str:
     psql = q('psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" >/dev/null')
     ready = q('pg_isready -q -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
     return (f"if [ -f {path} ]; then pg=$({ctx.container('postgres')}); "
-            f"[ -n \"$pg\" ] || {{ echo 'no running postgres container for the app role' >&2; false; }}; "
+            f"[ -n \"$pg\" ] || {{ echo 'no running postgres container for the app role' >&2; "
+            f"false; }}; "
             f"for _ in $(seq 1 60); do docker exec \"$pg\" sh -c {ready} && break; sleep 1; done; "
             f"docker exec -i \"$pg\" sh -c {psql} < {path}; fi")

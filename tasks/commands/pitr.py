@@ -180,7 +180,8 @@ def window_problem(state: dict, target: datetime) -> str | None:
     return None
 
 
-def restore_to_time(ctx: HostContext, target: str, compose_start: str, before_start: str = "") -> str:
+def restore_to_time(ctx: HostContext, target: str, compose_start: str,
+                    before_start: str = "") -> str:
     """Restore the database to `target` (UTC, TIME_FORMAT), in one script:
 
     1. stop api and worker (nothing writes), commit one transaction and have pgBackRest archive
