@@ -22,8 +22,11 @@ ROLE = "tasktracker_app"
 
 
 def http_json(url, data=None):
-    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(data).encode() if data is not None else None,
+        headers={"Content-Type": "application/json"} if data is not None else {},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
             return res.status, json.loads(res.read() or b"null")
@@ -32,25 +35,47 @@ def http_json(url, data=None):
 
 
 def docker(*args: str, check=True, stdin: str | None = None) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, input=stdin).stdout.strip()
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, input=stdin
+    ).stdout.strip()
 
 
 def container(project: str, service: str) -> str:
-    return docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
-                  "--filter", f"label=com.docker.compose.service={service}",
-                  "--filter", "label=com.docker.compose.oneoff=False").split()[0]
+    return docker(
+        "ps",
+        "-q",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+        "--filter",
+        "label=com.docker.compose.oneoff=False",
+    ).split()[0]
 
 
 def psql(project: str, sql: str) -> str:
-    return docker("exec", container(project, "postgres"), "psql", "-U", "postgres", "-d", "tasktracker", "-Atc", sql)
+    return docker(
+        "exec",
+        container(project, "postgres"),
+        "psql",
+        "-U",
+        "postgres",
+        "-d",
+        "tasktracker",
+        "-Atc",
+        sql,
+    )
 
 
 def address(cid: str) -> str:
-    return docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid).split()[0]
+    return docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid
+    ).split()[0]
 
 
 def users_of(project: str, service: str) -> set[str]:
-    """The roles the service's own connections log in as (pg_stat_activity, by the client's address)."""
+    """The roles the service's own connections log in as (pg_stat_activity, by the client's
+    address)."""
     ip = address(container(project, service))
     out = psql(project, f"SELECT DISTINCT usename FROM pg_stat_activity WHERE client_addr = '{ip}'")
     return set(out.split())
@@ -60,10 +85,12 @@ def users_of(project: str, service: str) -> set[str]:
 ATTEMPTS = r"""
 import json, os, psycopg
 conn = psycopg.connect(host=os.environ["POSTGRES_HOST"], dbname=os.environ["POSTGRES_DB"],
-                       user=os.environ["POSTGRES_USER"], password=os.environ["POSTGRES_PASSWORD"], autocommit=True)
+                       user=os.environ["POSTGRES_USER"], password=os.environ["POSTGRES_PASSWORD"],
+                       autocommit=True)
 out = {"user": conn.execute("SELECT current_user").fetchone()[0]}
 for name, sql in [("read_file", "SELECT pg_read_file('/etc/passwd')"),
-                  ("read_offsite", "SELECT pg_read_file('/var/lib/pgbackrest/conf.d/offsite.conf')"),
+                  ("read_offsite",
+                   "SELECT pg_read_file('/var/lib/pgbackrest/conf.d/offsite.conf')"),
                   ("program", "COPY (SELECT 1) TO PROGRAM 'id'"),
                   ("create_role", "CREATE ROLE intruder SUPERUSER LOGIN"),
                   ("create_table", "CREATE TABLE intruder (x int)"),
@@ -78,19 +105,30 @@ print(json.dumps(out))
 
 
 def app_attempts(project: str) -> dict:
-    return json.loads(docker("exec", "-i", container(project, "api"), "python", "-", stdin=ATTEMPTS))
+    return json.loads(
+        docker("exec", "-i", container(project, "api"), "python", "-", stdin=ATTEMPTS)
+    )
 
 
 def release_before_the_role(dest: Path) -> Path:
     """This checkout as it was before the app role (the parent of the commit that added
     compose.migrate.yml), with the dashboard built here."""
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "compose.migrate.yml"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()[-1]
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "compose.migrate.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", f"{added}^"], cwd=ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", f"{added}^"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     assert not (dest / "compose.migrate.yml").exists()
-    subprocess.run(["cp", "-a", str(ROOT / "frontend" / "dist"), str(dest / "frontend" / "dist")], check=True)
+    subprocess.run(
+        ["cp", "-a", str(ROOT / "frontend" / "dist"), str(dest / "frontend" / "dist")], check=True
+    )
     return dest
 
 
@@ -101,16 +139,23 @@ def app(sandbox, deployed):
     yield env, project
 
 
-def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(sandbox, app, tmp_path):
+def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
+    sandbox, app, tmp_path
+):
     env, project = app
     old = release_before_the_role(tmp_path / "old")
     sandbox.fab_in(old, "deploy", "--skip-build", env_file=env)
     old_release = http_json(sandbox.app_url(APP, "/api/version"))[1]["release"]
     assert users_of(project, "api") == {"postgres"}  # the release before: the API is the superuser
-    ids = [http_json(sandbox.app_url(APP, "/api/tasks"), {"title": f"before the role {i}"})[1]["id"] for i in range(5)]
+    ids = [
+        http_json(sandbox.app_url(APP, "/api/tasks"), {"title": f"before the role {i}"})[1]["id"]
+        for i in range(5)
+    ]
     rows = psql(project, "SELECT count(*) FROM tasks")
 
-    with LoadProbe([sandbox.app_url(APP, "/api/health"), sandbox.app_url(APP, "/api/tasks")]) as load:
+    with LoadProbe(
+        [sandbox.app_url(APP, "/api/health"), sandbox.app_url(APP, "/api/tasks")]
+    ) as load:
         out = sandbox.fab("deploy", "--skip-build", env_file=env)
     assert len(load.results) > 20 and load.failures() == [], load.failures()[:5]
     assert "the app's database role and its grants" in out.stdout
@@ -122,33 +167,54 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
     # The API's and the worker's connections are the app role's, which is no superuser.
     wait_for(lambda: users_of(project, "api") == {ROLE}, 30, what="the api's connections")
     wait_for(lambda: users_of(project, "worker") == {ROLE}, 30, what="the worker's connections")
-    assert psql(project, f"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{ROLE}'") == "f|f|f"
-    assert psql(project, "SELECT count(*) FROM pg_database WHERE datdba = "
-                         f"(SELECT oid FROM pg_roles WHERE rolname = '{ROLE}')") == "0"
+    assert (
+        psql(
+            project,
+            f"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{ROLE}'",
+        )
+        == "f|f|f"
+    )
+    assert (
+        psql(
+            project,
+            "SELECT count(*) FROM pg_database WHERE datdba = "
+            f"(SELECT oid FROM pg_roles WHERE rolname = '{ROLE}')",
+        )
+        == "0"
+    )
 
     # From inside the api container, with the app's own credentials.
     tried = app_attempts(project)
     assert tried.pop("user") == ROLE and tried.pop("rows") == "allowed"
     assert set(tried.values()) == {"InsufficientPrivilege"}, tried
-    owner_password = next(line.split("=", 1)[1] for line in env.read_text().splitlines()
-                          if line.startswith("POSTGRES_PASSWORD="))
+    owner_password = next(
+        line.split("=", 1)[1]
+        for line in env.read_text().splitlines()
+        if line.startswith("POSTGRES_PASSWORD=")
+    )
     api_env = docker("exec", container(project, "api"), "env")
     assert owner_password not in api_env and f"POSTGRES_USER={ROLE}" in api_env
 
     # The app serves: a task is stored, processed by the worker and listed.
-    status, task = http_json(sandbox.app_url(APP, "/api/tasks"), {"title": "as the app role", "body": "two words"})
+    status, task = http_json(
+        sandbox.app_url(APP, "/api/tasks"), {"title": "as the app role", "body": "two words"}
+    )
     assert status == 201
 
     def processed():
         listed = http_json(sandbox.app_url(APP, "/api/tasks"))[1]
         return any(t["id"] == task["id"] and t["status"] == "done" for t in listed)
+
     wait_for(processed, 60, what="the worker to process the task")
 
-    # Back to the release before the role (it connects as POSTGRES_USER, which is still there) and forward.
+    # Back to the release before the role (it connects as POSTGRES_USER, which is still there),
+    # and forward again.
     with LoadProbe([sandbox.app_url(APP, "/api/health")]) as load:
         sandbox.fab("rollback", "--to", old_release, env_file=env)
         assert http_json(sandbox.app_url(APP, "/api/version"))[1]["release"] == old_release
-        wait_for(lambda: users_of(project, "api") == {"postgres"}, 30, what="the old api's connections")
+        wait_for(
+            lambda: users_of(project, "api") == {"postgres"}, 30, what="the old api's connections"
+        )
         sandbox.fab("rollback", "--to", new_release, env_file=env)
     assert load.failures() == [], load.failures()[:5]
     assert http_json(sandbox.app_url(APP, "/api/version"))[1]["release"] == new_release
@@ -162,7 +228,9 @@ def test_a_restore_onto_a_cluster_without_the_role_brings_it_back(sandbox, app):
     out = sandbox.fab("backup", env_file=env)
     set_name = re.search(r"Backup (\S+) is complete", out.stdout).group(1)
     rows = psql(project, "SELECT count(*) FROM tasks")
-    psql(project, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'")
+    psql(
+        project, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'"
+    )
     for c in (container(project, "api"), container(project, "worker")):
         docker("stop", c)
     psql(project, f"DROP OWNED BY {ROLE}; DROP ROLE {ROLE}")

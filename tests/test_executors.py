@@ -947,7 +947,8 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/app-role.sql"] == "0o600"
     sql = tar.extractfile("env/app-role.sql").read().decode()
     password = host.settings.app_db_password.reveal()
-    assert "PASSWORD 'SCRAM-SHA-256$4096:" in sql and password not in sql  # a verifier, never the password
+    # A verifier, never the password.
+    assert "PASSWORD 'SCRAM-SHA-256$4096:" in sql and password not in sql
     env = tar.extractfile("env/r3.env").read().decode()
     assert f"APP_DB_PASSWORD={password}\n" in env and "APP_DB_USER=tasktracker_app\n" in env
     assert password not in "\n".join(deploy_conn.commands)
