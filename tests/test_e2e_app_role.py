@@ -146,11 +146,12 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
     old = release_before_the_role(tmp_path / "old")
     sandbox.fab_in(old, "deploy", "--skip-build", env_file=env)
     old_release = http_json(sandbox.app_url(APP, "/api/version"))[1]["release"]
-    assert users_of(project, "api") == {"postgres"}  # the release before: the API is the superuser
     ids = [
         http_json(sandbox.app_url(APP, "/api/tasks"), {"title": f"before the role {i}"})[1]["id"]
         for i in range(5)
     ]
+    # The release before: the API is the superuser.
+    wait_for(lambda: users_of(project, "api") == {"postgres"}, 30, what="the old api's connections")
     rows = psql(project, "SELECT count(*) FROM tasks")
 
     with LoadProbe(
@@ -166,7 +167,6 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
 
     # The API's and the worker's connections are the app role's, which is no superuser.
     wait_for(lambda: users_of(project, "api") == {ROLE}, 30, what="the api's connections")
-    wait_for(lambda: users_of(project, "worker") == {ROLE}, 30, what="the worker's connections")
     assert (
         psql(
             project,
@@ -206,6 +206,7 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
         return any(t["id"] == task["id"] and t["status"] == "done" for t in listed)
 
     wait_for(processed, 60, what="the worker to process the task")
+    wait_for(lambda: users_of(project, "worker") == {ROLE}, 30, what="the worker's connections")
 
     # Back to the release before the role (it connects as POSTGRES_USER, which is still there),
     # and forward again.
