@@ -1064,3 +1064,21 @@ def test_a_bot_api_that_does_not_answer_is_a_warning_that_names_no_token(capsys)
     out = capsys.readouterr().out
     assert "WARNING: the Telegram webhook could not be set: the Bot API at http://127.0.0.1:9 did not answer" in out
     assert ENV["TELEGRAM_BOT_TOKEN"] not in out and "telegram.webhook" in out
+
+
+def test_migrate_and_restores_run_as_the_owner_then_apply_the_app_role():
+    """`fab migrate` runs the current release's migration as the schema's owner; a restore runs
+    the migration (when asked), then the app role's SQL, before api and worker start."""
+    from tasks.commands import compose as compose_commands
+
+    conn = FakeConnection()
+    host = Host(conn, settings(), "v2", FACTS)
+    host.on_current(compose_commands.migrate, what="migrate")
+    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in conn.commands[-1]
+    host.restore_backup("20260101T000000Z", fresh_database=True, migrate=True)
+    script = conn.commands[-1]
+    assert "--no-owner --no-privileges" in script
+    migration = script.index("-f compose.migrate.yml run --rm -T api alembic upgrade head")
+    role = script.index("tasktracker/env/app-role.sql")
+    start = script.index("start_services\n")
+    assert migration < role < start
