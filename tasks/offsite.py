@@ -65,8 +65,14 @@ def init(c):
         print(f"The host's key for the SFTP repository (add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}):\n"
               f"  {pubkey}")
     result = host.offsite("init")
-    refused = unauthorized_key_message(host.name, host.settings.offsite_repository, pubkey,
-                                       result.stderr)
+    said = result.stderr
+    if not result.ok and pubkey and "Permission denied (publickey" not in said:
+        # restic may report only that the sftp session ended ("file already closed"), not why:
+        # ask the server once, with the same ssh command and key, for ssh's own reason.
+        sftp = commands.sftp_command(host.settings.offsite_repository,
+                                     host.facts.get("home", "").rstrip("/"))
+        said += host.probe_run(f"timeout 30 {sftp} </dev/null").stderr
+    refused = unauthorized_key_message(host.name, host.settings.offsite_repository, pubkey, said)
     if not result.ok and refused:
         raise Exit(refused, code=ExitCode.FAILED)
     if not result.ok:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.commands.db import app_role_password
+
 from tests.support import LoadProbe, Writers, copy_project, head_revision, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +76,9 @@ def app(sandbox, deployed):
 
 def test_hostile_setting_values_reach_the_containers_unchanged(sandbox, app):
     assert container_env(sandbox, "api", "OPENAI_DEFAULT_MODEL") == HOSTILE_MODEL
-    assert container_env(sandbox, "api", "POSTGRES_PASSWORD") == HOSTILE_PASSWORD
+    assert container_env(sandbox, "postgres", "POSTGRES_PASSWORD") == HOSTILE_PASSWORD
+    # The API connects as the app's role, whose password is derived from the owner's (issue 24).
+    assert container_env(sandbox, "api", "POSTGRES_PASSWORD") == app_role_password(HOSTILE_PASSWORD)
     with urllib.request.urlopen(sandbox.app_url(APP, "/api/health"), timeout=10) as res:
         assert json.loads(res.read())["checks"]["database"]["ok"] is True  # the password connects
 
