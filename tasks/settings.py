@@ -105,10 +105,11 @@ def _logfire_problems(values: dict) -> list[str]:
     token goes with every export); LOGFIRE_TOKEN one line without spaces (never shown)."""
     problems, url = [], values["logfire_base_url"]
     if url and not _is_http_url(url):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} is not an http(s) URL like https://logfire-eu.pydantic.dev")
+        problems.append(f"LOGFIRE_BASE_URL {url!r} is not an http(s) URL like "
+                        f"https://logfire-eu.pydantic.dev")
     elif url.startswith("http://") and not _is_private(urlparse(url).hostname or ""):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} must be https:// (the token goes with every export; plain "
-                        f"http:// only to a loopback or private address)")
+        problems.append(f"LOGFIRE_BASE_URL {url!r} must be https:// (the token goes with every "
+                        f"export; plain http:// only to a loopback or private address)")
     if re.search(r"\s", values["logfire_token"].reveal()):
         problems.append("LOGFIRE_TOKEN has a space or line break (value not shown: it is secret): "
                         "copy the write token again")
@@ -135,9 +136,10 @@ SETTING_GROUPS: dict[str, str] = {
               "(docs/operations.md, \"Alerts\"). Sent from the host (APP_DIR/bin/tasktracker-notify), "
               "so no laptop is needed: to Telegram (the stack's bot, TELEGRAM_BOT_TOKEN) and/or a "
               "webhook; both ALERT_TELEGRAM_CHAT_ID and ALERT_WEBHOOK_URL empty: no alerts.",
-    "Tracing": "Logfire, when you want traces: with LOGFIRE_TOKEN set, the API and the worker send a "
-               "span per request, database query and job, and their logs (backend/README.md, "
-               "\"Tracing\"; docs/operations.md, \"Tracing with Logfire\"); empty: nothing is sent.",
+    "Tracing": "Logfire, when you want traces: with LOGFIRE_TOKEN set, the API and the worker "
+               "send a span per request, database query and job, and their logs "
+               "(backend/README.md, \"Tracing\"; docs/operations.md, \"Tracing with "
+               "Logfire\"); empty: nothing is sent.",
     "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository you own, "
                        "off this VPS (docs/operations.md, \"Off-site copies\"; tasks/commands/offsite.py); "
                        "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host only in its "
@@ -274,14 +276,15 @@ class Settings:
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
                                        doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
                                            "endpoint).")
-    logfire_token: Secret = _spec("", secret=True, group="Tracing",
-                                  doc="A Logfire project's write token; it reaches the API and the worker only "
-                                      "in the release's .env (0600). Empty: no tracing, no exporter, no call to "
-                                      "Logfire.")
-    logfire_base_url: str = _spec("", group="Tracing",
-                                  doc="Where traces go: empty for Logfire's own (the token's region), or any "
-                                      "endpoint that takes Logfire's OTLP/HTTP exports; https://, or http:// "
-                                      "only to a loopback or private address (the token travels with them).")
+    logfire_token: Secret = _spec(
+        "", secret=True, group="Tracing",
+        doc="A Logfire project's write token; it reaches the API and the worker only in the "
+            "release's .env (0600). Empty: no tracing, no exporter, no call to Logfire.")
+    logfire_base_url: str = _spec(
+        "", group="Tracing",
+        doc="Where traces go: empty for Logfire's own (the token's region), or any endpoint that "
+            "takes Logfire's OTLP/HTTP exports; https://, or http:// only to a loopback or private "
+            "address (the token travels with them).")
     offsite_repository: str = _spec("", group="Off-site copies",
                                     doc="The restic repository, like `sftp:backup@backup.example.com:/srv/restic/tasktracker` "
                                         "(`fab -H HOST backup.offsite.init` prints the host's key to authorize there) or "

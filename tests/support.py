@@ -692,19 +692,21 @@ class OtlpReceiver:
 
             def do_GET(self):
                 self._record(b"")
-                self._answer(json.dumps({"project_name": "stand-in", "project_url": "http://stand-in"}).encode(),
-                             "application/json")
+                info = {"project_name": "stand-in", "project_url": "http://stand-in"}
+                self._answer(json.dumps(info).encode(), "application/json")
 
             def do_POST(self):
                 self._record(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                self._answer(b"", "application/x-protobuf")  # an empty Export*ServiceResponse: all taken
+                # An empty Export*ServiceResponse: all taken.
+                self._answer(b"", "application/x-protobuf")
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer((address, 0), Handler)
         self.url = f"http://{address}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
 
     def exports(self, kind: str = "traces") -> bytes:
         """Every export of `kind` (traces, logs, metrics) received so far, concatenated."""

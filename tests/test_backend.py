@@ -19,7 +19,9 @@ import pytest
 import yaml
 from websockets.sync.client import connect as ws_connect
 
-from tests.support import ROOT, LocalPostgres, OtlpReceiver, free_port, pgvector_bindir, port_open, wait_for
+from tests.support import (
+    ROOT, LocalPostgres, OtlpReceiver, free_port, pgvector_bindir, port_open, wait_for,
+)
 
 # pytest-xdist: its module's stack (PostgreSQL, NATS, the API, the worker) starts once, on one worker.
 pytestmark = pytest.mark.xdist_group("backend")
@@ -230,7 +232,8 @@ def test_the_embedding_is_deterministic_unit_length_and_puts_alike_texts_closer(
 
 @contextlib.contextmanager
 def running_backend(env: dict, logs: Path):
-    """The API (uvicorn) and the worker (taskiq) as their containers run them; yields the API's URL."""
+    """The API (uvicorn) and the worker (taskiq) as their containers run them; yields the API's
+    URL."""
     port = free_port()
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
                            cwd=BACKEND, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
@@ -265,7 +268,8 @@ def untraced_receiver():
 
 @pytest.fixture(scope="module")
 def stack(postgres, nats_server, tmp_path_factory, untraced_receiver):
-    env = {**backend_env(postgres, nats_server), "LOGFIRE_TOKEN": "", "LOGFIRE_BASE_URL": untraced_receiver.url}
+    env = {**backend_env(postgres, nats_server), "LOGFIRE_TOKEN": "",
+           "LOGFIRE_BASE_URL": untraced_receiver.url}
     assert alembic_upgrade(env).returncode == 0
     asyncio.run(old_job_stream(nats_server))  # as an earlier release's library left it
     with running_backend(env, tmp_path_factory.mktemp("logs")) as url:
@@ -452,19 +456,20 @@ def test_late_jobs_are_claimed_once_and_fail_after_their_last_try(jobs_db, postg
     assert rows == [f"{late}|pending|1|t", f"{last_try}|failed|5|f", f"{fresh}|pending|0|t"]
 
 
-LOGFIRE_MODULES = "import sys, app.main; print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('logfire', " \
-                  "'opentelemetry.sdk'))}))"
+LOGFIRE_MODULES = ("import sys, app.main; print(sorted({m.split('.')[0] for m in sys.modules "
+                   "if m.startswith(('logfire', 'opentelemetry.sdk'))}))")
 
 
-def test_without_a_logfire_token_nothing_is_traced_or_sent(stack, postgres, untraced_receiver, tmp_path):
+def test_without_a_logfire_token_nothing_is_traced_or_sent(stack, postgres, untraced_receiver):
     status, task = post(f"{stack}/api/tasks", {"title": "Not traced"})
     assert status == 201
-    wait_for(lambda: postgres.psql(f"SELECT status FROM tasks WHERE id = {task['id']}", db="tasktracker") == "done",
-             30, what="the task processed")
+    sql = f"SELECT status FROM tasks WHERE id = {task['id']}"
+    wait_for(lambda: postgres.psql(sql, db="tasktracker") == "done", 30, what="the task processed")
     assert untraced_receiver.requests == []  # LOGFIRE_BASE_URL alone sends nothing
     # Without the token the app does not even import Logfire or OpenTelemetry's SDK.
-    out = subprocess.run([sys.executable, "-c", LOGFIRE_MODULES], cwd=BACKEND, capture_output=True, text=True,
-                         env={**os.environ, **image_env(), "LOGFIRE_TOKEN": ""}, timeout=60)
+    env = {**os.environ, **image_env(), "LOGFIRE_TOKEN": ""}
+    out = subprocess.run([sys.executable, "-c", LOGFIRE_MODULES], cwd=BACKEND, capture_output=True,
+                         text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -483,19 +488,24 @@ def test_with_a_logfire_token_requests_queries_and_jobs_are_traced(postgres, tmp
             wait_for(lambda: get(f"{api}/api/health")[0] == 200, 30, what="health 200")
             status, task = post(f"{api}/api/tasks", {"title": "Traced through Logfire"})
             assert status == 201
-            wait_for(lambda: postgres.psql(f"SELECT status FROM tasks WHERE id = {task['id']}",
-                                           db="tracing_check") == "done", 30, what="the task processed")
-            wanted = (b"POST /api/tasks", b"INSERT INTO tasks", b"process_task", b"processed task " + str(task["id"]).encode())
+            sql = f"SELECT status FROM tasks WHERE id = {task['id']}"
+            wait_for(lambda: postgres.psql(sql, db="tracing_check") == "done", 30,
+                     what="the task processed")
+            wanted = (b"POST /api/tasks", b"INSERT INTO tasks", b"process_task",
+                      f"processed task {task['id']}".encode())
             try:
                 wait_for(lambda: all(w in receiver.exports("traces") for w in wanted), 30,
                          what="the request, its query, the job and the worker's log line exported")
             except AssertionError:
                 missing = [w for w in wanted if w not in receiver.exports("traces")]
-                raise AssertionError(f"not exported: {missing}; received {[r['path'] for r in receiver.requests]}; "
-                                     f"worker log: {(tmp_path / 'worker.log').read_text()[-1500:]}") from None
+                paths = [r["path"] for r in receiver.requests]
+                log = (tmp_path / "worker.log").read_text()[-1500:]
+                raise AssertionError(f"not exported: {missing}; received {paths}; "
+                                     f"worker log: {log}") from None
         exports = [r for r in receiver.requests if r["method"] == "POST"]
         assert exports and all(r["authorization"] == token for r in exports)
-        assert b"tasktracker-api" in receiver.exports() and b"tasktracker-worker" in receiver.exports()
+        assert b"tasktracker-api" in receiver.exports()
+        assert b"tasktracker-worker" in receiver.exports()
         for log in ("api.log", "worker.log"):
             assert token not in (tmp_path / log).read_text()
 
