@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import guards, localhost, planning, remote
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import notify as notify_commands
@@ -150,6 +151,10 @@ class ComposeEngine:
                 {"compose": variant, "backend_fingerprint": backend(PROJECT_ROOT, env, variant),
                  "stack_fingerprint": backend(PROJECT_ROOT, env, variant, fingerprints.STACK_PATHS)})
 
+    def serving_on(self) -> str:
+        """Where a live release serves, for the deploy's last line."""
+        return self.name
+
     def describe(self, plan) -> str:
         rid = plan.release.id
         return (f"{rid} -> {self.name}:{self.ctx.release_dir(rid)} (Compose {self.variant})"
@@ -184,7 +189,10 @@ class ComposeEngine:
                 (f"releases/{rid}/release.yml", 0o644, override),
                 (f"releases/{rid}/RELEASE.json", 0o644, meta),
                 (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
-                (f"bin/{notify_commands.CONF_NAME}", 0o600, conf)]
+                (f"bin/{notify_commands.CONF_NAME}", 0o600, conf),
+                (f"env/{db_commands.APP_ROLE_FILE}", 0o600,
+                 db_commands.app_role_script(s.app_db_user, s.postgres_user,
+                                             s.postgres_password.reveal(), s.postgres_db))]
 
     def provide_images(self, plan, on_host: set[str]) -> None:
         """Every image the release needs on the host (`on_host`: what it has): the backend (and
@@ -220,7 +228,10 @@ class ComposeEngine:
         return self.start_backend(plan.release), self
 
     def migrate_command(self, release: Release) -> str:
-        return self.in_release(release.id, sh(compose_commands.migrate(self.ctx)))
+        return self.in_release(release.id, compose_commands.migrate(self.ctx))
+
+    def app_role_command(self, release: Release) -> str:
+        return db_commands.ensure_app_role(self.ctx)
 
     def upload_options(self, release_id: str, current: str) -> dict:
         """rsync of a release's files (the deploy, and its dry run): unchanged files become hard

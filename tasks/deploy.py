@@ -104,19 +104,8 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` first. "
                    "Nothing was changed on the server.", code=ExitCode.USAGE)
-    wal_offsite = bool(pitr_commands.offsite_repo_path(settings.offsite_repository))
-    target = ""
-    if to_time:
-        try:
-            target = pitr_commands.parse_target(to_time, datetime.now(timezone.utc)).strftime(pitr_commands.TIME_FORMAT)
-        except ValueError as err:
-            raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
-        if not wal_offsite:
-            raise Exit("--to-time needs the WAL archive off-site, which is kept only for an SFTP repository with an absolute "
-                       "path (OFFSITE_REPOSITORY=sftp:user@host:/path). Without it `recover` brings back the newest set. "
-                       "Nothing was changed.", code=ExitCode.USAGE)
+    wal_offsite, target = recovery_target(settings, to_time)
     env_file = env_file_path(c)
-    wal_note = ""
     steps = Steps(f"Recover on {c.original_host}", settings.secret_values())
     try:
         with steps.step("connect and check host"):
@@ -137,34 +126,63 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
             with steps.step("build frontend"):
                 build_frontend(Context(config=c.config), FRONTEND)
         with host.locked("recover", wait=wait), host.audited("recover") as outcome:
-            with steps.step("fetch the off-site set"):
-                set_name = fetch_offsite_set(host, name or resuming or None)
-                # Until the data is back, the host is a recovery in progress: `recover` may run again.
-                host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
-            outcome["detail"] = f"from off-site set {set_name}"
-            with steps.step("certificates and TLS settings"):
-                print(f"   {host.run(offsite_commands.unpack_certificates(host.ctx, set_name), 'certificates').stdout.strip()}")
-            plan = pipeline.plan_deploy(host, env_file)
-            pipeline.run_deploy(host, plan, outcome)
-            live = plan.release.id if plan.release else plan.current
-            outcome["release"] = live
-            with steps.step("restore database and nats, then migrate"):
-                # Into a fresh database (the set's schema is all there is), migrated to this
-                # release's head before api and worker start on it.
-                host.restore_backup(set_name, fresh_database=True, migrate=True)
-            if wal_offsite:
-                with steps.step(f"database to {target + ' UTC' if target else 'the last archived WAL'} (off-site)"):
-                    wal_note = host.restore_wal_offsite(target, migrate=True)
-                outcome["detail"] += f"; {wal_note}"
-            with steps.step("health checks"):
-                host.probe(host.release(live))
-            host.run(f"rm -f {marker}", "health checks")
+            live, set_name, wal_note = recover_onto(host, env_file, name or resuming or None,
+                                                    wal_offsite, target, outcome)
     except StepFailed as failure:
         steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. Fix the cause and run "
                    f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
     steps.print_table()
     print(f"{host.name} serves release {live} with the data of off-site set {set_name}" + (f" and {wal_note}" if wal_note else "")
           + f". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+
+
+def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
+    """(whether the WAL archive is off-site, the moment to recover to: "" for the last WAL);
+    a usage error, changing nothing, for a moment that cannot be reached."""
+    wal_offsite = bool(pitr_commands.offsite_repo_path(settings.offsite_repository))
+    if not to_time:
+        return wal_offsite, ""
+    try:
+        target = pitr_commands.parse_target(to_time, datetime.now(timezone.utc))
+    except ValueError as err:
+        raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
+    if not wal_offsite:
+        raise Exit("--to-time needs the WAL archive off-site, which is kept only for an SFTP repository "
+                   "with an absolute path (OFFSITE_REPOSITORY=sftp:user@host:/path). Without it "
+                   "`recover` brings back the newest set. Nothing was changed.", code=ExitCode.USAGE)
+    return wal_offsite, target.strftime(pitr_commands.TIME_FORMAT)
+
+
+def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, target: str,
+                 outcome: dict) -> tuple[str, str, str]:
+    """Inside the lock: the set fetched (the host is then a recovery in progress, which `recover`
+    resumes), its certificates, this checkout deployed, the set's data restored into a fresh
+    database and migrated, the off-site WAL replayed, the health checks. (live release, set, note)"""
+    steps, marker = host.steps, offsite_commands.recovering_marker(host.ctx)
+    with steps.step("fetch the off-site set"):
+        set_name = fetch_offsite_set(host, name)
+        host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
+    outcome["detail"] = f"from off-site set {set_name}"
+    with steps.step("certificates and TLS settings"):
+        unpacked = host.run(offsite_commands.unpack_certificates(host.ctx, set_name), "certificates")
+        print(f"   {unpacked.stdout.strip()}")
+    plan = pipeline.plan_deploy(host, env_file)
+    pipeline.run_deploy(host, plan, outcome)
+    live = plan.release.id if plan.release else plan.current
+    outcome["release"] = live
+    with steps.step("restore database and nats, then migrate"):
+        # Into a fresh database (the set's schema is all there is), migrated to this release's
+        # head before api and worker start on it.
+        host.restore_backup(set_name, fresh_database=True, migrate=True)
+    wal_note = ""
+    if wal_offsite:
+        with steps.step(f"database to {target + ' UTC' if target else 'the last archived WAL'} (off-site)"):
+            wal_note = host.restore_wal_offsite(target, migrate=True)
+        outcome["detail"] += f"; {wal_note}"
+    with steps.step("health checks"):
+        host.probe(host.release(live))
+    host.run(f"rm -f {marker}", "health checks")
+    return live, set_name, wal_note
 
 
 def fetch_offsite_set(host: Host, name: str | None) -> str:

@@ -361,8 +361,11 @@ class Host(ComposeEngine, DataOperations):
 
     # --- the current release's stack ---------------------------------------------------------
     def on_current(self, argv_for, *, what: str, pty: bool = False, hide=False):
-        """Run `argv_for(ctx)` (a Compose argv builder) in the current release."""
-        command = release_commands.in_current(self.ctx, sh(argv_for(self.ctx)))
+        """Run `argv_for(ctx)` (a Compose argv builder, or one that builds a shell line) in the
+        current release."""
+        built = argv_for(self.ctx)
+        command = release_commands.in_current(self.ctx,
+                                              built if isinstance(built, str) else sh(built))
         result = self.conn.run(command, warn=True, hide=hide, pty=pty, **({"in_stream": None} if pty else {}))
         if result.exited == release_commands.NO_RELEASE_EXIT:
             raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so there is nothing to "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
@@ -91,10 +92,19 @@ class DataOperations:
         worker down and up (`docker service scale`), so it runs on a manager that is the data node."""
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
+        before = self.before_start(migrate)
         self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
                                          before_start=before), "restore", hide=False)
+
+    def before_start(self, migrate: bool) -> str:
+        """What a restore runs before api and worker start on the restored database: the migration
+        (`migrate`), then the app role and its grants (a dump holds neither the role, a cluster's
+        object, nor its grants: restores leave privileges out, commands/db.py puts them back)."""
+        role = f'(cd "$HOME" && {db_commands.ensure_app_role(self.ctx)})'
+        if not migrate:
+            return role
+        migration = release_commands.in_current(self.ctx, compose_commands.migrate(self.ctx))
+        return f'(cd "$HOME" && {migration}) && {role}'
 
     # --- point-in-time recovery (pgBackRest) ----------------------------------------------------
     def pitr_state(self) -> dict:
@@ -107,7 +117,9 @@ class DataOperations:
         self.require_pitr()
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        result = self.conn.run(pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}'), warn=True)
+        script = pitr_commands.restore_to_time(self.ctx, target, f'cd "$HOME" && {start}',
+                                               self.before_start(migrate=False))
+        result = self.conn.run(script, warn=True)
         if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
             raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
         if not result.ok:
@@ -143,8 +155,7 @@ class DataOperations:
         self.install_wal_offsite(stanza=False)  # the stanza follows the restored cluster
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
-        before = (f'(cd "$HOME" && {release_commands.in_current(self.ctx, sh(compose_commands.migrate(self.ctx)))})'
-                  if migrate else "")
+        before = self.before_start(migrate)
         result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
                                warn=True, hide="stderr")
         said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]

@@ -10,8 +10,10 @@ manager) supplies only what differs, through these methods:
     provide_images(plan, on_host)   the release's images where they run
     start_data(plan)        Postgres and NATS up; (the schema state, the host where the data is)
     ensure_archive()        pgBackRest's stanza (the WAL archive) where Postgres runs
-    migrate_command(plan)   the one migration command
+    migrate_command(plan)   the one migration command, as the schema's owner
+    app_role_command(release)   the app's own database role and its grants (after migrations)
     activate / put_back / check_running   traffic to a release, back, and the live stack's state
+    describe(plan), serving_on()   where the release goes, and where it then serves
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .commands import envfile
 from .commands import release as release_commands
 from .commands.fingerprint import backend_fingerprint
 from .commands.release import new_release_id, releases_to_prune
-from .commands.rollout import ARCHIVE_STEP, BACKEND_STEPS, RECORD_STEP
+from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP, BACKEND_STEPS, RECORD_STEP
 from .exits import ExitCode
 from .host import Host, Release, absolute_app_dir
 from .identity import identity, now_iso
@@ -127,7 +129,7 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
             host.ctx, release.id, release.recorded("failed", failure=failure.detail[:300])))
         outcome["detail"] = failure.detail
         raise
-    print(f"Release {release.id} is live on {host.name}"
+    print(f"Release {release.id} is live on {host.serving_on()}"
           + ("." if plan.backend else f" (API and worker: {plan.backend_release})."))
 
 
@@ -159,6 +161,8 @@ def ship_and_migrate(host: Host, plan: DeployPlan) -> str:
             with steps.step(ARCHIVE_STEP):
                 host.ensure_archive()
         migrate_database(host, data, plan, before)
+        with steps.step(APP_ROLE_STEP):
+            host.run(host.app_role_command(release), APP_ROLE_STEP)
     else:
         steps.skip(BACKEND_STEPS, f"unchanged since {plan.backend_release}: its containers keep "
                                   f"running")

@@ -12,13 +12,14 @@ from invoke import Exit
 from . import localhost, remote
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands.release import releases_to_prune
-from .commands.rollout import ARCHIVE_STEP
+from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
 from .settings import PROJECT_ROOT
 
@@ -42,7 +43,9 @@ def planned_commands(host, plan, *, upload: str, ship: list[str], backup: bool, 
     prepare = "prepare release and its settings"
     planned = [
         Planned(prepare, "sftp", f"{ctx.inbox}/{release_commands.RELEASE_TAR} <- the release's settings ({env_keys} keys, mode 0600), "
-                                 f"release.yml, RELEASE.json, the alert program and its channels (notify.conf, 0600); values not shown"),
+                                 f"release.yml, RELEASE.json, the alert program and its channels "
+                                 f"(notify.conf, 0600), the app's database role "
+                                 f"(env/{db_commands.APP_ROLE_FILE}, 0600); values not shown"),
         Planned(prepare, "host", release_commands.unpack_release(ctx, rid) + "; "
                 + image_commands.present(host.images_needed(release, host.build_place())
                                          if plan.backend else [])
@@ -63,7 +66,8 @@ def planned_commands(host, plan, *, upload: str, ship: list[str], backup: bool, 
                         Planned(step, "host", sh(backup_commands.activate_script(ctx))),
                         Planned(step, "host", sh(backup_commands.run(ctx, host.settings.backup_keep, True)))]
         if migrate:
-            planned.append(Planned("migrate database", "host", host.in_release(rid, sh(compose_commands.migrate(ctx)))))
+            planned.append(Planned("migrate database", "host", host.migrate_command(release)))
+        planned.append(Planned(APP_ROLE_STEP, "host", host.app_role_command(release)))
     steps = ("replace api, restart worker, " if plan.backend else "") + "switch current, reload nginx, health checks, record"
     return planned + [Planned(steps, "host", host.activation_script(release, backend=plan.backend,
                                                                      then=host.record_command(release, prune)))]

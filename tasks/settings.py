@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 from invoke import Exit
 
 from .commands.context import STACK_FILES
+from .commands.db import ROLE_NAME_RE, app_role_password
 from .commands.offsite import REPOSITORY_SCHEMES, sftp_target
 from .exits import ExitCode
 
@@ -198,6 +199,12 @@ class Settings:
         required=True, secret=True, example="change-me", group="Database",
         doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # : $` work).")
     postgres_db: str = _spec("tasktracker", group="Database", doc="The database name.")
+    app_db_user: str = _spec(
+        "tasktracker_app", group="Database",
+        doc="The database role the API and the worker connect as: no superuser, owner of nothing, "
+            "only reading and writing the app's tables (backend/README.md, \"The database role\"); "
+            "its password is derived from POSTGRES_PASSWORD. Migrations and the toolkit's backups "
+            "and restores use POSTGRES_USER.")
     nats_url: str = _spec("nats://nats:4222", group="NATS JetStream",
                           doc="Where the API and the worker reach NATS (a nats:// or tls:// URL).")
     nats_user: str = _spec("tasktracker", group="NATS JetStream",
@@ -312,12 +319,21 @@ class Settings:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
         return f"Settings({shown})"
 
+    @property
+    def app_db_password(self) -> Secret:
+        """The app role's password: derived from POSTGRES_PASSWORD (commands/db.app_role_password),
+        so there is nothing new to keep; the release's .env gives it to the API and the worker."""
+        owner = self.postgres_password.reveal()
+        return Secret(app_role_password(owner) if owner else "")
+
     def secret_values(self) -> list[str]:
         """Non-empty secret values, for redacting command output (and a password written into
-        OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it)."""
+        OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it), and the ones derived
+        from them (the app role's password)."""
         values = [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
         in_url = URL_PASSWORD_RE.search(self.offsite_repository)
-        return values + ([in_url.group(1)] if in_url else [])
+        derived = [self.app_db_password.reveal()] if self.postgres_password else []
+        return values + ([in_url.group(1)] if in_url else []) + derived
 
     @classmethod
     def load(
@@ -399,6 +415,10 @@ class Settings:
             values[name] = values[name].lower()
             if values[name] not in choices:
                 problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
+        role = values["app_db_user"]
+        if not ROLE_NAME_RE.fullmatch(role) or role == values["postgres_user"]:
+            problems.append(f"APP_DB_USER {role!r} must be a role name in lower-case letters, digits "
+                            f"and '_' (not starting with a digit, at most 63) other than POSTGRES_USER")
         if values["keep_releases"] < 2:
             problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
         chat = values["alert_telegram_chat_id"]
@@ -564,6 +584,9 @@ def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict
             continue
         value = getattr(settings, f.name)
         values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
+    # The API and the worker connect with these (docker-compose.production.yml); migrations as
+    # POSTGRES_USER.
+    values["APP_DB_PASSWORD"] = settings.app_db_password.reveal()
     values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
     # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
     values["COMPOSE_FILE"] = ":".join(STACK_FILES)

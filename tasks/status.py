@@ -103,13 +103,19 @@ def latest_backup(sets: list[dict]) -> dict | None:
     return full[-1] if full else None
 
 
-def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: float | None = None) -> list[Finding]:
+def evaluate(snap: dict, now: float, sent_at: float | None = None,
+             received_at: float | None = None) -> list[Finding]:
     """Every check, in the plan's troubleshooting order, from one snapshot."""
+    return [*service_findings(snap), *memory_findings(snap), *database_findings(snap),
+            *jetstream_findings(snap), *job_findings(snap), *disk_findings(snap),
+            *clock_findings(snap, sent_at, received_at), *schedule_findings(snap, now)]
+
+
+def service_findings(snap: dict) -> list[Finding]:
+    """The release, and services down, unhealthy or restarting."""
     findings: list[Finding] = []
     add = findings.append
-    env = snap["release"]["env"]
     containers = snap["containers"]
-
     if not snap["release"]["current"]:
         add(Finding("release", False, "no release is deployed", "deploy one: `fab -H HOST deploy`"))
     down = [c for c in containers if c["state"] != "running" or c["health"] == "unhealthy"]
@@ -122,9 +128,14 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
                         + (" and was killed for running out of memory (OOM)" if c["oom_killed"] else ""),
                         "a service that restarts loses its work in flight; read its logs "
                         f"(`compose.logs --service {c['service']}`)" + ("; raise its memory limit or lower its load" if c["oom_killed"] else "")))
+    return findings
 
-    # High memory usage: a service near its limit.
-    p = pool_settings(env)
+
+def memory_findings(snap: dict) -> list[Finding]:
+    """A service near its memory limit (with the API_WORKERS that fit), the host short of memory."""
+    findings: list[Finding] = []
+    add = findings.append
+    containers, p = snap["containers"], pool_settings(snap["release"]["env"])
     for c in containers:
         limit, used = c["mem_limit"], c.get("mem_bytes", 0)
         if limit and used > MEMORY_MAX_FRACTION * limit:
@@ -143,8 +154,14 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
     if total_kb and avail_kb < 0.1 * total_kb:
         add(Finding("memory", False, f"the host has {human(avail_kb * 1024)} of {human(total_kb * 1024)} available",
                     "stop what is not needed, or move to a bigger VPS (see the triggers in `status`)"))
+    return findings
 
-    # Connection pool exhaustion.
+
+def database_findings(snap: dict) -> list[Finding]:
+    """Connection pools that can exhaust max_connections, connections in use, an unreadable database."""
+    findings: list[Finding] = []
+    add = findings.append
+    env, p = snap["release"]["env"], pool_settings(snap["release"]["env"])
     db = snap["db"]
     if db.get("max_connections"):
         demand, maximum = pool_demand(env), db["max_connections"]
@@ -161,8 +178,13 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
                         "lower the pool sizes, or raise max_connections"))
     elif db.get("error"):
         add(Finding("database", False, f"the database could not be queried: {db['error']}", "`compose.logs --service postgres`"))
+    return findings
 
-    # JetStream storage.
+
+def jetstream_findings(snap: dict) -> list[Finding]:
+    """JetStream storage and streams near their limits."""
+    findings: list[Finding] = []
+    add = findings.append
     js = snap["jsz"]
     if js.get("max_storage") and js["storage"] > JETSTREAM_MAX_FRACTION * js["max_storage"]:
         add(Finding("jetstream", False, f"JetStream stores {human(js['storage'])} of its {human(js['max_storage'])} limit",
@@ -173,8 +195,13 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
                         f"{human(stream['max_bytes'])} ({100 * stream['bytes'] / stream['max_bytes']:.0f}%)",
                         "consumers are not keeping up or the stream's limit is too small: check the worker "
                         "(`compose.logs --service worker`), then raise max_bytes or set max_age"))
+    return findings
 
-    # Jobs that do not drain, and dead letters.
+
+def job_findings(snap: dict) -> list[Finding]:
+    """Background jobs that do not drain, and jobs failed after their last try."""
+    findings: list[Finding] = []
+    add = findings.append
     jobs = snap.get("jobs") or {}
     if jobs.get("late"):
         add(Finding("background jobs", False, f"{jobs['late']} tasks have waited more than {status_commands.JOBS_LATE_SECONDS // 60} minutes "
@@ -185,24 +212,39 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None, received_at: 
         add(Finding("background jobs", False, f"{jobs['failed']} tasks failed their job after its last try (JOB_MAX_REQUEUES)",
                     "read why in `compose.logs --service worker`; once fixed, queue them again with "
                     "`UPDATE tasks SET status = 'pending', requeues = 0 WHERE status = 'failed'`"))
+    return findings
 
-    # Disk filling.
+
+def disk_findings(snap: dict) -> list[Finding]:
+    """A disk past DISK_MAX_PERCENT, with what Docker can reclaim."""
+    findings: list[Finding] = []
+    add = findings.append
     for d in snap["disk"]:
         if d["percent"] > DISK_MAX_PERCENT:
             reclaim = sum(r["reclaimable"] for r in snap["docker_df"])
             add(Finding("disk", False, f"{', '.join(d['paths'])} is {d['percent']:.0f}% full ({human(d['available'])} free)",
                         f"`docker system prune` can reclaim about {human(reclaim)} (images, build cache); lower BACKUP_KEEP "
                         f"and copy backups off the host (`backup.pull`)"))
+    return findings
 
-    # Clock skew (TLS, JWTs and logs need a true clock).
+
+def clock_findings(snap: dict, sent_at: float | None, received_at: float | None) -> list[Finding]:
+    """The host's clock against this machine's (TLS, JWTs and logs need a true clock)."""
+    findings: list[Finding] = []
+    add = findings.append
     if sent_at is not None and received_at is not None and snap["clock"]:
         skew = snap["clock"] - (sent_at + received_at) / 2
         uncertainty = (received_at - sent_at) / 2
         if abs(skew) - uncertainty > CLOCK_MAX_SKEW_S:
             add(Finding("clock", False, f"the host's clock is {skew:+.1f} s off this machine's",
                         "enable time sync on the host (`timedatectl set-ntp true`; `provision` installs systemd-timesyncd)"))
+    return findings
 
-    # Certificates and the jobs that must run on their own.
+
+def schedule_findings(snap: dict, now: float) -> list[Finding]:
+    """Certificates, backups, the WAL archive and the jobs that must run on their own."""
+    findings: list[Finding] = []
+    add = findings.append
     certs = tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc))
     jobs, logs = snap["cron"]["jobs"], snap["cron"]["logs"]
     for cert in certs:

@@ -27,13 +27,14 @@ from invoke import Exit
 from . import guards, localhost, planning
 from .commands import cluster as commands
 from .commands import compose as compose_commands
+from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
 from .commands import rollout, sh
 from .commands import tls as tls_commands
-from .commands.rollout import ARCHIVE_STEP
+from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
 from .compose_engine import ship_images_to
 from .host import Host, Release, absolute_app_dir
@@ -243,6 +244,7 @@ class SwarmHost(Host):
     sent_paths = fingerprints.SWARM_SENT_PATHS
     images_step = "images on every node"
     mesh: bool | None = None  # publish through the routing mesh (None: when the swarm has IPVS)
+    postgres_image: str = ""  # the stack's Postgres image, as rendered by `prepare`
 
     def release_images(self) -> tuple[str, str]:
         """The built images, named in REGISTRY when the nodes pull them from there."""
@@ -278,6 +280,9 @@ class SwarmHost(Host):
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
 
+    def serving_on(self) -> str:
+        return f"the swarm ({len(self.state()['nodes'])} nodes)"
+
     def describe(self, plan) -> str:
         return (f"{plan.release.id} -> stack {self.stack} via {self.name} "
                 f"({'routing mesh' if self.mesh else 'dnsrr + host-mode ports: no IPVS'})")
@@ -293,9 +298,17 @@ class SwarmHost(Host):
         self.put_text(commands.dump_stack(rendered), commands.stack_file(ctx, rid))
         self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)),
                       commands.stack_file(ctx, rid, "data"))
-        self.put_text(commands.docker_env_file(commands.service_environment(rendered, "api")),
+        self.put_text(commands.docker_env_file(commands.migration_environment(rendered)),
                       f"{commands.stack_dir(ctx, rid)}/migrate.env")
-        self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/*", "protect stack files")
+        s = self.settings
+        role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
+        self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user,
+                                                  s.postgres_password.reveal(), s.postgres_db), role_sql)
+        # Protected; the role's file also where a restore on this node finds it (commands/db.py).
+        self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/* && "
+                 + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]),
+                 "protect stack files")
+        self.postgres_image = rendered["services"]["postgres"]["image"]
         self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
         return set(), self.releases()[0]
 
@@ -319,6 +332,11 @@ class SwarmHost(Host):
     def migrate_command(self, release: Release) -> str:
         """Once, in a one-off container of the new image on the stack's attachable network."""
         return sh(commands.migrate(self.ctx, release.id, self.stack, release.image))
+
+    def app_role_command(self, release: Release) -> str:
+        """The role's SQL run in a one-off container of the stack's Postgres image."""
+        image = self.postgres_image or release.postgres_image
+        return commands.ensure_app_role(self.ctx, release.id, self.stack, image)
 
     def check_running(self) -> list[str]:
         """What keeps the stack from running all its replicas (a past rollback is history)."""
@@ -356,6 +374,8 @@ class SwarmHost(Host):
             *([Planned(ARCHIVE_STEP, "data node", "pgBackRest: the stanza and a first full backup "
                                                   "when missing")] if release.postgres_image else []),
             Planned("migrate database", self.name, self.migrate_command(release)),
+            Planned(APP_ROLE_STEP, self.name, commands.ensure_app_role(
+                ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"])),
             Planned("rolling update (docker stack deploy)", self.name,
                     sh(commands.stack_deploy(stack, [stack_file], registry))
                     + "  (start-first, awaited; Swarm rolls back a failure)"),

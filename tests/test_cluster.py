@@ -14,7 +14,8 @@ from tests.support import ROOT
 
 CTX = HostContext("/home/deploy/tasktracker", "tasktracker")
 VALUES = {"POSTGRES_PASSWORD": "pg$secret", "NATS_PASSWORD": "nats-pw", "BACKEND_IMAGE": "tasktracker-backend:abc",
-          "RELEASE_ID": "r1", "APP_ROOT": "/home/deploy/tasktracker", "HTTP_PORT": "80", "HTTPS_PORT": "443"}
+          "RELEASE_ID": "r1", "APP_ROOT": "/home/deploy/tasktracker", "HTTP_PORT": "80",
+          "HTTPS_PORT": "443", "APP_DB_USER": "tasktracker_app", "APP_DB_PASSWORD": "app$pw"}
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -224,10 +225,13 @@ def test_with_the_routing_mesh_ports_are_ingress_and_vips_stay():
 
 
 def test_settings_reach_the_services_escaped_and_the_release_image_is_pinned(rendered):
+    env = cluster.service_environment(rendered, "postgres")
+    assert env["POSTGRES_PASSWORD"] == "pg$secret" and env["POSTGRES_USER"] == "postgres"
     env = cluster.service_environment(rendered, "api")
-    assert env["POSTGRES_PASSWORD"] == "pg$secret" and env["POSTGRES_HOST"] == "postgres" and env["RELEASE_ID"] == "r1"
+    assert env["POSTGRES_HOST"] == "postgres" and env["RELEASE_ID"] == "r1"
     services = rendered["services"]
-    assert services["api"]["environment"]["POSTGRES_PASSWORD"] == "pg$$secret"  # the CLI reads `$$` as `$`
+    # the CLI reads `$$` as `$`
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg$$secret"
     assert services["api"]["image"] == services["worker"]["image"] == "tasktracker-backend:abc"
     assert "$${NATS_USER:?is empty}" in services["nats"]["entrypoint"][2]  # the container's own `$` stays escaped
 
@@ -249,6 +253,43 @@ def test_only_services_keeps_the_data_services(rendered):
     data = cluster.only_services(rendered, {"postgres", "nats"})
     assert set(data["services"]) == {"postgres", "nats"} and data["networks"] == rendered["networks"]
     assert "volumes" in data
+
+
+def test_api_and_worker_connect_as_the_app_role_and_the_migration_as_the_owner(rendered):
+    for service in ("api", "worker"):
+        env = cluster.service_environment(rendered, service)
+        login = (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+        assert login == ("tasktracker_app", "app$pw"), service
+        assert "pg$secret" not in env.values(), service  # the owner's password is not theirs
+    migration = cluster.migration_environment(rendered)
+    assert (migration["POSTGRES_USER"], migration["POSTGRES_PASSWORD"]) == ("postgres", "pg$secret")
+    assert migration["POSTGRES_HOST"] == "postgres" and migration["RELEASE_ID"] == "r1"
+
+
+def test_the_swarm_stack_gets_the_role_the_settings_derive(tmp_path):
+    from tasks.commands import db
+    from tasks.settings import Settings, env_values
+
+    settings = Settings.load(env_file=ROOT / ".env.example", environ={
+        "POSTGRES_PASSWORD": "owner pw", "NATS_PASSWORD": "n", "TELEGRAM_BOT_TOKEN": "1:t",
+        "OPENAI_API_KEY": "k"})
+    values = {**env_values(settings, ROOT / ".env.example", "/srv/tt"), "BACKEND_IMAGE": "b:1",
+              "RELEASE_ID": "r1"}
+    stack = cluster.render_stack(load_sources(ROOT), values, mesh=False)
+    api = cluster.service_environment(stack, "api")
+    assert api["POSTGRES_USER"] == "tasktracker_app"
+    assert api["POSTGRES_PASSWORD"] == db.app_role_password("owner pw") != "owner pw"
+    assert cluster.migration_environment(stack)["POSTGRES_PASSWORD"] == "owner pw"
+
+
+def test_the_app_role_is_applied_once_as_the_owner_from_the_postgres_image():
+    line = cluster.ensure_app_role(CTX, "r1", "tt", "tt-postgres:abc")
+    assert line.startswith("docker run --rm -i --network tt_default --env-file "
+                           "/home/deploy/tasktracker/env/r1.stack/migrate.env --entrypoint sh "
+                           "tt-postgres:abc -c ")
+    assert line.endswith("< /home/deploy/tasktracker/env/r1.stack/app-role.sql >/dev/null")
+    # The password from the env file, never a command line.
+    assert 'PGPASSWORD="$POSTGRES_PASSWORD" exec psql' in line
 
 
 def test_the_migration_env_file_is_literal():

@@ -98,6 +98,12 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
     assert post_task(hosts.url(MANAGER, "/api/tasks"), "made on the swarm") == 201
     assert any(t["title"] == "made on the swarm" for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1])
+    # The API replicas and the worker log in over the overlay as the app's role, not the superuser
+    # (the toolkit's own psql uses the local socket: no client address).
+    remote = ("SELECT DISTINCT usename FROM pg_stat_activity "
+              "WHERE backend_type = 'client backend' AND client_addr IS NOT NULL")
+    assert data_query(hosts, remote) == ["tasktracker_app"]
+    assert data_query(hosts, "SELECT rolsuper FROM pg_roles WHERE rolname = 'tasktracker_app'") == ["f"]
     listed = status(hosts, settings)
     assert "postgres.1" in node_line(listed, MANAGER) and "nginx.1" in node_line(listed, MANAGER)
     api_nodes = [n for n in NAMES if "api." in node_line(listed, n)]

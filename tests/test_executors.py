@@ -951,8 +951,20 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
     # a release with a migration: the tar, unpack, start, the WAL archive, [the backup's 3 commands and upload],
-    # migrate, activate
-    assert len(deploy_conn.commands) == 5 + 3 and len(deploy_conn.uploads) == 1 + 1
+    # migrate, the app role, activate
+    assert len(deploy_conn.commands) == 6 + 3 and len(deploy_conn.uploads) == 1 + 1
+    migrate, role = deploy_conn.commands[-3:-1]
+    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in migrate
+    assert role.startswith("if [ -f tasktracker/env/app-role.sql ]; then") and "psql" in role
+    tar = tarfile.open(fileobj=io.BytesIO(deploy_conn.uploads[0][1]))
+    assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/app-role.sql"] == "0o600"
+    sql = tar.extractfile("env/app-role.sql").read().decode()
+    password = host.settings.app_db_password.reveal()
+    # A verifier, never the password.
+    assert "PASSWORD 'SCRAM-SHA-256$4096:" in sql and password not in sql
+    env = tar.extractfile("env/r3.env").read().decode()
+    assert f"APP_DB_PASSWORD={password}\n" in env and "APP_DB_USER=tasktracker_app\n" in env
+    assert password not in "\n".join(deploy_conn.commands)
     assert [row[0] for row in host.steps.rows][-5:] == [*ALL_STEPS, "record release and prune"]
 
 
@@ -1103,3 +1115,21 @@ def test_a_testhost_whose_boot_never_finished_is_not_claimed_up(tmp_path, monkey
     assert testhost.restart(half, "vm1") is False
     assert ran == [["docker", "rm", "-f", "tt-vm-ab12-vm1"],
                    ["docker", "volume", "rm", "-f", "tt-vm-ab12-vm1-docker"]]
+
+
+def test_migrate_and_restores_run_as_the_owner_then_apply_the_app_role():
+    """`fab migrate` runs the current release's migration as the schema's owner; a restore runs
+    the migration (when asked), then the app role's SQL, before api and worker start."""
+    from tasks.commands import compose as compose_commands
+
+    conn = FakeConnection()
+    host = Host(conn, settings(), "v2", FACTS)
+    host.on_current(compose_commands.migrate, what="migrate")
+    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in conn.commands[-1]
+    host.restore_backup("20260101T000000Z", fresh_database=True, migrate=True)
+    script = conn.commands[-1]
+    assert "--no-owner --no-privileges" in script
+    migration = script.index("-f compose.migrate.yml run --rm -T api alembic upgrade head")
+    role = script.index("tasktracker/env/app-role.sql")
+    start = script.index("start_services\n")
+    assert migration < role < start

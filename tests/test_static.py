@@ -38,6 +38,9 @@ def project(tmp_path_factory):
     for name in ("nginx", "backend", "postgres", "frontend"):
         (d / name).symlink_to(ROOT / name)
     shutil.copy(ROOT / ".env.example", d / ".env")
+    # What the deploy adds (settings.env_values): the app role's password.
+    with open(d / ".env", "a") as env:
+        env.write("APP_DB_PASSWORD=derived-from-postgres-password\n")
     return d
 
 

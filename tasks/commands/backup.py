@@ -92,9 +92,11 @@ def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_databa
     d = q(f"{ctx.backups_dir}/{set_name}")
     if fresh_database:
         load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" && createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
-                f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --no-owner --single-transaction --exit-on-error' < {d}/database.dump")
+                f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" "
+                f"--no-owner --no-privileges --single-transaction --exit-on-error' < {d}/database.dump")
     else:
         load = (f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --clean --if-exists --no-owner "
+                f"--no-privileges "
                 f"--single-transaction --exit-on-error' < {d}/database.dump")
     if ctx.engine == "swarm":  # Swarm would start a stopped task's container again: scale the services instead
         api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))

@@ -416,6 +416,15 @@ def service_environment(rendered: dict, service: str) -> dict:
     return {k: "" if v is None else str(v).replace("$$", "$") for k, v in env.items()}
 
 
+def migration_environment(rendered: dict) -> dict:
+    """The one-off migration container's environment: the API's, but logged in as the schema's owner
+    (POSTGRES_USER and its password, as the postgres service has them), not as the app role the API
+    and the worker connect as."""
+    owner = service_environment(rendered, "postgres")
+    return {**service_environment(rendered, "api"),
+            **{key: owner[key] for key in ("POSTGRES_USER", "POSTGRES_PASSWORD") if key in owner}}
+
+
 def only_services(rendered: dict, names: set[str]) -> dict:
     """The same stack with only `names` (the data services, deployed and awaited before migrating)."""
     return {**rendered, "services": {k: v for k, v in rendered["services"].items() if k in names}}
@@ -459,6 +468,22 @@ def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[s
     manager; Postgres answers by its service name wherever it runs)."""
     return ["docker", "run", "--rm", "--network", network(stack), "--env-file", f"{stack_dir(ctx, release_id)}/migrate.env",
             image, "alembic", "upgrade", "head"]
+
+
+APP_ROLE_FILE = "app-role.sql"  # beside migrate.env in the release's stack directory (0600)
+
+
+def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str) -> str:
+    """The app role and its grants (commands/db.app_role_sql, the release's APP_ROLE_FILE), applied
+    once as the owner from a one-off container of the Postgres image on the stack's network, with
+    the migration's environment (the owner's login; psql reads its password from the
+    environment)."""
+    d = stack_dir(ctx, release_id)
+    psql = ('PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 '
+            '-h "$POSTGRES_HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
+    argv = ["docker", "run", "--rm", "-i", "--network", network(stack),
+            "--env-file", f"{d}/migrate.env", "--entrypoint", "sh", postgres_image, "-c", psql]
+    return f"{sh(argv)} < {q(f'{d}/{APP_ROLE_FILE}')} >/dev/null"
 
 
 def nginx_reload(stack: str) -> str:

@@ -50,9 +50,17 @@ def build_postgres(ctx: HostContext) -> list[str]:
     return ctx.compose("build", "postgres")
 
 
-def migrate(ctx: HostContext) -> list[str]:
-    """Alembic in a one-off API container (Postgres and NATS are started and awaited first)."""
-    return ctx.compose("run", "--rm", "-T", "api", "alembic", "upgrade", "head")
+MIGRATE_FILE = "compose.migrate.yml"  # the one-off migration container connects as POSTGRES_USER
+
+
+def migrate(ctx: HostContext) -> str:
+    """Shell, run in a release's directory: Alembic in a one-off API container (Postgres and NATS
+    are started and awaited first), as the schema's owner (POSTGRES_USER: MIGRATE_FILE added last),
+    not as the app role the release's API runs as. A release from before the app role has no
+    MIGRATE_FILE: its API already connects as POSTGRES_USER."""
+    run = ("run", "--rm", "-T", "api", "alembic", "upgrade", "head")
+    return (f"if [ -f {MIGRATE_FILE} ]; then {sh(ctx.compose('-f', MIGRATE_FILE, *run))}; "
+            f"else {sh(ctx.compose(*run))}; fi")
 
 
 def either(ctx: HostContext, argv_for: Callable[[HostContext], list[str]]) -> str:

@@ -4,6 +4,7 @@ Compose project it is, and which Compose runs it. It owns the host's layout:
     APP_DIR/releases/<id>/          one release: compose files, nginx, backend, frontend/dist,
                                     release.yml, RELEASE.json, and .env -> ../../env/<id>.env
     APP_DIR/env/<id>.env            that release's settings (0600; the directory is 0700)
+    APP_DIR/env/app-role.sql        the app's database role and grants (0600; commands/db.py)
     APP_DIR/current -> releases/<id>
     APP_DIR/shared/                 state that outlives releases: nginx/conf.d (TLS server),
                                     acme (HTTP-01 webroot), letsencrypt (certbot's state)

@@ -25,6 +25,9 @@ the kept volume (when the volume had been emptied), the old image started, api a
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from pathlib import Path
 
@@ -149,6 +152,7 @@ def upgrade(ctx: HostContext, *, old_major: str, new_image: str, keep: str, back
         "@BACKUP@": sh([script_path(ctx), ctx.app_dir, ctx.project, str(backup_keep)]), "@BACKUPS@": q(ctx.backups_dir),
         "@DATA@": POSTGRES_DATA, "@KEEP_LABELS@": labels, "@PIN@": pin, "@PIN_FILES@": " ".join(q(f) for f in pin_files),
         "@ROW_COUNTS_SQL@": ROW_COUNTS_SQL.rstrip("\n"), "@PROBE@": probe,
+        "@APP_ROLE@": ensure_app_role(ctx),
     }
     script = UPGRADE_SCRIPT
     for key, value in values.items():
@@ -162,3 +166,104 @@ def parse_upgrade(output: str) -> dict[str, str]:
         if line.startswith("UPGRADE OK "):
             return dict(part.split("=", 1) for part in line.split()[2:] if "=" in part)
     return {}
+
+
+# --- the app's own database role ---------------------------------------------------------------
+# The API and the worker connect as APP_DB_USER, a role that is no superuser, creates no role or
+# database, owns nothing and may only read and write the rows of the tables in `public` (and use
+# their sequences). POSTGRES_USER (the image makes it a superuser) owns the schema, runs the
+# migrations and the toolkit's admin paths (backup, restore, upgrade, pgBackRest). Its password is
+# derived from POSTGRES_PASSWORD (nothing new to keep) and reaches Postgres only as a SCRAM
+# verifier, in a 0600 file the deploy writes (APP_DIR/env/app-role.sql): never a command line, and
+# never in clear in Postgres's log should the statement fail.
+APP_ROLE_LABEL = b"tasktracker app database role"
+APP_ROLE_SALT_LABEL = b"tasktracker app database role scram salt"
+SCRAM_ITERATIONS = 4096
+APP_ROLE_FILE = "app-role.sql"  # in APP_DIR/env (0700), mode 0600
+ROLE_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def app_role_password(owner_password: str) -> str:
+    """The app role's password: an HMAC of POSTGRES_PASSWORD with a fixed label (64 hex digits),
+    as the Telegram webhook's secret is derived from the bot token."""
+    return hmac.new(owner_password.encode(), APP_ROLE_LABEL, hashlib.sha256).hexdigest()
+
+
+def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
+    """What Postgres stores for a SCRAM-SHA-256 password (RFC 5802/7677), given to ALTER ROLE so the
+    password itself is never sent: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    The password is ASCII (hex digits), which SASLprep leaves as it is."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    stored_key = hashlib.sha256(client_key).digest()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def app_role_verifier(owner_password: str) -> str:
+    """The app role's verifier, with a salt derived from POSTGRES_PASSWORD too: the same settings
+    give the same file, so a deploy with nothing new sends nothing new."""
+    salt = hmac.new(owner_password.encode(), APP_ROLE_SALT_LABEL, hashlib.sha256).digest()[:16]
+    return scram_verifier(app_role_password(owner_password), salt)
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    """A quoted SQL string literal (standard_conforming_strings: only `'` is special)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def app_role_sql(role: str, verifier: str, owner: str, database: str) -> str:
+    """Idempotent SQL, run as the owner (superuser) in the app's database on every deploy and after
+    every restore: the role exists with exactly these attributes and this password, may connect and
+    use `public`, reads and writes every table there and uses its sequences, and the same for
+    tables and sequences the owner creates later (default privileges: the next migration's tables
+    need no new grant). The owner keeps the schema; nobody else may create objects in it."""
+    r, o = ident(role), ident(owner)
+    attributes = ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT "
+                  "CONNECTION LIMIT -1")
+    return "\n".join([
+        "\\set ON_ERROR_STOP on",
+        "BEGIN;",
+        f"SELECT format('CREATE ROLE %I', {literal(role)}) WHERE NOT EXISTS "
+        f"(SELECT FROM pg_roles WHERE rolname = {literal(role)}) \\gexec",
+        f"ALTER ROLE {r} WITH {attributes} PASSWORD {literal(verifier)};",
+        f"GRANT CONNECT ON DATABASE {ident(database)} TO {r};",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        f"GRANT USAGE ON SCHEMA public TO {r};",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {r};",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {r};",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r};",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {r};",
+        "COMMIT;",
+    ]) + "\n"
+
+
+def app_role_script(role: str, owner: str, owner_password: str, database: str) -> str:
+    """`app_role_sql` for these settings, the password given as its verifier."""
+    return app_role_sql(role, app_role_verifier(owner_password), owner, database)
+
+
+def app_role_path(ctx: HostContext) -> str:
+    return f"{ctx.env_dir}/{APP_ROLE_FILE}"
+
+
+def ensure_app_role(ctx: HostContext) -> str:
+    """Shell (run from the login directory): the app role as the last deploy wrote it
+    (`app_role_path`), applied as the owner inside the Postgres container, once Postgres answers.
+    Nothing when the file is absent: the host was deployed before releases had an app role, and
+    their API connects as POSTGRES_USER."""
+    path = q(app_role_path(ctx))
+    psql = q('psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" >/dev/null')
+    ready = q('pg_isready -q -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
+    return (f"if [ -f {path} ]; then pg=$({ctx.container('postgres')}); "
+            f"[ -n \"$pg\" ] || {{ echo 'no running postgres container for the app role' >&2; "
+            f"false; }}; "
+            f"for _ in $(seq 1 60); do docker exec \"$pg\" sh -c {ready} && break; sleep 1; done; "
+            f"docker exec -i \"$pg\" sh -c {psql} < {path}; fi")

@@ -8,10 +8,11 @@ import hashlib
 from pathlib import Path
 
 from .build import paths_digest
+from .compose import MIGRATE_FILE
 from .release import PROBE_PATH
 
-SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "nginx", "backend", "postgres",
-              "frontend/dist", PROBE_PATH)
+SENT_PATHS = ("compose.yml", "docker-compose.production.yml", MIGRATE_FILE, "nginx", "backend",
+              "postgres", "frontend/dist", PROBE_PATH)
 SWARM_SENT_PATHS = ("compose.yml", "docker-compose.production.yml", "swarm.yml", "nginx",
                     "backend", "postgres", "frontend/dist", PROBE_PATH)
 RSYNC_EXCLUDES = ("__pycache__", "*.pyc", ".pytest_cache", ".gitkeep")

@@ -216,7 +216,8 @@ def window_problem(state: dict, target: datetime) -> str | None:
     return None
 
 
-def restore_to_time(ctx: HostContext, target: str, compose_start: str) -> str:
+def restore_to_time(ctx: HostContext, target: str, compose_start: str,
+                    before_start: str = "") -> str:
     """Restore the database to `target` (UTC, TIME_FORMAT), in one script:
 
     1. stop api and worker (nothing writes), commit one transaction and have pgBackRest archive
@@ -224,7 +225,8 @@ def restore_to_time(ctx: HostContext, target: str, compose_start: str) -> str:
     2. stop Postgres; restore in a one-off container of the same image and volumes
        (`--delta --type=time --target-action=promote`); start Postgres; wait until it has
        replayed to the target and is out of recovery;
-    3. start nats, api and worker.
+    3. `before_start` (the app role and its grants as this release needs them: the cluster is
+       now as it was at the target), then start nats, api and worker.
 
     A failure from step 2 on restores the database to the end of its archive on the timeline it
     was on (what it held before, every write included), starts everything again and exits 1."""
@@ -284,6 +286,8 @@ say "data directory restored from pgBackRest; replaying WAL to {target} UTC"
 stage="replay WAL to the target"
 docker start "$pg" >/dev/null && wait_promoted || undo
 say "the database is at {target} UTC (new timeline $(sql "SELECT timeline_id FROM pg_control_checkpoint()"))"
+stage="the app's database role"
+{(before_start + " || undo") if before_start else ":"}
 stage="start nats, api and worker"
 start_services || undo
 trap - HUP INT TERM

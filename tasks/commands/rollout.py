@@ -98,6 +98,7 @@ def nginx_up_and_reload(ctx: HostContext) -> str:
 STACK_SERVICES = ("postgres", "nats", "api", "worker", "nginx")
 BACKEND_STEPS = "images, backend build, database, migrations, api and worker"
 ARCHIVE_STEP = "WAL archive (point-in-time recovery)"
+APP_ROLE_STEP = "the app's database role and its grants"
 RECORD_STEP = "record release and prune"  # the last step of `activation`'s `then`
 END_MARK = 'echo "@@end $(date +%s.%N)"'
 

@@ -106,7 +106,7 @@ progress "verification: restore into a scratch database and compare row counts"
 t0=$(now)
 scratch="verify_$(date +%s)_$$"
 docker exec "$pg" sh -c "createdb -U \"\$POSTGRES_USER\" $scratch" || fail "cannot create scratch database"
-docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --exit-on-error" < "$tmp/database.dump" \
+docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --no-privileges --exit-on-error" < "$tmp/database.dump" \
   || fail "the dump does not restore"
 docker exec -i "$pg" sh -c "psql -X -At -U \"\$POSTGRES_USER\" -d $scratch" > "$tmp/restored-counts.txt" <<'SQL' || fail "counting restored rows"
 SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', table_name, table_schema, table_name)

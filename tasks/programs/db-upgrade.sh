@@ -93,9 +93,12 @@ wait_ready
 say "PostgreSQL $new_major ($new_image) initialised $vol"
 
 stage="restore the dump"
-in_pg 'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --no-owner --exit-on-error --single-transaction' < "$set_dir/database.dump"
+in_pg 'pg_restore -U "$POSTGRES_USER" -d "$POSTGRES_DB" --no-owner --no-privileges --exit-on-error --single-transaction' < "$set_dir/database.dump"
 in_pg 'psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c ANALYZE'
 say "dump of $set_name restored"
+# The app's role and its grants: a new cluster has no role but POSTGRES_USER, and the dump was
+# restored without privileges (commands/db.py, ensure_app_role: nothing for a release without one).
+(cd "$HOME" && @APP_ROLE@)
 
 stage="compare row counts"
 in_pg 'psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"' > "$tmp/counts.txt" <<'SQL'

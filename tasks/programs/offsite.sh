@@ -109,7 +109,7 @@ fetch|drill)
   trap 'docker exec "$pg" sh -c "dropdb -U \"\$POSTGRES_USER\" --if-exists $scratch" >/dev/null 2>&1; rm -rf "$tmp"' EXIT
   echo "[offsite] restoring the dump into scratch database $scratch"
   docker exec "$pg" sh -c "createdb -U \"\$POSTGRES_USER\" $scratch" || exit 1
-  docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --exit-on-error" < "$got/database.dump" \
+  docker exec -i "$pg" sh -c "pg_restore -U \"\$POSTGRES_USER\" -d $scratch --no-owner --no-privileges --exit-on-error" < "$got/database.dump" \
     || { echo "OFFSITE DRILL FAILED: the dump of $set_name does not restore" >&2; exit 1; }
   docker exec -i "$pg" sh -c "psql -X -At -U \"\$POSTGRES_USER\" -d $scratch" > "$tmp/counts.txt" <<'SQL' || exit 1
 SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', table_name, table_schema, table_name)
