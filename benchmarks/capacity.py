@@ -2,6 +2,7 @@
 
     flock /tmp/tasktracker-e2e.lock uv run python benchmarks/capacity.py [--seconds 15] [--levels 10,50,100,200]
                                                                          [--set API_WORKERS=2]...
+                                                                         [--tracing]
 
 Deploys the stack as a VPS gets it (compose.yml + docker-compose.production.yml, the plan's
 resource limits), then loads it through nginx with wrk (Debian's `wrk`, installed when missing):
@@ -24,8 +25,10 @@ image (by its own Compose project), then the sandbox's user, sshd and files (`sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import container_address, throwaway_sandbox  # noqa: E402
+from tests.support import (  # noqa: E402
+    OtlpReceiver, container_address, docker_gateway, throwaway_sandbox,
+)
 
 # The plan's figures (docs/vps-deployment-strategy.md, "Production" and "Expected Performance").
 PLAN_MEMORY_MB = {"postgres": 300, "nats": 50, "worker": 600, "api": 800, "nginx": 20}
@@ -299,9 +304,16 @@ def main() -> int:
     parser.add_argument("--mixes", default="dashboard,get,post", help="which closed-loop mixes to run")
     parser.add_argument("--no-paced", action="store_true", help="skip the plan's paced load")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for the deployed stack")
+    parser.add_argument("--tracing", action="store_true",
+                        help="deploy with LOGFIRE_TOKEN, the traces going to a local OTLP receiver "
+                             "(tests/support.py)")
     args = parser.parse_args()
     wrk = ensure_wrk()
-    with throwaway_sandbox("127.0.0.8", "cap") as box:
+    with throwaway_sandbox("127.0.0.8", "cap") as box, contextlib.ExitStack() as stack:
+        if args.tracing:  # the stack's containers reach this machine at Docker's gateway
+            receiver = stack.enter_context(OtlpReceiver(docker_gateway()))
+            args.set += [f"LOGFIRE_TOKEN=pylf_v1_us_{secrets.token_hex(20)}",
+                         f"LOGFIRE_BASE_URL={receiver.url}"]
         if args.set:
             with open(box.state / ".env", "a") as f:
                 f.write("".join(f"{kv}\n" for kv in args.set))
@@ -309,6 +321,9 @@ def main() -> int:
         try:
             deploy_s, _ = box.run("fab", "-H", "sandbox", "deploy")
             measure(Stack(project, wrk, box.work), args, deploy_s)
+            if args.tracing:
+                print(f"  tracing: the receiver took {len(receiver.requests)} requests, "
+                      f"{len(receiver.exports('traces')) / 1e6:.1f} MB of traces (unzipped)")
         finally:
             remove_stack(project)
     return 0
@@ -330,10 +345,13 @@ def measure(stack: Stack, args, deploy_s: float) -> None:
     rest = {s: max(v, 0) for s, v in Sampler(stack.containers).sample().items()}
     pending0 = stack.pending()
 
+    shown = [kv if not kv.startswith("LOGFIRE_TOKEN=") else "LOGFIRE_TOKEN=[REDACTED]"
+             for kv in args.set]
     cpus = os.cpu_count()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     print(f"Capacity benchmark: the sandbox stack on this machine ({cpus} CPUs, {mem_gb:.0f} GB), production override and "
-          f"the plan's limits, deployed in {deploy_s:.0f}s{'; ' + ', '.join(args.set) if args.set else ''}")
+          f"the plan's limits, deployed in {deploy_s:.0f}s"
+          f"{'; ' + ', '.join(shown) if shown else ''}")
     print(f"  wrk ({stack.wrk}, 2 threads, keep-alive) against nginx at {stack.base}, {args.seconds}s per level; CPU columns in "
           f"cores (1.00 = one core; limits: nginx 0.3, api 1.0); docker = Docker's daemons (container logs); other = the rest "
           f"of the machine (kernel, anything else running: a large value spoils that row); machine = busy share of all {cpus} cores")

@@ -18,7 +18,10 @@ def check_memory_budget(host, table: bool = False) -> budget.Budget:
     failing the deploy); warns when it fits only without headroom."""
     mem_kb = host.facts.get("mem_total_kb", "")
     try:
-        verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT), int(mem_kb) * 1024 if mem_kb.isdigit() else 0)
+        settings = host.settings
+        traced = budget.traced_processes(bool(settings.logfire_token), settings.api_workers)
+        verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT, traced=traced),
+                                  int(mem_kb) * 1024 if mem_kb.isdigit() else 0)
     except ValueError as err:
         raise Exit(f"A memory size in the compose files is not valid ({err}). Nothing was changed on the server.",
                    code=ExitCode.USAGE) from None

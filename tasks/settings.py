@@ -101,6 +101,22 @@ def _offsite_problems(values: dict) -> list[str]:
     return problems
 
 
+def _logfire_problems(values: dict) -> list[str]:
+    """LOGFIRE_BASE_URL an http(s) URL, plain http:// only to a loopback or private address (the
+    token goes with every export); LOGFIRE_TOKEN one line without spaces (never shown)."""
+    problems, url = [], values["logfire_base_url"]
+    if url and not _is_http_url(url):
+        problems.append(f"LOGFIRE_BASE_URL {url!r} is not an http(s) URL like "
+                        f"https://logfire-eu.pydantic.dev")
+    elif url.startswith("http://") and not _is_private(urlparse(url).hostname or ""):
+        problems.append(f"LOGFIRE_BASE_URL {url!r} must be https:// (the token goes with every "
+                        f"export; plain http:// only to a loopback or private address)")
+    if re.search(r"\s", values["logfire_token"].reveal()):
+        problems.append("LOGFIRE_TOKEN has a space or line break (value not shown: it is secret): "
+                        "copy the write token again")
+    return problems
+
+
 # The groups of the settings reference (docs/settings.md) and of .env.example, in their order, each
 # with what holds for all of its keys. Every field of `Settings` names one of them.
 SETTING_GROUPS: dict[str, str] = {
@@ -121,6 +137,10 @@ SETTING_GROUPS: dict[str, str] = {
               "(docs/operations.md, \"Alerts\"). Sent from the host (APP_DIR/bin/tasktracker-notify), "
               "so no laptop is needed: to Telegram (the stack's bot, TELEGRAM_BOT_TOKEN) and/or a "
               "webhook; both ALERT_TELEGRAM_CHAT_ID and ALERT_WEBHOOK_URL empty: no alerts.",
+    "Tracing": "Logfire, when you want traces: with LOGFIRE_TOKEN set, the API and the worker "
+               "send a span per request, database query and job, and their logs "
+               "(backend/README.md, \"Tracing\"; docs/operations.md, \"Tracing with "
+               "Logfire\"); empty: nothing is sent.",
     "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository you own, "
                        "off this VPS (docs/operations.md, \"Off-site copies\"; tasks/commands/offsite.py); "
                        "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host only in its "
@@ -263,6 +283,15 @@ class Settings:
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
                                        doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
                                            "endpoint).")
+    logfire_token: Secret = _spec(
+        "", secret=True, group="Tracing",
+        doc="A Logfire project's write token; it reaches the API and the worker only in the "
+            "release's .env (0600). Empty: no tracing, no exporter, no call to Logfire.")
+    logfire_base_url: str = _spec(
+        "", group="Tracing",
+        doc="Where traces go: empty for Logfire's own (the token's region), or any endpoint that "
+            "takes Logfire's OTLP/HTTP exports; https://, or http:// only to a loopback or private "
+            "address (the token travels with them).")
     offsite_repository: str = _spec("", group="Off-site copies",
                                     doc="The restic repository, like `sftp:backup@backup.example.com:/srv/restic/tasktracker` "
                                         "(`fab -H HOST backup.offsite.init` prints the host's key to authorize there) or "
@@ -402,6 +431,7 @@ class Settings:
         for key, url in (("TELEGRAM_API_BASE_URL", values["telegram_api_base_url"]), ("ALERT_WEBHOOK_URL", values["alert_webhook_url"].reveal())):
             if url.startswith("http://") and not _is_loopback(urlparse(url).hostname or ""):
                 problems.append(f"{key} must be https:// (it carries a token; plain http:// only to this host's loopback)")
+        problems += _logfire_problems(values)
         hook = values["alert_webhook_url"].reveal()
         if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
             problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
@@ -521,6 +551,13 @@ def _shown(path: Path) -> str:
 def _is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_private(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_private
     except ValueError:
         return False
 

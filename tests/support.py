@@ -5,6 +5,7 @@ copies, local Postgres/NATS processes, and small helpers (free ports, waiting)."
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.server
 import json
 import os
@@ -664,6 +665,61 @@ def service_address(project: str, service: str) -> str:
     container = subprocess.run(["docker", "compose", "-p", project, "ps", "-q", service], capture_output=True, text=True,
                                check=True).stdout.split()[0]
     return container_address(container)
+
+
+class OtlpReceiver:
+    """A local stand-in for Logfire (LOGFIRE_BASE_URL): takes the SDK's OTLP/HTTP exports
+    (POST /v1/traces, /v1/logs, /v1/metrics; protobuf, gzipped) and its token check (GET /v1/info),
+    and records each (method, path, Authorization header, body unzipped). Listens on `address`:
+    127.0.0.1 for processes here, Docker's gateway (`docker_gateway`) for the stack's containers."""
+
+    def __init__(self, address: str = "127.0.0.1"):
+        self.requests: list[dict] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self, body: bytes) -> None:
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.requests.append({"method": self.command, "path": self.path, "body": body,
+                                          "authorization": self.headers.get("Authorization", "")})
+
+            def _answer(self, body: bytes, kind: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._record(b"")
+                info = {"project_name": "stand-in", "project_url": "http://stand-in"}
+                self._answer(json.dumps(info).encode(), "application/json")
+
+            def do_POST(self):
+                self._record(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                # An empty Export*ServiceResponse: all taken.
+                self._answer(b"", "application/x-protobuf")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.url = f"http://{address}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def exports(self, kind: str = "traces") -> bytes:
+        """Every export of `kind` (traces, logs, metrics) received so far, concatenated."""
+        return b"".join(r["body"] for r in list(self.requests) if r["path"] == f"/v1/{kind}")
+
+    def __enter__(self) -> "OtlpReceiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def container_address(container: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -18,7 +19,9 @@ import pytest
 import yaml
 from websockets.sync.client import connect as ws_connect
 
-from tests.support import ROOT, LocalPostgres, free_port, pgvector_bindir, port_open, wait_for
+from tests.support import (
+    ROOT, LocalPostgres, OtlpReceiver, free_port, pgvector_bindir, port_open, wait_for,
+)
 
 # pytest-xdist: its module's stack (PostgreSQL, NATS, the API, the worker) starts once, on one worker.
 pytestmark = pytest.mark.xdist_group("backend")
@@ -48,7 +51,7 @@ def postgres():
     # POSTGRES_USER is the superuser and the migration creates it).
     pg = LocalPostgres(pgvector_bindir()).start()
     pg.psql(f"CREATE ROLE {sql_identifier(DB_USER)} LOGIN PASSWORD {sql_literal(DB_PASSWORD)}")
-    for db in ("tasktracker", "migrations_check", "jobs_check"):
+    for db in ("tasktracker", "migrations_check", "jobs_check", "tracing_check"):
         pg.psql(f"CREATE DATABASE {db} OWNER {sql_identifier(DB_USER)}")
         pg.psql("CREATE EXTENSION vector", db=db)
     yield pg
@@ -98,8 +101,15 @@ def nats_server(tmp_path_factory):
     server.stop()
 
 
+def image_env() -> dict[str, str]:
+    """The ENV the backend's Dockerfile gives both containers."""
+    text = (BACKEND / "Dockerfile").read_text().replace("\\\n", " ")
+    return dict(pair.split("=", 1) for line in text.splitlines() if line.startswith("ENV ")
+                for pair in shlex.split(line[4:]))
+
+
 def backend_env(postgres, nats_server, db="tasktracker"):
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **image_env()}
     # The app builds its database URL from the parts, as in the containers.
     return {**env, "POSTGRES_USER": DB_USER, "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_HOST": "127.0.0.1",
             "POSTGRES_PORT": str(postgres.port), "POSTGRES_DB": db, "NATS_URL": nats_server.url,
@@ -220,13 +230,11 @@ def test_the_embedding_is_deterministic_unit_length_and_puts_alike_texts_closer(
     assert cosine(a, b) > cosine(a, c)
 
 
-@pytest.fixture(scope="module")
-def stack(postgres, nats_server, tmp_path_factory):
-    env = backend_env(postgres, nats_server)
-    assert alembic_upgrade(env).returncode == 0
-    asyncio.run(old_job_stream(nats_server))  # as an earlier release's library left it
+@contextlib.contextmanager
+def running_backend(env: dict, logs: Path):
+    """The API (uvicorn) and the worker (taskiq) as their containers run them; yields the API's
+    URL."""
     port = free_port()
-    logs = tmp_path_factory.mktemp("logs")
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
                            cwd=BACKEND, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
                            start_new_session=True)
@@ -249,6 +257,23 @@ def stack(postgres, nats_server, tmp_path_factory):
             with contextlib.suppress(ProcessLookupError):  # and whatever of its group is left
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def untraced_receiver():
+    """Where the untraced stack's LOGFIRE_BASE_URL points: with no token, nothing must arrive."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(postgres, nats_server, tmp_path_factory, untraced_receiver):
+    env = {**backend_env(postgres, nats_server), "LOGFIRE_TOKEN": "",
+           "LOGFIRE_BASE_URL": untraced_receiver.url}
+    assert alembic_upgrade(env).returncode == 0
+    asyncio.run(old_job_stream(nats_server))  # as an earlier release's library left it
+    with running_backend(env, tmp_path_factory.mktemp("logs")) as url:
+        yield url
 
 
 async def old_job_stream(nats_server) -> None:
@@ -429,6 +454,60 @@ def test_late_jobs_are_claimed_once_and_fail_after_their_last_try(jobs_db, postg
     rows = postgres.psql("SELECT id, status, requeues, queued_at > now() - interval '5 seconds' FROM tasks "
                          "ORDER BY id", db="jobs_check").splitlines()
     assert rows == [f"{late}|pending|1|t", f"{last_try}|failed|5|f", f"{fresh}|pending|0|t"]
+
+
+LOGFIRE_MODULES = ("import sys, app.main; print(sorted({m.split('.')[0] for m in sys.modules "
+                   "if m.startswith(('logfire', 'opentelemetry.sdk'))}))")
+
+
+def test_without_a_logfire_token_nothing_is_traced_or_sent(stack, postgres, untraced_receiver):
+    status, task = post(f"{stack}/api/tasks", {"title": "Not traced"})
+    assert status == 201
+    sql = f"SELECT status FROM tasks WHERE id = {task['id']}"
+    wait_for(lambda: postgres.psql(sql, db="tasktracker") == "done", 30, what="the task processed")
+    assert untraced_receiver.requests == []  # LOGFIRE_BASE_URL alone sends nothing
+    # Without the token the app does not even import Logfire or OpenTelemetry's SDK.
+    env = {**os.environ, **image_env(), "LOGFIRE_TOKEN": ""}
+    out = subprocess.run([sys.executable, "-c", LOGFIRE_MODULES], cwd=BACKEND, capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_with_a_logfire_token_requests_queries_and_jobs_are_traced(postgres, tmp_path):
+    """LOGFIRE_TOKEN set and LOGFIRE_BASE_URL on a local receiver: the API's request, its queries
+    and the worker's job arrive as OTLP exports carrying the token, which no log line shows. Its
+    own NATS and database, so that no other worker takes the job."""
+    token = "pylf_v1_us_" + "t0ken" * 8
+    nats = ComposeNats(tmp_path).start()
+    with OtlpReceiver() as receiver, contextlib.ExitStack() as stop:
+        stop.callback(nats.stop)
+        env = {**backend_env(postgres, nats, db="tracing_check"), "LOGFIRE_TOKEN": token,
+               "LOGFIRE_BASE_URL": receiver.url}
+        assert alembic_upgrade(env).returncode == 0
+        with running_backend(env, tmp_path) as api:
+            wait_for(lambda: get(f"{api}/api/health")[0] == 200, 30, what="health 200")
+            status, task = post(f"{api}/api/tasks", {"title": "Traced through Logfire"})
+            assert status == 201
+            sql = f"SELECT status FROM tasks WHERE id = {task['id']}"
+            wait_for(lambda: postgres.psql(sql, db="tracing_check") == "done", 30,
+                     what="the task processed")
+            wanted = (b"POST /api/tasks", b"INSERT INTO tasks", b"process_task",
+                      f"processed task {task['id']}".encode())
+            try:
+                wait_for(lambda: all(w in receiver.exports("traces") for w in wanted), 30,
+                         what="the request, its query, the job and the worker's log line exported")
+            except AssertionError:
+                missing = [w for w in wanted if w not in receiver.exports("traces")]
+                paths = [r["path"] for r in receiver.requests]
+                log = (tmp_path / "worker.log").read_text()[-1500:]
+                raise AssertionError(f"not exported: {missing}; received {paths}; "
+                                     f"worker log: {log}") from None
+        exports = [r for r in receiver.requests if r["method"] == "POST"]
+        assert exports and all(r["authorization"] == token for r in exports)
+        assert b"tasktracker-api" in receiver.exports()
+        assert b"tasktracker-worker" in receiver.exports()
+        for log in ("api.log", "worker.log"):
+            assert token not in (tmp_path / log).read_text()
 
 
 def test_health_is_503_when_nats_is_down(stack, nats_server):

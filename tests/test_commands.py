@@ -114,6 +114,27 @@ def test_the_production_stack_as_the_deploy_starts_it():
                     ("api (new, during the switch)", 256, 1024), ("nginx", 64, 128)]
 
 
+def test_tracing_reserves_its_memory_for_each_process_that_traces():
+    """With LOGFIRE_TOKEN, each API worker process (in both API containers during the switch) and
+    the job worker reserve TRACING_MEMORY more; the limits (the containers' caps) stay."""
+    assert budget.traced_processes(False, 2) == {}
+    traced = budget.stack_memory(ROOT, traced=budget.traced_processes(True, 2))
+    rows = [(s.name, s.reservation // MB, s.limit // MB) for s in traced]
+    extra = budget.TRACING_MEMORY // MB
+    assert rows == [("postgres", 512, 2048), ("nats", 64, 512),
+                    ("worker + tracing", 512 + extra, 2048),
+                    ("api + tracing", 256 + 2 * extra, 1024),
+                    ("api + tracing (new, during the switch)", 256 + 2 * extra, 1024),
+                    ("nginx", 64, 128)]
+    plain = budget.evaluate(budget.stack_memory(ROOT), int(7.5 * GB))
+    more = budget.evaluate(traced, int(7.5 * GB)).reservations - plain.reservations
+    assert more == 5 * budget.TRACING_MEMORY
+    # A host the untraced stack just fits is refused once tracing's reservations are counted.
+    host = plain.reservations + budget.OS_ALLOWANCE + budget.TRACING_MEMORY
+    assert budget.evaluate(budget.stack_memory(ROOT), host).level != budget.REFUSE
+    assert budget.evaluate(traced, host).level == budget.REFUSE
+
+
 # MemTotal of real VMs sits below the size sold: the kernel keeps some (a "2 GB" VPS shows ~1.9 GiB).
 @pytest.mark.parametrize("host_gib, level", [
     (1.9, budget.REFUSE),  # reservations 1.6 GiB > 1.9 - 0.5 for the system

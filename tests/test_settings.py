@@ -58,6 +58,15 @@ def test_valid_settings_load_with_defaults(tmp_path):
         ({"OFFSITE_REPOSITORY": "sftp:backup@-oProxyCommand=x:/srv", "OFFSITE_PASSWORD": "p"},
          "must name its SFTP server as sftp:USER@HOST:/PATH"),
         ({"OFFSITE_REPOSITORY": "sftp:-l@host:/srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
+        # Issue 27: Logfire's endpoint gets the token with every export.
+        ({"LOGFIRE_BASE_URL": "logfire.example.com"},
+         "LOGFIRE_BASE_URL 'logfire.example.com' is not an http(s) URL"),
+        ({"LOGFIRE_BASE_URL": "http://logfire.example.com"},
+         "LOGFIRE_BASE_URL 'http://logfire.example.com' must be https://"),
+        ({"LOGFIRE_BASE_URL": "http://8.8.8.8:4318"},
+         "LOGFIRE_BASE_URL 'http://8.8.8.8:4318' must be https://"),
+        ({"LOGFIRE_TOKEN": "pylf_v1_eu_a b"},
+         "LOGFIRE_TOKEN has a space or line break (value not shown: it is secret)"),
         ({"OFFSITE_REPOSITORY": "sftp://-l@host:22//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
         ({"OFFSITE_REPOSITORY": "sftp://u@-oProxyCommand=x//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP"),
     ],
@@ -292,3 +301,24 @@ def test_sandbox_status_prints_the_url_the_app_answers_on_and_the_deploy_command
 ])
 def test_loopback_http_and_plain_sftp_repositories_are_accepted(tmp_path, overrides):
     load(tmp_path, **overrides)
+
+
+def test_logfire_is_off_by_default_and_its_token_a_secret_the_stack_gets(tmp_path):
+    """Without LOGFIRE_TOKEN nothing traces; with it, the token is redacted like any secret and the
+    release's .env (the only way it reaches the containers) carries it and LOGFIRE_BASE_URL."""
+    from tasks.settings import env_values
+
+    assert (load(tmp_path).logfire_token, load(tmp_path).logfire_base_url) == ("", "")
+    assert env_values(load(tmp_path), None, "/srv/tt")["LOGFIRE_TOKEN"] == ""
+    token = "pylf_v1_eu_" + "0123456789abcdef" * 3
+    urls = ("https://logfire-eu.pydantic.dev", "http://127.0.0.1:4318", "http://172.17.0.1:4318",
+            "http://10.1.2.3")
+    for url in urls:
+        s = load(tmp_path, LOGFIRE_TOKEN=token, LOGFIRE_BASE_URL=url)
+        assert token in s.secret_values()
+        assert token not in repr(s) and token not in f"{s.logfire_token}"
+        values = env_values(s, None, "/srv/tt")
+        assert (values["LOGFIRE_TOKEN"], values["LOGFIRE_BASE_URL"]) == (token, url)
+    with pytest.raises(SettingsError) as err:
+        load(tmp_path, LOGFIRE_TOKEN=token, LOGFIRE_BASE_URL="http://logfire.example.com")
+    assert token not in str(err.value)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field
 
-from . import db
+from . import db, tracing
 from .config import EVENTS_SUBJECT, AppConfig, webhook_secret
 from .worker import broker, process_task, publish_event
 
@@ -65,6 +65,9 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(title="Task Tracker (reference API)", lifespan=lifespan)
+# With LOGFIRE_TOKEN: a span per request and per query, and the logs, to Logfire (app/tracing.py).
+if tracing.setup("api"):
+    tracing.instrument_fastapi(app)
 
 
 # The public health answer says what failed, never why in the exception's words (they name

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 from taskiq import AckableMessage, TaskiqEvents, TaskiqState
 from taskiq_nats import PullBasedJetStreamBroker
 
-from . import db
+from . import db, tracing
 from .config import EVENTS_SUBJECT, AppConfig
 
 HEARTBEAT = Path(os.environ.get("WORKER_HEARTBEAT", "/tmp/worker-heartbeat"))
@@ -135,6 +135,11 @@ async def publish_event(nc, kind: str, task: dict) -> None:
 
 @broker.task(task_name="process_task")
 async def process_task(task_id: int) -> dict | None:
+    with tracing.job_span("process_task", task_id=task_id):  # with LOGFIRE_TOKEN: a span per job
+        return await _process_task(task_id)
+
+
+async def _process_task(task_id: int) -> dict | None:
     if _config.job_standin_seconds:  # the LLM call's latency, outside the row's lock
         await asyncio.sleep(_config.job_standin_seconds)
     outcome, result = await asyncio.to_thread(db.finish_task, task_id, _summary)
@@ -167,6 +172,7 @@ async def sweep_forever(cfg: AppConfig) -> None:
 
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)
 async def start_the_sweeper(state: TaskiqState) -> None:
+    tracing.setup("worker")  # with LOGFIRE_TOKEN: its jobs, queries and logs to Logfire
     HEARTBEAT.touch()
     state.sweeper = asyncio.create_task(sweep_forever(AppConfig.from_env()))
 

@@ -15,6 +15,12 @@ the old one (`--scale api=2`). The rules:
 - **ok** otherwise. The plan's 8 GB VPS: limits 5.6 GiB + a second API 1 GiB = 6.6 GiB of ~7.8 GiB.
 
 A service with no memory limit can take the whole host: that is a warning too.
+
+With tracing on (LOGFIRE_TOKEN), each process that traces (every API worker process, in both API
+containers during the switch, and the job worker) reserves `TRACING_MEMORY` more: Logfire and
+OpenTelemetry's SDK, imported only then, and the spans waiting for export. The limits stay: the
+containers' caps do not move, and the measured cost fits well inside them (docs/operations.md,
+"Tracing with Logfire").
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ OS_ALLOWANCE = 512 * MIB  # the host itself: kernel, sshd, dockerd and container
 HEADROOM_SHARE = 0.10  # limits must leave this share of the host's memory free ...
 MIN_HEADROOM = 512 * MIB  # ... and at least this much
 SWITCH_SERVICE = "api"  # runs twice while traffic moves (rollout.api_rollout)
+# Tracing's cost per process that traces: measured ~27 MiB more resident memory at start (the SDK
+# and the instrumentations) plus a bounded export queue; rounded up.
+TRACING_MEMORY = 48 * MIB
 STACK_FILES = ("compose.yml", "docker-compose.production.yml")
 # Compose's memory units (go-units RAMInBytes: binary multiples, case-insensitive, b/k/m/g/t[b]).
 UNITS = {"": 1, "b": 1, "k": 1024, "m": MIB, "g": GIB, "t": 1024 * GIB}
@@ -66,8 +75,11 @@ class ServiceMemory:
     limit: int  # bytes; 0 = no limit
 
 
-def stack_memory(root: Path, files: tuple[str, ...] = STACK_FILES) -> list[ServiceMemory]:
-    """Each production service's memory reservation and limit, the switching API twice."""
+def stack_memory(root: Path, files: tuple[str, ...] = STACK_FILES,
+                 traced: dict[str, int] | None = None) -> list[ServiceMemory]:
+    """Each production service's memory reservation and limit, the switching API twice; `traced`:
+    the services that trace and how many processes each runs (`traced_processes`)."""
+    traced = traced or {}
     services: dict = {}
     for name in files:
         document = yaml.safe_load((root / name).read_text()) or {}
@@ -83,12 +95,21 @@ def stack_memory(root: Path, files: tuple[str, ...] = STACK_FILES) -> list[Servi
             reservation = parse_memory((resources.get("reservations") or {}).get("memory", spec.get("mem_reservation", 0)))
         except ValueError as err:
             raise ValueError(f"service {name}: {err}") from None
+        if traced.get(name):
+            reservation += traced[name] * TRACING_MEMORY
+            name = f"{name} + tracing"
         replicas = int((spec.get("deploy") or {}).get("replicas", 1))
         rows += [ServiceMemory(name if replicas == 1 else f"{name} ({i}/{replicas})", reservation, limit)
                  for i in range(1, replicas + 1)]
-        if name == SWITCH_SERVICE:
+        if name.split(" ")[0] == SWITCH_SERVICE:
             rows.append(ServiceMemory(f"{name} (new, during the switch)", reservation, limit))
     return rows
+
+
+def traced_processes(tracing: bool, api_workers: int) -> dict[str, int]:
+    """The processes that trace when LOGFIRE_TOKEN is set: each API worker process, and the job
+    worker's one (`--workers 1`); none without the token."""
+    return {"api": api_workers, "worker": 1} if tracing else {}
 
 
 @dataclass(frozen=True)
