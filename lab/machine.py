@@ -74,8 +74,20 @@ def debian_mirror() -> str:
 
 
 def missing_standin_images() -> list[str]:
-    """The stand-in images (commands/sandbox.py's STANDINS) this machine's Docker does not have."""
-    return [name for name in standins.STANDINS if not ok(["docker", "image", "inspect", name])]
+    """The stand-in images (commands/sandbox.py's STANDINS) this machine's Docker lacks, or has
+    from an older recipe (an upstream image, pulled where a registry answers, is kept)."""
+    return [name for name in standins.STANDINS if not current(name, standins.standin_recipe(name))]
+
+
+def current(image: str, recipe: str) -> bool:
+    """Whether `image` is here and is either upstream's or a stand-in of this recipe."""
+    labels = f'{{{{index .Config.Labels "{standins.STANDIN_LABEL.split("=")[0]}"}}}} ' \
+             f'{{{{index .Config.Labels "{standins.RECIPE_LABEL}"}}}}'
+    found = subprocess.run(["docker", "image", "inspect", "-f", labels, image], capture_output=True, text=True)
+    if found.returncode:
+        return False
+    standin, _, built_from = found.stdout.strip().partition(" ")
+    return standin != "1" or built_from == recipe
 
 
 def ensure_standin_images() -> None:
@@ -86,6 +98,7 @@ def ensure_standin_images() -> None:
     if not missing:
         return
     started = time.monotonic()
+    forget_stale_standins()
     # Where a registry answers (a laptop, GitHub's runners), use the real upstream images.
     with ThreadPoolExecutor(max_workers=len(missing)) as pool:
         pulled = dict(zip(missing, pool.map(pull_image, missing), strict=True))
@@ -100,6 +113,28 @@ def ensure_standin_images() -> None:
     say(f"stand-in images ready in {time.monotonic() - started:.0f}s")
 
 
+def forget_stale_standins() -> None:
+    """Untag every image built here from a stand-in of an older recipe (the stand-ins themselves,
+    and the images built FROM them, which inherit its labels): a backend image keeps its content
+    tag across a base's rebuild, and would otherwise ship the old base beside the new one."""
+    recipes = {standins.base_recipe(base) for base in standins.STANDIN_BASES}
+    recipes |= {standins.standin_recipe(name) for name in standins.STANDINS}
+    listed = run(["docker", "images", "--filter", f"label={standins.STANDIN_LABEL}",
+                  "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"], check=False).stdout.split("\n")
+    tagged = [line.split(" ", 1) for line in listed if line and not line.endswith(":<none>")]
+    if not tagged:
+        return
+    fmt = f'{{{{.Id}}}} {{{{index .Config.Labels "{standins.RECIPE_LABEL}"}}}}'
+    inspected = run(["docker", "image", "inspect", "-f", fmt, *sorted({i for i, _ in tagged})],
+                    check=False).stdout
+    recipe_of = {full.removeprefix("sha256:")[:12]: recipe.strip()
+                 for full, _, recipe in (line.partition(" ") for line in inspected.split("\n") if line)}
+    stale = sorted(ref for short, ref in tagged if recipe_of.get(short[:12], "?") not in recipes)
+    if stale:
+        say(f"forgetting {len(stale)} image(s) built from older stand-ins: {', '.join(stale[:4])} ...")
+        run(["docker", "rmi", *stale], check=False)
+
+
 def pull_image(name: str) -> bool:
     """`docker pull` the upstream image where a registry answers; False where none does."""
     if subprocess.run(["timeout", "60", "docker", "pull", "-q", name], capture_output=True).returncode != 0:
@@ -110,7 +145,7 @@ def pull_image(name: str) -> bool:
 
 def build_standins_on(base: str, names: list[str]) -> None:
     """The base image when missing, then the stand-ins built FROM it."""
-    if not ok(["docker", "image", "inspect", base]):
+    if not current(base, standins.base_recipe(base)):
         build_standin_base(base)
     for name in names:
         say(f"building stand-in image {name}")

@@ -85,6 +85,20 @@ def test_apt_mirror_is_read_from_sources():
     assert sandbox_commands.apt_mirror("deb https://deb.nodesource.com/node_20.x nodistro main") is None
 
 
+def test_a_standin_carries_its_recipe_and_a_changed_recipe_is_another_one(monkeypatch):
+    """A stand-in built before SLIM (or any change to its packages, lines or base) is rebuilt."""
+    name = "nats:2.10-alpine"
+    before = sandbox_commands.standin_recipe(name)
+    assert f"LABEL org.tasktracker.standin=1 org.tasktracker.standin.recipe={before}" \
+        in sandbox_commands.standin_dockerfile(name)
+    base = sandbox_commands.STANDIN_BASE
+    assert f"org.tasktracker.standin.recipe={sandbox_commands.base_recipe(base)}'" \
+        in sandbox_commands.docker_import(Path("/r"), base)
+    suite, packages, after = sandbox_commands.STANDIN_BASES[base]
+    monkeypatch.setitem(sandbox_commands.STANDIN_BASES, base, (suite, packages, after + " && true"))
+    assert sandbox_commands.standin_recipe(name) != before  # the base changed: so did its stand-ins
+
+
 # --- before a deploy changes anything: the memory budget, pending migrations, rsync's plan --------
 
 ROOT = Path(__file__).resolve().parent.parent

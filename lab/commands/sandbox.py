@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
 PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 STANDIN_BASE = "tasktracker-standin-base:bookworm"
 STANDIN_LABEL = "org.tasktracker.standin=1"
+# The digest of what a stand-in (or its base) was built from: one built from an older recipe (say,
+# before SLIM) is rebuilt, not used as it is (`lab/machine.py` stale_standin_images).
+RECIPE_LABEL = "org.tasktracker.standin.recipe"
 # Debian packages in the stand-in base image: enough to honour each upstream image's contract.
 STANDIN_PACKAGES = ["ca-certificates", "wget", "procps", "passwd", "python3", "python3-venv", "python3-pip",
                     "postgresql-15", "postgresql-client-15", "nginx-light", "nats-server"]
@@ -73,9 +78,25 @@ def standin_base(name: str) -> str:
     return PGVECTOR_BASE if name.startswith("pgvector/") else STANDIN_BASE
 
 
+def base_recipe(base: str) -> str:
+    """The digest of a base image's recipe: its suite, packages and what is removed after."""
+    return digest(["debootstrap --variant=minbase", *STANDIN_BASES[base][:2], STANDIN_BASES[base][2]])
+
+
+def standin_recipe(name: str) -> str:
+    """The digest of a stand-in's recipe: its base's, its Dockerfile lines and extra files."""
+    lines, files = STANDINS[name]
+    return digest([base_recipe(standin_base(name)), *lines, *sorted(files.items())])
+
+
+def digest(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
 def standin_dockerfile(name: str) -> str:
     lines, _ = STANDINS[name]
-    return "\n".join([f"FROM {standin_base(name)}", f"LABEL {STANDIN_LABEL}", *lines]) + "\n"
+    labels = f"LABEL {STANDIN_LABEL} {RECIPE_LABEL}={standin_recipe(name)}"
+    return "\n".join([f"FROM {standin_base(name)}", labels, *lines]) + "\n"
 
 
 def debootstrap(rootfs: Path, mirror: str, base: str = STANDIN_BASE) -> list[str]:
@@ -93,7 +114,8 @@ def chroot_install(rootfs: Path, base: str = STANDIN_BASE) -> list[str]:
 
 
 def docker_import(rootfs: Path, base: str = STANDIN_BASE) -> str:
-    return f"tar -C {rootfs} -c . | docker import -c 'CMD [\"/bin/bash\"]' -c 'LABEL {STANDIN_LABEL}' - {base}"
+    labels = f"LABEL {STANDIN_LABEL} {RECIPE_LABEL}={base_recipe(base)}"
+    return f"tar -C {rootfs} -c . | docker import -c 'CMD [\"/bin/bash\"]' -c '{labels}' - {base}"
 
 
 def apt_mirror(sources_text: str, suite: str = "bookworm") -> str | None:
