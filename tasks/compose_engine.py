@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import guards, localhost, planning, remote
+from . import guards, localhost, planning
 from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
@@ -23,6 +21,7 @@ from .commands import release as release_commands
 from .commands import rollout, sh
 from .commands import status as status_commands
 from .settings import PROJECT_ROOT
+from .shipping import ship_images_to
 from .steps import StepFailed
 
 if TYPE_CHECKING:
@@ -276,8 +275,8 @@ class ComposeEngine:
         return image_commands.parse_present(self.conn.run(image_commands.present(images), hide=True).stdout)
 
     def ship_images(self, images: list[str], report_every: float = 3.0) -> int:
-        """Stream `docker save | gzip` from this machine into the host's `docker load` over the
-        connection's own SSH trust; prints progress; returns the compressed bytes sent."""
+        """Stream `docker save | gzip` from this machine, less the layers the host has, into the
+        host's `docker load` over the connection's own SSH trust (tasks/shipping.py)."""
         return ship_images_to([self], images, report_every)
 
 
@@ -289,54 +288,3 @@ def build_here(image: str, context: Path, setting: str) -> None:
     built = localhost.run(image_commands.local_build(image, context), check=False)
     if built.returncode:
         raise StepFailed(f"build {context.name} image here", built.stderr.strip()[-800:])
-
-
-def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3.0) -> int:
-    """One `docker save | gzip` on this machine, streamed into `docker load` on every host at once
-    (over each connection's own SSH trust): several nodes cost one save and one compression, and
-    their loads run side by side. Prints progress; returns the compressed bytes sent to each."""
-    names = ", ".join(host.name for host in hosts)
-    save = subprocess.Popen(image_commands.save(images), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    gzip = subprocess.Popen(["gzip", "-1"], stdin=save.stdout, stdout=subprocess.PIPE)
-    save.stdout.close()
-    loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), f"{host.conn.user}@{host.conn.host}"),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for host in hosts]
-    receiving = list(loads)
-    sent, started, last = 0, time.monotonic(), time.monotonic()
-    try:
-        while receiving and (chunk := gzip.stdout.read(1 << 20)):
-            for load in list(receiving):
-                try:
-                    load.stdin.write(chunk)
-                except BrokenPipeError:  # that load ended early: its exit status says why
-                    receiving.remove(load)
-            sent += len(chunk)
-            if time.monotonic() - last > report_every:
-                last = time.monotonic()
-                print(f"   shipped {sent / 1e6:.0f} MB ({sent / 1e6 / (last - started):.1f} MB/s)", flush=True)
-    finally:
-        for load in loads:
-            try:
-                load.stdin.close()
-            except BrokenPipeError:
-                pass
-    if not receiving:  # every load ended early: stop the save instead of waiting on a full pipe
-        gzip.kill()
-        save.kill()
-    errors = []
-    for load in loads:  # stdin is closed: read what each said, then its exit status
-        load.stdout.read()
-        errors.append(load.stderr.read())
-        load.wait()
-    gzip.stdout.close()
-    gzip.wait()
-    save_err = save.communicate()[1]
-    failed = [(host, err) for host, load, err in zip(hosts, loads, errors, strict=True) if load.returncode]
-    if save.returncode or gzip.returncode or failed:
-        host, err = failed[0] if failed else (hosts[0], b"")
-        why = (save_err or err).decode(errors="replace").strip()[-500:]
-        raise StepFailed("ship images", f"sending {', '.join(images)} to {host.name} failed: {why}")
-    print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB compressed in "
-          f"{time.monotonic() - started:.1f}s")
-    return sent

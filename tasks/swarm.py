@@ -36,7 +36,7 @@ from .commands import rollout, sh
 from .commands import tls as tls_commands
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
-from .compose_engine import ship_images_to
+from .shipping import ship_images_to
 from .host import Host, Release, absolute_app_dir
 from .planning import Planned
 from .settings import PROJECT_ROOT, env_values

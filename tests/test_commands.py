@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import budget, chain, compose, release, sh, transfer
+from tasks.commands import budget, chain, compose, images, release, sh, transfer
 from lab.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.commands.release import new_release_id
@@ -277,3 +277,33 @@ def test_rollback_replaces_the_backend_only_when_it_differs(now, then, differs):
     assert backend_differs(rows, "r2", "r1") is differs
     listed = format_releases(rows, "r2")
     assert listed[0].endswith("api from") and listed[1].endswith(" itself") and listed[2].endswith(" r1")
+
+
+# --- images over SSH: what a host's `docker load` can skip ----------------------------------------
+
+RECORDED_INVENTORY = (  # `layer_inventory()` on a Debian 12 host (Docker 20.10), two images
+    'driver=overlay2\n["sha256:b1","sha256:b2"]\n["sha256:b1","sha256:b2","sha256:a1"]\n')
+
+
+@pytest.mark.parametrize("output, chains", [
+    (RECORDED_INVENTORY, {("sha256:b1",), ("sha256:b1", "sha256:b2"),
+                          ("sha256:b1", "sha256:b2", "sha256:a1")}),
+    ("driver=overlay2\n", set()),                           # no image yet
+    ('driver=overlayfs\n["sha256:b1"]\n', set()),           # containerd's store wants every blob
+    ("", set()),
+])
+def test_the_layer_chains_a_host_has(output, chains):
+    assert images.parse_layer_inventory(output) == chains
+
+
+def test_a_layer_is_skipped_only_where_its_whole_chain_is_on_the_host():
+    manifest = [{"Config": "c1.json", "Layers": ["b1/layer.tar", "b2/layer.tar", "new/layer.tar"]},
+                {"Config": "c2.json", "Layers": ["b1/layer.tar", "x/layer.tar"]}]
+    configs = {"c1.json": {"rootfs": {"diff_ids": ["sha256:b1", "sha256:b2", "sha256:n"]}},
+               "c2.json": {"rootfs": {"diff_ids": ["sha256:b1", "sha256:x"]}}}
+    chains = images.parse_layer_inventory(RECORDED_INVENTORY)
+    assert images.layers_to_skip(manifest, configs, chains) == {"b1/layer.tar", "b2/layer.tar"}
+    # the same diff id under another parent is another chain: sent
+    configs["c1.json"]["rootfs"]["diff_ids"][0] = "sha256:other"
+    assert images.layers_to_skip(manifest, configs, chains) == set()
+    assert "--format '{{json .RootFS.Layers}}'" in images.layer_inventory()

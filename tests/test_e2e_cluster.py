@@ -94,6 +94,7 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     started = time.monotonic()
     out = hosts.fab(MANAGER, "cluster.deploy", env_file=settings, timeout=1200)
     print(f"first cluster.deploy: {time.monotonic() - started:.1f}s")
+    print(out.stdout[out.stdout.rfind("Deploy to"):])  # its steps and their times (`-s` shows them)
     assert "shipped" in out.stdout and "is live on the swarm (3 nodes)" in out.stdout
     assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
     assert post_task(hosts.url(MANAGER, "/api/tasks"), "made on the swarm") == 201
@@ -179,9 +180,14 @@ def test_a_release_whose_api_fails_its_health_check_is_rolled_back_with_no_faile
         out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=changed, cwd=broken, check=False, timeout=1200)
         took = time.monotonic() - started
         time.sleep(2)
+    print(out.stdout[out.stdout.rfind("Deploy to"):])
     print(f"failed release rolled back: {took:.1f}s, {len(probe.results)} reads, {len(writers.acknowledged)} writes, "
           f"failed {len(probe.failures())} + {len(writers.errors)}")
     assert out.returncode == 1, out.stdout + out.stderr
+    # Only the changed code's layer crossed the network: every node had the rest (tasks/shipping.py).
+    assert re.search(r"layer\(s\), \d+ MB, already on (cl\d, ){2}cl\d: not sent", out.stdout), out.stdout
+    shipped = re.search(r"shipped \S+-backend:\S+ to \S+, \S+, \S+: ([\d.]+) MB compressed", out.stdout)
+    assert shipped and float(shipped.group(1)) < 1, out.stdout
     assert "Swarm rolled the update back by itself" in out.stderr and f"Release {serving} was put back automatically" in out.stderr
     assert probe.failures() == [] and writers.errors == [] and len(probe.results) > 50
     assert release_of(hosts) == serving

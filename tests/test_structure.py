@@ -16,7 +16,7 @@ from tests.support import BIN, ROOT
 TASKS = ROOT / "tasks"
 LAB = ROOT / "lab"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "engines", "pipeline", "planning",
+LOWER_LAYER = {"host", "compose_engine", "host_data", "shipping", "swarm", "engines", "pipeline", "planning",
                "guards", "remote", "settings", "steps", "exits", "identity", "build", "localhost", "botapi"}
 SOURCES = sorted([*TASKS.rglob("*.py"), *LAB.rglob("*.py")])
 

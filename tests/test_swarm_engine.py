@@ -3,7 +3,12 @@ container filter, the restore script): tables, and executors against a fake conn
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -256,49 +261,90 @@ def test_with_a_registry_the_built_images_are_pushed_and_pulled_not_shipped():
 
 
 class ShipTarget:
-    """A host as `ship_images_to` sees one: a name and a connection's user and address."""
+    """A host as `ship_images_to` sees one: a name, a connection's user and address, and the layer
+    chains its `docker load` would skip (`layer_inventory`'s output)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, has: tuple[str, ...] = ()):
         self.name = name
-        self.conn = type("Conn", (), {"user": "deploy", "host": name})()
+        inventory = "driver=overlay2\n" + (json.dumps(list(has)) + "\n" if has else "")
+        ran = type("Result", (), {"ok": True, "stdout": inventory})()
+        self.conn = type("Conn", (), {"user": "deploy", "host": name,
+                                      "run": staticmethod(lambda command, **kw: ran)})()
+
+
+BASE, APP = "sha256:" + "b" * 64, "sha256:" + "a" * 64
+
+
+def write_save(path: Path) -> dict[str, bytes]:
+    """A `docker save` of one image in Docker's legacy layout: a 3 MB base layer (random), the
+    app's layer, the image's config and manifest.json; returns each file's bytes by name."""
+    files = {"base/layer.tar": os.urandom(3_000_000), "app/layer.tar": b"app code",
+             "cfg.json": json.dumps({"rootfs": {"diff_ids": [BASE, APP]}}).encode()}
+    files["manifest.json"] = json.dumps([{"Config": "cfg.json", "RepoTags": ["tasktracker-backend:abc"],
+                                          "Layers": ["base/layer.tar", "app/layer.tar"]}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return files
 
 
 def fake_shipping(monkeypatch, tmp_path, fails: str = ""):
-    """`docker save` writes 3 MB of noise; each host's `docker load` is a local shell that unzips
-    what it receives into a file named after the host (or, for `fails`, exits 3)."""
-    import tasks.compose_engine as host_module
+    """`docker save` writes a real save's layout (`write_save`); each host's `docker load` is a
+    local shell that unzips what it receives into a file named after the host (or, for `fails`,
+    exits 3)."""
+    import tasks.shipping as shipping
 
-    monkeypatch.setattr(host_module.image_commands, "save",
-                        lambda images: ["sh", "-c", f"head -c 3000000 /dev/urandom | tee {tmp_path}/sent"])
-    monkeypatch.setattr(host_module.remote, "ssh_argv", lambda conn: [])
+    made = {}
+    def save(images, path):
+        made.update(write_save(Path(path)))
+        return ["true"]
+    monkeypatch.setattr(shipping.image_commands, "save", save)
+    monkeypatch.setattr(shipping.remote, "ssh_argv", lambda conn: [])
 
     def load(ssh_argv, destination):
         name = destination.split("@")[1]
         if name == fails:
             return ["sh", "-c", "echo 'no space left on device' >&2; exit 3"]
         return ["sh", "-c", f"gunzip > {tmp_path}/{name}"]
-    monkeypatch.setattr(host_module.image_commands, "ssh_load", load)
-    return host_module.ship_images_to
+    monkeypatch.setattr(shipping.image_commands, "ssh_load", load)
+    return shipping.ship_images_to, made
+
+
+def received(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
 def test_one_save_is_streamed_to_every_node_that_lacks_the_images(monkeypatch, tmp_path, capsys):
-    ship = fake_shipping(monkeypatch, tmp_path)
-    sent = ship([ShipTarget("cl2"), ShipTarget("cl3")], ["tasktracker-backend:abc"])
-    made = (tmp_path / "sent").read_bytes()
-    assert len(made) == 3_000_000 and sent > 0
-    assert (tmp_path / "cl2").read_bytes() == made == (tmp_path / "cl3").read_bytes()
+    ship, made = fake_shipping(monkeypatch, tmp_path)
+    sent = ship([ShipTarget("cl2"), ShipTarget("cl3", has=(BASE,))], ["tasktracker-backend:abc"])
+    assert sent > 3_000_000  # random bytes do not compress: the base went, for cl2
+    assert received(tmp_path / "cl2") == made == received(tmp_path / "cl3")
     assert "shipped tasktracker-backend:abc to cl2, cl3" in capsys.readouterr().out
 
 
+def test_the_layers_every_node_has_are_not_sent(monkeypatch, tmp_path, capsys):
+    """A code-only release: the nodes have the base layer (its chain), so only the app's goes."""
+    ship, made = fake_shipping(monkeypatch, tmp_path)
+    sent = ship([ShipTarget("cl2", has=(BASE,)), ShipTarget("cl3", has=(BASE, "sha256:other"))],
+                ["tasktracker-backend:abc"])
+    assert sent < 10_000
+    for node in ("cl2", "cl3"):
+        assert received(tmp_path / node) == {k: v for k, v in made.items() if k != "base/layer.tar"}
+    assert "1 layer(s), 3 MB, already on cl2, cl3: not sent" in capsys.readouterr().out
+
+
 def test_a_node_whose_load_fails_fails_the_step_by_its_name(monkeypatch, tmp_path):
-    ship = fake_shipping(monkeypatch, tmp_path, fails="cl3")
+    ship, made = fake_shipping(monkeypatch, tmp_path, fails="cl3")
     with pytest.raises(StepFailed) as failed:
         ship([ShipTarget("cl2"), ShipTarget("cl3")], ["tasktracker-backend:abc"])
     assert "to cl3 failed: no space left on device" in str(failed.value)
-    assert (tmp_path / "cl2").read_bytes() == (tmp_path / "sent").read_bytes()  # the other still got it whole
+    assert received(tmp_path / "cl2") == made  # the other still got it whole
 
 
 def test_when_every_load_fails_the_save_is_stopped_not_waited_on(monkeypatch, tmp_path):
-    ship = fake_shipping(monkeypatch, tmp_path, fails="cl2")
+    ship, _ = fake_shipping(monkeypatch, tmp_path, fails="cl2")
     with pytest.raises(StepFailed, match="to cl2 failed"):
         ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -69,9 +70,50 @@ def parse_present(output: str) -> set[str]:
     return {line[5:].strip() for line in output.splitlines() if line.startswith("have=")}
 
 
-def save(images: list[str]) -> list[str]:
-    """Local: one `docker save` for images that share layers."""
-    return ["docker", "save", *images]
+def save(images: list[str], path: str | None = None) -> list[str]:
+    """Local: one `docker save` for images that share layers (into `path`, or to stdout)."""
+    return ["docker", "save", *(["-o", path] if path else []), *images]
+
+
+# Image stores whose `docker load` skips a layer it has (by its chain) without reading the file:
+# Docker's own graph drivers. The containerd image store (driver `overlayfs`, Docker 29's default)
+# wants every blob: it gets the whole save.
+SKIPPING_DRIVERS = {"overlay2", "fuse-overlayfs", "btrfs", "zfs", "vfs", "devicemapper", "aufs"}
+
+
+def layer_inventory() -> str:
+    """Remote: the storage driver (`driver=NAME`), then each image's layers (diff ids, JSON), one
+    image a line: what the host can skip of a save."""
+    return ("echo driver=$(docker info --format '{{.Driver}}'); "
+            "docker image ls -q --no-trunc | sort -u | "
+            "xargs -r docker image inspect --format '{{json .RootFS.Layers}}'")
+
+
+def parse_layer_inventory(output: str) -> set[tuple[str, ...]]:
+    """The layer chains (each image's layers and every prefix of them) the host has; none when its
+    image store does not skip layers on load."""
+    chains: set[tuple[str, ...]] = set()
+    lines = output.splitlines()
+    if not lines or lines[0].removeprefix("driver=").strip() not in SKIPPING_DRIVERS:
+        return chains
+    for line in lines[1:]:
+        if line.startswith("["):
+            layers = tuple(json.loads(line))
+            chains.update(layers[:n] for n in range(1, len(layers) + 1))
+    return chains
+
+
+def layers_to_skip(manifest: list[dict], configs: dict[str, dict],
+                   chains: set[tuple[str, ...]]) -> set[str]:
+    """The layer files of a `docker save` (its manifest.json; each image's config by path) that a
+    host with these chains does not need: `docker load` reads only layers whose chain is missing.
+    A file shared by several images is skipped only when every one of them has it."""
+    needed, skippable = set(), set()
+    for image in manifest:
+        diff_ids = configs[image["Config"]]["rootfs"]["diff_ids"]
+        for n, path in enumerate(image["Layers"], start=1):
+            (skippable if tuple(diff_ids[:n]) in chains else needed).add(path)
+    return skippable - needed
 
 
 def load() -> str:

@@ -1,0 +1,137 @@
+"""Images over SSH, for hosts that cannot pull: one `docker save` here, without the layers every
+receiving host already has, streamed through `gzip -1` into `docker load` on each host at once.
+A code-only release therefore sends its new layers (kilobytes), not its whole image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from . import localhost, remote
+from .commands import images as image_commands
+from .steps import StepFailed
+
+if TYPE_CHECKING:
+    from .host import Host
+
+
+def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3.0) -> int:
+    """Ship `images` to every host in `hosts`; prints progress; returns the compressed bytes sent
+    to each. The save is read once, compressed once, and written to every host's load."""
+    names = ", ".join(host.name for host in hosts)
+    chains = shared_chains(hosts)
+    with tempfile.TemporaryDirectory(prefix="tasktracker-ship-") as tmp:
+        saved = Path(tmp, "images.tar")
+        result = localhost.run(image_commands.save(images, str(saved)), check=False)
+        if result.returncode:
+            raise StepFailed("ship images", f"docker save {' '.join(images)} failed here: "
+                                            f"{result.stderr.strip()[-500:]}")
+        skip, skipped_bytes = skippable_layers(saved, chains)
+        if skip:
+            print(f"   {len(skip)} layer(s), {skipped_bytes / 1e6:.0f} MB, already on {names}: "
+                  "not sent", flush=True)
+        return stream(saved, skip, hosts, images, report_every)
+
+
+def shared_chains(hosts: list[Host]) -> set[tuple[str, ...]]:
+    """The layer chains every one of `hosts` has (none when one cannot say)."""
+    common: set[tuple[str, ...]] | None = None
+    for host in hosts:
+        found = host.conn.run(image_commands.layer_inventory(), hide=True, warn=True)
+        chains = image_commands.parse_layer_inventory(found.stdout) if found.ok else set()
+        common = chains if common is None else common & chains
+    return common or set()
+
+
+def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str], int]:
+    """The layer files of the save that no host needs, and their size. A layer file the save
+    links to (identical layers are stored once) is kept when a kept layer points at it."""
+    if not chains:
+        return set(), 0
+    with tarfile.open(saved) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        manifest = json.load(tar.extractfile(members["manifest.json"]))
+        configs = {image["Config"]: json.load(tar.extractfile(members[image["Config"]]))
+                   for image in manifest}
+    skip = image_commands.layers_to_skip(manifest, configs, chains)
+    for name, member in members.items():
+        if member.issym() and name not in skip:
+            skip.discard(os.path.normpath(os.path.join(os.path.dirname(name), member.linkname)))
+    return skip, sum(members[name].size for name in skip if name in members)
+
+
+def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseException]) -> None:
+    """Write the save, less the `skip` files, to `out` as a tar stream; then close it."""
+    try:
+        with tarfile.open(saved) as src, \
+                tarfile.open(fileobj=out, mode="w|", format=src.format, copybufsize=1 << 20) as dst:
+            for member in src:
+                if member.name.removeprefix("./") not in skip:
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    except (OSError, tarfile.TarError) as error:  # gzip or every load ended early: said below
+        failed.append(error)
+    finally:
+        try:
+            out.close()
+        except OSError:
+            pass
+
+
+def stream(saved: Path, skip: set[str], hosts: list[Host], images: list[str],
+           report_every: float) -> int:
+    """`tar | gzip -1` here, each compressed chunk written to every host's `docker load`."""
+    names = ", ".join(host.name for host in hosts)
+    gzip = subprocess.Popen(["gzip", "-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    failed: list[BaseException] = []
+    writer = threading.Thread(target=copy_without, args=(saved, skip, gzip.stdin, failed))
+    writer.start()
+    destination = [f"{host.conn.user}@{host.conn.host}" for host in hosts]
+    loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), to),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for host, to in zip(hosts, destination, strict=True)]
+    receiving = list(loads)
+    sent, started, last = 0, time.monotonic(), time.monotonic()
+    try:
+        while receiving and (chunk := gzip.stdout.read(1 << 20)):
+            for load in list(receiving):
+                try:
+                    load.stdin.write(chunk)
+                except BrokenPipeError:  # that load ended early: its exit status says why
+                    receiving.remove(load)
+            sent += len(chunk)
+            if time.monotonic() - last > report_every:
+                last = time.monotonic()
+                print(f"   shipped {sent / 1e6:.0f} MB ({sent / 1e6 / (last - started):.1f} MB/s)",
+                      flush=True)
+    finally:
+        for load in loads:
+            try:
+                load.stdin.close()
+            except BrokenPipeError:
+                pass
+    if not receiving:  # every load ended early: stop the tar instead of waiting on a full pipe
+        gzip.kill()
+    errors = []
+    for load in loads:  # stdin is closed: read what each said, then its exit status
+        load.stdout.read()
+        errors.append(load.stderr.read())
+        load.wait()
+    gzip.stdout.close()
+    gzip.wait()
+    writer.join()
+    broken = [(host, err) for host, load, err in zip(hosts, loads, errors, strict=True)
+              if load.returncode]
+    if broken or gzip.returncode or (failed and receiving):
+        host, err = broken[0] if broken else (hosts[0], str(failed[0] if failed else "").encode())
+        why = err.decode(errors="replace").strip()[-500:]
+        raise StepFailed("ship images", f"sending {', '.join(images)} to {host.name} failed: {why}")
+    print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB compressed in "
+          f"{time.monotonic() - started:.1f}s")
+    return sent
