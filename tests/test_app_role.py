@@ -13,7 +13,7 @@ import pytest
 from tasks.commands import db
 from tests.support import ROOT, LocalPostgres, pgvector_bindir
 
-pytestmark = pytest.mark.xdist_group("app_role")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("app_role")]
 
 OWNER_PASSWORD = "test-pw"  # LocalPostgres's superuser, as POSTGRES_USER is in the stack
 ROLE = "tasktracker_app"

@@ -24,7 +24,7 @@ from tests.support import (
 )
 
 # pytest-xdist: its module's stack (PostgreSQL, NATS, the API, the worker) starts once, on one worker.
-pytestmark = pytest.mark.xdist_group("backend")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("backend")]
 
 BACKEND = ROOT / "backend"
 

@@ -38,6 +38,7 @@ def asset_names(dist):
     return re.findall(r'/assets/([\w.-]+\.(?:js|css))', html)
 
 
+@pytest.mark.integration
 def test_build_skips_when_unchanged_and_rebuilds_on_change(frontend, capsys):
     c = Context(config=task_config())
     assert build_frontend(c, frontend) is True
@@ -61,6 +62,7 @@ def test_build_skips_when_unchanged_and_rebuilds_on_change(frontend, capsys):
     assert "Task Tracker (changed)" in (dist / "assets" / new_js[0]).read_text()
 
 
+@pytest.mark.integration
 def test_failed_build_keeps_previous_dist(frontend):
     c = Context(config=task_config())
     build_frontend(c, frontend)

@@ -65,6 +65,7 @@ def test_this_machines_address_is_read_from_the_interface():
         interface_address("tt-no-such-interface")
 
 
+@pytest.mark.integration
 def test_the_lanes_reach_pytest_xdist(tmp_path):
     """pytest-xdist puts a group's tests on one worker only where it can rename their node ids
     (`...@sandbox`); pytest 9 ignores the rename, which silently spread a module over both workers."""

@@ -16,7 +16,7 @@ from tasks.commands.context import HostContext
 from tasks.settings import Settings, SettingsError
 
 # pytest-xdist: its restic repository template is made once, on one worker.
-pytestmark = pytest.mark.xdist_group("offsite")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("offsite")]
 
 ABS = HostContext("/home/deploy/tasktracker", "tasktracker")
 REQUIRED = {"POSTGRES_PASSWORD": "pg-secret", "NATS_PASSWORD": "nats-secret", "TELEGRAM_BOT_TOKEN": "123:tok",

@@ -249,6 +249,7 @@ def run_info(pg, tmp_path, **env_overrides) -> str:
                           check=True).stdout
 
 
+@pytest.mark.integration
 def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
     """Against a PostgreSQL whose archive_command fails: the failures, the segments waiting and
     pg_wal's size and disk reach `parse_info`, so `doctor` can warn about them; a query that fails
