@@ -233,26 +233,29 @@ def test_a_lost_worker_node_leaves_the_api_serving_and_comes_back(hosts, setting
     lost = next((n for n in NAMES[1:] if "worker." in node_line(listed, n)), None) \
         or next(n for n in NAMES[1:] if "api." in node_line(listed, n))
     container = hosts.state(lost)["container"]
-    with LoadProbe([hosts.url(MANAGER, "/api/health")], clients=2) as probe, \
-            Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
-        started = time.monotonic()
-        subprocess.run(["docker", "stop", "-t", "0", container], check=True, capture_output=True)
-        wait_for(lambda: "down" in node_line(status(hosts, settings), lost), 120, interval=2, what=f"{lost} seen down")
-        wait_for(lambda: converged(hosts, settings), 180, interval=2, what="the API replicas rescheduled")
-        recovered = time.monotonic() - started
-    failed = probe.failures()
-    acknowledged = set(writers.acknowledged)
-    stopped = time.monotonic()
-    while (left := pending_of(hosts, acknowledged)) and time.monotonic() - stopped < 180:
-        time.sleep(3)
-    print(f"lost node {lost} ({'worker' if 'worker.' in node_line(listed, lost) else 'api'}): replicas back in "
-          f"{recovered:.1f}s; {len(failed)} of {len(probe.results)} requests failed; {len(acknowledged)} tasks written, "
-          f"{len(writers.errors)} refused, {len(left)} jobs lost, drained {time.monotonic() - stopped:.1f} s after")
-    assert len(probe.results) > 20 and len(failed) <= len(probe.results) * 0.05
-    assert acknowledged and not left, sorted(left)[:20]
-    assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
-    subprocess.run(["docker", "start", container], check=True, capture_output=True)
-    wait_for(lambda: "ready" in node_line(status(hosts, settings), lost), 180, interval=2, what=f"{lost} back in the swarm")
+    try:
+        with LoadProbe([hosts.url(MANAGER, "/api/health")], clients=2) as probe, \
+                Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+            started = time.monotonic()
+            subprocess.run(["docker", "stop", "-t", "0", container], check=True, capture_output=True)
+            wait_for(lambda: "down" in node_line(status(hosts, settings), lost), 120, interval=2, what=f"{lost} seen down")
+            wait_for(lambda: converged(hosts, settings), 180, interval=2, what="the API replicas rescheduled")
+            recovered = time.monotonic() - started
+        failed = probe.failures()
+        acknowledged = set(writers.acknowledged)
+        stopped = time.monotonic()
+        while (left := pending_of(hosts, acknowledged)) and time.monotonic() - stopped < 180:
+            time.sleep(3)
+        print(f"lost node {lost} ({'worker' if 'worker.' in node_line(listed, lost) else 'api'}): replicas back in "
+              f"{recovered:.1f}s; {len(failed)} of {len(probe.results)} requests failed; {len(acknowledged)} tasks written, "
+              f"{len(writers.errors)} refused, {len(left)} jobs lost, drained {time.monotonic() - stopped:.1f} s after")
+        assert len(probe.results) > 20 and len(failed) <= len(probe.results) * 0.05
+        assert acknowledged and not left, sorted(left)[:20]
+        assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
+    finally:  # the later tests need the node back, whatever this one found
+        subprocess.run(["docker", "start", container], check=True, capture_output=True)
+        wait_for(lambda: "ready" in node_line(status(hosts, settings), lost), 180, interval=2,
+                 what=f"{lost} back in the swarm")
 
 
 def test_drain_under_load_fails_no_request_and_activate_takes_it_back(hosts, settings):
