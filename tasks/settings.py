@@ -9,7 +9,6 @@ opens, and every problem is reported in one message.
 from __future__ import annotations
 
 import os
-import ipaddress
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -22,12 +21,12 @@ from invoke import Exit
 
 from .commands.context import STACK_FILES
 from .commands.db import ROLE_NAME_RE, app_role_password
-from .commands.offsite import REPOSITORY_SCHEMES, sftp_target
 from .exits import ExitCode
+from .settings_checks import (DOMAIN_RE, LLM_PROVIDERS, URL_PASSWORD_RE, is_http_url, is_loopback,
+                              logfire_problems, offsite_problems)
+from .settings_files import EnvChoiceError, resolve_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63}$|^localhost$", re.I)
 
 
 class SettingsError(ValueError):
@@ -66,128 +65,6 @@ def _spec(default: Any = None, *, required: bool = False, secret: bool = False, 
     description, its group and, where the default will not do, the value .env.example shows."""
     return field(default=default, metadata={"required": required, "secret": secret, "key": key, "doc": doc,
                                             "group": group, "example": example})
-
-
-URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
-
-
-def _sftp_server_is_safe(repository: str) -> bool:
-    """A user and host (in either of restic's SFTP spellings) that ssh cannot read as an option."""
-    target = sftp_target(repository)
-    return target is not None and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", target[1])) and (
-        not target[0] or bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", target[0])))
-
-
-def _offsite_problems(values: dict) -> list[str]:
-    repository = values["offsite_repository"]
-    if not repository:
-        return []
-    problems = []
-    if not (repository.startswith(REPOSITORY_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
-        shown = URL_PASSWORD_RE.sub("://USER:[REDACTED]@", repository)
-        problems.append(f"OFFSITE_REPOSITORY {shown!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
-                        f"or s3:https://s3.example.com/bucket/tasktracker")
-    if repository.startswith("sftp:") and not _sftp_server_is_safe(repository):
-        problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as sftp:USER@HOST:/PATH "
-                        f"(or sftp://USER@HOST:PORT//PATH), the user and host "
-                        f"in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would read it as an option)")
-    if not values["offsite_password"]:
-        problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
-    elif re.search(r"[\r\n]", values["offsite_password"]) or values["offsite_password"] != values["offsite_password"].strip():
-        problems.append("OFFSITE_PASSWORD has a line break or leading/trailing spaces, which pgBackRest's settings file cannot "
-                        "hold exactly: choose one without")
-    if repository.startswith("s3:") and not (values["offsite_aws_access_key_id"] and values["offsite_aws_secret_access_key"]):
-        problems.append("OFFSITE_AWS_ACCESS_KEY_ID and OFFSITE_AWS_SECRET_ACCESS_KEY are needed for an s3: OFFSITE_REPOSITORY")
-    return problems
-
-
-def _logfire_problems(values: dict) -> list[str]:
-    """LOGFIRE_BASE_URL an http(s) URL, plain http:// only to a loopback or private address (the
-    token goes with every export); LOGFIRE_TOKEN one line without spaces (never shown)."""
-    problems, url = [], values["logfire_base_url"]
-    if url and not _is_http_url(url):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} is not an http(s) URL like "
-                        f"https://logfire-eu.pydantic.dev")
-    elif url.startswith("http://") and not _is_private(urlparse(url).hostname or ""):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} must be https:// (the token goes with every "
-                        f"export; plain http:// only to a loopback or private address)")
-    if re.search(r"\s", values["logfire_token"].reveal()):
-        problems.append("LOGFIRE_TOKEN has a space or line break (value not shown: it is secret): "
-                        "copy the write token again")
-    return problems
-
-
-# The groups of the settings reference (docs/settings.md) and of .env.example, in their order, each
-# with what holds for all of its keys. Every field of `Settings` names one of them.
-SETTING_GROUPS: dict[str, str] = {
-    "Database": "The PostgreSQL container and the API's connection pool.",
-    "NATS JetStream": "The message bus between the API and the worker; nats-server requires a login.",
-    "Telegram": "The stack's Telegram bot, which also sends the alerts (below).",
-    "LLM provider": "The LLM the app calls, openai or anthropic: only the chosen provider's API key is "
-                    "required.",
-    "Public addresses": "Where users reach the app (all three are required).",
-    "Runtime and deploy": "Where releases live on the host and how many are kept, and the names and "
-                          "ports that let two environments share one host (each needs its own APP_DIR, "
-                          "COMPOSE_PROJECT and HTTP_PORT/HTTPS_PORT).",
-    "Images and engine": "Where the backend image is built, whether images the host lacks are shipped "
-                         "from this machine over SSH (hosts that cannot pull: rate limits, no registry, "
-                         "private networks), and what runs the stack: Compose on one host, or a Docker "
-                         "Swarm (docs/several-hosts.md).",
-    "Alerts": "A failed nightly backup or certificate renewal, each deploy and rollback "
-              "(docs/operations.md, \"Alerts\"). Sent from the host (APP_DIR/bin/tasktracker-notify), "
-              "so no laptop is needed: to Telegram (the stack's bot, TELEGRAM_BOT_TOKEN) and/or a "
-              "webhook; both ALERT_TELEGRAM_CHAT_ID and ALERT_WEBHOOK_URL empty: no alerts.",
-    "Tracing": "Logfire, when you want traces: with LOGFIRE_TOKEN set, the API and the worker "
-               "send a span per request, database query and job, and their logs "
-               "(backend/README.md, \"Tracing\"; docs/operations.md, \"Tracing with "
-               "Logfire\"); empty: nothing is sent.",
-    "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository you own, "
-                       "off this VPS (docs/operations.md, \"Off-site copies\"; tasks/commands/offsite.py); "
-                       "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host only in its "
-                       "offsite.conf, never in a release's .env (the stack must not see them).",
-}
-
-
-@dataclass(frozen=True)
-class StackKey:
-    """A key the stack's containers read from the release's .env that `Settings` does not check:
-    it reaches the host as written in the local settings file (`env_values` keeps every key of it),
-    else the stack uses `default`. Listed in the settings reference and .env.example."""
-
-    key: str
-    default: str
-    group: str
-    doc: str
-
-
-STACK_KEYS: tuple[StackKey, ...] = (
-    StackKey("DB_POOL_SIZE", "15", "Database",
-             "Connections each API worker process and the worker keep in their database pool "
-             "(the plan's VPS value)."),
-    StackKey("DB_MAX_OVERFLOW", "20", "Database",
-             "Connections a pool may open beyond DB_POOL_SIZE; `doctor` checks "
-             "(API_WORKERS + 1) x (DB_POOL_SIZE + DB_MAX_OVERFLOW) against Postgres's max_connections."),
-    StackKey("DB_POOL_TIMEOUT", "30", "Database", "Seconds a request waits for a free pooled connection."),
-    StackKey("DB_POOL_RECYCLE", "3600", "Database", "Seconds after which a pooled connection is replaced."),
-    StackKey("JOB_REQUEUE_AFTER", "60", "NATS JetStream",
-             "Seconds a task may stay pending after its job was queued before the worker's sweeper queues "
-             "it again (backend/README.md, \"Jobs\")."),
-    StackKey("JOB_MAX_REQUEUES", "5", "NATS JetStream",
-             "How often a late job is queued again before its task is marked failed (a dead letter `doctor` reports)."),
-    StackKey("JOB_ACK_WAIT", "60", "NATS JetStream",
-             "Seconds a job may run unacknowledged before NATS delivers it again (a worker killed mid-job)."),
-    StackKey("JOB_STREAM_MAX_MSGS", "1000000", "NATS JetStream",
-             "The most jobs the job stream holds; when full, new jobs wait in their rows for the sweeper."),
-    StackKey("JOB_STREAM_MAX_BYTES", "268435456", "NATS JetStream", "The most bytes the job stream holds (256 MiB)."),
-    StackKey("POSTGRES_HOST_PORT", "5432", "Runtime and deploy",
-             "Development only (compose.override.yml): the port Postgres is published on, on this machine's "
-             "loopback; production publishes nothing but nginx."),
-    StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
-             "Development only (compose.override.yml): the port NATS is published on, on this machine's loopback."),
-    StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
-             "Development only (compose.override.yml): the port of NATS's monitoring endpoint (`/varz`, "
-             "`/healthz`), on this machine's loopback."),
-)
 
 
 @dataclass(frozen=True)
@@ -392,7 +269,7 @@ class Settings:
         values["llm_provider"] = provider
         for name in ("app_url", "webapp_url", "openai_api_base_url", "telegram_api_base_url"):
             url = values[name]
-            if url and not _is_http_url(url):
+            if url and not is_http_url(url):
                 problems.append(f"{name.upper()} {url!r} is not an http(s) URL like https://tasks.example.com")
         if values["nats_url"] and urlparse(values["nats_url"]).scheme not in ("nats", "tls"):
             problems.append(f"NATS_URL {values['nats_url']!r} is not a nats:// URL")
@@ -429,13 +306,13 @@ class Settings:
             if f.metadata["secret"] and example and str(values[f.name]) and values[f.name].reveal() == example:
                 problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder {example!r}: set the real value")
         for key, url in (("TELEGRAM_API_BASE_URL", values["telegram_api_base_url"]), ("ALERT_WEBHOOK_URL", values["alert_webhook_url"].reveal())):
-            if url.startswith("http://") and not _is_loopback(urlparse(url).hostname or ""):
+            if url.startswith("http://") and not is_loopback(urlparse(url).hostname or ""):
                 problems.append(f"{key} must be https:// (it carries a token; plain http:// only to this host's loopback)")
-        problems += _logfire_problems(values)
+        problems += logfire_problems(values)
         hook = values["alert_webhook_url"].reveal()
-        if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
+        if hook and (not is_http_url(hook) or re.search(r'["\\\s]', hook)):
             problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
-        problems += _offsite_problems(values)
+        problems += offsite_problems(values)
         if problems:
             raise SettingsError(problems, source)
         return cls(**values)
@@ -462,62 +339,9 @@ def config_section(c) -> Mapping[str, Any]:
     return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
 
 
-ENV_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
-HOST_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an SSH alias; not user@host:port
 ENV_HELP = ("Use the settings of this environment, .env.NAME (same as TASKTRACKER_ENV=NAME); "
             "default: .env.HOST when that file exists, else .env.")
 _ANNOUNCED: set[Path] = set()
-
-
-class EnvChoiceError(ValueError):
-    """The settings file cannot be chosen (a bad or missing environment, or two choices that disagree)."""
-
-
-def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], host: str | None,
-                     root: Path) -> tuple[Path, str]:
-    """The settings file and why it was chosen; the first rule that applies wins:
-
-    1. a file: `tasktracker.env_file` (fabric.yaml / invoke.yaml), else $TASKTRACKER_ENV_FILE;
-    2. an environment name: `tasktracker.env` (set by `--env`) or $TASKTRACKER_ENV -> .env.NAME,
-       which must exist (a file and a name, or two different names, are refused: a deploy must
-       not guess which settings were meant);
-    3. the host: .env.HOST when it exists (`fab -H staging deploy` reads .env.staging); the
-       sandbox's own settings (`invoke sandbox.up` writes them) for host `sandbox`;
-    4. .env (the single-file setup).
-    """
-    files = [(src, str(value)) for src, value in (("tasktracker.env_file", section.get("env_file")),
-                                                  ("TASKTRACKER_ENV_FILE", environ.get("TASKTRACKER_ENV_FILE"))) if value]
-    names = [(src, str(value)) for src, value in (("--env / tasktracker.env", section.get("env")),
-                                                  ("TASKTRACKER_ENV", environ.get("TASKTRACKER_ENV"))) if value]
-    fix = "Nothing was changed on any server."
-    if len({value for _, value in names}) > 1:
-        raise EnvChoiceError(f"Two environments were chosen: {names[0][1]!r} ({names[0][0]}) and {names[1][1]!r} "
-                             f"({names[1][0]}). Choose one (unset TASKTRACKER_ENV, or drop --env) and run again. {fix}")
-    if files and names:
-        raise EnvChoiceError(f"Both a settings file, {files[0][1]} ({files[0][0]}), and an environment, {names[0][1]!r} "
-                             f"({names[0][0]}), were chosen. Choose one and run again. {fix}")
-    if files:
-        return Path(files[0][1]), files[0][0]
-    if names:
-        source, name = names[0]
-        if not ENV_NAME_RE.fullmatch(name) or name == "example":
-            raise EnvChoiceError(f"The environment name {name!r} ({source}) must be lower-case letters, digits, '-' or "
-                                 f"'_' (like staging or production; 'example' is the template). {fix}")
-        path = root / f".env.{name}"
-        if not path.is_file():
-            raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: create {path} "
-                                 f"(`cp .env.example .env.{name}` in {root}, then fill it in), or choose another "
-                                 f"environment. {fix}")
-        return path, f"environment {name}"
-    if host and HOST_ALIAS_RE.fullmatch(host) and host != "example":
-        path = root / f".env.{host}"
-        if path.is_file():
-            return path, f"host {host}"
-        # The sandbox's directory, as `remote.sandbox_dir` finds it.
-        sandbox = Path(environ.get("TASKTRACKER_SANDBOX_DIR") or root / ".sandbox") / ".env"
-        if host == "sandbox" and sandbox.is_file():
-            return sandbox, "host sandbox, written by `invoke sandbox.up`"
-    return root / ".env", ""
 
 
 def env_file_choice(c=None) -> tuple[Path, str]:
@@ -546,25 +370,6 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_private(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_private
-    except ValueError:
-        return False
-
-
-def _is_http_url(value: str) -> bool:
-    parsed = urlparse(value)
-    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and " " not in value
 
 
 HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)

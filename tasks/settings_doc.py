@@ -1,5 +1,5 @@
 """The settings reference (docs/settings.md) and .env.example, rendered from `Settings` and
-`STACK_KEYS` in tasks/settings.py, their one source: `invoke docs.settings` writes both, and
+`STACK_KEYS` in tasks/settings_groups.py, their one source: `invoke docs.settings` writes both, and
 `--check` (and tests/test_settings_doc.py) fails when either differs from what is rendered."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import MISSING, dataclass, fields
 from invoke import Collection, Exit, task
 
 from .exits import ExitCode
-from .settings import PROJECT_ROOT, SETTING_GROUPS, STACK_KEYS, Settings
+from .settings import PROJECT_ROOT, Settings
+from .settings_groups import SETTING_GROUPS, STACK_KEYS
 
 WIDTH = 100
 SETTINGS_DOC = "docs/settings.md"

@@ -16,7 +16,8 @@ from .commands import tls as commands
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
-from .settings import DOMAIN_RE, Settings
+from .settings import Settings
+from .settings_checks import DOMAIN_RE
 
 WARN_DAYS = 14
 

@@ -173,7 +173,7 @@ ENV_VARS = ("TASKTRACKER_ENV", "TASKTRACKER_ENV_FILE", "TASKTRACKER_SANDBOX_DIR"
         "underscore-name", "file-beats-host", "yaml-file-first", "harness-file"])
 def test_the_settings_file_is_chosen_by_file_then_environment_then_host_then_dotenv(tmp_path, files, section, environ, host,
                                                                                       expected):
-    from tasks.settings import resolve_env_file
+    from tasks.settings_files import resolve_env_file
 
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def test_the_settings_file_is_chosen_by_file_then_environment_then_host_then_dot
 ], ids=["missing-env-file", "missing-flag-file", "upper-case", "path", "leading-dash", "space", "example", "two-names",
         "file-and-name"])
 def test_a_bad_or_missing_environment_is_a_clear_usage_error(tmp_path, files, section, environ, expected):
-    from tasks.settings import EnvChoiceError, resolve_env_file
+    from tasks.settings_files import EnvChoiceError, resolve_env_file
 
     for rel in files:
         (tmp_path / rel).write_text("")

@@ -13,7 +13,7 @@ from tasks.commands import release as release_commands
 from tasks.commands import status as status_commands
 from tasks.commands.context import HostContext
 from tasks.host import Host, Release, choose_engine
-from tasks.status import swarm_findings
+from tasks.health_checks import swarm_findings
 from tasks.steps import StepFailed
 from tasks.swarm import SwarmHost
 from tests.test_executors import FACTS, FakeConnection, fail, ok, settings
