@@ -9,21 +9,19 @@ opens, and every problem is reported in one message.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 from invoke import Exit
 
 from .commands.context import STACK_FILES
-from .commands.db import ROLE_NAME_RE, app_role_password
+from .commands.db import app_role_password
 from .exits import ExitCode
-from .settings_checks import (DOMAIN_RE, LLM_PROVIDERS, URL_PASSWORD_RE, is_http_url, is_loopback,
-                              logfire_problems, offsite_problems)
+from .settings_checks import (URL_PASSWORD_RE, address_problems, choice_problems, provider_problems,
+                              token_problems)
 from .settings_files import EnvChoiceError, resolve_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +235,18 @@ class Settings:
 
     @classmethod
     def _validated(cls, raw: dict[str, Any], source: str) -> "Settings":
+        values, problems = cls._typed(raw)
+        problems += provider_problems(values) + address_problems(values) + choice_problems(values)
+        problems += cls._placeholder_problems(values)
+        problems += token_problems(values)
+        if problems:
+            raise SettingsError(problems, source)
+        return cls(**values)
+
+    @classmethod
+    def _typed(cls, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Each field's value as its type (stripped; a default where it is missing or unusable),
+        and the problems: a required key missing, a number that is not one."""
         problems: list[str] = []
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -260,62 +270,17 @@ class Settings:
             else:
                 value = "" if value is None else str(value)
             values[f.name] = value
+        return values, problems
 
-        provider = values["llm_provider"].lower()
-        if provider not in LLM_PROVIDERS:
-            problems.append(f"LLM_PROVIDER {values['llm_provider']!r} is unknown (use one of: {', '.join(LLM_PROVIDERS)})")
-        elif not values[LLM_PROVIDERS[provider].lower()]:
-            problems.append(f"{LLM_PROVIDERS[provider]} is missing or empty (LLM_PROVIDER is {provider})")
-        values["llm_provider"] = provider
-        for name in ("app_url", "webapp_url", "openai_api_base_url", "telegram_api_base_url"):
-            url = values[name]
-            if url and not is_http_url(url):
-                problems.append(f"{name.upper()} {url!r} is not an http(s) URL like https://tasks.example.com")
-        if values["nats_url"] and urlparse(values["nats_url"]).scheme not in ("nats", "tls"):
-            problems.append(f"NATS_URL {values['nats_url']!r} is not a nats:// URL")
-        if values["domain"] and not DOMAIN_RE.match(values["domain"]):
-            problems.append(f"DOMAIN {values['domain']!r} is not a domain name like tasks.example.com")
-        app_dir = values["app_dir"]
-        if not app_dir or ".." in Path(app_dir).parts or not re.match(r"^[\w./-]+$", app_dir):
-            problems.append(f"APP_DIR {app_dir!r} must be a plain path (absolute, or relative to the deploy user's home) without '..'")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", values["compose_project"]):
-            problems.append(f"COMPOSE_PROJECT {values['compose_project']!r} must be lower-case letters, digits, '-' or '_'")
-        for port in ("http_port", "https_port"):
-            if values[port] > 65535:
-                problems.append(f"{port.upper()} must be a TCP port (1-65535)")
-        if values["http_port"] == values["https_port"]:
-            problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
-        if values["registry"] and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*", values["registry"]):
-            problems.append(f"REGISTRY {values['registry']!r} is not a registry like registry.example.com:5000/team "
-                            f"(host, optional port and path; no scheme)")
-        for name, choices in (("telegram_webhook", ("auto", "off")), ("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
-            values[name] = values[name].lower()
-            if values[name] not in choices:
-                problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
-        role = values["app_db_user"]
-        if not ROLE_NAME_RE.fullmatch(role) or role == values["postgres_user"]:
-            problems.append(f"APP_DB_USER {role!r} must be a role name in lower-case letters, digits "
-                            f"and '_' (not starting with a digit, at most 63) other than POSTGRES_USER")
-        if values["keep_releases"] < 2:
-            problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
-        chat = values["alert_telegram_chat_id"]
-        if chat and not re.fullmatch(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}", chat):
-            problems.append(f"ALERT_TELEGRAM_CHAT_ID {chat!r} must be a chat id like 123456789 or -1001234567890, or @channelname")
-        for f in fields(cls):  # .env.example's placeholder left in place of a real secret
+    @classmethod
+    def _placeholder_problems(cls, values: dict[str, Any]) -> list[str]:
+        """.env.example's placeholder left in place of a real secret."""
+        problems = []
+        for f in fields(cls):
             example = f.metadata["example"]
             if f.metadata["secret"] and example and str(values[f.name]) and values[f.name].reveal() == example:
                 problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder {example!r}: set the real value")
-        for key, url in (("TELEGRAM_API_BASE_URL", values["telegram_api_base_url"]), ("ALERT_WEBHOOK_URL", values["alert_webhook_url"].reveal())):
-            if url.startswith("http://") and not is_loopback(urlparse(url).hostname or ""):
-                problems.append(f"{key} must be https:// (it carries a token; plain http:// only to this host's loopback)")
-        problems += logfire_problems(values)
-        hook = values["alert_webhook_url"].reveal()
-        if hook and (not is_http_url(hook) or re.search(r'["\\\s]', hook)):
-            problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
-        problems += offsite_problems(values)
-        if problems:
-            raise SettingsError(problems, source)
-        return cls(**values)
+        return problems
 
     @classmethod
     def from_context(cls, c) -> "Settings":

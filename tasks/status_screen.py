@@ -33,7 +33,17 @@ def verdict_line(trigger: dict, window: str) -> str:
 
 
 def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> list[str]:
-    lines = [f"== {name} at {datetime.fromtimestamp(now, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"]
+    """The screen: release, lock, services, host, database, JetStream, jobs, backups, the WAL
+    archive, certificates, the scaling triggers and the warnings, in that order."""
+    return [f"== {name} at {datetime.fromtimestamp(now, timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+            *release_lines(snap, now), *service_lines(snap), *host_lines(snap),
+            *data_lines(snap), *backup_lines(snap, now), *archive_lines(snap, now),
+            *tls_lines(snap, now), *trigger_lines(snap, findings)]
+
+
+def release_lines(snap: dict, now: float) -> list[str]:
+    """The live release, the lock and the last three audit lines."""
+    lines = []
     rel = snap["release"]
     meta = rel["meta"]
     if rel["current"]:
@@ -52,7 +62,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     for entry in snap["audit"][-3:]:
         lines.append(f"         {entry.get('time', '?')} {entry.get('action', '?')} {entry.get('result', '?')} "
                      f"{entry.get('release', '')} ({entry.get('user', '?')})")
-    lines.append("services")
+    return lines
+
+
+def service_lines(snap: dict) -> list[str]:
+    """Each service's state, health, restarts, memory and CPU against its limits."""
+    lines = ["services"]
     for c in snap["containers"]:
         mem = c.get("mem_bytes")
         limit = c["mem_limit"]
@@ -61,6 +76,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
         cpu = f"{c['cpu_percent']:.1f}%/{c['cpu_limit']:g} CPU" if "cpu_percent" in c else "-"
         lines.append(f"  {c['service']:9} {c['state']:8} {c['health']:9} restarts {c['restarts']}"
                      f"{' OOM' if c['oom_killed'] else ''}  mem {mem_text}  cpu {cpu}")
+    return lines
+
+
+def host_lines(snap: dict) -> list[str]:
+    """The host's CPUs, load and memory, its disks, and what Docker can reclaim."""
+    lines = []
     host = snap["host"]
     total_kb, avail_kb = int(host.get("MemTotal", 0) or 0), int(host.get("MemAvailable", 0) or 0)
     lines.append(f"host     {host.get('ncpu', '?')} CPU, load {host.get('load', '?')}; memory {human((total_kb - avail_kb) * 1024)} used, "
@@ -69,6 +90,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
         lines.append(f"  disk {', '.join(d['paths'])}: {d['percent']:.0f}% used, {human(d['available'])} free")
     if snap["docker_df"]:
         lines.append("  docker reclaimable: " + ", ".join(f"{r['type']} {human(r['reclaimable'])}" for r in snap["docker_df"]))
+    return lines
+
+
+def data_lines(snap: dict) -> list[str]:
+    """The database, JetStream and the background jobs."""
+    lines = []
     db = snap["db"]
     if db.get("max_connections"):
         lines.append(f"database {human(db['size'])}; connections {db['connections']}/{db['max_connections']} "
@@ -83,6 +110,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
                          for s in js.get("streams", []) for c in s.get("consumers", []))
         lines.append(f"jobs     {jobs['pending']} pending" + (f" (oldest {age_text(jobs['oldest_seconds'])})" if jobs["pending"] else "")
                      + f", {jobs['failed']} failed" + (f"; {flow}" if flow else ""))
+    return lines
+
+
+def backup_lines(snap: dict, now: float) -> list[str]:
+    """The latest full backup set and its last off-site copy."""
+    lines = []
     sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
     if latest:
@@ -96,6 +129,12 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
     if push:
         lines.append(f"off-site {push.get('set')}: {'copied' if push.get('result') == 'offsite-ok' else 'copy FAILED'} "
                      f"at {push.get('time')}")
+    return lines
+
+
+def archive_lines(snap: dict, now: float) -> list[str]:
+    """The WAL archive's window and pg_wal, when the snapshot read them."""
+    lines = []
     if (snap.get("pitr") or {}).get("state", "unknown") != "unknown":
         lines.append(pitr_commands.window_line(snap["pitr"]))
         archive = snap["pitr"]
@@ -106,9 +145,18 @@ def status_lines(snap: dict, findings: list[Finding], now: float, name: str) -> 
                    else "")
             lines.append(f"wal      {wal_text(archive)}; {waiting} finished segments waiting to be "
                          f"archived{age}")
-    for cert in tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc)):
-        lines.append(f"tls      {cert['name']}: {cert['days_left']} days left")
-    lines.append("scaling triggers (the plan's)")
+    return lines
+
+
+def tls_lines(snap: dict, now: float) -> list[str]:
+    """Each certificate's days left."""
+    return [f"tls      {cert['name']}: {cert['days_left']} days left"
+            for cert in tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc))]
+
+
+def trigger_lines(snap: dict, findings: list[Finding]) -> list[str]:
+    """The plan's scaling triggers over the hour and the day, then the warnings."""
+    lines = ["scaling triggers (the plan's)"]
     lines.append("  " + verdict_line(snap["trigger_hour"], "hour"))
     lines.append("  " + verdict_line(snap["trigger_day"], "day"))
     problems = [f for f in findings if not f.ok]

@@ -230,6 +230,12 @@ def restore_to_time(ctx: HostContext, target: str, compose_start: str,
 
     A failure from step 2 on restores the database to the end of its archive on the timeline it
     was on (what it held before, every write included), starts everything again and exits 1."""
+    return restore_functions(ctx, compose_start) + restore_stages(ctx, target, before_start)
+
+
+def restore_functions(ctx: HostContext, compose_start: str) -> str:
+    """`restore_to_time`'s start: the Postgres container, its image, settings and timeline, and
+    the functions its stages call (`nothing_changed`, `restore_run`, `undo`)."""
     return f"""set -uo pipefail
 trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[restore] $*"; }}
@@ -267,7 +273,12 @@ undo() {{
   rm -f "$envfile"
   exit 1
 }}
-stage="stop api and worker"
+"""
+
+
+def restore_stages(ctx: HostContext, target: str, before_start: str) -> str:
+    """`restore_to_time`'s stages, each named in `$stage` for `undo`."""
+    return f"""stage="stop api and worker"
 for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do
   docker stop -t 30 "$c" >/dev/null || nothing_changed "could not stop container $c"
 done
@@ -364,9 +375,17 @@ def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compo
     1 (could not read it, or put back: the set's data) or PUT_BACK_FAILED_EXIT. On every path but
     0, repo2's settings leave the volume, so this host does not archive into the lost host's
     stanza (`backup.offsite.init` sets it up again)."""
-    data = "/var/lib/postgresql/data"
-    aside = "/var/lib/pgbackrest/.before-wal-restore"
-    kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
+    return offsite_restore_functions(ctx, compose_start) + offsite_restore_stages(ctx, target, before_start)
+
+
+PG_DATA = "/var/lib/postgresql/data"
+DATA_ASIDE = "/var/lib/pgbackrest/.before-wal-restore"  # the set's data, while the WAL is restored
+
+
+def offsite_restore_functions(ctx: HostContext, compose_start: str) -> str:
+    """`restore_from_offsite`'s start: the Postgres container, its image and settings, and the
+    functions its stages call (`leave`, `undo`: the set's data put back)."""
+    data, aside = PG_DATA, DATA_ASIDE
     return f"""set -uo pipefail
 trap '' PIPE  # a dropped connection must not kill the script between two steps
 say() {{ echo "[recover] $*"; }}
@@ -399,7 +418,15 @@ undo() {{
   echo "[recover] POSTGRES DID NOT START on the set's data: see compose.logs --service postgres; run recover again" >&2
   rm -f "$envfile"; exit {PUT_BACK_FAILED_EXIT}
 }}
-stage="read the off-site archive"
+"""
+
+
+def offsite_restore_stages(ctx: HostContext, target: str, before_start: str) -> str:
+    """`restore_from_offsite`'s stages, each named in `$stage` for `undo`; the last one starts
+    this host's own WAL archive again."""
+    data, aside = PG_DATA, DATA_ASIDE
+    kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
+    return f"""stage="read the off-site archive"
 if ! info=$({BR} info --repo=2 --output=json 2>&1); then
   echo "[recover] could not read the off-site WAL archive: $(printf '%s' "$info" | tail -n 2 | tr '\\n' ' ')" >&2; leave 1
 fi

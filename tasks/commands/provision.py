@@ -141,8 +141,8 @@ def write_file(path: str, text: str, mode: str = "644") -> str:
     return f"install -d {q(path.rsplit('/', 1)[0])} && printf '%s' {q(text)} > {q(path)}.new && chmod {mode} {q(path)}.new && mv -f {q(path)}.new {q(path)}"
 
 
-def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
-    """The changes this host needs, in order; empty when it is already provisioned."""
+def docker_changes(f: dict[str, str]) -> list[Change]:
+    """The packages, the Compose plugin, Docker's daemon settings and Docker at boot."""
     os_id = f.get("os", "")
     changes: list[Change] = []
     wanted = PACKAGES + ([COMPOSE_PACKAGES[os_id]] if os_id in COMPOSE_PACKAGES else [])
@@ -164,6 +164,12 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
                               + " && systemctl restart docker"))
     if f.get("docker_enabled") != "enabled" or f.get("docker_active") != "active":
         changes.append(Change("docker at boot", "enable and start Docker", "systemctl enable --now docker >/dev/null 2>&1"))
+    return changes
+
+
+def user_changes(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
+    """The deploy user in the docker group, the operator's key, and its sudo rule."""
+    changes: list[Change] = []
     key = " ".join(public_key.split()[:2])
     user = q(deploy_user)
     if "docker" not in f.get("user_groups", "").split():
@@ -179,6 +185,12 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
         changes.append(Change("deploy sudo", f"{deploy_user} may re-run provision once root login is off",
                               write_file(f"/etc/sudoers.d/tasktracker-{deploy_user}", f"{deploy_user} ALL=(ALL) NOPASSWD:ALL\n", "440")
                               + f" && visudo -cf /etc/sudoers.d/tasktracker-{deploy_user} >/dev/null"))
+    return changes
+
+
+def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
+    """The changes this host needs, in order; empty when it is already provisioned."""
+    changes = docker_changes(f) + user_changes(f, deploy_user, public_key)
     hardened = all(f.get(f"sshd_{key}") == value for key, value in SSHD_SETTINGS.items())
     if not hardened:
         changes.append(Change("ssh hardening", "no passwords, no root login, no forwarding, 3 tries in 30 s "
@@ -193,6 +205,12 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
                                 "systemctl enable tasktracker-firewall.service >/dev/null 2>&1"))
     if not f.get("auto_upgrades"):
         changes.append(Change("security upgrades", "unattended-upgrades daily", write_file(AUTO_UPGRADES, AUTO_UPGRADES_TEXT)))
+    return changes + upkeep_changes(f)
+
+
+def upkeep_changes(f: dict[str, str]) -> list[Change]:
+    """Time sync and a swap file."""
+    changes: list[Change] = []
     if f.get("timesync") not in ("enabled", "static", "alias"):
         changes.append(Change("time sync", "systemd-timesyncd",
                               "systemctl enable systemd-timesyncd >/dev/null 2>&1; systemctl start systemd-timesyncd >/dev/null 2>&1; "
