@@ -15,6 +15,7 @@ from .build import FRONTEND, build_frontend, git_commit
 from .commands import backup as backup_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
@@ -139,7 +140,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
     """(whether the WAL archive is off-site, the moment to recover to: "" for the last WAL);
     a usage error, changing nothing, for a moment that cannot be reached."""
-    wal_offsite = bool(pitr_commands.offsite_repo_path(settings.offsite_repository))
+    wal_offsite = bool(pitr_offsite.offsite_repo_path(settings.offsite_repository))
     if not to_time:
         return wal_offsite, ""
     try:

@@ -11,6 +11,7 @@ from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .commands import release as release_commands
 from .commands import sh
 from .steps import StepFailed
@@ -134,13 +135,13 @@ class DataOperations:
         off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
         StepFailed says why it could not."""
         s = self.settings
-        if not pitr_commands.offsite_repo_path(s.offsite_repository):
+        if not pitr_offsite.offsite_repo_path(s.offsite_repository):
             return ""
         conf = f"{self.ctx.app_dir}/shared/pgbackrest-offsite.conf"
         self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")
-        self.put_text(pitr_commands.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
+        self.put_text(pitr_offsite.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
         self.run(sh(["mv", "-f", conf + ".new", conf]), "off-site WAL archive")
-        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres"), stanza),
+        result = self.conn.run(pitr_offsite.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres"), stanza),
                                warn=True, hide=True)
         if not result.ok:
             raise StepFailed("off-site WAL archive", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
@@ -156,15 +157,15 @@ class DataOperations:
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = self.before_start(migrate)
-        result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
+        result = self.conn.run(pitr_offsite.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
                                warn=True, hide="stderr")
         said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]
         reason = self.redact("; ".join(said) or (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if result.exited == pitr_commands.NO_OFFSITE_ARCHIVE_EXIT and not target:
+        if result.exited == pitr_offsite.NO_OFFSITE_ARCHIVE_EXIT and not target:
             print("   the off-site WAL archive has no backup yet: the database holds the set's data; "
                   f"`fab -H {self.name} backup.offsite.init` archives this host's WAL off-site from now on")
             return "no off-site WAL archive yet"
-        if result.exited == pitr_commands.PUT_BACK_FAILED_EXIT or (not result.ok and target):
+        if result.exited == pitr_offsite.PUT_BACK_FAILED_EXIT or (not result.ok and target):
             raise StepFailed("off-site WAL archive", reason)
         if not result.ok:
             print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database holds the set's data")

@@ -12,7 +12,7 @@ from invoke import Collection, Exit, task
 
 from .commands import backup as backup_commands
 from .commands import offsite as commands
-from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
@@ -88,7 +88,7 @@ def init(c):
         raise Exit(f"The restic repository is ready, but the WAL archive could not be set up off-site: {failure.detail}. "
                    f"Check the SFTP server, then run this again.", code=ExitCode.FAILED) from None
     if wal == "pitr-offsite=ok":
-        print(f"The WAL archive is copied off-site too (pgBackRest, {pitr_commands.offsite_repo_path(host.settings.offsite_repository)} "
+        print(f"The WAL archive is copied off-site too (pgBackRest, {pitr_offsite.offsite_repo_path(host.settings.offsite_repository)} "
               f"on the SFTP server): `recover` brings the database back to the last archived minute.")
     print(f"{result.stdout.strip()} ({host.redact(host.settings.offsite_repository)}). Every full backup set is now also copied there; "
           f"`fab -H {host.name} backup` makes and copies one now.")

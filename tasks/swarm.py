@@ -31,7 +31,7 @@ from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import release as release_commands
-from .commands import rollout, sh
+from .commands import rollout, sh, swarm_stack
 from .commands import tls as tls_commands
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
@@ -179,7 +179,7 @@ class SwarmHost(SwarmNodes, Host):
                        f"a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
-        same = commands.dump_stack(self.render(plan, ""))
+        same = swarm_stack.dump_stack(self.render(plan, ""))
         return fingerprints.stack_fingerprint(PROJECT_ROOT, same), {"engine": "swarm"}
 
     def render(self, plan, release_id: str) -> dict:
@@ -188,7 +188,7 @@ class SwarmHost(SwarmNodes, Host):
                   "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
                   **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
-            return commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
+            return swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
 
@@ -207,10 +207,10 @@ class SwarmHost(SwarmNodes, Host):
         rendered = self.render(plan, rid)
         self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid))
                  + " && " + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
-        self.put_text(commands.dump_stack(rendered), commands.stack_file(ctx, rid))
-        self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)),
+        self.put_text(swarm_stack.dump_stack(rendered), commands.stack_file(ctx, rid))
+        self.put_text(swarm_stack.dump_stack(swarm_stack.only_services(rendered, DATA_SERVICES)),
                       commands.stack_file(ctx, rid, "data"))
-        self.put_text(commands.docker_env_file(commands.migration_environment(rendered)),
+        self.put_text(swarm_stack.docker_env_file(swarm_stack.migration_environment(rendered)),
                       f"{commands.stack_dir(ctx, rid)}/migrate.env")
         s = self.settings
         role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
