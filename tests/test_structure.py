@@ -184,3 +184,25 @@ def engine_branch(node: ast.AST) -> bool:
         return node.id == "SwarmHost"
     return (isinstance(node, ast.Attribute) and node.attr == "open" and isinstance(node.value, ast.Name)
             and node.value.id == "Host")
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+MAX_COLUMNS = 100
+PRODUCT_SOURCES = sorted(TASKS.rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small():
+    """No module of tasks/ over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES
+    (from its `def` to its last line): split by concern, into named steps."""
+    too_long = []
+    for path in PRODUCT_SOURCES:
+        text, name = path.read_text(), path.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        too_long += [f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert too_long == []
+
