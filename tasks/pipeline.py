@@ -213,7 +213,8 @@ def migrate_database(host: Host, data: Host, plan: DeployPlan,
             raise StepFailed(failure.step, f"{failure.detail} {detail}") from None
 
 
-def deploy(host: Host, env_file: Path | None, *, wait: bool = False, action: str = "deploy") -> None:
+def deploy(host: Host, env_file: Path | None, *, wait: bool = False,
+           action: str = "deploy") -> None:
     """A deploy on either engine: nothing but an `unchanged` audit line (no lock) when the checkout
     and settings are the live release's and it all runs; else the lock, one audit line, and the
     release carried out (planned again when another deploy went first while this one waited)."""
@@ -234,7 +235,8 @@ def dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list:
     Read-only: no build, no lock, no audit line."""
     if not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("frontend/dist has not been built, so what a deploy would send is unknown: run "
-                   "`invoke build` (a dry run builds nothing) and try again. Nothing was changed on "
+                   "`invoke build` (a dry run builds nothing) and try again. Nothing was changed "
+                   "on "
                    "the server.", code=ExitCode.USAGE)
     print(f"Dry run on {host.name}: nothing is changed (no build, no lock, no audit line).")
     fresh, why = is_up_to_date(FRONTEND)

@@ -39,26 +39,35 @@ def schedule_findings(snap: dict, now: float) -> list[Finding]:
     jobs, logs = snap["cron"]["jobs"], snap["cron"]["logs"]
     for cert in certs:
         if cert["days_left"] < CERT_MIN_DAYS:
-            add(Finding("certificate", False, f"certificate {cert['name']} expires in {cert['days_left']} days",
-                        "renew now: `fab -H HOST ssl.renew`; then check the renewal job (`ssl.schedule`)"))
+            add(Finding("certificate", False, f"certificate {cert['name']} expires in "
+                                              f"{cert['days_left']} days",
+                        "renew now: `fab -H HOST ssl.renew`; then check the renewal job "
+                        "(`ssl.schedule`)"))
     if certs and "ssl" not in jobs:
-        add(Finding("jobs", False, "no certificate renewal job is installed", "`fab -H HOST ssl.schedule`"))
+        add(Finding("jobs", False, "no certificate renewal job is installed",
+                    "`fab -H HOST ssl.schedule`"))
     elif certs and "renew.log" in logs and now - logs["renew.log"]["mtime"] > JOB_MAX_AGE_H * 3600:
-        add(Finding("jobs", False, f"the certificate renewal job has not run for {age_text(now - logs['renew.log']['mtime'])}",
-                    "is cron running (`systemctl status cron`)? Run `fab -H HOST ssl.renew` by hand to see its output"))
+        add(Finding("jobs", False, "the certificate renewal job has not run for "
+                                   f"{age_text(now - logs['renew.log']['mtime'])}",
+                    "is cron running (`systemctl status cron`)? Run `fab -H HOST ssl.renew` by "
+                    "hand to see its output"))
     sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
     push = offsite_commands.last_push(backup_log)
     if push and push.get("result") == "offsite-failed":
-        add(Finding("backup", False, f"the off-site copy of {push.get('set')} failed ({push.get('time')}); the set is only on the host",
-                    "the nightly job's output is in backups/cron.log; fix the cause, then `fab -H HOST backup.offsite.push`"))
+        add(Finding("backup", False, f"the off-site copy of {push.get('set')} failed "
+                                     f"({push.get('time')}); the set is only on the host",
+                    "the nightly job's output is in backups/cron.log; fix the cause, then `fab -H "
+                    "HOST backup.offsite.push`"))
     archive = snap.get("pitr") or {}
     findings += archive_findings(archive, now)
     if archive.get("state") == "no-backup":
-        add(Finding("WAL archive", False, "the WAL archive has no pgBackRest backup, so no restore to a moment is possible",
+        add(Finding("WAL archive", False, "the WAL archive has no pgBackRest backup, so no restore "
+                                          "to a moment is possible",
                     "`fab -H HOST backup` takes one (a deploy takes the first)"))
     if "backup" not in jobs:
-        add(Finding("jobs", False, "no daily backup job is installed", "`fab -H HOST backup.schedule`"))
+        add(Finding("jobs", False, "no daily backup job is installed",
+                    "`fab -H HOST backup.schedule`"))
     if latest is None:
         add(Finding("backup", False, "there is no full backup on the host", "`fab -H HOST backup`"))
     else:
@@ -67,16 +76,21 @@ def schedule_findings(snap: dict, now: float) -> list[Finding]:
         if age > BACKUP_MAX_AGE_H * 3600:
             last = logs.get("cron.log", {}).get("last", "")
             add(Finding("backup", False, f"the latest full backup is {age_text(age)} old",
-                        "the daily job did not run or failed" + (f" (its log ends: {last})" if last else "")
+                        "the daily job did not run or failed" + (f" (its log ends: {last})" if last
+                                                                 else "")
                         + "; run `fab -H HOST backup` now and read `backup.list`"))
     if "sample" not in jobs:
-        add(Finding("jobs", False, "the metrics sampler is not installed", "deploy once (every deploy installs it)"))
+        add(Finding("jobs", False, "the metrics sampler is not installed",
+                    "deploy once (every deploy installs it)"))
     else:
         sampled = snap["latest_sample"].get("t", 0)
         if not sampled or now - sampled > SAMPLER_MAX_AGE_S:
-            add(Finding("jobs", False, ("the metrics sampler has not recorded for " + age_text(now - sampled)) if sampled
-                        else "the metrics sampler has not recorded yet (it runs every minute from cron)",
-                        "is cron running (`systemctl status cron`)? Its log is shared/metrics/sampler.log"))
+            add(Finding("jobs", False, ("the metrics sampler has not recorded for "
+                                        + age_text(now - sampled)) if sampled
+                        else "the metrics sampler has not recorded yet (it runs every minute from "
+                             "cron)",
+                        "is cron running (`systemctl status cron`)? Its log is "
+                        "shared/metrics/sampler.log"))
     return findings
 
 

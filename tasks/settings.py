@@ -35,7 +35,8 @@ class SettingsError(ValueError):
         listed = "; ".join(problems)
         super().__init__(
             f"Settings are invalid ({source}): {listed}. Fix these keys in .env "
-            f"(every key is documented in .env.example) or in the environment, then run the task again. "
+            "(every key is documented in .env.example) or in the environment, then run the task "
+            "again. "
             f"Nothing was changed on any server."
         )
 
@@ -56,12 +57,14 @@ class Secret(str):
         return str.__str__(self)
 
 
-def _spec(default: Any = None, *, required: bool = False, secret: bool = False, key: str | None = None,
+def _spec(default: Any = None, *, required: bool = False, secret: bool = False,
+          key: str | None = None,
           doc: str = "", group: str = "", example: str | None = None):
     """A setting: its default, whether it must be set and is secret, and for the settings reference
     (docs/settings.md) and .env.example, both rendered by tasks/settings_doc.py: a one-sentence
     description, its group and, where the default will not do, the value .env.example shows."""
-    return field(default=default, metadata={"required": required, "secret": secret, "key": key, "doc": doc,
+    return field(default=default, metadata={"required": required, "secret": secret, "key": key,
+                                            "doc": doc,
                                             "group": group, "example": example})
 
 
@@ -72,7 +75,8 @@ class Settings:
     postgres_user: str = _spec("postgres", group="Database", doc="The database user.")
     postgres_password: Secret = _spec(
         required=True, secret=True, example="change-me", group="Database",
-        doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # : $` work).")
+        doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # "
+            ": $` work).")
     postgres_db: str = _spec("tasktracker", group="Database", doc="The database name.")
     app_db_user: str = _spec(
         "tasktracker_app", group="Database",
@@ -83,80 +87,116 @@ class Settings:
     nats_url: str = _spec("nats://nats:4222", group="NATS JetStream",
                           doc="Where the API and the worker reach NATS (a nats:// or tls:// URL).")
     nats_user: str = _spec("tasktracker", group="NATS JetStream",
-                           doc="The login nats-server requires; the API and the worker connect with it.")
+                           doc="The login nats-server requires; the API and the worker connect "
+                               "with it.")
     nats_password: Secret = _spec(
         required=True, secret=True, example="change-me-too", group="NATS JetStream",
-        doc="The NATS password; it reaches nats-server through a private config file, never a command line.")
-    telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me", group="Telegram",
+        doc="The NATS password; it reaches nats-server through a private config file, never a "
+            "command line.")
+    telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me",
+                                       group="Telegram",
                                        doc="The Telegram bot's token.")
-    llm_provider: str = _spec("openai", group="LLM provider", doc="The LLM provider the app calls: openai or anthropic.")
-    openai_api_key: Secret = _spec("", secret=True, example="sk-proj-replace-me", group="LLM provider",
+    llm_provider: str = _spec("openai", group="LLM provider", doc="The LLM provider the app calls: "
+                                                                  "openai or anthropic.")
+    openai_api_key: Secret = _spec("", secret=True, example="sk-proj-replace-me",
+                                   group="LLM provider",
                                    doc="The OpenAI API key, required when LLM_PROVIDER=openai.")
     openai_api_base_url: str = _spec("https://api.openai.com/v1", group="LLM provider",
                                      doc="The OpenAI API's base URL.")
-    openai_default_model: str = _spec("gpt-4o-mini", group="LLM provider", doc="The OpenAI model the app uses.")
+    openai_default_model: str = _spec("gpt-4o-mini", group="LLM provider",
+                                      doc="The OpenAI model the app uses.")
     anthropic_api_key: Secret = _spec("", secret=True, group="LLM provider",
-                                      doc="The Anthropic API key, required when LLM_PROVIDER=anthropic.")
+                                      doc="The Anthropic API key, required when "
+                                          "LLM_PROVIDER=anthropic.")
     anthropic_default_model: str = _spec("claude-3-5-haiku-20241022", group="LLM provider",
                                          doc="The Anthropic model the app uses.")
-    app_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+    app_url: str = _spec(required=True, example="https://tasks.example.com",
+                         group="Public addresses",
                          doc="The app's public http(s) URL.")
-    webapp_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+    webapp_url: str = _spec(required=True, example="https://tasks.example.com",
+                            group="Public addresses",
                             doc="The web app's public http(s) URL.")
     domain: str = _spec(required=True, example="tasks.example.com", group="Public addresses",
-                        doc="The public domain name; `ssl.issue` certifies it unless given `--domain`.")
-    api_workers: int = _spec(1, group="Runtime and deploy", doc="Uvicorn worker processes in the API container.")
+                        doc="The public domain name; `ssl.issue` certifies it unless given "
+                            "`--domain`.")
+    api_workers: int = _spec(1, group="Runtime and deploy", doc="Uvicorn worker processes in the "
+                                                                "API container.")
     app_dir: str = _spec("tasktracker", group="Runtime and deploy",
-                         doc="Where releases live on the host: absolute, or relative to the deploy user's home.")
+                         doc="Where releases live on the host: absolute, or relative to the deploy "
+                             "user's home.")
     keep_releases: int = _spec(5, group="Runtime and deploy",
-                               doc="Successful releases kept on the host (at least 2: the live one and the one a "
+                               doc="Successful releases kept on the host (at least 2: the live one "
+                                   "and the one a "
                                    "rollback returns to).")
-    http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for HTTP.")
+    http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for "
+                                                               "HTTP.")
     https_port: int = _spec(443, group="Runtime and deploy",
-                            doc="The host port nginx listens on for HTTPS once `ssl.issue` has run (not HTTP_PORT).")
+                            doc="The host port nginx listens on for HTTPS once `ssl.issue` has run "
+                                "(not HTTP_PORT).")
     compose_project: str = _spec("tasktracker", group="Runtime and deploy",
-                                 doc="The Compose project name on the host: containers and volumes are named after it.")
+                                 doc="The Compose project name on the host: containers and volumes "
+                                     "are named after it.")
     backup_keep: int = _spec(7, group="Runtime and deploy",
-                             doc="Full backup sets kept on the host, and pre-deploy sets separately (the newest "
+                             doc="Full backup sets kept on the host, and pre-deploy sets "
+                                 "separately (the newest "
                                  "verified set is never deleted).")
     wal_archive_timeout: int = _spec(60, group="Runtime and deploy",
-                                     doc="Seconds after which Postgres archives a WAL segment that is not full "
-                                         "(archive_timeout): the longest stretch of writes a lost host takes with it "
-                                         "(off-site: plus the push). Lower means a smaller RPO and more, mostly empty, "
+                                     doc="Seconds after which Postgres archives a WAL segment that "
+                                         "is not full "
+                                         "(archive_timeout): the longest stretch of writes a lost "
+                                         "host takes with it "
+                                         "(off-site: plus the push). Lower means a smaller RPO and "
+                                         "more, mostly empty, "
                                          "compressed segments in the archive.")
     db_wait_seconds: int = _spec(60, group="Runtime and deploy",
-                                 doc="How long a deploy or rollback waits for Postgres to answer before it refuses "
+                                 doc="How long a deploy or rollback waits for Postgres to answer "
+                                     "before it refuses "
                                      "to go on.")
     engine: str = _spec("auto", group="Images and engine",
-                        doc="What runs the stack: auto (Docker Swarm when the host is a swarm manager, else "
+                        doc="What runs the stack: auto (Docker Swarm when the host is a swarm "
+                            "manager, else "
                             "Compose), compose or swarm.")
     registry: str = _spec("", group="Images and engine",
-                          doc="On a swarm, a container registry the nodes pull the built images from "
-                              "(`host[:port][/path]`; this machine pushes to it, `docker login` as usual); "
+                          doc="On a swarm, a container registry the nodes pull the built images "
+                              "from "
+                              "(`host[:port][/path]`; this machine pushes to it, `docker login` as "
+                              "usual); "
                               "empty: images are sent to each node over SSH.")
     build_backend: str = _spec("auto", group="Images and engine",
-                               doc="Where the backend image is built: auto (this machine when it has Docker, else "
-                                   "the host), local (build here and ship it; spares the VPS's 2 CPUs) or host "
+                               doc="Where the backend image is built: auto (this machine when it "
+                                   "has Docker, else "
+                                   "the host), local (build here and ship it; spares the VPS's 2 "
+                                   "CPUs) or host "
                                    "(docker compose build on the VPS).")
     ship_images: str = _spec("auto", group="Images and engine",
-                             doc="Whether images the host lacks are sent from this machine over SSH: auto (when "
-                                 "this machine has them), always (fail if it cannot) or never (the host pulls them "
+                             doc="Whether images the host lacks are sent from this machine over "
+                                 "SSH: auto (when "
+                                 "this machine has them), always (fail if it cannot) or never (the "
+                                 "host pulls them "
                                  "itself).")
     alert_telegram_chat_id: str = _spec("", group="Alerts",
-                                        doc="The Telegram chat (an id, or @channel) the bot sends alerts to; find a "
+                                        doc="The Telegram chat (an id, or @channel) the bot sends "
+                                            "alerts to; find a "
                                             "chat's id by messaging the bot, then opening "
-                                            "`https://api.telegram.org/bot<token>/getUpdates`; empty: no Telegram "
+                                            "`https://api.telegram.org/bot<token>/getUpdates`; "
+                                            "empty: no Telegram "
                                             "alerts.")
     alert_webhook_url: Secret = _spec("", secret=True, group="Alerts",
-                                      doc="A webhook that receives each alert as a POST of `{\"text\": \"...\"}` (a Slack "
-                                          "or Mattermost incoming webhook, or your own endpoint); secret, since its URL "
+                                      doc="A webhook that receives each alert as a POST of "
+                                          "`{\"text\": \"...\"}` (a Slack "
+                                          "or Mattermost incoming webhook, or your own endpoint); "
+                                          "secret, since its URL "
                                           "holds a token; empty: none.")
     telegram_webhook: str = _spec("auto", group="Telegram",
-                                  doc="auto: every deploy (and `ssl.issue`) points the bot's webhook at APP_URL + "
-                                      "/api/telegram/webhook once the host serves HTTPS for DOMAIN, with a secret token "
-                                      "derived from TELEGRAM_BOT_TOKEN; off: the toolkit leaves the webhook alone.")
+                                  doc="auto: every deploy (and `ssl.issue`) points the bot's "
+                                      "webhook at APP_URL + "
+                                      "/api/telegram/webhook once the host serves HTTPS for "
+                                      "DOMAIN, with a secret token "
+                                      "derived from TELEGRAM_BOT_TOKEN; off: the toolkit leaves "
+                                      "the webhook alone.")
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
-                                       doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
+                                       doc="The Telegram Bot API (a local Bot API server; the "
+                                           "tests point it at a local "
                                            "endpoint).")
     logfire_token: Secret = _spec(
         "", secret=True, group="Tracing",
@@ -168,23 +208,33 @@ class Settings:
             "takes Logfire's OTLP/HTTP exports; https://, or http:// only to a loopback or private "
             "address (the token travels with them).")
     offsite_repository: str = _spec("", group="Off-site copies",
-                                    doc="The restic repository, like `sftp:backup@backup.example.com:/srv/restic/tasktracker` "
-                                        "(`fab -H HOST backup.offsite.init` prints the host's key to authorize there) or "
-                                        "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/tasktracker`; empty: no "
-                                        "off-site copies.")
+                                    doc="The restic repository, like "
+                                        "`sftp:backup@backup.example.com:/srv/restic/tasktracker` "
+                                        "(`fab -H HOST backup.offsite.init` prints the host's key "
+                                        "to authorize there) or "
+                                        "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/"
+                                        "tasktracker`; "
+                                        "empty: no off-site copies.")
     offsite_password: Secret = _spec("", secret=True, group="Off-site copies",
-                                     doc="Encrypts the repository (required with OFFSITE_REPOSITORY): keep a copy OFF "
-                                         "the VPS (a password manager), since without it the copies are unreadable.")
-    offsite_aws_access_key_id: Secret = _spec("", secret=True, group="Off-site copies",
-                                              doc="The S3 access key id, for s3: repositories only.")
+                                     doc="Encrypts the repository (required with "
+                                         "OFFSITE_REPOSITORY): keep a copy OFF "
+                                         "the VPS (a password manager), since without it the "
+                                         "copies are unreadable.")
+    offsite_aws_access_key_id: Secret = _spec(
+        "", secret=True, group="Off-site copies",
+        doc="The S3 access key id, for s3: repositories only.")
     offsite_aws_secret_access_key: Secret = _spec("", secret=True, group="Off-site copies",
-                                                  doc="The S3 secret access key, for s3: repositories only.")
+                                                  doc="The S3 secret access key, for s3: "
+                                                      "repositories only.")
     offsite_keep_daily: int = _spec(7, group="Off-site copies",
-                                    doc="Off-site retention (restic forget): the newest set of each of the last N days.")
+                                    doc="Off-site retention (restic forget): the newest set of "
+                                        "each of the last N days.")
     offsite_keep_weekly: int = _spec(4, group="Off-site copies",
-                                     doc="Off-site retention: the newest set of each of the last N weeks.")
+                                     doc="Off-site retention: the newest set of each of the last N "
+                                         "weeks.")
     offsite_keep_monthly: int = _spec(6, group="Off-site copies",
-                                      doc="Off-site retention: the newest set of each of the last N months.")
+                                      doc="Off-site retention: the newest set of each of the last "
+                                          "N months.")
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -205,7 +255,8 @@ class Settings:
         """Non-empty secret values, for redacting command output (and a password written into
         OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it), and the ones derived
         from them (the app role's password)."""
-        values = [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+        values = [getattr(self, f.name).reveal() for f in fields(self)
+                  if f.metadata["secret"] and getattr(self, f.name)]
         in_url = URL_PASSWORD_RE.search(self.offsite_repository)
         derived = [self.app_db_password.reveal()] if self.postgres_password else []
         return values + ([in_url.group(1)] if in_url else []) + derived
@@ -231,7 +282,9 @@ class Settings:
             for source in (file_values, environ):
                 if source.get(key) is not None:
                     raw[f.name] = source[key]
-        return cls._validated(raw, source=f"{env_path.name if env_path.is_file() else 'no .env file'} + environment")
+        return cls._validated(raw,
+                              source=f"{env_path.name if env_path.is_file() else 'no .env file'} + "
+                                     "environment")
 
     @classmethod
     def _validated(cls, raw: dict[str, Any], source: str) -> "Settings":
@@ -278,8 +331,10 @@ class Settings:
         problems = []
         for f in fields(cls):
             example = f.metadata["example"]
-            if f.metadata["secret"] and example and str(values[f.name]) and values[f.name].reveal() == example:
-                problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder {example!r}: set the real value")
+            value = values[f.name]
+            if f.metadata["secret"] and example and str(value) and value.reveal() == example:
+                problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder "
+                                f"{example!r}: set the real value")
         return problems
 
     @classmethod
@@ -292,7 +347,8 @@ class Settings:
         path, reason = env_file_choice(c)
         if path not in _ANNOUNCED:
             _ANNOUNCED.add(path)
-            shown = _shown(path) if path.is_file() else f"{_shown(path)} does not exist: environment variables only"
+            shown = (_shown(path) if path.is_file() else f"{_shown(path)} does not exist: "
+                                                         "environment variables only")
             print(f"settings: {shown}" + (f" ({reason})" if reason else ""), file=sys.stderr)
         try:
             return cls.load(config=dict(config_section(c)), env_file=path)
@@ -312,7 +368,8 @@ _ANNOUNCED: set[Path] = set()
 def env_file_choice(c=None) -> tuple[Path, str]:
     """The task's settings file and why (`resolve_env_file`); a bad choice ends the task (usage)."""
     try:
-        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None), PROJECT_ROOT)
+        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None),
+                                PROJECT_ROOT)
     except EnvChoiceError as err:
         raise Exit(str(err), code=ExitCode.USAGE) from None
 
@@ -323,7 +380,8 @@ def env_file_path(c=None) -> Path:
 
 
 def choose_env(c, env: str | None) -> None:
-    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV would."""
+    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV
+    would."""
     if env:
         if not c.config.get("tasktracker"):
             c.config["tasktracker"] = {}
@@ -353,12 +411,15 @@ def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict
         if Settings.env_key(f.name).startswith(HOST_ONLY_PREFIXES):
             continue
         value = getattr(settings, f.name)
-        values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
+        values[Settings.env_key(f.name)] = value.reveal() if hasattr(value,
+                                                                     "reveal") else str(value)
     # The API and the worker connect with these (docker-compose.production.yml); migrations as
     # POSTGRES_USER.
     values["APP_DB_PASSWORD"] = settings.app_db_password.reveal()
-    values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
-    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
+    # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
+    values["APP_ROOT"] = app_root
+    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this
+    # stack.
     values["COMPOSE_FILE"] = ":".join(STACK_FILES)
     values["COMPOSE_PROJECT_NAME"] = settings.compose_project
     return values

@@ -15,7 +15,8 @@ HOST_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an SSH alias; not u
 
 
 class EnvChoiceError(ValueError):
-    """The settings file cannot be chosen (a bad or missing environment, or two choices that disagree)."""
+    """The settings file cannot be chosen (a bad or missing environment, or two choices that
+    disagree)."""
 
 
 def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], host: str | None,
@@ -31,27 +32,36 @@ def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], hos
     4. .env (the single-file setup).
     """
     files = [(src, str(value)) for src, value in (("tasktracker.env_file", section.get("env_file")),
-                                                  ("TASKTRACKER_ENV_FILE", environ.get("TASKTRACKER_ENV_FILE"))) if value]
+                                                  ("TASKTRACKER_ENV_FILE",
+                                                   environ.get("TASKTRACKER_ENV_FILE"))) if value]
     names = [(src, str(value)) for src, value in (("--env / tasktracker.env", section.get("env")),
-                                                  ("TASKTRACKER_ENV", environ.get("TASKTRACKER_ENV"))) if value]
+                                                  ("TASKTRACKER_ENV",
+                                                   environ.get("TASKTRACKER_ENV"))) if value]
     fix = "Nothing was changed on any server."
     if len({value for _, value in names}) > 1:
-        raise EnvChoiceError(f"Two environments were chosen: {names[0][1]!r} ({names[0][0]}) and {names[1][1]!r} "
-                             f"({names[1][0]}). Choose one (unset TASKTRACKER_ENV, or drop --env) and run again. {fix}")
+        raise EnvChoiceError(f"Two environments were chosen: {names[0][1]!r} ({names[0][0]}) and "
+                             f"{names[1][1]!r} "
+                             f"({names[1][0]}). Choose one (unset TASKTRACKER_ENV, or drop --env) "
+                             f"and run again. {fix}")
     if files and names:
-        raise EnvChoiceError(f"Both a settings file, {files[0][1]} ({files[0][0]}), and an environment, {names[0][1]!r} "
+        raise EnvChoiceError(f"Both a settings file, {files[0][1]} ({files[0][0]}), and an "
+                             f"environment, {names[0][1]!r} "
                              f"({names[0][0]}), were chosen. Choose one and run again. {fix}")
     if files:
         return Path(files[0][1]), files[0][0]
     if names:
         source, name = names[0]
         if not ENV_NAME_RE.fullmatch(name) or name == "example":
-            raise EnvChoiceError(f"The environment name {name!r} ({source}) must be lower-case letters, digits, '-' or "
-                                 f"'_' (like staging or production; 'example' is the template). {fix}")
+            raise EnvChoiceError(f"The environment name {name!r} ({source}) must be lower-case "
+                                 "letters, digits, '-' or "
+                                 "'_' (like staging or production; 'example' is the template). "
+                                 f"{fix}")
         path = root / f".env.{name}"
         if not path.is_file():
-            raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: create {path} "
-                                 f"(`cp .env.example .env.{name}` in {root}, then fill it in), or choose another "
+            raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: "
+                                 f"create {path} "
+                                 f"(`cp .env.example .env.{name}` in {root}, then fill it in), or "
+                                 "choose another "
                                  f"environment. {fix}")
         return path, f"environment {name}"
     if host and HOST_ALIAS_RE.fullmatch(host) and host != "example":

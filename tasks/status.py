@@ -41,13 +41,18 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None,
 def telegram_check(host: Host, snap: dict) -> tuple[str | None, list[Finding]]:
     """The bot's webhook (issue 27): a status line and findings, read from Telegram when the host
     serves HTTPS for DOMAIN (its certificate is in the snapshot); nothing when it is not in use."""
-    certified = any(host.settings.domain in c["domains"] for c in tls_commands.parse_status(snap["certs"]))
+    certified = any(host.settings.domain in c["domains"]
+                    for c in tls_commands.parse_status(snap["certs"]))
     reason = botapi.not_ready_reason(host.settings, host.name, certified)
     if reason:
-        return (None if host.settings.telegram_webhook == "off" else f"telegram not set: {reason}"), []
+        return (None if host.settings.telegram_webhook == "off"
+                else f"telegram not set: {reason}"), []
     state, problems = botapi.webhook_state(host.settings)
-    fix = f"`fab -H {host.name} telegram.webhook` points it here again; `telegram.status` shows Telegram's view"
-    return (f"telegram {state.line()}" if state else "telegram unknown"), [Finding("telegram", False, p, fix) for p in problems]
+    fix = (f"`fab -H {host.name} telegram.webhook` points it here again; `telegram.status` shows "
+           "Telegram's view")
+    return (f"telegram {state.line()}" if state else "telegram unknown"), [Finding("telegram",
+                                                                                   False, p, fix)
+                                                                           for p in problems]
 
 
 def read_snapshot(host: Host) -> tuple[dict, float, float]:
@@ -59,13 +64,16 @@ def read_snapshot(host: Host) -> tuple[dict, float, float]:
 
 def jsonable(snap: dict, findings: list[Finding]) -> dict:
     return {**{k: v for k, v in snap.items() if k not in ("backups", "certs", "lock")},
-            "lock": dict(zip(("state", "holder", "liveness"), lock_commands.parse_report(snap["lock"]), strict=True)),
+            "lock": dict(zip(("state", "holder", "liveness"),
+                             lock_commands.parse_report(snap["lock"]), strict=True)),
             "backups": backup_commands.parse_sets(snap["backups"])[0],
-            "certs": [{**c, "expires": c["expires"].isoformat()} for c in tls_commands.parse_status(snap["certs"])],
+            "certs": [{**c, "expires": c["expires"].isoformat()}
+                      for c in tls_commands.parse_status(snap["certs"])],
             "findings": [asdict(f) for f in findings]}
 
 
-@task(name="status", default=True, help={"json_": "Print one JSON document (for scripts) instead of the screen."})
+@task(name="status", default=True, help={"json_": "Print one JSON document (for scripts) instead "
+                                                  "of the screen."})
 def status(c, json_=False):
     """One screen: release, lock, services against their limits, host, database, JetStream,
     backup, certificates, the plan's scaling triggers, and warnings."""
@@ -80,7 +88,8 @@ def status(c, json_=False):
     if swarm is not None:
         findings += swarm_findings(swarm)
     if as_json:
-        print(json.dumps({**jsonable(snap, findings), **({"swarm": swarm} if swarm is not None else {})}, indent=2, default=str))
+        print(json.dumps({**jsonable(snap, findings), **({"swarm": swarm} if swarm is not None
+                                                         else {})}, indent=2, default=str))
         return
     print("\n".join(status_lines(snap, findings, now, host.name)))
     if bot_line:
@@ -103,7 +112,8 @@ def doctor(c, json_=False):
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
         if not findings:
-            print(f"{host.name}: every check passed (services, memory, connection pool, JetStream, disk, clock, "
+            print(f"{host.name}: every check passed (services, memory, connection pool, JetStream, "
+                  "disk, clock, "
                   f"certificates, backup and sampler jobs, WAL archive).")
         for f in findings:
             print(f"[{f.check}] {f.summary}\n    -> {f.advice.replace('HOST', host.name)}")

@@ -80,7 +80,8 @@ class SwarmHost(SwarmNodes, Host):
         guards.check_postgres_major(self, env)
 
     def require_one_host(self, action: str) -> None:
-        raise Exit(f"{self.name} is in a Docker Swarm: `{action}` works on one Compose host. Recover "
+        raise Exit(f"{self.name} is in a Docker Swarm: `{action}` works on one Compose host. "
+                   "Recover "
                    f"onto a fresh VPS (not yet in a swarm), then `cluster.init` with it first "
                    f"(docs/several-hosts.md, \"From one VPS to a cluster\"). Nothing was changed.",
                    code=ExitCode.HOST_NOT_READY)
@@ -88,17 +89,23 @@ class SwarmHost(SwarmNodes, Host):
     def require_pitr(self) -> None:
         """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again
         at once on the same volume: refused on a swarm, before anything changes."""
-        raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm yet "
-                                              "(Swarm would restart the stopped Postgres on the volume "
+        raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm "
+                                              "yet "
+                                              "(Swarm would restart the stopped Postgres on the "
+                                              "volume "
                                               "being restored). Restore a backup set instead "
                                               "(`backup.restore --name SET`). Nothing was changed")
 
-    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
+    def restore_backup(self, set_name: str, *, fresh_database: bool = False,
+                       migrate: bool = False) -> None:
         """A restore scales api and worker down and up (`docker service scale`): a manager only."""
         if self.engine_problem:
-            raise StepFailed("restore", f"on a swarm a restore scales the api and worker services down and "
-                                        f"up again, which only a manager can; {self.name} is a worker. Make "
-                                        f"the data node a manager (`docker node promote NODE` on the "
+            raise StepFailed("restore", "on a swarm a restore scales the api and worker services "
+                                        "down and "
+                                        f"up again, which only a manager can; {self.name} is a "
+                                        "worker. Make "
+                                        "the data node a manager (`docker node promote NODE` on "
+                                        "the "
                                         f"manager) and run the restore there. Nothing was changed")
         super().restore_backup(set_name, fresh_database=fresh_database, migrate=migrate)
 
@@ -109,11 +116,13 @@ class SwarmHost(SwarmNodes, Host):
         return tls_commands.nginx_test_running(self.ctx, self.current_id)
 
     def state(self) -> dict:
-        """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees them."""
+        """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees
+        them."""
         return manager_status(self.conn, self.stack)
 
     # --- rolling out ------------------------------------------------------------------------
-    def wait_converged(self, services: list[str] | None, what: str, before: dict | None = None) -> float:
+    def wait_converged(self, services: list[str] | None, what: str,
+                       before: dict | None = None) -> float:
         started = time.monotonic()
         reasons: list[str] = []
         wanted = [self.ctx.service_name(s) for s in services] if services else None
@@ -123,30 +132,38 @@ class SwarmHost(SwarmNodes, Host):
                 return time.monotonic() - started
             if verdict == "failed":
                 failed = " ".join(reason.split(":")[0] for reason in reasons)
-                raise StepFailed(what, f"Swarm rolled the update back by itself ({'; '.join(reasons)}): the new tasks "
-                                       f"did not pass their health checks, and the previous ones kept serving; `docker "
+                raise StepFailed(what, "Swarm rolled the update back by itself "
+                                       f"({'; '.join(reasons)}): the new tasks "
+                                       "did not pass their health checks, and the previous ones "
+                                       "kept serving; `docker "
                                        f"service ps {failed} --no-trunc` on {self.name} says why.")
             time.sleep(2)
-        raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: {'; '.join(reasons)}")
+        raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: "
+                               f"{'; '.join(reasons)}")
 
     def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
-        """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled back
-        by Swarm on failure), awaited; then `current`, nginx and the probe as on one host. `backend`
-        is ignored: Swarm changes only the services whose spec changed."""
+        """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled
+        back by Swarm on failure), awaited; then `current`, nginx and the probe as on one host.
+        `backend` is ignored: Swarm changes only the services whose spec changed."""
         self.require_manager()
         stack_file = commands.stack_file(self.ctx, release.id)
         before = self.state()["services"]
         if not self.current_id:  # the first release: nginx mounts its config from `current`
             self.run(rollout.switch_current(self.ctx, release.id), "switch current")
         with self.steps.step("rolling update (docker stack deploy)"):
-            out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack file: it was "
-                           f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))),
+            out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has "
+                           "no stack file: it was "
+                           f"not deployed to a swarm' >&2; exit 1; }}; "
+                           + sh(commands.stack_deploy(self.stack, [stack_file],
+                                                      bool(self.settings.registry))),
                            "rolling update")
             for line in out.stdout.splitlines():
                 print(f"   {line}")
-            print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s", flush=True)
+            print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s",
+                  flush=True)
         with self.steps.step("switch current and reload nginx"):
-            self.run(rollout.switch_current(self.ctx, release.id) + " && " + commands.nginx_reload(self.stack), "switch current")
+            self.run(rollout.switch_current(self.ctx, release.id) + " && "
+                     + commands.nginx_reload(self.stack), "switch current")
         with self.steps.step("health checks"):
             self.probe(release)
         if then:
@@ -161,7 +178,8 @@ class SwarmHost(SwarmNodes, Host):
     def release_images(self) -> tuple[str, str]:
         """The built images, named in REGISTRY when the nodes pull them from there."""
         registry, stack = self.settings.registry, self.stack
-        image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack), registry)
+        image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack),
+                                           registry)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
         return image, image_commands.in_registry(postgres, registry) if postgres else ""
 
@@ -173,9 +191,11 @@ class SwarmHost(SwarmNodes, Host):
         compose_left = self.probe_run(f"{self.ctx.with_engine('compose').containers('api')} "
                                       f"| head -n 1").stdout.strip()
         if compose_left:
-            raise Exit(f"The single-host Compose stack {self.stack} still runs on {self.name}: stop it "
+            raise Exit(f"The single-host Compose stack {self.stack} still runs on {self.name}: "
+                       "stop it "
                        f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
-                       f"swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS to "
+                       "swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS "
+                       "to "
                        f"a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
@@ -184,13 +204,15 @@ class SwarmHost(SwarmNodes, Host):
 
     def render(self, plan, release_id: str) -> dict:
         """The stack for `docker stack deploy`: the three files, `${VAR}` filled in."""
-        values = {**env_values(self.settings, plan.env_file, absolute_app_dir(self.facts, self.ctx.app_dir)),
+        values = {**env_values(self.settings, plan.env_file, absolute_app_dir(self.facts,
+                                                                              self.ctx.app_dir)),
                   "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
                   **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
             return swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
-            raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
+            raise Exit(f"The stack files need a setting: {err}. Nothing was changed.",
+                       code=ExitCode.USAGE) from None
 
     def serving_on(self) -> str:
         return f"the swarm ({len(self.state()['nodes'])} nodes)"
@@ -205,7 +227,8 @@ class SwarmHost(SwarmNodes, Host):
         ctx, release = self.ctx, plan.release
         rid = release.id
         rendered = self.render(plan, rid)
-        self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid))
+        self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image,
+                                                                                      rid))
                  + " && " + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
         self.put_text(swarm_stack.dump_stack(rendered), commands.stack_file(ctx, rid))
         self.put_text(swarm_stack.dump_stack(swarm_stack.only_services(rendered, DATA_SERVICES)),
@@ -215,29 +238,34 @@ class SwarmHost(SwarmNodes, Host):
         s = self.settings
         role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
         self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user,
-                                                  s.postgres_password.reveal(), s.postgres_db), role_sql)
+                                                  s.postgres_password.reveal(), s.postgres_db),
+                      role_sql)
         # Protected; the role's file also where a restore on this node finds it (commands/db.py).
         self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/* && "
                  + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]),
                  "protect stack files")
         self.postgres_image = rendered["services"]["postgres"]["image"]
-        self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
+        self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")),
+                 "record release")
         return set(), self.releases()[0]
 
     def provide_images(self, plan, on_host: set[str]) -> None:
         release = plan.release
         built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
         self.ship_to_nodes(self.state()["nodes"],
-                           [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
+                           [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)],
+                           built)
 
     def start_data(self, plan) -> tuple[release_commands.SchemaState, Host]:
         """Postgres and NATS deployed first and awaited; the schema read where the data is."""
         data_file = commands.stack_file(self.ctx, plan.release.id, "data")
         with self.steps.step("start postgres and nats"):
             before = self.state()["services"]
-            self.run(sh(commands.stack_deploy(self.stack, [data_file], bool(self.settings.registry))),
+            self.run(sh(commands.stack_deploy(self.stack, [data_file],
+                                              bool(self.settings.registry))),
                      "deploy data services")
-            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
+            took = self.wait_converged(sorted(DATA_SERVICES), "start postgres and nats", before)
+            print(f"   ready in {took:.1f}s")
         data = self.data_host()
         return data.schema(plan.release.id), data
 
@@ -264,9 +292,11 @@ class SwarmHost(SwarmNodes, Host):
         print("services:")
         for name, service in sorted(self.render(plan, rid)["services"].items()):
             deploy = service.get("deploy") or {}
-            where = ", ".join((deploy.get("placement") or {}).get("constraints") or []) or "any node"
+            where = ", ".join((deploy.get("placement") or {}).get("constraints")
+                              or []) or "any node"
             order = (deploy.get("update_config") or {}).get("order", "stop-first")
-            print(f"   {name:9} {service.get('image', '?'):44} replicas {deploy.get('replicas', 1)}  "
+            print(f"   {name:9} {service.get('image', '?'):44} replicas "
+                  f"{deploy.get('replicas', 1)}  "
                   f"on {where}  update {order}")
         print("images:")
         shipping = self.dry_run_images(release)
@@ -275,16 +305,19 @@ class SwarmHost(SwarmNodes, Host):
             print(f"   {line}")
         data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
         planned = [
-            Planned("prepare release", self.name, f"lay out {ctx.release_dir(rid)} and write the stack "
-                                                  f"files (0600) in {commands.stack_dir(ctx, rid)}"),
+            Planned("prepare release", self.name,
+                    f"lay out {ctx.release_dir(rid)} and write the stack files (0600) in "
+                    f"{commands.stack_dir(ctx, rid)}"),
             Planned("upload files (rsync)", "here",
                     f"rsync {' '.join(self.sent_paths)} to {self.name}:{ctx.release_dir(rid)}/"),
-            *(Planned(self.images_step, name, f"docker load < (docker save {' '.join(missing)} from "
+            *(Planned(self.images_step, name, f"docker load < (docker save {' '.join(missing)} "
+                                              "from "
                                               f"here, over SSH)") for name, missing in shipping),
             Planned("start postgres and nats", self.name,
                     sh(commands.stack_deploy(stack, [data_file], registry)) + "  (awaited)"),
             *([Planned(ARCHIVE_STEP, "data node", "pgBackRest: the stanza and a first full backup "
-                                                  "when missing")] if release.postgres_image else []),
+                                                  "when missing")] if release.postgres_image
+              else []),
             Planned("migrate database", self.name, self.migrate_command(release)),
             Planned(APP_ROLE_STEP, self.name, commands.ensure_app_role(
                 ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"])),
@@ -294,7 +327,8 @@ class SwarmHost(SwarmNodes, Host):
             Planned("switch current and reload nginx", self.name,
                     rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
             Planned("health checks", self.name, "the health probe, then RELEASE.json marked ok")]
-        planning.print_planned(self, planned, f"Commands that would change the swarm, in order (the "
+        planning.print_planned(self, planned, "Commands that would change the swarm, in order "
+                               "(the "
                                f"deploy also takes {self.name}'s lock and appends one line to "
                                f"{ctx.audit_log}; when the rolling update fails it puts "
                                f"{current or 'nothing'} back):")
@@ -305,12 +339,16 @@ def summary_lines(state: dict, stack: str) -> list[str]:
     lines = [f"Swarm: {len(state['nodes'])} node(s)"]
     per_node = commands.tasks_per_node(state["tasks"])
     for n in state["nodes"]:
-        labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items()) if v == "true")
-        lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} {n['state']:6} {n['address']:15} "
-                     f"{labels or '-':11} {' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
+        labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items())
+                          if v == "true")
+        lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} "
+                     f"{n['state']:6} {n['address']:15} "
+                     f"{labels or '-':11} "
+                     f"{' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
     lines.append(f"Stack {stack}: {len(state['services'])} service(s)")
     for name, s in sorted(state["services"].items()):
         lines.append(f"  {name:32} {s['replicas']:8} {s['update'] or '-':20} {s['image']}")
-    verdict, reasons = commands.convergence(state["services"], before=state["services"])  # a past rollback is history
+    # a past rollback is history
+    verdict, reasons = commands.convergence(state["services"], before=state["services"])
     lines.append(f"state: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
     return lines

@@ -29,7 +29,8 @@ class SwarmNodes:
     """Mixed into `SwarmHost`, whose connection, settings, context and manager state it uses."""
 
     def node_hosts(self, nodes: list[dict], step: str) -> list[tuple[dict, Host]]:
-        """Every node that is up, opened over SSH by the alias it joined with (this connection for the manager)."""
+        """Every node that is up, opened over SSH by the alias it joined with (this connection for
+        the manager)."""
         out: list[tuple[dict, Host]] = []
         for node in nodes:
             alias = node["alias"]
@@ -37,13 +38,16 @@ class SwarmNodes:
                 out.append((node, self))
                 continue
             if not alias:
-                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} label, so it cannot be "
+                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} "
+                                       "label, so it cannot be "
                                        f"reached over SSH: join it with cluster.init")
             if node["state"] != "ready" or node["availability"] == "drain":
-                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images when it is back: deploy again)")
+                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images "
+                      "when it is back: deploy again)")
                 continue
             try:
-                out.append((node, Host.open(Connection(alias, config=self.conn.config), self.settings)))
+                out.append((node, Host.open(Connection(alias, config=self.conn.config),
+                                            self.settings)))
             except Exit as refused:
                 raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
         return out
@@ -54,30 +58,38 @@ class SwarmNodes:
         if self.probe_run(self.ctx.container("postgres")).stdout.strip():
             return self
         nodes = nodes if nodes is not None else self.state()["nodes"]
-        data = [host for node, host in self.node_hosts(nodes, "data node") if node["labels"].get(commands.LABEL_DATA) == "true"]
+        data = [host for node, host in self.node_hosts(nodes, "data node")
+                if node["labels"].get(commands.LABEL_DATA) == "true"]
         if not data:
-            raise StepFailed("data node", f"Postgres does not run on {self.name} and no reachable node has the label "
-                                          f"{commands.LABEL_DATA}=true (`cluster.status` shows the nodes)")
+            raise StepFailed("data node", f"Postgres does not run on {self.name} and no reachable "
+                                          "node has the label "
+                                          f"{commands.LABEL_DATA}=true (`cluster.status` shows the "
+                                          "nodes)")
         return data[0]
 
     def ship_to_nodes(self, nodes: list[dict], images: list[str], built: list[tuple[str, Path]],
                       step: str = "images on every node") -> None:
-        """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`;
-        `built` (image, build directory) are built here first when this machine lacks them."""
+        """Every node that lacks an image gets it over SSH (no registry): `docker save | docker
+        load`; `built` (image, build directory) are built here first when this machine lacks
+        them."""
         for image, context in built:
             if not localhost.ok(["docker", "image", "inspect", image]):
                 print(f"   building {image} here", flush=True)
                 result = localhost.run(image_commands.local_build(image, context), check=False)
                 if result.returncode:
-                    raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
+                    raise StepFailed(f"build {context.name} image here",
+                                     result.stderr.strip()[-800:])
             if self.pulled(image):
                 started = time.monotonic()
                 result = localhost.run(image_commands.push(image), check=False)
                 if result.returncode:
-                    raise StepFailed(step, f"docker push {image} failed: {result.stderr.strip()[-500:]} (is this machine "
-                                           f"logged in to {self.settings.registry}, and does Docker trust it?); nothing "
+                    raise StepFailed(step, f"docker push {image} failed: "
+                                           f"{result.stderr.strip()[-500:]} (is this machine "
+                                           f"logged in to {self.settings.registry}, and does "
+                                           "Docker trust it?); nothing "
                                            f"on the swarm was changed")
-                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)", flush=True)
+                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)",
+                      flush=True)
         images = [i for i in images if not self.pulled(i)]
         lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
         for _node, host in self.node_hosts(nodes, step):
@@ -87,9 +99,12 @@ class SwarmNodes:
                 continue
             absent = [i for i in missing if not localhost.ok(["docker", "image", "inspect", i])]
             if absent:
-                raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine does not have "
-                                       f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
-                                       f"that release (its images are built here), or pick another release")
+                raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine "
+                                       "does not have "
+                                       f"{'it' if len(absent) == 1 else 'them'} to send: deploy "
+                                       "again from a checkout of "
+                                       "that release (its images are built here), or pick another "
+                                       "release")
             lacking.setdefault(tuple(missing), []).append(host)
         for missing, hosts in lacking.items():
             ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
@@ -100,18 +115,25 @@ class SwarmNodes:
 
     def ensure_image(self, release: Release, step: str = "images on every node") -> None:
         """The release's images (backend, Postgres) on every node that is up."""
-        if not self.probe_run(f"test -f {commands.q(commands.stack_file(self.ctx, release.id))}").ok:
-            raise StepFailed(step, f"release {release.id} has no stack file ({commands.stack_file(self.ctx, release.id)}): it "
-                                   f"was not deployed to this swarm (a Compose release from before `cluster.init`?). Pick "
-                                   f"a swarm release (`fab -H {self.name} releases`); nothing was changed")
+        stack_file = commands.stack_file(self.ctx, release.id)
+        if not self.probe_run(f"test -f {commands.q(stack_file)}").ok:
+            raise StepFailed(step, f"release {release.id} has no stack file "
+                                   f"({commands.stack_file(self.ctx, release.id)}): it "
+                                   "was not deployed to this swarm (a Compose release from before "
+                                   "`cluster.init`?). Pick "
+                                   f"a swarm release (`fab -H {self.name} releases`); nothing was "
+                                   "changed")
         images = [release.image, *([release.postgres_image] if release.postgres_image else [])]
         self.ship_to_nodes(self.state()["nodes"], images, [], step)
 
     def ensure_archive(self, nodes: list[dict] | None = None) -> None:
         """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
         host = self.data_host(nodes)
-        out = host.run(pitr_commands.ensure_stanza(host.ctx, host.ctx.container("postgres")), "WAL archive", hide=True).stdout
-        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
+        out = host.run(pitr_commands.ensure_stanza(host.ctx, host.ctx.container("postgres")),
+                       "WAL archive", hide=True).stdout
+        state = release_commands.parse_facts("\n".join(line[len("@@fact "):]
+                                                       for line in out.splitlines()
+                                                       if line.startswith("@@fact ")))
         print(f"   {host.name}: WAL archive {state.get('pitr', 'unknown')}")
 
     def dry_run_images(self, release: Release) -> list[tuple[str, list[str]]]:
@@ -122,7 +144,8 @@ class SwarmNodes:
             if not localhost.ok(["docker", "image", "inspect", image]):
                 print(f"   here: {image} would be built first")
             if self.pulled(image):
-                print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes pull it)")
+                print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes "
+                      "pull it)")
         images = [i for i in images if not self.pulled(i)]
         shipping: list[tuple[str, list[str]]] = []
         for _node, host in self.node_hosts(self.state()["nodes"], self.images_step):

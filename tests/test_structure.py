@@ -4,10 +4,12 @@ the product (tasks/) never imports the test lab (lab/)."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import itertools
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -206,3 +208,22 @@ def test_modules_and_functions_stay_small():
                      and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert too_long == []
 
+
+
+def wide_lines(path) -> list[int]:
+    """Lines over MAX_COLUMNS, except where column MAX_COLUMNS falls inside a multi-line string:
+    a host-side script or file the builders send, whose lines are what the host reads."""
+    text = path.read_text()
+    texts = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+             if t.type == tokenize.STRING and t.end[0] > t.start[0]]
+    inside = {row for t in texts for row in range(t.start[0] + 1, t.end[0] + 1)}
+    inside |= {t.start[0] for t in texts if t.start[1] < MAX_COLUMNS}
+    return [number for number, line in enumerate(text.splitlines(), 1)
+            if len(line) > MAX_COLUMNS and number not in inside]
+
+
+def test_lines_fit_in_100_columns():
+    """tasks/ reads at MAX_COLUMNS columns (the host-side scripts it embeds excepted)."""
+    wide = [f"{path.relative_to(ROOT).as_posix()}:{number}"
+            for path in PRODUCT_SOURCES for number in wide_lines(path)]
+    assert wide == [], f"{len(wide)} lines over {MAX_COLUMNS} columns"

@@ -1,8 +1,9 @@
-"""Docker Swarm across several hosts (`fab -H a,b,c cluster.init`, `cluster.deploy`, `cluster.status`,
-`cluster.drain`/`activate`): the commands, the parsers of what the hosts print, and the stack files
-`docker stack deploy` reads, rendered from the same compose.yml + docker-compose.production.yml the
-single host runs, plus swarm.yml (the one swarm-only stack definition). Nothing here opens a connection.
-The stack file itself is rendered by commands/swarm_stack.py.
+"""Docker Swarm across several hosts (`fab -H a,b,c cluster.init`, `cluster.deploy`,
+`cluster.status`, `cluster.drain`/`activate`): the commands, the parsers of what the hosts print,
+and the stack files `docker stack deploy` reads, rendered from the same compose.yml +
+docker-compose.production.yml the single host runs, plus swarm.yml (the one swarm-only stack
+definition). Nothing here opens a connection. The stack file itself is rendered by
+commands/swarm_stack.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Mapping
 from . import q, sh
 from .context import HostContext
 
-LABEL_DATA = "tasktracker.data"  # Postgres and NATS (and their volumes) live on the node with this label
+# Postgres and NATS (and their volumes) live on the node with this label
+LABEL_DATA = "tasktracker.data"
 LABEL_ENTRY = "tasktracker.entry"  # nginx (the release files, TLS, the published ports) on this one
-LABEL_ALIAS = "tasktracker.alias"  # the SSH alias the node was joined with: how tasks reach it again
+# the SSH alias the node was joined with: how tasks reach it again
+LABEL_ALIAS = "tasktracker.alias"
 SWARM_PORT = 2377
 SETTLED_UPDATE_STATES = ("", "completed")
 FAILED_UPDATE_STATES = ("rollback_started", "rollback_completed", "rollback_paused", "paused")
@@ -27,16 +30,18 @@ FAILED_UPDATE_STATES = ("rollback_started", "rollback_completed", "rollback_paus
 
 def facts() -> str:
     """The host's swarm state, its address on the network the hosts share (the source address of
-    its default route: the interface a VPS's peers reach it on), its hostname, and whether the kernel
-    has IPVS (the routing mesh and service VIPs need it)."""
+    its default route: the interface a VPS's peers reach it on), its hostname, and whether the
+    kernel has IPVS (the routing mesh and service VIPs need it)."""
     return "; ".join([
         "printf 'swarm=%s\\n' \"$(docker info --format '{{json .Swarm}}' 2>/dev/null)\"",
-        "printf 'address=%s\\n' \"$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == \"src\") "
+        "printf 'address=%s\\n' \"$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < "
+        "NF; i++) if ($i == \"src\") "
         "{print $(i + 1); exit}}')\"",
         "printf 'first_address=%s\\n' \"$(hostname -I 2>/dev/null | awk '{print $1}')\"",
         "printf 'hostname=%s\\n' \"$(hostname)\"",
         "printf 'ipvs=%s\\n' \"$([ -e /proc/net/ip_vs ] && echo yes || echo no)\"",
-        "printf 'live_restore=%s\\n' \"$(docker info --format '{{.LiveRestoreEnabled}}' 2>/dev/null)\"",
+        "printf 'live_restore=%s\\n' \"$(docker info --format '{{.LiveRestoreEnabled}}' "
+        "2>/dev/null)\"",
     ])
 
 
@@ -49,25 +54,32 @@ def parse_facts(output: str) -> dict:
     except ValueError:
         swarm = {}
     managers = [m.get("Addr", "") for m in (swarm.get("RemoteManagers") or [])]
-    return {"state": swarm.get("LocalNodeState", "unknown") or "unknown", "manager": bool(swarm.get("ControlAvailable")),
-            "node_id": swarm.get("NodeID", ""), "node_addr": swarm.get("NodeAddr", ""), "managers": managers,
+    return {"state": swarm.get("LocalNodeState", "unknown") or "unknown",
+            "manager": bool(swarm.get("ControlAvailable")),
+            "node_id": swarm.get("NodeID", ""), "node_addr": swarm.get("NodeAddr", ""),
+            "managers": managers,
             "address": raw.get("address", "").strip() or raw.get("first_address", "").strip(),
-            "hostname": raw.get("hostname", "").strip(), "ipvs": raw.get("ipvs", "").strip() == "yes",
+            "hostname": raw.get("hostname", "").strip(),
+            "ipvs": raw.get("ipvs", "").strip() == "yes",
             "live_restore": raw.get("live_restore", "").strip() == "true"}
 
 
-# --- forming the swarm ------------------------------------------------------------------------------
+# --- forming the swarm ----------------------------------------------------------------------------
 
-# Swarm mode refuses to start with live-restore on (provision turns it on for a single host: containers
-# survive a Docker upgrade). Off in daemon.json, then a reload (SIGHUP: live-restore is reloadable, no
+# Swarm mode refuses to start with live-restore on (provision turns it on for a single host:
+# containers
+# survive a Docker upgrade). Off in daemon.json, then a reload (SIGHUP: live-restore is reloadable,
+# no
 # container restarts). Runs as root through the deploy user's sudo.
 LIVE_RESTORE_OFF = ("python3 -c 'import json, os; p = \"/etc/docker/daemon.json\"; "
-                    "d = json.load(open(p)) if os.path.exists(p) else {}; d[\"live-restore\"] = False; "
+                    "d = json.load(open(p)) if os.path.exists(p) else {}; d[\"live-restore\"] = "
+                    "False; "
                     "open(p, \"w\").write(json.dumps(d, indent=2) + \"\\n\")' && "
                     "(systemctl reload docker || kill -HUP \"$(pidof dockerd)\")")
 
 
-FIREWALL_FILE = "/etc/tasktracker-firewall.nft"  # provision's (commands/provision.py): SSH, HTTP, HTTPS only
+# provision's (commands/provision.py): SSH, HTTP, HTTPS only
+FIREWALL_FILE = "/etc/tasktracker-firewall.nft"
 SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"
 
 
@@ -90,8 +102,10 @@ def open_firewall(peers: list[str], uid: str = "1000") -> str:
     """Write the swarm rules, include them in provision's firewall file (once: it is what the boot
     unit loads, so they survive a reboot) and reload that file; as root. No-op without the file."""
     include = f'include "{SWARM_FIREWALL_FILE}"'
-    script = (f"if [ -f {FIREWALL_FILE} ]; then printf %s {q(swarm_firewall(peers))} > {SWARM_FIREWALL_FILE} && "
-              f"(grep -qxF {q(include)} {FIREWALL_FILE} || echo {q(include)} >> {FIREWALL_FILE}) && nft -f {FIREWALL_FILE}; fi")
+    script = (f"if [ -f {FIREWALL_FILE} ]; then printf %s {q(swarm_firewall(peers))} > "
+              f"{SWARM_FIREWALL_FILE} && "
+              f"(grep -qxF {q(include)} {FIREWALL_FILE} || echo {q(include)} >> {FIREWALL_FILE}) "
+              f"&& nft -f {FIREWALL_FILE}; fi")
     return script if uid == "0" else f"sudo -n sh -c {q(script)}"
 
 
@@ -113,7 +127,8 @@ def join_token(role: str = "worker") -> list[str]:
 
 
 def join(token: str, manager: str, address: str) -> list[str]:
-    return ["docker", "swarm", "join", "--token", token, "--advertise-addr", address, f"{manager}:{SWARM_PORT}"]
+    return ["docker", "swarm", "join", "--token", token, "--advertise-addr", address,
+            f"{manager}:{SWARM_PORT}"]
 
 
 def label(node: str, labels: Mapping[str, str]) -> list[str]:
@@ -129,9 +144,10 @@ def availability(node: str, state: str) -> list[str]:
     return ["docker", "node", "update", "--availability", state, node]
 
 
-# --- what the swarm runs ---------------------------------------------------------------------------
+# --- what the swarm runs --------------------------------------------------------------------------
 
-NODE_FORMAT = "{{.ID}}\t{{.Description.Hostname}}\t{{.Spec.Role}}\t{{.Spec.Availability}}\t{{.Status.State}}\t{{.Status.Addr}}\t{{json .Spec.Labels}}"
+NODE_FORMAT = ("{{.ID}}\t{{.Description.Hostname}}\t{{.Spec.Role}}\t{{.Spec.Availability}}\t"
+               "{{.Status.State}}\t{{.Status.Addr}}\t{{json .Spec.Labels}}")
 
 
 def status(stack: str) -> str:
@@ -145,9 +161,12 @@ def status(stack: str) -> str:
         f"docker service ls --filter {filt} --format '{{{{json .}}}}'",
         "echo '@@ updates'",
         f"for s in $(docker service ls -q --filter {filt}); do docker service inspect --format "
-        + q("{{.Spec.Name}}\t{{if .UpdateStatus}}{{.UpdateStatus.State}}\t{{.UpdateStatus.StartedAt}}{{end}}") + " \"$s\"; done",
+        + q("{{.Spec.Name}}\t{{if "
+            ".UpdateStatus}}{{.UpdateStatus.State}}\t{{.UpdateStatus.StartedAt}}{{end}}")
+        + " \"$s\"; done",
         "echo '@@ tasks'",
-        f"docker stack ps {q(stack)} --filter desired-state=running --format '{{{{json .}}}}' 2>/dev/null",
+        f"docker stack ps {q(stack)} --filter desired-state=running --format '{{{{json .}}}}' "
+        "2>/dev/null",
         "true",
     ])
 
@@ -182,7 +201,8 @@ def parse_status(output: str) -> dict:
             labels = json.loads(parts[6]) or {}
         except ValueError:
             labels = {}
-        nodes.append({"id": parts[0], "hostname": parts[1], "role": parts[2], "availability": parts[3], "state": parts[4],
+        nodes.append({"id": parts[0], "hostname": parts[1], "role": parts[2],
+                      "availability": parts[3], "state": parts[4],
                       "address": parts[5], "labels": labels, "alias": labels.get(LABEL_ALIAS, "")})
     services: dict[str, dict] = {}
     for line in sections.get("services", []):
@@ -191,26 +211,31 @@ def parse_status(output: str) -> dict:
         except ValueError:
             continue
         running, desired = parse_replicas(row.get("Replicas", ""))
-        services[row.get("Name", "")] = {"mode": row.get("Mode", ""), "replicas": row.get("Replicas", ""),
-                                         "running": running, "desired": desired, "image": row.get("Image", ""), "update": "",
+        services[row.get("Name", "")] = {"mode": row.get("Mode", ""),
+                                         "replicas": row.get("Replicas", ""),
+                                         "running": running, "desired": desired,
+                                         "image": row.get("Image", ""), "update": "",
                                          "update_started": ""}
     for line in sections.get("updates", []):
         name, _, rest = line.partition("\t")
         state, _, started = rest.partition("\t")
         if name in services:
-            services[name]["update"], services[name]["update_started"] = state.strip(), started.strip()
+            services[name]["update"], services[name]["update_started"] = (state.strip(),
+                                                                          started.strip())
     tasks = []
     for line in sections.get("tasks", []):
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        tasks.append({"name": row.get("Name", ""), "node": row.get("Node", ""), "state": row.get("CurrentState", ""),
+        tasks.append({"name": row.get("Name", ""), "node": row.get("Node", ""),
+                      "state": row.get("CurrentState", ""),
                       "image": row.get("Image", ""), "error": row.get("Error", "")})
     return {"nodes": nodes, "services": services, "tasks": tasks}
 
 
-def convergence(services: dict, wanted: list[str] | None = None, before: dict | None = None) -> tuple[str, list[str]]:
+def convergence(services: dict, wanted: list[str] | None = None,
+                before: dict | None = None) -> tuple[str, list[str]]:
     """('done' | 'failed' | 'waiting', reasons) for the stack's services (or the `wanted` ones):
     done when every one runs all its replicas and no update is in progress; failed when Swarm rolled
     an update back (update_config's failure_action) or paused it. An update already over in `before`
@@ -225,7 +250,8 @@ def convergence(services: dict, wanted: list[str] | None = None, before: dict | 
             continue
         old = (before or {}).get(name, {})
         stale = (s["update"] in FAILED_UPDATE_STATES and bool(s.get("update_started"))
-                 and (old.get("update"), old.get("update_started")) == (s["update"], s["update_started"]))
+                 and (old.get("update"), old.get("update_started")) == (s["update"],
+                                                                        s["update_started"]))
         if s["update"] in FAILED_UPDATE_STATES and not stale:
             failed.append(f"{name}: update {s['update'].replace('_', ' ')}")
         elif s["update"] not in SETTLED_UPDATE_STATES and not stale:
@@ -272,14 +298,17 @@ def prepare_stack_dir(ctx: HostContext, release_id: str) -> list[str]:
 
 
 def network(stack: str) -> str:
-    """The stack's default overlay network (attachable in swarm.yml, so one-off containers join it)."""
+    """The stack's default overlay network (attachable in swarm.yml, so one-off containers join
+    it)."""
     return f"{stack}_default"
 
 
 def stack_deploy(stack: str, files: list[str], registry: bool = False) -> list[str]:
-    """Images are never resolved to a digest: their tags name their content. Shipped images are on every
-    node; with a registry, the nodes pull the built ones, with the manager's login (`--with-registry-auth`)."""
-    argv = ["docker", "stack", "deploy", "--resolve-image", "never", *(["--with-registry-auth"] if registry else [])]
+    """Images are never resolved to a digest: their tags name their content. Shipped images are on
+    every node; with a registry, the nodes pull the built ones, with the manager's login
+    (`--with-registry-auth`)."""
+    argv = ["docker", "stack", "deploy", "--resolve-image", "never",
+            *(["--with-registry-auth"] if registry else [])]
     for f in files:
         argv += ["-c", f]
     return [*argv, stack]
@@ -288,7 +317,8 @@ def stack_deploy(stack: str, files: list[str], registry: bool = False) -> list[s
 def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[str]:
     """Alembic once, in a one-off container of the release's image on the stack's network (on the
     manager; Postgres answers by its service name wherever it runs)."""
-    return ["docker", "run", "--rm", "--network", network(stack), "--env-file", f"{stack_dir(ctx, release_id)}/migrate.env",
+    return ["docker", "run", "--rm", "--network", network(stack), "--env-file",
+            f"{stack_dir(ctx, release_id)}/migrate.env",
             image, "alembic", "upgrade", "head"]
 
 
@@ -310,8 +340,10 @@ def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_imag
 
 def nginx_reload(stack: str) -> str:
     """HUP nginx's master in the entry node's nginx task (this host: nginx is placed on it)."""
-    container = f"docker ps -q --filter label=com.docker.swarm.service.name={q(stack + '_nginx')} | head -n 1"
-    return f"c=$({container}); if [ -n \"$c\" ]; then docker exec \"$c\" kill -HUP 1; else echo 'no nginx task here' >&2; exit 1; fi"
+    container = (f"docker ps -q --filter label=com.docker.swarm.service.name={q(stack + '_nginx')} "
+                 "| head -n 1")
+    return (f"c=$({container}); if [ -n \"$c\" ]; then docker exec \"$c\" kill -HUP 1; else echo "
+            "'no nginx task here' >&2; exit 1; fi")
 
 
 def remove_stack(stack: str) -> list[str]:

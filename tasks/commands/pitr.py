@@ -22,7 +22,8 @@ from .programs import program
 STANZA = "main"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 TIME_RE = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
-RECOVERY_WAIT_SECONDS = 600  # replaying WAL up to the target: minutes for a day of writes on a small VPS
+# replaying WAL up to the target: minutes for a day of writes on a small VPS
+RECOVERY_WAIT_SECONDS = 600
 NO_PGBACKREST_EXIT = 9  # the release's Postgres image has no pgBackRest (an older release)
 
 # Shell: run pgBackRest as postgres in the container "$pg".
@@ -30,7 +31,8 @@ BR = 'docker exec -u postgres "$pg" pgbackrest'
 # Shell shared by the two restore scripts, where "$pg" is the postgres container: `sql` runs one
 # statement in the app's database; the image and its pgBackRest settings (only those: no password)
 # for one-off containers; `wait_promoted` waits until Postgres runs and is out of recovery.
-SQL_FUNCTION = 'sql() { docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"\' psql "$1"; }'
+SQL_FUNCTION = ('sql() { docker exec "$pg" sh -c \'psql -X -At -U "$POSTGRES_USER" -d '
+                '"$POSTGRES_DB" -c "$1"\' psql "$1"; }')
 CONTAINER_SETTINGS = """image=$(docker inspect -f '{{.Config.Image}}' "$pg")
 envfile=$(mktemp) && chmod 600 "$envfile"
 docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$pg" | grep '^PGBACKREST_' > "$envfile\""""
@@ -51,14 +53,17 @@ CONF_DIR = "/var/lib/pgbackrest/conf.d"
 def parse_target(text: str, now: datetime) -> datetime:
     """The UTC moment `--to-time` names ("YYYY-MM-DD HH:MM:SS", UTC); ValueError with the fix."""
     if not re.fullmatch(TIME_RE, text.strip()):
-        raise ValueError(f"--to-time {text!r} is not a time in the form \"YYYY-MM-DD HH:MM:SS\" (UTC), for example "
+        raise ValueError(f"--to-time {text!r} is not a time in the form \"YYYY-MM-DD HH:MM:SS\" "
+                         "(UTC), for example "
                          f"--to-time \"{now.strftime(TIME_FORMAT)}\".")
     try:
         target = datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:
-        raise ValueError(f"--to-time {text!r} is not a real date and time (UTC, \"YYYY-MM-DD HH:MM:SS\").") from None
+        raise ValueError(f"--to-time {text!r} is not a real date and time (UTC, \"YYYY-MM-DD "
+                         "HH:MM:SS\").") from None
     if target >= now:
-        raise ValueError(f"--to-time {text} is not in the past (it is {now.strftime(TIME_FORMAT)} UTC on the host): the "
+        raise ValueError(f"--to-time {text} is not in the past (it is {now.strftime(TIME_FORMAT)} "
+                         "UTC on the host): the "
                          f"archive cannot hold what has not happened. Give an earlier time (UTC).")
     return target
 
@@ -158,11 +163,13 @@ def parse_info(output: str) -> dict:
         stanzas = json.loads(values.get("info") or "[]")
     except ValueError:
         stanzas = []
-    backups = [b for s in stanzas if s.get("name") == STANZA for b in s.get("backup", []) if not b.get("error")]
+    backups = [b for s in stanzas if s.get("name") == STANZA for b in s.get("backup", [])
+               if not b.get("error")]
     if not backups:
         return {**result, "state": "no-backup", "backups": 0}
     stops = sorted(int(b["timestamp"]["stop"]) for b in backups)
-    return {**result, "state": "ok", "backups": len(backups), "oldest": stops[0], "newest": stops[-1]}
+    return {**result, "state": "ok", "backups": len(backups), "oldest": stops[0],
+            "newest": stops[-1]}
 
 
 def archive_failing(state: dict) -> bool:
@@ -171,12 +178,14 @@ def archive_failing(state: dict) -> bool:
 
 
 def window_line(state: dict) -> str:
-    """One line for backup.list: how far back a restore --to-time reaches, and the archive's health."""
+    """One line for backup.list: how far back a restore --to-time reaches, and the archive's
+    health."""
     def at(seconds: int) -> str:
         return datetime.fromtimestamp(seconds, timezone.utc).strftime(TIME_FORMAT) + " UTC"
 
     if state["state"] in ("unavailable", "no-postgres"):
-        return ("point in time: not available (" + ("the live Postgres image has no pgBackRest" if state["state"] == "unavailable"
+        return ("point in time: not available (" + ("the live Postgres image has no pgBackRest"
+                                                    if state["state"] == "unavailable"
                                                      else "postgres is not running") + ")")
     if state["state"] == "no-backup":
         line = ("point in time: no pgBackRest backup yet (the next deploy or `fab backup` takes "
@@ -197,17 +206,21 @@ def window_line(state: dict) -> str:
 def window_problem(state: dict, target: datetime) -> str | None:
     """Why the archive cannot reach `target` (None: it can)."""
     if state["state"] == "unavailable":
-        return ("the live release's Postgres image has no pgBackRest (it predates point-in-time recovery): deploy this "
-                "checkout first, then restores can reach any moment after its first pgBackRest backup")
+        return ("the live release's Postgres image has no pgBackRest (it predates point-in-time "
+                "recovery): deploy this "
+                "checkout first, then restores can reach any moment after its first pgBackRest "
+                "backup")
     if state["state"] == "no-postgres":
         return "no postgres container is running (start the stack: `fab compose.up`)"
     if state["state"] == "no-backup":
-        return "the WAL archive has no pgBackRest backup yet (deploy, or run `fab backup`, to take the first)"
+        return ("the WAL archive has no pgBackRest backup yet (deploy, or run `fab backup`, to "
+                "take the first)")
     oldest = datetime.fromtimestamp(state["oldest"], timezone.utc)
     if target < oldest:
         return (f"{target.strftime(TIME_FORMAT)} is before the oldest pgBackRest backup ended "
-                f"({oldest.strftime(TIME_FORMAT)} UTC), so the archive cannot reach it; the window starts there "
-                f"(`fab backup.list` shows it). For an older state restore a backup set: --name SET")
+                f"({oldest.strftime(TIME_FORMAT)} UTC), so the archive cannot reach it; the window "
+                "starts there (`fab backup.list` shows it). For an older state restore a backup "
+                "set: --name SET")
     return None
 
 

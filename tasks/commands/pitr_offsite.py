@@ -38,7 +38,8 @@ def offsite_conf(repository: str, password: str) -> str:
         f"repo2-sftp-host-port={port}", f"repo2-sftp-host-user={user or 'root'}",
         f"repo2-sftp-private-key-file={OFFSITE_DIR}/key", "repo2-sftp-host-key-check-type=strict",
         "repo2-sftp-host-key-hash-type=sha256", f"repo2-sftp-known-host={OFFSITE_DIR}/known_hosts",
-        "repo2-cipher-type=aes-256-cbc", f"repo2-cipher-pass={password}", "repo2-retention-full=2", ""])
+        "repo2-cipher-type=aes-256-cbc", f"repo2-cipher-pass={password}", "repo2-retention-full=2",
+        ""])
 
 
 def install_offsite(repository: str, conf_file: str, container: str, stanza: bool = True) -> str:
@@ -48,7 +49,8 @@ def install_offsite(repository: str, conf_file: str, container: str, stanza: boo
     (not `stanza` for `recover`: the cluster running is the new host's empty one, and repo2 holds
     the lost host's). Prints `pitr-offsite=ok|unavailable`; exits 1 with the reason otherwise."""
     def into(path: str, mode: str) -> str:
-        inside = f"umask 077 && cat > {path}.new && chown postgres:postgres {path}.new && chmod {mode} {path}.new && mv -f {path}.new {path}"
+        inside = (f"umask 077 && cat > {path}.new && chown postgres:postgres {path}.new && chmod "
+                  f"{mode} {path}.new && mv -f {path}.new {path}")
         return f"docker exec -u root -i \"$pg\" sh -c {q(inside)}"
     return f"""set -o pipefail
 pg=$({container})
@@ -69,7 +71,8 @@ echo "pitr-offsite=ok"
 """
 
 
-def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compose_start: str) -> str:
+def restore_from_offsite(ctx: HostContext, target: str, before_start: str,
+                         compose_start: str) -> str:
     """For `recover` on a new host, after the newest set was restored: replace the database with
     the lost host's latest archived WAL (or `target`, UTC) from repo2. The set's data directory is
     first copied aside in the volume (complete, or not at all); if anything fails, the migration
@@ -80,7 +83,8 @@ def restore_from_offsite(ctx: HostContext, target: str, before_start: str, compo
     1 (could not read it, or put back: the set's data) or PUT_BACK_FAILED_EXIT. On every path but
     0, repo2's settings leave the volume, so this host does not archive into the lost host's
     stanza (`backup.offsite.init` sets it up again)."""
-    return offsite_restore_functions(ctx, compose_start) + offsite_restore_stages(ctx, target, before_start)
+    return offsite_restore_functions(ctx, compose_start) + offsite_restore_stages(ctx, target,
+                                                                                  before_start)
 
 
 PG_DATA = "/var/lib/postgresql/data"

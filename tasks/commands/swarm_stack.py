@@ -21,13 +21,14 @@ import yaml
 
 STACK_FORMAT = "3.8"  # Compose file format 3.8: every key the stack uses, Docker Engine 19.03+
 DROPPED_KEYS = ("build", "restart", "container_name", "security_opt", "depends_on", "profiles")
-VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
+                    r"|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def interpolate(text: str, values: Mapping[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`, `$VAR`
-    from `values`; `$$` stays `$$` and a `$` inside a value becomes `$$` (the CLI reads both as `$`).
-    ValueError for a required variable that is missing."""
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
+    `$VAR` from `values`; `$$` stays `$$` and a `$` inside a value becomes `$$` (the CLI reads both
+    as `$`). ValueError for a required variable that is missing."""
     def sub(m: re.Match) -> str:
         if m.group(1):
             return "$$"
@@ -110,10 +111,11 @@ def _mount_target(entry) -> str:
 def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> dict:
     """The one stack file for `docker stack deploy`, from the compose files in order (swarm.yml
     last), merged here as Compose merges them (the stack CLI's own merge appends `command` lists and
-    keeps both mounts at one target): interpolated, Compose-only keys dropped, `env_file` replaced by
-    the values; without the routing mesh (`mesh`: the kernel has IPVS) every service resolves by DNS
-    round robin (`endpoint_mode: dnsrr`) and publishes in host mode."""
-    profiled = {name for doc in docs for name, s in (doc.get("services") or {}).items() if (s or {}).get("profiles")}
+    keeps both mounts at one target): interpolated, Compose-only keys dropped, `env_file` replaced
+    by the values; without the routing mesh (`mesh`: the kernel has IPVS) every service resolves by
+    DNS round robin (`endpoint_mode: dnsrr`) and publishes in host mode."""
+    profiled = {name for doc in docs for name, s in (doc.get("services") or {}).items()
+                if (s or {}).get("profiles")}
     merged: dict = {}
     for doc in docs:
         doc = {k: v for k, v in _interpolated(copy.deepcopy(doc), values).items()
@@ -132,14 +134,16 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
             continue
         service = {k: v for k, v in service.items() if k not in DROPPED_KEYS}
         if "ports" in service:
-            ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"]) if p]
+            ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"])
+                     if p]
             service["ports"] = ports
             if not ports:
                 service.pop("ports")
         if not mesh:
             service["deploy"] = {**service.get("deploy", {}), "endpoint_mode": "dnsrr"}
         services[name] = service
-    return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"}, "services": services}
+    return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"},
+            "services": services}
 
 
 class _StackDumper(yaml.SafeDumper):
@@ -177,7 +181,8 @@ def migration_environment(rendered: dict) -> dict:
 
 
 def only_services(rendered: dict, names: set[str]) -> dict:
-    """The same stack with only `names` (the data services, deployed and awaited before migrating)."""
+    """The same stack with only `names` (the data services, deployed and awaited before
+    migrating)."""
     return {**rendered, "services": {k: v for k, v in rendered["services"].items() if k in names}}
 
 
