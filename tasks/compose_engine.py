@@ -20,6 +20,7 @@ from .commands import images as image_commands
 from .commands import notify as notify_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import rollout, sh
 from .commands import status as status_commands
 from .settings import PROJECT_ROOT
@@ -80,7 +81,7 @@ class ComposeEngine:
                        + "; " + release_commands.list_releases(self.ctx), "prepare release").stdout
         return image_commands.parse_present(out), release_commands.parse_releases(out)[0]
 
-    def start_backend(self, release: Release) -> release_commands.SchemaState:
+    def start_backend(self, release: Release) -> schema_commands.SchemaState:
         """One round trip: build the backend image on the host if it is missing, start Postgres and
         NATS, and read the database's schema state (fails closed: see SchemaState.readable)."""
         stream = self.steps.remote()
@@ -90,7 +91,7 @@ class ComposeEngine:
         if not result.ok:
             raise StepFailed(stream.current or "start backend",
                              self.redact(f"exit {result.exited}: {result.stderr.strip()[-1500:]}"))
-        return release_commands.parse_schema("\n".join(stream.facts))
+        return schema_commands.parse_schema("\n".join(stream.facts))
 
     def start_backend_script(self, release: Release) -> str:
         present_or_build = release_commands.image_present_or_build
@@ -99,7 +100,7 @@ class ComposeEngine:
             build += "\n" + present_or_build(release.postgres_image,
                                              sh(compose_commands.build_postgres(self.ctx)))
         return rollout.start_backend(self.ctx, release.id, build,
-                                     release_commands.schema_state(self.ctx, release.id,
+                                     schema_commands.schema_state(self.ctx, release.id,
                                                                    self.settings.db_wait_seconds))
 
     def ensure_archive(self) -> None:
@@ -250,7 +251,7 @@ class ComposeEngine:
             print(f"   the host has {len(needed) - len(lacking)} of {len(needed)} images"
                   + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
 
-    def start_data(self, plan) -> tuple[release_commands.SchemaState, "Host"]:
+    def start_data(self, plan) -> tuple[schema_commands.SchemaState, "Host"]:
         """Postgres and NATS up (images built on the host when that is the place), the schema
         read: one round trip; the data is here."""
         return self.start_backend(plan.release), self

@@ -25,12 +25,14 @@ from .commands import audit as audit_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import sh
 from .commands.context import HostContext
 from .compose_engine import ComposeEngine
 from .host_data import DataOperations
 from .exits import ExitCode
 from .identity import identity, now_iso
+from .preflight import absolute_app_dir, choose_compose, choose_engine, host_problem
 from .settings import Settings
 from .steps import StepFailed, Steps, redact, run_checked
 
@@ -67,65 +69,6 @@ class Release:
         return {**self.meta, "release": self.id, "backend_image": self.image,
                 "assets": list(self.assets),
                 "previous": self.previous, "result": result, **extra}
-
-
-def choose_compose(facts: dict[str, str], wanted: str) -> str | None:
-    if wanted in ("auto", "v2") and facts.get("compose_v2"):
-        return "v2"
-    if wanted in ("auto", "v1") and facts.get("compose_v1"):
-        return "v1"
-    return None
-
-
-def choose_engine(facts: dict[str, str], wanted: str, alias: str) -> tuple[str, str | None]:
-    """(`compose` or `swarm`, a problem or None) from ENGINE and the host's `swarm` fact: auto is
-    Swarm on a swarm manager and Compose outside a swarm; a swarm worker takes no stack
-    operation."""
-    state, _, manager = facts.get("swarm", "").partition("/")
-    if wanted == "compose":
-        return "compose", None
-    if state == "active" and manager == "true":
-        return "swarm", None
-    if state == "active":
-        return "swarm", (f"{alias} is a worker in a Docker Swarm: stack operations run on a "
-                         "manager (`fab -H MANAGER ...`; "
-                         "`cluster.status` lists the nodes), or set ENGINE=compose to run Compose "
-                         "on this host alone.")
-    if wanted == "swarm":
-        return "swarm", (f"ENGINE=swarm, but {alias} is not in a Docker Swarm (`docker info` "
-                         f"reports {state or 'nothing'}): "
-                         f"form one with `fab -H {alias},OTHER... cluster.init`, or set "
-                         "ENGINE=compose.")
-    return "compose", None
-
-
-def host_problem(facts: dict[str, str], alias: str, wanted: str) -> str | None:
-    """A clear message when the host cannot take a deploy, else None."""
-    user = facts.get("user", "the deploy user")
-    docker = facts.get("docker", "missing")
-    if docker == "missing":
-        return (f"Docker is not installed on {alias}. Install Docker Engine with the Compose "
-                "plugin "
-                f"(`curl -fsSL https://get.docker.com | sh`), add {user} to the docker group "
-                f"(`usermod -aG docker {user}`), and run the deploy again.")
-    if not docker[:1].isdigit():
-        return (f"{user} cannot use Docker on {alias} ({docker.strip()[:160]}). Start the Docker "
-                "daemon "
-                f"(`systemctl start docker`) and add {user} to the docker group (`usermod -aG "
-                f"docker {user}`, "
-                f"then log in again), and run the deploy again.")
-    if choose_compose(facts, wanted) is None:
-        which = "Docker Compose" if wanted == "auto" else f"Docker Compose {wanted}"
-        return (f"{which} is not available on {alias}. Install the Compose plugin "
-                f"(`apt-get install docker-compose-plugin`) and run the deploy again.")
-    if not facts.get("rsync"):
-        return (f"rsync is not installed on {alias}. Install it (`apt-get install rsync`) and run "
-                "the deploy again.")
-    return None
-
-
-def absolute_app_dir(facts: dict[str, str], app_dir: str) -> str:
-    return app_dir if app_dir.startswith("/") else f"{facts.get('home', '').rstrip('/')}/{app_dir}"
 
 
 def _json(text: str | None) -> dict:
@@ -378,11 +321,11 @@ class Host(ComposeEngine, DataOperations):
                                              "again.")
         return Release.from_meta(release_id, meta)
 
-    def schema(self, release_id: str) -> release_commands.SchemaState:
+    def schema(self, release_id: str) -> schema_commands.SchemaState:
         """The database's schema state as seen with `release_id`'s migrations."""
-        out = self.probe_run(release_commands.schema_state(self.ctx, release_id,
+        out = self.probe_run(schema_commands.schema_state(self.ctx, release_id,
                                                            self.settings.db_wait_seconds)).stdout
-        return release_commands.parse_schema(out)
+        return schema_commands.parse_schema(out)
 
     # --- alerts ----------------------------------------------------------------------------
     def install_notify(self, along: str = "", step: str = "install alerts") -> None:

@@ -16,6 +16,7 @@ from .commands import db as db_commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import sh
 from .commands import transfer as transfer_commands
 from .commands.release import releases_to_prune
@@ -131,16 +132,16 @@ def dry_run_migrations(host, current: str) -> tuple[list[str], bool, bool]:
     """The migrations the deploy would run, with the database's revision read (read-only) through
     the live release: (lines to print, whether a database backup is taken first, whether
     `alembic upgrade head` runs)."""
-    local = release_commands.local_revisions(PROJECT_ROOT / "backend" / "alembic" / "versions")
+    local = schema_commands.local_revisions(PROJECT_ROOT / "backend" / "alembic" / "versions")
     if not current:
         return [f"no live release, so a fresh database: all {len(local)} would run "
-                f"({', '.join(release_commands.pending_revisions(local, ''))})"], False, True
+                f"({', '.join(schema_commands.pending_revisions(local, ''))})"], False, True
     state = host.schema(current)
     if not state.readable:
         return [f"the database's revision could not be read ({state.error or 'no answer'}): the "
                 "deploy would stop before "
                 f"migrating (fail closed) and {current} would keep serving"], False, False
-    pending = release_commands.pending_revisions(local, state.revision)
+    pending = schema_commands.pending_revisions(local, state.revision)
     if state.fresh:
         return [f"the database has no migration yet: all {len(pending)} would run "
                 f"({', '.join(pending)})"], False, True

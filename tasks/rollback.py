@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .commands.release import SchemaState
+from .commands.schema import SchemaState
 from .exits import ExitCode
 from .host import WAIT_HELP
 from .settings import ENV_HELP, choose_env

@@ -31,13 +31,16 @@ from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import rollout, sh, swarm_stack
 from .commands import tls as tls_commands
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
-from .host import Host, Release, absolute_app_dir
+from .host import Host, Release
+from .preflight import absolute_app_dir
 from .planning import Planned
-from .settings import PROJECT_ROOT, env_values
+from .release_env import env_values
+from .settings import PROJECT_ROOT
 from .steps import StepFailed
 from .swarm_nodes import SwarmNodes
 
@@ -256,7 +259,7 @@ class SwarmHost(SwarmNodes, Host):
                            [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)],
                            built)
 
-    def start_data(self, plan) -> tuple[release_commands.SchemaState, Host]:
+    def start_data(self, plan) -> tuple[schema_commands.SchemaState, Host]:
         """Postgres and NATS deployed first and awaited; the schema read where the data is."""
         data_file = commands.stack_file(self.ctx, plan.release.id, "data")
         with self.steps.step("start postgres and nats"):

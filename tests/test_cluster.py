@@ -268,7 +268,8 @@ def test_api_and_worker_connect_as_the_app_role_and_the_migration_as_the_owner(r
 
 def test_the_swarm_stack_gets_the_role_the_settings_derive(tmp_path):
     from tasks.commands import db
-    from tasks.settings import Settings, env_values
+    from tasks.release_env import env_values
+    from tasks.settings import Settings
 
     settings = Settings.load(env_file=ROOT / ".env.example", environ={
         "POSTGRES_PASSWORD": "owner pw", "NATS_PASSWORD": "n", "TELEGRAM_BOT_TOKEN": "1:t",

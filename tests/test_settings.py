@@ -306,7 +306,7 @@ def test_loopback_http_and_plain_sftp_repositories_are_accepted(tmp_path, overri
 def test_logfire_is_off_by_default_and_its_token_a_secret_the_stack_gets(tmp_path):
     """Without LOGFIRE_TOKEN nothing traces; with it, the token is redacted like any secret and the
     release's .env (the only way it reaches the containers) carries it and LOGFIRE_BASE_URL."""
-    from tasks.settings import env_values
+    from tasks.release_env import env_values
 
     assert (load(tmp_path).logfire_token, load(tmp_path).logfire_base_url) == ("", "")
     assert env_values(load(tmp_path), None, "/srv/tt")["LOGFIRE_TOKEN"] == ""

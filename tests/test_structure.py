@@ -21,7 +21,7 @@ TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__in
 LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "swarm_nodes", "engines", "pipeline",
                "planning", "guards", "remote", "settings", "settings_checks", "settings_files",
                "settings_groups", "steps", "exits", "identity", "build", "localhost", "botapi",
-               "health_checks", "schedule_checks", "status_screen"}
+               "health_checks", "schedule_checks", "status_screen", "preflight", "release_env"}
 SOURCES = sorted([*TASKS.rglob("*.py"), *LAB.rglob("*.py")])
 
 

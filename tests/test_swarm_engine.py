@@ -12,7 +12,8 @@ from tasks.commands import cluster as cluster_commands
 from tasks.commands import release as release_commands
 from tasks.commands import status as status_commands
 from tasks.commands.context import HostContext
-from tasks.host import Host, Release, choose_engine
+from tasks.host import Host, Release
+from tasks.preflight import choose_engine
 from tasks.health_checks import swarm_findings
 from tasks.steps import StepFailed
 from tasks.swarm import SwarmHost
