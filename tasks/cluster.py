@@ -89,30 +89,40 @@ def init(c, address=None, data=None):
                    "route, `hostname -I` "
                    f"empty). Pass --address. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
     if not _joining:  # the manager
-        if host_facts["state"] == "active":
-            if not host_facts["manager"]:
-                raise Exit(f"{name} is already a worker in a swarm: run cluster.init with its "
-                           "manager first in -H. "
-                           f"Nothing was changed.", code=ExitCode.USAGE)
-            print(f"{name}: already in the swarm (manager, {host_facts['node_addr']})")
-            manager_address = host_facts["node_addr"] or own
-        else:
-            conn.run(sh(commands.init(own)), hide=True)
-            print(f"{name}: swarm initialised, manager at {own}")
-            manager_address = own
-        node = host_facts["hostname"]
-        peers = [n["address"] for n in manager_status(conn, "")["nodes"]
-                 if n["address"]] or [manager_address]
-        firewall(conn, name, peers)
-        labels = {commands.LABEL_ALIAS: name, commands.LABEL_ENTRY: "true"}
-        if data in (None, name):
-            labels[commands.LABEL_DATA] = "true"
-        conn.run(sh(commands.label(node, labels)), hide=True)
-        token = conn.run(sh(commands.join_token("worker")), hide=True).stdout.strip()
-        _joining.update(manager=conn, manager_address=manager_address, token=token, data=data,
-                        peers=peers,
-                        members=[(name, conn)])
-        return
+        init_manager(conn, name, host_facts, own, data)
+    else:
+        join_worker(conn, name, host_facts, own)
+
+
+def init_manager(conn, name: str, host_facts: dict, own: str, data: str | None) -> None:
+    """The first -H host: the swarm formed (or found), its firewall, labels, the join token."""
+    if host_facts["state"] == "active":
+        if not host_facts["manager"]:
+            raise Exit(f"{name} is already a worker in a swarm: run cluster.init with its "
+                       "manager first in -H. "
+                       f"Nothing was changed.", code=ExitCode.USAGE)
+        print(f"{name}: already in the swarm (manager, {host_facts['node_addr']})")
+        manager_address = host_facts["node_addr"] or own
+    else:
+        conn.run(sh(commands.init(own)), hide=True)
+        print(f"{name}: swarm initialised, manager at {own}")
+        manager_address = own
+    node = host_facts["hostname"]
+    peers = [n["address"] for n in manager_status(conn, "")["nodes"]
+             if n["address"]] or [manager_address]
+    firewall(conn, name, peers)
+    labels = {commands.LABEL_ALIAS: name, commands.LABEL_ENTRY: "true"}
+    if data in (None, name):
+        labels[commands.LABEL_DATA] = "true"
+    conn.run(sh(commands.label(node, labels)), hide=True)
+    token = conn.run(sh(commands.join_token("worker")), hide=True).stdout.strip()
+    _joining.update(manager=conn, manager_address=manager_address, token=token, data=data,
+                    peers=peers,
+                    members=[(name, conn)])
+
+
+def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
+    """Each next -H host: every member's firewall opened to it, joined as a worker, labelled."""
     manager = _joining["manager"]
     # Every node accepts Swarm's ports from every other one: this one's address joins the set
     # everywhere.

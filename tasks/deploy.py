@@ -96,16 +96,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
     the newest set's certificates, this checkout's release, then the set's database and JetStream
     data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md,
     "The bad day")."""
-    if not from_offsite:
-        raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the "
-                   "off-site repository in "
-                   "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
-    if compose not in COMPOSE_CHOICES:
-        raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
-    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
-        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
-                   "`backup.offsite.list`). "
-                   f"Nothing was changed.", code=ExitCode.USAGE)
+    refuse_recover_flags(from_offsite, compose, name)
     remote.require_host(c)
     choose_env(c, env)
     settings = Settings.from_context(c)
@@ -125,16 +116,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
         with steps.step("connect and check host"):
             host = open_host(c, settings, compose=compose, steps=steps)
             host.require_one_host("recover")
-        marker = offsite_commands.recovering_marker(host.ctx)
-        resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
-        if host.current_id and not resuming:
-            raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a "
-                       "NEW host, and would replace "
-                       f"this one's database. To bring data back here use `fab -H {host.name} "
-                       "backup.restore`. Nothing was "
-                       f"changed.", code=ExitCode.REFUSED)
-        if resuming:
-            print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
+        resuming = resuming_recovery(host)
         host.preflight_checks(env)
         if skip_build:
             steps.skip("build frontend", "--skip-build")
@@ -154,6 +136,36 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
           + (f" and {wal_note}" if wal_note else "")
           + ". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H "
             f"{host.name} backup.schedule`.")
+
+
+def refuse_recover_flags(from_offsite: bool, compose: str, name: str | None) -> None:
+    """Refuses (changing nothing) flags `recover` cannot work with."""
+    if not from_offsite:
+        raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the "
+                   "off-site repository in "
+                   "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
+    if compose not in COMPOSE_CHOICES:
+        raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
+    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
+        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
+                   "`backup.offsite.list`). "
+                   f"Nothing was changed.", code=ExitCode.USAGE)
+
+
+def resuming_recovery(host: Host) -> str:
+    """The set of a recovery that did not finish on this host, or ''; refuses a host that already
+    serves a release of its own."""
+    marker = offsite_commands.recovering_marker(host.ctx)
+    resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
+    if host.current_id and not resuming:
+        raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a "
+                   "NEW host, and would replace "
+                   f"this one's database. To bring data back here use `fab -H {host.name} "
+                   "backup.restore`. Nothing was "
+                   f"changed.", code=ExitCode.REFUSED)
+    if resuming:
+        print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
+    return resuming
 
 
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:

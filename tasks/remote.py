@@ -82,6 +82,15 @@ def connect(c) -> Connection:
     Fabric accepts unknown host keys by default; a deploy tool must not. Host aliases from the
     project's SSH config (the sandbox) are layered in front of the user's own.
     """
+    conn = pinned_connection(c)
+    open_or_explain(conn)
+    keep_alive(conn)
+    return conn
+
+
+def pinned_connection(c) -> Connection:
+    """The task's host as a connection not yet open: the project's SSH config layered in front
+    of the user's for an alias it defines, host keys pinned."""
     given = require_host(c)
     host = given.original_host
     config = given.config.clone()
@@ -100,6 +109,11 @@ def connect(c) -> Connection:
         conn = CountingConnection(host, user=given.user, port=given.port, **options)
     conn.forward_agent = forward_agent_wanted()
     pin_host_keys(conn)
+    return conn
+
+
+def open_or_explain(conn: Connection) -> None:
+    """Open the connection; each way it fails ends the task with what to do (nothing changed)."""
     target = f"{conn.user}@{conn.host}:{conn.port}"
     alias = conn.original_host
     try:
@@ -137,8 +151,6 @@ def connect(c) -> Connection:
                    "name or address "
                    f"and that sshd listens on that port (and, from CI, the DEPLOY_HOST secret). "
                    f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
-    keep_alive(conn)
-    return conn
 
 
 def connect_as(conn: Connection, user: str) -> Connection:

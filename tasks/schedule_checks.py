@@ -33,6 +33,12 @@ def latest_backup(sets: list[dict]) -> dict | None:
 
 def schedule_findings(snap: dict, now: float) -> list[Finding]:
     """Certificates, backups, the WAL archive and the jobs that must run on their own."""
+    return [*certificate_findings(snap, now), *backup_findings(snap, now),
+            *sampler_findings(snap, now)]
+
+
+def certificate_findings(snap: dict, now: float) -> list[Finding]:
+    """Certificates close to expiry, and their renewal job: missing, or not run lately."""
     findings: list[Finding] = []
     add = findings.append
     certs = tls_commands.parse_status(snap["certs"], datetime.fromtimestamp(now, timezone.utc))
@@ -51,6 +57,14 @@ def schedule_findings(snap: dict, now: float) -> list[Finding]:
                                    f"{age_text(now - logs['renew.log']['mtime'])}",
                     "is cron running (`systemctl status cron`)? Run `fab -H HOST ssl.renew` by "
                     "hand to see its output"))
+    return findings
+
+
+def backup_findings(snap: dict, now: float) -> list[Finding]:
+    """A failed off-site copy, the WAL archive, the daily job and the latest full backup's age."""
+    findings: list[Finding] = []
+    add = findings.append
+    jobs, logs = snap["cron"]["jobs"], snap["cron"]["logs"]
     sets, backup_log = backup_commands.parse_sets(snap["backups"])
     latest = latest_backup(sets)
     push = offsite_commands.last_push(backup_log)
@@ -79,6 +93,14 @@ def schedule_findings(snap: dict, now: float) -> list[Finding]:
                         "the daily job did not run or failed" + (f" (its log ends: {last})" if last
                                                                  else "")
                         + "; run `fab -H HOST backup` now and read `backup.list`"))
+    return findings
+
+
+def sampler_findings(snap: dict, now: float) -> list[Finding]:
+    """The metrics sampler: installed, and recording every minute."""
+    findings: list[Finding] = []
+    add = findings.append
+    jobs = snap["cron"]["jobs"]
     if "sample" not in jobs:
         add(Finding("jobs", False, "the metrics sampler is not installed",
                     "deploy once (every deploy installs it)"))

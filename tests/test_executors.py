@@ -30,7 +30,6 @@ import tasks.tls as tls_tasks
 from tasks import remote
 from tasks.commands import budget
 from tasks.commands import images as image_commands
-from tasks.commands import release as release_commands
 from tasks.commands import schema as schema_commands
 from tasks.commands import lock as lock_commands
 from tasks.commands import notify as notify_commands

@@ -95,18 +95,7 @@ def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_databa
     recovery onto a new host): the database is dropped and made again, so the set's schema is
     all there is; `before_start`: a command run before api and worker start (the migration)."""
     d = q(f"{ctx.backups_dir}/{set_name}")
-    if fresh_database:
-        load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" "
-                "&& createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
-                "docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
-                "\"$POSTGRES_DB\" "
-                "--no-owner --no-privileges --single-transaction --exit-on-error' < "
-                f"{d}/database.dump")
-    else:
-        load = ("docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
-                "\"$POSTGRES_DB\" --clean --if-exists --no-owner "
-                f"--no-privileges "
-                f"--single-transaction --exit-on-error' < {d}/database.dump")
+    load = restore_database(d, fresh_database)
     # Swarm would start a stopped task's container again: scale the services instead
     if ctx.engine == "swarm":
         api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
@@ -149,6 +138,24 @@ fi
 {before_start + chr(10) if before_start else ""}start_services
 {wait_api}echo "[restore] api and worker started"
 """
+
+
+def restore_database(d: str, fresh_database: bool) -> str:
+    """The set's dump (`d`: its quoted directory) loaded into the database in one transaction:
+    over the existing one, or into a fresh one (`fresh_database`)."""
+    if fresh_database:
+        load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" "
+                "&& createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
+                "docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
+                "\"$POSTGRES_DB\" "
+                "--no-owner --no-privileges --single-transaction --exit-on-error' < "
+                f"{d}/database.dump")
+    else:
+        load = ("docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
+                "\"$POSTGRES_DB\" --clean --if-exists --no-owner "
+                f"--no-privileges "
+                f"--single-transaction --exit-on-error' < {d}/database.dump")
+    return load
 
 
 def parse_run(output: str) -> tuple[str, dict]:

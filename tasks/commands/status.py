@@ -116,7 +116,22 @@ JOBS_QUERY = ("select count(*) filter (where status = 'pending'), count(*) filte
 
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
-    app, project = q(ctx.app_dir), q(ctx.project)
+    sections = snapshot_sections(ctx)
+    # Every section runs at once (the slow ones: `docker stats` samples for about two seconds,
+    # `docker system df` sizes images), each into its own file, printed in order after `wait`.
+    # `echo` before each marker: a section whose output has no final newline (jsz) cannot
+    # swallow the next marker; parse_sections drops the blank lines this leaves.
+    started = " ".join(f"{{ {command}; }} > \"$t/{n}\" 2>/dev/null &" for n,
+                       (_, command) in enumerate(sections))
+    printed = "; ".join(f"echo; echo {q(SECTION + name)}; cat \"$t/{n}\"" for n,
+                        (name, _) in enumerate(sections))
+    return f"t=$(mktemp -d) || exit 1; {started} wait; {printed}; rm -rf \"$t\""
+
+
+def container_queries(ctx: HostContext) -> tuple[str, str]:
+    """The stack's containers on this host (a command listing their ids) and the `docker
+    inspect` format of one line per container."""
+    project = q(ctx.project)
     # the stack's tasks on this node; the service without the `<project>_` prefix
     if ctx.engine == "swarm":
         # a swarm keeps ended tasks
@@ -132,8 +147,15 @@ def snapshot(ctx: HostContext) -> str:
                       "{{.RestartCount}}|{{.State.OOMKilled}}|"
                       "{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.State.StartedAt}}|"
                       "{{slice .Id 0 12}}|{{.Name}}")
+    return containers, inspect_format
+
+
+def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
+    """(name, command) of each section of the snapshot, in the order they are printed."""
+    app = q(ctx.app_dir)
+    containers, inspect_format = container_queries(ctx)
     env_keys = "|".join(PUBLIC_ENV_KEYS)
-    sections = [
+    return [
         ("clock", "date +%s.%N"),
         ("host", "echo ncpu=$(nproc); awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ "
                  "{sub(\":\", \"\", $1); print $1 \"=\" $2}' "
@@ -179,15 +201,6 @@ def snapshot(ctx: HostContext) -> str:
         ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n "
                           "1) /dev/null 2>/dev/null | tail -n 1"),
     ]
-    # Every section runs at once (the slow ones: `docker stats` samples for about two seconds,
-    # `docker system df` sizes images), each into its own file, printed in order after `wait`.
-    # `echo` before each marker: a section whose output has no final newline (jsz) cannot
-    # swallow the next marker; parse_sections drops the blank lines this leaves.
-    started = " ".join(f"{{ {command}; }} > \"$t/{n}\" 2>/dev/null &" for n,
-                       (_, command) in enumerate(sections))
-    printed = "; ".join(f"echo; echo {q(SECTION + name)}; cat \"$t/{n}\"" for n,
-                        (name, _) in enumerate(sections))
-    return f"t=$(mktemp -d) || exit 1; {started} wait; {printed}; rm -rf \"$t\""
 
 
 # --- parsers -------------------------------------------------------------------------------
