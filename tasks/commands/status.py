@@ -47,6 +47,8 @@ TRIGGERS_AWK = (program("triggers.awk").replace("__ARCHIVE_STALL_S__", str(ARCHI
                 .replace("__WAL_MAX_DISK_FRACTION__", str(WAL_MAX_DISK_FRACTION)))
 
 SAMPLER_SCRIPT = program("sample.sh")
+# Each container's memory and CPU from its cgroup, in `docker stats`'s format, without its wait.
+CONTAINER_USAGE = program("container-usage.sh")
 
 
 def metrics_dir(ctx: HostContext) -> str:
@@ -66,9 +68,8 @@ def sampler_script() -> str:
 
 def sampler_cron_line(ctx_abs: HostContext) -> str:
     log = q(f"{metrics_dir(ctx_abs)}/sampler.log")
-    return (f"* * * * * {sh([sampler_path(ctx_abs), ctx_abs.app_dir, ctx_abs.project])} >> {log} "
-            "2>&1 "
-            f"{cron_marker('sample', ctx_abs.project)}")
+    command = sh([sampler_path(ctx_abs), ctx_abs.app_dir, ctx_abs.project])
+    return f"* * * * * {command} >> {log} 2>&1 {cron_marker('sample', ctx_abs.project)}"
 
 
 def install_sampler(ctx_abs: HostContext) -> str:
@@ -87,9 +88,9 @@ def install_sampler(ctx_abs: HostContext) -> str:
 
 def triggers(ctx: HostContext, window: int) -> str:
     """Shell: the trigger verdict over the last `window` seconds of samples."""
-    return (f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 2) /dev/null "
-            "2>/dev/null | "
-            f"awk -v now=\"$(date +%s)\" -v window={int(window)} {q(TRIGGERS_AWK)}")
+    return (f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 2) "
+            f"/dev/null 2>/dev/null | awk -v now=\"$(date +%s)\" -v window={int(window)} "
+            f"{q(TRIGGERS_AWK)}")
 
 
 def cron_section(ctx: HostContext) -> str:
@@ -106,8 +107,8 @@ def cron_section(ctx: HostContext) -> str:
 # than JOBS_LATE_SECONDS (the sweeper queues a late job again within JOB_REQUEUE_AFTER), failed
 # after their last try, and the age of the oldest pending one.
 JOBS_LATE_SECONDS = 300
-JOBS_QUERY = ("select count(*) filter (where status = 'pending'), count(*) filter (where status = "
-              "'pending' and "
+JOBS_QUERY = ("select count(*) filter (where status = 'pending'), "
+              "count(*) filter (where status = 'pending' and "
               f"coalesce(queued_at, created_at) < now() - interval '{JOBS_LATE_SECONDS} seconds'), "
               "count(*) filter (where status = 'failed'), "
               "coalesce(extract(epoch from now() - min(created_at) filter (where status = "
@@ -117,7 +118,7 @@ JOBS_QUERY = ("select count(*) filter (where status = 'pending'), count(*) filte
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
     sections = snapshot_sections(ctx)
-    # Every section runs at once (the slow ones: `docker stats` samples for about two seconds,
+    # Every section runs at once (the slow ones: container-usage samples CPU for half a second,
     # `docker system df` sizes images), each into its own file, printed in order after `wait`.
     # `echo` before each marker: a section whose output has no final newline (jsz) cannot
     # swallow the next marker; parse_sections drops the blank lines this leaves.
@@ -152,8 +153,9 @@ def container_queries(ctx: HostContext) -> tuple[str, str]:
 
 def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
     """(name, command) of each section of the snapshot, in the order they are printed."""
-    app = q(ctx.app_dir)
+    app, current = q(ctx.app_dir), q(ctx.current_link)
     containers, inspect_format = container_queries(ctx)
+    running = containers.replace(" -aq ", " -q ").replace(" -q ", " -q --no-trunc ")
     env_keys = "|".join(PUBLIC_ENV_KEYS)
     return [
         ("clock", "date +%s.%N"),
@@ -169,14 +171,11 @@ def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
                       "'{{.Type}}|{{.TotalCount}}|{{.Size}}|{{.Reclaimable}}' 2>/dev/null"),
         ("containers", f"ids=$({containers}); [ -z \"$ids\" ] || docker inspect --format "
                        f"{q(inspect_format)} $ids"),
-        ("stats", f"ids=$({containers.replace(' -aq ', ' -q ')}); [ -z \"$ids\" ] || "
-                  "docker stats --no-stream --format "
-                  "'{{.ID}}|{{.MemUsage}}|{{.CPUPerc}}' $ids"),
-        ("release", f"echo current=$(basename \"$(readlink {q(ctx.current_link)} 2>/dev/null)\" "
-                    "2>/dev/null); "
-                    f"echo meta=$(tr -d '\\n' < {q(ctx.current_link)}/RELEASE.json 2>/dev/null); "
-                    f"grep -E '^({env_keys})=' {q(ctx.current_link)}/.env 2>/dev/null | sed "
-                    "'s/^/env./'"),
+        ("stats", f"ids=$({running}); [ -z \"$ids\" ] || "
+                  f"bash -c {q(CONTAINER_USAGE)} container-usage $ids"),
+        ("release", f"echo current=$(basename \"$(readlink {current} 2>/dev/null)\" 2>/dev/null); "
+                    f"echo meta=$(tr -d '\\n' < {current}/RELEASE.json 2>/dev/null); "
+                    f"grep -E '^({env_keys})=' {current}/.env 2>/dev/null | sed 's/^/env./'"),
         ("lock", lock_status(ctx)),
         ("audit", f"tail -n 200 {q(ctx.audit_log)} 2>/dev/null | grep -E '\"action\": "
                   "\"(deploy|rollback)\"' | tail -n 5"),
