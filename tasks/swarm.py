@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from invoke import Exit
 
-from . import guards, planning
+from . import guards
 from .commands import cluster as commands
 from .commands import compose as compose_commands
 from .commands import db as db_commands
@@ -34,15 +34,14 @@ from .commands import release as release_commands
 from .commands import schema as schema_commands
 from .commands import rollout, sh, swarm_stack
 from .commands import tls as tls_commands
-from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
 from .host import Host, Release
 from .preflight import absolute_app_dir
-from .planning import Planned
 from .release_env import env_values
 from .settings import PROJECT_ROOT
 from .steps import StepFailed
 from .swarm_nodes import SwarmNodes
+from .swarm_plan import SwarmPlanning
 
 STACK_SOURCES = ("compose.yml", "docker-compose.production.yml", "swarm.yml")
 DATA_SERVICES = {"postgres", "nats"}
@@ -57,7 +56,7 @@ def load_sources(root: Path) -> list[dict]:
     return [yaml.safe_load((root / name).read_text()) or {} for name in STACK_SOURCES]
 
 
-class SwarmHost(SwarmNodes, Host):
+class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     """A swarm manager: the stack runs as `docker stack deploy`, its images on every node."""
 
     converge_seconds: float = CONVERGE_SECONDS
@@ -149,17 +148,11 @@ class SwarmHost(SwarmNodes, Host):
         back by Swarm on failure), awaited; then `current`, nginx and the probe as on one host.
         `backend` is ignored: Swarm changes only the services whose spec changed."""
         self.require_manager()
-        stack_file = commands.stack_file(self.ctx, release.id)
         before = self.state()["services"]
         if not self.current_id:  # the first release: nginx mounts its config from `current`
             self.run(rollout.switch_current(self.ctx, release.id), "switch current")
         with self.steps.step("rolling update (docker stack deploy)"):
-            out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has "
-                           "no stack file: it was "
-                           f"not deployed to a swarm' >&2; exit 1; }}; "
-                           + sh(commands.stack_deploy(self.stack, [stack_file],
-                                                      bool(self.settings.registry))),
-                           "rolling update")
+            out = self.run(self.rolling_update_command(release), "rolling update")
             for line in out.stdout.splitlines():
                 print(f"   {line}")
             print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s",
@@ -171,6 +164,13 @@ class SwarmHost(SwarmNodes, Host):
             self.probe(release)
         if then:
             self.run(then, "record release")
+
+    def rolling_update_command(self, release: Release) -> str:
+        """`docker stack deploy` of the release's stack file, refused when it has none."""
+        stack_file = commands.stack_file(self.ctx, release.id)
+        return (f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack "
+                f"file: it was not deployed to a swarm' >&2; exit 1; }}; "
+                + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))))
 
     # --- the swarm engine's part of the release pipeline (tasks/pipeline.py) -------------------
     sent_paths = fingerprints.SWARM_SENT_PATHS
@@ -287,55 +287,6 @@ class SwarmHost(SwarmNodes, Host):
         verdict, reasons = commands.convergence(services, before=services)
         return [] if verdict == "done" else reasons or [f"the stack is {verdict}"]
 
-    def dry_run_plan(self, plan) -> list[Planned]:
-        """`deploy --dry-run` on a swarm, once a release is planned: the stack's services, what each
-        node lacks, the migrations and the commands that would change the swarm, in order."""
-        ctx, stack, release, current = self.ctx, self.stack, plan.release, plan.current
-        rid, registry = release.id, bool(self.settings.registry)
-        print("services:")
-        for name, service in sorted(self.render(plan, rid)["services"].items()):
-            deploy = service.get("deploy") or {}
-            where = ", ".join((deploy.get("placement") or {}).get("constraints")
-                              or []) or "any node"
-            order = (deploy.get("update_config") or {}).get("order", "stop-first")
-            print(f"   {name:9} {service.get('image', '?'):44} replicas "
-                  f"{deploy.get('replicas', 1)}  "
-                  f"on {where}  update {order}")
-        print("images:")
-        shipping = self.dry_run_images(release)
-        print("migrations:")
-        for line in planning.dry_run_migrations(self, current)[0]:
-            print(f"   {line}")
-        data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
-        planned = [
-            Planned("prepare release", self.name,
-                    f"lay out {ctx.release_dir(rid)} and write the stack files (0600) in "
-                    f"{commands.stack_dir(ctx, rid)}"),
-            Planned("upload files (rsync)", "here",
-                    f"rsync {' '.join(self.sent_paths)} to {self.name}:{ctx.release_dir(rid)}/"),
-            *(Planned(self.images_step, name, f"docker load < (docker save {' '.join(missing)} "
-                                              "from "
-                                              f"here, over SSH)") for name, missing in shipping),
-            Planned("start postgres and nats", self.name,
-                    sh(commands.stack_deploy(stack, [data_file], registry)) + "  (awaited)"),
-            *([Planned(ARCHIVE_STEP, "data node", "pgBackRest: the stanza and a first full backup "
-                                                  "when missing")] if release.postgres_image
-              else []),
-            Planned("migrate database", self.name, self.migrate_command(release)),
-            Planned(APP_ROLE_STEP, self.name, commands.ensure_app_role(
-                ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"])),
-            Planned("rolling update (docker stack deploy)", self.name,
-                    sh(commands.stack_deploy(stack, [stack_file], registry))
-                    + "  (start-first, awaited; Swarm rolls back a failure)"),
-            Planned("switch current and reload nginx", self.name,
-                    rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
-            Planned("health checks", self.name, "the health probe, then RELEASE.json marked ok")]
-        planning.print_planned(self, planned, "Commands that would change the swarm, in order "
-                               "(the "
-                               f"deploy also takes {self.name}'s lock and appends one line to "
-                               f"{ctx.audit_log}; when the rolling update fails it puts "
-                               f"{current or 'nothing'} back):")
-        return planned
 
 def summary_lines(state: dict, stack: str) -> list[str]:
     """`cluster.status`'s lines: the nodes with their tasks, the stack's services, the verdict."""

@@ -942,7 +942,7 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     finally:
         sys.setprofile(None)
     assert str(PROJECT_ROOT / "tasks" / "pipeline.py") in visited
-    assert not [f for f in visited if f.endswith(("tasks/swarm.py", "tasks/swarm_nodes.py"))]  # no Swarm code
+    assert not [f for f in visited if f.endswith(("tasks/swarm.py", "tasks/swarm_nodes.py", "tasks/swarm_plan.py"))]  # no Swarm code
     assert outcome == {"release": "r3"}
     assert [p.command for p in planned if p.where == "host"] == [c for c in deploy_conn.commands if not _read_only(c)]
     assert [p.command.split(" <- ")[0] for p in planned if p.where == "sftp"] == [path for path, _ in deploy_conn.uploads]
