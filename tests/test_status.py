@@ -453,3 +453,44 @@ def test_the_alert_and_doctor_apply_one_rule(changes):
                 "stalled" if any("is stalled" in f for f in found) else
                 "pg_wal-high" if any(f.startswith("pg_wal holds") for f in found) else "ok")
     assert awk_archive(archive)["archive"] == expected, (found, awk_archive(archive))
+
+
+A = "a" * 64
+B = "b" * 64
+
+
+def container_usage(tmp_path, tree: dict[str, str], ids: list[str]) -> str:
+    """commands/status.CONTAINER_USAGE over a stand-in cgroup tree (`tree`: path -> text) and a
+    stand-in `docker` that answers `docker stats` (the fallback) with one line per id."""
+    root = tmp_path / "cgroup"
+    for path, text in tree.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\nfor id in "$@"; do case "$id" in [0-9a-f]*) '
+                                    'echo "stats:$(echo "$id" | cut -c1-12)";; esac; done\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CGROUP_ROOT": str(root)}
+    return subprocess.run(["bash", "-c", commands.CONTAINER_USAGE, "container-usage", *ids],
+                          capture_output=True, text=True, env=env, check=True).stdout
+
+
+def test_container_usage_reads_memory_and_cpu_from_cgroup_v2_and_v1(tmp_path):
+    v2 = {f"system.slice/docker-{A}.scope/memory.current": "104857600\n",
+          f"system.slice/docker-{A}.scope/memory.stat": "anon 1\ninactive_file 4194304\n",
+          f"system.slice/docker-{A}.scope/cpu.stat": "usage_usec 1000\nuser_usec 1\n"}
+    v1 = {f"memory/docker/{B}/memory.usage_in_bytes": "52428800\n",
+          f"memory/docker/{B}/memory.stat": "cache 1\ntotal_inactive_file 2097152\n",
+          f"cpuacct/docker/{B}/cpuacct.usage": "5000\n"}
+    lines = container_usage(tmp_path, {**v2, **v1}, [A, B]).splitlines()
+    assert lines == [f"{A[:12]}|100663296B / 0B|0.00%", f"{B[:12]}|50331648B / 0B|0.00%"]
+    parsed = commands.parse_containers(f"api|running||0|false|0|0|t|{A[:12]}|/api\n"
+                                       f"worker|running||0|false|0|0|t|{B[:12]}|/worker\n",
+                                       "\n".join(lines))
+    assert [(c["mem_bytes"], c["cpu_percent"]) for c in parsed] == [(96 * 1024 ** 2, 0.0),
+                                                                    (48 * 1024 ** 2, 0.0)]
+
+
+def test_container_usage_asks_docker_stats_when_a_cgroup_is_not_found(tmp_path):
+    assert container_usage(tmp_path, {}, [A]) == f"stats:{A[:12]}\n"

@@ -7,18 +7,18 @@
 # '{{.ID}}|{{.MemUsage}}|{{.CPUPerc}}'`, which it runs instead when a cgroup is not found.
 set -uo pipefail
 SAMPLE_S=0.5
+root=${CGROUP_ROOT:-/sys/fs/cgroup}  # another root only in tests/test_status.py
 declare -A version mem cpu start
 # The container's memory and CPU accounting directories: cgroup v2 or v1, with Docker's cgroupfs
 # or systemd driver.
 dirs() {
   local d
-  for d in "/sys/fs/cgroup/system.slice/docker-$1.scope" "/sys/fs/cgroup/docker/$1"; do
+  for d in "$root/system.slice/docker-$1.scope" "$root/docker/$1"; do
     [ -f "$d/memory.current" ] && [ -f "$d/cpu.stat" ] && { echo "2 $d $d"; return 0; }
   done
   for d in "docker/$1" "system.slice/docker-$1.scope"; do
-    [ -f "/sys/fs/cgroup/memory/$d/memory.usage_in_bytes" ] \
-      && [ -f "/sys/fs/cgroup/cpuacct/$d/cpuacct.usage" ] \
-      && { echo "1 /sys/fs/cgroup/memory/$d /sys/fs/cgroup/cpuacct/$d"; return 0; }
+    [ -f "$root/memory/$d/memory.usage_in_bytes" ] && [ -f "$root/cpuacct/$d/cpuacct.usage" ] \
+      && { echo "1 $root/memory/$d $root/cpuacct/$d"; return 0; }
   done
   return 1
 }
