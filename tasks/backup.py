@@ -168,8 +168,7 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
         answer = input(f"Restore the database on {host.name} to {when} UTC? Every change after "
                        "that moment leaves the live "
                        "database (it stays in the WAL archive), and the API is stopped meanwhile. "
-                       "Type the Compose project "
-                       f"name ({host.ctx.project}) to confirm: ")
+                       f"Type the Compose project name ({host.ctx.project}) to confirm: ")
         if answer.strip() != host.ctx.project:
             raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
     try:
@@ -184,8 +183,7 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
                    f"'{failure.step}': {failure.detail}")
     steps.print_table()
     print(f"The database on {host.name} is back at {when} UTC; health checks pass. What came after "
-          "that moment is still "
-          f"in the WAL archive (the timeline the restore printed).")
+          f"that moment is still in the WAL archive (the timeline the restore printed).")
 
 
 @task(help={"name": "The set to copy (default: the newest verified one).",

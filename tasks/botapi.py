@@ -55,8 +55,7 @@ def not_ready_reason(settings: Settings, name: str, https: bool | None) -> str |
         return f"APP_URL {settings.app_url} is not https:// (Telegram only calls HTTPS URLs)"
     if https is False:
         return (f"{name} serves no HTTPS for {settings.domain} yet (Telegram only calls HTTPS "
-                "URLs): "
-                f"run `fab -H {name} ssl.issue --email ...`, which sets the webhook")
+                f"URLs): run `fab -H {name} ssl.issue --email ...`, which sets the webhook")
     return None
 
 

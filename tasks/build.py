@@ -65,8 +65,7 @@ def require_node() -> None:
             f"Cannot build the dashboard: {' and '.join(missing)} not found on PATH. Install "
             "Node.js 20 "
             "with npm (for example `apt-get install nodejs npm`, or nvm), then run `invoke build` "
-            "again. "
-            f"frontend/dist was left as it was.",
+            f"again. frontend/dist was left as it was.",
             code=2,
         )
 
@@ -122,8 +121,7 @@ def build_frontend(c, frontend_dir: Path, force: bool = False) -> bool:
     staging.rename(dist)
     shutil.rmtree(old, ignore_errors=True)
     print(f"[build] frontend/dist ready: {manifest['files']} files, commit "
-          f"{manifest['git_commit']}, "
-          f"{time.monotonic() - started:.1f}s")
+          f"{manifest['git_commit']}, {time.monotonic() - started:.1f}s")
     return True
 
 

@@ -99,8 +99,7 @@ def init_manager(conn, name: str, host_facts: dict, own: str, data: str | None) 
     if host_facts["state"] == "active":
         if not host_facts["manager"]:
             raise Exit(f"{name} is already a worker in a swarm: run cluster.init with its "
-                       "manager first in -H. "
-                       f"Nothing was changed.", code=ExitCode.USAGE)
+                       f"manager first in -H. Nothing was changed.", code=ExitCode.USAGE)
         print(f"{name}: already in the swarm (manager, {host_facts['node_addr']})")
         manager_address = host_facts["node_addr"] or own
     else:

@@ -17,8 +17,7 @@ def up(c, wait=False):
 
 
 @task(help={"volumes": "Also delete the named volumes: THE DATABASE, NATS DATA AND THE "
-                       "POINT-IN-TIME ARCHIVE ARE LOST "
-                      "(asks first).",
+                       "POINT-IN-TIME ARCHIVE ARE LOST (asks first).",
             "yes": "Do not ask before deleting the volumes (scripts).", "wait": WAIT_HELP})
 def down(c, volumes=False, yes=False, wait=False):
     """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""

@@ -241,8 +241,7 @@ class ComposeEngine:
         mode = self.settings.ship_images
         ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
         if lacking and mode == "always":
-            raise StepFailed(self.images_step, "SHIP_IMAGES=always, but this machine does not "
-                                               "have "
+            raise StepFailed(self.images_step, "SHIP_IMAGES=always, but this machine does not have "
                                                f"{', '.join(lacking)} to send; pull or build them "
                                                f"here first.")
         if ship:

@@ -65,8 +65,7 @@ def upgrade(c, yes=False, wait=False, env=None):
     keep = commands.keep_volume(host.ctx, data,
                                 datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     print(f"PostgreSQL {data} -> {wanted} on {host.name}: {facts.get('image')} -> {image}; the old "
-          "data will be kept in "
-          f"volume {keep}.")
+          f"data will be kept in volume {keep}.")
     if not yes:
         confirm(host, wanted)
     result = run_upgrade(host, steps, wait=wait, data=data, wanted=wanted, image=image,
@@ -117,8 +116,7 @@ def ready_facts(host: Host, verdict: str, current: str | None) -> dict:
                    f"postgres container running on {host.name} (release: {current or 'none'}; "
                    "postgres: "
                    f"{'running' if facts.get('running') == 'yes' else 'not running'}). Start it "
-                   "with "
-                   f"`fab -H {host.name} compose.up` and run the upgrade again. Nothing was "
+                   f"with `fab -H {host.name} compose.up` and run the upgrade again. Nothing was "
                    "changed.",
                    code=ExitCode.HOST_NOT_READY)
     problem = commands.space_problem(int(facts.get("data_kb") or 0), int(facts.get("free_kb") or 0))

@@ -82,8 +82,7 @@ def print_remote_commands(what: str, rsync: str) -> None:
                     "far; required.",
     "name": "The off-site set to recover (default: the newest; see `backup.offsite.list`).",
     "to_time": "With the WAL archive off-site (an SFTP repository): bring the database to this "
-               "moment, \"YYYY-MM-DD "
-               "HH:MM:SS\" in UTC, instead of to the last archived WAL.",
+               "moment, \"YYYY-MM-DD HH:MM:SS\" in UTC, instead of to the last archived WAL.",
     "skip_build": "Deploy the frontend/dist already built.",
     "compose": ("Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 "
                 "or v2."),
@@ -107,8 +106,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
                    code=ExitCode.USAGE)
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke "
-                   "build` first. "
-                   "Nothing was changed on the server.", code=ExitCode.USAGE)
+                   "build` first. Nothing was changed on the server.", code=ExitCode.USAGE)
     wal_offsite, target = recovery_target(settings, to_time)
     env_file = env_file_path(c)
     steps = Steps(f"Recover on {c.original_host}", settings.secret_values())
@@ -148,8 +146,7 @@ def refuse_recover_flags(from_offsite: bool, compose: str, name: str | None) -> 
         raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
     if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
         raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
-                   "`backup.offsite.list`). "
-                   f"Nothing was changed.", code=ExitCode.USAGE)
+                   f"`backup.offsite.list`). Nothing was changed.", code=ExitCode.USAGE)
 
 
 def resuming_recovery(host: Host) -> str:
@@ -161,8 +158,7 @@ def resuming_recovery(host: Host) -> str:
         raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a "
                    "NEW host, and would replace "
                    f"this one's database. To bring data back here use `fab -H {host.name} "
-                   "backup.restore`. Nothing was "
-                   f"changed.", code=ExitCode.REFUSED)
+                   f"backup.restore`. Nothing was changed.", code=ExitCode.REFUSED)
     if resuming:
         print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
     return resuming

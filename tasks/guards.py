@@ -56,10 +56,8 @@ def check_postgres_major(host, env: str | None = None) -> str:
         print(f"   note: the PostgreSQL version of the data in {host.ctx.postgres_volume} could "
               "not be read (no postgres "
               "container); Postgres itself refuses a data directory of another major, and the "
-              "deploy stops at reading "
-              f"the schema.")
+              f"deploy stops at reading the schema.")
     elif verdict == db_commands.UNCHECKED:
         print(f"   note: {image} does not name a PostgreSQL major version in its tag, so the "
-              f"data's (PostgreSQL {data}) "
-              f"cannot be checked against it before the deploy.")
+              f"data's (PostgreSQL {data}) cannot be checked against it before the deploy.")
     return verdict

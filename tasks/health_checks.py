@@ -138,16 +138,14 @@ def database_findings(snap: dict) -> list[Finding]:
             fit = fitting_pool(maximum, p["API_WORKERS"])
             add(Finding("connection pool", False,
                         f"the pools may open {demand} connections ((API_WORKERS {p['API_WORKERS']} "
-                        "+ 1 worker) x "
-                        f"(DB_POOL_SIZE {p['DB_POOL_SIZE']} + DB_MAX_OVERFLOW "
+                        f"+ 1 worker) x (DB_POOL_SIZE {p['DB_POOL_SIZE']} + DB_MAX_OVERFLOW "
                         f"{p['DB_MAX_OVERFLOW']})) but max_connections is {maximum}",
                         f"set DB_POOL_SIZE + DB_MAX_OVERFLOW to at most {fit} per process "
                         f"(e.g. DB_POOL_SIZE={max(1, fit * 3 // 7)}), or raise Postgres's "
                         "max_connections"))
         if db["connections"] >= DB_CONNECTIONS_MAX_FRACTION * maximum:
             add(Finding("connection pool", False, f"{db['connections']} of {maximum} database "
-                        "connections are in use "
-                        f"({100 * db['connections'] / maximum:.0f}%)",
+                        f"connections are in use ({100 * db['connections'] / maximum:.0f}%)",
                         "find who holds them (`select usename, application_name, state, count(*) "
                         "from pg_stat_activity group by 1,2,3`); "
                         "lower the pool sizes, or raise max_connections"))
@@ -170,8 +168,7 @@ def jetstream_findings(snap: dict) -> list[Finding]:
         limit = stream["max_bytes"]
         if limit and limit > 0 and stream["bytes"] > JETSTREAM_MAX_FRACTION * limit:
             add(Finding("jetstream", False, f"stream {stream['name']} holds "
-                        f"{human(stream['bytes'])} of its max_bytes "
-                        f"{human(stream['max_bytes'])} "
+                        f"{human(stream['bytes'])} of its max_bytes {human(stream['max_bytes'])} "
                         f"({100 * stream['bytes'] / stream['max_bytes']:.0f}%)",
                         "consumers are not keeping up or the stream's limit is too small: check "
                         "the worker "
@@ -190,8 +187,7 @@ def job_findings(snap: dict) -> list[Finding]:
                     f"for their job (oldest {age_text(jobs['oldest_seconds'])}): the backlog does "
                     "not drain",
                     "check the worker (`compose.logs --service worker`, `status`: is it healthy?), "
-                    "then "
-                    "`compose.restart --service worker`"))
+                    "then `compose.restart --service worker`"))
     if jobs.get("failed"):
         add(Finding("background jobs", False, f"{jobs['failed']} tasks failed their job after its "
                                               "last try (JOB_MAX_REQUEUES)",
@@ -211,8 +207,7 @@ def disk_findings(snap: dict) -> list[Finding]:
             add(Finding("disk", False, f"{', '.join(d['paths'])} is {d['percent']:.0f}% full "
                                        f"({human(d['available'])} free)",
                         f"`docker system prune` can reclaim about {human(reclaim)} (images, build "
-                        "cache); lower BACKUP_KEEP "
-                        f"and copy backups off the host (`backup.pull`)"))
+                        f"cache); lower BACKUP_KEEP and copy backups off the host (`backup.pull`)"))
     return findings
 
 

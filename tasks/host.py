@@ -262,14 +262,12 @@ class Host(ComposeEngine, DataOperations):
             if not wait:
                 self.record("lock", "refused", detail=f"{action} refused; held: {holder_text}")
                 raise Exit(f"{self.name} is busy: {holder_text}. Wait for it to finish, or queue "
-                           "behind it with "
-                           f"`--wait`. Nothing was changed.", code=ExitCode.LOCKED)
+                           f"behind it with `--wait`. Nothing was changed.", code=ExitCode.LOCKED)
             if time.monotonic() - started > wait_timeout:
                 self.record("lock", "refused", detail=f"{action} gave up waiting "
                                                       f"{wait_timeout:.0f}s; held: {holder_text}")
                 raise Exit(f"Gave up waiting {wait_timeout:.0f}s for the lock on {self.name}: "
-                           f"{holder_text}. "
-                           f"Nothing was changed.", code=ExitCode.LOCKED)
+                           f"{holder_text}. Nothing was changed.", code=ExitCode.LOCKED)
             if not announced:
                 print(f"Waiting for the lock on {self.name}: {holder_text}", flush=True)
                 announced = True
@@ -293,8 +291,7 @@ class Host(ComposeEngine, DataOperations):
                     self._alert_not_sent(action, result.stderr, 1)
             if "NOT-OURS" in out:
                 print(f"Note: the lock on {self.name} was force-released during this {action} and "
-                      "is now held by "
-                      f"another run; it was left alone.", flush=True)
+                      f"is now held by another run; it was left alone.", flush=True)
             try:
                 keeper.join()
             except Exception:

@@ -67,8 +67,7 @@ def init(c):
     if pubkey:
         user, server, _ = commands.sftp_target(host.settings.offsite_repository)
         print("The host's key for the SFTP repository (add it to "
-              f"~{user or 'USER'}/.ssh/authorized_keys on {server}):\n"
-              f"  {pubkey}")
+              f"~{user or 'USER'}/.ssh/authorized_keys on {server}):\n  {pubkey}")
     result = host.offsite("init")
     said = result.stderr
     if not result.ok and pubkey and "Permission denied (publickey" not in said:
@@ -177,8 +176,7 @@ def check(c, subset=None):
         raise Exit("The off-site repository FAILED its "
                    f"check:\n{host.redact((result.stdout + result.stderr).strip()[-1500:])}\n"
                    f"The host's own sets are not affected. Make a fresh copy (`fab -H {host.name} "
-                   "backup`) and see "
-                   f"restic's docs on `repair`.", code=ExitCode.FAILED)
+                   f"backup`) and see restic's docs on `repair`.", code=ExitCode.FAILED)
     host.record("offsite-check", "ok", detail=subset or "all data")
     print("The off-site repository is sound "
           f"({'data read: ' + subset if subset else 'all data read'}).")
@@ -194,8 +192,7 @@ def push(c, name=None, wait=False):
     set_name = name or (full[-1] if full else None)
     if set_name not in full:
         raise Exit(f"{set_name!r} is not a verified full set on {host.name} (have: "
-                   f"{', '.join(full) or 'none'}). "
-                   f"Nothing was copied.", code=ExitCode.USAGE)
+                   f"{', '.join(full) or 'none'}). Nothing was copied.", code=ExitCode.USAGE)
     with host.locked("offsite-push", wait=wait), host.audited("offsite-push") as outcome:
         outcome["detail"] = set_name
         result = host.offsite("push", set_name, show=True)
@@ -224,8 +221,7 @@ def drill(c):
     host.record("drill", "ok", detail=f"{set_name}: {sum(counts.values())} rows in {len(counts)} "
                                       "tables")
     print(f"Restore drill of off-site set {set_name} on {host.name}: checksums ok, dump restored "
-          "into a scratch database, "
-          f"row counts match the backup's:")
+          f"into a scratch database, row counts match the backup's:")
     for table, rows in sorted(counts.items()):
         print(f"  {table:30} {rows:>10}")
 

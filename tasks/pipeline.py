@@ -239,8 +239,7 @@ def dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list:
     if not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("frontend/dist has not been built, so what a deploy would send is unknown: run "
                    "`invoke build` (a dry run builds nothing) and try again. Nothing was changed "
-                   "on "
-                   "the server.", code=ExitCode.USAGE)
+                   "on the server.", code=ExitCode.USAGE)
     print(f"Dry run on {host.name}: nothing is changed (no build, no lock, no audit line).")
     fresh, why = is_up_to_date(FRONTEND)
     if skip_build:

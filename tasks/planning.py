@@ -153,8 +153,7 @@ def dry_run_migrations(host, current: str) -> tuple[list[str], bool, bool]:
         return [f"none pending (the database is at {state.revision}, this checkout's head): no "
                 "migration runs"], False, False
     return [f"{len(pending)} pending ({', '.join(pending)}; the database is at {state.revision}): "
-            "a database-only backup is "
-            f"taken first"], True, True
+            f"a database-only backup is taken first"], True, True
 
 
 def compose_dry_run(host, plan) -> list[Planned]:
@@ -211,10 +210,8 @@ def compose_dry_run(host, plan) -> list[Planned]:
                                ship=ship, backup=backup,
                                migrate=migrate, prune=prune, env_keys=env_keys)
     print_planned(host, planned, f"Commands that would change {host.name}, in order (the deploy "
-                  "also "
-                  f"takes the host's lock ({ctx.lock_dir}) and appends one line to "
-                  f"{ctx.audit_log}; "
-                  f"when a check fails it puts {current or 'nothing'} back):")
+                  f"also takes the host's lock ({ctx.lock_dir}) and appends one line to "
+                  f"{ctx.audit_log}; when a check fails it puts {current or 'nothing'} back):")
     return planned
 
 

@@ -47,8 +47,7 @@ def host_problem(facts: dict[str, str], alias: str, wanted: str) -> str | None:
         return (f"{user} cannot use Docker on {alias} ({docker.strip()[:160]}). Start the Docker "
                 "daemon "
                 f"(`systemctl start docker`) and add {user} to the docker group (`usermod -aG "
-                f"docker {user}`, "
-                f"then log in again), and run the deploy again.")
+                f"docker {user}`, then log in again), and run the deploy again.")
     if choose_compose(facts, wanted) is None:
         which = "Docker Compose" if wanted == "auto" else f"Docker Compose {wanted}"
         return (f"{which} is not available on {alias}. Install the Compose plugin "

@@ -46,8 +46,7 @@ def check_websocket(base, _assets):
     url = urllib.parse.urlparse(base)
     key = base64.b64encode(os.urandom(16)).decode()
     request = (f"GET /ws HTTP/1.1\r\nHost: {url.hostname}\r\nUpgrade: websocket\r\nConnection: "
-               "Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+               f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
     with socket.create_connection((url.hostname, url.port or 80), timeout=5) as sock:
         sock.sendall(request.encode())
         data = b""

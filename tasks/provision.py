@@ -99,8 +99,7 @@ def provision(c, user="deploy", public_key=None):
     print(f"\n{changed} changed on {conn.original_host}."
           + (" Nothing to do: the host is as provision leaves it." if not changed
           else f" Root and password logins are off: deploy as {user} (`fab -H {user}@HOST deploy`, "
-               "or an alias "
-               f"with User {user}; see docs/getting-started.md, \"A new VPS\")."))
+               f"or an alias with User {user}; see docs/getting-started.md, \"A new VPS\")."))
 
 
 def apply(conn, change: commands.Change, uid: str, user: str) -> str:

@@ -33,8 +33,7 @@ def choose_target(rows: list[tuple[str, dict]], current: str, to: str | None) ->
         seen.add(candidate)
         candidate = meta.get(candidate, {}).get("previous", "")
     return None, (f"the release that was live before {current or 'nothing'} is no longer kept (or "
-                  "never succeeded); "
-                  f"pick one with --to (see `releases`)")
+                  f"never succeeded); pick one with --to (see `releases`)")
 
 
 def schema_problem(schema: SchemaState, target: str) -> str | None:
@@ -75,9 +74,7 @@ def format_releases(rows: list[tuple[str, dict]], current: str) -> list[str]:
         api_from = meta.get("backend_release", "")
         by = meta.get("deployed_user", "?") + "@" + meta.get("deployed_machine", "?")
         lines.append(f"{mark} {name:32} {meta.get('commit', '?'):14} "
-                     f"{meta.get('deployed_at', '?'):26} "
-                     f"{by:28} "
-                     f"{meta.get('result', '?'):8} "
+                     f"{meta.get('deployed_at', '?'):26} {by:28} {meta.get('result', '?'):8} "
                      f"{'itself' if api_from in ('', name) else api_from}")
     return lines
 

@@ -35,8 +35,7 @@ class SettingsError(ValueError):
         super().__init__(
             f"Settings are invalid ({source}): {listed}. Fix these keys in .env "
             "(every key is documented in .env.example) or in the environment, then run the task "
-            "again. "
-            f"Nothing was changed on any server."
+            f"again. Nothing was changed on any server."
         )
 
 
@@ -125,8 +124,7 @@ class Settings:
                              "user's home.")
     keep_releases: int = _spec(5, group="Runtime and deploy",
                                doc="Successful releases kept on the host (at least 2: the live one "
-                                   "and the one a "
-                                   "rollback returns to).")
+                                   "and the one a rollback returns to).")
     http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for "
                                                                "HTTP.")
     https_port: int = _spec(443, group="Runtime and deploy",
@@ -137,55 +135,46 @@ class Settings:
                                      "are named after it.")
     backup_keep: int = _spec(7, group="Runtime and deploy",
                              doc="Full backup sets kept on the host, and pre-deploy sets "
-                                 "separately (the newest "
-                                 "verified set is never deleted).")
+                                 "separately (the newest verified set is never deleted).")
     wal_archive_timeout: int = _spec(60, group="Runtime and deploy",
                                      doc="Seconds after which Postgres archives a WAL segment that "
                                          "is not full "
                                          "(archive_timeout): the longest stretch of writes a lost "
                                          "host takes with it "
                                          "(off-site: plus the push). Lower means a smaller RPO and "
-                                         "more, mostly empty, "
-                                         "compressed segments in the archive.")
+                                         "more, mostly empty, compressed segments in the archive.")
     db_wait_seconds: int = _spec(60, group="Runtime and deploy",
                                  doc="How long a deploy or rollback waits for Postgres to answer "
-                                     "before it refuses "
-                                     "to go on.")
+                                     "before it refuses to go on.")
     engine: str = _spec("auto", group="Images and engine",
                         doc="What runs the stack: auto (Docker Swarm when the host is a swarm "
-                            "manager, else "
-                            "Compose), compose or swarm.")
+                            "manager, else Compose), compose or swarm.")
     registry: str = _spec("", group="Images and engine",
                           doc="On a swarm, a container registry the nodes pull the built images "
                               "from "
                               "(`host[:port][/path]`; this machine pushes to it, `docker login` as "
-                              "usual); "
-                              "empty: images are sent to each node over SSH.")
+                              "usual); empty: images are sent to each node over SSH.")
     build_backend: str = _spec("auto", group="Images and engine",
                                doc="Where the backend image is built: auto (this machine when it "
                                    "has Docker, else "
                                    "the host), local (build here and ship it; spares the VPS's 2 "
-                                   "CPUs) or host "
-                                   "(docker compose build on the VPS).")
+                                   "CPUs) or host (docker compose build on the VPS).")
     ship_images: str = _spec("auto", group="Images and engine",
                              doc="Whether images the host lacks are sent from this machine over "
                                  "SSH: auto (when "
                                  "this machine has them), always (fail if it cannot) or never (the "
-                                 "host pulls them "
-                                 "itself).")
+                                 "host pulls them itself).")
     alert_telegram_chat_id: str = _spec("", group="Alerts",
                                         doc="The Telegram chat (an id, or @channel) the bot sends "
                                             "alerts to; find a "
                                             "chat's id by messaging the bot, then opening "
                                             "`https://api.telegram.org/bot<token>/getUpdates`; "
-                                            "empty: no Telegram "
-                                            "alerts.")
+                                            "empty: no Telegram alerts.")
     alert_webhook_url: Secret = _spec("", secret=True, group="Alerts",
                                       doc="A webhook that receives each alert as a POST of "
                                           "`{\"text\": \"...\"}` (a Slack "
                                           "or Mattermost incoming webhook, or your own endpoint); "
-                                          "secret, since its URL "
-                                          "holds a token; empty: none.")
+                                          "secret, since its URL holds a token; empty: none.")
     telegram_webhook: str = _spec("auto", group="Telegram",
                                   doc="auto: every deploy (and `ssl.issue`) points the bot's "
                                       "webhook at APP_URL + "
@@ -195,8 +184,7 @@ class Settings:
                                       "the webhook alone.")
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
                                        doc="The Telegram Bot API (a local Bot API server; the "
-                                           "tests point it at a local "
-                                           "endpoint).")
+                                           "tests point it at a local endpoint).")
     logfire_token: Secret = _spec(
         "", secret=True, group="Tracing",
         doc="A Logfire project's write token; it reaches the API and the worker only in the "
@@ -212,8 +200,7 @@ class Settings:
                                         "(`fab -H HOST backup.offsite.init` prints the host's key "
                                         "to authorize there) or "
                                         "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/"
-                                        "tasktracker`; "
-                                        "empty: no off-site copies.")
+                                        "tasktracker`; empty: no off-site copies.")
     offsite_password: Secret = _spec("", secret=True, group="Off-site copies",
                                      doc="Encrypts the repository (required with "
                                          "OFFSITE_REPOSITORY): keep a copy OFF "

@@ -61,8 +61,7 @@ def address_problems(values: dict) -> list[str]:
     if values["registry"] and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*",
                                                values["registry"]):
         problems.append(f"REGISTRY {values['registry']!r} is not a registry like "
-                        "registry.example.com:5000/team "
-                        f"(host, optional port and path; no scheme)")
+                        f"registry.example.com:5000/team (host, optional port and path; no scheme)")
     return problems
 
 
@@ -126,8 +125,7 @@ def offsite_problems(values: dict) -> list[str]:
                         f"or s3:https://s3.example.com/bucket/tasktracker")
     if repository.startswith("sftp:") and not sftp_server_is_safe(repository):
         problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as "
-                        "sftp:USER@HOST:/PATH "
-                        f"(or sftp://USER@HOST:PORT//PATH), the user and host "
+                        f"sftp:USER@HOST:/PATH (or sftp://USER@HOST:PORT//PATH), the user and host "
                         "in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would "
                         "read it as an option)")
     if not values["offsite_password"]:
@@ -136,8 +134,7 @@ def offsite_problems(values: dict) -> list[str]:
     elif (re.search(r"[\r\n]", values["offsite_password"])
           or values["offsite_password"] != values["offsite_password"].strip()):
         problems.append("OFFSITE_PASSWORD has a line break or leading/trailing spaces, which "
-                        "pgBackRest's settings file cannot "
-                        "hold exactly: choose one without")
+                        "pgBackRest's settings file cannot hold exactly: choose one without")
     if repository.startswith("s3:") and not (values["offsite_aws_access_key_id"]
                                              and values["offsite_aws_secret_access_key"]):
         problems.append("OFFSITE_AWS_ACCESS_KEY_ID and OFFSITE_AWS_SECRET_ACCESS_KEY are needed "

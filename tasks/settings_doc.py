@@ -131,8 +131,7 @@ def rendered() -> dict[str, str]:
 
 
 @task(name="settings", help={"check": "Change nothing: exit 1 when docs/settings.md or "
-                                      ".env.example differs from "
-                                      "what Settings renders."})
+                                      ".env.example differs from what Settings renders."})
 def write_settings(c, check=False):
     """Write docs/settings.md and .env.example from the Settings in tasks/settings.py."""
     stale = []

@@ -61,8 +61,7 @@ def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], hos
             raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: "
                                  f"create {path} "
                                  f"(`cp .env.example .env.{name}` in {root}, then fill it in), or "
-                                 "choose another "
-                                 f"environment. {fix}")
+                                 f"choose another environment. {fix}")
         return path, f"environment {name}"
     if host and HOST_ALIAS_RE.fullmatch(host) and host != "example":
         path = root / f".env.{host}"

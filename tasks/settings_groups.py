@@ -15,21 +15,17 @@ SETTING_GROUPS: dict[str, str] = {
                       "login.",
     "Telegram": "The stack's Telegram bot, which also sends the alerts (below).",
     "LLM provider": "The LLM the app calls, openai or anthropic: only the chosen provider's API "
-                    "key is "
-                    "required.",
+                    "key is required.",
     "Public addresses": "Where users reach the app (all three are required).",
     "Runtime and deploy": "Where releases live on the host and how many are kept, and the names "
-                          "and "
-                          "ports that let two environments share one host (each needs its own "
-                          "APP_DIR, "
-                          "COMPOSE_PROJECT and HTTP_PORT/HTTPS_PORT).",
+                          "and ports that let two environments share one host (each needs its own "
+                          "APP_DIR, COMPOSE_PROJECT and HTTP_PORT/HTTPS_PORT).",
     "Images and engine": "Where the backend image is built, whether images the host lacks are "
                          "shipped "
                          "from this machine over SSH (hosts that cannot pull: rate limits, no "
                          "registry, "
                          "private networks), and what runs the stack: Compose on one host, or a "
-                         "Docker "
-                         "Swarm (docs/several-hosts.md).",
+                         "Docker Swarm (docs/several-hosts.md).",
     "Alerts": "A failed nightly backup or certificate renewal, each deploy and rollback "
               "(docs/operations.md, \"Alerts\"). Sent from the host "
               "(APP_DIR/bin/tasktracker-notify), "
@@ -40,8 +36,7 @@ SETTING_GROUPS: dict[str, str] = {
                "(backend/README.md, \"Tracing\"; docs/operations.md, \"Tracing with "
                "Logfire\"); empty: nothing is sent.",
     "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository "
-                       "you own, "
-                       "off this VPS (docs/operations.md, \"Off-site copies\"; "
+                       "you own, off this VPS (docs/operations.md, \"Off-site copies\"; "
                        "tasks/commands/offsite.py); "
                        "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host "
                        "only in its "
@@ -75,8 +70,7 @@ STACK_KEYS: tuple[StackKey, ...] = (
                                                     "replaced."),
     StackKey("JOB_REQUEUE_AFTER", "60", "NATS JetStream",
              "Seconds a task may stay pending after its job was queued before the worker's sweeper "
-             "queues "
-             "it again (backend/README.md, \"Jobs\")."),
+             "queues it again (backend/README.md, \"Jobs\")."),
     StackKey("JOB_MAX_REQUEUES", "5", "NATS JetStream",
              "How often a late job is queued again before its task is marked failed (a dead letter "
              "`doctor` reports)."),
@@ -90,13 +84,11 @@ STACK_KEYS: tuple[StackKey, ...] = (
                                                                     "holds (256 MiB)."),
     StackKey("POSTGRES_HOST_PORT", "5432", "Runtime and deploy",
              "Development only (compose.override.yml): the port Postgres is published on, on this "
-             "machine's "
-             "loopback; production publishes nothing but nginx."),
+             "machine's loopback; production publishes nothing but nginx."),
     StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
              "Development only (compose.override.yml): the port NATS is published on, on this "
              "machine's loopback."),
     StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
              "Development only (compose.override.yml): the port of NATS's monitoring endpoint "
-             "(`/varz`, "
-             "`/healthz`), on this machine's loopback."),
+             "(`/varz`, `/healthz`), on this machine's loopback."),
 )

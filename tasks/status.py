@@ -113,8 +113,7 @@ def doctor(c, json_=False):
     else:
         if not findings:
             print(f"{host.name}: every check passed (services, memory, connection pool, JetStream, "
-                  "disk, clock, "
-                  f"certificates, backup and sampler jobs, WAL archive).")
+                  f"disk, clock, certificates, backup and sampler jobs, WAL archive).")
         for f in findings:
             print(f"[{f.check}] {f.summary}\n    -> {f.advice.replace('HOST', host.name)}")
     if findings:

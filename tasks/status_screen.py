@@ -114,8 +114,7 @@ def data_lines(snap: dict) -> list[str]:
     js = snap["jsz"]
     if js:
         lines.append(f"jetstream {human(js['storage'])} stored of {human(js['max_storage'])}; "
-                     f"{js['messages']} messages in "
-                     f"{len(js['streams'])} streams")
+                     f"{js['messages']} messages in {len(js['streams'])} streams")
     jobs = snap.get("jobs") or {}
     if jobs:
         flow = "; ".join(f"{s['name']}/{c['name']}: {c['waiting']} waiting, {c['in_flight']} in "

@@ -198,8 +198,7 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                        "stop it "
                        f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
                        "swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS "
-                       "to "
-                       f"a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
+                       f"to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
         same = swarm_stack.dump_stack(self.render(plan, ""))
@@ -296,8 +295,7 @@ def summary_lines(state: dict, stack: str) -> list[str]:
         labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items())
                           if v == "true")
         lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} "
-                     f"{n['state']:6} {n['address']:15} "
-                     f"{labels or '-':11} "
+                     f"{n['state']:6} {n['address']:15} {labels or '-':11} "
                      f"{' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
     lines.append(f"Stack {stack}: {len(state['services'])} service(s)")
     for name, s in sorted(state["services"].items()):

@@ -86,8 +86,7 @@ class SwarmNodes:
                     raise StepFailed(step, f"docker push {image} failed: "
                                            f"{result.stderr.strip()[-500:]} (is this machine "
                                            f"logged in to {self.settings.registry}, and does "
-                                           "Docker trust it?); nothing "
-                                           f"on the swarm was changed")
+                                           f"Docker trust it?); nothing on the swarm was changed")
                 print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)",
                       flush=True)
         images = [i for i in images if not self.pulled(i)]

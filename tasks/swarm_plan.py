@@ -38,8 +38,7 @@ class SwarmPlanning:
                               or []) or "any node"
             order = (deploy.get("update_config") or {}).get("order", "stop-first")
             print(f"   {name:9} {service.get('image', '?'):44} replicas "
-                  f"{deploy.get('replicas', 1)}  "
-                  f"on {where}  update {order}")
+                  f"{deploy.get('replicas', 1)}  on {where}  update {order}")
         print("images:")
         shipping = self.dry_run_images(release)
         print("migrations:")

@@ -31,8 +31,7 @@ def open_for_tls(c, settings: Settings | None = None) -> Host:
                    code=ExitCode.HOST_NOT_READY)
     if not host.probe_run(sh(commands.certbot_present())).ok:
         raise Exit(f"certbot is not installed on {host.name}: install it (`apt-get install "
-                   "certbot`) and run "
-                   f"again. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+                   f"certbot`) and run again. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
     return host
 
 
@@ -61,12 +60,10 @@ def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None
     bad = [d for d in domains if not DOMAIN_RE.match(d)]
     if bad:
         raise Exit(f"--domain {', '.join(map(repr, bad))} is not a domain name like "
-                   "tasks.example.com. "
-                   f"Nothing was changed.", code=ExitCode.USAGE)
+                   f"tasks.example.com. Nothing was changed.", code=ExitCode.USAGE)
     if not email or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
         raise Exit("Give a contact address with --email (the CA sends expiry warnings there), like "
-                   "ops@example.com. "
-                   "Nothing was changed.", code=ExitCode.USAGE)
+                   "ops@example.com. Nothing was changed.", code=ExitCode.USAGE)
     host = open_for_tls(c, settings)
     with host.locked("ssl.issue", wait=wait), host.audited("ssl.issue") as outcome:
         outcome["detail"] = " ".join(domains)
@@ -82,8 +79,7 @@ def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None
                 print(f"   {line}")
             outcome["detail"] = reason
             raise Exit(f"No certificate for {', '.join(domains)}: {reason} The running "
-                       "configuration keeps serving "
-                       f"unchanged.", code=ExitCode.FAILED)
+                       f"configuration keeps serving unchanged.", code=ExitCode.FAILED)
         host.put_text(commands.tls_server_config(domains, settings.https_port),
                       commands.tls_config_path(host.ctx) + ".new")
         host.conn.run(commands.install_tls_config(host.ctx), hide=True)
@@ -95,8 +91,7 @@ def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None
                        f"({problem}); the previous "
                        f"configuration was put back and keeps serving.", code=ExitCode.FAILED)
     print(f"HTTPS is enabled for {', '.join(domains)} on port {settings.https_port}; HTTP "
-          "redirects to it "
-          f"(except /.well-known/acme-challenge/).")
+          f"redirects to it (except /.well-known/acme-challenge/).")
     botapi.after_change(host)  # Telegram calls HTTPS URLs only: now the bot's webhook can be set
 
 

@@ -152,8 +152,7 @@ def restore_database(d: str, fresh_database: bool) -> str:
                 f"{d}/database.dump")
     else:
         load = ("docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
-                "\"$POSTGRES_DB\" --clean --if-exists --no-owner "
-                f"--no-privileges "
+                f"\"$POSTGRES_DB\" --clean --if-exists --no-owner --no-privileges "
                 f"--single-transaction --exit-on-error' < {d}/database.dump")
     return load
 

@@ -163,8 +163,7 @@ def evaluate(services: list[ServiceMemory], host_memory: int) -> Budget:
         warn.append(f"the limits add up to {size(limited)}, more than {size(ceiling)} "
                     f"({size(host_memory)} less "
                     f"{size(headroom(host_memory))} headroom): at peak the host runs out of memory "
-                    "before the services reach "
-                    f"their limits")
+                    f"before the services reach their limits")
     level = REFUSE if refuse else WARN if warn else OK
     return Budget(services, host_memory, level, tuple(refuse + warn))
 

@@ -35,8 +35,7 @@ def facts() -> str:
     return "; ".join([
         "printf 'swarm=%s\\n' \"$(docker info --format '{{json .Swarm}}' 2>/dev/null)\"",
         "printf 'address=%s\\n' \"$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < "
-        "NF; i++) if ($i == \"src\") "
-        "{print $(i + 1); exit}}')\"",
+        "NF; i++) if ($i == \"src\") {print $(i + 1); exit}}')\"",
         "printf 'first_address=%s\\n' \"$(hostname -I 2>/dev/null | awk '{print $1}')\"",
         "printf 'hostname=%s\\n' \"$(hostname)\"",
         "printf 'ipvs=%s\\n' \"$([ -e /proc/net/ip_vs ] && echo yes || echo no)\"",
@@ -73,8 +72,7 @@ def parse_facts(output: str) -> dict:
 # container restarts). Runs as root through the deploy user's sudo.
 LIVE_RESTORE_OFF = ("python3 -c 'import json, os; p = \"/etc/docker/daemon.json\"; "
                     "d = json.load(open(p)) if os.path.exists(p) else {}; d[\"live-restore\"] = "
-                    "False; "
-                    "open(p, \"w\").write(json.dumps(d, indent=2) + \"\\n\")' && "
+                    "False; open(p, \"w\").write(json.dumps(d, indent=2) + \"\\n\")' && "
                     "(systemctl reload docker || kill -HUP \"$(pidof dockerd)\")")
 
 

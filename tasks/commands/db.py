@@ -109,8 +109,7 @@ def refusal(verdict: str, data: str, image: str, wanted: str | None, host: str, 
                 f"PostgreSQL {wanted} cluster and compares the row counts, keeps the old data in a "
                 "volume of its own until "
                 "you remove it, and puts everything back if any step fails. Then deploy again. "
-                "Nothing was changed on "
-                f"the server.")
+                f"Nothing was changed on the server.")
     return (f"The database on {host} is PostgreSQL {data} (volume {volume}), newer than the "
             f"PostgreSQL {wanted} this release "
             f"runs ({image}); a data directory cannot be moved to an older major version by "

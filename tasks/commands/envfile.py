@@ -80,8 +80,7 @@ def quote(key: str, value: str) -> str:
     raise ValueError(f"{key}: no .env quoting reads this value back unchanged in both Compose v1 "
                      "and v2 (it mixes '$', "
                      "quotes, '#' or edge spaces with a backslash before a backslash, before a "
-                     "quote or at its end); "
-                     "choose another value")
+                     "quote or at its end); choose another value")
 
 
 def _single_quote_safe(value: str) -> bool:

@@ -16,8 +16,7 @@ def _holder_report(d: str) -> str:
             f"if [ -f {q(d)}/keeper.pid ] && kill -0 \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null; "
             "then echo ALIVE; "
             f"elif [ ! -f {q(d)}/keeper.pid ] && [ -n \"$(find {q(d)} -maxdepth 0 -newermt '-60 "
-            "seconds' 2>/dev/null)\" ]; then echo STARTING; "
-            f"else echo STALE; fi")
+            f"seconds' 2>/dev/null)\" ]; then echo STARTING; else echo STALE; fi")
 
 
 def acquire(ctx: HostContext, info: dict) -> str:
@@ -52,8 +51,7 @@ def _remove(d: str) -> str:
     gone = f"{q(d + '.released.')}$$"  # quoted, then this shell's pid
     return (f"if mv {q(d)} {gone} 2>/dev/null; then "
             f"if [ -f {gone}/keeper.pid ]; then kill \"$(cat {gone}/keeper.pid)\" 2>/dev/null || "
-            "true; fi; "
-            f"rm -rf {gone}; fi")
+            f"true; fi; rm -rf {gone}; fi")
 
 
 def release(ctx: HostContext, token: str) -> str:

@@ -103,8 +103,7 @@ def on_failure(ctx_abs: HostContext, job: str, command: str, log: str) -> str:
     code and the log (not the log's content: that stays on the host). For a cron line: no `%`."""
     message_head, message_tail = q(f"{job} FAILED (exit "), q(f"); log: {log}")
     return (f"{command} >> {q(log)} 2>&1 || {q(script_path(ctx_abs))} "
-            f"{message_head}\"$?\"{message_tail} "
-            f">> {q(log)} 2>&1")
+            f"{message_head}\"$?\"{message_tail} >> {q(log)} 2>&1")
 
 
 def operation_message(action: str, result: str, *, release: str, commit: str, who: str,

@@ -112,8 +112,7 @@ def prepare(ctx: HostContext, with_key: bool) -> str:
         parts.append(f"mkdir -p -m 700 .ssh && {{ [ -f {q(key_path())} ] || ssh-keygen -q -t "
                      "ed25519 -N '' "
                      f"-C {q('tasktracker-offsite@' + ctx.project)} -f {q(key_path())} >/dev/null; "
-                     "} "
-                     f"&& echo \"@@pubkey $(cat {q(key_path() + '.pub')})\"")
+                     f"}} && echo \"@@pubkey $(cat {q(key_path() + '.pub')})\"")
     parts.append(f"for f in {q(program)} {q(conf)}; do [ ! -f \"$f\" ] || echo \"@@have "
                  "$(sha256sum < \"$f\" | cut -d' ' -f1) $f\"; done")
     return " && ".join(parts)

@@ -54,8 +54,7 @@ def parse_target(text: str, now: datetime) -> datetime:
     """The UTC moment `--to-time` names ("YYYY-MM-DD HH:MM:SS", UTC); ValueError with the fix."""
     if not re.fullmatch(TIME_RE, text.strip()):
         raise ValueError(f"--to-time {text!r} is not a time in the form \"YYYY-MM-DD HH:MM:SS\" "
-                         "(UTC), for example "
-                         f"--to-time \"{now.strftime(TIME_FORMAT)}\".")
+                         f"(UTC), for example --to-time \"{now.strftime(TIME_FORMAT)}\".")
     try:
         target = datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:

@@ -92,13 +92,11 @@ def unsupported(f: dict[str, str]) -> str | None:
     if (f.get("os"), f.get("version")) not in SUPPORTED:
         found = f"{f.get('os') or 'unknown OS'} {f.get('version') or ''}".strip()
         return (f"{found} is not supported: provision knows Debian 12 and Ubuntu 22.04/24.04. Use "
-                "one of them "
-                "(most providers offer Debian 12), or prepare the host by hand as "
+                "one of them (most providers offer Debian 12), or prepare the host by hand as "
                 "docs/getting-started.md describes.")
     if f.get("uid") != "0" and f.get("sudo") != "yes":
         return ("the login user is not root and cannot use sudo without a password. Connect as "
-                "root "
-                "(`fab -H root@HOST provision`), or give this user passwordless sudo.")
+                "root (`fab -H root@HOST provision`), or give this user passwordless sudo.")
     return None
 
 
@@ -252,8 +250,7 @@ def upkeep_changes(f: dict[str, str]) -> list[Change]:
                               f"mkswap {SWAPFILE} >/dev/null; fi && grep -q '^{SWAPFILE} ' "
                               "/etc/fstab || "
                               f"echo '{SWAPFILE} none swap sw 0 0' >> /etc/fstab; swapon "
-                              f"{SWAPFILE} 2>/dev/null || "
-                              "echo 'SWAPON-REFUSED'"))
+                              f"{SWAPFILE} 2>/dev/null || echo 'SWAPON-REFUSED'"))
     return changes
 
 

@@ -83,8 +83,7 @@ def postgres_data_fact(ctx: HostContext) -> str:
     project = q(f"label=com.docker.compose.project={ctx.project}")
     read = f"cat {POSTGRES_DATA}/PG_VERSION 2>/dev/null || echo empty"
     return (f"vol={q(ctx.postgres_volume)}; if docker volume inspect \"$vol\" >/dev/null 2>&1; "
-            "then "
-            f"pg=$({ctx.container('postgres')}); v=''; "
+            f"then pg=$({ctx.container('postgres')}); v=''; "
             f"if [ -n \"$pg\" ]; then v=$(docker exec \"$pg\" sh -c {q(read)} 2>/dev/null); "
             f"else img=$(docker ps -a --filter {project} --filter "
             "label=com.docker.compose.service=postgres "
@@ -158,8 +157,7 @@ def in_release(ctx: HostContext, release_id: str, command: str) -> str:
 def in_current(ctx: HostContext, command: str) -> str:
     """Run in the resolved current release, or exit 3 when the host has none yet."""
     return (f"if [ ! -e {q(ctx.current_link)} ]; then echo 'no release deployed yet' >&2; exit "
-            f"{NO_RELEASE_EXIT}; fi; "
-            f"cd \"$(readlink -f {q(ctx.current_link)})\" && {command}")
+            f"{NO_RELEASE_EXIT}; fi; cd \"$(readlink -f {q(ctx.current_link)})\" && {command}")
 
 
 def image_present_or_build(image: str, build_command: str) -> str:

@@ -153,8 +153,7 @@ def running_services(ctx: HostContext) -> str:
     """Each of the project's long-running containers: `service|state|status` (status carries
     Docker's health: `Up 3 minutes (healthy)`)."""
     return (f"docker ps -a --filter label=com.docker.compose.project={q(ctx.project)} "
-            f"--filter label=com.docker.compose.oneoff=False "
-            "--format '{{.Label "
+            f"--filter label=com.docker.compose.oneoff=False --format '{{{{.Label "
             "\"com.docker.compose.service\"}}|{{.State}}|{{.Status}}'")
 
 
@@ -185,8 +184,6 @@ def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) ->
 
 def wait_healthy(ctx: HostContext, service: str, tries: int = 120) -> str:
     """Shell: wait (up to `tries` half-seconds) until the service's container reports healthy."""
-    return (f"for _ in $(seq 1 {tries}); do\n"
-            f"  cid=$({ctx.container(service)})\n"
+    return (f"for _ in $(seq 1 {tries}); do\n  cid=$({ctx.container(service)})\n"
             "  [ -n \"$cid\" ] && [ \"$(docker inspect -f '{{.State.Health.Status}}' "
-            "\"$cid\")\" = healthy ] && break\n"
-            f"  sleep 0.5\ndone")
+            f"\"$cid\")\" = healthy ] && break\n  sleep 0.5\ndone")

@@ -162,8 +162,7 @@ def migration_failure_detail(before: SchemaState, after: SchemaState,
         return (f"The database could not be read after the failure ({after.error or 'no answer'}), "
                 "so whether the "
                 f"migration changed it is unknown; nothing was restored and {keeps}.{kept} Check "
-                "with "
-                f"`fab -H {host} compose.logs --service postgres`.")
+                f"with `fab -H {host} compose.logs --service postgres`.")
     if (after.revision, after.fingerprint) == (before.revision, before.fingerprint):
         return ("Postgres rolled the migration back: the database is unchanged (revision "
                 f"{before.revision or 'none'}), "
@@ -173,9 +172,7 @@ def migration_failure_detail(before: SchemaState, after: SchemaState,
                f"stopped meanwhile, and writes since the backup are lost)" if backup_set
                else "no backup was taken")
     return ("The migration changed the database before it failed (revision "
-            f"{before.revision or 'none'} -> "
-            f"{after.revision or 'none'}, schema "
+            f"{before.revision or 'none'} -> {after.revision or 'none'}, schema "
             f"{'changed' if after.fingerprint != before.fingerprint else 'unchanged'}). "
             "It was NOT restored automatically, because that would discard writes users made "
-            "since the backup; "
-            f"{keeps}. Fix the migration and deploy again, or {restore}.")
+            f"since the backup; {keeps}. Fix the migration and deploy again, or {restore}.")

@@ -73,8 +73,7 @@ def nginx_test_running(ctx: HostContext, release_id: str) -> str:
     the running nginx task on this node, which mounts the same conf.d and certificates; it reloads
     nothing."""
     return (f"c=$({ctx.container('nginx')}); [ -n \"$c\" ] || {{ echo 'no nginx task on this node: "
-            "run on the entry node' >&2; "
-            "exit 1; }; docker exec \"$c\" nginx -t -q -c "
+            "run on the entry node' >&2; exit 1; }; docker exec \"$c\" nginx -t -q -c "
             f"{q(f'/srv/app/releases/{release_id}/nginx/nginx.conf')}")
 
 
@@ -148,8 +147,7 @@ def install_tls_config(ctx: HostContext) -> str:
     check."""
     live = q(tls_config_path(ctx))
     return (f"mkdir -p {q(ctx.conf_d)} && "
-            f"if [ -f {live} ]; then cp -p {live} {live}.previous; fi && "
-            f"mv -f {live}.new {live}")
+            f"if [ -f {live} ]; then cp -p {live} {live}.previous; fi && mv -f {live}.new {live}")
 
 
 def restore_tls_config(ctx: HostContext) -> str:
@@ -184,8 +182,7 @@ def explain_failure(output: str, domains: list[str]) -> str:
                 "with --staging.")
     if "unauthorized" in text or "404" in text:
         return ("the ACME server fetched the challenge but got the wrong answer: check that this "
-                "domain's port 80 "
-                "reaches this server's nginx.")
+                "domain's port 80 reaches this server's nginx.")
     last = [line for line in output.strip().splitlines() if line.strip()][-3:]
     return "certbot failed: " + " ".join(last)
 
