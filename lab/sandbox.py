@@ -16,7 +16,8 @@ from invoke import Collection, Exit, task
 from tasks.exits import ExitCode
 from tasks.localhost import ok, run
 from tasks.remote import sandbox_dir
-from tasks.settings import PROJECT_ROOT, EnvChoiceError, config_section, resolve_env_file
+from tasks.settings import PROJECT_ROOT, config_section
+from tasks.settings_files import EnvChoiceError, resolve_env_file
 
 from .commands import sandbox as build
 from .machine import (apt_install, ensure_standin_images, install_compose_plugin, read_records, say,

@@ -9,11 +9,13 @@ from .commands import audit as commands
 from .engines import open_host
 
 
-@task(name="audit", default=True, help={"lines": "How many of the latest entries to show (default 20)."})
+@task(name="audit", default=True, help={"lines": "How many of the latest entries to show (default "
+                                                 "20)."})
 def show(c, lines=20):
     """Show the latest audit log entries of the host (deploys, rollbacks, migrations, locks)."""
     host = open_host(c)
-    rows = commands.format_entries(host.conn.run(commands.tail(host.ctx, int(lines)), hide=True).stdout)
+    rows = commands.format_entries(host.conn.run(commands.tail(host.ctx, int(lines)),
+                                                 hide=True).stdout)
     print("\n".join(rows) if rows else f"No audit entries on {host.name} yet.")
 
 

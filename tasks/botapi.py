@@ -23,7 +23,8 @@ class BotApiError(Exception):
 
 def bot_api(settings: Settings, method: str, body: bytes | None = None) -> str:
     token = settings.telegram_bot_token.reveal()
-    request = urllib.request.Request(commands.api_url(settings.telegram_api_base_url, token, method), data=body or b"{}",
+    request = urllib.request.Request(commands.api_url(settings.telegram_api_base_url, token,
+                                                      method), data=body or b"{}",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
@@ -34,13 +35,15 @@ def bot_api(settings: Settings, method: str, body: bytes | None = None) -> str:
                           f"{detail.replace(token, '[REDACTED]')}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = str(getattr(err, "reason", err)).replace(token, "[REDACTED]")
-        raise BotApiError(f"the Bot API at {settings.telegram_api_base_url} did not answer {method}: {reason}") from None
+        raise BotApiError(f"the Bot API at {settings.telegram_api_base_url} did not answer "
+                          f"{method}: {reason}") from None
 
 
 def serves_https(host: Host) -> bool:
     """The host has DOMAIN's certificate and nginx's TLS server (what `ssl.issue` leaves)."""
     live = f"{host.ctx.shared_dir}/letsencrypt/live/{host.settings.domain}/fullchain.pem"
-    return host.probe_run(sh(["test", "-s", live]) + " && " + sh(["test", "-f", tls_commands.tls_config_path(host.ctx)])).ok
+    return host.probe_run(sh(["test", "-s", live]) + " && "
+                          + sh(["test", "-f", tls_commands.tls_config_path(host.ctx)])).ok
 
 
 def not_ready_reason(settings: Settings, name: str, https: bool | None) -> str | None:
@@ -51,20 +54,23 @@ def not_ready_reason(settings: Settings, name: str, https: bool | None) -> str |
     if not commands.webhook_url(settings.app_url):
         return f"APP_URL {settings.app_url} is not https:// (Telegram only calls HTTPS URLs)"
     if https is False:
-        return (f"{name} serves no HTTPS for {settings.domain} yet (Telegram only calls HTTPS URLs): "
-                f"run `fab -H {name} ssl.issue --email ...`, which sets the webhook")
+        return (f"{name} serves no HTTPS for {settings.domain} yet (Telegram only calls HTTPS "
+                f"URLs): run `fab -H {name} ssl.issue --email ...`, which sets the webhook")
     return None
 
 
 def host_not_ready(host: Host) -> str | None:
-    return not_ready_reason(host.settings, host.name, None) or not_ready_reason(host.settings, host.name, serves_https(host))
+    return not_ready_reason(host.settings, host.name, None) or not_ready_reason(host.settings,
+                                                                                host.name,
+                                                                                serves_https(host))
 
 
 def register(host: Host) -> str:
     """Point the bot's webhook at this host and check that it took: a line to print, or raises
     BotApiError."""
     url = commands.webhook_url(host.settings.app_url)
-    answer = bot_api(host.settings, "setWebhook", commands.set_webhook_body(url, host.settings.telegram_bot_token.reveal()))
+    body = commands.set_webhook_body(url, host.settings.telegram_bot_token.reveal())
+    answer = bot_api(host.settings, "setWebhook", body)
     if '"ok":true' not in answer.replace(" ", ""):
         raise BotApiError(f"setWebhook was refused: {host.redact(answer)[:300]}")
     state = commands.WebhookState.parse(bot_api(host.settings, "getWebhookInfo"))

@@ -49,8 +49,10 @@ def is_up_to_date(frontend: Path = FRONTEND) -> tuple[bool, str]:
 
 def git_commit(root: Path = PROJECT_ROOT) -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -60,9 +62,10 @@ def require_node() -> None:
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
         raise Exit(
-            f"Cannot build the dashboard: {' and '.join(missing)} not found on PATH. Install Node.js 20 "
-            f"with npm (for example `apt-get install nodejs npm`, or nvm), then run `invoke build` again. "
-            f"frontend/dist was left as it was.",
+            f"Cannot build the dashboard: {' and '.join(missing)} not found on PATH. Install "
+            "Node.js 20 "
+            "with npm (for example `apt-get install nodejs npm`, or nvm), then run `invoke build` "
+            f"again. frontend/dist was left as it was.",
             code=2,
         )
 
@@ -88,16 +91,20 @@ def build_frontend(c, frontend_dir: Path, force: bool = False) -> bool:
         if not stamp.is_file() or stamp.read_text().strip() != lock_hash:
             print("[build] package-lock.json changed or node_modules missing: npm ci")
             if not c.run(sh(commands.NPM_CI), warn=True, pty=False).ok:
-                raise Exit("`npm ci` failed (its output is above). Check package-lock.json and your npm "
-                           "registry access, then run `invoke build` again. frontend/dist was left as it was.", code=1)
+                raise Exit("`npm ci` failed (its output is above). Check package-lock.json and "
+                           "your npm "
+                           "registry access, then run `invoke build` again. frontend/dist was left "
+                           "as it was.", code=1)
             stamp.write_text(lock_hash)
         staging = frontend_dir / ".dist-build"
         shutil.rmtree(staging, ignore_errors=True)
         print(f"[build] vite build ({reason})")
-        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]), warn=True, pty=False)
+        result = c.run(sh([*commands.VITE_BUILD, "--outDir", staging.name, "--emptyOutDir"]),
+                       warn=True, pty=False)
     if not result.ok:
         shutil.rmtree(staging, ignore_errors=True)
-        raise Exit("The Vite build failed (its output is above). Fix the error in frontend/src and run "
+        raise Exit("The Vite build failed (its output is above). Fix the error in frontend/src and "
+                   "run "
                    "`invoke build` again. The previous frontend/dist was left as it was.", code=1)
     manifest = {
         "git_commit": git_commit(),
@@ -113,8 +120,8 @@ def build_frontend(c, frontend_dir: Path, force: bool = False) -> bool:
         dist.rename(old)
     staging.rename(dist)
     shutil.rmtree(old, ignore_errors=True)
-    print(f"[build] frontend/dist ready: {manifest['files']} files, commit {manifest['git_commit']}, "
-          f"{time.monotonic() - started:.1f}s")
+    print(f"[build] frontend/dist ready: {manifest['files']} files, commit "
+          f"{manifest['git_commit']}, {time.monotonic() - started:.1f}s")
     return True
 
 

@@ -16,19 +16,22 @@ def up(c, wait=False):
         host.on_current(commands.up, what="start the stack")
 
 
-@task(help={"volumes": "Also delete the named volumes: THE DATABASE, NATS DATA AND THE POINT-IN-TIME ARCHIVE ARE LOST "
-                      "(asks first).",
+@task(help={"volumes": "Also delete the named volumes: THE DATABASE, NATS DATA AND THE "
+                       "POINT-IN-TIME ARCHIVE ARE LOST (asks first).",
             "yes": "Do not ask before deleting the volumes (scripts).", "wait": WAIT_HELP})
 def down(c, volumes=False, yes=False, wait=False):
     """Stop and remove the stack's containers (data volumes are kept unless --volumes)."""
     host = open_host(c)
     if volumes and not yes:
-        answer = input(f"Delete the stack's volumes on {host.name}? The database, the NATS data and the point-in-time "
-                       f"archive (pgBackRest's WAL and backups) are deleted; backup sets in APP_DIR/backups and "
+        answer = input(f"Delete the stack's volumes on {host.name}? The database, the NATS data "
+                       "and the point-in-time "
+                       "archive (pgBackRest's WAL and backups) are deleted; backup sets in "
+                       "APP_DIR/backups and "
                        f"off-site copies are kept. Type the host name ({host.name}) to confirm: ")
         if answer.strip() != host.name:
             raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
-    with host.locked("compose.down", wait=wait), host.audited("compose.down", release=host.current_id) as outcome:
+    with host.locked("compose.down", wait=wait), host.audited("compose.down",
+                                                              release=host.current_id) as outcome:
         outcome["detail"] = "with volumes" if volumes else ""
         host.on_current(lambda ctx: commands.down(ctx, volumes=volumes), what="stop the stack")
 
@@ -39,11 +42,13 @@ def ps(c):
     open_host(c).on_current(commands.ps, what="list containers")
 
 
-@task(iterable=["service"], help={"service": "Service to restart (repeatable); all when omitted.", "wait": WAIT_HELP})
+@task(iterable=["service"], help={"service": "Service to restart (repeatable); all when omitted.",
+                                  "wait": WAIT_HELP})
 def restart(c, service=None, wait=False):
     """Restart services of the current release."""
     host = open_host(c)
-    with host.locked("compose.restart", wait=wait), host.audited("compose.restart", release=host.current_id) as outcome:
+    with (host.locked("compose.restart", wait=wait),
+          host.audited("compose.restart", release=host.current_id) as outcome):
         outcome["detail"] = " ".join(service or []) or "all services"
         host.on_current(lambda ctx: commands.restart(ctx, list(service or [])), what="restart")
 
@@ -56,7 +61,8 @@ def restart(c, service=None, wait=False):
 })
 def logs(c, service=None, since=None, follow=False, tail=200):
     """Show the stack's logs."""
-    open_host(c).on_current(lambda ctx: commands.logs(ctx, service=service, since=since, follow=follow, tail=int(tail)),
+    open_host(c).on_current(lambda ctx: commands.logs(ctx, service=service, since=since,
+                                                      follow=follow, tail=int(tail)),
                             pty=follow, what="show logs")
 
 

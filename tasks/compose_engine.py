@@ -18,6 +18,7 @@ from .commands import images as image_commands
 from .commands import notify as notify_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import rollout, sh
 from .commands import status as status_commands
 from .settings import PROJECT_ROOT
@@ -33,16 +34,20 @@ class ComposeEngine:
 
     def ensure_image(self, release: Release, step: str = "build backend image") -> None:
         build = sh(compose_commands.build_backend(self.ctx))
-        self.run(self.in_release(release.id, release_commands.image_present_or_build(release.image, build)), step, hide=False)
+        self.run(self.in_release(release.id, release_commands.image_present_or_build(release.image,
+                                                                                     build)), step,
+                 hide=False)
 
     def probe(self, release: Release) -> None:
-        command = self.in_release(release.id, release_commands.probe(release.image, self.base_url, list(release.assets)))
+        command = self.in_release(release.id, release_commands.probe(release.image, self.base_url,
+                                                                     list(release.assets)))
         result = self.probe_run(command)
         for line in result.stdout.splitlines():
             print(f"   {line}")
         if not result.ok:
             out = result.stdout.strip()
-            raise StepFailed("health checks", out.splitlines()[-1] if out else result.stderr.strip()[-500:])
+            raise StepFailed("health checks", out.splitlines()[-1] if out
+                             else result.stderr.strip()[-500:])
 
     def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
         """Move traffic to `release` without dropping requests and prove it with the probe, in one
@@ -50,14 +55,17 @@ class ComposeEngine:
         `backend` (a dashboard-only release just switches `current` and reloads nginx); `then`
         runs after the checks passed (recording the release). Each step gets its own row."""
         stream = self.steps.remote()
-        result = self.conn.run(self.activation_script(release, backend=backend, then=then), warn=True, hide="stderr",
+        result = self.conn.run(self.activation_script(release, backend=backend, then=then),
+                               warn=True, hide="stderr",
                                out_stream=stream)
         stream.finish(result.ok)
         if not result.ok:
-            failed_checks = [line for line in stream.lines if line.startswith("FAIL")]  # the probe's own verdicts
+            # the probe's own verdicts
+            failed_checks = [line for line in stream.lines if line.startswith("FAIL")]
             output = (result.stderr.strip() or "\n".join(stream.lines[-8:]))[-1500:]
             raise StepFailed(stream.current or "activate",
-                             self.redact("; ".join(failed_checks) if failed_checks else f"exit {result.exited}: {output}"))
+                             self.redact("; ".join(failed_checks) if failed_checks
+                                         else f"exit {result.exited}: {output}"))
 
     def prepare_release(self, release: Release, files: list[tuple[str, int, str]],
                         images: list[str]) -> tuple[set[str], list[tuple[str, dict]]]:
@@ -65,48 +73,59 @@ class ComposeEngine:
         one tar into the lock's 0700 inbox, then lay the release out, unpack them and report which
         of `images` the host has and the kept releases: two round trips. Call inside `locked` (the
         inbox is the lock's)."""
-        self.conn.put(io.BytesIO(release_commands.files_archive(files)), remote=f"{self.ctx.inbox}/{release_commands.RELEASE_TAR}")
-        out = self.run(release_commands.unpack_release(self.ctx, release.id) + "; " + image_commands.present(images)
+        self.conn.put(io.BytesIO(release_commands.files_archive(files)),
+                      remote=f"{self.ctx.inbox}/{release_commands.RELEASE_TAR}")
+        out = self.run(release_commands.unpack_release(self.ctx, release.id) + "; "
+                       + image_commands.present(images)
                        + "; " + release_commands.list_releases(self.ctx), "prepare release").stdout
         return image_commands.parse_present(out), release_commands.parse_releases(out)[0]
 
-    def start_backend(self, release: Release) -> release_commands.SchemaState:
+    def start_backend(self, release: Release) -> schema_commands.SchemaState:
         """One round trip: build the backend image on the host if it is missing, start Postgres and
         NATS, and read the database's schema state (fails closed: see SchemaState.readable)."""
         stream = self.steps.remote()
-        result = self.conn.run(self.start_backend_script(release), warn=True, hide="stderr", out_stream=stream)
+        result = self.conn.run(self.start_backend_script(release), warn=True, hide="stderr",
+                               out_stream=stream)
         stream.finish(result.ok)
         if not result.ok:
-            raise StepFailed(stream.current or "start backend", self.redact(f"exit {result.exited}: {result.stderr.strip()[-1500:]}"))
-        return release_commands.parse_schema("\n".join(stream.facts))
+            raise StepFailed(stream.current or "start backend",
+                             self.redact(f"exit {result.exited}: {result.stderr.strip()[-1500:]}"))
+        return schema_commands.parse_schema("\n".join(stream.facts))
 
     def start_backend_script(self, release: Release) -> str:
-        build = release_commands.image_present_or_build(release.image, sh(compose_commands.build_backend(self.ctx)))
+        present_or_build = release_commands.image_present_or_build
+        build = present_or_build(release.image, sh(compose_commands.build_backend(self.ctx)))
         if release.postgres_image:
-            build += "\n" + release_commands.image_present_or_build(release.postgres_image,
-                                                                      sh(compose_commands.build_postgres(self.ctx)))
+            build += "\n" + present_or_build(release.postgres_image,
+                                             sh(compose_commands.build_postgres(self.ctx)))
         return rollout.start_backend(self.ctx, release.id, build,
-                                     release_commands.schema_state(self.ctx, release.id, self.settings.db_wait_seconds))
+                                     schema_commands.schema_state(self.ctx, release.id,
+                                                                   self.settings.db_wait_seconds))
 
     def ensure_archive(self) -> None:
         """The WAL archive ready (stanza, first full backup); a failure is a warning, not a failed
         deploy (the database serves as before; `doctor` keeps saying so)."""
         result = self.conn.run(pitr_commands.ensure_stanza(self.ctx), warn=True, hide=True)
-        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in result.stdout.splitlines()
-                                                       if line.startswith("@@fact "))).get("pitr", "failed")
+        state = release_commands.parse_facts("\n".join(line[len("@@fact "):]
+                                                       for line in result.stdout.splitlines()
+                                                       if line.startswith("@@fact "))).get("pitr",
+                                                                                           "failed")
         for line in result.stdout.splitlines():
             if not line.startswith("@@fact "):
                 print(line, flush=True)
         if state != "ok":
             print(f"   WARNING: the WAL archive is not ready ({state}): "
                   + self.redact(" ".join(result.stderr.strip().splitlines()[-2:]) or "no output")
-                  + f". Restores to a moment are not possible until it is; `fab -H {self.name} doctor` checks it.", flush=True)
+                  + f". Restores to a moment are not possible until it is; `fab -H {self.name} "
+                    "doctor` checks it.", flush=True)
 
     def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
         probe = release_commands.probe(release.image, self.base_url, list(release.assets))
         live = self.current_meta
-        nginx_same = bool(live.get("stack_fingerprint")) and live.get("stack_fingerprint") == release.meta.get("stack_fingerprint")
-        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then, nginx_same=nginx_same)
+        nginx_same = (bool(live.get("stack_fingerprint"))
+                      and live.get("stack_fingerprint") == release.meta.get("stack_fingerprint"))
+        return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then,
+                                  nginx_same=nginx_same)
 
     def check_running(self) -> list[str]:
         """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:
@@ -114,7 +133,8 @@ class ComposeEngine:
         out = self.conn.run(rollout.running_services(self.ctx), hide=True, warn=True).stdout
         return rollout.stack_problems(out)
 
-    def put_back(self, previous: str, failed: str, marked: bool = True, backend: bool = True) -> str:
+    def put_back(self, previous: str, failed: str, marked: bool = True,
+                 backend: bool = True) -> str:
         """Put `previous` back (with its own settings) after `failed` did not pass its checks
         (`backend=False`: `failed` changed only the dashboard, so only `current` and nginx go
         back); returns a sentence for the error message."""
@@ -128,9 +148,13 @@ class ComposeEngine:
                 self.ensure_image(release, "rebuild previous image")
             self.activate(release, backend=backend)
         except StepFailed as again:
-            return f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H {self.name} rollback --to {previous}`."
+            return (f" Automatic rollback to {previous} ALSO failed ({again.detail}); run `fab -H "
+                    f"{self.name} rollback --to {previous}`.")
         self.put_back_release = previous
-        return f" Release {previous} was put back automatically and is serving" + (f"; {failed} is marked failed." if marked else ".")
+        return f" Release {previous} was put back automatically and is serving" + (f"; {failed} is "
+                                                                                   "marked failed."
+                                                                                   if marked
+                                                                                   else ".")
 
     # --- the Compose engine's part of the release pipeline (tasks/pipeline.py) ---------------
     sent_paths = fingerprints.SENT_PATHS
@@ -148,7 +172,8 @@ class ComposeEngine:
         backend = fingerprints.backend_fingerprint
         return (fingerprints.release_fingerprint(PROJECT_ROOT, env, variant),
                 {"compose": variant, "backend_fingerprint": backend(PROJECT_ROOT, env, variant),
-                 "stack_fingerprint": backend(PROJECT_ROOT, env, variant, fingerprints.STACK_PATHS)})
+                 "stack_fingerprint": backend(PROJECT_ROOT, env, variant,
+                                              fingerprints.STACK_PATHS)})
 
     def serving_on(self) -> str:
         """Where a live release serves, for the deploy's last line."""
@@ -204,15 +229,18 @@ class ComposeEngine:
                                                           release.postgres_image):
             if place == "local" and image not in on_host:
                 build_here(image, context, self.settings.build_backend)
-                if self.facts.get("docker_id") and self.facts.get("docker_id") == localhost.docker_id():
-                    on_host = on_host | {image}  # the host's Docker is this machine's: it has it now
+                docker_id = self.facts.get("docker_id")
+                if docker_id and docker_id == localhost.docker_id():
+                    # the host's Docker is this machine's: it has it now
+                    on_host = on_host | {image}
             if place == "host":
                 needed.remove(image)  # built on the host in the next step
-        here = {i for i in needed if local_docker and localhost.ok(["docker", "image", "inspect", i])}
+        here = {i for i in needed if local_docker and localhost.ok(["docker", "image", "inspect",
+                                                                    i])}
         mode = self.settings.ship_images
         ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
         if lacking and mode == "always":
-            raise StepFailed(self.images_step, f"SHIP_IMAGES=always, but this machine does not have "
+            raise StepFailed(self.images_step, "SHIP_IMAGES=always, but this machine does not have "
                                                f"{', '.join(lacking)} to send; pull or build them "
                                                f"here first.")
         if ship:
@@ -221,7 +249,7 @@ class ComposeEngine:
             print(f"   the host has {len(needed) - len(lacking)} of {len(needed)} images"
                   + (f"; it pulls {', '.join(lacking)} itself" if lacking else ""))
 
-    def start_data(self, plan) -> tuple[release_commands.SchemaState, "Host"]:
+    def start_data(self, plan) -> tuple[schema_commands.SchemaState, "Host"]:
         """Postgres and NATS up (images built on the host when that is the place), the schema
         read: one round trip; the data is here."""
         return self.start_backend(plan.release), self
@@ -235,7 +263,8 @@ class ComposeEngine:
     def upload_options(self, release_id: str, current: str) -> dict:
         """rsync of a release's files (the deploy, and its dry run): unchanged files become hard
         links to the current release's copies."""
-        return dict(sources=list(self.sent_paths), remote_path=f"{self.ctx.release_dir(release_id)}/",
+        return dict(sources=list(self.sent_paths),
+                    remote_path=f"{self.ctx.release_dir(release_id)}/",
                     cwd=str(PROJECT_ROOT), relative=True, excludes=fingerprints.RSYNC_EXCLUDES,
                     link_dest=f"../{current}" if current else None, delete=False)
 
@@ -267,12 +296,14 @@ class ComposeEngine:
         return "; ".join([release_commands.write_meta(ctx, release.id, release.recorded("ok")),
                           release_commands.remove_releases(ctx, prune),
                           release_commands.prune_images(ctx, f"{project}-backend"),
-                          release_commands.prune_images(ctx, f"{project}-postgres", "postgres_image"),
+                          release_commands.prune_images(ctx, f"{project}-postgres",
+                                                        "postgres_image"),
                           status_commands.install_sampler(self.absolute_ctx)])
 
     # --- images ---------------------------------------------------------------------------
     def images_present(self, images: list[str]) -> set[str]:
-        return image_commands.parse_present(self.conn.run(image_commands.present(images), hide=True).stdout)
+        return image_commands.parse_present(self.conn.run(image_commands.present(images),
+                                                          hide=True).stdout)
 
     def ship_images(self, images: list[str], report_every: float = 3.0) -> int:
         """Stream `docker save | gzip` from this machine, less the layers the host has, into the

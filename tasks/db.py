@@ -34,68 +34,124 @@ def provide_image(host: Host, image: str, built: bool) -> None:
         return
     if built:
         dockerfile = (PROJECT_ROOT / "postgres" / "Dockerfile").read_text()
-        host.run(f"printf '%s' {q(dockerfile)} | docker build -q -t {q(image)} -", "build the new Postgres image", hide=False)
+        host.run(f"printf '%s' {q(dockerfile)} | docker build -q -t {q(image)} -",
+                 "build the new Postgres image", hide=False)
         return
     host.run(f"docker pull -q {q(image)}", "pull the new Postgres image", hide=False)
 
 
 @task(help={
-    "yes": "Do not ask for confirmation (the API is stopped while the data is dumped and restored).",
+    "yes": ("Do not ask for confirmation (the API is stopped while the data is dumped and "
+            "restored)."),
     "wait": WAIT_HELP,
     "env": ENV_HELP,
 })
 def upgrade(c, yes=False, wait=False, env=None):
-    """Upgrade the database to the Postgres major of compose.yml: verified dump, new cluster, restore, counts compared."""
+    """Upgrade the database to compose.yml's Postgres major: dump, new cluster, restore, compare."""
     remote.require_host(c)
     choose_env(c, env)
     steps = Steps(f"Upgrade PostgreSQL on {c.original_host}")
     host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
-    built = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)  # "" when compose.yml pulls its image
+    # "" when compose.yml pulls its image
+    built = image_commands.postgres_image(PROJECT_ROOT, host.ctx.project)
     image = built or commands.postgres_image(PROJECT_ROOT)
     data = host.facts.get("pg_data", "")
     verdict, wanted = commands.guard(data, image)
+    if nothing_to_upgrade(host, verdict, data, image, wanted):
+        return
+    current = host.current_id
+    facts = ready_facts(host, verdict, current)
+    keep = commands.keep_volume(host.ctx, data,
+                                datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    print(f"PostgreSQL {data} -> {wanted} on {host.name}: {facts.get('image')} -> {image}; the old "
+          f"data will be kept in volume {keep}.")
+    if not yes:
+        confirm(host, wanted)
+    result = run_upgrade(host, steps, wait=wait, data=data, wanted=wanted, image=image,
+                         built=bool(built),
+                         keep=keep, current=current)
+    steps.print_table()
+    print(f"The database on {host.name} is PostgreSQL {wanted} now: {result.get('tables')} tables "
+          f"and {result.get('rows')} "
+          f"rows restored from the verified backup set {result.get('set')}, every table's row "
+          "count equal to the dump's; "
+          f"release {current} serves and passes its health checks. The old PostgreSQL {data} data "
+          "is kept in volume "
+          f"{keep} until you remove it (on the host: `docker volume rm {keep}`). Deploy as usual "
+          "now.")
+
+
+def nothing_to_upgrade(host: Host, verdict: str, data: str, image: str, wanted: str) -> bool:
+    """True (said) when there is nothing to upgrade; refuses an image without a major or data of
+    a newer one."""
     volume = host.ctx.postgres_volume
     if verdict == commands.UNCHECKED:
-        raise Exit(f"compose.yml runs {image}, whose tag does not name a PostgreSQL major version; name one (e.g. "
-                   f"pgvector/pgvector:pg17) so the upgrade knows its target. Nothing was changed.", code=ExitCode.USAGE)
+        raise Exit(f"compose.yml runs {image}, whose tag does not name a PostgreSQL major version; "
+                   "name one (e.g. "
+                   f"pgvector/pgvector:pg17) so the upgrade knows its target. Nothing was changed.",
+                   code=ExitCode.USAGE)
     if verdict == commands.FRESH:
-        print(f"{host.name} has no PostgreSQL data yet (volume {volume}: {data or 'none'}): nothing to upgrade; deploy.")
-        return
+        print(f"{host.name} has no PostgreSQL data yet (volume {volume}: {data or 'none'}): "
+              "nothing to upgrade; deploy.")
+        return True
     if verdict == commands.MATCH:
-        print(f"The database on {host.name} is already PostgreSQL {data}, the major {image} runs: nothing to do.")
-        return
+        print(f"The database on {host.name} is already PostgreSQL {data}, the major {image} runs: "
+              "nothing to do.")
+        return True
     if verdict == commands.NEWER:
-        raise Exit(commands.refusal(verdict, data, image, wanted, host.name, volume, ""), code=ExitCode.REFUSED)
-    current = host.current_id
-    facts = release_commands.parse_facts(host.run(commands.upgrade_facts(host.ctx), "read postgres").stdout)
+        raise Exit(commands.refusal(verdict, data, image, wanted, host.name, volume, ""),
+                   code=ExitCode.REFUSED)
+    return False
+
+
+def ready_facts(host: Host, verdict: str, current: str | None) -> dict:
+    """The live Postgres's facts; refuses (changing nothing) without a live release, its Postgres
+    running, or the disk space the dump and the new cluster need."""
+    facts = release_commands.parse_facts(host.run(commands.upgrade_facts(host.ctx),
+                                                  "read postgres").stdout)
     if verdict == commands.UNKNOWN or not current or facts.get("running") != "yes":
-        raise Exit(f"The upgrade dumps the database with the PostgreSQL that wrote it, so it needs the live release and its "
-                   f"postgres container running on {host.name} (release: {current or 'none'}; postgres: "
-                   f"{'running' if facts.get('running') == 'yes' else 'not running'}). Start it with "
-                   f"`fab -H {host.name} compose.up` and run the upgrade again. Nothing was changed.",
+        raise Exit("The upgrade dumps the database with the PostgreSQL that wrote it, so it needs "
+                   "the live release and its "
+                   f"postgres container running on {host.name} (release: {current or 'none'}; "
+                   "postgres: "
+                   f"{'running' if facts.get('running') == 'yes' else 'not running'}). Start it "
+                   f"with `fab -H {host.name} compose.up` and run the upgrade again. Nothing was "
+                   "changed.",
                    code=ExitCode.HOST_NOT_READY)
     problem = commands.space_problem(int(facts.get("data_kb") or 0), int(facts.get("free_kb") or 0))
     if problem:
-        raise Exit(f"Not enough disk space on {host.name} for the upgrade: {problem}. Free some (`docker system prune`, "
+        raise Exit(f"Not enough disk space on {host.name} for the upgrade: {problem}. Free some "
+                   "(`docker system prune`, "
                    f"old backups) and run it again. Nothing was changed.", code=ExitCode.REFUSED)
-    keep = commands.keep_volume(host.ctx, data, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    print(f"PostgreSQL {data} -> {wanted} on {host.name}: {facts.get('image')} -> {image}; the old data will be kept in "
-          f"volume {keep}.")
-    if not yes:
-        answer = input(f"The API and worker stop while the database is dumped, restored into a new PostgreSQL {wanted} cluster "
-                       f"and checked. Type the Compose project name ({host.ctx.project}) to confirm: ")
-        if answer.strip() != host.ctx.project:
-            raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
+    return facts
+
+
+def confirm(host: Host, wanted: str) -> None:
+    """The Compose project's name typed back, or nothing changes."""
+    answer = input("The API and worker stop while the database is dumped, restored into a new "
+                   f"PostgreSQL {wanted} cluster "
+                   f"and checked. Type the Compose project name ({host.ctx.project}) to confirm: ")
+    if answer.strip() != host.ctx.project:
+        raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
+
+
+def run_upgrade(host: Host, steps: Steps, *, wait: bool, data: str, wanted: str, image: str,
+                built: bool,
+                keep: str, current: str) -> dict:
+    """Inside the lock and one audit line: the image, the backup program, then the host-side
+    script (dump, new cluster, restore, compare, start); its parsed result."""
     try:
-        with host.locked("db.upgrade", wait=wait), host.audited("db.upgrade", release=current) as outcome:
+        with host.locked("db.upgrade", wait=wait), host.audited("db.upgrade",
+                                                                release=current) as outcome:
             outcome["detail"] = f"PostgreSQL {data} -> {wanted} ({image})"
             with steps.step("images the host needs"):
-                provide_image(host, image, bool(built))
+                provide_image(host, image, built)
             with steps.step("install the backup program"):
                 host.install_backup_script()
             rows, _ = host.releases()
-            pins = {rid: compose_commands.release_override(meta["backend_image"], rid, postgres_image=image)
+            pins = {rid: compose_commands.release_override(meta["backend_image"], rid,
+                                                           postgres_image=image)
                     for rid, meta in rows if meta.get("backend_image")}
             live = host.release(current)
             probe = release_commands.probe(live.image, host.base_url, list(live.assets))
@@ -105,15 +161,14 @@ def upgrade(c, yes=False, wait=False, env=None):
                 result = commands.parse_upgrade(host.run(script, "upgrade", hide=False).stdout)
             outcome["detail"] += f"; set {result.get('set')}; old data kept in {keep}"
     except StepFailed as failure:
-        state = (f"PostgreSQL {data} was put back with its data and api and worker were started again (the lines above "
-                 f"say each step of putting it back); nothing was lost. Backup sets: `fab -H {host.name} backup.list`"
+        state = (f"PostgreSQL {data} was put back with its data and api and worker were started "
+                 "again (the lines above "
+                 "say each step of putting it back); nothing was lost. Backup sets: `fab -H "
+                 f"{host.name} backup.list`"
                  if failure.step == "upgrade" else "Nothing was changed on the server")
-        steps.fail(f"The upgrade on {host.name} failed at '{failure.step}': {failure.detail}. {state}.")
-    steps.print_table()
-    print(f"The database on {host.name} is PostgreSQL {wanted} now: {result.get('tables')} tables and {result.get('rows')} "
-          f"rows restored from the verified backup set {result.get('set')}, every table's row count equal to the dump's; "
-          f"release {current} serves and passes its health checks. The old PostgreSQL {data} data is kept in volume "
-          f"{keep} until you remove it (on the host: `docker volume rm {keep}`). Deploy as usual now.")
+        steps.fail(f"The upgrade on {host.name} failed at '{failure.step}': {failure.detail}. "
+                   f"{state}.")
+    return result
 
 
 ns = Collection("db")

@@ -15,6 +15,7 @@ from .build import FRONTEND, build_frontend, git_commit
 from .commands import backup as backup_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
@@ -25,8 +26,10 @@ COMPOSE_CHOICES = ("auto", "v1", "v2")
 
 
 @task(help={
-    "skip_build": "Deploy the frontend/dist already built (CI builds once, then deploys with this).",
-    "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
+    "skip_build": ("Deploy the frontend/dist already built (CI builds once, then deploys with "
+                   "this)."),
+    "compose": ("Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 "
+                "or v2."),
     "wait": WAIT_HELP,
     "env": ENV_HELP,
     "dry_run": "Print what the deploy would do (release, files and their size, images, migrations, "
@@ -42,7 +45,8 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     settings = Settings.from_context(c)  # validated before any connection opens
     env_file = env_file_path(c)
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
-        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` "
+        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke "
+                   "build` "
                    "first (or deploy without --skip-build). Nothing was changed on the server.",
                    code=ExitCode.USAGE)
     steps = Steps(f"Deploy to {c.original_host}", settings.secret_values())
@@ -74,36 +78,35 @@ def print_remote_commands(what: str, rsync: str) -> None:
 
 
 @task(help={
-    "from_offsite": "Recover from the off-site repository (OFFSITE_REPOSITORY): the only source so far; required.",
+    "from_offsite": "Recover from the off-site repository (OFFSITE_REPOSITORY): the only source so "
+                    "far; required.",
     "name": "The off-site set to recover (default: the newest; see `backup.offsite.list`).",
-    "to_time": "With the WAL archive off-site (an SFTP repository): bring the database to this moment, \"YYYY-MM-DD "
-               "HH:MM:SS\" in UTC, instead of to the last archived WAL.",
+    "to_time": "With the WAL archive off-site (an SFTP repository): bring the database to this "
+               "moment, \"YYYY-MM-DD HH:MM:SS\" in UTC, instead of to the last archived WAL.",
     "skip_build": "Deploy the frontend/dist already built.",
-    "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
+    "compose": ("Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 "
+                "or v2."),
     "wait": WAIT_HELP,
     "env": ENV_HELP,
 })
-def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto", wait=False, env=None):
+def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto",
+            wait=False, env=None):
     """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
     the newest set's certificates, this checkout's release, then the set's database and JetStream
-    data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md, "The bad day")."""
-    if not from_offsite:
-        raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the off-site repository in "
-                   "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
-    if compose not in COMPOSE_CHOICES:
-        raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
-    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
-        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see `backup.offsite.list`). "
-                   f"Nothing was changed.", code=ExitCode.USAGE)
+    data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md,
+    "The bad day")."""
+    refuse_recover_flags(from_offsite, compose, name)
     remote.require_host(c)
     choose_env(c, env)
     settings = Settings.from_context(c)
     if not settings.offsite_repository:
-        raise Exit("OFFSITE_REPOSITORY is not set: there is nothing to recover from. Use the settings file of the lost host "
-                   "(OFFSITE_REPOSITORY and OFFSITE_PASSWORD). Nothing was changed.", code=ExitCode.USAGE)
+        raise Exit("OFFSITE_REPOSITORY is not set: there is nothing to recover from. Use the "
+                   "settings file of the lost host "
+                   "(OFFSITE_REPOSITORY and OFFSITE_PASSWORD). Nothing was changed.",
+                   code=ExitCode.USAGE)
     if skip_build and not (FRONTEND / "dist" / "index.html").is_file():
-        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke build` first. "
-                   "Nothing was changed on the server.", code=ExitCode.USAGE)
+        raise Exit("--skip-build was given but frontend/dist/index.html is missing: run `invoke "
+                   "build` first. Nothing was changed on the server.", code=ExitCode.USAGE)
     wal_offsite, target = recovery_target(settings, to_time)
     env_file = env_file_path(c)
     steps = Steps(f"Recover on {c.original_host}", settings.secret_values())
@@ -111,14 +114,7 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
         with steps.step("connect and check host"):
             host = open_host(c, settings, compose=compose, steps=steps)
             host.require_one_host("recover")
-        marker = offsite_commands.recovering_marker(host.ctx)
-        resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
-        if host.current_id and not resuming:
-            raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a NEW host, and would replace "
-                       f"this one's database. To bring data back here use `fab -H {host.name} backup.restore`. Nothing was "
-                       f"changed.", code=ExitCode.REFUSED)
-        if resuming:
-            print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
+        resuming = resuming_recovery(host)
         host.preflight_checks(env)
         if skip_build:
             steps.skip("build frontend", "--skip-build")
@@ -129,17 +125,49 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
             live, set_name, wal_note = recover_onto(host, env_file, name or resuming or None,
                                                     wal_offsite, target, outcome)
     except StepFailed as failure:
-        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. Fix the cause and run "
-                   f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
+        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': "
+                   f"{failure.detail}. Fix the cause and run "
+                   f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host "
+                   "keeps the fetched set).")
     steps.print_table()
-    print(f"{host.name} serves release {live} with the data of off-site set {set_name}" + (f" and {wal_note}" if wal_note else "")
-          + f". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+    print(f"{host.name} serves release {live} with the data of off-site set {set_name}"
+          + (f" and {wal_note}" if wal_note else "")
+          + ". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H "
+            f"{host.name} backup.schedule`.")
+
+
+def refuse_recover_flags(from_offsite: bool, compose: str, name: str | None) -> None:
+    """Refuses (changing nothing) flags `recover` cannot work with."""
+    if not from_offsite:
+        raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the "
+                   "off-site repository in "
+                   "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
+    if compose not in COMPOSE_CHOICES:
+        raise Exit(f"--compose must be auto, v1 or v2 (got {compose!r}).", code=ExitCode.USAGE)
+    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
+        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
+                   f"`backup.offsite.list`). Nothing was changed.", code=ExitCode.USAGE)
+
+
+def resuming_recovery(host: Host) -> str:
+    """The set of a recovery that did not finish on this host, or ''; refuses a host that already
+    serves a release of its own."""
+    marker = offsite_commands.recovering_marker(host.ctx)
+    resuming = host.probe_run(f"cat {marker}").stdout.strip() if host.current_id else ""
+    if host.current_id and not resuming:
+        raise Exit(f"{host.name} already serves release {host.current_id}: `recover` builds a "
+                   "NEW host, and would replace "
+                   f"this one's database. To bring data back here use `fab -H {host.name} "
+                   f"backup.restore`. Nothing was changed.", code=ExitCode.REFUSED)
+    if resuming:
+        print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
+    return resuming
 
 
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
     """(whether the WAL archive is off-site, the moment to recover to: "" for the last WAL);
     a usage error, changing nothing, for a moment that cannot be reached."""
-    wal_offsite = bool(pitr_commands.offsite_repo_path(settings.offsite_repository))
+    wal_offsite = bool(pitr_offsite.offsite_repo_path(settings.offsite_repository))
     if not to_time:
         return wal_offsite, ""
     try:
@@ -147,9 +175,11 @@ def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]
     except ValueError as err:
         raise Exit(f"{err} Nothing was changed.", code=ExitCode.USAGE) from None
     if not wal_offsite:
-        raise Exit("--to-time needs the WAL archive off-site, which is kept only for an SFTP repository "
+        raise Exit("--to-time needs the WAL archive off-site, which is kept only for an SFTP "
+                   "repository "
                    "with an absolute path (OFFSITE_REPOSITORY=sftp:user@host:/path). Without it "
-                   "`recover` brings back the newest set. Nothing was changed.", code=ExitCode.USAGE)
+                   "`recover` brings back the newest set. Nothing was changed.",
+                   code=ExitCode.USAGE)
     return wal_offsite, target.strftime(pitr_commands.TIME_FORMAT)
 
 
@@ -157,14 +187,16 @@ def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, targ
                  outcome: dict) -> tuple[str, str, str]:
     """Inside the lock: the set fetched (the host is then a recovery in progress, which `recover`
     resumes), its certificates, this checkout deployed, the set's data restored into a fresh
-    database and migrated, the off-site WAL replayed, the health checks. (live release, set, note)"""
+    database and migrated, the off-site WAL replayed, the health checks. (live release, set,
+    note)"""
     steps, marker = host.steps, offsite_commands.recovering_marker(host.ctx)
     with steps.step("fetch the off-site set"):
         set_name = fetch_offsite_set(host, name)
         host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
     outcome["detail"] = f"from off-site set {set_name}"
     with steps.step("certificates and TLS settings"):
-        unpacked = host.run(offsite_commands.unpack_certificates(host.ctx, set_name), "certificates")
+        unpacked = host.run(offsite_commands.unpack_certificates(host.ctx, set_name),
+                            "certificates")
         print(f"   {unpacked.stdout.strip()}")
     plan = pipeline.plan_deploy(host, env_file)
     pipeline.run_deploy(host, plan, outcome)
@@ -176,7 +208,8 @@ def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, targ
         host.restore_backup(set_name, fresh_database=True, migrate=True)
     wal_note = ""
     if wal_offsite:
-        with steps.step(f"database to {target + ' UTC' if target else 'the last archived WAL'} (off-site)"):
+        with steps.step(f"database to {target + ' UTC' if target else 'the last archived WAL'} "
+                        "(off-site)"):
             wal_note = host.restore_wal_offsite(target, migrate=True)
         outcome["detail"] += f"; {wal_note}"
     with steps.step("health checks"):
@@ -191,11 +224,13 @@ def fetch_offsite_set(host: Host, name: str | None) -> str:
     result = host.offsite("fetch", name or "latest")
     set_name = offsite_commands.parse_fetched(result.stdout)
     if not result.ok or not set_name:
-        hint = (f" If the repository is on SFTP, authorize this host's key there first: {pubkey}" if pubkey else "")
+        hint = (f" If the repository is on SFTP, authorize this host's key there first: {pubkey}"
+                if pubkey else "")
         raise StepFailed("fetch the off-site set", host.redact(result.stderr.strip()[-400:]) + hint)
     made = backup_commands.parse_sets(host.probe_run(backup_commands.list_sets(host.ctx)).stdout)[0]
     release = next((s.get("release", "") for s in made if s["name"] == set_name), "")
-    print(f"   off-site set {set_name}" + (f" (made under release {release}; deploying this checkout, {git_commit()[:12]})"
+    print(f"   off-site set {set_name}" + (f" (made under release {release}; deploying this "
+                                           f"checkout, {git_commit()[:12]})"
                                            if release else ""))
     return set_name
 

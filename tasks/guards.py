@@ -23,14 +23,17 @@ def check_memory_budget(host, table: bool = False) -> budget.Budget:
         verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT, traced=traced),
                                   int(mem_kb) * 1024 if mem_kb.isdigit() else 0)
     except ValueError as err:
-        raise Exit(f"A memory size in the compose files is not valid ({err}). Nothing was changed on the server.",
+        raise Exit(f"A memory size in the compose files is not valid ({err}). Nothing was changed "
+                   "on the server.",
                    code=ExitCode.USAGE) from None
     print(budget.summary(verdict))
     if table or verdict.level != budget.OK:
         print(budget.table(verdict))
     if verdict.level == budget.REFUSE:
-        raise Exit(f"The stack does not fit in the memory of {host.name}: {'; '.join(verdict.reasons)}. Lower the reservations "
-                   f"in compose.yml / docker-compose.production.yml or move to a larger host. Nothing was changed on the server.",
+        raise Exit(f"The stack does not fit in the memory of {host.name}: "
+                   f"{'; '.join(verdict.reasons)}. Lower the reservations "
+                   "in compose.yml / docker-compose.production.yml or move to a larger host. "
+                   "Nothing was changed on the server.",
                    code=ExitCode.REFUSED)
     for reason in verdict.reasons:
         print(f"   warning: {reason}")
@@ -46,13 +49,15 @@ def check_postgres_major(host, env: str | None = None) -> str:
     verdict, wanted = db_commands.guard(data, image)
     if verdict in (db_commands.OLDER, db_commands.NEWER):
         upgrade = f"fab -H {host.name} db.upgrade" + (f" --env {env}" if env else "")
-        raise Exit(db_commands.refusal(verdict, data, image, wanted, host.name, host.ctx.postgres_volume, upgrade),
+        raise Exit(db_commands.refusal(verdict, data, image, wanted, host.name,
+                                       host.ctx.postgres_volume, upgrade),
                    code=ExitCode.REFUSED)
     if verdict == db_commands.UNKNOWN:
-        print(f"   note: the PostgreSQL version of the data in {host.ctx.postgres_volume} could not be read (no postgres "
-              f"container); Postgres itself refuses a data directory of another major, and the deploy stops at reading "
-              f"the schema.")
+        print(f"   note: the PostgreSQL version of the data in {host.ctx.postgres_volume} could "
+              "not be read (no postgres "
+              "container); Postgres itself refuses a data directory of another major, and the "
+              f"deploy stops at reading the schema.")
     elif verdict == db_commands.UNCHECKED:
-        print(f"   note: {image} does not name a PostgreSQL major version in its tag, so the data's (PostgreSQL {data}) "
-              f"cannot be checked against it before the deploy.")
+        print(f"   note: {image} does not name a PostgreSQL major version in its tag, so the "
+              f"data's (PostgreSQL {data}) cannot be checked against it before the deploy.")
     return verdict

@@ -25,12 +25,14 @@ from .commands import audit as audit_commands
 from .commands import lock as lock_commands
 from .commands import notify as notify_commands
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands import sh
 from .commands.context import HostContext
 from .compose_engine import ComposeEngine
 from .host_data import DataOperations
 from .exits import ExitCode
 from .identity import identity, now_iso
+from .preflight import absolute_app_dir, choose_compose, choose_engine, host_problem
 from .settings import Settings
 from .steps import StepFailed, Steps, redact, run_checked
 
@@ -48,8 +50,10 @@ class Release:
 
     @classmethod
     def from_meta(cls, release_id: str, meta: dict) -> "Release":
-        return cls(id=release_id, image=meta.get("backend_image", ""), assets=tuple(meta.get("assets", [])),
-                   previous=meta.get("previous", ""), result=meta.get("result", ""), meta=dict(meta))
+        return cls(id=release_id, image=meta.get("backend_image", ""),
+                   assets=tuple(meta.get("assets", [])),
+                   previous=meta.get("previous", ""), result=meta.get("result", ""),
+                   meta=dict(meta))
 
     @property
     def commit(self) -> str:
@@ -62,58 +66,9 @@ class Release:
 
     def recorded(self, result: str, **extra) -> dict:
         """The metadata to write for this release with a new result."""
-        return {**self.meta, "release": self.id, "backend_image": self.image, "assets": list(self.assets),
+        return {**self.meta, "release": self.id, "backend_image": self.image,
+                "assets": list(self.assets),
                 "previous": self.previous, "result": result, **extra}
-
-
-def choose_compose(facts: dict[str, str], wanted: str) -> str | None:
-    if wanted in ("auto", "v2") and facts.get("compose_v2"):
-        return "v2"
-    if wanted in ("auto", "v1") and facts.get("compose_v1"):
-        return "v1"
-    return None
-
-
-def choose_engine(facts: dict[str, str], wanted: str, alias: str) -> tuple[str, str | None]:
-    """(`compose` or `swarm`, a problem or None) from ENGINE and the host's `swarm` fact: auto is Swarm on a
-    swarm manager and Compose outside a swarm; a swarm worker takes no stack operation."""
-    state, _, manager = facts.get("swarm", "").partition("/")
-    if wanted == "compose":
-        return "compose", None
-    if state == "active" and manager == "true":
-        return "swarm", None
-    if state == "active":
-        return "swarm", (f"{alias} is a worker in a Docker Swarm: stack operations run on a manager (`fab -H MANAGER ...`; "
-                         f"`cluster.status` lists the nodes), or set ENGINE=compose to run Compose on this host alone.")
-    if wanted == "swarm":
-        return "swarm", (f"ENGINE=swarm, but {alias} is not in a Docker Swarm (`docker info` reports {state or 'nothing'}): "
-                         f"form one with `fab -H {alias},OTHER... cluster.init`, or set ENGINE=compose.")
-    return "compose", None
-
-
-def host_problem(facts: dict[str, str], alias: str, wanted: str) -> str | None:
-    """A clear message when the host cannot take a deploy, else None."""
-    user = facts.get("user", "the deploy user")
-    docker = facts.get("docker", "missing")
-    if docker == "missing":
-        return (f"Docker is not installed on {alias}. Install Docker Engine with the Compose plugin "
-                f"(`curl -fsSL https://get.docker.com | sh`), add {user} to the docker group "
-                f"(`usermod -aG docker {user}`), and run the deploy again.")
-    if not docker[:1].isdigit():
-        return (f"{user} cannot use Docker on {alias} ({docker.strip()[:160]}). Start the Docker daemon "
-                f"(`systemctl start docker`) and add {user} to the docker group (`usermod -aG docker {user}`, "
-                f"then log in again), and run the deploy again.")
-    if choose_compose(facts, wanted) is None:
-        which = "Docker Compose" if wanted == "auto" else f"Docker Compose {wanted}"
-        return (f"{which} is not available on {alias}. Install the Compose plugin "
-                f"(`apt-get install docker-compose-plugin`) and run the deploy again.")
-    if not facts.get("rsync"):
-        return f"rsync is not installed on {alias}. Install it (`apt-get install rsync`) and run the deploy again."
-    return None
-
-
-def absolute_app_dir(facts: dict[str, str], app_dir: str) -> str:
-    return app_dir if app_dir.startswith("/") else f"{facts.get('home', '').rstrip('/')}/{app_dir}"
 
 
 def _json(text: str | None) -> dict:
@@ -131,7 +86,8 @@ WAIT_HELP = "If another operation holds the host's lock, wait for it instead of 
 # Audited operations that also send an alert (tasktracker-notify) when they end.
 NOTIFIED_ACTIONS = ("deploy", "rollback")
 # How a refusal reads in an alert (the exit code of the Exit that ended the operation).
-EXIT_REASONS = {ExitCode.FAILED: "", ExitCode.USAGE: "bad input or settings", ExitCode.HOST_NOT_READY: "host not ready",
+EXIT_REASONS = {ExitCode.FAILED: "", ExitCode.USAGE: "bad input or settings",
+                ExitCode.HOST_NOT_READY: "host not ready",
                 ExitCode.LOCKED: "locked", ExitCode.REFUSED: "refused to protect data"}
 
 
@@ -148,7 +104,8 @@ def failure_kind(exc: BaseException) -> tuple[str, str]:
 class Host(ComposeEngine, DataOperations):
     """A connected host, its facts, and the operations every task shares."""
 
-    def __init__(self, conn, settings: Settings, variant: str, facts: dict[str, str], steps: Steps | None = None):
+    def __init__(self, conn, settings: Settings, variant: str, facts: dict[str, str],
+                 steps: Steps | None = None):
         self.conn = conn
         self.settings = settings
         self.facts = facts
@@ -156,11 +113,13 @@ class Host(ComposeEngine, DataOperations):
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
         self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)
-        self._deferred: list[tuple[str, str]] | None = None  # audit lines waiting for the lock's release
+        # audit lines waiting for the lock's release
+        self._deferred: list[tuple[str, str]] | None = None
 
     # --- connecting ----------------------------------------------------------------------
     @classmethod
-    def open(cls, c, settings: Settings | None = None, *, compose: str = "auto", steps: Steps | None = None) -> "Host":
+    def open(cls, c, settings: Settings | None = None, *, compose: str = "auto",
+             steps: Steps | None = None) -> "Host":
         """Connect, read the host's facts, and refuse (changing nothing) a host that cannot
         take the operation."""
         settings = settings or Settings.from_context(c)
@@ -174,7 +133,8 @@ class Host(ComposeEngine, DataOperations):
         facts = release_commands.parse_facts(result.stdout)
         problem = host_problem(facts, self.name, compose)
         if problem:
-            raise Exit(problem + " Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+            raise Exit(problem + " Nothing was changed on the server.",
+                       code=ExitCode.HOST_NOT_READY)
         self.facts = facts
         self.engine, self.engine_problem = choose_engine(facts, self.settings.engine, self.name)
         self.ctx = self.ctx.with_variant(choose_compose(facts, compose)).with_engine(self.engine)
@@ -207,7 +167,8 @@ class Host(ComposeEngine, DataOperations):
     # --- running commands ----------------------------------------------------------------
     def run(self, command: str, step: str, **kwargs):
         """Run; on failure raise StepFailed with the (redacted) output."""
-        return run_checked(self.conn, command, step, secrets=self.settings.secret_values(), **kwargs)
+        return run_checked(self.conn, command, step, secrets=self.settings.secret_values(),
+                           **kwargs)
 
     def probe_run(self, command: str, **kwargs):
         """Run and return the result whatever its exit code (output hidden)."""
@@ -223,23 +184,28 @@ class Host(ComposeEngine, DataOperations):
         return redact(text, self.settings.secret_values())
 
     # --- audit and lock ------------------------------------------------------------------
-    def record(self, action: str, result: str, *, release: str = "", duration: float = 0.0, detail: str = "",
+    def record(self, action: str, result: str, *, release: str = "", duration: float = 0.0,
+               detail: str = "",
                step: str = "", reason: str = "", commit: str = "") -> None:
         """One audit line; for a deploy or rollback also the operator's alert, in the same round
         trip (`step`/`reason`: where it failed; `commit`: the release's, when not this checkout's).
         A failed alert is a warning, never an error."""
-        entry = {"time": now_iso(), **identity(), "host": self.name, "action": action, "result": result,
+        entry = {"time": now_iso(), **identity(), "host": self.name, "action": action,
+                 "result": result,
                  "release": release, "duration_s": round(duration, 1)}
         if detail:
             entry["detail"] = " ".join(self.redact(detail).split())[-300:]
         command = audit_commands.append(self.ctx, entry)
         if action in NOTIFIED_ACTIONS:
-            who = f"{entry['user']}@{entry['machine']}" + (f" (CI {entry['ci_run']})" if entry.get("ci_run") else "")
+            who = f"{entry['user']}@{entry['machine']}" + (f" (CI {entry['ci_run']})"
+                                                           if entry.get("ci_run") else "")
             message = notify_commands.operation_message(
-                action, result, release=release, commit=commit or entry.get("commit", ""), who=who, seconds=duration,
+                action, result, release=release, commit=commit or entry.get("commit", ""), who=who,
+                seconds=duration,
                 step=step, reason=reason, put_back=self.put_back_release)
             command += "; " + notify_commands.send(self.ctx, self.redact(message))
-        if self._deferred is not None:  # inside `locked`: sent with the lock's release (one round trip)
+        # inside `locked`: sent with the lock's release (one round trip)
+        if self._deferred is not None:
             self._deferred.append((action, command))
             return
         ran = self.conn.run(command, hide=True, warn=True)
@@ -261,19 +227,24 @@ class Host(ComposeEngine, DataOperations):
         try:
             yield outcome
         except BaseException as exc:
-            detail = outcome.get("detail") or getattr(exc, "detail", "") or str(getattr(exc, "message", "") or exc)
+            detail = outcome.get("detail") or getattr(exc, "detail",
+                                                      "") or str(getattr(exc, "message", "") or exc)
             step, reason = failure_kind(exc)
-            self.record(action, "failed", release=outcome.get("release", ""), duration=time.monotonic() - started,
+            self.record(action, "failed", release=outcome.get("release", ""),
+                        duration=time.monotonic() - started,
                         detail=detail, step=step, reason=reason, commit=outcome.get("commit", ""))
             raise
         self.record(action, outcome.get("result", "ok"), release=outcome.get("release", ""),
-                    duration=time.monotonic() - started, detail=outcome.get("detail", ""), commit=outcome.get("commit", ""))
+                    duration=time.monotonic() - started, detail=outcome.get("detail", ""),
+                    commit=outcome.get("commit", ""))
 
     @contextmanager
-    def locked(self, action: str, wait: bool = False, wait_timeout: float = 1800, poll: float = 2.0):
+    def locked(self, action: str, wait: bool = False, wait_timeout: float = 1800,
+               poll: float = 2.0):
         """Hold the host's lock for the block, or fail at once naming the holder (`wait`: queue)."""
         token = token_source.token_hex(8)
-        info = {**identity(), "action": action, "since": now_iso(), "host": self.name, "token": token}
+        info = {**identity(), "action": action, "since": now_iso(), "host": self.name,
+                "token": token}
         started = time.monotonic()
         announced = False
         while True:
@@ -284,16 +255,19 @@ class Host(ComposeEngine, DataOperations):
             holder_text = lock_commands.describe(holder, liveness)
             if liveness == "STALE":
                 self.record("lock", "refused", detail=f"stale lock: {holder_text}")
-                raise Exit(f"{self.name} is locked by a {holder_text}. Make sure that run is really over, then clear "
-                           f"it with `fab -H {self.name} lock.release --force`. Nothing was changed.", code=ExitCode.LOCKED)
+                raise Exit(f"{self.name} is locked by a {holder_text}. Make sure that run is "
+                           "really over, then clear "
+                           f"it with `fab -H {self.name} lock.release --force`. Nothing was "
+                           "changed.", code=ExitCode.LOCKED)
             if not wait:
                 self.record("lock", "refused", detail=f"{action} refused; held: {holder_text}")
-                raise Exit(f"{self.name} is busy: {holder_text}. Wait for it to finish, or queue behind it with "
-                           f"`--wait`. Nothing was changed.", code=ExitCode.LOCKED)
+                raise Exit(f"{self.name} is busy: {holder_text}. Wait for it to finish, or queue "
+                           f"behind it with `--wait`. Nothing was changed.", code=ExitCode.LOCKED)
             if time.monotonic() - started > wait_timeout:
-                self.record("lock", "refused", detail=f"{action} gave up waiting {wait_timeout:.0f}s; held: {holder_text}")
-                raise Exit(f"Gave up waiting {wait_timeout:.0f}s for the lock on {self.name}: {holder_text}. "
-                           f"Nothing was changed.", code=ExitCode.LOCKED)
+                self.record("lock", "refused", detail=f"{action} gave up waiting "
+                                                      f"{wait_timeout:.0f}s; held: {holder_text}")
+                raise Exit(f"Gave up waiting {wait_timeout:.0f}s for the lock on {self.name}: "
+                           f"{holder_text}. Nothing was changed.", code=ExitCode.LOCKED)
             if not announced:
                 print(f"Waiting for the lock on {self.name}: {holder_text}", flush=True)
                 announced = True
@@ -307,15 +281,17 @@ class Host(ComposeEngine, DataOperations):
         finally:
             deferred, self._deferred = self._deferred, None
             # The audit line (and alert) of the operation, then the release: one round trip.
-            lines = [f"{{ {command}; }} || echo {ALERT_FAILED}-{action}" for action, command in deferred]
-            result = self.conn.run("; ".join([*lines, lock_commands.release(self.ctx, token)]), hide=True, warn=True)
+            lines = [f"{{ {command}; }} || echo {ALERT_FAILED}-{action}" for action,
+                     command in deferred]
+            result = self.conn.run("; ".join([*lines, lock_commands.release(self.ctx, token)]),
+                                   hide=True, warn=True)
             out = result.stdout
             for action, _ in deferred:
                 if f"{ALERT_FAILED}-{action}" in out and action in NOTIFIED_ACTIONS:
                     self._alert_not_sent(action, result.stderr, 1)
             if "NOT-OURS" in out:
-                print(f"Note: the lock on {self.name} was force-released during this {action} and is now held by "
-                      f"another run; it was left alone.", flush=True)
+                print(f"Note: the lock on {self.name} was force-released during this {action} and "
+                      f"is now held by another run; it was left alone.", flush=True)
             try:
                 keeper.join()
             except Exception:
@@ -328,19 +304,25 @@ class Host(ComposeEngine, DataOperations):
 
     def release(self, release_id: str) -> Release:
         """The release's recorded metadata; a clear message when it has none."""
-        out = self.conn.run(release_commands.read_meta(self.ctx, release_id), hide=True, warn=True).stdout
+        out = self.conn.run(release_commands.read_meta(self.ctx, release_id), hide=True,
+                            warn=True).stdout
         meta = _json(out) if out.strip() != "MISSING" else None
         if not meta or not meta.get("backend_image"):
-            why = "has no RELEASE.json" if meta is None else "has an unreadable or incomplete RELEASE.json"
-            raise StepFailed("read release", f"release {release_id} on {self.name} {why} (made by an interrupted deploy, "
-                                             f"or changed by hand), so its image and assets are unknown. Pick another "
-                                             f"release (`fab -H {self.name} releases`) or deploy again.")
+            why = ("has no RELEASE.json" if meta is None else "has an unreadable or incomplete "
+                                                              "RELEASE.json")
+            raise StepFailed("read release", f"release {release_id} on {self.name} {why} (made by "
+                                             "an interrupted deploy, "
+                                             "or changed by hand), so its image and assets are "
+                                             "unknown. Pick another "
+                                             f"release (`fab -H {self.name} releases`) or deploy "
+                                             "again.")
         return Release.from_meta(release_id, meta)
 
-    def schema(self, release_id: str) -> release_commands.SchemaState:
+    def schema(self, release_id: str) -> schema_commands.SchemaState:
         """The database's schema state as seen with `release_id`'s migrations."""
-        out = self.probe_run(release_commands.schema_state(self.ctx, release_id, self.settings.db_wait_seconds)).stdout
-        return release_commands.parse_schema(out)
+        out = self.probe_run(schema_commands.schema_state(self.ctx, release_id,
+                                                           self.settings.db_wait_seconds)).stdout
+        return schema_commands.parse_schema(out)
 
     # --- alerts ----------------------------------------------------------------------------
     def install_notify(self, along: str = "", step: str = "install alerts") -> None:
@@ -349,10 +331,12 @@ class Host(ComposeEngine, DataOperations):
         has; only a file that differs is sent, over SFTP into its 0700/0600 file (notify.conf holds
         the bot token and the webhook URL: never on a command line). Usually nothing is sent."""
         command = notify_commands.prepare_install(self.ctx)
-        have = notify_commands.parse_installed(self.run(f"{along} && {command}" if along else command, step).stdout)
+        have = notify_commands.parse_installed(self.run(f"{along} && {command}" if along
+                                                        else command, step).stdout)
         s = self.settings
         conf = notify_commands.conf_text(self.ctx, telegram_api_base_url=s.telegram_api_base_url,
-                                         bot_token=s.telegram_bot_token.reveal(), chat_id=s.alert_telegram_chat_id,
+                                         bot_token=s.telegram_bot_token.reveal(),
+                                         chat_id=s.alert_telegram_chat_id,
                                          webhook_url=s.alert_webhook_url.reveal())
         for path, text in ((notify_commands.script_path(self.ctx), notify_commands.NOTIFY_SCRIPT),
                            (notify_commands.conf_path(self.ctx), conf)):
@@ -366,11 +350,15 @@ class Host(ComposeEngine, DataOperations):
         built = argv_for(self.ctx)
         command = release_commands.in_current(self.ctx,
                                               built if isinstance(built, str) else sh(built))
-        result = self.conn.run(command, warn=True, hide=hide, pty=pty, **({"in_stream": None} if pty else {}))
+        result = self.conn.run(command, warn=True, hide=hide, pty=pty,
+                               **({"in_stream": None} if pty else {}))
         if result.exited == release_commands.NO_RELEASE_EXIT:
-            raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so there is nothing to "
-                       f"{what}. Deploy one first: `fab -H {self.name} deploy`.", code=ExitCode.HOST_NOT_READY)
+            raise Exit(f"{self.name} has no release yet (nothing at {self.ctx.current_link}), so "
+                       "there is nothing to "
+                       f"{what}. Deploy one first: `fab -H {self.name} deploy`.",
+                       code=ExitCode.HOST_NOT_READY)
         if not result.ok:
-            raise Exit(f"`{what}` failed on {self.name} (exit {result.exited}); its output is above.",
+            raise Exit(f"`{what}` failed on {self.name} (exit {result.exited}); its output is "
+                       "above.",
                        code=result.exited or ExitCode.FAILED)
         return result

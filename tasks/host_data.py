@@ -11,6 +11,7 @@ from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .commands import release as release_commands
 from .commands import sh
 from .steps import StepFailed
@@ -36,20 +37,27 @@ class DataOperations:
             self.install_offsite()
             try:
                 self.install_wal_offsite()
-            except StepFailed as failure:  # the set is still made; the WAL archive stays on the host
-                print(f"   WARNING: the WAL archive is not copied off-site: {failure.detail}", flush=True)
-        result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep, db_only)),
+            # the set is still made; the WAL archive stays on the host
+            except StepFailed as failure:
+                print(f"   WARNING: the WAL archive is not copied off-site: {failure.detail}",
+                      flush=True)
+        result = self.conn.run(sh(backup_commands.run(self.ctx, keep or self.settings.backup_keep,
+                                                      db_only)),
                                warn=True, hide="stdout")
         for line in result.stdout.splitlines():
             if line.startswith("[backup]"):
                 print(f"   {line}", flush=True)
         if result.exited == offsite_commands.PUSH_FAILED_EXIT:
-            raise StepFailed("off-site copy", self.redact(" ".join(result.stderr.strip().splitlines()[-3:]) or "no output"))
+            raise StepFailed("off-site copy",
+                             self.redact(" ".join(result.stderr.strip().splitlines()[-3:])
+                                         or "no output"))
         if not result.ok:
-            raise StepFailed("backup", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+            raise StepFailed("backup",
+                             self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
         name, manifest = backup_commands.parse_run(result.stdout)
         v = manifest["verification"]
-        print(f"   set {name}: verified ({v['tables']} tables, {v['rows']} rows, restore check {v['seconds']}s), "
+        print(f"   set {name}: verified ({v['tables']} tables, {v['rows']} rows, restore check "
+              f"{v['seconds']}s), "
               f"{sum(manifest['sizes'].values())} bytes, {manifest['duration_s']}s")
         return name
 
@@ -63,14 +71,18 @@ class DataOperations:
             return ""
         with_key = offsite_commands.sftp_target(s.offsite_repository) is not None
         pubkey, have = offsite_commands.parse_prepare(
-            self.run(offsite_commands.prepare(self.ctx, with_key), "install off-site copies").stdout)
+            self.run(offsite_commands.prepare(self.ctx, with_key),
+                     "install off-site copies").stdout)
         conf = offsite_commands.conf_text(
             repository=s.offsite_repository, password=s.offsite_password.reveal(),
-            aws_access_key_id=s.offsite_aws_access_key_id.reveal(), aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
+            aws_access_key_id=s.offsite_aws_access_key_id.reveal(),
+            aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
             keep=(s.offsite_keep_daily, s.offsite_keep_weekly, s.offsite_keep_monthly),
-            sftp=offsite_commands.sftp_command(s.offsite_repository, self.facts.get("home", "").rstrip("/")))
+            sftp=offsite_commands.sftp_command(s.offsite_repository,
+                                               self.facts.get("home", "").rstrip("/")))
         sent = []
-        for path, text in ((offsite_commands.script_path(self.ctx), offsite_commands.OFFSITE_SCRIPT),
+        for path, text in ((offsite_commands.script_path(self.ctx),
+                            offsite_commands.OFFSITE_SCRIPT),
                            (offsite_commands.conf_path(self.ctx), conf)):
             if have.get(path) != offsite_commands.digest(text):
                 self.put_text(text, path + ".new")
@@ -81,19 +93,24 @@ class DataOperations:
     def offsite(self, action: str, *args: str, show: bool = False):
         """Run one action of the host's tasktracker-offsite; the result whatever its exit code
         (`show`: its output streams here as it comes; restic never prints the password)."""
-        return self.conn.run(sh(offsite_commands.run(self.ctx, action, *args)), warn=True, hide=not show)
+        return self.conn.run(sh(offsite_commands.run(self.ctx, action, *args)), warn=True,
+                             hide=not show)
 
     def backup_sets(self) -> tuple[list[dict], list[str]]:
-        return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx), hide=True).stdout)
+        return backup_commands.parse_sets(self.conn.run(backup_commands.list_sets(self.ctx),
+                                                        hide=True).stdout)
 
-    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
+    def restore_backup(self, set_name: str, *, fresh_database: bool = False,
+                       migrate: bool = False) -> None:
         """Restore a set's database and NATS data (backup.restore); a recovery restores into a
-        fresh database and migrates it before api and worker start again. On a swarm it scales api and
-        worker down and up (`docker service scale`), so it runs on a manager that is the data node."""
+        fresh database and migrates it before api and worker start again. On a swarm it scales api
+        and worker down and up (`docker service scale`), so it runs on a manager that is the data
+        node."""
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = self.before_start(migrate)
-        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}', fresh_database=fresh_database,
+        self.run(backup_commands.restore(self.ctx, set_name, f'cd "$HOME" && {start}',
+                                         fresh_database=fresh_database,
                                          before_start=before), "restore", hide=False)
 
     def before_start(self, migrate: bool) -> str:
@@ -121,9 +138,11 @@ class DataOperations:
                                                self.before_start(migrate=False))
         result = self.conn.run(script, warn=True)
         if result.exited == pitr_commands.NO_PGBACKREST_EXIT:
-            raise StepFailed("restore to a time", "the live release's Postgres image has no pgBackRest; nothing was changed")
+            raise StepFailed("restore to a time", "the live release's Postgres image has no "
+                                                  "pgBackRest; nothing was changed")
         if not result.ok:
-            raise StepFailed("restore to a time", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+            raise StepFailed("restore to a time",
+                             self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
 
     def require_pitr(self) -> None:
         """Restoring to a moment works on this engine (a swarm refuses it)."""
@@ -134,16 +153,19 @@ class DataOperations:
         off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
         StepFailed says why it could not."""
         s = self.settings
-        if not pitr_commands.offsite_repo_path(s.offsite_repository):
+        if not pitr_offsite.offsite_repo_path(s.offsite_repository):
             return ""
         conf = f"{self.ctx.app_dir}/shared/pgbackrest-offsite.conf"
         self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")
-        self.put_text(pitr_commands.offsite_conf(s.offsite_repository, s.offsite_password.reveal()), conf + ".new")
+        self.put_text(pitr_offsite.offsite_conf(s.offsite_repository, s.offsite_password.reveal()),
+                      conf + ".new")
         self.run(sh(["mv", "-f", conf + ".new", conf]), "off-site WAL archive")
-        result = self.conn.run(pitr_commands.install_offsite(s.offsite_repository, conf, self.ctx.container("postgres"), stanza),
+        result = self.conn.run(pitr_offsite.install_offsite(s.offsite_repository, conf,
+                                                            self.ctx.container("postgres"), stanza),
                                warn=True, hide=True)
         if not result.ok:
-            raise StepFailed("off-site WAL archive", self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
+            raise StepFailed("off-site WAL archive",
+                             self.redact((result.stderr.strip().splitlines() or ["no output"])[-1]))
         return [line for line in result.stdout.splitlines() if line.startswith("pitr-offsite=")][-1]
 
     def restore_wal_offsite(self, target: str, *, migrate: bool) -> str:
@@ -156,17 +178,23 @@ class DataOperations:
         start = release_commands.in_current(self.ctx, compose_commands.either(
             self.ctx, lambda ctx: compose_commands.start(ctx, ["nats", "api", "worker"])))
         before = self.before_start(migrate)
-        result = self.conn.run(pitr_commands.restore_from_offsite(self.ctx, target, before, f'cd "$HOME" && {start}'),
+        result = self.conn.run(pitr_offsite.restore_from_offsite(self.ctx, target, before,
+                                                                 f'cd "$HOME" && {start}'),
                                warn=True, hide="stderr")
-        said = [line[len("[recover] "):] for line in result.stderr.splitlines() if line.startswith("[recover] ")]
-        reason = self.redact("; ".join(said) or (result.stderr.strip().splitlines() or ["no output"])[-1])
-        if result.exited == pitr_commands.NO_OFFSITE_ARCHIVE_EXIT and not target:
-            print("   the off-site WAL archive has no backup yet: the database holds the set's data; "
-                  f"`fab -H {self.name} backup.offsite.init` archives this host's WAL off-site from now on")
+        said = [line[len("[recover] "):] for line in result.stderr.splitlines()
+                if line.startswith("[recover] ")]
+        reason = self.redact("; ".join(said) or (result.stderr.strip().splitlines()
+                                                 or ["no output"])[-1])
+        if result.exited == pitr_offsite.NO_OFFSITE_ARCHIVE_EXIT and not target:
+            print("   the off-site WAL archive has no backup yet: the database holds the set's "
+                  "data; "
+                  f"`fab -H {self.name} backup.offsite.init` archives this host's WAL off-site "
+                  "from now on")
             return "no off-site WAL archive yet"
-        if result.exited == pitr_commands.PUT_BACK_FAILED_EXIT or (not result.ok and target):
+        if result.exited == pitr_offsite.PUT_BACK_FAILED_EXIT or (not result.ok and target):
             raise StepFailed("off-site WAL archive", reason)
         if not result.ok:
-            print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database holds the set's data")
+            print(f"   WARNING: the off-site WAL could not be restored ({reason}); the database "
+                  "holds the set's data")
             return "the off-site WAL could NOT be restored (the set's data)"
         return f"the database at {target + ' UTC' if target else 'the last WAL archived off-site'}"

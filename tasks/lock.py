@@ -1,4 +1,5 @@
-"""The host's lock (taken by `Host.locked` in tasks/host.py): `lock.status`, `lock.release --force`."""
+"""The host's lock (taken by `Host.locked` in tasks/host.py): `lock.status`, `lock.release
+--force`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .exits import ExitCode
 def status(c):
     """Show who holds the host's lock, if anyone, and whether the holder is still alive."""
     host = open_host(c)
-    state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx), hide=True).stdout)
+    state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx),
+                                                                  hide=True).stdout)
     if state == "FREE":
         print(f"{host.name}: not locked.")
     else:
@@ -24,14 +26,17 @@ def status(c):
 def release(c, force=False):
     """Remove the host's lock (only with --force: make sure its holder is gone)."""
     host = open_host(c)
-    state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx), hide=True).stdout)
+    state, holder, liveness = commands.parse_report(host.conn.run(commands.status(host.ctx),
+                                                                  hide=True).stdout)
     if state == "FREE":
         print(f"{host.name}: not locked; nothing to release.")
         return
     text = commands.describe(holder, liveness)
     if not force:
-        raise Exit(f"{host.name} is locked ({liveness.lower()}): {text}. Releasing it while its operation runs "
-                   f"would let two operations collide; if you are sure, run again with --force.", code=ExitCode.LOCKED)
+        raise Exit(f"{host.name} is locked ({liveness.lower()}): {text}. Releasing it while its "
+                   "operation runs "
+                   f"would let two operations collide; if you are sure, run again with --force.",
+                   code=ExitCode.LOCKED)
     host.conn.run(commands.force_release(host.ctx), hide=True)
     host.record("lock", "released", detail=f"forced release of: {text}")
     print(f"{host.name}: lock released (was: {text}).")

@@ -12,7 +12,7 @@ from invoke import Collection, Exit, task
 
 from .commands import backup as backup_commands
 from .commands import offsite as commands
-from .commands import pitr as pitr_commands
+from .commands import pitr_offsite
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
@@ -25,8 +25,10 @@ def configured_host(c) -> tuple[Host, str]:
     any connection opens); and the host's public key for an SFTP repository ('' otherwise)."""
     settings = Settings.from_context(c)
     if not settings.offsite_repository:
-        raise Exit("OFFSITE_REPOSITORY is not set, so there are no off-site copies to work with. Set OFFSITE_REPOSITORY and "
-                   "OFFSITE_PASSWORD in the settings file (see .env.example, \"Off-site copies\"), then run "
+        raise Exit("OFFSITE_REPOSITORY is not set, so there are no off-site copies to work with. "
+                   "Set OFFSITE_REPOSITORY and "
+                   "OFFSITE_PASSWORD in the settings file (see .env.example, \"Off-site copies\"), "
+                   "then run "
                    "`fab -H HOST backup.offsite.init`. Nothing was changed.", code=ExitCode.USAGE)
     host = open_host(c)
     return host, host.install_offsite()
@@ -35,8 +37,10 @@ def configured_host(c) -> tuple[Host, str]:
 def offsite_sets(host: Host) -> list[dict]:
     result = host.offsite("list")
     if not result.ok:
-        raise Exit(f"Could not read the off-site repository from {host.name}: {host.redact(result.stderr.strip()[-400:])}. "
-                   f"Check that the host reaches it (`fab -H {host.name} backup.offsite.init` says what is missing).",
+        raise Exit(f"Could not read the off-site repository from {host.name}: "
+                   f"{host.redact(result.stderr.strip()[-400:])}. "
+                   f"Check that the host reaches it (`fab -H {host.name} backup.offsite.init` says "
+                   "what is missing).",
                    code=ExitCode.FAILED)
     return commands.parse_snapshots(result.stdout)
 
@@ -62,8 +66,8 @@ def init(c):
     host, pubkey = configured_host(c)
     if pubkey:
         user, server, _ = commands.sftp_target(host.settings.offsite_repository)
-        print(f"The host's key for the SFTP repository (add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}):\n"
-              f"  {pubkey}")
+        print("The host's key for the SFTP repository (add it to "
+              f"~{user or 'USER'}/.ssh/authorized_keys on {server}):\n  {pubkey}")
     result = host.offsite("init")
     said = result.stderr
     if not result.ok and pubkey and "Permission denied (publickey" not in said:
@@ -78,19 +82,26 @@ def init(c):
     if not result.ok:
         raise Exit(f"The off-site repository could not be opened or created from {host.name}: "
                    f"{host.redact(result.stderr.strip()[-400:])}. "
-                   + ("Is the key above authorized on the SFTP server, and does the repository's directory exist and "
-                      "belong to that user? " if pubkey else "Check the repository URL and credentials. ")
-                   + "Then run this again. The host's backups were not changed.", code=ExitCode.FAILED)
+                   + ("Is the key above authorized on the SFTP server, and does the repository's "
+                      "directory exist and "
+                      "belong to that user? " if pubkey else "Check the repository URL and "
+                                                             "credentials. ")
+                   + "Then run this again. The host's backups were not changed.",
+                   code=ExitCode.FAILED)
     host.record("offsite-init", "ok", detail=result.stdout.strip())
     try:
         wal = host.install_wal_offsite()
     except StepFailed as failure:
-        raise Exit(f"The restic repository is ready, but the WAL archive could not be set up off-site: {failure.detail}. "
+        raise Exit("The restic repository is ready, but the WAL archive could not be set up "
+                   f"off-site: {failure.detail}. "
                    f"Check the SFTP server, then run this again.", code=ExitCode.FAILED) from None
     if wal == "pitr-offsite=ok":
-        print(f"The WAL archive is copied off-site too (pgBackRest, {pitr_commands.offsite_repo_path(host.settings.offsite_repository)} "
-              f"on the SFTP server): `recover` brings the database back to the last archived minute.")
-    print(f"{result.stdout.strip()} ({host.redact(host.settings.offsite_repository)}). Every full backup set is now also copied there; "
+        print("The WAL archive is copied off-site too (pgBackRest, "
+              f"{pitr_offsite.offsite_repo_path(host.settings.offsite_repository)} "
+              "on the SFTP server): `recover` brings the database back to the last archived "
+              "minute.")
+    print(f"{result.stdout.strip()} ({host.redact(host.settings.offsite_repository)}). Every full "
+          "backup set is now also copied there; "
           f"`fab -H {host.name} backup` makes and copies one now.")
 
 
@@ -100,30 +111,36 @@ def list_(c):
     host, _ = configured_host(c)
     rows = offsite_sets(host)
     if not rows:
-        print(f"The off-site repository has no set of {host.ctx.project} yet (`fab -H {host.name} backup` pushes one).")
+        print(f"The off-site repository has no set of {host.ctx.project} yet (`fab -H {host.name} "
+              "backup` pushes one).")
     for row in rows:
-        print(f"  {row['set']:32} snapshot {row['id']}  copied {row['time'][:19].replace('T', ' ')}")
+        copied = row["time"][:19].replace("T", " ")
+        print(f"  {row['set']:32} snapshot {row['id']}  copied {copied}")
 
 
 @task
 def status(c):
-    """Off-site copies at a glance: the repository, the newest set there and its age, the last push."""
+    """Off-site copies at a glance: the repository, the newest set and its age, the last push."""
     host, _ = configured_host(c)
     rows = offsite_sets(host)
     print(f"repository  {host.redact(host.settings.offsite_repository)}")
-    print(f"sets        {len(rows)} (keep {host.settings.offsite_keep_daily} daily, {host.settings.offsite_keep_weekly} weekly, "
+    print(f"sets        {len(rows)} (keep {host.settings.offsite_keep_daily} daily, "
+          f"{host.settings.offsite_keep_weekly} weekly, "
           f"{host.settings.offsite_keep_monthly} monthly)")
     if rows:
         newest = rows[-1]["set"]
         made = datetime.strptime(newest, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
         hours = (datetime.now(timezone.utc) - made).total_seconds() / 3600
         print(f"newest      {newest} ({hours:.1f} h old)")
-    pushes = [entry for entry in map(_json_line, host.backup_sets()[1]) if entry.get("result", "").startswith("offsite-")]
+    pushes = [entry for entry in map(_json_line, host.backup_sets()[1])
+              if entry.get("result", "").startswith("offsite-")]
     if pushes:
         last = pushes[-1]
-        print(f"last push   {last.get('time')}  {last.get('set')}  {'ok' if last['result'] == 'offsite-ok' else 'FAILED'}")
+        print(f"last push   {last.get('time')}  {last.get('set')}  "
+              f"{'ok' if last['result'] == 'offsite-ok' else 'FAILED'}")
         if last["result"] != "offsite-ok":
-            raise Exit(f"The last off-site copy ({last.get('set')}) failed; the set is kept on the host. Fix the cause "
+            raise Exit(f"The last off-site copy ({last.get('set')}) failed; the set is kept on the "
+                       "host. Fix the cause "
                        f"and run `fab -H {host.name} backup.offsite.push`.", code=ExitCode.FAILED)
 
 
@@ -139,40 +156,49 @@ def valid_subset(subset: str) -> bool:
     """A share restic's --read-data-subset takes: 1% to 100%, or n/t with 1 <= n <= t."""
     percent = re.fullmatch(r"([0-9]{1,3})%", subset)
     part = re.fullmatch(r"([0-9]{1,4})/([0-9]{1,4})", subset)
-    return bool(percent and 1 <= int(percent.group(1)) <= 100 or part and 1 <= int(part.group(1)) <= int(part.group(2)))
+    return bool(percent and 1 <= int(percent.group(1)) <= 100 or part
+                and 1 <= int(part.group(1)) <= int(part.group(2)))
 
 
 @task(help={"subset": "Read only this share of the data, like 10% (default: read all of it)."})
 def check(c, subset=None):
-    """Check the off-site repository: structure and every file's content (`restic check --read-data`)."""
+    """Check the off-site repository's structure and every file (`restic check --read-data`)."""
     if subset is not None and not valid_subset(subset):
-        raise Exit(f"--subset {subset!r} is not a share like 10% or 1/5. Nothing was run.", code=ExitCode.USAGE)
+        raise Exit(f"--subset {subset!r} is not a share like 10% or 1/5. Nothing was run.",
+                   code=ExitCode.USAGE)
     host, _ = configured_host(c)
     result = host.offsite("check", *([subset] if subset else []))
     if not result.ok:
-        host.record("offsite-check", "failed", detail=host.redact(result.stdout.strip().splitlines()[-1:][0][:200]
-                                                                   if result.stdout.strip() else "check failed"))
-        raise Exit(f"The off-site repository FAILED its check:\n{host.redact((result.stdout + result.stderr).strip()[-1500:])}\n"
-                   f"The host's own sets are not affected. Make a fresh copy (`fab -H {host.name} backup`) and see "
-                   f"restic's docs on `repair`.", code=ExitCode.FAILED)
+        host.record("offsite-check", "failed",
+                    detail=host.redact(result.stdout.strip().splitlines()[-1:][0][:200]
+                                                                   if result.stdout.strip()
+                                       else "check failed"))
+        raise Exit("The off-site repository FAILED its "
+                   f"check:\n{host.redact((result.stdout + result.stderr).strip()[-1500:])}\n"
+                   f"The host's own sets are not affected. Make a fresh copy (`fab -H {host.name} "
+                   f"backup`) and see restic's docs on `repair`.", code=ExitCode.FAILED)
     host.record("offsite-check", "ok", detail=subset or "all data")
-    print(f"The off-site repository is sound ({'data read: ' + subset if subset else 'all data read'}).")
+    print("The off-site repository is sound "
+          f"({'data read: ' + subset if subset else 'all data read'}).")
 
 
-@task(help={"name": "The set to copy (default: the newest verified full set on the host).", "wait": WAIT_HELP})
+@task(help={"name": "The set to copy (default: the newest verified full set on the host).",
+            "wait": WAIT_HELP})
 def push(c, name=None, wait=False):
     """Copy a set on the host to the off-site repository (after a failed copy, say)."""
     host, _ = configured_host(c)
-    full = [s for s in backup_commands.verified(host.backup_sets()[0]) if not s.endswith("-predeploy")]
+    full = [s for s in backup_commands.verified(host.backup_sets()[0])
+            if not s.endswith("-predeploy")]
     set_name = name or (full[-1] if full else None)
     if set_name not in full:
-        raise Exit(f"{set_name!r} is not a verified full set on {host.name} (have: {', '.join(full) or 'none'}). "
-                   f"Nothing was copied.", code=ExitCode.USAGE)
+        raise Exit(f"{set_name!r} is not a verified full set on {host.name} (have: "
+                   f"{', '.join(full) or 'none'}). Nothing was copied.", code=ExitCode.USAGE)
     with host.locked("offsite-push", wait=wait), host.audited("offsite-push") as outcome:
         outcome["detail"] = set_name
         result = host.offsite("push", set_name, show=True)
         if not result.ok:
-            raise Exit(f"The off-site copy of {set_name} FAILED: {host.redact(result.stderr.strip()[-400:])}. The set is kept "
+            raise Exit(f"The off-site copy of {set_name} FAILED: "
+                       f"{host.redact(result.stderr.strip()[-400:])}. The set is kept "
                        f"on {host.name}.", code=ExitCode.FAILED)
     print(f"{set_name} is copied off-site.")
 
@@ -187,11 +213,15 @@ def drill(c):
     set_name, counts = commands.parse_drill(result.stdout)
     if not result.ok or not set_name:
         host.record("drill", "failed", detail=host.redact(result.stderr.strip()[-200:]))
-        raise Exit(f"The restore drill FAILED on {host.name}: {host.redact(result.stderr.strip()[-600:]) or 'no output'}. "
-                   f"The live stack was not touched. Run `fab -H {host.name} backup.offsite.check`.", code=ExitCode.FAILED)
-    host.record("drill", "ok", detail=f"{set_name}: {sum(counts.values())} rows in {len(counts)} tables")
-    print(f"Restore drill of off-site set {set_name} on {host.name}: checksums ok, dump restored into a scratch database, "
-          f"row counts match the backup's:")
+        raise Exit(f"The restore drill FAILED on {host.name}: "
+                   f"{host.redact(result.stderr.strip()[-600:]) or 'no output'}. "
+                   "The live stack was not touched. "
+                   f"Run `fab -H {host.name} backup.offsite.check`.",
+                   code=ExitCode.FAILED)
+    host.record("drill", "ok", detail=f"{set_name}: {sum(counts.values())} rows in {len(counts)} "
+                                      "tables")
+    print(f"Restore drill of off-site set {set_name} on {host.name}: checksums ok, dump restored "
+          f"into a scratch database, row counts match the backup's:")
     for table, rows in sorted(counts.items()):
         print(f"  {table:30} {rows:>10}")
 

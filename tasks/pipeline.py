@@ -29,13 +29,16 @@ from . import remote
 from .build import FRONTEND, git_commit, is_up_to_date
 from .commands import envfile
 from .commands import release as release_commands
+from .commands import schema as schema_commands
 from .commands.fingerprint import backend_fingerprint
 from .commands.release import new_release_id, releases_to_prune
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP, BACKEND_STEPS, RECORD_STEP
 from .exits import ExitCode
-from .host import Host, Release, absolute_app_dir
+from .host import Host, Release
+from .preflight import absolute_app_dir
 from .identity import identity, now_iso
-from .settings import PROJECT_ROOT, env_values
+from .release_env import env_values
+from .settings import PROJECT_ROOT
 from .steps import StepFailed
 
 def parse_rsync_sent(output: str) -> int:
@@ -185,7 +188,7 @@ def activate_or_put_back(host: Host, plan: DeployPlan, record: str) -> None:
 
 
 def migrate_database(host: Host, data: Host, plan: DeployPlan,
-                     before: release_commands.SchemaState) -> None:
+                     before: schema_commands.SchemaState) -> None:
     """Back up (where the data is) and migrate, once, when the release has migrations the database
     has not run; nothing when the database is at the release's head. On a data node other than
     the one deploying, the release's migrations are not there to compare: the backup is then
@@ -208,12 +211,13 @@ def migrate_database(host: Host, data: Host, plan: DeployPlan,
         try:
             host.run(host.migrate_command(release), "migrate database", hide=False)
         except StepFailed as failure:
-            detail = release_commands.migration_failure_detail(before, data.schema(release.id),
+            detail = schema_commands.migration_failure_detail(before, data.schema(release.id),
                                                                backup_set, current, data.name)
             raise StepFailed(failure.step, f"{failure.detail} {detail}") from None
 
 
-def deploy(host: Host, env_file: Path | None, *, wait: bool = False, action: str = "deploy") -> None:
+def deploy(host: Host, env_file: Path | None, *, wait: bool = False,
+           action: str = "deploy") -> None:
     """A deploy on either engine: nothing but an `unchanged` audit line (no lock) when the checkout
     and settings are the live release's and it all runs; else the lock, one audit line, and the
     release carried out (planned again when another deploy went first while this one waited)."""
@@ -234,8 +238,8 @@ def dry_run(host: Host, env_file: Path | None, skip_build: bool) -> list:
     Read-only: no build, no lock, no audit line."""
     if not (FRONTEND / "dist" / "index.html").is_file():
         raise Exit("frontend/dist has not been built, so what a deploy would send is unknown: run "
-                   "`invoke build` (a dry run builds nothing) and try again. Nothing was changed on "
-                   "the server.", code=ExitCode.USAGE)
+                   "`invoke build` (a dry run builds nothing) and try again. Nothing was changed "
+                   "on the server.", code=ExitCode.USAGE)
     print(f"Dry run on {host.name}: nothing is changed (no build, no lock, no audit line).")
     fresh, why = is_up_to_date(FRONTEND)
     if skip_build:

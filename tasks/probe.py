@@ -37,15 +37,16 @@ def check_api(base, _assets):
         checks = json.loads(body).get("checks", {})
     except ValueError:
         checks = {}
-    ok = status == 200 and all(c.get("ok") for c in checks.values()) and {"database", "nats"} <= set(checks)
+    ok = status == 200 and all(c.get("ok") for c in checks.values()) and {"database",
+                                                                          "nats"} <= set(checks)
     return ok, f"HTTP {status} {body.strip()[:300]}"
 
 
 def check_websocket(base, _assets):
     url = urllib.parse.urlparse(base)
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (f"GET /ws HTTP/1.1\r\nHost: {url.hostname}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    request = (f"GET /ws HTTP/1.1\r\nHost: {url.hostname}\r\nUpgrade: websocket\r\nConnection: "
+               f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
     with socket.create_connection((url.hostname, url.port or 80), timeout=5) as sock:
         sock.sendall(request.encode())
         data = b""
@@ -69,7 +70,8 @@ def check_websocket(base, _assets):
         while len(rest) < offset + length:
             rest += sock.recv(4096)
         message = rest[offset:offset + length].decode()
-    return json.loads(message).get("type") == "hello", f"{status_line}; first message {message[:200]}"
+    return (json.loads(message).get("type") == "hello", f"{status_line}; first message "
+                                                        f"{message[:200]}")
 
 
 def check_dashboard(base, assets):
@@ -82,11 +84,14 @@ def check_dashboard(base, assets):
     for asset in assets:
         a_status, a_headers, _ = http_get(base + asset)
         if a_status != 200 or "immutable" not in a_headers.get("Cache-Control", ""):
-            return False, f"{asset}: HTTP {a_status}, Cache-Control {a_headers.get('Cache-Control')!r}"
-    return "no-cache" in headers.get("Cache-Control", ""), f"index.html Cache-Control {headers.get('Cache-Control')!r}"
+            return (False, f"{asset}: HTTP {a_status}, Cache-Control "
+                           f"{a_headers.get('Cache-Control')!r}")
+    cache = headers.get("Cache-Control", "")
+    return "no-cache" in cache, f"index.html Cache-Control {headers.get('Cache-Control')!r}"
 
 
-CHECKS = [("nginx", check_nginx), ("api", check_api), ("websocket", check_websocket), ("dashboard", check_dashboard)]
+CHECKS = [("nginx", check_nginx), ("api", check_api), ("websocket", check_websocket),
+          ("dashboard", check_dashboard)]
 
 
 def main(argv):
@@ -102,7 +107,8 @@ def main(argv):
             if ok or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        print(json.dumps({"check": name, "ok": ok, "seconds": round(time.monotonic() - started, 2), "detail": detail}), flush=True)
+        print(json.dumps({"check": name, "ok": ok, "seconds": round(time.monotonic() - started, 2),
+                          "detail": detail}), flush=True)
         if not ok:
             return 1
     return 0

@@ -43,7 +43,8 @@ def project_ssh_configs() -> list[Path]:
 
 def require_host(c) -> Connection:
     if not isinstance(c, Connection):
-        raise Exit("This task runs on a server: give it one with -H, for example `fab -H vps deploy` "
+        raise Exit("This task runs on a server: give it one with -H, for example `fab -H vps "
+                   "deploy` "
                    "(or `fab -H sandbox deploy` after `invoke sandbox.up`).", code=ExitCode.USAGE)
     return c
 
@@ -81,13 +82,23 @@ def connect(c) -> Connection:
     Fabric accepts unknown host keys by default; a deploy tool must not. Host aliases from the
     project's SSH config (the sandbox) are layered in front of the user's own.
     """
+    conn = pinned_connection(c)
+    open_or_explain(conn)
+    keep_alive(conn)
+    return conn
+
+
+def pinned_connection(c) -> Connection:
+    """The task's host as a connection not yet open: the project's SSH config layered in front
+    of the user's for an alias it defines, host keys pinned."""
     given = require_host(c)
     host = given.original_host
     config = given.config.clone()
     project = paramiko.SSHConfig()
     for path in project_ssh_configs():
         project._config += paramiko.SSHConfig.from_path(str(path))._config
-    options = dict(config=config, connect_timeout=given.connect_timeout or 10, connect_kwargs=dict(given.connect_kwargs))
+    options = dict(config=config, connect_timeout=given.connect_timeout or 10,
+                   connect_kwargs=dict(given.connect_kwargs))
     if set(project.lookup(host)) - {"hostname"}:
         # An alias the project defines (the sandbox): its entry first, then the user's own config.
         layered = paramiko.SSHConfig()
@@ -98,47 +109,65 @@ def connect(c) -> Connection:
         conn = CountingConnection(host, user=given.user, port=given.port, **options)
     conn.forward_agent = forward_agent_wanted()
     pin_host_keys(conn)
+    return conn
+
+
+def open_or_explain(conn: Connection) -> None:
+    """Open the connection; each way it fails ends the task with what to do (nothing changed)."""
     target = f"{conn.user}@{conn.host}:{conn.port}"
     alias = conn.original_host
     try:
         conn.open()
     except paramiko.BadHostKeyException:
-        raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) does not match the one pinned in "
-                   f"{', '.join(known_hosts_files(conn))}. This can mean the server was rebuilt or that someone is "
-                   f"intercepting the connection. Verify the new key with the provider's console, replace the old "
-                   f"line in known_hosts, and run again. Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+        raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) does not match the one "
+                   "pinned in "
+                   f"{', '.join(known_hosts_files(conn))}. This can mean the server was rebuilt or "
+                   "that someone is "
+                   "intercepting the connection. Verify the new key with the provider's console, "
+                   "replace the old "
+                   f"line in known_hosts, and run again. Nothing was changed on the server.",
+                   code=ExitCode.HOST_NOT_READY)
     except paramiko.AuthenticationException:
         raise Exit(f"The server {alias} refused the SSH key for {target}. Add your public key to "
-                   f"~{conn.user}/.ssh/authorized_keys on the server, or point Fabric at the right key "
-                   f"(IdentityFile in ~/.ssh/config, or `fab -i KEY`). Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+                   f"~{conn.user}/.ssh/authorized_keys on the server, or point Fabric at the right "
+                   "key "
+                   "(IdentityFile in ~/.ssh/config, or `fab -i KEY`). Nothing was changed on the "
+                   "server.", code=ExitCode.HOST_NOT_READY)
     except paramiko.SSHException as exc:
         if "known_hosts" in str(exc):
-            raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) is unknown: it is not in "
-                       f"{', '.join(known_hosts_files(conn))}. Get the key's fingerprint from the server itself "
-                       f"(provider console: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), add the verified "
-                       f"line to known_hosts, and run again. Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
+            raise Exit(f"The host key of {alias} ({conn.host}:{conn.port}) is unknown: it is not "
+                       "in "
+                       f"{', '.join(known_hosts_files(conn))}. Get the key's fingerprint from the "
+                       "server itself "
+                       "(provider console: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), "
+                       "add the verified "
+                       f"line to known_hosts, and run again. Nothing was changed on the server.",
+                       code=ExitCode.HOST_NOT_READY)
         raise Exit(f"SSH to {target} failed: {exc}. Check the host and its sshd, then run again. "
                    f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
     except (OSError, socket.timeout) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise Exit(f"Cannot reach {alias} at {conn.host}:{conn.port} ({reason}). Check the host name or address "
+        raise Exit(f"Cannot reach {alias} at {conn.host}:{conn.port} ({reason}). Check the host "
+                   "name or address "
                    f"and that sshd listens on that port (and, from CI, the DEPLOY_HOST secret). "
                    f"Nothing was changed on the server.", code=ExitCode.HOST_NOT_READY)
-    keep_alive(conn)
-    return conn
 
 
 def connect_as(conn: Connection, user: str) -> Connection:
     """A second connection to the same host (same address, port, key, pinned host keys) as
     another user: provision proves the deploy user's login with it."""
-    other = CountingConnection(conn.host, user=user, port=conn.port, config=conn.config, gateway=conn.gateway,
-                               connect_timeout=conn.connect_timeout, connect_kwargs=dict(conn.connect_kwargs))
+    other = CountingConnection(conn.host, user=user, port=conn.port, config=conn.config,
+                               gateway=conn.gateway,
+                               connect_timeout=conn.connect_timeout,
+                               connect_kwargs=dict(conn.connect_kwargs))
     pin_host_keys(other, known_hosts_files(conn))
     try:
         other.open()
     except (paramiko.SSHException, OSError) as exc:
-        raise Exit(f"Logging in to {conn.original_host} as {user} failed ({exc}). Root and password logins were NOT "
-                   f"closed. Check {user}'s ~/.ssh/authorized_keys on the host and run provision again.",
+        raise Exit(f"Logging in to {conn.original_host} as {user} failed ({exc}). Root and "
+                   "password logins were NOT "
+                   f"closed. Check {user}'s ~/.ssh/authorized_keys on the host and run provision "
+                   "again.",
                    code=ExitCode.FAILED)
     return other
 
@@ -173,7 +202,8 @@ def keep_alive(conn: Connection) -> None:
     if not isinstance(sock, socket.socket):
         return  # a jump host's channel: its own transport carries the keepalives
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_SECONDS), ("TCP_KEEPINTVL", 5),
+                          ("TCP_KEEPCNT", 3),
                           ("TCP_USER_TIMEOUT", DEAD_LINK_SECONDS * 1000)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
@@ -182,17 +212,20 @@ def keep_alive(conn: Connection) -> None:
 def ssh_argv(conn: Connection) -> list[str]:
     """ssh argv for tools (rsync) that must trust and authenticate exactly like this connection."""
     return transfer.ssh_command(port=conn.port, key_files=key_files(conn),
-                                     known_hosts=" ".join(known_hosts_files(conn)), config_file="/dev/null")
+                                     known_hosts=" ".join(known_hosts_files(conn)),
+                                config_file="/dev/null")
 
 
-def rsync_command(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options) -> str:
+def rsync_command(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None,
+                  **options) -> str:
     """The local shell line that rsyncs `sources` to `remote_path` on the connection's host."""
     destination = f"{conn.user}@{conn.host}:{remote_path}"
     command = sh(transfer.rsync(sources, destination, ssh_command=ssh_argv(conn), **options))
     return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
 
 
-def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None, **options):
+def rsync(conn: Connection, sources: list[str], remote_path: str, *, cwd: str | None = None,
+          **options):
     """rsync local `sources` to `remote_path` on the connection's host; returns the local Result."""
     command = rsync_command(conn, sources, remote_path, cwd=cwd, **options)
     CountingConnection.rsync_sessions += 1

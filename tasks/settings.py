@@ -9,25 +9,21 @@ opens, and every problem is reported in one message.
 from __future__ import annotations
 
 import os
-import ipaddress
-import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 from invoke import Exit
 
-from .commands.context import STACK_FILES
-from .commands.db import ROLE_NAME_RE, app_role_password
-from .commands.offsite import REPOSITORY_SCHEMES, sftp_target
+from .commands.db import app_role_password
 from .exits import ExitCode
+from .settings_checks import (URL_PASSWORD_RE, address_problems, choice_problems, provider_problems,
+                              token_problems)
+from .settings_files import EnvChoiceError, resolve_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63}$|^localhost$", re.I)
 
 
 class SettingsError(ValueError):
@@ -38,8 +34,8 @@ class SettingsError(ValueError):
         listed = "; ".join(problems)
         super().__init__(
             f"Settings are invalid ({source}): {listed}. Fix these keys in .env "
-            f"(every key is documented in .env.example) or in the environment, then run the task again. "
-            f"Nothing was changed on any server."
+            "(every key is documented in .env.example) or in the environment, then run the task "
+            f"again. Nothing was changed on any server."
         )
 
 
@@ -59,135 +55,15 @@ class Secret(str):
         return str.__str__(self)
 
 
-def _spec(default: Any = None, *, required: bool = False, secret: bool = False, key: str | None = None,
+def _spec(default: Any = None, *, required: bool = False, secret: bool = False,
+          key: str | None = None,
           doc: str = "", group: str = "", example: str | None = None):
     """A setting: its default, whether it must be set and is secret, and for the settings reference
     (docs/settings.md) and .env.example, both rendered by tasks/settings_doc.py: a one-sentence
     description, its group and, where the default will not do, the value .env.example shows."""
-    return field(default=default, metadata={"required": required, "secret": secret, "key": key, "doc": doc,
+    return field(default=default, metadata={"required": required, "secret": secret, "key": key,
+                                            "doc": doc,
                                             "group": group, "example": example})
-
-
-URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
-
-
-def _sftp_server_is_safe(repository: str) -> bool:
-    """A user and host (in either of restic's SFTP spellings) that ssh cannot read as an option."""
-    target = sftp_target(repository)
-    return target is not None and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", target[1])) and (
-        not target[0] or bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", target[0])))
-
-
-def _offsite_problems(values: dict) -> list[str]:
-    repository = values["offsite_repository"]
-    if not repository:
-        return []
-    problems = []
-    if not (repository.startswith(REPOSITORY_SCHEMES) or repository.startswith("/")) or re.search(r"[\s'\"\\]", repository):
-        shown = URL_PASSWORD_RE.sub("://USER:[REDACTED]@", repository)
-        problems.append(f"OFFSITE_REPOSITORY {shown!r} is not a restic repository like sftp:backup@backup.example.com:/srv/restic/tasktracker "
-                        f"or s3:https://s3.example.com/bucket/tasktracker")
-    if repository.startswith("sftp:") and not _sftp_server_is_safe(repository):
-        problems.append(f"OFFSITE_REPOSITORY {repository!r} must name its SFTP server as sftp:USER@HOST:/PATH "
-                        f"(or sftp://USER@HOST:PORT//PATH), the user and host "
-                        f"in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would read it as an option)")
-    if not values["offsite_password"]:
-        problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; keep it outside the VPS too)")
-    elif re.search(r"[\r\n]", values["offsite_password"]) or values["offsite_password"] != values["offsite_password"].strip():
-        problems.append("OFFSITE_PASSWORD has a line break or leading/trailing spaces, which pgBackRest's settings file cannot "
-                        "hold exactly: choose one without")
-    if repository.startswith("s3:") and not (values["offsite_aws_access_key_id"] and values["offsite_aws_secret_access_key"]):
-        problems.append("OFFSITE_AWS_ACCESS_KEY_ID and OFFSITE_AWS_SECRET_ACCESS_KEY are needed for an s3: OFFSITE_REPOSITORY")
-    return problems
-
-
-def _logfire_problems(values: dict) -> list[str]:
-    """LOGFIRE_BASE_URL an http(s) URL, plain http:// only to a loopback or private address (the
-    token goes with every export); LOGFIRE_TOKEN one line without spaces (never shown)."""
-    problems, url = [], values["logfire_base_url"]
-    if url and not _is_http_url(url):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} is not an http(s) URL like "
-                        f"https://logfire-eu.pydantic.dev")
-    elif url.startswith("http://") and not _is_private(urlparse(url).hostname or ""):
-        problems.append(f"LOGFIRE_BASE_URL {url!r} must be https:// (the token goes with every "
-                        f"export; plain http:// only to a loopback or private address)")
-    if re.search(r"\s", values["logfire_token"].reveal()):
-        problems.append("LOGFIRE_TOKEN has a space or line break (value not shown: it is secret): "
-                        "copy the write token again")
-    return problems
-
-
-# The groups of the settings reference (docs/settings.md) and of .env.example, in their order, each
-# with what holds for all of its keys. Every field of `Settings` names one of them.
-SETTING_GROUPS: dict[str, str] = {
-    "Database": "The PostgreSQL container and the API's connection pool.",
-    "NATS JetStream": "The message bus between the API and the worker; nats-server requires a login.",
-    "Telegram": "The stack's Telegram bot, which also sends the alerts (below).",
-    "LLM provider": "The LLM the app calls, openai or anthropic: only the chosen provider's API key is "
-                    "required.",
-    "Public addresses": "Where users reach the app (all three are required).",
-    "Runtime and deploy": "Where releases live on the host and how many are kept, and the names and "
-                          "ports that let two environments share one host (each needs its own APP_DIR, "
-                          "COMPOSE_PROJECT and HTTP_PORT/HTTPS_PORT).",
-    "Images and engine": "Where the backend image is built, whether images the host lacks are shipped "
-                         "from this machine over SSH (hosts that cannot pull: rate limits, no registry, "
-                         "private networks), and what runs the stack: Compose on one host, or a Docker "
-                         "Swarm (docs/several-hosts.md).",
-    "Alerts": "A failed nightly backup or certificate renewal, each deploy and rollback "
-              "(docs/operations.md, \"Alerts\"). Sent from the host (APP_DIR/bin/tasktracker-notify), "
-              "so no laptop is needed: to Telegram (the stack's bot, TELEGRAM_BOT_TOKEN) and/or a "
-              "webhook; both ALERT_TELEGRAM_CHAT_ID and ALERT_WEBHOOK_URL empty: no alerts.",
-    "Tracing": "Logfire, when you want traces: with LOGFIRE_TOKEN set, the API and the worker "
-               "send a span per request, database query and job, and their logs "
-               "(backend/README.md, \"Tracing\"; docs/operations.md, \"Tracing with "
-               "Logfire\"); empty: nothing is sent.",
-    "Off-site copies": "Every full backup set is also pushed, encrypted, to a restic repository you own, "
-                       "off this VPS (docs/operations.md, \"Off-site copies\"; tasks/commands/offsite.py); "
-                       "OFFSITE_REPOSITORY empty: no off-site copies. These keys reach the host only in its "
-                       "offsite.conf, never in a release's .env (the stack must not see them).",
-}
-
-
-@dataclass(frozen=True)
-class StackKey:
-    """A key the stack's containers read from the release's .env that `Settings` does not check:
-    it reaches the host as written in the local settings file (`env_values` keeps every key of it),
-    else the stack uses `default`. Listed in the settings reference and .env.example."""
-
-    key: str
-    default: str
-    group: str
-    doc: str
-
-
-STACK_KEYS: tuple[StackKey, ...] = (
-    StackKey("DB_POOL_SIZE", "15", "Database",
-             "Connections each API worker process and the worker keep in their database pool "
-             "(the plan's VPS value)."),
-    StackKey("DB_MAX_OVERFLOW", "20", "Database",
-             "Connections a pool may open beyond DB_POOL_SIZE; `doctor` checks "
-             "(API_WORKERS + 1) x (DB_POOL_SIZE + DB_MAX_OVERFLOW) against Postgres's max_connections."),
-    StackKey("DB_POOL_TIMEOUT", "30", "Database", "Seconds a request waits for a free pooled connection."),
-    StackKey("DB_POOL_RECYCLE", "3600", "Database", "Seconds after which a pooled connection is replaced."),
-    StackKey("JOB_REQUEUE_AFTER", "60", "NATS JetStream",
-             "Seconds a task may stay pending after its job was queued before the worker's sweeper queues "
-             "it again (backend/README.md, \"Jobs\")."),
-    StackKey("JOB_MAX_REQUEUES", "5", "NATS JetStream",
-             "How often a late job is queued again before its task is marked failed (a dead letter `doctor` reports)."),
-    StackKey("JOB_ACK_WAIT", "60", "NATS JetStream",
-             "Seconds a job may run unacknowledged before NATS delivers it again (a worker killed mid-job)."),
-    StackKey("JOB_STREAM_MAX_MSGS", "1000000", "NATS JetStream",
-             "The most jobs the job stream holds; when full, new jobs wait in their rows for the sweeper."),
-    StackKey("JOB_STREAM_MAX_BYTES", "268435456", "NATS JetStream", "The most bytes the job stream holds (256 MiB)."),
-    StackKey("POSTGRES_HOST_PORT", "5432", "Runtime and deploy",
-             "Development only (compose.override.yml): the port Postgres is published on, on this machine's "
-             "loopback; production publishes nothing but nginx."),
-    StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
-             "Development only (compose.override.yml): the port NATS is published on, on this machine's loopback."),
-    StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
-             "Development only (compose.override.yml): the port of NATS's monitoring endpoint (`/varz`, "
-             "`/healthz`), on this machine's loopback."),
-)
 
 
 @dataclass(frozen=True)
@@ -197,7 +73,8 @@ class Settings:
     postgres_user: str = _spec("postgres", group="Database", doc="The database user.")
     postgres_password: Secret = _spec(
         required=True, secret=True, example="change-me", group="Database",
-        doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # : $` work).")
+        doc="The database password (any characters: database URLs carry it URL-encoded, so `@ / # "
+            ": $` work).")
     postgres_db: str = _spec("tasktracker", group="Database", doc="The database name.")
     app_db_user: str = _spec(
         "tasktracker_app", group="Database",
@@ -208,81 +85,106 @@ class Settings:
     nats_url: str = _spec("nats://nats:4222", group="NATS JetStream",
                           doc="Where the API and the worker reach NATS (a nats:// or tls:// URL).")
     nats_user: str = _spec("tasktracker", group="NATS JetStream",
-                           doc="The login nats-server requires; the API and the worker connect with it.")
+                           doc="The login nats-server requires; the API and the worker connect "
+                               "with it.")
     nats_password: Secret = _spec(
         required=True, secret=True, example="change-me-too", group="NATS JetStream",
-        doc="The NATS password; it reaches nats-server through a private config file, never a command line.")
-    telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me", group="Telegram",
+        doc="The NATS password; it reaches nats-server through a private config file, never a "
+            "command line.")
+    telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me",
+                                       group="Telegram",
                                        doc="The Telegram bot's token.")
-    llm_provider: str = _spec("openai", group="LLM provider", doc="The LLM provider the app calls: openai or anthropic.")
-    openai_api_key: Secret = _spec("", secret=True, example="sk-proj-replace-me", group="LLM provider",
+    llm_provider: str = _spec("openai", group="LLM provider", doc="The LLM provider the app calls: "
+                                                                  "openai or anthropic.")
+    openai_api_key: Secret = _spec("", secret=True, example="sk-proj-replace-me",
+                                   group="LLM provider",
                                    doc="The OpenAI API key, required when LLM_PROVIDER=openai.")
     openai_api_base_url: str = _spec("https://api.openai.com/v1", group="LLM provider",
                                      doc="The OpenAI API's base URL.")
-    openai_default_model: str = _spec("gpt-4o-mini", group="LLM provider", doc="The OpenAI model the app uses.")
+    openai_default_model: str = _spec("gpt-4o-mini", group="LLM provider",
+                                      doc="The OpenAI model the app uses.")
     anthropic_api_key: Secret = _spec("", secret=True, group="LLM provider",
-                                      doc="The Anthropic API key, required when LLM_PROVIDER=anthropic.")
+                                      doc="The Anthropic API key, required when "
+                                          "LLM_PROVIDER=anthropic.")
     anthropic_default_model: str = _spec("claude-3-5-haiku-20241022", group="LLM provider",
                                          doc="The Anthropic model the app uses.")
-    app_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+    app_url: str = _spec(required=True, example="https://tasks.example.com",
+                         group="Public addresses",
                          doc="The app's public http(s) URL.")
-    webapp_url: str = _spec(required=True, example="https://tasks.example.com", group="Public addresses",
+    webapp_url: str = _spec(required=True, example="https://tasks.example.com",
+                            group="Public addresses",
                             doc="The web app's public http(s) URL.")
     domain: str = _spec(required=True, example="tasks.example.com", group="Public addresses",
-                        doc="The public domain name; `ssl.issue` certifies it unless given `--domain`.")
-    api_workers: int = _spec(1, group="Runtime and deploy", doc="Uvicorn worker processes in the API container.")
+                        doc="The public domain name; `ssl.issue` certifies it unless given "
+                            "`--domain`.")
+    api_workers: int = _spec(1, group="Runtime and deploy", doc="Uvicorn worker processes in the "
+                                                                "API container.")
     app_dir: str = _spec("tasktracker", group="Runtime and deploy",
-                         doc="Where releases live on the host: absolute, or relative to the deploy user's home.")
+                         doc="Where releases live on the host: absolute, or relative to the deploy "
+                             "user's home.")
     keep_releases: int = _spec(5, group="Runtime and deploy",
-                               doc="Successful releases kept on the host (at least 2: the live one and the one a "
-                                   "rollback returns to).")
-    http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for HTTP.")
+                               doc="Successful releases kept on the host (at least 2: the live one "
+                                   "and the one a rollback returns to).")
+    http_port: int = _spec(80, group="Runtime and deploy", doc="The host port nginx listens on for "
+                                                               "HTTP.")
     https_port: int = _spec(443, group="Runtime and deploy",
-                            doc="The host port nginx listens on for HTTPS once `ssl.issue` has run (not HTTP_PORT).")
+                            doc="The host port nginx listens on for HTTPS once `ssl.issue` has run "
+                                "(not HTTP_PORT).")
     compose_project: str = _spec("tasktracker", group="Runtime and deploy",
-                                 doc="The Compose project name on the host: containers and volumes are named after it.")
+                                 doc="The Compose project name on the host: containers and volumes "
+                                     "are named after it.")
     backup_keep: int = _spec(7, group="Runtime and deploy",
-                             doc="Full backup sets kept on the host, and pre-deploy sets separately (the newest "
-                                 "verified set is never deleted).")
+                             doc="Full backup sets kept on the host, and pre-deploy sets "
+                                 "separately (the newest verified set is never deleted).")
     wal_archive_timeout: int = _spec(60, group="Runtime and deploy",
-                                     doc="Seconds after which Postgres archives a WAL segment that is not full "
-                                         "(archive_timeout): the longest stretch of writes a lost host takes with it "
-                                         "(off-site: plus the push). Lower means a smaller RPO and more, mostly empty, "
-                                         "compressed segments in the archive.")
+                                     doc="Seconds after which Postgres archives a WAL segment that "
+                                         "is not full "
+                                         "(archive_timeout): the longest stretch of writes a lost "
+                                         "host takes with it "
+                                         "(off-site: plus the push). Lower means a smaller RPO and "
+                                         "more, mostly empty, compressed segments in the archive.")
     db_wait_seconds: int = _spec(60, group="Runtime and deploy",
-                                 doc="How long a deploy or rollback waits for Postgres to answer before it refuses "
-                                     "to go on.")
+                                 doc="How long a deploy or rollback waits for Postgres to answer "
+                                     "before it refuses to go on.")
     engine: str = _spec("auto", group="Images and engine",
-                        doc="What runs the stack: auto (Docker Swarm when the host is a swarm manager, else "
-                            "Compose), compose or swarm.")
+                        doc="What runs the stack: auto (Docker Swarm when the host is a swarm "
+                            "manager, else Compose), compose or swarm.")
     registry: str = _spec("", group="Images and engine",
-                          doc="On a swarm, a container registry the nodes pull the built images from "
-                              "(`host[:port][/path]`; this machine pushes to it, `docker login` as usual); "
-                              "empty: images are sent to each node over SSH.")
+                          doc="On a swarm, a container registry the nodes pull the built images "
+                              "from "
+                              "(`host[:port][/path]`; this machine pushes to it, `docker login` as "
+                              "usual); empty: images are sent to each node over SSH.")
     build_backend: str = _spec("auto", group="Images and engine",
-                               doc="Where the backend image is built: auto (this machine when it has Docker, else "
-                                   "the host), local (build here and ship it; spares the VPS's 2 CPUs) or host "
-                                   "(docker compose build on the VPS).")
+                               doc="Where the backend image is built: auto (this machine when it "
+                                   "has Docker, else "
+                                   "the host), local (build here and ship it; spares the VPS's 2 "
+                                   "CPUs) or host (docker compose build on the VPS).")
     ship_images: str = _spec("auto", group="Images and engine",
-                             doc="Whether images the host lacks are sent from this machine over SSH: auto (when "
-                                 "this machine has them), always (fail if it cannot) or never (the host pulls them "
-                                 "itself).")
+                             doc="Whether images the host lacks are sent from this machine over "
+                                 "SSH: auto (when "
+                                 "this machine has them), always (fail if it cannot) or never (the "
+                                 "host pulls them itself).")
     alert_telegram_chat_id: str = _spec("", group="Alerts",
-                                        doc="The Telegram chat (an id, or @channel) the bot sends alerts to; find a "
+                                        doc="The Telegram chat (an id, or @channel) the bot sends "
+                                            "alerts to; find a "
                                             "chat's id by messaging the bot, then opening "
-                                            "`https://api.telegram.org/bot<token>/getUpdates`; empty: no Telegram "
-                                            "alerts.")
+                                            "`https://api.telegram.org/bot<token>/getUpdates`; "
+                                            "empty: no Telegram alerts.")
     alert_webhook_url: Secret = _spec("", secret=True, group="Alerts",
-                                      doc="A webhook that receives each alert as a POST of `{\"text\": \"...\"}` (a Slack "
-                                          "or Mattermost incoming webhook, or your own endpoint); secret, since its URL "
-                                          "holds a token; empty: none.")
+                                      doc="A webhook that receives each alert as a POST of "
+                                          "`{\"text\": \"...\"}` (a Slack "
+                                          "or Mattermost incoming webhook, or your own endpoint); "
+                                          "secret, since its URL holds a token; empty: none.")
     telegram_webhook: str = _spec("auto", group="Telegram",
-                                  doc="auto: every deploy (and `ssl.issue`) points the bot's webhook at APP_URL + "
-                                      "/api/telegram/webhook once the host serves HTTPS for DOMAIN, with a secret token "
-                                      "derived from TELEGRAM_BOT_TOKEN; off: the toolkit leaves the webhook alone.")
+                                  doc="auto: every deploy (and `ssl.issue`) points the bot's "
+                                      "webhook at APP_URL + "
+                                      "/api/telegram/webhook once the host serves HTTPS for "
+                                      "DOMAIN, with a secret token "
+                                      "derived from TELEGRAM_BOT_TOKEN; off: the toolkit leaves "
+                                      "the webhook alone.")
     telegram_api_base_url: str = _spec("https://api.telegram.org", group="Alerts",
-                                       doc="The Telegram Bot API (a local Bot API server; the tests point it at a local "
-                                           "endpoint).")
+                                       doc="The Telegram Bot API (a local Bot API server; the "
+                                           "tests point it at a local endpoint).")
     logfire_token: Secret = _spec(
         "", secret=True, group="Tracing",
         doc="A Logfire project's write token; it reaches the API and the worker only in the "
@@ -293,23 +195,32 @@ class Settings:
             "takes Logfire's OTLP/HTTP exports; https://, or http:// only to a loopback or private "
             "address (the token travels with them).")
     offsite_repository: str = _spec("", group="Off-site copies",
-                                    doc="The restic repository, like `sftp:backup@backup.example.com:/srv/restic/tasktracker` "
-                                        "(`fab -H HOST backup.offsite.init` prints the host's key to authorize there) or "
-                                        "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/tasktracker`; empty: no "
-                                        "off-site copies.")
+                                    doc="The restic repository, like "
+                                        "`sftp:backup@backup.example.com:/srv/restic/tasktracker` "
+                                        "(`fab -H HOST backup.offsite.init` prints the host's key "
+                                        "to authorize there) or "
+                                        "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/"
+                                        "tasktracker`; empty: no off-site copies.")
     offsite_password: Secret = _spec("", secret=True, group="Off-site copies",
-                                     doc="Encrypts the repository (required with OFFSITE_REPOSITORY): keep a copy OFF "
-                                         "the VPS (a password manager), since without it the copies are unreadable.")
-    offsite_aws_access_key_id: Secret = _spec("", secret=True, group="Off-site copies",
-                                              doc="The S3 access key id, for s3: repositories only.")
+                                     doc="Encrypts the repository (required with "
+                                         "OFFSITE_REPOSITORY): keep a copy OFF "
+                                         "the VPS (a password manager), since without it the "
+                                         "copies are unreadable.")
+    offsite_aws_access_key_id: Secret = _spec(
+        "", secret=True, group="Off-site copies",
+        doc="The S3 access key id, for s3: repositories only.")
     offsite_aws_secret_access_key: Secret = _spec("", secret=True, group="Off-site copies",
-                                                  doc="The S3 secret access key, for s3: repositories only.")
+                                                  doc="The S3 secret access key, for s3: "
+                                                      "repositories only.")
     offsite_keep_daily: int = _spec(7, group="Off-site copies",
-                                    doc="Off-site retention (restic forget): the newest set of each of the last N days.")
+                                    doc="Off-site retention (restic forget): the newest set of "
+                                        "each of the last N days.")
     offsite_keep_weekly: int = _spec(4, group="Off-site copies",
-                                     doc="Off-site retention: the newest set of each of the last N weeks.")
+                                     doc="Off-site retention: the newest set of each of the last N "
+                                         "weeks.")
     offsite_keep_monthly: int = _spec(6, group="Off-site copies",
-                                      doc="Off-site retention: the newest set of each of the last N months.")
+                                      doc="Off-site retention: the newest set of each of the last "
+                                          "N months.")
 
     @staticmethod
     def env_key(name: str) -> str:
@@ -330,7 +241,8 @@ class Settings:
         """Non-empty secret values, for redacting command output (and a password written into
         OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it), and the ones derived
         from them (the app role's password)."""
-        values = [getattr(self, f.name).reveal() for f in fields(self) if f.metadata["secret"] and getattr(self, f.name)]
+        values = [getattr(self, f.name).reveal() for f in fields(self)
+                  if f.metadata["secret"] and getattr(self, f.name)]
         in_url = URL_PASSWORD_RE.search(self.offsite_repository)
         derived = [self.app_db_password.reveal()] if self.postgres_password else []
         return values + ([in_url.group(1)] if in_url else []) + derived
@@ -356,10 +268,24 @@ class Settings:
             for source in (file_values, environ):
                 if source.get(key) is not None:
                     raw[f.name] = source[key]
-        return cls._validated(raw, source=f"{env_path.name if env_path.is_file() else 'no .env file'} + environment")
+        return cls._validated(raw,
+                              source=f"{env_path.name if env_path.is_file() else 'no .env file'} + "
+                                     "environment")
 
     @classmethod
     def _validated(cls, raw: dict[str, Any], source: str) -> "Settings":
+        values, problems = cls._typed(raw)
+        problems += provider_problems(values) + address_problems(values) + choice_problems(values)
+        problems += cls._placeholder_problems(values)
+        problems += token_problems(values)
+        if problems:
+            raise SettingsError(problems, source)
+        return cls(**values)
+
+    @classmethod
+    def _typed(cls, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Each field's value as its type (stripped; a default where it is missing or unusable),
+        and the problems: a required key missing, a number that is not one."""
         problems: list[str] = []
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -383,62 +309,19 @@ class Settings:
             else:
                 value = "" if value is None else str(value)
             values[f.name] = value
+        return values, problems
 
-        provider = values["llm_provider"].lower()
-        if provider not in LLM_PROVIDERS:
-            problems.append(f"LLM_PROVIDER {values['llm_provider']!r} is unknown (use one of: {', '.join(LLM_PROVIDERS)})")
-        elif not values[LLM_PROVIDERS[provider].lower()]:
-            problems.append(f"{LLM_PROVIDERS[provider]} is missing or empty (LLM_PROVIDER is {provider})")
-        values["llm_provider"] = provider
-        for name in ("app_url", "webapp_url", "openai_api_base_url", "telegram_api_base_url"):
-            url = values[name]
-            if url and not _is_http_url(url):
-                problems.append(f"{name.upper()} {url!r} is not an http(s) URL like https://tasks.example.com")
-        if values["nats_url"] and urlparse(values["nats_url"]).scheme not in ("nats", "tls"):
-            problems.append(f"NATS_URL {values['nats_url']!r} is not a nats:// URL")
-        if values["domain"] and not DOMAIN_RE.match(values["domain"]):
-            problems.append(f"DOMAIN {values['domain']!r} is not a domain name like tasks.example.com")
-        app_dir = values["app_dir"]
-        if not app_dir or ".." in Path(app_dir).parts or not re.match(r"^[\w./-]+$", app_dir):
-            problems.append(f"APP_DIR {app_dir!r} must be a plain path (absolute, or relative to the deploy user's home) without '..'")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", values["compose_project"]):
-            problems.append(f"COMPOSE_PROJECT {values['compose_project']!r} must be lower-case letters, digits, '-' or '_'")
-        for port in ("http_port", "https_port"):
-            if values[port] > 65535:
-                problems.append(f"{port.upper()} must be a TCP port (1-65535)")
-        if values["http_port"] == values["https_port"]:
-            problems.append("HTTP_PORT and HTTPS_PORT must differ (nginx listens on both)")
-        if values["registry"] and not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*", values["registry"]):
-            problems.append(f"REGISTRY {values['registry']!r} is not a registry like registry.example.com:5000/team "
-                            f"(host, optional port and path; no scheme)")
-        for name, choices in (("telegram_webhook", ("auto", "off")), ("engine", ("auto", "compose", "swarm")), ("build_backend", ("auto", "host", "local")), ("ship_images", ("auto", "always", "never"))):
-            values[name] = values[name].lower()
-            if values[name] not in choices:
-                problems.append(f"{name.upper()} {values[name]!r} must be one of: {', '.join(choices)}")
-        role = values["app_db_user"]
-        if not ROLE_NAME_RE.fullmatch(role) or role == values["postgres_user"]:
-            problems.append(f"APP_DB_USER {role!r} must be a role name in lower-case letters, digits "
-                            f"and '_' (not starting with a digit, at most 63) other than POSTGRES_USER")
-        if values["keep_releases"] < 2:
-            problems.append("KEEP_RELEASES must be at least 2 (the live release and the one a rollback returns to)")
-        chat = values["alert_telegram_chat_id"]
-        if chat and not re.fullmatch(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}", chat):
-            problems.append(f"ALERT_TELEGRAM_CHAT_ID {chat!r} must be a chat id like 123456789 or -1001234567890, or @channelname")
-        for f in fields(cls):  # .env.example's placeholder left in place of a real secret
+    @classmethod
+    def _placeholder_problems(cls, values: dict[str, Any]) -> list[str]:
+        """.env.example's placeholder left in place of a real secret."""
+        problems = []
+        for f in fields(cls):
             example = f.metadata["example"]
-            if f.metadata["secret"] and example and str(values[f.name]) and values[f.name].reveal() == example:
-                problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder {example!r}: set the real value")
-        for key, url in (("TELEGRAM_API_BASE_URL", values["telegram_api_base_url"]), ("ALERT_WEBHOOK_URL", values["alert_webhook_url"].reveal())):
-            if url.startswith("http://") and not _is_loopback(urlparse(url).hostname or ""):
-                problems.append(f"{key} must be https:// (it carries a token; plain http:// only to this host's loopback)")
-        problems += _logfire_problems(values)
-        hook = values["alert_webhook_url"].reveal()
-        if hook and (not _is_http_url(hook) or re.search(r'["\\\s]', hook)):
-            problems.append("ALERT_WEBHOOK_URL is not an http(s) URL like https://hooks.example.com/... (value not shown: it is secret)")
-        problems += _offsite_problems(values)
-        if problems:
-            raise SettingsError(problems, source)
-        return cls(**values)
+            value = values[f.name]
+            if f.metadata["secret"] and example and str(value) and value.reveal() == example:
+                problems.append(f"{cls.env_key(f.name)} is still .env.example's placeholder "
+                                f"{example!r}: set the real value")
+        return problems
 
     @classmethod
     def from_context(cls, c) -> "Settings":
@@ -450,7 +333,8 @@ class Settings:
         path, reason = env_file_choice(c)
         if path not in _ANNOUNCED:
             _ANNOUNCED.add(path)
-            shown = _shown(path) if path.is_file() else f"{_shown(path)} does not exist: environment variables only"
+            shown = (_shown(path) if path.is_file() else f"{_shown(path)} does not exist: "
+                                                         "environment variables only")
             print(f"settings: {shown}" + (f" ({reason})" if reason else ""), file=sys.stderr)
         try:
             return cls.load(config=dict(config_section(c)), env_file=path)
@@ -462,68 +346,16 @@ def config_section(c) -> Mapping[str, Any]:
     return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
 
 
-ENV_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
-HOST_ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an SSH alias; not user@host:port
 ENV_HELP = ("Use the settings of this environment, .env.NAME (same as TASKTRACKER_ENV=NAME); "
             "default: .env.HOST when that file exists, else .env.")
 _ANNOUNCED: set[Path] = set()
 
 
-class EnvChoiceError(ValueError):
-    """The settings file cannot be chosen (a bad or missing environment, or two choices that disagree)."""
-
-
-def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], host: str | None,
-                     root: Path) -> tuple[Path, str]:
-    """The settings file and why it was chosen; the first rule that applies wins:
-
-    1. a file: `tasktracker.env_file` (fabric.yaml / invoke.yaml), else $TASKTRACKER_ENV_FILE;
-    2. an environment name: `tasktracker.env` (set by `--env`) or $TASKTRACKER_ENV -> .env.NAME,
-       which must exist (a file and a name, or two different names, are refused: a deploy must
-       not guess which settings were meant);
-    3. the host: .env.HOST when it exists (`fab -H staging deploy` reads .env.staging); the
-       sandbox's own settings (`invoke sandbox.up` writes them) for host `sandbox`;
-    4. .env (the single-file setup).
-    """
-    files = [(src, str(value)) for src, value in (("tasktracker.env_file", section.get("env_file")),
-                                                  ("TASKTRACKER_ENV_FILE", environ.get("TASKTRACKER_ENV_FILE"))) if value]
-    names = [(src, str(value)) for src, value in (("--env / tasktracker.env", section.get("env")),
-                                                  ("TASKTRACKER_ENV", environ.get("TASKTRACKER_ENV"))) if value]
-    fix = "Nothing was changed on any server."
-    if len({value for _, value in names}) > 1:
-        raise EnvChoiceError(f"Two environments were chosen: {names[0][1]!r} ({names[0][0]}) and {names[1][1]!r} "
-                             f"({names[1][0]}). Choose one (unset TASKTRACKER_ENV, or drop --env) and run again. {fix}")
-    if files and names:
-        raise EnvChoiceError(f"Both a settings file, {files[0][1]} ({files[0][0]}), and an environment, {names[0][1]!r} "
-                             f"({names[0][0]}), were chosen. Choose one and run again. {fix}")
-    if files:
-        return Path(files[0][1]), files[0][0]
-    if names:
-        source, name = names[0]
-        if not ENV_NAME_RE.fullmatch(name) or name == "example":
-            raise EnvChoiceError(f"The environment name {name!r} ({source}) must be lower-case letters, digits, '-' or "
-                                 f"'_' (like staging or production; 'example' is the template). {fix}")
-        path = root / f".env.{name}"
-        if not path.is_file():
-            raise EnvChoiceError(f"The environment {name!r} ({source}) has no settings file: create {path} "
-                                 f"(`cp .env.example .env.{name}` in {root}, then fill it in), or choose another "
-                                 f"environment. {fix}")
-        return path, f"environment {name}"
-    if host and HOST_ALIAS_RE.fullmatch(host) and host != "example":
-        path = root / f".env.{host}"
-        if path.is_file():
-            return path, f"host {host}"
-        # The sandbox's directory, as `remote.sandbox_dir` finds it.
-        sandbox = Path(environ.get("TASKTRACKER_SANDBOX_DIR") or root / ".sandbox") / ".env"
-        if host == "sandbox" and sandbox.is_file():
-            return sandbox, "host sandbox, written by `invoke sandbox.up`"
-    return root / ".env", ""
-
-
 def env_file_choice(c=None) -> tuple[Path, str]:
     """The task's settings file and why (`resolve_env_file`); a bad choice ends the task (usage)."""
     try:
-        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None), PROJECT_ROOT)
+        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None),
+                                PROJECT_ROOT)
     except EnvChoiceError as err:
         raise Exit(str(err), code=ExitCode.USAGE) from None
 
@@ -534,7 +366,8 @@ def env_file_path(c=None) -> Path:
 
 
 def choose_env(c, env: str | None) -> None:
-    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV would."""
+    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV
+    would."""
     if env:
         if not c.config.get("tasktracker"):
             c.config["tasktracker"] = {}
@@ -548,47 +381,3 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_private(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_private
-    except ValueError:
-        return False
-
-
-def _is_http_url(value: str) -> bool:
-    parsed = urlparse(value)
-    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and " " not in value
-
-
-HOST_ONLY_PREFIXES = ("OFFSITE_",)  # settings kept out of every release's .env (see env_values)
-
-
-def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict[str, str]:
-    """The release's settings: the local file's keys with every validated setting applied, less
-    the ones the stack must never see (the off-site repository's password and keys: an API
-    compromise must not reach the copies that outlive the host; offsite.conf holds them)."""
-    values: dict[str, str] = {}
-    if env_file and env_file.is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    for key in [k for k in values if k.startswith(HOST_ONLY_PREFIXES)]:
-        del values[key]
-    for f in fields(Settings):
-        if Settings.env_key(f.name).startswith(HOST_ONLY_PREFIXES):
-            continue
-        value = getattr(settings, f.name)
-        values[Settings.env_key(f.name)] = value.reveal() if hasattr(value, "reveal") else str(value)
-    # The API and the worker connect with these (docker-compose.production.yml); migrations as
-    # POSTGRES_USER.
-    values["APP_DB_PASSWORD"] = settings.app_db_password.reveal()
-    values["APP_ROOT"] = app_root  # absolute APP_DIR on the host: nginx's mounts (docker-compose.production.yml)
-    # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this stack.
-    values["COMPOSE_FILE"] = ":".join(STACK_FILES)
-    values["COMPOSE_PROJECT_NAME"] = settings.compose_project
-    return values

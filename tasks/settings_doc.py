@@ -1,5 +1,5 @@
 """The settings reference (docs/settings.md) and .env.example, rendered from `Settings` and
-`STACK_KEYS` in tasks/settings.py, their one source: `invoke docs.settings` writes both, and
+`STACK_KEYS` in tasks/settings_groups.py, their one source: `invoke docs.settings` writes both, and
 `--check` (and tests/test_settings_doc.py) fails when either differs from what is rendered."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import MISSING, dataclass, fields
 from invoke import Collection, Exit, task
 
 from .exits import ExitCode
-from .settings import PROJECT_ROOT, SETTING_GROUPS, STACK_KEYS, Settings
+from .settings import PROJECT_ROOT, Settings
+from .settings_groups import SETTING_GROUPS, STACK_KEYS
 
 WIDTH = 100
 SETTINGS_DOC = "docs/settings.md"
@@ -64,21 +65,26 @@ def entries() -> list[Entry]:
     for f in fields(Settings):
         default = "" if f.default in (MISSING, None) else str(f.default)
         example = f.metadata["example"]
-        found.append(Entry(Settings.env_key(f.name), default, default if example is None else example,
+        found.append(Entry(Settings.env_key(f.name), default, default if example is None
+                           else example,
                            f.metadata["required"], f.metadata["secret"], False, f.metadata["group"],
                            f.metadata["doc"]))
-    found += [Entry(k.key, k.default, k.default, False, False, True, k.group, k.doc) for k in STACK_KEYS]
+    found += [Entry(k.key, k.default, k.default, False, False, True, k.group, k.doc)
+              for k in STACK_KEYS]
     order = list(SETTING_GROUPS)
-    return sorted(found, key=lambda e: (order.index(e.group), e.stack))  # stable: declaration order kept
+    # stable: declaration order kept
+    return sorted(found, key=lambda e: (order.index(e.group), e.stack))
 
 
 def _flags(entry: Entry) -> list[str]:
-    return [name for name, on in (("required", entry.required), ("secret", entry.secret), ("stack", entry.stack)) if on]
+    return [name for name, on in (("required", entry.required), ("secret", entry.secret),
+                                  ("stack", entry.stack)) if on]
 
 
 def _comment(text: str, width: int = WIDTH) -> list[str]:
     return [f"# {line}" if line else "#" for para in text.splitlines()
-            for line in (textwrap.wrap(para, width - 2, break_on_hyphens=False, break_long_words=False) or [""])]
+            for line in (textwrap.wrap(para, width - 2, break_on_hyphens=False,
+                                       break_long_words=False) or [""])]
 
 
 def render_env_example() -> str:
@@ -107,8 +113,10 @@ def render_settings_doc() -> str:
     for entry in entries():
         if entry.group != group:
             group = entry.group
-            note = textwrap.wrap(SETTING_GROUPS[group], WIDTH, break_on_hyphens=False, break_long_words=False)
-            lines += ["", f"## {group}", "", *note, "", "| key | default | required | secret | description |",
+            note = textwrap.wrap(SETTING_GROUPS[group], WIDTH, break_on_hyphens=False,
+                                 break_long_words=False)
+            lines += ["", f"## {group}", "", *note, "", "| key | default | required | secret | "
+                                                        "description |",
                       "| --- | --- | --- | --- | --- |"]
         default = f"`{entry.default}`" if entry.default else ""
         doc = entry.doc + (" *(stack)*" if entry.stack else "")
@@ -122,8 +130,8 @@ def rendered() -> dict[str, str]:
     return {SETTINGS_DOC: render_settings_doc(), ENV_EXAMPLE: render_env_example()}
 
 
-@task(name="settings", help={"check": "Change nothing: exit 1 when docs/settings.md or .env.example differs from "
-                                      "what Settings renders."})
+@task(name="settings", help={"check": "Change nothing: exit 1 when docs/settings.md or "
+                                      ".env.example differs from what Settings renders."})
 def write_settings(c, check=False):
     """Write docs/settings.md and .env.example from the Settings in tasks/settings.py."""
     stale = []
@@ -135,7 +143,8 @@ def write_settings(c, check=False):
         if not check:
             path.write_text(text)
     if check and stale:
-        raise Exit(f"{', '.join(stale)} differ from tasks/settings.py: run `invoke docs.settings`.", code=ExitCode.FAILED)
+        raise Exit(f"{', '.join(stale)} differ from tasks/settings.py: run `invoke docs.settings`.",
+                   code=ExitCode.FAILED)
     print(f"{'Rewrote' if stale else 'Up to date:'} {', '.join(stale or rendered())}.")
 
 

@@ -56,7 +56,8 @@ class Steps:
     def table(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [4])
         lines = [f"{self.title}", f"  {'step'.ljust(width)}  {'time':>7}  result"]
-        lines += [f"  {name.ljust(width)}  {seconds:6.1f}s  {result}" for name, seconds, result in self.rows]
+        lines += [f"  {name.ljust(width)}  {seconds:6.1f}s  {result}" for name, seconds,
+                  result in self.rows]
         lines.append(f"  {'total'.ljust(width)}  {time.monotonic() - self.started:6.1f}s")
         return "\n".join(lines)
 
@@ -72,7 +73,8 @@ class RemoteSteps:
     """Turns a remote script's `@@step` markers into step rows and live progress; other lines
     are printed indented (redacted). `finish(ok)` closes the last step; `current` names it."""
 
-    MARK, END, FACT = "@@step ", "@@end ", "@@fact "  # a step starts; the script ends; data, not shown
+    # a step starts; the script ends; data, not shown
+    MARK, END, FACT = "@@step ", "@@end ", "@@fact "
 
     def __init__(self, steps: Steps):
         self.steps, self.buffer, self.current, self.started = steps, "", "", 0.0

@@ -3,7 +3,8 @@ operations where a swarm differs from one Compose host. `open_host` gives the ta
 when the host runs the stack on a swarm, and a `Host` otherwise, so `deploy`, `rollback`, `status`
 and `cluster.deploy` take one code path per engine, not one per task:
 
-    ensure_image   the release's images on every node (`docker save | docker load` over SSH)
+    ensure_image   the release's images on every node (`docker save | docker load` over SSH;
+                   the nodes: tasks/swarm_nodes.py)
     activate       `docker stack deploy` of the release's stack file, awaited until converged
                    (start-first, health-checked; Swarm rolls an update back by itself), then
                    `current` switched, nginx reloaded and the same health probe as one host
@@ -21,26 +22,26 @@ import time
 from pathlib import Path
 
 import yaml
-from fabric import Connection
 from invoke import Exit
 
-from . import guards, localhost, planning
+from . import guards
 from .commands import cluster as commands
 from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
-from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands import rollout, sh
+from .commands import schema as schema_commands
+from .commands import rollout, sh, swarm_stack
 from .commands import tls as tls_commands
-from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP
 from .exits import ExitCode
-from .shipping import ship_images_to
-from .host import Host, Release, absolute_app_dir
-from .planning import Planned
-from .settings import PROJECT_ROOT, env_values
+from .host import Host, Release
+from .preflight import absolute_app_dir
+from .release_env import env_values
+from .settings import PROJECT_ROOT
 from .steps import StepFailed
+from .swarm_nodes import SwarmNodes
+from .swarm_plan import SwarmPlanning
 
 STACK_SOURCES = ("compose.yml", "docker-compose.production.yml", "swarm.yml")
 DATA_SERVICES = {"postgres", "nats"}
@@ -55,7 +56,7 @@ def load_sources(root: Path) -> list[dict]:
     return [yaml.safe_load((root / name).read_text()) or {} for name in STACK_SOURCES]
 
 
-class SwarmHost(Host):
+class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     """A swarm manager: the stack runs as `docker stack deploy`, its images on every node."""
 
     converge_seconds: float = CONVERGE_SECONDS
@@ -81,7 +82,8 @@ class SwarmHost(Host):
         guards.check_postgres_major(self, env)
 
     def require_one_host(self, action: str) -> None:
-        raise Exit(f"{self.name} is in a Docker Swarm: `{action}` works on one Compose host. Recover "
+        raise Exit(f"{self.name} is in a Docker Swarm: `{action}` works on one Compose host. "
+                   "Recover "
                    f"onto a fresh VPS (not yet in a swarm), then `cluster.init` with it first "
                    f"(docs/several-hosts.md, \"From one VPS to a cluster\"). Nothing was changed.",
                    code=ExitCode.HOST_NOT_READY)
@@ -89,17 +91,23 @@ class SwarmHost(Host):
     def require_pitr(self) -> None:
         """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again
         at once on the same volume: refused on a swarm, before anything changes."""
-        raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm yet "
-                                              "(Swarm would restart the stopped Postgres on the volume "
+        raise StepFailed("restore to a time", "restoring to a moment is not available on a swarm "
+                                              "yet "
+                                              "(Swarm would restart the stopped Postgres on the "
+                                              "volume "
                                               "being restored). Restore a backup set instead "
                                               "(`backup.restore --name SET`). Nothing was changed")
 
-    def restore_backup(self, set_name: str, *, fresh_database: bool = False, migrate: bool = False) -> None:
+    def restore_backup(self, set_name: str, *, fresh_database: bool = False,
+                       migrate: bool = False) -> None:
         """A restore scales api and worker down and up (`docker service scale`): a manager only."""
         if self.engine_problem:
-            raise StepFailed("restore", f"on a swarm a restore scales the api and worker services down and "
-                                        f"up again, which only a manager can; {self.name} is a worker. Make "
-                                        f"the data node a manager (`docker node promote NODE` on the "
+            raise StepFailed("restore", "on a swarm a restore scales the api and worker services "
+                                        "down and "
+                                        f"up again, which only a manager can; {self.name} is a "
+                                        "worker. Make "
+                                        "the data node a manager (`docker node promote NODE` on "
+                                        "the "
                                         f"manager) and run the restore there. Nothing was changed")
         super().restore_backup(set_name, fresh_database=fresh_database, migrate=migrate)
 
@@ -110,91 +118,13 @@ class SwarmHost(Host):
         return tls_commands.nginx_test_running(self.ctx, self.current_id)
 
     def state(self) -> dict:
-        """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees them."""
+        """Nodes, the stack's services (replicas, update state) and tasks, as the manager sees
+        them."""
         return manager_status(self.conn, self.stack)
 
-    # --- nodes and images -------------------------------------------------------------------
-    def node_hosts(self, nodes: list[dict], step: str) -> list[tuple[dict, Host]]:
-        """Every node that is up, opened over SSH by the alias it joined with (this connection for the manager)."""
-        out: list[tuple[dict, Host]] = []
-        for node in nodes:
-            alias = node["alias"]
-            if alias == self.name:
-                out.append((node, self))
-                continue
-            if not alias:
-                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} label, so it cannot be "
-                                       f"reached over SSH: join it with cluster.init")
-            if node["state"] != "ready" or node["availability"] == "drain":
-                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images when it is back: deploy again)")
-                continue
-            try:
-                out.append((node, Host.open(Connection(alias, config=self.conn.config), self.settings)))
-            except Exit as refused:
-                raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
-        return out
-
-    def data_host(self, nodes: list[dict] | None = None) -> Host:
-        """Where Postgres runs: this manager when its task is here, else the node labelled
-        tasktracker.data (over SSH, by its alias); StepFailed when neither can be reached."""
-        if self.probe_run(self.ctx.container("postgres")).stdout.strip():
-            return self
-        nodes = nodes if nodes is not None else self.state()["nodes"]
-        data = [host for node, host in self.node_hosts(nodes, "data node") if node["labels"].get(commands.LABEL_DATA) == "true"]
-        if not data:
-            raise StepFailed("data node", f"Postgres does not run on {self.name} and no reachable node has the label "
-                                          f"{commands.LABEL_DATA}=true (`cluster.status` shows the nodes)")
-        return data[0]
-
-    def ship_to_nodes(self, nodes: list[dict], images: list[str], built: list[tuple[str, Path]],
-                      step: str = "images on every node") -> None:
-        """Every node that lacks an image gets it over SSH (no registry): `docker save | docker load`;
-        `built` (image, build directory) are built here first when this machine lacks them."""
-        for image, context in built:
-            if not localhost.ok(["docker", "image", "inspect", image]):
-                print(f"   building {image} here", flush=True)
-                result = localhost.run(image_commands.local_build(image, context), check=False)
-                if result.returncode:
-                    raise StepFailed(f"build {context.name} image here", result.stderr.strip()[-800:])
-            if self.pulled(image):
-                started = time.monotonic()
-                result = localhost.run(image_commands.push(image), check=False)
-                if result.returncode:
-                    raise StepFailed(step, f"docker push {image} failed: {result.stderr.strip()[-500:]} (is this machine "
-                                           f"logged in to {self.settings.registry}, and does Docker trust it?); nothing "
-                                           f"on the swarm was changed")
-                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)", flush=True)
-        images = [i for i in images if not self.pulled(i)]
-        lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
-        for _node, host in self.node_hosts(nodes, step):
-            missing = [i for i in images if i not in host.images_present(images)]
-            if not missing:
-                print(f"   {host.name}: has all {len(images)} images")
-                continue
-            absent = [i for i in missing if not localhost.ok(["docker", "image", "inspect", i])]
-            if absent:
-                raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine does not have "
-                                       f"{'it' if len(absent) == 1 else 'them'} to send: deploy again from a checkout of "
-                                       f"that release (its images are built here), or pick another release")
-            lacking.setdefault(tuple(missing), []).append(host)
-        for missing, hosts in lacking.items():
-            ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
-
-    def pulled(self, image: str) -> bool:
-        """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""
-        return bool(self.settings.registry) and image.startswith(self.settings.registry + "/")
-
-    def ensure_image(self, release: Release, step: str = "images on every node") -> None:
-        """The release's images (backend, Postgres) on every node that is up."""
-        if not self.probe_run(f"test -f {commands.q(commands.stack_file(self.ctx, release.id))}").ok:
-            raise StepFailed(step, f"release {release.id} has no stack file ({commands.stack_file(self.ctx, release.id)}): it "
-                                   f"was not deployed to this swarm (a Compose release from before `cluster.init`?). Pick "
-                                   f"a swarm release (`fab -H {self.name} releases`); nothing was changed")
-        images = [release.image, *([release.postgres_image] if release.postgres_image else [])]
-        self.ship_to_nodes(self.state()["nodes"], images, [], step)
-
     # --- rolling out ------------------------------------------------------------------------
-    def wait_converged(self, services: list[str] | None, what: str, before: dict | None = None) -> float:
+    def wait_converged(self, services: list[str] | None, what: str,
+                       before: dict | None = None) -> float:
         started = time.monotonic()
         reasons: list[str] = []
         wanted = [self.ctx.service_name(s) for s in services] if services else None
@@ -204,41 +134,43 @@ class SwarmHost(Host):
                 return time.monotonic() - started
             if verdict == "failed":
                 failed = " ".join(reason.split(":")[0] for reason in reasons)
-                raise StepFailed(what, f"Swarm rolled the update back by itself ({'; '.join(reasons)}): the new tasks "
-                                       f"did not pass their health checks, and the previous ones kept serving; `docker "
+                raise StepFailed(what, "Swarm rolled the update back by itself "
+                                       f"({'; '.join(reasons)}): the new tasks "
+                                       "did not pass their health checks, and the previous ones "
+                                       "kept serving; `docker "
                                        f"service ps {failed} --no-trunc` on {self.name} says why.")
             time.sleep(2)
-        raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: {'; '.join(reasons)}")
+        raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: "
+                               f"{'; '.join(reasons)}")
 
     def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
-        """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled back
-        by Swarm on failure), awaited; then `current`, nginx and the probe as on one host. `backend`
-        is ignored: Swarm changes only the services whose spec changed."""
+        """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled
+        back by Swarm on failure), awaited; then `current`, nginx and the probe as on one host.
+        `backend` is ignored: Swarm changes only the services whose spec changed."""
         self.require_manager()
-        stack_file = commands.stack_file(self.ctx, release.id)
         before = self.state()["services"]
         if not self.current_id:  # the first release: nginx mounts its config from `current`
             self.run(rollout.switch_current(self.ctx, release.id), "switch current")
         with self.steps.step("rolling update (docker stack deploy)"):
-            out = self.run(f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack file: it was "
-                           f"not deployed to a swarm' >&2; exit 1; }}; " + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))),
-                           "rolling update")
+            out = self.run(self.rolling_update_command(release), "rolling update")
             for line in out.stdout.splitlines():
                 print(f"   {line}")
-            print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s", flush=True)
+            print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s",
+                  flush=True)
         with self.steps.step("switch current and reload nginx"):
-            self.run(rollout.switch_current(self.ctx, release.id) + " && " + commands.nginx_reload(self.stack), "switch current")
+            self.run(rollout.switch_current(self.ctx, release.id) + " && "
+                     + commands.nginx_reload(self.stack), "switch current")
         with self.steps.step("health checks"):
             self.probe(release)
         if then:
             self.run(then, "record release")
 
-    def ensure_archive(self, nodes: list[dict] | None = None) -> None:
-        """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
-        host = self.data_host(nodes)
-        out = host.run(pitr_commands.ensure_stanza(host.ctx, host.ctx.container("postgres")), "WAL archive", hide=True).stdout
-        state = release_commands.parse_facts("\n".join(line[len("@@fact "):] for line in out.splitlines() if line.startswith("@@fact ")))
-        print(f"   {host.name}: WAL archive {state.get('pitr', 'unknown')}")
+    def rolling_update_command(self, release: Release) -> str:
+        """`docker stack deploy` of the release's stack file, refused when it has none."""
+        stack_file = commands.stack_file(self.ctx, release.id)
+        return (f"test -f {commands.q(stack_file)} || {{ echo 'release {release.id} has no stack "
+                f"file: it was not deployed to a swarm' >&2; exit 1; }}; "
+                + sh(commands.stack_deploy(self.stack, [stack_file], bool(self.settings.registry))))
 
     # --- the swarm engine's part of the release pipeline (tasks/pipeline.py) -------------------
     sent_paths = fingerprints.SWARM_SENT_PATHS
@@ -249,7 +181,8 @@ class SwarmHost(Host):
     def release_images(self) -> tuple[str, str]:
         """The built images, named in REGISTRY when the nodes pull them from there."""
         registry, stack = self.settings.registry, self.stack
-        image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack), registry)
+        image = image_commands.in_registry(image_commands.backend_image(PROJECT_ROOT, stack),
+                                           registry)
         postgres = image_commands.postgres_image(PROJECT_ROOT, stack)
         return image, image_commands.in_registry(postgres, registry) if postgres else ""
 
@@ -261,24 +194,27 @@ class SwarmHost(Host):
         compose_left = self.probe_run(f"{self.ctx.with_engine('compose').containers('api')} "
                                       f"| head -n 1").stdout.strip()
         if compose_left:
-            raise Exit(f"The single-host Compose stack {self.stack} still runs on {self.name}: stop it "
+            raise Exit(f"The single-host Compose stack {self.stack} still runs on {self.name}: "
+                       "stop it "
                        f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
-                       f"swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS to "
-                       f"a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
+                       "swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS "
+                       f"to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
-        same = commands.dump_stack(self.render(plan, ""))
+        same = swarm_stack.dump_stack(self.render(plan, ""))
         return fingerprints.stack_fingerprint(PROJECT_ROOT, same), {"engine": "swarm"}
 
     def render(self, plan, release_id: str) -> dict:
         """The stack for `docker stack deploy`: the three files, `${VAR}` filled in."""
-        values = {**env_values(self.settings, plan.env_file, absolute_app_dir(self.facts, self.ctx.app_dir)),
+        values = {**env_values(self.settings, plan.env_file, absolute_app_dir(self.facts,
+                                                                              self.ctx.app_dir)),
                   "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
                   **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
-            return commands.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
+            return swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
-            raise Exit(f"The stack files need a setting: {err}. Nothing was changed.", code=ExitCode.USAGE) from None
+            raise Exit(f"The stack files need a setting: {err}. Nothing was changed.",
+                       code=ExitCode.USAGE) from None
 
     def serving_on(self) -> str:
         return f"the swarm ({len(self.state()['nodes'])} nodes)"
@@ -293,39 +229,45 @@ class SwarmHost(Host):
         ctx, release = self.ctx, plan.release
         rid = release.id
         rendered = self.render(plan, rid)
-        self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image, rid))
+        self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image,
+                                                                                      rid))
                  + " && " + sh(commands.prepare_stack_dir(ctx, rid)), "prepare release")
-        self.put_text(commands.dump_stack(rendered), commands.stack_file(ctx, rid))
-        self.put_text(commands.dump_stack(commands.only_services(rendered, DATA_SERVICES)),
+        self.put_text(swarm_stack.dump_stack(rendered), commands.stack_file(ctx, rid))
+        self.put_text(swarm_stack.dump_stack(swarm_stack.only_services(rendered, DATA_SERVICES)),
                       commands.stack_file(ctx, rid, "data"))
-        self.put_text(commands.docker_env_file(commands.migration_environment(rendered)),
+        self.put_text(swarm_stack.docker_env_file(swarm_stack.migration_environment(rendered)),
                       f"{commands.stack_dir(ctx, rid)}/migrate.env")
         s = self.settings
         role_sql = f"{commands.stack_dir(ctx, rid)}/{commands.APP_ROLE_FILE}"
         self.put_text(db_commands.app_role_script(s.app_db_user, s.postgres_user,
-                                                  s.postgres_password.reveal(), s.postgres_db), role_sql)
+                                                  s.postgres_password.reveal(), s.postgres_db),
+                      role_sql)
         # Protected; the role's file also where a restore on this node finds it (commands/db.py).
         self.run(f"chmod 600 {commands.q(commands.stack_dir(ctx, rid))}/* && "
                  + sh(["install", "-m", "600", role_sql, db_commands.app_role_path(ctx)]),
                  "protect stack files")
         self.postgres_image = rendered["services"]["postgres"]["image"]
-        self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")), "record release")
+        self.run(release_commands.write_meta(ctx, rid, release.recorded("deploying")),
+                 "record release")
         return set(), self.releases()[0]
 
     def provide_images(self, plan, on_host: set[str]) -> None:
         release = plan.release
         built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
         self.ship_to_nodes(self.state()["nodes"],
-                           [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)], built)
+                           [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)],
+                           built)
 
-    def start_data(self, plan) -> tuple[release_commands.SchemaState, Host]:
+    def start_data(self, plan) -> tuple[schema_commands.SchemaState, Host]:
         """Postgres and NATS deployed first and awaited; the schema read where the data is."""
         data_file = commands.stack_file(self.ctx, plan.release.id, "data")
         with self.steps.step("start postgres and nats"):
             before = self.state()["services"]
-            self.run(sh(commands.stack_deploy(self.stack, [data_file], bool(self.settings.registry))),
+            self.run(sh(commands.stack_deploy(self.stack, [data_file],
+                                              bool(self.settings.registry))),
                      "deploy data services")
-            print(f"   ready in {self.wait_converged(sorted(DATA_SERVICES), 'start postgres and nats', before):.1f}s")
+            took = self.wait_converged(sorted(DATA_SERVICES), "start postgres and nats", before)
+            print(f"   ready in {took:.1f}s")
         data = self.data_host()
         return data.schema(plan.release.id), data
 
@@ -344,81 +286,21 @@ class SwarmHost(Host):
         verdict, reasons = commands.convergence(services, before=services)
         return [] if verdict == "done" else reasons or [f"the stack is {verdict}"]
 
-    def dry_run_plan(self, plan) -> list[Planned]:
-        """`deploy --dry-run` on a swarm, once a release is planned: the stack's services, what each
-        node lacks, the migrations and the commands that would change the swarm, in order."""
-        ctx, stack, release, current = self.ctx, self.stack, plan.release, plan.current
-        rid, registry = release.id, bool(self.settings.registry)
-        print("services:")
-        for name, service in sorted(self.render(plan, rid)["services"].items()):
-            deploy = service.get("deploy") or {}
-            where = ", ".join((deploy.get("placement") or {}).get("constraints") or []) or "any node"
-            order = (deploy.get("update_config") or {}).get("order", "stop-first")
-            print(f"   {name:9} {service.get('image', '?'):44} replicas {deploy.get('replicas', 1)}  "
-                  f"on {where}  update {order}")
-        print("images:")
-        shipping = self.dry_run_images(release)
-        print("migrations:")
-        for line in planning.dry_run_migrations(self, current)[0]:
-            print(f"   {line}")
-        data_file, stack_file = commands.stack_file(ctx, rid, "data"), commands.stack_file(ctx, rid)
-        planned = [
-            Planned("prepare release", self.name, f"lay out {ctx.release_dir(rid)} and write the stack "
-                                                  f"files (0600) in {commands.stack_dir(ctx, rid)}"),
-            Planned("upload files (rsync)", "here",
-                    f"rsync {' '.join(self.sent_paths)} to {self.name}:{ctx.release_dir(rid)}/"),
-            *(Planned(self.images_step, name, f"docker load < (docker save {' '.join(missing)} from "
-                                              f"here, over SSH)") for name, missing in shipping),
-            Planned("start postgres and nats", self.name,
-                    sh(commands.stack_deploy(stack, [data_file], registry)) + "  (awaited)"),
-            *([Planned(ARCHIVE_STEP, "data node", "pgBackRest: the stanza and a first full backup "
-                                                  "when missing")] if release.postgres_image else []),
-            Planned("migrate database", self.name, self.migrate_command(release)),
-            Planned(APP_ROLE_STEP, self.name, commands.ensure_app_role(
-                ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"])),
-            Planned("rolling update (docker stack deploy)", self.name,
-                    sh(commands.stack_deploy(stack, [stack_file], registry))
-                    + "  (start-first, awaited; Swarm rolls back a failure)"),
-            Planned("switch current and reload nginx", self.name,
-                    rollout.switch_current(ctx, rid) + " && " + commands.nginx_reload(stack)),
-            Planned("health checks", self.name, "the health probe, then RELEASE.json marked ok")]
-        planning.print_planned(self, planned, f"Commands that would change the swarm, in order (the "
-                               f"deploy also takes {self.name}'s lock and appends one line to "
-                               f"{ctx.audit_log}; when the rolling update fails it puts "
-                               f"{current or 'nothing'} back):")
-        return planned
-
-    def dry_run_images(self, release: Release) -> list[tuple[str, list[str]]]:
-        """Prints what the images step would do; (node, images it would get) for each node."""
-        built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
-        images = [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)]
-        for image, _ in built:
-            if not localhost.ok(["docker", "image", "inspect", image]):
-                print(f"   here: {image} would be built first")
-            if self.pulled(image):
-                print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes pull it)")
-        images = [i for i in images if not self.pulled(i)]
-        shipping: list[tuple[str, list[str]]] = []
-        for _node, host in self.node_hosts(self.state()["nodes"], self.images_step):
-            missing = [i for i in images if i not in host.images_present(images)]
-            print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing
-                                        else f"has all {len(images)} images"))
-            if missing:
-                shipping.append((host.name, missing))
-        return shipping
-
 
 def summary_lines(state: dict, stack: str) -> list[str]:
     """`cluster.status`'s lines: the nodes with their tasks, the stack's services, the verdict."""
     lines = [f"Swarm: {len(state['nodes'])} node(s)"]
     per_node = commands.tasks_per_node(state["tasks"])
     for n in state["nodes"]:
-        labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items()) if v == "true")
-        lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} {n['state']:6} {n['address']:15} "
-                     f"{labels or '-':11} {' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
+        labels = ",".join(f"{k.split('.', 1)[-1]}" for k, v in sorted(n["labels"].items())
+                          if v == "true")
+        lines.append(f"  {n['alias'] or n['hostname']:14} {n['role']:8} {n['availability']:7} "
+                     f"{n['state']:6} {n['address']:15} {labels or '-':11} "
+                     f"{' '.join(per_node.get(n['hostname'], [])) or '(no tasks)'}")
     lines.append(f"Stack {stack}: {len(state['services'])} service(s)")
     for name, s in sorted(state["services"].items()):
         lines.append(f"  {name:32} {s['replicas']:8} {s['update'] or '-':20} {s['image']}")
-    verdict, reasons = commands.convergence(state["services"], before=state["services"])  # a past rollback is history
+    # a past rollback is history
+    verdict, reasons = commands.convergence(state["services"], before=state["services"])
     lines.append(f"state: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
     return lines

@@ -12,11 +12,12 @@ from .exits import ExitCode
 
 @task
 def webhook(c):
-    """Point the Telegram bot's webhook at this host (needs HTTPS: `ssl.issue`) and check it took."""
+    """Point the Telegram bot's webhook at this host (needs HTTPS: `ssl.issue`), check it took."""
     host = open_host(c)
     reason = host_not_ready(host)
     if reason:
-        raise Exit(f"The Telegram webhook was not set: {reason}. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+        raise Exit(f"The Telegram webhook was not set: {reason}. Nothing was changed.",
+                   code=ExitCode.HOST_NOT_READY)
     try:
         print(register(host))
     except BotApiError as err:
@@ -25,7 +26,7 @@ def webhook(c):
 
 @task
 def status(c):
-    """The Telegram webhook as Telegram reports it: URL, pending updates, the last delivery error."""
+    """The Telegram webhook as Telegram sees it: URL, pending updates, the last delivery error."""
     host = open_host(c)
     reason = host_not_ready(host)
     if reason:

@@ -16,7 +16,8 @@ from .commands import tls as commands
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
-from .settings import DOMAIN_RE, Settings
+from .settings import Settings
+from .settings_checks import DOMAIN_RE
 
 WARN_DAYS = 14
 
@@ -26,10 +27,11 @@ def open_for_tls(c, settings: Settings | None = None) -> Host:
     host = open_host(c, settings)
     if not host.current_id:
         raise Exit(f"{host.name} has no release yet: deploy first (`fab -H {host.name} deploy`), "
-                   f"so nginx can answer the ACME challenge. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+                   f"so nginx can answer the ACME challenge. Nothing was changed.",
+                   code=ExitCode.HOST_NOT_READY)
     if not host.probe_run(sh(commands.certbot_present())).ok:
-        raise Exit(f"certbot is not installed on {host.name}: install it (`apt-get install certbot`) and run "
-                   f"again. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
+        raise Exit(f"certbot is not installed on {host.name}: install it (`apt-get install "
+                   f"certbot`) and run again. Nothing was changed.", code=ExitCode.HOST_NOT_READY)
     return host
 
 
@@ -43,7 +45,8 @@ def check_and_reload(host: Host) -> str | None:
 
 
 @task(iterable=["domain"], help={
-    "domain": "Domain to certify (repeatable; the first names the certificate). Default: DOMAIN from settings.",
+    "domain": "Domain to certify (repeatable; the first names the certificate). Default: DOMAIN "
+              "from settings.",
     "email": "Contact address for the ACME account (expiry warnings).",
     "staging": "Use Let's Encrypt's staging directory (untrusted certificates, generous limits).",
     "server": "ACME directory URL of another CA (e.g. a test Pebble).",
@@ -51,39 +54,44 @@ def check_and_reload(host: Host) -> str | None:
     "wait": WAIT_HELP,
 })
 def issue(c, domain=None, email=None, staging=False, server=None, ca_bundle=None, wait=False):
-    """Obtain a certificate through the running nginx (webroot) and enable HTTPS, without downtime."""
+    """Obtain a certificate through the running nginx (webroot), enable HTTPS, without downtime."""
     settings = Settings.from_context(c)
     domains = [d.strip().lower() for d in (domain or [])] or [settings.domain]
     bad = [d for d in domains if not DOMAIN_RE.match(d)]
     if bad:
-        raise Exit(f"--domain {', '.join(map(repr, bad))} is not a domain name like tasks.example.com. "
-                   f"Nothing was changed.", code=ExitCode.USAGE)
+        raise Exit(f"--domain {', '.join(map(repr, bad))} is not a domain name like "
+                   f"tasks.example.com. Nothing was changed.", code=ExitCode.USAGE)
     if not email or not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        raise Exit("Give a contact address with --email (the CA sends expiry warnings there), like ops@example.com. "
-                   "Nothing was changed.", code=ExitCode.USAGE)
+        raise Exit("Give a contact address with --email (the CA sends expiry warnings there), like "
+                   "ops@example.com. Nothing was changed.", code=ExitCode.USAGE)
     host = open_for_tls(c, settings)
     with host.locked("ssl.issue", wait=wait), host.audited("ssl.issue") as outcome:
         outcome["detail"] = " ".join(domains)
         host.run(sh(commands.make_dirs(host.ctx)), "prepare certbot directories")
-        print(f"Requesting a certificate for {', '.join(domains)} (webroot through the running nginx)")
-        result = host.probe_run(commands.with_ca_bundle(sh(commands.issue(host.ctx, domains, email, server, staging)), ca_bundle))
+        print(f"Requesting a certificate for {', '.join(domains)} (webroot through the running "
+              "nginx)")
+        result = host.probe_run(commands.with_ca_bundle(sh(commands.issue(host.ctx, domains, email,
+                                                                          server, staging)),
+                                                        ca_bundle))
         if not result.ok:
             reason = commands.explain_failure(result.stdout + "\n" + result.stderr, domains)
             for line in commands.reported_problems(result.stdout + "\n" + result.stderr):
                 print(f"   {line}")
             outcome["detail"] = reason
-            raise Exit(f"No certificate for {', '.join(domains)}: {reason} The running configuration keeps serving "
-                       f"unchanged.", code=ExitCode.FAILED)
-        host.put_text(commands.tls_server_config(domains, settings.https_port), commands.tls_config_path(host.ctx) + ".new")
+            raise Exit(f"No certificate for {', '.join(domains)}: {reason} The running "
+                       f"configuration keeps serving unchanged.", code=ExitCode.FAILED)
+        host.put_text(commands.tls_server_config(domains, settings.https_port),
+                      commands.tls_config_path(host.ctx) + ".new")
         host.conn.run(commands.install_tls_config(host.ctx), hide=True)
         problem = check_and_reload(host)
         if problem:
             host.conn.run(commands.restore_tls_config(host.ctx), hide=True)
             outcome["detail"] = problem
-            raise Exit(f"The certificate was issued but the HTTPS configuration failed `nginx -t` ({problem}); the previous "
+            raise Exit("The certificate was issued but the HTTPS configuration failed `nginx -t` "
+                       f"({problem}); the previous "
                        f"configuration was put back and keeps serving.", code=ExitCode.FAILED)
-    print(f"HTTPS is enabled for {', '.join(domains)} on port {settings.https_port}; HTTP redirects to it "
-          f"(except /.well-known/acme-challenge/).")
+    print(f"HTTPS is enabled for {', '.join(domains)} on port {settings.https_port}; HTTP "
+          f"redirects to it (except /.well-known/acme-challenge/).")
     botapi.after_change(host)  # Telegram calls HTTPS URLs only: now the bot's webhook can be set
 
 
@@ -94,15 +102,18 @@ def renew(c, force=False, ca_bundle=None, wait=False):
     """Renew certificates that are due (or all with --force) and reload nginx gracefully."""
     host = open_for_tls(c)
     with host.locked("ssl.renew", wait=wait), host.audited("ssl.renew") as outcome:
-        result = host.probe_run(commands.with_ca_bundle(sh(commands.renew(host.ctx, force, now=True)), ca_bundle))
+        result = host.probe_run(commands.with_ca_bundle(sh(commands.renew(host.ctx, force,
+                                                                          now=True)), ca_bundle))
         if not result.ok:
             outcome["detail"] = commands.explain_failure(result.stdout + result.stderr, [])
-            raise Exit(f"Renewal failed on {host.name}: {outcome['detail']} The current certificates keep serving.",
+            raise Exit(f"Renewal failed on {host.name}: {outcome['detail']} The current "
+                       "certificates keep serving.",
                        code=ExitCode.FAILED)
         problem = check_and_reload(host)
         if problem:
             outcome["detail"] = problem
-            raise Exit(f"Renewed, but nginx -t failed ({problem}); nginx keeps serving the previous certificates.",
+            raise Exit(f"Renewed, but nginx -t failed ({problem}); nginx keeps serving the "
+                       "previous certificates.",
                        code=ExitCode.FAILED)
     print(f"Certificates renewed where due on {host.name}; nginx reloaded without a restart.")
 
@@ -117,9 +128,11 @@ def schedule(c, at="03:00", ca_bundle=None):
     host.install_notify()  # the job alerts when it fails
     ctx = host.absolute_ctx
     line = commands.cron_line(ctx, at, ca_bundle)
-    result = host.probe_run(backup_commands.install_cron(line, backup_commands.cron_marker("ssl", ctx.project)))
+    marker = backup_commands.cron_marker("ssl", ctx.project)
+    result = host.probe_run(backup_commands.install_cron(line, marker))
     if not result.ok:
-        raise Exit(f"Could not install the renewal job: {result.stderr.strip()[-300:]} (is cron installed?)", code=ExitCode.FAILED)
+        raise Exit(f"Could not install the renewal job: {result.stderr.strip()[-300:]} (is cron "
+                   "installed?)", code=ExitCode.FAILED)
     host.record("schedule", "ok", detail=f"daily certificate renewal at {at}")
     print(f"Daily renewal installed on {host.name}:\n  {result.stdout.strip()}")
 

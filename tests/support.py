@@ -204,9 +204,9 @@ class Writers:
 def head_revision(root: Path = ROOT) -> str:
     """The newest Alembic revision of a checkout: what a deployed database is at, and what a test's
     extra migration revises."""
-    from tasks.commands import release
+    from tasks.commands import schema
 
-    return release.pending_revisions(release.local_revisions(root / "backend" / "alembic" / "versions"), "")[-1]
+    return schema.pending_revisions(schema.local_revisions(root / "backend" / "alembic" / "versions"), "")[-1]
 
 
 def copy_project(dest: Path) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tasks.commands import audit, backup, images, lock, notify, release, rollout, sh, tls
+from tasks.commands import schema as schema_commands
 from tasks.commands.context import HostContext
 from tests.support import RecordingServer
 
@@ -547,14 +548,14 @@ MIGRATIONS = {"0001_create_tasks.py": 'revision = "0001"\ndown_revision = None\n
               "0002_add_due_date.py": 'revision = "0002"\ndown_revision = "0001"\n'}
 
 
-def _schema(tmp_path: Path, env: dict, migrations: dict[str, str] = MIGRATIONS, wait: int = 1) -> release.SchemaState:
+def _schema(tmp_path: Path, env: dict, migrations: dict[str, str] = MIGRATIONS, wait: int = 1) -> schema_commands.SchemaState:
     versions = tmp_path / "app/releases/r2/backend/alembic/versions"
     versions.mkdir(parents=True, exist_ok=True)
     for name, text in migrations.items():
         (versions / name).write_text(text)
-    result = bash(release.schema_state(HostContext("app", "tt"), "r2", wait), tmp_path, env)
+    result = bash(schema_commands.schema_state(HostContext("app", "tt"), "r2", wait), tmp_path, env)
     assert result.returncode == 0, result.stderr
-    return release.parse_schema(result.stdout)
+    return schema_commands.parse_schema(result.stdout)
 
 
 PG = {"FAKE_PG": "4f1c2a9e7b3d", "FAKE_SCHEMA": "6c1e0b2f3a4d5e6f708192a3b4c5d6e7"}
@@ -588,7 +589,7 @@ def test_schema_state_knows_migrations_made_from_the_projects_template(tmp_path,
     command.revision(config, "add due date", rev_id="a1b2c3d4e5f6")
     migrations = {p.name: p.read_text() for p in (tmp_path / "alembic/versions").glob("*.py")}
     state = _schema(tmp_path, {**fake_env, **PG, "FAKE_REVISION": "a1b2c3d4e5f6"}, migrations)
-    assert set(state.known) == set(release.local_revisions(root / "backend/alembic/versions")) | {"a1b2c3d4e5f6"}
+    assert set(state.known) == set(schema_commands.local_revisions(root / "backend/alembic/versions")) | {"a1b2c3d4e5f6"}
     assert not state.unknown_to_release and not state.migrations_pending
 
 
@@ -600,8 +601,8 @@ def test_schema_state_fails_closed_when_the_version_check_fails(tmp_path, fake_e
 
 def test_schema_state_script_parses():
     for wait in (1, 60):
-        assert bash("bash -n", Path("/"), input=release.schema_state(APP, "r1", wait)).returncode == 0
-    script = release.schema_state(APP, "r1", 5)
+        assert bash("bash -n", Path("/"), input=schema_commands.schema_state(APP, "r1", wait)).returncode == 0
+    script = schema_commands.schema_state(APP, "r1", 5)
     assert f"pg=$({PS.format('postgres')} | head -n 1)" in script
     assert "for _ in $(seq 1 10); do" in script
     assert "app/releases/r1/backend/alembic/versions/*.py" in script
@@ -967,7 +968,7 @@ def test_a_release_arrives_as_one_tar_through_the_locks_private_inbox(tmp_path):
 @pytest.mark.parametrize("script", [
     rollout.activation(HostContext("app", "tt"), "r1", backend=True, probe="true", then="true"),
     rollout.activation(HostContext("app", "tt"), "r1", backend=False, probe="true", then="true"),
-    rollout.start_backend(HostContext("app", "tt"), "r1", "true", release.schema_state(HostContext("app", "tt"), "r1", 5)),
+    rollout.start_backend(HostContext("app", "tt"), "r1", "true", schema_commands.schema_state(HostContext("app", "tt"), "r1", 5)),
 ], ids=["activation", "dashboard-only activation", "start backend"])
 def test_the_deploy_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0

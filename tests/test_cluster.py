@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tasks.swarm import STACK_SOURCES, load_sources
-from tasks.commands import cluster, provision
+from tasks.commands import cluster, provision, swarm_stack
 from tasks.commands.context import HostContext
 from tests.support import ROOT
 
@@ -174,24 +174,24 @@ def test_find_node_by_alias_hostname_or_id(name, expected):
     ("$$HOME", "$$HOME"), ("x$A-y", "xa$$1-y"), ("${MISSING}", ""),
 ], ids=["braced-dollar-escaped", "default", "empty-default", "unset-only-default", "escaped-dollar-kept", "bare", "missing"])
 def test_interpolate(text, expected):
-    assert cluster.interpolate(text, {"A": "a$1", "EMPTY": ""}) == expected
+    assert swarm_stack.interpolate(text, {"A": "a$1", "EMPTY": ""}) == expected
 
 
 def test_interpolate_refuses_a_missing_required_value():
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD must be set"):
-        cluster.interpolate("${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}", {})
+        swarm_stack.interpolate("${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}", {})
 
 
 @pytest.fixture(scope="module")
 def rendered():
-    return cluster.render_stack(load_sources(ROOT), VALUES, mesh=False)
+    return swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=False)
 
 
 def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):
     assert rendered["version"] == "3.8"
     assert not [k for k in rendered if k.startswith("x-") or k == "name"]
     for name, service in rendered["services"].items():
-        assert not set(service) & set(cluster.DROPPED_KEYS), name
+        assert not set(service) & set(swarm_stack.DROPPED_KEYS), name
         assert "env_file" not in service
     assert "dashboard" not in rendered["services"]  # development only (a profile keeps it out of production)
     assert "${" not in yaml.safe_dump(rendered).replace("$${", "")
@@ -203,7 +203,7 @@ def test_files_merge_as_compose_merges_them(rendered):
     assert api["command"][:2] == ["uvicorn", "app.main:app"] and api["command"].count("uvicorn") == 1  # replaced, not appended
     assert "--proxy-headers" in api["command"]  # production's
     assert services["nginx"]["command"] == ["nginx", "-c", "/srv/app/current/nginx/nginx.conf", "-g", "daemon off;"]
-    targets = [cluster._mount_target(v) for v in services["nginx"]["volumes"]]
+    targets = [swarm_stack._mount_target(v) for v in services["nginx"]["volumes"]]
     assert targets.count("/var/www/certbot") == 1 and "/srv/app" in targets
     assert "/home/deploy/tasktracker/shared/acme:/var/www/certbot:ro" in services["nginx"]["volumes"]  # production's, not the named volume
     assert api["environment"]["WORKERS"] == "1" and api["environment"]["POSTGRES_HOST"] == "postgres"
@@ -219,15 +219,15 @@ def test_without_ipvs_every_service_is_dnsrr_and_nginx_publishes_in_host_mode(re
 
 
 def test_with_the_routing_mesh_ports_are_ingress_and_vips_stay():
-    services = cluster.render_stack(load_sources(ROOT), VALUES, mesh=True)["services"]
+    services = swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=True)["services"]
     assert all("endpoint_mode" not in s.get("deploy", {}) for s in services.values())
     assert {p["mode"] for p in services["nginx"]["ports"]} == {"ingress"}
 
 
 def test_settings_reach_the_services_escaped_and_the_release_image_is_pinned(rendered):
-    env = cluster.service_environment(rendered, "postgres")
+    env = swarm_stack.service_environment(rendered, "postgres")
     assert env["POSTGRES_PASSWORD"] == "pg$secret" and env["POSTGRES_USER"] == "postgres"
-    env = cluster.service_environment(rendered, "api")
+    env = swarm_stack.service_environment(rendered, "api")
     assert env["POSTGRES_HOST"] == "postgres" and env["RELEASE_ID"] == "r1"
     services = rendered["services"]
     # the CLI reads `$$` as `$`
@@ -250,36 +250,37 @@ def test_swarm_yml_places_data_and_entry_and_rolls_start_first(rendered):
 
 
 def test_only_services_keeps_the_data_services(rendered):
-    data = cluster.only_services(rendered, {"postgres", "nats"})
+    data = swarm_stack.only_services(rendered, {"postgres", "nats"})
     assert set(data["services"]) == {"postgres", "nats"} and data["networks"] == rendered["networks"]
     assert "volumes" in data
 
 
 def test_api_and_worker_connect_as_the_app_role_and_the_migration_as_the_owner(rendered):
     for service in ("api", "worker"):
-        env = cluster.service_environment(rendered, service)
+        env = swarm_stack.service_environment(rendered, service)
         login = (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
         assert login == ("tasktracker_app", "app$pw"), service
         assert "pg$secret" not in env.values(), service  # the owner's password is not theirs
-    migration = cluster.migration_environment(rendered)
+    migration = swarm_stack.migration_environment(rendered)
     assert (migration["POSTGRES_USER"], migration["POSTGRES_PASSWORD"]) == ("postgres", "pg$secret")
     assert migration["POSTGRES_HOST"] == "postgres" and migration["RELEASE_ID"] == "r1"
 
 
 def test_the_swarm_stack_gets_the_role_the_settings_derive(tmp_path):
     from tasks.commands import db
-    from tasks.settings import Settings, env_values
+    from tasks.release_env import env_values
+    from tasks.settings import Settings
 
     settings = Settings.load(env_file=ROOT / ".env.example", environ={
         "POSTGRES_PASSWORD": "owner pw", "NATS_PASSWORD": "n", "TELEGRAM_BOT_TOKEN": "1:t",
         "OPENAI_API_KEY": "k"})
     values = {**env_values(settings, ROOT / ".env.example", "/srv/tt"), "BACKEND_IMAGE": "b:1",
               "RELEASE_ID": "r1"}
-    stack = cluster.render_stack(load_sources(ROOT), values, mesh=False)
-    api = cluster.service_environment(stack, "api")
+    stack = swarm_stack.render_stack(load_sources(ROOT), values, mesh=False)
+    api = swarm_stack.service_environment(stack, "api")
     assert api["POSTGRES_USER"] == "tasktracker_app"
     assert api["POSTGRES_PASSWORD"] == db.app_role_password("owner pw") != "owner pw"
-    assert cluster.migration_environment(stack)["POSTGRES_PASSWORD"] == "owner pw"
+    assert swarm_stack.migration_environment(stack)["POSTGRES_PASSWORD"] == "owner pw"
 
 
 def test_the_app_role_is_applied_once_as_the_owner_from_the_postgres_image():
@@ -293,7 +294,7 @@ def test_the_app_role_is_applied_once_as_the_owner_from_the_postgres_image():
 
 
 def test_the_migration_env_file_is_literal():
-    assert cluster.docker_env_file({"A": "x y", "B": "p$w"}) == "A=x y\nB=p$w\n"
+    assert swarm_stack.docker_env_file({"A": "x y", "B": "p$w"}) == "A=x y\nB=p$w\n"
 
 
 def test_nginx_reload_targets_the_stacks_nginx_task():
@@ -302,6 +303,6 @@ def test_nginx_reload_targets_the_stacks_nginx_task():
 
 
 def test_the_stack_file_quotes_what_yaml_1_1_reads_as_booleans(rendered):
-    text = cluster.dump_stack(rendered)
+    text = swarm_stack.dump_stack(rendered)
     assert "PGBACKREST_START_FAST: 'y'" in text and "PGBACKREST_LOG_LEVEL_FILE: 'off'" in text
     assert yaml.safe_load(text) == rendered

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 from tasks.commands import budget, chain, compose, images, release, sh, transfer
+from tasks.commands import schema as schema_commands
 from lab.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
 from tasks.commands.release import new_release_id
 from tasks.pipeline import parse_rsync_sent
-from tasks.host import choose_compose, host_problem
+from tasks.preflight import choose_compose, host_problem
 from tasks.rollback import backend_differs, format_releases
 
 V2 = HostContext("tasktracker", "tasktracker", "v2")
@@ -216,25 +217,25 @@ REVISIONS = {"a": (), "b": ("a",), "c": ("b",), "d": ("b",), "e": ("c", "d")}
     ("c d", ["e"]), ("e", []), ("zz", None),
 ], ids=["no row", "fresh", "first", "one branch", "both branches", "head", "unknown"])
 def test_pending_revisions(database, pending):
-    assert release.pending_revisions(REVISIONS, database) == pending
+    assert schema_commands.pending_revisions(REVISIONS, database) == pending
 
 
 def test_local_revisions_read_like_the_hosts_sed(tmp_path):
     """The checkout's migrations, read without importing them (a migration may import the app),
     agree with what schema_state's sed reads on the host."""
     versions = ROOT / "backend" / "alembic" / "versions"
-    checkout = release.local_revisions(versions)
+    checkout = schema_commands.local_revisions(versions)
     assert checkout["0001"] == () and all(parents for rev, parents in checkout.items() if rev != "0001")
-    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(release.REVISION_SED.format(name='revision'))} {versions}/*.py"],
+    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(schema_commands.REVISION_SED.format(name='revision'))} {versions}/*.py"],
                          capture_output=True, text=True).stdout.split()
     assert sorted(sed) == sorted(checkout)
     (tmp_path / "0002_x.py").write_text('"""x\n\nRevision ID: 0002\n"""\nrevision: str = \'0002\'\ndown_revision = "0001"\n')
     (tmp_path / "0003_m.py").write_text('revision = "0003"\ndown_revision = ("0002", "0001")\n')
     (tmp_path / "0001_a.py").write_text('revision = "0001"\ndown_revision: Union[str, None] = None\n')
     (tmp_path / "notes.txt").write_text('revision = "nope"\n')
-    revisions = release.local_revisions(tmp_path)
+    revisions = schema_commands.local_revisions(tmp_path)
     assert revisions == {"0001": (), "0002": ("0001",), "0003": ("0002", "0001")}
-    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(release.REVISION_SED.format(name='revision'))} {tmp_path}/*.py"],
+    sed = subprocess.run(["sh", "-c", f"sed -nE {release.q(schema_commands.REVISION_SED.format(name='revision'))} {tmp_path}/*.py"],
                          capture_output=True, text=True).stdout.split()
     assert sorted(sed) == sorted(revisions)
 

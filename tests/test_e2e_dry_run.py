@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import release as release_commands
+from tasks.commands import schema as schema_commands
 from tests.support import ROOT, copy_project
 
 pytestmark = pytest.mark.e2e
 
 FRESH = "dryrun"  # an app of its own on the sandbox, never deployed: a host with no release
-CHECKOUT = release_commands.pending_revisions(release_commands.local_revisions(ROOT / "backend" / "alembic" / "versions"), "")
+CHECKOUT = schema_commands.pending_revisions(schema_commands.local_revisions(ROOT / "backend" / "alembic" / "versions"), "")
 HEAD = CHECKOUT[-1]  # the checkout's migrations, oldest first: a deployed database is at the last
 MIGRATION = ('"""add a due date"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
              f'revision = "dryrun01"\ndown_revision = "{HEAD}"\nbranch_labels = None\ndepends_on = None\n\n\n'

@@ -30,13 +30,14 @@ import tasks.tls as tls_tasks
 from tasks import remote
 from tasks.commands import budget
 from tasks.commands import images as image_commands
-from tasks.commands import release as release_commands
+from tasks.commands import schema as schema_commands
 from tasks.commands import lock as lock_commands
 from tasks.commands import notify as notify_commands
-from tasks.commands.release import SchemaState
-from tasks.settings import env_values
+from tasks.commands.schema import SchemaState
+from tasks.release_env import env_values
 from tasks.commands.fingerprint import SENT_PATHS, release_fingerprint
-from tasks.commands.release import migration_failure_detail, releases_to_prune
+from tasks.commands.release import releases_to_prune
+from tasks.commands.schema import migration_failure_detail
 from tasks.settings import PROJECT_ROOT
 from tasks.exits import ExitCode
 from tasks.host import Host, Release
@@ -829,7 +830,7 @@ def planning(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "identity", lambda: dict(WHO))
     monkeypatch.setattr(pipeline, "now_iso", lambda: "2026-11-25T21:40:00+00:00")
     monkeypatch.setattr(localhost, "ok", lambda argv: False)
-    monkeypatch.setattr(release_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
+    monkeypatch.setattr(schema_commands, "local_revisions", lambda versions: {"0001": (), "0002": ("0001",)})
     calls: list[dict] = []
 
     def rsync(conn, **options):
@@ -941,7 +942,7 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     finally:
         sys.setprofile(None)
     assert str(PROJECT_ROOT / "tasks" / "pipeline.py") in visited
-    assert not [f for f in visited if f.endswith("tasks/swarm.py")]  # one host: no Swarm code runs
+    assert not [f for f in visited if f.endswith(("tasks/swarm.py", "tasks/swarm_nodes.py", "tasks/swarm_plan.py"))]  # no Swarm code
     assert outcome == {"release": "r3"}
     assert [p.command for p in planned if p.where == "host"] == [c for c in deploy_conn.commands if not _read_only(c)]
     assert [p.command.split(" <- ")[0] for p in planned if p.where == "sftp"] == [path for path, _ in deploy_conn.uploads]

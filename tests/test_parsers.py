@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tasks.commands import audit, backup, lock, release, tls
-from tasks.host import choose_compose, host_problem
+from tasks.commands import schema as schema_commands
+from tasks.preflight import choose_compose, host_problem
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -32,7 +33,7 @@ def _releases(case: dict) -> dict:
 
 
 def _schema(case: dict) -> dict:
-    state = release.parse_schema(case["output"])
+    state = schema_commands.parse_schema(case["output"])
     return {**asdict(state), "known": list(state.known), "heads": list(state.heads), "fresh": state.fresh,
             "migrations_pending": state.migrations_pending, "unknown_to_release": state.unknown_to_release}
 
@@ -64,7 +65,7 @@ def _audit(case: dict) -> list:
 PARSERS = {
     "release.parse_facts": _facts,
     "release.parse_releases": _releases,
-    "release.parse_schema": _schema,
+    "schema.parse_schema": _schema,
     "lock.parse_report": _lock,
     "tls.parse_status": _tls,
     "backup.parse_sets": _sets,

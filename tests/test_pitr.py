@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import backup, pitr, status
+from tasks.commands import backup, pitr, pitr_offsite, status
 from tasks.commands.context import HostContext
 
 CTX = HostContext(app_dir="/srv/tt", project="tt", variant="v2")
@@ -105,8 +105,8 @@ def test_an_archiver_that_cannot_be_read_is_said_never_zeros(archiver, says):
 @pytest.mark.parametrize("script", [
     pitr.ensure_stanza(CTX), pitr.ensure_stanza(CTX, "docker ps -q --filter label=x | head -n 1"), pitr.info(CTX),
     pitr.restore_to_time(CTX, "2026-11-26 08:00:00", "echo start"), backup.BACKUP_SCRIPT, status.snapshot(CTX),
-    pitr.restore_from_offsite(CTX, "", "echo migrate", "echo start"), pitr.restore_from_offsite(CTX, "2026-11-26 08:00:00", "", "true"),
-    pitr.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", CTX.container("postgres")),
+    pitr_offsite.restore_from_offsite(CTX, "", "echo migrate", "echo start"), pitr_offsite.restore_from_offsite(CTX, "2026-11-26 08:00:00", "", "true"),
+    pitr_offsite.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", CTX.container("postgres")),
 ])
 def test_scripts_are_valid_bash(script):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -193,16 +193,16 @@ def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path)
     ("/mnt/backup/restic", "", None),
 ])
 def test_where_the_wal_archive_goes_off_site(repository, path, known):
-    assert pitr.offsite_repo_path(repository) == path
+    assert pitr_offsite.offsite_repo_path(repository) == path
     if known:
-        assert pitr.known_host_name(repository) == known
+        assert pitr_offsite.known_host_name(repository) == known
 
 
 def test_the_off_site_conf_holds_the_cipher_pass_and_strict_host_keys():
-    conf = pitr.offsite_conf("sftp://u@10.0.0.1:2222//srv/restic", "pa ss'word")
+    conf = pitr_offsite.offsite_conf("sftp://u@10.0.0.1:2222//srv/restic", "pa ss'word")
     assert "repo2-cipher-pass=pa ss'word" in conf and "repo2-sftp-host-key-check-type=strict" in conf
     assert "repo2-path=/srv/restic-pgbackrest" in conf and "repo2-sftp-host-port=2222" in conf
-    script = pitr.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", "true")
+    script = pitr_offsite.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", "/srv/tt/shared/pgbackrest-offsite.conf", "true")
     assert "pa ss" not in script  # the file travels through stdin, never the command line
 
 
@@ -213,7 +213,7 @@ def test_recover_puts_the_sets_data_back_when_the_off_site_wal_fails(tmp_path):
     (bin_dir / "docker").chmod(0o755)
     log = tmp_path / "docker.log"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log), "FAIL_RESTORE": "1", "TMPDIR": str(tmp_path)}
-    script = pitr.restore_from_offsite(CTX, "", f'echo "migrate" >> {log}', f'echo "compose start" >> {log}')
+    script = pitr_offsite.restore_from_offsite(CTX, "", f'echo "migrate" >> {log}', f'echo "compose start" >> {log}')
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     changes = [line.split(" --entrypoint ")[-1] if line.startswith("run ") else line.split()[0] if line.split()[0] in ("stop", "start")

@@ -173,7 +173,7 @@ ENV_VARS = ("TASKTRACKER_ENV", "TASKTRACKER_ENV_FILE", "TASKTRACKER_SANDBOX_DIR"
         "underscore-name", "file-beats-host", "yaml-file-first", "harness-file"])
 def test_the_settings_file_is_chosen_by_file_then_environment_then_host_then_dotenv(tmp_path, files, section, environ, host,
                                                                                       expected):
-    from tasks.settings import resolve_env_file
+    from tasks.settings_files import resolve_env_file
 
     for rel in files:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def test_the_settings_file_is_chosen_by_file_then_environment_then_host_then_dot
 ], ids=["missing-env-file", "missing-flag-file", "upper-case", "path", "leading-dash", "space", "example", "two-names",
         "file-and-name"])
 def test_a_bad_or_missing_environment_is_a_clear_usage_error(tmp_path, files, section, environ, expected):
-    from tasks.settings import EnvChoiceError, resolve_env_file
+    from tasks.settings_files import EnvChoiceError, resolve_env_file
 
     for rel in files:
         (tmp_path / rel).write_text("")
@@ -306,7 +306,7 @@ def test_loopback_http_and_plain_sftp_repositories_are_accepted(tmp_path, overri
 def test_logfire_is_off_by_default_and_its_token_a_secret_the_stack_gets(tmp_path):
     """Without LOGFIRE_TOKEN nothing traces; with it, the token is redacted like any secret and the
     release's .env (the only way it reaches the containers) carries it and LOGFIRE_BASE_URL."""
-    from tasks.settings import env_values
+    from tasks.release_env import env_values
 
     assert (load(tmp_path).logfire_token, load(tmp_path).logfire_base_url) == ("", "")
     assert env_values(load(tmp_path), None, "/srv/tt")["LOGFIRE_TOKEN"] == ""

@@ -10,7 +10,8 @@ from dataclasses import fields
 import pytest
 
 from tasks import settings_doc
-from tasks.settings import SETTING_GROUPS, STACK_KEYS, Settings
+from tasks.settings import Settings
+from tasks.settings_groups import SETTING_GROUPS, STACK_KEYS
 from tests.support import BIN, ROOT
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import status
+from tasks import health_checks, schedule_checks, status, status_screen
 from tasks.commands import pitr
 from tasks.commands import status as commands
 from tasks.commands.context import HostContext
@@ -271,7 +271,7 @@ def test_a_backlog_that_does_not_drain_and_dead_letters_are_findings():
     assert not [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "background jobs"]
     snap["jsz"]["streams"] = [{"name": "TASKTRACKER_JOBS", "bytes": 0, "messages": 3, "max_bytes": -1, "max_msgs": -1,
                                "consumers": [{"name": "tasktracker-worker", "waiting": 2, "in_flight": 1, "redelivered": 4}]}]
-    lines = "\n".join(status.status_lines(snap, [], recorded_now(snap), "vps"))
+    lines = "\n".join(status_screen.status_lines(snap, [], recorded_now(snap), "vps"))
     assert ("jobs     3 pending (oldest 0 min), 0 failed; TASKTRACKER_JOBS/tasktracker-worker: 2 waiting, 1 in flight, "
             "4 redelivered") in lines
 
@@ -298,7 +298,7 @@ def test_backup_age_and_jobs():
 
 def test_status_screen_names_every_part():
     snap = snapshot()
-    lines = "\n".join(status.status_lines(snap, status.evaluate(snap, recorded_now(snap)), recorded_now(snap), "vps"))
+    lines = "\n".join(status_screen.status_lines(snap, status.evaluate(snap, recorded_now(snap)), recorded_now(snap), "vps"))
     for part in ("release  ", "lock     free", "services", "  api ", "host     ", "database ", "jetstream ", "scaling triggers",
                  "hour ", "day  "):
         assert part in lines, part
@@ -308,8 +308,8 @@ def test_status_screen_names_every_part():
     ({}, 70, 47), ({"API_WORKERS": "3"}, 140, 23), ({"API_WORKERS": "1", "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5"}, 20, 47),
 ])
 def test_pool_arithmetic(env, demand, fit):
-    assert status.pool_demand(env) == demand
-    assert status.fitting_pool(100, status.pool_settings(env)["API_WORKERS"]) == fit
+    assert health_checks.pool_demand(env) == demand
+    assert health_checks.fitting_pool(100, health_checks.pool_settings(env)["API_WORKERS"]) == fit
 
 
 def test_cron_section_reads_this_apps_jobs_only(tmp_path):
@@ -338,12 +338,12 @@ def test_a_failed_offsite_copy_is_a_warning_until_a_copy_succeeds():
                        '{"time": "2026-11-25T02:00:08Z", "set": "20261125T020000Z", "result": "ok"}\n' + failed + "\n")
     now = recorded_now(snap)
     assert any("off-site copy of 20261125T020000Z failed" in f for f in checks(snap, now=now))
-    lines = "\n".join(status.status_lines(snap, status.evaluate(snap, now), now, "vps"))
+    lines = "\n".join(status_screen.status_lines(snap, status.evaluate(snap, now), now, "vps"))
     assert "off-site 20261125T020000Z: copy FAILED at 2026-11-25T02:00:09Z" in lines
     snap["backups"] += failed.replace("offsite-failed", "offsite-ok").replace("02:00:09", "03:10:00") + "\n"
     assert not any("off-site copy" in f for f in checks(snap, now=now))
     assert "off-site 20261125T020000Z: copied at 2026-11-25T03:10:00Z" in "\n".join(
-        status.status_lines(snap, status.evaluate(snap, now), now, "vps"))
+        status_screen.status_lines(snap, status.evaluate(snap, now), now, "vps"))
 
 
 def test_the_wal_archive_findings():
@@ -353,7 +353,7 @@ def test_the_wal_archive_findings():
     snap = copy.deepcopy(base)
     snap["pitr"] = {**ARCHIVE, "last_failed": 1995}
     assert any(f.startswith("WAL archive: archiving WAL is failing") for f in checks(snap))
-    lines = status.status_lines(snap, [], recorded_now(snap), "vps")
+    lines = status_screen.status_lines(snap, [], recorded_now(snap), "vps")
     assert any("ARCHIVING IS FAILING" in line for line in lines)
     snap["pitr"] = {"state": "no-backup", "now": 2000, "last_archived": 0, "failed_count": 0,
                     "last_failed": 0, "backups": 0}
@@ -401,7 +401,7 @@ def test_archive_thresholds(changes, expected):
     archive = {**ARCHIVE, **changes}
     if "archiver_error" in changes:  # parse_info gives the error instead of the figures
         archive = {k: v for k, v in archive.items() if k not in pitr.ARCHIVER_FIELDS}
-    found = [f"{f.check}: {f.summary}" for f in status.archive_findings(archive, now=0)]
+    found = [f"{f.check}: {f.summary}" for f in schedule_checks.archive_findings(archive, now=0)]
     assert len(found) == len(expected), found
     for got, want in zip(found, expected, strict=True):
         assert got.startswith(want), got
@@ -411,7 +411,7 @@ def test_the_status_screen_shows_the_archive_and_pg_wal():
     snap = snapshot()
     snap["pitr"] = {**ARCHIVE, "ready": 3, "oldest_ready": 1880, "last_failed": 1995}
     found = status.evaluate(snap, recorded_now(snap))
-    lines = status.status_lines(snap, found, recorded_now(snap), "vps")
+    lines = status_screen.status_lines(snap, found, recorded_now(snap), "vps")
     assert ("wal      pg_wal 48.0 MB of the 40.0 GB disk, 20.0 GB free; 3 finished segments "
             "waiting to be archived (the oldest 2 min)") in lines
     assert any(line.startswith("  ! WAL archive: archiving WAL is failing") for line in lines)
@@ -447,9 +447,50 @@ def test_the_alert_and_doctor_apply_one_rule(changes):
     archive = {**ARCHIVE, **changes}
     if "archiver_error" in changes:
         archive = {k: v for k, v in archive.items() if k not in pitr.ARCHIVER_FIELDS}
-    found = [f.summary for f in status.archive_findings(archive, now=0)]
+    found = [f.summary for f in schedule_checks.archive_findings(archive, now=0)]
     expected = ("unreadable" if any("could not be read" in f for f in found) else
                 "failing" if any("is failing" in f for f in found) else
                 "stalled" if any("is stalled" in f for f in found) else
                 "pg_wal-high" if any(f.startswith("pg_wal holds") for f in found) else "ok")
     assert awk_archive(archive)["archive"] == expected, (found, awk_archive(archive))
+
+
+A = "a" * 64
+B = "b" * 64
+
+
+def container_usage(tmp_path, tree: dict[str, str], ids: list[str]) -> str:
+    """commands/status.CONTAINER_USAGE over a stand-in cgroup tree (`tree`: path -> text) and a
+    stand-in `docker` that answers `docker stats` (the fallback) with one line per id."""
+    root = tmp_path / "cgroup"
+    for path, text in tree.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\nfor id in "$@"; do case "$id" in [0-9a-f]*) '
+                                    'echo "stats:$(echo "$id" | cut -c1-12)";; esac; done\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CGROUP_ROOT": str(root)}
+    return subprocess.run(["bash", "-c", commands.CONTAINER_USAGE, "container-usage", *ids],
+                          capture_output=True, text=True, env=env, check=True).stdout
+
+
+def test_container_usage_reads_memory_and_cpu_from_cgroup_v2_and_v1(tmp_path):
+    v2 = {f"system.slice/docker-{A}.scope/memory.current": "104857600\n",
+          f"system.slice/docker-{A}.scope/memory.stat": "anon 1\ninactive_file 4194304\n",
+          f"system.slice/docker-{A}.scope/cpu.stat": "usage_usec 1000\nuser_usec 1\n"}
+    v1 = {f"memory/docker/{B}/memory.usage_in_bytes": "52428800\n",
+          f"memory/docker/{B}/memory.stat": "cache 1\ntotal_inactive_file 2097152\n",
+          f"cpuacct/docker/{B}/cpuacct.usage": "5000\n"}
+    lines = container_usage(tmp_path, {**v2, **v1}, [A, B]).splitlines()
+    assert lines == [f"{A[:12]}|100663296B / 0B|0.00%", f"{B[:12]}|50331648B / 0B|0.00%"]
+    parsed = commands.parse_containers(f"api|running||0|false|0|0|t|{A[:12]}|/api\n"
+                                       f"worker|running||0|false|0|0|t|{B[:12]}|/worker\n",
+                                       "\n".join(lines))
+    assert [(c["mem_bytes"], c["cpu_percent"]) for c in parsed] == [(96 * 1024 ** 2, 0.0),
+                                                                    (48 * 1024 ** 2, 0.0)]
+
+
+def test_container_usage_asks_docker_stats_when_a_cgroup_is_not_found(tmp_path):
+    assert container_usage(tmp_path, {}, [A]) == f"stats:{A[:12]}\n"

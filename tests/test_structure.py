@@ -4,10 +4,12 @@ the product (tasks/) never imports the test lab (lab/)."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import itertools
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -16,8 +18,11 @@ from tests.support import BIN, ROOT
 TASKS = ROOT / "tasks"
 LAB = ROOT / "lab"
 TASK_MODULES = sorted(p.stem for p in TASKS.glob("*.py") if p.stem not in ("__init__", "probe"))
-LOWER_LAYER = {"host", "compose_engine", "host_data", "shipping", "swarm", "engines", "pipeline", "planning",
-               "guards", "remote", "settings", "steps", "exits", "identity", "build", "localhost", "botapi"}
+LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "swarm_nodes", "engines", "pipeline",
+               "planning", "guards", "remote", "settings", "settings_checks", "settings_files",
+               "settings_groups", "steps", "exits", "identity", "build", "localhost", "botapi",
+               "health_checks", "schedule_checks", "status_screen", "preflight", "release_env",
+               "swarm_plan", "shipping"}
 SOURCES = sorted([*TASKS.rglob("*.py"), *LAB.rglob("*.py")])
 
 
@@ -158,7 +163,7 @@ def test_release_ids_have_one_maker():
     assert makers == ["tasks/commands/release.py"], makers
 
 
-ENGINE_MODULES = {"host", "swarm", "engines"}  # the engines, and the one place that picks one
+ENGINE_MODULES = {"host", "swarm", "swarm_nodes", "swarm_plan", "engines"}  # the engines; the one place picking one
 
 
 def test_one_release_pipeline_for_both_engines():
@@ -182,3 +187,44 @@ def engine_branch(node: ast.AST) -> bool:
         return node.id == "SwarmHost"
     return (isinstance(node, ast.Attribute) and node.attr == "open" and isinstance(node.value, ast.Name)
             and node.value.id == "Host")
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+MAX_COLUMNS = 100
+PRODUCT_SOURCES = sorted(TASKS.rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small():
+    """No module of tasks/ over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES
+    (from its `def` to its last line): split by concern, into named steps."""
+    too_long = []
+    for path in PRODUCT_SOURCES:
+        text, name = path.read_text(), path.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        too_long += [f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert too_long == []
+
+
+
+def wide_lines(path) -> list[int]:
+    """Lines over MAX_COLUMNS, except where column MAX_COLUMNS falls inside a multi-line string:
+    a host-side script or file the builders send, whose lines are what the host reads."""
+    text = path.read_text()
+    texts = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+             if t.type == tokenize.STRING and t.end[0] > t.start[0]]
+    inside = {row for t in texts for row in range(t.start[0] + 1, t.end[0] + 1)}
+    inside |= {t.start[0] for t in texts if t.start[1] < MAX_COLUMNS}
+    return [number for number, line in enumerate(text.splitlines(), 1)
+            if len(line) > MAX_COLUMNS and number not in inside]
+
+
+def test_lines_fit_in_100_columns():
+    """tasks/ reads at MAX_COLUMNS columns (the host-side scripts it embeds excepted)."""
+    wide = [f"{path.relative_to(ROOT).as_posix()}:{number}"
+            for path in PRODUCT_SOURCES for number in wide_lines(path)]
+    assert wide == [], f"{len(wide)} lines over {MAX_COLUMNS} columns"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,11 +18,17 @@ from tasks.commands import cluster as cluster_commands
 from tasks.commands import release as release_commands
 from tasks.commands import status as status_commands
 from tasks.commands.context import HostContext
-from tasks.host import Host, Release, choose_engine
-from tasks.status import swarm_findings
+from tasks.host import Host, Release
+from tasks.preflight import choose_engine
+from tasks.health_checks import swarm_findings
 from tasks.steps import StepFailed
 from tasks.swarm import SwarmHost
-from tests.test_executors import FACTS, FakeConnection, fail, ok, settings
+from tasks import localhost, pipeline
+from tasks.commands import fingerprint as fingerprints
+from tasks.commands import images as image_commands
+from tasks.settings import PROJECT_ROOT
+from tests.test_executors import (BACKUP_OK, FACTS, RELEASES_BEFORE, SCHEMA_AT_0001, FakeConnection,
+                                  _read_only, fail, ok, planning, settings)  # noqa: F401 (a fixture)
 
 SWARM = HostContext("app", "tt", engine="swarm")
 COMPOSE = HostContext("app", "tt")
@@ -348,3 +355,61 @@ def test_when_every_load_fails_the_save_is_stopped_not_waited_on(monkeypatch, tm
     ship, _ = fake_shipping(monkeypatch, tmp_path, fails="cl2")
     with pytest.raises(StepFailed, match="to cl2 failed"):
         ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
+
+
+# --- the swarm's dry run is what its deploy runs ---------------------------------------------------
+
+MANAGER = ("n1\tvps\tmanager\tactive\tready\t10.0.0.1\t"
+           + json.dumps({"tasktracker.alias": "vps", "tasktracker.data": "true"}) + "\n")
+STACK_UP = ("@@ nodes\n" + MANAGER + "@@ services\n"
+            + "".join(json.dumps({"Name": f"tt_{s}", "Replicas": "1/1", "Image": "i"}) + "\n"
+                      for s in ("api", "nats", "nginx", "postgres", "worker"))
+            + "@@ updates\n")
+
+
+def manager_conn(images: list[str]) -> FakeConnection:
+    """A swarm manager that is also the data node, with every image, its stack converged, r1 and
+    r2 kept (r2 live) and the database one migration behind this checkout."""
+    return (FakeConnection().on("@@ nodes", ok(STACK_UP))
+            .on(re.compile(r"^docker image inspect .*have="), ok("".join(f"have={i}\n" for i in images)))
+            .on('echo "known=', ok(SCHEMA_AT_0001)).on("--db-only", ok(BACKUP_OK))
+            .on("printf '%s\\t%s\\n'", ok(RELEASES_BEFORE)).on("tt_postgres | head -n 1", ok("pg1\n")))
+
+
+def manager(conn: FakeConnection) -> SwarmHost:
+    host = SwarmHost.adopt(Host(conn, settings(COMPOSE_PROJECT="tt", KEEP_RELEASES="2"), "v2",
+                                {**FACTS, "swarm": "active/true", "current": "releases/r2",
+                                 "current_meta": json.dumps({"fingerprint": "fp-old"})}))
+    host.engine, host.ctx = "swarm", host.ctx.with_engine("swarm")
+    host.converge_seconds, host.mesh = 5, False
+    return host
+
+
+def reads_only(command: str) -> bool:
+    """The swarm deploy's reads: the manager's view, container lookups, besides the single host's."""
+    return command.startswith(("echo '@@ nodes'", "docker ps -q")) or _read_only(command)
+
+
+def test_the_swarm_dry_run_plans_exactly_what_the_swarm_deploy_runs(planning, monkeypatch):  # noqa: F811
+    """As for one host: the commands a swarm's `--dry-run` prints are the ones its deploy then runs
+    against the manager, in the same order, with the files written over SFTP and the rsync."""
+    monkeypatch.setattr(localhost, "ok", lambda argv: True)  # this machine has every image
+    monkeypatch.setattr(fingerprints, "stack_fingerprint", lambda root, same: "fp-new")
+    image, postgres = manager(FakeConnection()).release_images()
+    images = [*image_commands.stack_images(PROJECT_ROOT), image, postgres]
+    planned = pipeline.dry_run(manager(manager_conn(images)), None, skip_build=True)
+    deploy_conn = manager_conn(images)
+    host = manager(deploy_conn)
+    outcome: dict = {}
+    pipeline.run_deploy(host, pipeline.plan_deploy(host, None), outcome)
+    assert outcome == {"release": "r3"}
+    assert [p.command for p in planned if p.where == "vps"] == [
+        c for c in deploy_conn.commands if not reads_only(c)]
+    assert [p.command.split(" <- ")[0] for p in planned if p.where == "sftp"] == [
+        path for path, _ in deploy_conn.uploads]
+    assert [p.command for p in planned if p.where == "here"] == [
+        f"cd {PROJECT_ROOT} && rsync ... tasktracker/releases/r3/"]
+    steps = [p.step for p in planned]
+    assert steps.index("migrate database") < steps.index("rolling update (docker stack deploy)")
+    assert "rm -rf -- tasktracker/releases/r1" in planned[-1].command  # KEEP_RELEASES=2
+    assert [call.get("dry_run") for call in planning] == [None]  # the deploy's rsync, not the plan's

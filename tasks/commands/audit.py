@@ -25,6 +25,7 @@ def format_entries(text: str) -> list[str]:
         except ValueError:
             continue
         rows.append(f"{e.get('time', '?'):25} {e.get('action', '?'):9} {e.get('result', '?'):8} "
-                    f"{e.get('release', '-') or '-':32} {e.get('duration_s', 0):>7}s  {e.get('user', '?')}@{e.get('machine', '?')}"
+                    f"{e.get('release', '-') or '-':32} {e.get('duration_s', 0):>7}s  "
+                    f"{e.get('user', '?')}@{e.get('machine', '?')}"
                     + (f"  {e['detail']}" if e.get("detail") else ""))
     return rows

@@ -55,13 +55,15 @@ def activate_script(ctx: HostContext) -> list[str]:
 
 
 def run(ctx: HostContext, keep: int, db_only: bool = False) -> list[str]:
-    return [script_path(ctx), ctx.app_dir, ctx.project, str(keep), *(["--db-only"] if db_only else [])]
+    return [script_path(ctx), ctx.app_dir, ctx.project, str(keep),
+            *(["--db-only"] if db_only else [])]
 
 
 def list_sets(ctx: HostContext) -> str:
     root = q(ctx.backups_dir)
     return (f"for d in $(ls -1 {root} 2>/dev/null | grep -E '^[0-9]{{8}}T' | sort); do "
-            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb {root}/$d | cut -f1)\" \"$(tr -d '\\n' < {root}/$d/manifest.json 2>/dev/null)\"; done; "
+            f"printf '%s\\t%s\\t%s\\n' \"$d\" \"$(du -sb {root}/$d | cut -f1)\" \"$(tr -d '\\n' < "
+            f"{root}/$d/manifest.json 2>/dev/null)\"; done; "
             f"echo '--log'; tail -n 20 {root}/backup.log 2>/dev/null || true")
 
 
@@ -72,44 +74,46 @@ def cron_marker(kind: str, project: str) -> str:
 def cron_line(ctx_abs: HostContext, keep: int, at: str) -> str:
     """The daily job; when it fails, tasktracker-notify says so (commands/notify.py)."""
     hour, minute = at.split(":")
-    job = notify.on_failure(ctx_abs, "daily backup", sh(run(ctx_abs, keep)), f"{ctx_abs.backups_dir}/cron.log")
+    job = notify.on_failure(ctx_abs, "daily backup", sh(run(ctx_abs, keep)),
+                            f"{ctx_abs.backups_dir}/cron.log")
     return f"{int(minute)} {int(hour)} * * * {job} {cron_marker('backup', ctx_abs.project)}"
 
 
 def install_cron(line: str, marker: str) -> str:
     """Install `line` in the user's crontab, replacing the earlier line that ends with exactly
     this marker (so `tasktracker` never replaces `tasktracker-staging`'s job)."""
-    keep_others = f"awk -v m={q(' ' + marker)} 'length($0) < length(m) || substr($0, length($0) - length(m) + 1) != m'"
+    keep_others = (f"awk -v m={q(' ' + marker)} 'length($0) < length(m) || substr($0, length($0) - "
+                   "length(m) + 1) != m'")
     return (f"( crontab -l 2>/dev/null | {keep_others} ; printf '%s\\n' {q(line)} ) | crontab - "
             f"&& crontab -l | grep -F -- {q(marker)} | grep -F -- {q(line)}")
 
 
-def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_database: bool = False, before_start: str = "") -> str:
+def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_database: bool = False,
+            before_start: str = "") -> str:
     """Stop api and worker, restore the database and NATS data of a set, start them again. Any
     failure starts NATS, api and worker again before the script exits. `fresh_database` (a
     recovery onto a new host): the database is dropped and made again, so the set's schema is
     all there is; `before_start`: a command run before api and worker start (the migration)."""
     d = q(f"{ctx.backups_dir}/{set_name}")
-    if fresh_database:
-        load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" && createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
-                f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" "
-                f"--no-owner --no-privileges --single-transaction --exit-on-error' < {d}/database.dump")
-    else:
-        load = (f"docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" --clean --if-exists --no-owner "
-                f"--no-privileges "
-                f"--single-transaction --exit-on-error' < {d}/database.dump")
-    if ctx.engine == "swarm":  # Swarm would start a stopped task's container again: scale the services instead
+    load = restore_database(d, fresh_database)
+    # Swarm would start a stopped task's container again: scale the services instead
+    if ctx.engine == "swarm":
         api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
         replicas = "docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}'"
-        # Scaled back to what they were, and only once they were scaled down (the trap runs start_services on any failure).
+        # Scaled back to what they were, and only once they were scaled down (the trap runs
+        # start_services on any failure).
         remember = f"n_api=$({replicas} {api})\nn_worker=$({replicas} {worker})\nscaled=1\n"
-        start_app = f"if [ -n \"${{scaled:-}}\" ]; then docker service scale {api}=$n_api {worker}=$n_worker >/dev/null; fi"
+        start_app = (f"if [ -n \"${{scaled:-}}\" ]; then docker service scale {api}=$n_api "
+                     f"{worker}=$n_worker >/dev/null; fi")
         stop_app = f"docker service scale {api}=0 {worker}=0 >/dev/null"
-        stop_nats, start_nats, wait_api = f"docker service scale {nats}=0 >/dev/null", f"docker service scale {nats}=1 >/dev/null", ""
+        stop_nats, start_nats, wait_api = (f"docker service scale {nats}=0 >/dev/null",
+                                           f"docker service scale {nats}=1 >/dev/null", "")
     else:
         remember, start_app = "", compose_start
-        stop_app = f"for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker stop -t 30 $c >/dev/null; done"
-        stop_nats, start_nats = 'docker stop -t 10 "$nats" >/dev/null', 'docker start "$nats" >/dev/null'
+        stop_app = (f"for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker "
+                    "stop -t 30 $c >/dev/null; done")
+        stop_nats, start_nats = ('docker stop -t 10 "$nats" >/dev/null',
+                                 'docker start "$nats" >/dev/null')
         wait_api = rollout.wait_healthy(ctx, 'api') + "\n"
     return f"""set -eEuo pipefail
 start_services() {{ {start_app}; }}
@@ -134,6 +138,23 @@ fi
 {before_start + chr(10) if before_start else ""}start_services
 {wait_api}echo "[restore] api and worker started"
 """
+
+
+def restore_database(d: str, fresh_database: bool) -> str:
+    """The set's dump (`d`: its quoted directory) loaded into the database in one transaction:
+    over the existing one, or into a fresh one (`fresh_database`)."""
+    if fresh_database:
+        load = ("docker exec \"$pg\" sh -c 'dropdb -U \"$POSTGRES_USER\" --force \"$POSTGRES_DB\" "
+                "&& createdb -U \"$POSTGRES_USER\" \"$POSTGRES_DB\"'\n"
+                "docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
+                "\"$POSTGRES_DB\" "
+                "--no-owner --no-privileges --single-transaction --exit-on-error' < "
+                f"{d}/database.dump")
+    else:
+        load = ("docker exec -i \"$pg\" sh -c 'pg_restore -U \"$POSTGRES_USER\" -d "
+                f"\"$POSTGRES_DB\" --clean --if-exists --no-owner --no-privileges "
+                f"--single-transaction --exit-on-error' < {d}/database.dump")
+    return load
 
 
 def parse_run(output: str) -> tuple[str, dict]:

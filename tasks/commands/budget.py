@@ -64,7 +64,9 @@ def _merge(base: dict, override: dict) -> dict:
     """Compose's merge of mappings: nested mappings merge, anything else is replaced."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = _merge(merged[key], value) if isinstance(value,
+                                                               dict) and isinstance(merged.get(key),
+                                                                                    dict) else value
     return merged
 
 
@@ -91,15 +93,18 @@ def stack_memory(root: Path, files: tuple[str, ...] = STACK_FILES,
             continue  # the deploy enables no profile (the dashboard dev server)
         resources = ((spec.get("deploy") or {}).get("resources") or {})
         try:
-            limit = parse_memory((resources.get("limits") or {}).get("memory", spec.get("mem_limit", 0)))
-            reservation = parse_memory((resources.get("reservations") or {}).get("memory", spec.get("mem_reservation", 0)))
+            limit = parse_memory((resources.get("limits") or {}).get("memory",
+                                                                     spec.get("mem_limit", 0)))
+            reservation = parse_memory((resources.get("reservations") or {}).get(
+                "memory", spec.get("mem_reservation", 0)))
         except ValueError as err:
             raise ValueError(f"service {name}: {err}") from None
         if traced.get(name):
             reservation += traced[name] * TRACING_MEMORY
             name = f"{name} + tracing"
         replicas = int((spec.get("deploy") or {}).get("replicas", 1))
-        rows += [ServiceMemory(name if replicas == 1 else f"{name} ({i}/{replicas})", reservation, limit)
+        rows += [ServiceMemory(name if replicas == 1 else f"{name} ({i}/{replicas})", reservation,
+                               limit)
                  for i in range(1, replicas + 1)]
         if name.split(" ")[0] == SWITCH_SERVICE:
             rows.append(ServiceMemory(f"{name} (new, during the switch)", reservation, limit))
@@ -142,19 +147,23 @@ def evaluate(services: list[ServiceMemory], host_memory: int) -> Budget:
     services = tuple(services)
     reserved, limited = sum(s.reservation for s in services), sum(s.limit for s in services)
     if host_memory <= 0:
-        return Budget(services, 0, OK, ("the host's memory is unknown (no /proc/meminfo): not checked",))
+        return Budget(services, 0, OK, ("the host's memory is unknown (no /proc/meminfo): not "
+                                        "checked",))
     refuse, warn = [], []
     if reserved > usable(host_memory):
-        refuse.append(f"the services reserve {size(reserved)}, more than the {size(usable(host_memory))} the host has for them "
+        refuse.append(f"the services reserve {size(reserved)}, more than the "
+                      f"{size(usable(host_memory))} the host has for them "
                       f"({size(host_memory)} less {size(OS_ALLOWANCE)} for the system)")
     unlimited = [s.name for s in services if not s.limit]
     if unlimited:
-        warn.append(f"{', '.join(unlimited)} {'has' if len(unlimited) == 1 else 'have'} no memory limit and can take the whole host")
+        warn.append(f"{', '.join(unlimited)} {'has' if len(unlimited) == 1 else 'have'} no memory "
+                    "limit and can take the whole host")
     ceiling = host_memory - headroom(host_memory)
     if limited > ceiling:
-        warn.append(f"the limits add up to {size(limited)}, more than {size(ceiling)} ({size(host_memory)} less "
-                    f"{size(headroom(host_memory))} headroom): at peak the host runs out of memory before the services reach "
-                    f"their limits")
+        warn.append(f"the limits add up to {size(limited)}, more than {size(ceiling)} "
+                    f"({size(host_memory)} less "
+                    f"{size(headroom(host_memory))} headroom): at peak the host runs out of memory "
+                    f"before the services reach their limits")
     level = REFUSE if refuse else WARN if warn else OK
     return Budget(services, host_memory, level, tuple(refuse + warn))
 
@@ -169,9 +178,11 @@ def table(budget: Budget) -> str:
     lines = [f"  {'service'.ljust(width)}  {'reservation':>11}  {'limit':>9}"]
     lines += [f"  {s.name.ljust(width)}  {size(s.reservation) if s.reservation else '-':>11}  "
               f"{size(s.limit) if s.limit else 'none':>9}" for s in budget.services]
-    lines.append(f"  {'total'.ljust(width)}  {size(budget.reservations):>11}  {size(budget.limits):>9}")
+    lines.append(f"  {'total'.ljust(width)}  {size(budget.reservations):>11}  "
+                 f"{size(budget.limits):>9}")
     if budget.host_memory:
-        lines.append(f"  host memory {size(budget.host_memory)}: reservations may use {size(usable(budget.host_memory))}, "
+        lines.append(f"  host memory {size(budget.host_memory)}: reservations may use "
+                     f"{size(usable(budget.host_memory))}, "
                      f"limits {size(budget.host_memory - headroom(budget.host_memory))}")
     return "\n".join(lines)
 
@@ -180,5 +191,6 @@ def summary(budget: Budget) -> str:
     """One line: the verdict and the totals."""
     if not budget.host_memory:
         return f"memory budget: {budget.reasons[0]}"
-    return (f"memory budget: {budget.level} (reservations {size(budget.reservations)}, limits {size(budget.limits)} "
+    return (f"memory budget: {budget.level} (reservations {size(budget.reservations)}, limits "
+            f"{size(budget.limits)} "
             f"with a second api during the switch; host {size(budget.host_memory)})")

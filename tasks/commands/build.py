@@ -8,7 +8,8 @@ NPM_CI = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--logleve
 VITE_BUILD = ["npm", "run", "build", "--", "--logLevel", "warn"]
 
 
-def tree_hash(root: Path, skip_dirs: set[str] = frozenset(), skip_files: set[str] = frozenset()) -> str:
+def tree_hash(root: Path, skip_dirs: set[str] = frozenset(),
+              skip_files: set[str] = frozenset()) -> str:
     """sha256 over every file's relative path and content, in a stable order."""
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):

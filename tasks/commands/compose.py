@@ -65,7 +65,8 @@ def migrate(ctx: HostContext) -> str:
 
 def either(ctx: HostContext, argv_for: Callable[[HostContext], list[str]]) -> str:
     """Run with Compose v2 when the host has it, else v1: one round trip, no separate detection."""
-    return (f"if docker compose version >/dev/null 2>&1; then {sh(argv_for(ctx.with_variant('v2')))}; "
+    return ("if docker compose version >/dev/null 2>&1; then "
+            f"{sh(argv_for(ctx.with_variant('v2')))}; "
             f"else {sh(argv_for(ctx.with_variant('v1')))}; fi")
 
 
@@ -75,7 +76,8 @@ def release_override(backend_image: str, release_id: str, postgres_image: str = 
     releases from before the upgrade, whose compose.yml names the old major)."""
     lines = ["# Written by the deploy task for this release; do not edit.", "services:"]
     for service in ("api", "worker"):
-        lines += [f"  {service}:", f"    image: {backend_image}", "    environment:", f"      RELEASE_ID: {release_id}"]
+        lines += [f"  {service}:", f"    image: {backend_image}", "    environment:",
+                  f"      RELEASE_ID: {release_id}"]
     if postgres_image:
         lines += ["  postgres:", f"    image: {postgres_image}"]
     return "\n".join(lines) + "\n"

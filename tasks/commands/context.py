@@ -35,7 +35,8 @@ class HostContext:
     app_dir: str
     project: str
     variant: str = "v2"  # "v2" (docker compose plugin) or "v1" (docker-compose)
-    engine: str = "compose"  # "compose" (one host) or "swarm" (a stack on a Docker Swarm: tasks/swarm.py)
+    # "compose" (one host) or "swarm" (a stack on a Docker Swarm: tasks/swarm.py)
+    engine: str = "compose"
 
     def with_variant(self, variant: str) -> "HostContext":
         return replace(self, variant=variant)
@@ -88,7 +89,8 @@ class HostContext:
         owned by the deploy user, before Docker would create them as root (or fail to, inside
         the read-only app mount)."""
         le = self.letsencrypt_dir
-        return [self.conf_d, self.acme_webroot, f"{le}/live", f"{le}/archive", self.backups_dir, self.bin_dir]
+        return [self.conf_d, self.acme_webroot, f"{le}/live", f"{le}/archive", self.backups_dir,
+                self.bin_dir]
 
     @property
     def backups_dir(self) -> str:
@@ -134,10 +136,13 @@ class HostContext:
         """Shell: the ids of the service's long-running containers on this host (never one-off `run`
         ones): Compose's labels, or on a swarm the stack's tasks here."""
         if self.engine == "swarm":
-            return (f"docker ps -q{'' if running_only else ' -a'} --filter label=com.docker.stack.namespace={q(self.project)} "
+            return (f"docker ps -q{'' if running_only else ' -a'} --filter "
+                    f"label=com.docker.stack.namespace={q(self.project)} "
                     f"--filter label=com.docker.swarm.service.name={q(self.service_name(service))}")
-        return (f"docker ps -q{'' if running_only else ' -a'} --filter label=com.docker.compose.project={q(self.project)} "
-                f"--filter label=com.docker.compose.service={q(service)} --filter label=com.docker.compose.oneoff=False")
+        return (f"docker ps -q{'' if running_only else ' -a'} --filter "
+                f"label=com.docker.compose.project={q(self.project)} "
+                f"--filter label=com.docker.compose.service={q(service)} --filter "
+                "label=com.docker.compose.oneoff=False")
 
     def container(self, service: str) -> str:
         """Shell: one running container of the service (empty when none)."""

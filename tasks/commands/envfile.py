@@ -7,9 +7,9 @@ Four parsers read the file the deploy uploads, and they disagree on quoting:
   error); 'single-quoted' values are raw, except that `\\'` stands for `'`. In double quotes it
   decodes `\\\\`, `\\"`, `\\$`, `\\n` ... escapes.
 * Compose v1.29 (python-dotenv 0.21, Debian) and the toolkit's own Settings (python-dotenv 1.x):
-  single quotes decode `\\\\` and `\\'`, double quotes decode `\\\\ \\' \\" \\a \\b \\f \\n \\r \\t \\v`,
-  and `${NAME}` / `${NAME:-default}` is expanded in *every* value, quoted or not (v1 reads both
-  the project .env and `env_file:` with interpolation on), with no escape for it.
+  single quotes decode `\\\\` and `\\'`, double quotes decode `\\\\ \\' \\" \\a \\b \\f \\n \\r \\t
+  \\v`, and `${NAME}` / `${NAME:-default}` is expanded in *every* value, quoted or not (v1 reads
+  both the project .env and `env_file:` with interpolation on), with no escape for it.
 
 python-dotenv 0.21 also misreads a quoted value whose last character is a backslash (its regex
 takes the closing quote for an escaped one and runs on into the next lines).
@@ -42,24 +42,30 @@ def render(values: Mapping[str, str]) -> str:
 
 
 def quote(key: str, value: str) -> str:
-    """One value in the form every reader decodes to `value`; ValueError (naming `key` only) if none."""
+    """One value in the form every reader decodes to `value`; ValueError (naming `key` only) if
+    none."""
     if not isinstance(key, str) or not KEY_RE.fullmatch(key):
-        raise ValueError(f"{key!r} is not a valid .env key (letters, digits and '_', not starting with a digit)")
+        raise ValueError(f"{key!r} is not a valid .env key (letters, digits and '_', not starting "
+                         "with a digit)")
     if not isinstance(value, str):
         raise ValueError(f"{key}: the value must be a string, not {type(value).__name__}")
     for char, name in FORBIDDEN_CHARS.items():
         if char in value:
-            raise ValueError(f"{key}: the value contains {name}, which a .env file cannot hold; choose another value")
+            raise ValueError(f"{key}: the value contains {name}, which a .env file cannot hold; "
+                             "choose another value")
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t" for c in value):
         # Control characters and Unicode line separators: some readers (and Compose v1's own
         # `config` output) treat them as line ends or fold them.
-        raise ValueError(f"{key}: the value contains a control character or line separator; choose another value")
+        raise ValueError(f"{key}: the value contains a control character or line separator; choose "
+                         "another value")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{key}: the value is not valid Unicode text; choose another value") from None
+        raise ValueError(f"{key}: the value is not valid Unicode text; "
+                         "choose another value") from None
     if DOTENV_VARIABLE_RE.search(value):
-        raise ValueError(f"{key}: the value contains '${{...}}', which Compose v1 (python-dotenv) would replace "
+        raise ValueError(f"{key}: the value contains '${{...}}', which Compose v1 (python-dotenv) "
+                         "would replace "
                          "by a variable in any quoting; choose a value without '${' ... '}'")
     if value == "":
         return ""
@@ -71,9 +77,10 @@ def quote(key: str, value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if _unquoted_safe(value):
         return value
-    raise ValueError(f"{key}: no .env quoting reads this value back unchanged in both Compose v1 and v2 (it mixes '$', "
-                     "quotes, '#' or edge spaces with a backslash before a backslash, before a quote or at its end); "
-                     "choose another value")
+    raise ValueError(f"{key}: no .env quoting reads this value back unchanged in both Compose v1 "
+                     "and v2 (it mixes '$', "
+                     "quotes, '#' or edge spaces with a backslash before a backslash, before a "
+                     "quote or at its end); choose another value")
 
 
 def _single_quote_safe(value: str) -> bool:
@@ -85,5 +92,6 @@ def _single_quote_safe(value: str) -> bool:
 def _unquoted_safe(value: str) -> bool:
     """Unquoted, compose-go expands `$` and cuts at " #", python-dotenv cuts at whitespace + `#`;
     both drop surrounding whitespace and read a leading quote as quoting."""
-    return ("$" not in value and value[0] not in "'\"" and not value[0].isspace() and not value[-1].isspace()
+    return ("$" not in value and value[0] not in "'\"" and not value[0].isspace()
+            and not value[-1].isspace()
             and not re.search(r"\s#", value))

@@ -23,7 +23,8 @@ def stack_images(root: Path) -> list[str]:
     service with `build:` is built per release instead)."""
     services = yaml.safe_load((root / "compose.yml").read_text()).get("services", {})
     return sorted({s["image"] for name, s in services.items()
-                   if name not in NOT_PULLED and "build" not in s and "image" in s and "$" not in s["image"]})
+                   if name not in NOT_PULLED and "build" not in s and "image" in s
+                   and "$" not in s["image"]})
 
 
 def backend_image(root: Path, project: str) -> str:
@@ -63,7 +64,8 @@ def build_base_images(dockerfile: Path) -> list[str]:
 
 def present(images: list[str]) -> str:
     """Prints `have=IMAGE` for each image the host has (one round trip)."""
-    return "; ".join([*(f"docker image inspect {q(i)} >/dev/null 2>&1 && echo {q('have=' + i)}" for i in images), "true"])
+    return "; ".join([*(f"docker image inspect {q(i)} >/dev/null 2>&1 && echo {q('have=' + i)}"
+                        for i in images), "true"])
 
 
 def parse_present(output: str) -> set[str]:
@@ -122,7 +124,8 @@ def load() -> str:
 
 
 def in_registry(image: str, registry: str) -> str:
-    """The image's name in a registry (`REGISTRY/<project>-backend:<hash>`); unchanged without one."""
+    """The image's name in a registry (`REGISTRY/<project>-backend:<hash>`); unchanged without
+    one."""
     return f"{registry}/{image}" if registry else image
 
 
@@ -139,7 +142,8 @@ def ssh_load(ssh_argv: list[str], destination: str) -> list[str]:
 
 
 def backend_build_place(setting: str, local_docker: bool) -> str:
-    """Where the backend image is built: `local` spares the VPS's CPUs when this machine has Docker."""
+    """Where the backend image is built: `local` spares the VPS's CPUs when this machine has
+    Docker."""
     if setting == "auto":
         return "local" if local_docker else "host"
     return setting

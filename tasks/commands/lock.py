@@ -13,9 +13,10 @@ from .context import HostContext
 
 def _holder_report(d: str) -> str:
     return (f"cat {q(d)}/info.json 2>/dev/null; echo; "
-            f"if [ -f {q(d)}/keeper.pid ] && kill -0 \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null; then echo ALIVE; "
-            f"elif [ ! -f {q(d)}/keeper.pid ] && [ -n \"$(find {q(d)} -maxdepth 0 -newermt '-60 seconds' 2>/dev/null)\" ]; then echo STARTING; "
-            f"else echo STALE; fi")
+            f"if [ -f {q(d)}/keeper.pid ] && kill -0 \"$(cat {q(d)}/keeper.pid)\" 2>/dev/null; "
+            "then echo ALIVE; "
+            f"elif [ ! -f {q(d)}/keeper.pid ] && [ -n \"$(find {q(d)} -maxdepth 0 -newermt '-60 "
+            f"seconds' 2>/dev/null)\" ]; then echo STARTING; else echo STALE; fi")
 
 
 def acquire(ctx: HostContext, info: dict) -> str:
@@ -49,8 +50,8 @@ def _remove(d: str) -> str:
     reads as stale and fails closed)."""
     gone = f"{q(d + '.released.')}$$"  # quoted, then this shell's pid
     return (f"if mv {q(d)} {gone} 2>/dev/null; then "
-            f"if [ -f {gone}/keeper.pid ]; then kill \"$(cat {gone}/keeper.pid)\" 2>/dev/null || true; fi; "
-            f"rm -rf {gone}; fi")
+            f"if [ -f {gone}/keeper.pid ]; then kill \"$(cat {gone}/keeper.pid)\" 2>/dev/null || "
+            f"true; fi; rm -rf {gone}; fi")
 
 
 def release(ctx: HostContext, token: str) -> str:

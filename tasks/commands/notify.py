@@ -44,14 +44,17 @@ def conf_path(ctx: HostContext) -> str:
     return f"{ctx.bin_dir}/{CONF_NAME}"
 
 
-def conf_text(ctx: HostContext, *, telegram_api_base_url: str, bot_token: str, chat_id: str, webhook_url: str,
+def conf_text(ctx: HostContext, *, telegram_api_base_url: str, bot_token: str, chat_id: str,
+              webhook_url: str,
               timeout: int = TIMEOUT_SECONDS) -> str:
     """notify.conf: the channels, as shell assignments the program reads (it holds secrets: it
     reaches the host over SFTP into a 0600 file, never through a command line). Telegram is a
     channel only when a chat id is set; the webhook when its URL is."""
-    telegram = f"{telegram_api_base_url.rstrip('/')}/bot{bot_token}/sendMessage" if chat_id and bot_token else ""
+    telegram = (f"{telegram_api_base_url.rstrip('/')}/bot{bot_token}/sendMessage"
+                if chat_id and bot_token else "")
     return "\n".join([
-        "# tasktracker-notify's channels: written by fab (deploy, backup.schedule, ssl.schedule); mode 0600, do not edit.",
+        "# tasktracker-notify's channels: written by fab (deploy, backup.schedule, ssl.schedule); "
+        "mode 0600, do not edit.",
         f"PROJECT={q(ctx.project)}",
         f"TELEGRAM_URL={q(telegram)}",
         f"TELEGRAM_CHAT_ID={q(chat_id if telegram else '')}",
@@ -99,11 +102,12 @@ def on_failure(ctx_abs: HostContext, job: str, command: str, log: str) -> str:
     """`command`, its output appended to `log`; when it fails, one alert naming the job, its exit
     code and the log (not the log's content: that stays on the host). For a cron line: no `%`."""
     message_head, message_tail = q(f"{job} FAILED (exit "), q(f"); log: {log}")
-    return (f"{command} >> {q(log)} 2>&1 || {q(script_path(ctx_abs))} {message_head}\"$?\"{message_tail} "
-            f">> {q(log)} 2>&1")
+    return (f"{command} >> {q(log)} 2>&1 || {q(script_path(ctx_abs))} "
+            f"{message_head}\"$?\"{message_tail} >> {q(log)} 2>&1")
 
 
-def operation_message(action: str, result: str, *, release: str, commit: str, who: str, seconds: float,
+def operation_message(action: str, result: str, *, release: str, commit: str, who: str,
+                      seconds: float,
                       step: str = "", reason: str = "", put_back: str = "") -> str:
     """One line about a deploy or rollback: what, which release, the result (where it failed: a
     step name or a kind of refusal, never the failure's detail), commit, who, how long."""

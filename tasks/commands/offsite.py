@@ -9,9 +9,11 @@ and verified, so the nightly cron job copies off-site with no laptop involved.
     tasktracker-offsite APP_DIR PROJECT push SET          copy backups/SET, then apply retention
     tasktracker-offsite APP_DIR PROJECT list              snapshots of this app, as JSON
     tasktracker-offsite APP_DIR PROJECT check [SUBSET]    `restic check --read-data[-subset]`
-    tasktracker-offsite APP_DIR PROJECT fetch SET|latest  restore a set into backups/ (checksums verified)
-    tasktracker-offsite APP_DIR PROJECT drill             fetch the newest set into a scratch dir, restore
-                                                          its dump into a scratch database, compare counts
+    tasktracker-offsite APP_DIR PROJECT fetch SET|latest  restore a set into backups/ (checksums
+    verified) tasktracker-offsite APP_DIR PROJECT drill             fetch the newest set into a
+    scratch dir, restore
+                                                          its dump into a scratch database, compare
+                                                          counts
 
 Snapshots carry the host name PROJECT and the tags `tasktracker` and `set=<name>`; retention
 (`forget --prune`) groups by host only, so every set of this app counts toward one
@@ -32,7 +34,8 @@ from .programs import program
 
 SCRIPT_NAME = "tasktracker-offsite"
 KEY_NAME = "tasktracker-offsite"  # ~/.ssh/<KEY_NAME>: the host's key for an SFTP repository
-PUSH_FAILED_EXIT = 3  # the backup script's exit code: the set is made and kept, the off-site copy failed
+# the backup script's exit code: the set is made and kept, the off-site copy failed
+PUSH_FAILED_EXIT = 3
 
 OFFSITE_SCRIPT = program("offsite.sh")
 
@@ -77,17 +80,21 @@ def sftp_command(repository: str, home: str) -> str:
     if target is None:
         return ""
     user, host, port = target
-    return shlex.join(["ssh", "-i", f"{home}/{key_path()}", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+    return shlex.join(["ssh", "-i", f"{home}/{key_path()}", "-o", "IdentitiesOnly=yes", "-o",
+                       "BatchMode=yes",
                        "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15",
-                       "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p", str(port),
+                       "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p",
+                       str(port),
                        f"{user}@{host}" if user else host, "-s", "sftp"])
 
 
 def conf_text(*, repository: str, password: str, aws_access_key_id: str, aws_secret_access_key: str,
               keep: tuple[int, int, int], sftp: str) -> str:
     """offsite.conf: shell assignments the script sources (values quoted)."""
-    values = {"RESTIC_REPOSITORY": repository, "RESTIC_PASSWORD": password, "AWS_ACCESS_KEY_ID": aws_access_key_id,
-              "AWS_SECRET_ACCESS_KEY": aws_secret_access_key, "KEEP_DAILY": keep[0], "KEEP_WEEKLY": keep[1],
+    values = {"RESTIC_REPOSITORY": repository, "RESTIC_PASSWORD": password,
+              "AWS_ACCESS_KEY_ID": aws_access_key_id,
+              "AWS_SECRET_ACCESS_KEY": aws_secret_access_key, "KEEP_DAILY": keep[0],
+              "KEEP_WEEKLY": keep[1],
               "KEEP_MONTHLY": keep[2], "SFTP_COMMAND": sftp}
     return "".join(f"{k}={q(str(v))}\n" for k, v in values.items() if v != "")
 
@@ -99,12 +106,15 @@ def prepare(ctx: HostContext, with_key: bool) -> str:
     the program and conf in place (`@@have`): only what differs is sent."""
     program, conf = script_path(ctx), conf_path(ctx)
     parts = [sh(["mkdir", "-p", ctx.bin_dir, f"{ctx.app_dir}/shared", ctx.backups_dir]),
-             sh(["install", "-m", "700", "/dev/null", program + ".new"]), sh(["install", "-m", "600", "/dev/null", conf + ".new"])]
+             sh(["install", "-m", "700", "/dev/null", program + ".new"]),
+             sh(["install", "-m", "600", "/dev/null", conf + ".new"])]
     if with_key:
-        parts.append(f"mkdir -p -m 700 .ssh && {{ [ -f {q(key_path())} ] || ssh-keygen -q -t ed25519 -N '' "
-                     f"-C {q('tasktracker-offsite@' + ctx.project)} -f {q(key_path())} >/dev/null; }} "
-                     f"&& echo \"@@pubkey $(cat {q(key_path() + '.pub')})\"")
-    parts.append(f"for f in {q(program)} {q(conf)}; do [ ! -f \"$f\" ] || echo \"@@have $(sha256sum < \"$f\" | cut -d' ' -f1) $f\"; done")
+        parts.append(f"mkdir -p -m 700 .ssh && {{ [ -f {q(key_path())} ] || ssh-keygen -q -t "
+                     "ed25519 -N '' "
+                     f"-C {q('tasktracker-offsite@' + ctx.project)} -f {q(key_path())} >/dev/null; "
+                     f"}} && echo \"@@pubkey $(cat {q(key_path() + '.pub')})\"")
+    parts.append(f"for f in {q(program)} {q(conf)}; do [ ! -f \"$f\" ] || echo \"@@have "
+                 "$(sha256sum < \"$f\" | cut -d' ' -f1) $f\"; done")
     return " && ".join(parts)
 
 
@@ -144,7 +154,8 @@ def parse_snapshots(text: str) -> list[dict]:
     for snap in data if isinstance(data, list) else []:
         names = [t[4:] for t in snap.get("tags") or [] if t.startswith("set=")]
         if names:
-            rows.append({"set": names[0], "time": snap.get("time", ""), "id": snap.get("short_id") or snap.get("id", "")[:8]})
+            rows.append({"set": names[0], "time": snap.get("time", ""),
+                         "id": snap.get("short_id") or snap.get("id", "")[:8]})
     return sorted(rows, key=lambda row: row["set"])
 
 
@@ -165,7 +176,8 @@ def locations(host_sets: list[str], offsite_sets: list[str] | None) -> dict[str,
     if offsite_sets is None:
         return {name: "host" for name in host_sets}
     names = sorted(set(host_sets) | set(offsite_sets))
-    return {n: "both" if n in host_sets and n in offsite_sets else "host" if n in host_sets else "off-site" for n in names}
+    return {n: "both" if n in host_sets and n in offsite_sets else "host" if n in host_sets
+            else "off-site" for n in names}
 
 
 def cron_lines(ctx_abs: HostContext, at: str) -> dict[str, str]:
@@ -174,10 +186,13 @@ def cron_lines(ctx_abs: HostContext, at: str) -> dict[str, str]:
     a tenth of the data weekly (Sundays, two hours after). Each alerts when it fails."""
     hour, minute = (int(part) for part in at.split(":"))
     log = f"{ctx_abs.backups_dir}/offsite.log"
-    jobs = {"drill": (f"{minute} {(hour + 1) % 24} 1 * *", "monthly restore drill", run(ctx_abs, "drill")),
+    jobs = {"drill": (f"{minute} {(hour + 1) % 24} 1 * *", "monthly restore drill",
+                      run(ctx_abs, "drill")),
             # 1/10, not 10%: cron reads `%` as a newline
-            "check": (f"{minute} {(hour + 2) % 24} * * 0", "weekly off-site check", run(ctx_abs, "check", "1/10"))}
-    return {kind: f"{when} {notify.on_failure(ctx_abs, what, sh(argv), log)} # tasktracker-{kind}:{ctx_abs.project}"
+            "check": (f"{minute} {(hour + 2) % 24} * * 0", "weekly off-site check",
+                      run(ctx_abs, "check", "1/10"))}
+    return {kind: f"{when} {notify.on_failure(ctx_abs, what, sh(argv), log)} # "
+                  f"tasktracker-{kind}:{ctx_abs.project}"
             for kind, (when, what, argv) in jobs.items()}
 
 
@@ -195,7 +210,8 @@ def last_push(log_lines: list[str]) -> dict | None:
 
 def parse_fetched(output: str) -> str:
     """The set `fetch` brought back ('' when it did not finish)."""
-    names = [line.split()[-1] for line in output.splitlines() if line.startswith("OFFSITE FETCHED ")]
+    names = [line.split()[-1] for line in output.splitlines()
+             if line.startswith("OFFSITE FETCHED ")]
     return names[-1] if names else ""
 
 
@@ -204,9 +220,12 @@ def unpack_certificates(ctx: HostContext, set_name: str) -> str:
     shared/nginx) into APP_DIR, before the first deploy starts nginx. Each release's own
     settings (env/) are not restored: the deploy writes the release's from this checkout."""
     archive = q(f"{ctx.backups_dir}/{set_name}/app-files.tar.gz")
-    return (f"if [ -f {archive} ]; then members=$(tar -tzf {archive} | grep -E '^shared/(letsencrypt|nginx)(/|$)'); "
-            f"[ -z \"$members\" ] || printf '%s\\n' \"$members\" | tar -C {q(ctx.app_dir)} -xzf {archive} --no-same-owner "
-            f"--no-recursion -T - && echo \"certificates: $(printf '%s\\n' \"$members\" | grep -c '^shared/letsencrypt/live/[^/]*/cert.pem$')\"; fi")
+    return (f"if [ -f {archive} ]; then members=$(tar -tzf {archive} | grep -E "
+            "'^shared/(letsencrypt|nginx)(/|$)'); "
+            f"[ -z \"$members\" ] || printf '%s\\n' \"$members\" | tar -C {q(ctx.app_dir)} -xzf "
+            f"{archive} --no-same-owner "
+            "--no-recursion -T - && echo \"certificates: $(printf '%s\\n' \"$members\" | grep -c "
+            "'^shared/letsencrypt/live/[^/]*/cert.pem$')\"; fi")
 
 
 def recovering_marker(ctx: HostContext) -> str:

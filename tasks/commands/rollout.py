@@ -17,7 +17,8 @@ RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a 
 READY_POLL_SECONDS = 0.25
 
 
-def api_rollout(ctx: HostContext, timeout: int = 90, alongside: str = "", alongside_mark: str = "") -> str:
+def api_rollout(ctx: HostContext, timeout: int = 90, alongside: str = "",
+                alongside_mark: str = "") -> str:
     """Start the release's API beside the running one, wait until it is ready, stop the old one.
 
     Ready: Docker reports it healthy (polled every quarter second). One answer from one uvicorn
@@ -72,7 +73,8 @@ def nginx_check(ctx: HostContext, release_id: str) -> list[str]:
     """`nginx -t` on the release's config in a throwaway nginx container with the release's mounts
     (the running nginx is not touched)."""
     return ctx.compose("run", "--rm", "--no-deps", "-T", "nginx",
-                       "nginx", "-t", "-q", "-c", f"/srv/app/releases/{release_id}/nginx/nginx.conf")
+                       "nginx", "-t", "-q", "-c",
+                       f"/srv/app/releases/{release_id}/nginx/nginx.conf")
 
 
 def switch_current(ctx: HostContext, release_id: str) -> str:
@@ -108,7 +110,8 @@ def mark(step: str) -> str:
     return f'echo "@@step {step} $(date +%s.%N)"'
 
 
-def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "", nginx_same: bool = False) -> str:
+def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, then: str = "",
+               nginx_same: bool = False) -> str:
     """One script that moves traffic to the release and proves it, each step marked:
 
     - backend: replace the API (new beside old); once the new API is proven, restart the worker
@@ -122,11 +125,13 @@ def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, 
 
     then the health probe, then `then` (run from the login directory: recording the release)."""
     nginx_conf = f"/srv/app/releases/{release_id}/nginx/nginx.conf"
-    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD", f"cd {q(ctx.release_dir(release_id))}"]
+    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD",
+             f"cd {q(ctx.release_dir(release_id))}"]
     if backend:
         worker = f"{sh(worker_restart(ctx))} >/dev/null"
         lines += [mark("replace api (new beside old)"), "(",
-                  api_rollout(ctx, alongside=worker, alongside_mark=mark("restart worker (graceful)")), ")"]
+                  api_rollout(ctx, alongside=worker,
+                              alongside_mark=mark("restart worker (graceful)")), ")"]
     lines += [mark("switch current and reload nginx")]
     switch = f"( cd \"$home\" && {switch_current(ctx, release_id)} )"
     if backend and not nginx_same:
@@ -136,7 +141,8 @@ def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, 
                   f"if [ -n \"$ngx\" ]; then docker exec \"$ngx\" nginx -t -q -c {q(nginx_conf)}; "
                   f"else {sh(nginx_check(ctx, release_id))}; fi",
                   switch,
-                  f"if [ -n \"$ngx\" ]; then docker kill --signal HUP \"$ngx\" >/dev/null; else {nginx_up_and_reload(ctx)}; fi"]
+                  "if [ -n \"$ngx\" ]; then docker kill --signal HUP \"$ngx\" >/dev/null; else "
+                  f"{nginx_up_and_reload(ctx)}; fi"]
     lines += [mark("health checks"), probe]
     if then:
         lines += [mark(RECORD_STEP), 'cd "$home"', then]
@@ -147,8 +153,8 @@ def running_services(ctx: HostContext) -> str:
     """Each of the project's long-running containers: `service|state|status` (status carries
     Docker's health: `Up 3 minutes (healthy)`)."""
     return (f"docker ps -a --filter label=com.docker.compose.project={q(ctx.project)} "
-            f"--filter label=com.docker.compose.oneoff=False "
-            f"--format '{{{{.Label \"com.docker.compose.service\"}}}}|{{{{.State}}}}|{{{{.Status}}}}'")
+            f"--filter label=com.docker.compose.oneoff=False --format '{{{{.Label "
+            "\"com.docker.compose.service\"}}|{{.State}}|{{.Status}}'")
 
 
 def stack_problems(output: str, services: tuple[str, ...] = STACK_SERVICES) -> list[str]:
@@ -178,7 +184,6 @@ def start_backend(ctx: HostContext, release_id: str, build: str, schema: str) ->
 
 def wait_healthy(ctx: HostContext, service: str, tries: int = 120) -> str:
     """Shell: wait (up to `tries` half-seconds) until the service's container reports healthy."""
-    return (f"for _ in $(seq 1 {tries}); do\n"
-            f"  cid=$({ctx.container(service)})\n"
-            f"  [ -n \"$cid\" ] && [ \"$(docker inspect -f '{{{{.State.Health.Status}}}}' \"$cid\")\" = healthy ] && break\n"
-            f"  sleep 0.5\ndone")
+    return (f"for _ in $(seq 1 {tries}); do\n  cid=$({ctx.container(service)})\n"
+            "  [ -n \"$cid\" ] && [ \"$(docker inspect -f '{{.State.Health.Status}}' "
+            f"\"$cid\")\" = healthy ] && break\n  sleep 0.5\ndone")

@@ -47,6 +47,8 @@ TRIGGERS_AWK = (program("triggers.awk").replace("__ARCHIVE_STALL_S__", str(ARCHI
                 .replace("__WAL_MAX_DISK_FRACTION__", str(WAL_MAX_DISK_FRACTION)))
 
 SAMPLER_SCRIPT = program("sample.sh")
+# Each container's memory and CPU from its cgroup, in `docker stats`'s format, without its wait.
+CONTAINER_USAGE = program("container-usage.sh")
 
 
 def metrics_dir(ctx: HostContext) -> str:
@@ -66,8 +68,8 @@ def sampler_script() -> str:
 
 def sampler_cron_line(ctx_abs: HostContext) -> str:
     log = q(f"{metrics_dir(ctx_abs)}/sampler.log")
-    return (f"* * * * * {sh([sampler_path(ctx_abs), ctx_abs.app_dir, ctx_abs.project])} >> {log} 2>&1 "
-            f"{cron_marker('sample', ctx_abs.project)}")
+    command = sh([sampler_path(ctx_abs), ctx_abs.app_dir, ctx_abs.project])
+    return f"* * * * * {command} >> {log} 2>&1 {cron_marker('sample', ctx_abs.project)}"
 
 
 def install_sampler(ctx_abs: HostContext) -> str:
@@ -77,15 +79,18 @@ def install_sampler(ctx_abs: HostContext) -> str:
     line = sampler_cron_line(ctx_abs)
     script = sampler_script()
     return (f"mkdir -p {q(ctx_abs.bin_dir)} {q(metrics_dir(ctx_abs))} && "
-            f"{{ printf '%s' {q(script)} | cmp -s - {q(path)} || {{ printf '%s' {q(script)} > {q(path + '.new')} && "
+            f"{{ printf '%s' {q(script)} | cmp -s - {q(path)} || {{ printf '%s' {q(script)} > "
+            f"{q(path + '.new')} && "
             f"chmod 700 {q(path + '.new')} && mv -f {q(path + '.new')} {q(path)}; }}; }} && "
-            f"{{ crontab -l 2>/dev/null | grep -qxF -- {q(line)} || {install_cron(line, cron_marker('sample', ctx_abs.project))} >/dev/null; }}")
+            f"{{ crontab -l 2>/dev/null | grep -qxF -- {q(line)} || "
+            f"{install_cron(line, cron_marker('sample', ctx_abs.project))} >/dev/null; }}")
 
 
 def triggers(ctx: HostContext, window: int) -> str:
     """Shell: the trigger verdict over the last `window` seconds of samples."""
-    return (f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 2) /dev/null 2>/dev/null | "
-            f"awk -v now=\"$(date +%s)\" -v window={int(window)} {q(TRIGGERS_AWK)}")
+    return (f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 2) "
+            f"/dev/null 2>/dev/null | awk -v now=\"$(date +%s)\" -v window={int(window)} "
+            f"{q(TRIGGERS_AWK)}")
 
 
 def cron_section(ctx: HostContext) -> str:
@@ -94,72 +99,107 @@ def cron_section(ctx: HostContext) -> str:
     return (f"crontab -l 2>/dev/null | awk -v p={q(':' + ctx.project)} "
             "'index($0, \"# tasktracker-\") && substr($0, length($0) - length(p) + 1) == p'; "
             f"for f in {q(ctx.backups_dir + '/cron.log')} {q(ctx.letsencrypt_dir + '/renew.log')} "
-            f"{q(metrics_dir(ctx) + '/sampler.log')}; do [ -f \"$f\" ] && echo \"log=$(stat -c %Y \"$f\")|$f|$(tail -n 1 \"$f\" | cut -c1-200)\"; done; true")
+            f"{q(metrics_dir(ctx) + '/sampler.log')}; do [ -f \"$f\" ] && echo \"log=$(stat -c %Y "
+            "\"$f\")|$f|$(tail -n 1 \"$f\" | cut -c1-200)\"; done; true")
 
 
 # The app's jobs as its rows record them (backend/README.md, "Jobs"): pending, pending for longer
 # than JOBS_LATE_SECONDS (the sweeper queues a late job again within JOB_REQUEUE_AFTER), failed
 # after their last try, and the age of the oldest pending one.
 JOBS_LATE_SECONDS = 300
-JOBS_QUERY = ("select count(*) filter (where status = 'pending'), count(*) filter (where status = 'pending' and "
+JOBS_QUERY = ("select count(*) filter (where status = 'pending'), "
+              "count(*) filter (where status = 'pending' and "
               f"coalesce(queued_at, created_at) < now() - interval '{JOBS_LATE_SECONDS} seconds'), "
               "count(*) filter (where status = 'failed'), "
-              "coalesce(extract(epoch from now() - min(created_at) filter (where status = 'pending'))::bigint, 0) from tasks")
+              "coalesce(extract(epoch from now() - min(created_at) filter (where status = "
+              "'pending'))::bigint, 0) from tasks")
 
 
 def snapshot(ctx: HostContext) -> str:
     """One round trip: everything `status` and `doctor` show, in `@@ name` sections."""
-    app, project = q(ctx.app_dir), q(ctx.project)
-    if ctx.engine == "swarm":  # the stack's tasks on this node; the service without the `<project>_` prefix
-        containers = f"docker ps -q --filter label=com.docker.stack.namespace={project}"  # a swarm keeps ended tasks
-        service = f"{{{{slice (index .Config.Labels \"com.docker.swarm.service.name\") {len(ctx.project) + 1}}}}}"
+    sections = snapshot_sections(ctx)
+    # Every section runs at once (the slow ones: container-usage samples CPU for half a second,
+    # `docker system df` sizes images), each into its own file, printed in order after `wait`.
+    # `echo` before each marker: a section whose output has no final newline (jsz) cannot
+    # swallow the next marker; parse_sections drops the blank lines this leaves.
+    started = " ".join(f"{{ {command}; }} > \"$t/{n}\" 2>/dev/null &" for n,
+                       (_, command) in enumerate(sections))
+    printed = "; ".join(f"echo; echo {q(SECTION + name)}; cat \"$t/{n}\"" for n,
+                        (name, _) in enumerate(sections))
+    return f"t=$(mktemp -d) || exit 1; {started} wait; {printed}; rm -rf \"$t\""
+
+
+def container_queries(ctx: HostContext) -> tuple[str, str]:
+    """The stack's containers on this host (a command listing their ids) and the `docker
+    inspect` format of one line per container."""
+    project = q(ctx.project)
+    # the stack's tasks on this node; the service without the `<project>_` prefix
+    if ctx.engine == "swarm":
+        # a swarm keeps ended tasks
+        containers = f"docker ps -q --filter label=com.docker.stack.namespace={project}"
+        service = ("{{slice (index .Config.Labels \"com.docker.swarm.service.name\") "
+                   f"{len(ctx.project) + 1}}}}}")
     else:
         containers = (f"docker ps -aq --filter label=com.docker.compose.project={project} "
                       f"--filter label=com.docker.compose.oneoff=False")
         service = "{{index .Config.Labels \"com.docker.compose.service\"}}"
     inspect_format = (service + "|{{.State.Status}}|"
-                      "{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.RestartCount}}|{{.State.OOMKilled}}|"
-                      "{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.State.StartedAt}}|{{slice .Id 0 12}}|{{.Name}}")
+                      "{{if .State.Health}}{{.State.Health.Status}}{{end}}|"
+                      "{{.RestartCount}}|{{.State.OOMKilled}}|"
+                      "{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.State.StartedAt}}|"
+                      "{{slice .Id 0 12}}|{{.Name}}")
+    return containers, inspect_format
+
+
+def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
+    """(name, command) of each section of the snapshot, in the order they are printed."""
+    app, current = q(ctx.app_dir), q(ctx.current_link)
+    containers, inspect_format = container_queries(ctx)
+    running = containers.replace(" -aq ", " -q ").replace(" -q ", " -q --no-trunc ")
     env_keys = "|".join(PUBLIC_ENV_KEYS)
-    sections = [
+    return [
         ("clock", "date +%s.%N"),
-        ("host", "echo ncpu=$(nproc); awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {sub(\":\", \"\", $1); print $1 \"=\" $2}' "
-                 "/proc/meminfo; echo load=$(cut -d' ' -f1-3 /proc/loadavg); echo uptime=$(cut -d' ' -f1 /proc/uptime); "
+        ("host", "echo ncpu=$(nproc); awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ "
+                 "{sub(\":\", \"\", $1); print $1 \"=\" $2}' "
+                 "/proc/meminfo; echo load=$(cut -d' ' -f1-3 /proc/loadavg); echo uptime=$(cut -d' "
+                 "' -f1 /proc/uptime); "
                  "echo docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)"),
-        ("disk", f"for p in {app} {q(ctx.backups_dir)} \"$(docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /)\"; do "
+        ("disk", f"for p in {app} {q(ctx.backups_dir)} \"$(docker info --format "
+                 "'{{.DockerRootDir}}' 2>/dev/null || echo /)\"; do "
                  f"echo \"$p $(df -Pk \"$p\" 2>/dev/null | tail -n 1)\"; done"),
-        ("docker_df", "docker system df --format '{{.Type}}|{{.TotalCount}}|{{.Size}}|{{.Reclaimable}}' 2>/dev/null"),
-        ("containers", f"ids=$({containers}); [ -z \"$ids\" ] || docker inspect --format {q(inspect_format)} $ids"),
-        ("stats", f"ids=$({containers.replace(' -aq ', ' -q ')}); [ -z \"$ids\" ] || "
-                  f"docker stats --no-stream --format '{{{{.ID}}}}|{{{{.MemUsage}}}}|{{{{.CPUPerc}}}}' $ids"),
-        ("release", f"echo current=$(basename \"$(readlink {q(ctx.current_link)} 2>/dev/null)\" 2>/dev/null); "
-                    f"echo meta=$(tr -d '\\n' < {q(ctx.current_link)}/RELEASE.json 2>/dev/null); "
-                    f"grep -E '^({env_keys})=' {q(ctx.current_link)}/.env 2>/dev/null | sed 's/^/env./'"),
+        ("docker_df", "docker system df --format "
+                      "'{{.Type}}|{{.TotalCount}}|{{.Size}}|{{.Reclaimable}}' 2>/dev/null"),
+        ("containers", f"ids=$({containers}); [ -z \"$ids\" ] || docker inspect --format "
+                       f"{q(inspect_format)} $ids"),
+        ("stats", f"ids=$({running}); [ -z \"$ids\" ] || "
+                  f"bash -c {q(CONTAINER_USAGE)} container-usage $ids"),
+        ("release", f"echo current=$(basename \"$(readlink {current} 2>/dev/null)\" 2>/dev/null); "
+                    f"echo meta=$(tr -d '\\n' < {current}/RELEASE.json 2>/dev/null); "
+                    f"grep -E '^({env_keys})=' {current}/.env 2>/dev/null | sed 's/^/env./'"),
         ("lock", lock_status(ctx)),
-        ("audit", f"tail -n 200 {q(ctx.audit_log)} 2>/dev/null | grep -E '\"action\": \"(deploy|rollback)\"' | tail -n 5"),
+        ("audit", f"tail -n 200 {q(ctx.audit_log)} 2>/dev/null | grep -E '\"action\": "
+                  "\"(deploy|rollback)\"' | tail -n 5"),
         ("db", f"pg=$({ctx.container('postgres')}); [ -z \"$pg\" ] || docker exec \"$pg\" sh -c "
-               + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"select pg_database_size(current_database()), "
-                   "count(*) filter (where backend_type = 'client backend'), current_setting('max_connections') "
+               + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"select "
+                   "pg_database_size(current_database()), "
+                   "count(*) filter (where backend_type = 'client backend'), "
+                   "current_setting('max_connections') "
                    "from pg_stat_activity\"") + " 2>&1 | tail -n 1"),
         ("jobs", f"pg=$({ctx.container('postgres')}); [ -z \"$pg\" ] || docker exec \"$pg\" sh -c "
-                 + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"" + JOBS_QUERY + "\"") + " 2>&1 | tail -n 1"),
+                 + q("psql -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -Atc \"" + JOBS_QUERY + "\"")
+         + " 2>&1 | tail -n 1"),
         ("jsz", f"n=$({ctx.container('nats')}); [ -z \"$n\" ] || docker exec \"$n\" "
-                f"wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true&consumers=true' 2>/dev/null | tr -d '\\n'"),
+                "wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true&consumers=true' "
+                "2>/dev/null | tr -d '\\n'"),
         ("backups", list_sets(ctx)),
         ("pitr", pitr.info(ctx)),
         ("certs", tls_status(ctx)),
         ("cron", cron_section(ctx)),
         ("trigger_hour", triggers(ctx, HOUR)),
         ("trigger_day", triggers(ctx, DAY)),
-        ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n 1) /dev/null 2>/dev/null | tail -n 1"),
+        ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n "
+                          "1) /dev/null 2>/dev/null | tail -n 1"),
     ]
-    # Every section runs at once (the slow ones: `docker stats` samples for about two seconds,
-    # `docker system df` sizes images), each into its own file, printed in order after `wait`.
-    # `echo` before each marker: a section whose output has no final newline (jsz) cannot
-    # swallow the next marker; parse_sections drops the blank lines this leaves.
-    started = " ".join(f"{{ {command}; }} > \"$t/{n}\" 2>/dev/null &" for n, (_, command) in enumerate(sections))
-    printed = "; ".join(f"echo; echo {q(SECTION + name)}; cat \"$t/{n}\"" for n, (name, _) in enumerate(sections))
-    return f"t=$(mktemp -d) || exit 1; {started} wait; {printed}; rm -rf \"$t\""
 
 
 # --- parsers -------------------------------------------------------------------------------
@@ -202,16 +242,20 @@ def parse_containers(inspect: str, stats: str) -> list[dict]:
         parts = line.split("|")
         if len(parts) == 3:
             used, _, limit = parts[1].partition("/")
-            usage[parts[0][:12]] = {"mem_bytes": size_bytes(used), "cpu_percent": float(parts[2].strip().rstrip("%") or 0)}
+            usage[parts[0][:12]] = {"mem_bytes": size_bytes(used),
+                                    "cpu_percent": float(parts[2].strip().rstrip("%") or 0)}
     rows = []
     for line in inspect.splitlines():
         parts = line.split("|")
         if len(parts) < 10:
             continue
         service, state, health, restarts, oom, memory, nano, started, cid, name = parts[:10]
-        rows.append({"service": service, "name": name.lstrip("/"), "id": cid, "state": state, "health": health or "-",
-                     "restarts": int(restarts or 0), "oom_killed": oom == "true", "mem_limit": int(memory or 0),
-                     "cpu_limit": int(nano or 0) / 1e9, "started_at": started, **usage.get(cid, {})})
+        rows.append({"service": service, "name": name.lstrip("/"), "id": cid, "state": state,
+                     "health": health or "-",
+                     "restarts": int(restarts or 0), "oom_killed": oom == "true",
+                     "mem_limit": int(memory or 0),
+                     "cpu_limit": int(nano or 0) / 1e9, "started_at": started,
+                     **usage.get(cid, {})})
     return sorted(rows, key=lambda r: (r["service"], r["name"]))
 
 
@@ -228,7 +272,8 @@ def parse_disk(text: str) -> list[dict]:
         if key in rows:
             rows[key]["paths"].append(path)
             continue
-        rows[key] = {"mount": path, "paths": [path], "filesystem": parts[6], "total": total, "used": used, "available": avail,
+        rows[key] = {"mount": path, "paths": [path], "filesystem": parts[6], "total": total,
+                     "used": used, "available": avail,
                      "percent": round(100 * used / (used + avail), 1) if used + avail else 0.0}
     return list(rows.values())
 
@@ -246,7 +291,8 @@ def parse_docker_df(text: str) -> list[dict]:
 def parse_db(text: str) -> dict:
     parts = text.strip().split("|")
     if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
-        return {"size": int(parts[0]), "connections": int(parts[1]), "max_connections": int(parts[2])}
+        return {"size": int(parts[0]), "connections": int(parts[1]),
+                "max_connections": int(parts[2])}
     return {"error": text.strip()[-200:]} if text.strip() else {}
 
 
@@ -254,7 +300,8 @@ def parse_jobs(text: str) -> dict:
     """JOBS_QUERY's one line; empty when the app's table has no job columns (or no database)."""
     parts = text.strip().split("|")
     if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
-        return dict(zip(("pending", "late", "failed", "oldest_seconds"), map(int, parts), strict=True))
+        return dict(zip(("pending", "late", "failed", "oldest_seconds"), map(int, parts),
+                        strict=True))
     return {}
 
 
@@ -267,14 +314,20 @@ def parse_jsz(text: str) -> dict:
     for account in data.get("account_details") or []:
         for stream in account.get("stream_detail") or []:
             config, state = stream.get("config") or {}, stream.get("state") or {}
-            consumers = [{"name": c.get("name", "?"), "waiting": c.get("num_pending", 0), "in_flight": c.get("num_ack_pending", 0),
-                          "redelivered": c.get("num_redelivered", 0)} for c in stream.get("consumer_detail") or []]
-            streams.append({"name": stream.get("name", "?"), "bytes": state.get("bytes", 0), "messages": state.get("messages", 0),
-                            "max_bytes": config.get("max_bytes", -1), "max_msgs": config.get("max_msgs", -1),
+            consumers = [{"name": c.get("name", "?"), "waiting": c.get("num_pending", 0),
+                          "in_flight": c.get("num_ack_pending", 0),
+                          "redelivered": c.get("num_redelivered", 0)}
+                         for c in stream.get("consumer_detail") or []]
+            streams.append({"name": stream.get("name", "?"), "bytes": state.get("bytes", 0),
+                            "messages": state.get("messages", 0),
+                            "max_bytes": config.get("max_bytes", -1),
+                            "max_msgs": config.get("max_msgs", -1),
                             "consumers": consumers})
     config = data.get("config") or {}
-    return {"storage": data.get("storage", 0), "max_storage": config.get("max_storage", 0), "memory": data.get("memory", 0),
-            "max_memory": config.get("max_memory", 0), "messages": data.get("messages", 0), "streams": streams}
+    return {"storage": data.get("storage", 0), "max_storage": config.get("max_storage", 0),
+            "memory": data.get("memory", 0),
+            "max_memory": config.get("max_memory", 0), "messages": data.get("messages", 0),
+            "streams": streams}
 
 
 def parse_cron(text: str) -> dict:
@@ -299,7 +352,8 @@ def parse_sample(line: str) -> dict:
             continue
         if key.startswith("svc."):
             mem, limit, cpu = (value.split("/") + ["0", "0", "0"])[:3]
-            out["services"][key[4:]] = {"mem_mib": float(mem or 0), "limit_mib": float(limit or 0), "cpu": float(cpu or 0)}
+            out["services"][key[4:]] = {"mem_mib": float(mem or 0), "limit_mib": float(limit or 0),
+                                        "cpu": float(cpu or 0)}
         else:
             try:
                 out[key] = float(value)
@@ -336,7 +390,8 @@ def parse_snapshot(output: str) -> dict:
         "jsz": parse_jsz(s.get("jsz", "")),
         "jobs": parse_jobs(s.get("jobs", "")),
         "backups": s.get("backups", "") + "\n",  # parse_sets splits at "--log\n"
-        "pitr": pitr.parse_info(s.get("pitr", "")) if s.get("pitr", "").strip() else {"state": "unknown"},
+        "pitr": pitr.parse_info(s.get("pitr", "")) if s.get("pitr", "").strip()
+        else {"state": "unknown"},
         "certs": s.get("certs", ""),
         "cron": parse_cron(s.get("cron", "")),
         "trigger_hour": key_values(s.get("trigger_hour", "")),

@@ -38,7 +38,8 @@ def api_url(base_url: str, bot_token: str, method: str) -> str:
 
 
 def set_webhook_body(url: str, bot_token: str) -> bytes:
-    return json.dumps({"url": url, "secret_token": webhook_secret(bot_token), "allowed_updates": ALLOWED_UPDATES,
+    return json.dumps({"url": url, "secret_token": webhook_secret(bot_token),
+                       "allowed_updates": ALLOWED_UPDATES,
                        "drop_pending_updates": False}).encode()
 
 
@@ -55,15 +56,18 @@ class WebhookState:
     def parse(cls, text: str) -> "WebhookState":
         result = json.loads(text).get("result") or {}
         return cls(url=result.get("url", ""), pending=int(result.get("pending_update_count", 0)),
-                   last_error=result.get("last_error_message", ""), last_error_at=int(result.get("last_error_date", 0)))
+                   last_error=result.get("last_error_message", ""),
+                   last_error_at=int(result.get("last_error_date", 0)))
 
     def problems(self, expected_url: str, now: float) -> list[str]:
         """What is wrong with it for a host that should receive updates at `expected_url`."""
         found = []
         if self.url != expected_url:
-            found.append(f"the bot's webhook points at {self.url or 'nothing'} instead of {expected_url}")
+            found.append(f"the bot's webhook points at {self.url or 'nothing'} instead of "
+                         f"{expected_url}")
         if self.last_error and now - self.last_error_at < RECENT_ERROR_SECONDS:
-            found.append(f"Telegram's last delivery failed {int(now - self.last_error_at)} s ago: {self.last_error}")
+            found.append(f"Telegram's last delivery failed {int(now - self.last_error_at)} s ago: "
+                         f"{self.last_error}")
         return found
 
     def line(self) -> str:

@@ -24,7 +24,8 @@ CIPHERS = ":".join([
 
 def certbot_base(ctx: HostContext) -> list[str]:
     le = ctx.letsencrypt_dir
-    return ["certbot", "--config-dir", le, "--work-dir", f"{le}/work", "--logs-dir", f"{le}/logs", "--non-interactive"]
+    return ["certbot", "--config-dir", le, "--work-dir", f"{le}/work", "--logs-dir", f"{le}/logs",
+            "--non-interactive"]
 
 
 def certbot_present() -> list[str]:
@@ -36,9 +37,11 @@ def make_dirs(ctx: HostContext) -> list[str]:
     return ["mkdir", "-p", *ctx.mounted_dirs, f"{le}/work", f"{le}/logs"]
 
 
-def issue(ctx: HostContext, domains: list[str], email: str, server: str | None = None, staging: bool = False,
+def issue(ctx: HostContext, domains: list[str], email: str, server: str | None = None,
+          staging: bool = False,
           force: bool = False) -> list[str]:
-    argv = [*certbot_base(ctx), "certonly", "--webroot", "-w", ctx.acme_webroot, "--cert-name", domains[0],
+    argv = [*certbot_base(ctx), "certonly", "--webroot", "-w", ctx.acme_webroot, "--cert-name",
+            domains[0],
             "--agree-tos", "--email", email, "--keep-until-expiring", "--expand"]
     for domain in domains:
         argv += ["-d", domain]
@@ -60,15 +63,18 @@ def renew(ctx: HostContext, force: bool = False, now: bool = False) -> list[str]
 
 
 def with_ca_bundle(command: str, ca_bundle: str | None) -> str:
-    """certbot trusts a private ACME server (Pebble) through REQUESTS_CA_BUNDLE (a path, no secret)."""
+    """certbot trusts a private ACME server (Pebble) through REQUESTS_CA_BUNDLE (a path, no
+    secret)."""
     return f"REQUESTS_CA_BUNDLE={q(ca_bundle)} {command}" if ca_bundle else command
 
 
 def nginx_test_running(ctx: HostContext, release_id: str) -> str:
-    """On a swarm (no Compose to start a throwaway nginx): `nginx -t` of the release's config inside the
-    running nginx task on this node, which mounts the same conf.d and certificates; it reloads nothing."""
-    return (f"c=$({ctx.container('nginx')}); [ -n \"$c\" ] || {{ echo 'no nginx task on this node: run on the entry node' >&2; "
-            f"exit 1; }}; docker exec \"$c\" nginx -t -q -c {q(f'/srv/app/releases/{release_id}/nginx/nginx.conf')}")
+    """On a swarm (no Compose to start a throwaway nginx): `nginx -t` of the release's config inside
+    the running nginx task on this node, which mounts the same conf.d and certificates; it reloads
+    nothing."""
+    return (f"c=$({ctx.container('nginx')}); [ -n \"$c\" ] || {{ echo 'no nginx task on this node: "
+            "run on the entry node' >&2; exit 1; }; docker exec \"$c\" nginx -t -q -c "
+            f"{q(f'/srv/app/releases/{release_id}/nginx/nginx.conf')}")
 
 
 def nginx_reload(ctx: HostContext) -> str:
@@ -137,11 +143,11 @@ def tls_config_path(ctx: HostContext) -> str:
 
 
 def install_tls_config(ctx: HostContext) -> str:
-    """Move the uploaded config into place, keeping the previous one to restore on a failed check."""
+    """Move the uploaded config into place, keeping the previous one to restore on a failed
+    check."""
     live = q(tls_config_path(ctx))
     return (f"mkdir -p {q(ctx.conf_d)} && "
-            f"if [ -f {live} ]; then cp -p {live} {live}.previous; fi && "
-            f"mv -f {live}.new {live}")
+            f"if [ -f {live} ]; then cp -p {live} {live}.previous; fi && mv -f {live}.new {live}")
 
 
 def restore_tls_config(ctx: HostContext) -> str:
@@ -155,30 +161,36 @@ def status(ctx: HostContext) -> str:
             f"printf 'cert=%s|%s|%s|%s\\n' \"$d\" "
             f"\"$(openssl x509 -noout -enddate -in {live}/$d/cert.pem | cut -d= -f2)\" "
             f"\"$(openssl x509 -noout -issuer -in {live}/$d/cert.pem | sed 's/^issuer=//')\" "
-            f"\"$(openssl x509 -noout -ext subjectAltName -in {live}/$d/cert.pem 2>/dev/null | tail -n +2 | tr -d ' ')\"; done")
+            f"\"$(openssl x509 -noout -ext subjectAltName -in {live}/$d/cert.pem 2>/dev/null | "
+            "tail -n +2 | tr -d ' ')\"; done")
 
 
 def explain_failure(output: str, domains: list[str]) -> str:
     """certbot's failure in one sentence with the likely fix."""
     text = output.lower()
-    if any(sign in text for sign in ("dns problem", "nxdomain", "no valid ip addresses", "no such host", "could not resolve")):
-        return (f"DNS for {', '.join(domains)} does not point at this server (the ACME server could not resolve it). "
+    if any(sign in text for sign in ("dns problem", "nxdomain", "no valid ip addresses",
+                                     "no such host", "could not resolve")):
+        return (f"DNS for {', '.join(domains)} does not point at this server (the ACME server "
+                "could not resolve it). "
                 f"Create an A/AAAA record pointing here, wait for it to propagate, and try again.")
     if "connection refused" in text or "timeout" in text or "connection reset" in text:
-        return ("the ACME server could not reach this server on port 80. Open port 80 in the firewall and make sure "
+        return ("the ACME server could not reach this server on port 80. Open port 80 in the "
+                "firewall and make sure "
                 "nginx answers on it (it must serve /.well-known/acme-challenge/).")
     if "ratelimit" in text.replace(" ", "") or "too many" in text:
-        return "the ACME server's rate limit was hit. Wait (Let's Encrypt: up to a week), or test with --staging."
+        return ("the ACME server's rate limit was hit. Wait (Let's Encrypt: up to a week), or test "
+                "with --staging.")
     if "unauthorized" in text or "404" in text:
-        return ("the ACME server fetched the challenge but got the wrong answer: check that this domain's port 80 "
-                "reaches this server's nginx.")
+        return ("the ACME server fetched the challenge but got the wrong answer: check that this "
+                "domain's port 80 reaches this server's nginx.")
     last = [line for line in output.strip().splitlines() if line.strip()][-3:]
     return "certbot failed: " + " ".join(last)
 
 
 def reported_problems(output: str) -> list[str]:
     """The CA's own words about each failed domain, from certbot's output."""
-    return [line.strip() for line in output.splitlines() if line.strip().startswith(("Domain:", "Type:", "Detail:"))]
+    return [line.strip() for line in output.splitlines()
+            if line.strip().startswith(("Domain:", "Type:", "Detail:"))]
 
 
 def parse_status(output: str, now: datetime | None = None) -> list[dict]:
@@ -188,7 +200,8 @@ def parse_status(output: str, now: datetime | None = None) -> list[dict]:
         if not line.startswith("cert="):
             continue
         name, enddate, issuer, sans = (line[5:].split("|") + ["", "", ""])[:4]
-        expires = datetime.strptime(re.sub(r"\s+", " ", enddate.strip()), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
+        expires = datetime.strptime(re.sub(r"\s+", " ", enddate.strip()),
+                                    "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
         days = (expires - now).days
         certs.append({"name": name, "expires": expires, "days_left": days, "issuer": issuer.strip(),
                       "domains": [s.split(":", 1)[1] for s in sans.split(",") if ":" in s]})
@@ -198,6 +211,8 @@ def parse_status(output: str, now: datetime | None = None) -> list[dict]:
 def cron_line(ctx_abs: HostContext, at: str, ca_bundle: str | None) -> str:
     hour, minute = at.split(":")
     # `{ reload; }`: the job's exit status is certbot's when it fails (the reload ends with a sleep)
-    command = with_ca_bundle(sh(renew(ctx_abs)), ca_bundle) + " && { " + nginx_reload(ctx_abs) + "; }"
-    job = notify.on_failure(ctx_abs, "certificate renewal", f"( {command} )", f"{ctx_abs.letsencrypt_dir}/renew.log")
+    command = with_ca_bundle(sh(renew(ctx_abs)),
+                             ca_bundle) + " && { " + nginx_reload(ctx_abs) + "; }"
+    job = notify.on_failure(ctx_abs, "certificate renewal", f"( {command} )",
+                            f"{ctx_abs.letsencrypt_dir}/renew.log")
     return f"{int(minute)} {int(hour)} * * * {job} {cron_marker('ssl', ctx_abs.project)}"

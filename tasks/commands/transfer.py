@@ -21,7 +21,8 @@ def rsync(
     # --whole-file: a changed file is sent whole, never as a delta against the previous release's
     # copy: across rsync versions (seen: 3.5.0 here, 3.2.7 on a fresh Debian 12) the delta path
     # fails verification. Unchanged files are hard links (--link-dest) and sent files are small.
-    argv = ["rsync", "-a", "--compress", "--checksum", "--whole-file", "--itemize-changes", "-e", sh(ssh_command)]
+    argv = ["rsync", "-a", "--compress", "--checksum", "--whole-file", "--itemize-changes", "-e",
+            sh(ssh_command)]
     if relative:
         argv.append("--relative")
     if delete:
@@ -36,9 +37,11 @@ def rsync(
     return argv
 
 
-def ssh_command(*, port: int | None, key_files: list[str], known_hosts: str | None, config_file: str | None = None) -> list[str]:
+def ssh_command(*, port: int | None, key_files: list[str], known_hosts: str | None,
+                config_file: str | None = None) -> list[str]:
     """The ssh argv rsync should use so it trusts and authenticates exactly like Fabric."""
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ForwardAgent=no",
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+            "ForwardAgent=no",
             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
     if config_file:
         argv += ["-F", config_file]
@@ -55,6 +58,7 @@ def parse_itemized(output: str) -> tuple[list[str], int]:
     """What rsync `--itemize-changes --stats` reports: the files whose content is sent (a
     `--dry-run` sends none; hard-linked files via `--link-dest` are not listed), and the total
     size of those files in bytes."""
-    files = [line[12:] for line in output.splitlines() if len(line) > 12 and line[0] in "<>" and line[1] == "f" and line[11] == " "]
+    files = [line[12:] for line in output.splitlines() if len(line) > 12 and line[0] in "<>"
+             and line[1] == "f" and line[11] == " "]
     match = re.search(r"^Total transferred file size: ([\d,.]+)", output, re.M)
     return files, int(re.sub(r"[,.]", "", match.group(1))) if match else 0

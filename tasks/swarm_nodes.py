@@ -1,0 +1,156 @@
+"""The swarm's nodes, mixed into `SwarmHost` (tasks/swarm.py): each node opened over SSH by the
+alias it joined with, the data node (where Postgres runs), and a release's images on every node
+that lacks them (pushed to REGISTRY, or `docker save | docker load` over SSH)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fabric import Connection
+from invoke import Exit
+
+from . import localhost
+from .commands import cluster as commands
+from .commands import images as image_commands
+from .commands import pitr as pitr_commands
+from .commands import release as release_commands
+from .shipping import ship_images_to
+from .host import Host
+from .settings import PROJECT_ROOT
+from .steps import StepFailed
+
+if TYPE_CHECKING:
+    from .host import Release
+
+
+class SwarmNodes:
+    """Mixed into `SwarmHost`, whose connection, settings, context and manager state it uses."""
+
+    def node_hosts(self, nodes: list[dict], step: str) -> list[tuple[dict, Host]]:
+        """Every node that is up, opened over SSH by the alias it joined with (this connection for
+        the manager)."""
+        out: list[tuple[dict, Host]] = []
+        for node in nodes:
+            alias = node["alias"]
+            if alias == self.name:
+                out.append((node, self))
+                continue
+            if not alias:
+                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} "
+                                       "label, so it cannot be "
+                                       f"reached over SSH: join it with cluster.init")
+            if node["state"] != "ready" or node["availability"] == "drain":
+                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images "
+                      "when it is back: deploy again)")
+                continue
+            try:
+                out.append((node, Host.open(Connection(alias, config=self.conn.config),
+                                            self.settings)))
+            except Exit as refused:
+                raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
+        return out
+
+    def data_host(self, nodes: list[dict] | None = None) -> Host:
+        """Where Postgres runs: this manager when its task is here, else the node labelled
+        tasktracker.data (over SSH, by its alias); StepFailed when neither can be reached."""
+        if self.probe_run(self.ctx.container("postgres")).stdout.strip():
+            return self
+        nodes = nodes if nodes is not None else self.state()["nodes"]
+        data = [host for node, host in self.node_hosts(nodes, "data node")
+                if node["labels"].get(commands.LABEL_DATA) == "true"]
+        if not data:
+            raise StepFailed("data node", f"Postgres does not run on {self.name} and no reachable "
+                                          "node has the label "
+                                          f"{commands.LABEL_DATA}=true (`cluster.status` shows the "
+                                          "nodes)")
+        return data[0]
+
+    def ship_to_nodes(self, nodes: list[dict], images: list[str], built: list[tuple[str, Path]],
+                      step: str = "images on every node") -> None:
+        """Every node that lacks an image gets it over SSH (no registry): `docker save | docker
+        load`; `built` (image, build directory) are built here first when this machine lacks
+        them."""
+        for image, context in built:
+            if not localhost.ok(["docker", "image", "inspect", image]):
+                print(f"   building {image} here", flush=True)
+                result = localhost.run(image_commands.local_build(image, context), check=False)
+                if result.returncode:
+                    raise StepFailed(f"build {context.name} image here",
+                                     result.stderr.strip()[-800:])
+            if self.pulled(image):
+                started = time.monotonic()
+                result = localhost.run(image_commands.push(image), check=False)
+                if result.returncode:
+                    raise StepFailed(step, f"docker push {image} failed: "
+                                           f"{result.stderr.strip()[-500:]} (is this machine "
+                                           f"logged in to {self.settings.registry}, and does "
+                                           f"Docker trust it?); nothing on the swarm was changed")
+                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)",
+                      flush=True)
+        images = [i for i in images if not self.pulled(i)]
+        lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
+        for _node, host in self.node_hosts(nodes, step):
+            missing = [i for i in images if i not in host.images_present(images)]
+            if not missing:
+                print(f"   {host.name}: has all {len(images)} images")
+                continue
+            absent = [i for i in missing if not localhost.ok(["docker", "image", "inspect", i])]
+            if absent:
+                raise StepFailed(step, f"{host.name} lacks {', '.join(absent)} and this machine "
+                                       "does not have "
+                                       f"{'it' if len(absent) == 1 else 'them'} to send: deploy "
+                                       "again from a checkout of "
+                                       "that release (its images are built here), or pick another "
+                                       "release")
+            lacking.setdefault(tuple(missing), []).append(host)
+        for missing, hosts in lacking.items():
+            ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
+
+    def pulled(self, image: str) -> bool:
+        """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""
+        return bool(self.settings.registry) and image.startswith(self.settings.registry + "/")
+
+    def ensure_image(self, release: Release, step: str = "images on every node") -> None:
+        """The release's images (backend, Postgres) on every node that is up."""
+        stack_file = commands.stack_file(self.ctx, release.id)
+        if not self.probe_run(f"test -f {commands.q(stack_file)}").ok:
+            raise StepFailed(step, f"release {release.id} has no stack file "
+                                   f"({commands.stack_file(self.ctx, release.id)}): it "
+                                   "was not deployed to this swarm (a Compose release from before "
+                                   "`cluster.init`?). Pick "
+                                   f"a swarm release (`fab -H {self.name} releases`); nothing was "
+                                   "changed")
+        images = [release.image, *([release.postgres_image] if release.postgres_image else [])]
+        self.ship_to_nodes(self.state()["nodes"], images, [], step)
+
+    def ensure_archive(self, nodes: list[dict] | None = None) -> None:
+        """pgBackRest's stanza (and first full backup) on the data node, where Postgres runs."""
+        host = self.data_host(nodes)
+        out = host.run(pitr_commands.ensure_stanza(host.ctx, host.ctx.container("postgres")),
+                       "WAL archive", hide=True).stdout
+        state = release_commands.parse_facts("\n".join(line[len("@@fact "):]
+                                                       for line in out.splitlines()
+                                                       if line.startswith("@@fact ")))
+        print(f"   {host.name}: WAL archive {state.get('pitr', 'unknown')}")
+
+    def dry_run_images(self, release: Release) -> list[tuple[str, list[str]]]:
+        """Prints what the images step would do; (node, images it would get) for each node."""
+        built = image_commands.built_images(PROJECT_ROOT, release.image, release.postgres_image)
+        images = [*image_commands.stack_images(PROJECT_ROOT), *(i for i, _ in built)]
+        for image, _ in built:
+            if not localhost.ok(["docker", "image", "inspect", image]):
+                print(f"   here: {image} would be built first")
+            if self.pulled(image):
+                print(f"   here: {image} would be pushed to {self.settings.registry} (the nodes "
+                      "pull it)")
+        images = [i for i in images if not self.pulled(i)]
+        shipping: list[tuple[str, list[str]]] = []
+        for _node, host in self.node_hosts(self.state()["nodes"], self.images_step):
+            missing = [i for i in images if i not in host.images_present(images)]
+            print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing
+                                        else f"has all {len(images)} images"))
+            if missing:
+                shipping.append((host.name, missing))
+        return shipping
