@@ -6,7 +6,9 @@ single host runs, plus swarm.yml (the one swarm-only stack definition). Nothing 
 `docker stack deploy` reads Compose file format 3, not the Compose spec: it rejects `depends_on`
 conditions and `profiles`, ignores `build`, `restart`, `container_name` and `security_opt`, does not
 read `.env` for `${VAR}`, and its env_file reader knows no quoting. So `render_stack` drops those
-keys (and the services a profile keeps out of production), interpolates `${VAR}` here from the
+keys (and the services a profile keeps out of production), adds each service's pids limit
+(`PIDS_LIMITS`) as format 3.9's `deploy.resources.limits.pids` (`cap_drop`/`cap_add`, `read_only`
+and tmpfs mounts it applies as Compose does: docs/security.md), interpolates `${VAR}` here from the
 release's settings (a `$` in a value becomes `$$`, which the CLI turns back into `$`), and replaces
 `env_file: .env` by the same values under `environment:`. The result holds secrets: it lives in the
 release's 0600 settings directory, never in the release directory nginx can see.
@@ -22,12 +24,15 @@ from collections.abc import Mapping
 import yaml
 
 from . import q, sh
+from .compose import PIDS_LIMITS
 from .context import HostContext
 
 LABEL_DATA = "tasktracker.data"  # Postgres and NATS (and their volumes) live on the node with this label
 LABEL_ENTRY = "tasktracker.entry"  # nginx (the release files, TLS, the published ports) on this one
 LABEL_ALIAS = "tasktracker.alias"  # the SSH alias the node was joined with: how tasks reach it again
-STACK_FORMAT = "3.8"  # Compose file format 3.8: every key the stack uses, Docker Engine 19.03+
+# Compose file format 3.9: every key the stack uses; its `deploy.resources.limits.pids` (the
+# services' `pids_limit`, which format 3 does not know) needs Docker Engine 20.10 (API 1.41).
+STACK_FORMAT = "3.9"
 DROPPED_KEYS = ("build", "restart", "container_name", "security_opt", "depends_on", "profiles")
 SWARM_PORT = 2377
 SETTLED_UPDATE_STATES = ("", "completed")
@@ -380,6 +385,10 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
         if name in profiled:
             continue
         service = {k: v for k, v in service.items() if k not in DROPPED_KEYS}
+        if name in PIDS_LIMITS:
+            deploy = service["deploy"] = dict(service.get("deploy") or {})
+            resources = deploy["resources"] = dict(deploy.get("resources") or {})
+            resources["limits"] = {**(resources.get("limits") or {}), "pids": PIDS_LIMITS[name]}
         if "ports" in service:
             ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"]) if p]
             service["ports"] = ports
