@@ -142,6 +142,28 @@ def test_nginx_sees_no_settings_backups_or_account_keys(sandbox, deployed):
     assert leaked.returncode != 0 and "POSTGRES_PASSWORD" not in leaked.stdout
 
 
+def test_every_service_runs_with_least_privilege(sandbox, deployed):
+    """What compose.yml and release.yml ask for is what Docker applied: no capability but the ones a
+    service adds back, a read-only root, a pids limit; the API and worker as uid 10001."""
+    from tasks.commands.compose import PIDS_LIMITS
+    from tests.test_static import CAPABILITIES
+
+    def run(*argv, check=True):
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+    for service, caps in CAPABILITIES.items():
+        ids = container_ids(sandbox, service)[service]
+        assert ids, service
+        host = json.loads(run("docker", "inspect", "-f", "{{json .HostConfig}}", ids[0]).stdout)
+        assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"] or []) == caps, service
+        assert host["ReadonlyRootfs"] is True and host["PidsLimit"] == PIDS_LIMITS[service], service
+        wrote = run("docker", "exec", ids[0], "sh", "-c", "touch /probe", check=False)
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, (service, wrote)
+    for service in ("api", "worker"):
+        uid = run("docker", "exec", container_ids(sandbox, service)[service][0], "id", "-u").stdout.strip()
+        assert uid == "10001", service
+
+
 def test_secrets_never_appear_in_deploy_output(sandbox, deployed):
     env = dict(line.split("=", 1) for line in (sandbox.dir / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
     for key in ("POSTGRES_PASSWORD", "TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY"):
