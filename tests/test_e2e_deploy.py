@@ -160,7 +160,8 @@ def test_every_service_runs_with_least_privilege(sandbox, deployed):
         wrote = run("docker", "exec", ids[0], "sh", "-c", "touch /probe", check=False)
         assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, (service, wrote)
     for service in ("api", "worker"):
-        uid = run("docker", "exec", container_ids(sandbox, service)[service][0], "id", "-u").stdout.strip()
+        container = container_ids(sandbox, service)[service][0]
+        uid = run("docker", "exec", container, "id", "-u").stdout.strip()
         assert uid == "10001", service
 
 
