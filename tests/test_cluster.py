@@ -224,6 +224,9 @@ def test_the_stack_keeps_every_services_least_privilege(rendered):
         assert service["deploy"]["resources"]["limits"]["pids"] > 0, name
         assert "/tmp" in [cluster._mount_target(v) for v in service["volumes"]], name
     assert services["postgres"]["deploy"]["resources"]["limits"]["pids"] == 512
+    assert "tmpfs" not in services["postgres"]  # a stack ignores the key: tmpfs volumes instead
+    socket = {"type": "tmpfs", "target": "/var/run/postgresql", "tmpfs": {"size": 1048576}}
+    assert socket in services["postgres"]["volumes"]
     assert services["nginx"]["cap_add"] == ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"]
     assert not [name for name in ("api", "worker", "nats") if "cap_add" in services[name]]
 

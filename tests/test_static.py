@@ -152,14 +152,18 @@ def test_production_services_run_with_least_privilege(project, tool, tmp_path):
         assert service["read_only"] is True, name
         tmpfs = [v for v in service["volumes"]
                  if isinstance(v, dict) and v["type"] == "tmpfs" and v["target"] == "/tmp"]
-        assert tmpfs and tmpfs[0]["tmpfs"]["size"], name
+        by_key = "/tmp:size=67108864" in service.get("tmpfs", [])  # postgres's, below
+        assert tmpfs and tmpfs[0]["tmpfs"]["size"] or by_key, name
         limits = service["deploy"]["resources"]["limits"]
         pids = service["pids_limit"] if tool == "v1" else limits["pids"]
         assert int(pids) == PIDS_LIMITS[name], name
     assert config["services"]["api"]["image"] == "tt-backend:abc"
     postgres = {v["target"] if isinstance(v, dict) else v.split(":")[1]
                 for v in config["services"]["postgres"]["volumes"]}
-    assert {"/var/lib/postgresql/data", "/var/lib/pgbackrest", "/var/run/postgresql"} <= postgres
+    assert {"/var/lib/postgresql/data", "/var/lib/pgbackrest"} <= postgres
+    # tmpfs mounts by the `tmpfs:` key: a one-off `docker run --volumes-from` it (a restore) works
+    tmpfs = ["/var/run/postgresql:size=1048576", "/tmp:size=67108864"]
+    assert config["services"]["postgres"]["tmpfs"] == tmpfs
     user = re.findall(r"^USER (\S+)$", (ROOT / "backend" / "Dockerfile").read_text(), re.M)
     assert user and user[-1] not in ("root", "0"), user
 

@@ -385,6 +385,9 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
         if name in profiled:
             continue
         service = {k: v for k, v in service.items() if k not in DROPPED_KEYS}
+        if "tmpfs" in service:  # the stack ignores the key: tmpfs volumes instead
+            tmpfs = [_tmpfs_volume(entry) for entry in service.pop("tmpfs")]
+            service["volumes"] = [*service.get("volumes", []), *tmpfs]
         if name in PIDS_LIMITS:
             deploy = service["deploy"] = dict(service.get("deploy") or {})
             resources = deploy["resources"] = dict(deploy.get("resources") or {})
@@ -398,6 +401,15 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
             service["deploy"] = {**service.get("deploy", {}), "endpoint_mode": "dnsrr"}
         services[name] = service
     return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"}, "services": services}
+
+
+def _tmpfs_volume(entry: str) -> dict:
+    """A `tmpfs:` entry (`/path` or `/path:size=BYTES`) as the long-syntax tmpfs volume a stack
+    applies."""
+    target, _, options = str(entry).partition(":")
+    sizes = [o.removeprefix("size=") for o in options.split(",") if o.startswith("size=")]
+    size = {"tmpfs": {"size": int(sizes[0])}} if sizes else {}
+    return {"type": "tmpfs", "target": target, **size}
 
 
 class _StackDumper(yaml.SafeDumper):
