@@ -114,10 +114,12 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
 
     for service in ("postgres", "nats", "nginx"):
         task = f"$(docker ps -q --filter label=com.docker.swarm.service.name=tasktracker_{service})"
-        config = json.loads(hosts.exec(MANAGER, f"docker inspect -f '{{{{json .HostConfig}}}}' {task}").stdout)
+        inspect = f"docker inspect -f '{{{{json .HostConfig}}}}' {task}"
+        config = json.loads(hosts.exec(MANAGER, inspect).stdout)
         added = sorted(cap.removeprefix("CAP_") for cap in config["CapAdd"] or [])
-        assert config["CapDrop"] == ["ALL"] and added == CAPABILITIES[service], (service, config["CapAdd"])
-        assert config["ReadonlyRootfs"] is True and config["PidsLimit"] == PIDS_LIMITS[service], service
+        assert config["CapDrop"] == ["ALL"] and added == CAPABILITIES[service], (service, added)
+        assert config["ReadonlyRootfs"] is True, service
+        assert config["PidsLimit"] == PIDS_LIMITS[service], service
 
 
 def release_of(hosts) -> str:
