@@ -11,8 +11,7 @@ from datetime import datetime, timezone
 from invoke import Collection, Context, Exit, task
 
 from . import botapi, pipeline, remote
-from .build import FRONTEND, build_frontend, git_commit
-from .commands import backup as backup_commands
+from .build import FRONTEND, build_frontend, git_head
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .engines import open_host
@@ -82,11 +81,15 @@ def print_remote_commands(what: str, rsync: str) -> None:
     "compose": "Which Docker Compose to use on the host: auto (v2 when present, else v1), v1 or v2.",
     "wait": WAIT_HELP,
     "env": ENV_HELP,
+    "any_checkout": "Deploy this checkout even when it is not the commit the set's release was deployed from "
+                    "(by default `recover` refuses, naming the `git checkout` to run).",
 })
-def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto", wait=False, env=None):
+def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto", wait=False, env=None,
+            any_checkout=False):
     """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
-    the newest set's certificates, this checkout's release, then the set's database and JetStream
-    data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md, "The bad day")."""
+    the newest set's certificates, the commit its release ran, then the set's database and JetStream
+    data; the same health checks as a deploy. Until then the host answers 503 "recovering". Then point
+    DNS at the new host (docs/operations.md, "The bad day")."""
     if not from_offsite:
         raise Exit("Say where to recover from: `fab -H NEWHOST recover --from-offsite` (the off-site repository in "
                    "OFFSITE_REPOSITORY). Nothing was changed.", code=ExitCode.USAGE)
@@ -119,6 +122,10 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
                        f"changed.", code=ExitCode.REFUSED)
         if resuming:
             print(f"Resuming the recovery of {resuming} that did not finish on {host.name}.")
+        described = describe_recovery(host, name or resuming or None)
+        refusal = checkout_refusal(described, host.name, any_checkout)
+        if refusal:
+            raise Exit(f"{refusal} Nothing was changed on {host.name}.", code=ExitCode.REFUSED)
         host.preflight_checks(env)
         if skip_build:
             steps.skip("build frontend", "--skip-build")
@@ -126,14 +133,61 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
             with steps.step("build frontend"):
                 build_frontend(Context(config=c.config), FRONTEND)
         with host.locked("recover", wait=wait), host.audited("recover") as outcome:
-            live, set_name, wal_note = recover_onto(host, env_file, name or resuming or None,
-                                                    wal_offsite, target, outcome)
+            live, set_name, wal_note = recover_onto(host, env_file, described, wal_offsite, target, outcome,
+                                                    any_checkout=any_checkout)
     except StepFailed as failure:
-        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. Fix the cause and run "
+        steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': {failure.detail}. The host stays in "
+                   f"maintenance (every client gets 503 \"recovering\") until a recover finishes. Fix the cause and run "
                    f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host keeps the fetched set).")
     steps.print_table()
     print(f"{host.name} serves release {live} with the data of off-site set {set_name}" + (f" and {wal_note}" if wal_note else "")
-          + f". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+          + f". Retention keeps {kept_sets(described, set_name)} until `fab -H {host.name} backup.offsite.unkeep`. "
+          f"Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H {host.name} backup.schedule`.")
+
+
+def describe_recovery(host: Host, name: str | None) -> dict[str, str]:
+    """Read-only: the set `recover` will bring back (the newest, or `name`) and the release and
+    commit it was made under, printed first (set, newest, release, commit)."""
+    pubkey = host.install_offsite()
+    result = host.offsite("describe", name or "latest")
+    described = offsite_commands.parse_described(result.stdout)
+    if not result.ok or not described:
+        hint = (f" If the repository is on SFTP, authorize this host's key there first (`fab -H {host.name} "
+                f"backup.offsite.init` shows it): {pubkey}" if pubkey else "")
+        raise Exit(f"Could not read the off-site set to recover on {host.name}: "
+                   f"{host.redact(result.stderr.strip()[-400:]) or 'no output'}.{hint} Nothing was changed.",
+                   code=ExitCode.FAILED)
+    head, dirty = git_head()
+    print(f"recover deploys commit {described['commit'] or 'UNKNOWN'}: the release {described['release'] or 'UNKNOWN'} "
+          f"of off-site set {described['set']} ran it; this checkout is {head[:12] or 'not a git checkout'}"
+          + (" with uncommitted changes" if dirty else "") + ".", flush=True)
+    return described
+
+
+def checkout_refusal(described: dict[str, str], host_name: str, any_checkout: bool) -> str:
+    """Why `recover` refuses this checkout for the set (a paragraph naming the `git checkout` to
+    run), or '' when it is the set's commit, or `any_checkout` says deploy it anyway."""
+    head, dirty = git_head()
+    commit = described["commit"]
+    problem = offsite_commands.checkout_problem(commit, head, dirty)
+    if not problem:
+        return ""
+    if any_checkout:
+        print(f"   WARNING: {problem}; deploying this checkout anyway (--any-checkout).", flush=True)
+        return ""
+    sha = commit.removesuffix("-dirty")
+    fix = (f"Check out that commit, `git checkout {sha}`, and run this again" if re.fullmatch(r"[0-9a-f]{4,40}", sha)
+           else "Check out the commit the lost host ran and run this again")
+    return (f"recover refuses to deploy this checkout onto {host_name}: off-site set {described['set']} was made under "
+            f"release {described['release'] or '(unknown)'}, deployed from commit {commit or '(unknown)'}, but {problem}. "
+            f"The set's data belongs to that code (its schema, its migrations). {fix}, or pass --any-checkout to deploy "
+            f"this checkout anyway.")
+
+
+def kept_sets(described: dict[str, str], set_name: str) -> str:
+    """The sets a recovery keeps from retention, in words."""
+    newest = described.get("newest", "")
+    return f"set {set_name}" if newest in ("", set_name) else f"sets {set_name} and {newest}"
 
 
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
@@ -153,15 +207,30 @@ def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]
     return wal_offsite, target.strftime(pitr_commands.TIME_FORMAT)
 
 
-def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, target: str,
-                 outcome: dict) -> tuple[str, str, str]:
-    """Inside the lock: the set fetched (the host is then a recovery in progress, which `recover`
-    resumes), its certificates, this checkout deployed, the set's data restored into a fresh
-    database and migrated, the off-site WAL replayed, the health checks. (live release, set, note)"""
+def recover_onto(host: Host, env_file, described: dict[str, str], wal_offsite: bool, target: str,
+                 outcome: dict, *, any_checkout: bool = False) -> tuple[str, str, str]:
+    """Inside the lock: the entry in maintenance first (APP_DIR/.recovering: nginx answers 503
+    "recovering" while it exists; the probes go from inside nginx), the set fetched (the host is
+    then a recovery in progress, which `recover` resumes) and kept from retention with the newest
+    set, its certificates, this checkout deployed, the set's data restored into a fresh database
+    and migrated, the off-site WAL replayed, the health checks; then the maintenance ends, all at
+    once. A failure leaves it on. (live release, set, note)"""
     steps, marker = host.steps, offsite_commands.recovering_marker(host.ctx)
+    host.recovering = True
+    with steps.step("maintenance on (503 \"recovering\")"):
+        host.run(offsite_commands.mark_recovering(host.ctx, described["set"]), "maintenance on")
     with steps.step("fetch the off-site set"):
-        set_name = fetch_offsite_set(host, name)
+        set_name = fetch_offsite_set(host, described["set"] if described["set"] != described["newest"] else None)
         host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
+        if set_name != described["set"]:  # the newest came back damaged: an older set, maybe other code
+            described = dict(describe_recovery(host, set_name), newest=described["newest"])
+            refusal = checkout_refusal(described, host.name, any_checkout)
+            if refusal:
+                raise StepFailed("fetch the off-site set", f"{refusal} (set {described['set']} is fetched and kept)")
+    with steps.step("keep the sets from retention"):
+        kept = host.offsite("keep", *dict.fromkeys([set_name, described["newest"]]))
+        if not kept.ok:
+            raise StepFailed("keep the sets from retention", host.redact(kept.stderr.strip()[-400:]) or "no output")
     outcome["detail"] = f"from off-site set {set_name}"
     with steps.step("certificates and TLS settings"):
         unpacked = host.run(offsite_commands.unpack_certificates(host.ctx, set_name), "certificates")
@@ -181,7 +250,9 @@ def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, targ
         outcome["detail"] += f"; {wal_note}"
     with steps.step("health checks"):
         host.probe(host.release(live))
-    host.run(f"rm -f {marker}", "health checks")
+    with steps.step("maintenance off: serving"):
+        host.run(f"rm -f {marker}", "maintenance off")
+    host.recovering = False
     return live, set_name, wal_note
 
 
@@ -193,10 +264,7 @@ def fetch_offsite_set(host: Host, name: str | None) -> str:
     if not result.ok or not set_name:
         hint = (f" If the repository is on SFTP, authorize this host's key there first: {pubkey}" if pubkey else "")
         raise StepFailed("fetch the off-site set", host.redact(result.stderr.strip()[-400:]) + hint)
-    made = backup_commands.parse_sets(host.probe_run(backup_commands.list_sets(host.ctx)).stdout)[0]
-    release = next((s.get("release", "") for s in made if s["name"] == set_name), "")
-    print(f"   off-site set {set_name}" + (f" (made under release {release}; deploying this checkout, {git_commit()[:12]})"
-                                           if release else ""))
+    print(f"   off-site set {set_name}")
     return set_name
 
 

@@ -1,5 +1,5 @@
-"""Off-site copies (restic): `backup.offsite.init`, `.status`, `.list`, `.check`, `.push`, and
-`backup.drill`. The host does the work (APP_DIR/bin/tasktracker-offsite, commands/offsite.py); the
+"""Off-site copies (restic): `backup.offsite.init`, `.status`, `.list`, `.check`, `.push`, `.unkeep`,
+and `backup.drill`. The host does the work (APP_DIR/bin/tasktracker-offsite, commands/offsite.py); the
 nightly backup job pushes each full set by itself."""
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def list_(c):
     if not rows:
         print(f"The off-site repository has no set of {host.ctx.project} yet (`fab -H {host.name} backup` pushes one).")
     for row in rows:
-        print(f"  {row['set']:32} snapshot {row['id']}  copied {row['time'][:19].replace('T', ' ')}")
+        print(f"  {row['set']:32} snapshot {row['id']}  copied {row['time'][:19].replace('T', ' ')}"
+              + ("  KEPT (retention leaves it until backup.offsite.unkeep)" if row.get("kept") else ""))
 
 
 @task
@@ -177,6 +178,29 @@ def push(c, name=None, wait=False):
     print(f"{set_name} is copied off-site.")
 
 
+@task(help={"name": "The kept set to hand back to retention (default: every kept set; see `backup.offsite.list`).",
+            "wait": WAIT_HELP})
+def unkeep(c, name=None, wait=False):
+    """Hand the sets `recover` kept (the one it came from, the newest before the disaster) back to
+    retention, off-site and on the host: the next backup's retention may then remove them."""
+    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
+        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see `backup.offsite.list`). "
+                   f"Nothing was changed.", code=ExitCode.USAGE)
+    host, _ = configured_host(c)
+    kept = [row["set"] for row in offsite_sets(host) if row.get("kept")]
+    if name is not None and name not in kept:
+        raise Exit(f"{name} is not a kept set (kept: {', '.join(kept) or 'none'}). Nothing was changed.",
+                   code=ExitCode.USAGE)
+    with host.locked("offsite-unkeep", wait=wait), host.audited("offsite-unkeep") as outcome:
+        outcome["detail"] = name or "all"
+        result = host.offsite("unkeep", name or "all")
+        if not result.ok:
+            raise Exit(f"The kept sets could not be handed back to retention: {host.redact(result.stderr.strip()[-400:])}. "
+                       f"They stay kept.", code=ExitCode.FAILED)
+    print(f"{name or ', '.join(kept) or 'No set was kept; nothing'} "
+          f"{'is' if name or len(kept) == 1 else 'are'} handed back to retention (the next backup applies it).")
+
+
 @task
 def drill(c):
     """Prove the off-site copies restore: fetch the newest set from the repository, check its
@@ -197,5 +221,5 @@ def drill(c):
 
 
 ns = Collection("offsite")
-for t in (init, status, list_, check, push):
+for t in (init, status, list_, check, push, unkeep):
     ns.add_task(t)

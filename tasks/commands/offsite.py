@@ -10,12 +10,17 @@ and verified, so the nightly cron job copies off-site with no laptop involved.
     tasktracker-offsite APP_DIR PROJECT list              snapshots of this app, as JSON
     tasktracker-offsite APP_DIR PROJECT check [SUBSET]    `restic check --read-data[-subset]`
     tasktracker-offsite APP_DIR PROJECT fetch SET|latest  restore a set into backups/ (checksums verified)
+    tasktracker-offsite APP_DIR PROJECT describe SET|latest  the newest set's name; SET's manifest (nothing restored)
+    tasktracker-offsite APP_DIR PROJECT keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET)
+    tasktracker-offsite APP_DIR PROJECT unkeep SET|all    hand kept sets back to retention
     tasktracker-offsite APP_DIR PROJECT drill             fetch the newest set into a scratch dir, restore
                                                           its dump into a scratch database, compare counts
 
 Snapshots carry the host name PROJECT and the tags `tasktracker` and `set=<name>`; retention
 (`forget --prune`) groups by host only, so every set of this app counts toward one
-daily/weekly/monthly schedule and another app in the same repository is never touched.
+daily/weekly/monthly schedule and another app in the same repository is never touched. A set
+tagged `keep` (what `recover` came from, and the newest set before the disaster) is never
+removed by retention (`--keep-tag keep`) until `backup.offsite.unkeep`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .programs import program
 
 SCRIPT_NAME = "tasktracker-offsite"
 KEY_NAME = "tasktracker-offsite"  # ~/.ssh/<KEY_NAME>: the host's key for an SFTP repository
+KEEP_TAG = "keep"  # restic's tag on a set retention must never remove (`forget --keep-tag keep`)
 PUSH_FAILED_EXIT = 3  # the backup script's exit code: the set is made and kept, the off-site copy failed
 
 OFFSITE_SCRIPT = program("offsite.sh")
@@ -144,7 +150,8 @@ def parse_snapshots(text: str) -> list[dict]:
     for snap in data if isinstance(data, list) else []:
         names = [t[4:] for t in snap.get("tags") or [] if t.startswith("set=")]
         if names:
-            rows.append({"set": names[0], "time": snap.get("time", ""), "id": snap.get("short_id") or snap.get("id", "")[:8]})
+            rows.append({"set": names[0], "time": snap.get("time", ""), "id": snap.get("short_id") or snap.get("id", "")[:8],
+                         "kept": KEEP_TAG in (snap.get("tags") or [])})
     return sorted(rows, key=lambda row: row["set"])
 
 
@@ -216,3 +223,48 @@ def recovering_marker(ctx: HostContext) -> str:
 
 def mark_recovering(ctx: HostContext, set_name: str) -> str:
     return f"mkdir -p {q(ctx.app_dir)} && printf '%s\\n' {q(set_name)} > {recovering_marker(ctx)}"
+
+
+def parse_described(output: str) -> dict[str, str]:
+    """`describe` output: the newest set, the set described, and its release and commit (the
+    manifest's, else the commit in the release's id); {} when it did not finish."""
+    found: dict[str, str] = {}
+    lines = output.splitlines()
+    for n, line in enumerate(lines):
+        if line.startswith("OFFSITE NEWEST "):
+            found["newest"] = line.split()[-1]
+        elif line.startswith("OFFSITE SET ") and n + 1 < len(lines):
+            found["set"] = line.split()[-1]
+            try:
+                manifest = json.loads(lines[n + 1])
+            except ValueError:
+                manifest = {}
+            release = str(manifest.get("release", "")) if isinstance(manifest, dict) else ""
+            commit = str(manifest.get("commit", "")) if isinstance(manifest, dict) else ""
+            found.update(release=release, commit=commit or commit_of_release(release))
+    return found if {"newest", "set"} <= set(found) else {}
+
+
+def commit_of_release(release: str) -> str:
+    """The commit in a release id (`20261125T173005Z-ab12cd3dirty` -> `ab12cd3-dirty`); '' when
+    it names none (`nogit`, or not a release id)."""
+    match = re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-([0-9a-f]{4,12}?)(dirty)?", release)
+    return (match.group(1) + ("-dirty" if match.group(2) else "")) if match else ""
+
+
+def checkout_problem(recorded: str, head: str, dirty: bool) -> str:
+    """Why this checkout (HEAD's full sha, uncommitted changes or not) is not the commit a set's
+    release was deployed from (`abc1234`, `abc1234-dirty`); '' when it is that commit."""
+    sha = recorded.removesuffix("-dirty")
+    if not re.fullmatch(r"[0-9a-f]{4,40}", sha):
+        return "the set does not say which commit its release was deployed from"
+    if recorded.endswith("-dirty"):
+        return (f"the set's release was deployed from commit {sha} with uncommitted changes, which no "
+                f"checkout can reproduce exactly")
+    if not head:
+        return "this directory is not a git checkout"
+    if not head.startswith(sha):
+        return f"this checkout is commit {head[:len(sha)]}" + (" with uncommitted changes" if dirty else "")
+    if dirty:
+        return f"this checkout is commit {sha} with uncommitted changes"
+    return ""
