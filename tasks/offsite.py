@@ -197,8 +197,9 @@ def unkeep(c, name=None, wait=False):
         if not result.ok:
             raise Exit(f"The kept sets could not be handed back to retention: {host.redact(result.stderr.strip()[-400:])}. "
                        f"They stay kept.", code=ExitCode.FAILED)
-    print(f"{name or ', '.join(kept) or 'No set was kept; nothing'} "
-          f"{'is' if name or len(kept) == 1 else 'are'} handed back to retention (the next backup applies it).")
+    handed = [name] if name else kept
+    print(f"{', '.join(handed)} {'is' if len(handed) == 1 else 'are'} handed back to retention (the next backup applies it)."
+          if handed else "No set was kept: nothing to hand back to retention.")
 
 
 @task

@@ -1142,9 +1142,9 @@ from tasks.commands import offsite as offsite_commands  # noqa: E402
 
 OFFSITE_ENV = {"OFFSITE_REPOSITORY": "s3:https://s3.example.com/bucket/tt", "OFFSITE_PASSWORD": "pw-offsite-Secret-5",
                "OFFSITE_AWS_ACCESS_KEY_ID": "AKIA1", "OFFSITE_AWS_SECRET_ACCESS_KEY": "aws-Secret-7"}
-SET, NEWEST = "20261125T020000Z", "20261126T020000Z"
-DESCRIBED = (f'OFFSITE NEWEST {NEWEST}\nOFFSITE SET {SET}\n'
-             f'{{"set": "{SET}", "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}}\n')
+RECOVERY_SET, NEWEST_SET = "20261125T020000Z", "20261126T020000Z"
+DESCRIBED = (f'OFFSITE NEWEST {NEWEST_SET}\nOFFSITE SET {RECOVERY_SET}\n'
+             f'{{"set": "{RECOVERY_SET}", "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}}\n')
 SAME_HEAD = ("ab12cd3" + "0" * 33, False)
 
 
@@ -1159,10 +1159,10 @@ def test_recover_names_the_commit_first_and_refuses_another_checkout_changing_no
     monkeypatch.setattr(deploy_tasks, "git_head", lambda: head)
     conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker describe", ok(DESCRIBED))
     host = make_host(conn, **OFFSITE_ENV)
-    described = deploy_tasks.describe_recovery(host, SET)
-    assert described == {"newest": NEWEST, "set": SET, "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}
+    described = deploy_tasks.describe_recovery(host, RECOVERY_SET)
+    assert described == {"newest": NEWEST_SET, "set": RECOVERY_SET, "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}
     assert capsys.readouterr().out.startswith(f"recover deploys commit ab12cd3: the release 20261124T100000Z-ab12cd3 of "
-                                              f"off-site set {SET} ran it; this checkout is {head[0][:12]}")
+                                              f"off-site set {RECOVERY_SET} ran it; this checkout is {head[0][:12]}")
     refusal = deploy_tasks.checkout_refusal(described, host.name, any_checkout)
     if refused:
         assert "Check out that commit, `git checkout ab12cd3`, and run this again, or pass --any-checkout" in refusal
@@ -1203,25 +1203,25 @@ def recover_onto(monkeypatch, conn: FakeConnection, probe_fails: bool = False) -
 
 
 def test_recover_onto_keeps_the_entry_in_maintenance_until_the_data_is_complete_and_healthy(monkeypatch):
-    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {SET}\n"))
+    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
     host, commands = recover_onto(monkeypatch, conn)
-    assert commands[0] == f"mkdir -p tasktracker && printf '%s\\n' {SET} > tasktracker/.recovering"  # first of all
-    fetch = commands.index(f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker fetch {SET}")
-    assert commands[fetch + 2] == f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker keep {SET} {NEWEST}"
+    assert commands[0] == f"mkdir -p tasktracker && printf '%s\\n' {RECOVERY_SET} > tasktracker/.recovering"  # first of all
+    fetch = commands.index(f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker fetch {RECOVERY_SET}")
+    assert commands[fetch + 2] == f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker keep {RECOVERY_SET} {NEWEST_SET}"
     assert commands[-5:] == ["<plan from the entry>", "<deploy from the entry>", "<restore from the entry>", "<probe from the entry>",
                              "rm -f tasktracker/.recovering"]  # serving, all at once, after the checks
     assert host.recovering is False
 
 
 def test_a_failed_recover_leaves_the_maintenance_on(monkeypatch):
-    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {SET}\n"))
+    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
     host, commands = recover_onto(monkeypatch, conn, probe_fails=True)
     assert commands[-1] == "<probe from the entry>"
     assert not [c for c in commands if c.startswith("rm -f") and ".recovering" in c]
 
 
 def test_recover_stops_when_the_sets_cannot_be_kept_from_retention(monkeypatch):
-    conn = (FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {SET}\n"))
+    conn = (FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
             .on("tasktracker-offsite tasktracker tasktracker keep", fail("Fatal: unable to create lock")))
     host, commands = recover_onto(monkeypatch, conn)
     assert "<plan from the entry>" not in commands and "<deploy from the entry>" not in commands
