@@ -186,6 +186,10 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     out = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "syntax is ok" in out.stderr
+    # A rollback's check: the release checked is older than the maintenance switch (no file).
+    (tmp_path / "maintenance.conf").unlink()
+    out = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_nginx_config_has_what_an_operator_expects():
