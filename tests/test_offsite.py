@@ -72,8 +72,8 @@ RESTIC_SNAPSHOTS = ('[{"time":"2026-11-26T04:31:02.1+00:00","tree":"ab","paths":
 
 def test_parse_snapshots_orders_sets_and_skips_foreign_snapshots():
     assert offsite.parse_snapshots(RESTIC_SNAPSHOTS) == [
-        {"set": "20261125T020000Z", "time": "2026-11-25T02:00:09+00:00", "id": "fedcba98"},
-        {"set": "20261126T043100Z", "time": "2026-11-26T04:31:02.1+00:00", "id": "01234567"}]
+        {"set": "20261125T020000Z", "time": "2026-11-25T02:00:09+00:00", "id": "fedcba98", "kept": False},
+        {"set": "20261126T043100Z", "time": "2026-11-26T04:31:02.1+00:00", "id": "01234567", "kept": False}]
     assert offsite.parse_snapshots("") == [] and offsite.parse_snapshots("Fatal: unable to open") == []
 
 
