@@ -223,7 +223,10 @@ def recover_onto(host: Host, env_file, described: dict[str, str], wal_offsite: b
         set_name = fetch_offsite_set(host, described["set"] if described["set"] != described["newest"] else None)
         host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
         if set_name != described["set"]:  # the newest came back damaged: an older set, maybe other code
-            described = dict(describe_recovery(host, set_name), newest=described["newest"])
+            try:
+                described = dict(describe_recovery(host, set_name), newest=described["newest"])
+            except Exit as unread:
+                raise StepFailed("fetch the off-site set", str(unread.message).removesuffix(" Nothing was changed.")) from None
             refusal = checkout_refusal(described, host.name, any_checkout)
             if refusal:
                 raise StepFailed("fetch the off-site set", f"{refusal} (set {described['set']} is fetched and kept)")
