@@ -243,8 +243,8 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     # A reader and a writer run through the whole recovery (issue 26): nothing is served that the
     # recovery will replace, and no write is taken that it would throw away.
-    with Readers(sandbox.app_url(APP, ""), ["/api/tasks", "/api/health", "/"]) as readers, \
-            Writers(sandbox.app_url(APP, "/api/tasks"), clients=1) as during:
+    with Readers(sandbox.app_url(APP, ""), ["/api/tasks", "/api/health", "/"], max_seconds=900) as readers, \
+            Writers(sandbox.app_url(APP, "/api/tasks"), clients=1, max_seconds=900) as during:
         if dirty:  # a checkout with uncommitted changes is not the set's commit: refused, nothing changed
             refused = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised, check=False)
             assert refused.returncode == 5 and f"`git checkout {head[:7]}" in refused.stderr, everything_said(refused)
