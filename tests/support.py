@@ -162,8 +162,8 @@ class LocalNats:
 class Writers:
     """Clients that keep creating tasks and remember every one the API acknowledged (2xx)."""
 
-    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300):
-        self.url, self.max_seconds = url, max_seconds
+    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300, title: str = "write"):
+        self.url, self.max_seconds, self.title = url, max_seconds, title
         self.acknowledged: list[int] = []
         self.acknowledged_at: list[tuple[int, float]] = []  # (id, time.monotonic() when acknowledged)
         self.errors: list[str] = []
@@ -177,7 +177,7 @@ class Writers:
         n = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
             n += 1
-            body = json.dumps({"title": f"write {index}-{n}", "body": "during a failing deploy"}).encode()
+            body = json.dumps({"title": f"{self.title} {index}-{n}", "body": "during a failing deploy"}).encode()
             req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
             sent = time.monotonic()
             try:
