@@ -58,6 +58,18 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
         return "unknown"
 
 
+def git_head(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
+    """(HEAD's full sha, whether the checkout has uncommitted changes); ('', False) outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+        return sha, bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        return "", False
+
+
 def require_node() -> None:
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:

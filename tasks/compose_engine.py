@@ -38,9 +38,15 @@ class ComposeEngine:
                                                                                      build)), step,
                  hide=False)
 
+    def probe_command(self, release: Release) -> str:
+        """The release's health probe: through the published port, or while a recovery keeps the
+        entry in maintenance (`self.recovering`) from inside nginx, the one client it lets read."""
+        if self.recovering:
+            return release_commands.probe_from_entry(self.ctx, release.image, list(release.assets))
+        return release_commands.probe(release.image, self.base_url, list(release.assets))
+
     def probe(self, release: Release) -> None:
-        command = self.in_release(release.id, release_commands.probe(release.image, self.base_url,
-                                                                     list(release.assets)))
+        command = self.in_release(release.id, self.probe_command(release))
         result = self.probe_run(command)
         for line in result.stdout.splitlines():
             print(f"   {line}")
@@ -120,7 +126,7 @@ class ComposeEngine:
                     "doctor` checks it.", flush=True)
 
     def activation_script(self, release: Release, *, backend: bool = True, then: str = "") -> str:
-        probe = release_commands.probe(release.image, self.base_url, list(release.assets))
+        probe = self.probe_command(release)
         live = self.current_meta
         nginx_same = (bool(live.get("stack_fingerprint"))
                       and live.get("stack_fingerprint") == release.meta.get("stack_fingerprint"))

@@ -11,8 +11,7 @@ from datetime import datetime, timezone
 from invoke import Collection, Context, Exit, task
 
 from . import botapi, pipeline, remote
-from .build import FRONTEND, build_frontend, git_commit
-from .commands import backup as backup_commands
+from .build import FRONTEND, build_frontend, git_head
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .commands import pitr_offsite
@@ -88,13 +87,16 @@ def print_remote_commands(what: str, rsync: str) -> None:
                 "or v2."),
     "wait": WAIT_HELP,
     "env": ENV_HELP,
+    "any_checkout": "Deploy this checkout even when it is not the commit the set's release was "
+                    "deployed from (by default `recover` refuses, naming the `git checkout` to "
+                    "run).",
 })
 def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, compose="auto",
-            wait=False, env=None):
+            wait=False, env=None, any_checkout=False):
     """Rebuild the service on a NEW host (provisioned, no release yet) from the off-site copies:
-    the newest set's certificates, this checkout's release, then the set's database and JetStream
-    data; the same health checks as a deploy. Then point DNS at the new host (docs/operations.md,
-    "The bad day")."""
+    the newest set's certificates, the commit its release ran, then the set's database and
+    JetStream data; the same health checks as a deploy. Until then the host answers 503
+    "recovering". Then point DNS at the new host (docs/operations.md, "The bad day")."""
     refuse_recover_flags(from_offsite, compose, name)
     remote.require_host(c)
     choose_env(c, env)
@@ -114,7 +116,8 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
         with steps.step("connect and check host"):
             host = open_host(c, settings, compose=compose, steps=steps)
             host.require_one_host("recover")
-        resuming = resuming_recovery(host)
+        described = what_recover_deploys(host, name or resuming_recovery(host) or None,
+                                         any_checkout)
         host.preflight_checks(env)
         if skip_build:
             steps.skip("build frontend", "--skip-build")
@@ -122,18 +125,20 @@ def recover(c, from_offsite=False, name=None, to_time=None, skip_build=False, co
             with steps.step("build frontend"):
                 build_frontend(Context(config=c.config), FRONTEND)
         with host.locked("recover", wait=wait), host.audited("recover") as outcome:
-            live, set_name, wal_note = recover_onto(host, env_file, name or resuming or None,
-                                                    wal_offsite, target, outcome)
+            live, set_name, wal_note = recover_onto(host, env_file, described, wal_offsite,
+                                                    target, outcome, any_checkout=any_checkout)
     except StepFailed as failure:
         steps.fail(f"Recover on {c.original_host} failed at step '{failure.step}': "
-                   f"{failure.detail}. Fix the cause and run "
+                   f"{failure.detail}. The host stays in maintenance (every client gets 503 "
+                   "\"recovering\") until a recover finishes. Fix the cause and run "
                    f"`fab -H {c.original_host} recover --from-offsite` again: it resumes (the host "
                    "keeps the fetched set).")
     steps.print_table()
     print(f"{host.name} serves release {live} with the data of off-site set {set_name}"
           + (f" and {wal_note}" if wal_note else "")
-          + ". Now point DNS at it (docs/operations.md, \"The bad day\"), then `fab -H "
-            f"{host.name} backup.schedule`.")
+          + f". Retention keeps {kept_sets(described, set_name)} until `fab -H {host.name} "
+            "backup.offsite.unkeep`. Now point DNS at it (docs/operations.md, \"The bad day\"), "
+            f"then `fab -H {host.name} backup.schedule`.")
 
 
 def refuse_recover_flags(from_offsite: bool, compose: str, name: str | None) -> None:
@@ -164,6 +169,65 @@ def resuming_recovery(host: Host) -> str:
     return resuming
 
 
+def what_recover_deploys(host: Host, name: str | None, any_checkout: bool) -> dict[str, str]:
+    """The set `recover` brings back and the commit it deploys, printed first; refuses, changing
+    nothing, a checkout that is not that commit (unless `any_checkout`)."""
+    described = describe_recovery(host, name)
+    refusal = checkout_refusal(described, host.name, any_checkout)
+    if refusal:
+        raise Exit(f"{refusal} Nothing was changed on {host.name}.", code=ExitCode.REFUSED)
+    return described
+
+
+def describe_recovery(host: Host, name: str | None) -> dict[str, str]:
+    """Read-only: the set `recover` will bring back (the newest, or `name`) and the release and
+    commit it was made under, printed first (set, newest, release, commit)."""
+    pubkey = host.install_offsite()
+    result = host.offsite("describe", name or "latest")
+    described = offsite_commands.parse_described(result.stdout)
+    if not result.ok or not described:
+        hint = (f" If the repository is on SFTP, authorize this host's key there first (`fab -H "
+                f"{host.name} backup.offsite.init` shows it): {pubkey}" if pubkey else "")
+        raise Exit(f"Could not read the off-site set to recover on {host.name}: "
+                   f"{host.redact(result.stderr.strip()[-400:]) or 'no output'}.{hint} Nothing "
+                   "was changed.", code=ExitCode.FAILED)
+    head, dirty = git_head()
+    print(f"recover deploys commit {described['commit'] or 'UNKNOWN'}: the release "
+          f"{described['release'] or 'UNKNOWN'} of off-site set {described['set']} ran it; this "
+          f"checkout is {head[:12] or 'not a git checkout'}"
+          + (" with uncommitted changes" if dirty else "") + ".", flush=True)
+    return described
+
+
+def checkout_refusal(described: dict[str, str], host_name: str, any_checkout: bool) -> str:
+    """Why `recover` refuses this checkout for the set (a paragraph naming the `git checkout` to
+    run), or '' when it is the set's commit, or `any_checkout` says deploy it anyway."""
+    head, dirty = git_head()
+    commit = described["commit"]
+    problem = offsite_commands.checkout_problem(commit, head, dirty)
+    if not problem:
+        return ""
+    if any_checkout:
+        print(f"   WARNING: {problem}; deploying this checkout anyway (--any-checkout).",
+              flush=True)
+        return ""
+    sha = commit.removesuffix("-dirty")
+    fix = (f"Check out that commit, `git checkout {sha}`, and run this again"
+           if re.fullmatch(r"[0-9a-f]{4,40}", sha)
+           else "Check out the commit the lost host ran and run this again")
+    return (f"recover refuses to deploy this checkout onto {host_name}: off-site set "
+            f"{described['set']} was made under release {described['release'] or '(unknown)'}, "
+            f"deployed from commit {commit or '(unknown)'}, but {problem}. The set's data belongs "
+            f"to that code (its schema, its migrations). {fix}, or pass --any-checkout to deploy "
+            "this checkout anyway.")
+
+
+def kept_sets(described: dict[str, str], set_name: str) -> str:
+    """The sets a recovery keeps from retention, in words."""
+    newest = described.get("newest", "")
+    return f"set {set_name}" if newest in ("", set_name) else f"sets {set_name} and {newest}"
+
+
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
     """(whether the WAL archive is off-site, the moment to recover to: "" for the last WAL);
     a usage error, changing nothing, for a moment that cannot be reached."""
@@ -183,16 +247,18 @@ def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]
     return wal_offsite, target.strftime(pitr_commands.TIME_FORMAT)
 
 
-def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, target: str,
-                 outcome: dict) -> tuple[str, str, str]:
-    """Inside the lock: the set fetched (the host is then a recovery in progress, which `recover`
-    resumes), its certificates, this checkout deployed, the set's data restored into a fresh
-    database and migrated, the off-site WAL replayed, the health checks. (live release, set,
-    note)"""
+def recover_onto(host: Host, env_file, described: dict[str, str], wal_offsite: bool, target: str,
+                 outcome: dict, *, any_checkout: bool = False) -> tuple[str, str, str]:
+    """Inside the lock: the entry in maintenance first (APP_DIR/.recovering: nginx answers 503
+    "recovering" while it exists; the probes go from inside nginx), the set fetched and kept from
+    retention with the newest set, its certificates, this checkout deployed, the set's data
+    restored into a fresh database and migrated, the off-site WAL replayed, the health checks;
+    then the maintenance ends, all at once. A failure leaves it on. (live release, set, note)"""
     steps, marker = host.steps, offsite_commands.recovering_marker(host.ctx)
-    with steps.step("fetch the off-site set"):
-        set_name = fetch_offsite_set(host, name)
-        host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
+    host.recovering = True
+    with steps.step("maintenance on (503 \"recovering\")"):
+        host.run(offsite_commands.mark_recovering(host.ctx, described["set"]), "maintenance on")
+    set_name, described = fetch_and_keep(host, described, any_checkout)
     outcome["detail"] = f"from off-site set {set_name}"
     with steps.step("certificates and TLS settings"):
         unpacked = host.run(offsite_commands.unpack_certificates(host.ctx, set_name),
@@ -214,8 +280,36 @@ def recover_onto(host: Host, env_file, name: str | None, wal_offsite: bool, targ
         outcome["detail"] += f"; {wal_note}"
     with steps.step("health checks"):
         host.probe(host.release(live))
-    host.run(f"rm -f {marker}", "health checks")
+    with steps.step("maintenance off: serving"):
+        host.run(f"rm -f {marker}", "maintenance off")
+    host.recovering = False
     return live, set_name, wal_note
+
+
+def fetch_and_keep(host: Host, described: dict[str, str],
+                   any_checkout: bool) -> tuple[str, dict[str, str]]:
+    """The set fetched (an older one when the newest came back damaged: then its commit checked
+    again) and kept from retention with the newest set. (set, what it was made under)"""
+    with host.steps.step("fetch the off-site set"):
+        wanted = described["set"] if described["set"] != described["newest"] else None
+        set_name = fetch_offsite_set(host, wanted)
+        host.run(offsite_commands.mark_recovering(host.ctx, set_name), "fetch the off-site set")
+        if set_name != described["set"]:  # the newest came back damaged: an older set, other code?
+            try:
+                described = dict(describe_recovery(host, set_name), newest=described["newest"])
+            except Exit as unread:
+                why = str(unread.message).removesuffix(" Nothing was changed.")
+                raise StepFailed("fetch the off-site set", why) from None
+            refusal = checkout_refusal(described, host.name, any_checkout)
+            if refusal:
+                raise StepFailed("fetch the off-site set",
+                                 f"{refusal} (set {described['set']} is fetched and kept)")
+    with host.steps.step("keep the sets from retention"):
+        kept = host.offsite("keep", *dict.fromkeys([set_name, described["newest"]]))
+        if not kept.ok:
+            raise StepFailed("keep the sets from retention",
+                             host.redact(kept.stderr.strip()[-400:]) or "no output")
+    return set_name, described
 
 
 def fetch_offsite_set(host: Host, name: str | None) -> str:
@@ -227,11 +321,7 @@ def fetch_offsite_set(host: Host, name: str | None) -> str:
         hint = (f" If the repository is on SFTP, authorize this host's key there first: {pubkey}"
                 if pubkey else "")
         raise StepFailed("fetch the off-site set", host.redact(result.stderr.strip()[-400:]) + hint)
-    made = backup_commands.parse_sets(host.probe_run(backup_commands.list_sets(host.ctx)).stdout)[0]
-    release = next((s.get("release", "") for s in made if s["name"] == set_name), "")
-    print(f"   off-site set {set_name}" + (f" (made under release {release}; deploying this "
-                                           f"checkout, {git_commit()[:12]})"
-                                           if release else ""))
+    print(f"   off-site set {set_name}")
     return set_name
 
 

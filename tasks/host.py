@@ -113,6 +113,7 @@ class Host(ComposeEngine, DataOperations):
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
         self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)
+        self.recovering = False  # recover: the entry is in maintenance; probes go from inside nginx
         # audit lines waiting for the lock's release
         self._deferred: list[tuple[str, str]] | None = None
 

@@ -1,6 +1,6 @@
-"""Off-site copies (restic): `backup.offsite.init`, `.status`, `.list`, `.check`, `.push`, and
-`backup.drill`. The host does the work (APP_DIR/bin/tasktracker-offsite, commands/offsite.py); the
-nightly backup job pushes each full set by itself."""
+"""Off-site copies (restic): `backup.offsite.init`, `.status`, `.list`, `.check`, `.push`,
+`.unkeep`, and `backup.drill`. The host does the work (APP_DIR/bin/tasktracker-offsite,
+commands/offsite.py); the nightly backup job pushes each full set by itself."""
 
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def list_(c):
               "backup` pushes one).")
     for row in rows:
         copied = row["time"][:19].replace("T", " ")
-        print(f"  {row['set']:32} snapshot {row['id']}  copied {copied}")
+        kept = "  KEPT (retention leaves it until backup.offsite.unkeep)" if row.get("kept") else ""
+        print(f"  {row['set']:32} snapshot {row['id']}  copied {copied}{kept}")
 
 
 @task
@@ -203,6 +204,33 @@ def push(c, name=None, wait=False):
     print(f"{set_name} is copied off-site.")
 
 
+@task(help={"name": "The kept set to hand back to retention (default: every kept set; see "
+                    "`backup.offsite.list`).",
+            "wait": WAIT_HELP})
+def unkeep(c, name=None, wait=False):
+    """Hand the sets `recover` kept (the one it came from, the newest before the disaster) back to
+    retention, off-site and on the host: the next backup's retention may then remove them."""
+    if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
+        raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
+                   "`backup.offsite.list`). Nothing was changed.", code=ExitCode.USAGE)
+    host, _ = configured_host(c)
+    kept = [row["set"] for row in offsite_sets(host) if row.get("kept")]
+    if name is not None and name not in kept:
+        raise Exit(f"{name} is not a kept set (kept: {', '.join(kept) or 'none'}). Nothing was "
+                   "changed.", code=ExitCode.USAGE)
+    with host.locked("offsite-unkeep", wait=wait), host.audited("offsite-unkeep") as outcome:
+        outcome["detail"] = name or "all"
+        result = host.offsite("unkeep", name or "all")
+        if not result.ok:
+            why = host.redact(result.stderr.strip()[-400:])
+            raise Exit(f"The kept sets could not be handed back to retention: {why}. They stay "
+                       "kept.", code=ExitCode.FAILED)
+    handed = [name] if name else kept
+    verb = "is" if len(handed) == 1 else "are"
+    print(f"{', '.join(handed)} {verb} handed back to retention (the next backup applies it)."
+          if handed else "No set was kept: nothing to hand back to retention.")
+
+
 @task
 def drill(c):
     """Prove the off-site copies restore: fetch the newest set from the repository, check its
@@ -227,5 +255,5 @@ def drill(c):
 
 
 ns = Collection("offsite")
-for t in (init, status, list_, check, push):
+for t in (init, status, list_, check, push, unkeep):
     ns.add_task(t)

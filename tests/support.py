@@ -162,11 +162,12 @@ class LocalNats:
 class Writers:
     """Clients that keep creating tasks and remember every one the API acknowledged (2xx)."""
 
-    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300):
-        self.url, self.max_seconds = url, max_seconds
+    def __init__(self, url: str, clients: int = 3, max_seconds: float = 300, title: str = "write"):
+        self.url, self.max_seconds, self.title = url, max_seconds, title
         self.acknowledged: list[int] = []
         self.acknowledged_at: list[tuple[int, float]] = []  # (id, time.monotonic() when acknowledged)
         self.errors: list[str] = []
+        self.refused: list[tuple[int, str]] = []  # (HTTP status, the body's start) of each answer not 2xx
         self.slowest = 0.0  # seconds, the slowest acknowledged write
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
@@ -176,7 +177,7 @@ class Writers:
         n = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
             n += 1
-            body = json.dumps({"title": f"write {index}-{n}", "body": "during a failing deploy"}).encode()
+            body = json.dumps({"title": f"{self.title} {index}-{n}", "body": "during a failing deploy"}).encode()
             req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
             sent = time.monotonic()
             try:
@@ -186,7 +187,10 @@ class Writers:
                         self.acknowledged.append(task_id)
                         self.acknowledged_at.append((task_id, time.monotonic()))
                         self.slowest = max(self.slowest, time.monotonic() - sent)
-            except Exception as exc:  # refused / 5xx: not acknowledged, so not promised
+            except urllib.error.HTTPError as exc:  # 4xx/5xx: not acknowledged, so not promised
+                self.errors.append(type(exc).__name__)
+                self.refused.append((exc.code, exc.read(300).decode("utf-8", "replace")))
+            except Exception as exc:  # refused: not acknowledged, so not promised
                 self.errors.append(type(exc).__name__)
             time.sleep(0.02)
 
@@ -199,6 +203,39 @@ class Writers:
         self.stop.set()
         for t in self.threads:
             t.join(15)
+
+
+class Readers:
+    """A client that keeps reading each of `paths` in turn and records every answer as
+    (time.monotonic(), path, HTTP status or 0 when nothing answered, body)."""
+
+    def __init__(self, base: str, paths: list[str], max_seconds: float = 600):
+        self.base, self.paths, self.max_seconds = base.rstrip("/"), paths, max_seconds
+        self.answers: list[tuple[float, str, int, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for path in self.paths:
+                try:
+                    with urllib.request.urlopen(self.base + path, timeout=10) as res:
+                        status, body = res.status, res.read().decode("utf-8", "replace")
+                except urllib.error.HTTPError as exc:
+                    status, body = exc.code, exc.read().decode("utf-8", "replace")
+                except Exception as exc:  # nothing answers yet: the host is being rebuilt
+                    status, body = 0, type(exc).__name__
+                self.answers.append((time.monotonic(), path, status, body))
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
 
 
 def head_revision(root: Path = ROOT) -> str:

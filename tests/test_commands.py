@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import budget, chain, compose, images, release, sh, transfer
+from tasks.commands import budget, chain, compose, images, offsite, release, sh, transfer
 from tasks.commands import schema as schema_commands
 from lab.commands import sandbox as sandbox_commands
 from tasks.commands.context import HostContext
@@ -45,6 +45,11 @@ CASES = [
      'if command -v python3 >/dev/null 2>&1; then python3 tasks/probe.py http://127.0.0.1:80 60 /assets/a.js; else '
      'docker run --rm --network host -v "$PWD/tasks/probe.py:/probe.py:ro" --entrypoint python img:1 /probe.py '
      'http://127.0.0.1:80 60 /assets/a.js; fi'),
+    # While `recover` keeps the entry in maintenance, from inside nginx (nginx/maintenance.conf).
+    ("probe from the entry", release.probe_from_entry(TT2, "img:1", ["/assets/a.js"], 60),
+     'docker run --rm --network "container:$(docker ps -q --filter label=com.docker.compose.project=tt '
+     '--filter label=com.docker.compose.service=nginx --filter label=com.docker.compose.oneoff=False | head -n 1)" '
+     '-v "$PWD/tasks/probe.py:/probe.py:ro" --entrypoint python img:1 /probe.py http://127.0.0.1:80 60 /assets/a.js'),
     ("ssh", sh(transfer.ssh_command(port=2222, key_files=["/k"], known_hosts="/kh", config_file="/dev/null")),
      "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ForwardAgent=no -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -F /dev/null -p 2222 -i /k -o IdentitiesOnly=yes -o UserKnownHostsFile=/kh"),
     ("rsync", sh(transfer.rsync(["compose.yml", "nginx"], "u@h:app/r1/", ssh_command=["ssh", "-p", "22"], link_dest="../r0",
@@ -308,3 +313,59 @@ def test_a_layer_is_skipped_only_where_its_whole_chain_is_on_the_host():
     configs["c1.json"]["rootfs"]["diff_ids"][0] = "sha256:other"
     assert images.layers_to_skip(manifest, configs, chains) == set()
     assert "--format '{{json .RootFS.Layers}}'" in images.layer_inventory()
+
+
+# --- recover: what the set was made under, and whether this checkout is that commit -------------
+
+HEAD = "ab12cd3" + "e" * 33
+
+
+@pytest.mark.parametrize("release_id, commit", [
+    ("20261125T173005Z-ab12cd3", "ab12cd3"),
+    ("20261125T173005Z-ab12cd3dirty", "ab12cd3-dirty"),
+    ("20261125T173005Z-nogit", ""),
+    ("r1", ""),
+    ("", ""),
+])
+def test_the_commit_in_a_release_id(release_id, commit):
+    assert offsite.commit_of_release(release_id) == commit
+
+
+@pytest.mark.parametrize("recorded, head, dirty, problem", [
+    ("ab12cd3", HEAD, False, ""),
+    ("ab12cd3e", HEAD, False, ""),  # a longer abbreviation of the same commit
+    ("ab12cd3", HEAD, True, "this checkout is commit ab12cd3 with uncommitted changes"),
+    ("ff00aa1", HEAD, False, "this checkout is commit ab12cd3"),
+    ("ff00aa1", HEAD, True, "this checkout is commit ab12cd3 with uncommitted changes"),
+    ("ab12cd3-dirty", HEAD, False, "the set's release was deployed from commit ab12cd3 with uncommitted changes, which no "
+                                   "checkout can reproduce exactly"),
+    ("", HEAD, False, "the set does not say which commit its release was deployed from"),
+    ("unknown", HEAD, False, "the set does not say which commit its release was deployed from"),
+    ("ab12cd3", "", False, "this directory is not a git checkout"),
+])
+def test_checkout_problem(recorded, head, dirty, problem):
+    assert offsite.checkout_problem(recorded, head, dirty) == problem
+
+
+@pytest.mark.parametrize("output, described", [
+    ('OFFSITE NEWEST 20261126T020000Z\nOFFSITE SET 20261125T020000Z\n{"set": "20261125T020000Z", '
+     '"release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3", "created_at": "x"}\n',
+     {"newest": "20261126T020000Z", "set": "20261125T020000Z", "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}),
+    # a set made before the manifest named the commit: the release id's
+    ('OFFSITE NEWEST 20261126T020000Z\nOFFSITE SET 20261126T020000Z\n{"release": "20261124T100000Z-ab12cd3dirty"}\n',
+     {"newest": "20261126T020000Z", "set": "20261126T020000Z", "release": "20261124T100000Z-ab12cd3dirty",
+      "commit": "ab12cd3-dirty"}),
+    ("OFFSITE NEWEST 20261126T020000Z\nOFFSITE SET 20261126T020000Z\nnot json\n",
+     {"newest": "20261126T020000Z", "set": "20261126T020000Z", "release": "", "commit": ""}),
+    ("Fatal: wrong password\n", {}),
+    ("OFFSITE NEWEST 20261126T020000Z\n", {}),
+])
+def test_parse_described(output, described):
+    assert offsite.parse_described(output) == described
+
+
+def test_kept_snapshots_are_listed_as_kept():
+    text = ('[{"time": "t1", "short_id": "aa", "tags": ["tasktracker", "set=20261125T020000Z", "keep"]},'
+            ' {"time": "t2", "short_id": "bb", "tags": ["tasktracker", "set=20261126T020000Z"]}]')
+    assert [(r["set"], r["kept"]) for r in offsite.parse_snapshots(text)] == [
+        ("20261125T020000Z", True), ("20261126T020000Z", False)]

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import SftpServer, Writers, docker_gateway, lose_host, wait_for
+from tests.support import ROOT, Readers, SftpServer, Writers, docker_gateway, lose_host, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "os"
@@ -120,6 +120,12 @@ def test_a_failed_push_keeps_the_set_is_loud_and_can_be_retried(sandbox, initial
     assert f"{after[-1]} is copied off-site" in retry.stdout
     assert "the off-site copy of" not in sandbox.fab("doctor", env_file=initialised, check=False).stdout
     assert PASSWORD not in everything_said(out, retry)
+
+
+def present_ids(project: str, where: str) -> set[int]:
+    return {int(i) for i in subprocess.run(
+        ["docker", "compose", "-p", project, "exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "tasktracker", "-Atc",
+         f"select id from tasks where {where}"], capture_output=True, text=True, check=True).stdout.split()}
 
 
 def archiver(sandbox) -> dict:
@@ -233,14 +239,34 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", init.stdout, re.M)
     assert key, everything_said(init)
     sftp.authorize(key.group(1))
-    out = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised)
-    rto = time.monotonic() - lost_at
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    # A reader and a writer run through the whole recovery (issue 26): nothing is served that the
+    # recovery will replace, and no write is taken that it would throw away.
+    with Readers(sandbox.app_url(APP, ""), ["/api/tasks", "/api/health", "/"], max_seconds=900) as readers, \
+            Writers(sandbox.app_url(APP, "/api/tasks"), clients=1, max_seconds=900, title="after") as during:
+        if dirty:  # a checkout with uncommitted changes is not the set's commit: refused, nothing changed
+            refused = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised, check=False)
+            assert refused.returncode == 5 and f"`git checkout {head[:7]}" in refused.stderr, everything_said(refused)
+            assert "Nothing was changed on sandbox" in refused.stderr
+            assert not (sandbox.home / APP / ".recovering").exists() and not (sandbox.home / APP / "current").exists()
+        out = sandbox.fab("recover", "--from-offsite", "--skip-build", *(["--any-checkout"] if dirty else []),
+                          env_file=initialised)
+        rto = time.monotonic() - lost_at
+        recovered = time.monotonic()
+        wait_for(lambda: any(t > recovered for t, *_ in readers.answers) and during.acknowledged, timeout=60,
+                 what="a read and a write after the recovery")
     assert "with the data of off-site set" in out.stdout and "the database at the last WAL archived off-site" in out.stdout, out.stdout
+    said = out.stdout
+    # The commit is named before anything changes on the host.
+    first = said.index(f"recover deploys commit {head[:7]}")
+    assert first < said.index("-> maintenance on") < said.index("-> fetch the off-site set"), said
+    set_name = re.search(r"with the data of off-site set (\d{8}T\d{6}Z)", said).group(1)
     with urllib.request.urlopen(sandbox.app_url(APP, "/api/tasks"), timeout=10) as res:
         assert res.status == 200 and json.loads(res.read())  # serving, with the tasks back
-    present = {int(i) for i in subprocess.run(
-        ["docker", "compose", "-p", project, "exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "tasktracker", "-Atc",
-         "select id from tasks"], capture_output=True, text=True, check=True).stdout.split()}
+    # The rows written before the loss (a write taken after it may get the id of a lost one: the
+    # sequence is WAL-logged ahead, the lost writes were not).
+    present = present_ids(project, "title NOT LIKE 'after %'")
     missing = acknowledged - present
     assert set(before_backup) <= present, sorted(set(before_backup) - present)[:20]
     when = dict(writers.acknowledged_at)
@@ -249,6 +275,26 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     assert span <= ARCHIVE_TIMEOUT + 15, (len(missing), span)
     print(f"\nrecover: RTO {rto:.1f} s (destroy -> serving, key authorization included); RPO {len(missing)} of "
           f"{len(acknowledged)} acknowledged writes, the last {span:.1f} s before the loss")
+    # Until the data was complete every answer was 503 "recovering" (or none, before nginx ran);
+    # from the first 2xx on, every read was served, each with the recovered data.
+    recovered_max = max(acknowledged & present)
+    answers = readers.answers
+    served_from = next(n for n, (_, _, status, _) in enumerate(answers) if 200 <= status < 300)
+    before, after = answers[:served_from], answers[served_from:]
+    assert {status for _, _, status, _ in before} <= {0, 503}, sorted({(p, s) for _, p, s, _ in before})
+    recovering = {path for _, path, status, body in before if status == 503 and "recovering" in body}
+    assert recovering == {"/api/tasks", "/api/health", "/"}, sorted({(p, s, b[:80]) for _, p, s, b in before})
+    assert [a[1:3] for a in after if not 200 <= a[2] < 300] == [], "not served all at once"
+    for _, path, _, body in after:
+        if path == "/api/tasks":
+            assert max(task["id"] for task in json.loads(body)) >= recovered_max  # never the set's rows alone
+    print(f"recover: {len(before)} reads answered 503 \"recovering\" or not at all, then {len(after)} served; "
+          f"{len(during.refused)} writes refused, {len(during.acknowledged)} taken after")
+    assert during.refused and {code for code, _ in during.refused} == {503}, during.refused[:5]
+    assert all("recovering" in body for _, body in during.refused), during.refused[:5]
+    taken = set(during.acknowledged)
+    assert taken and taken <= present_ids(project, "title LIKE 'after %'")  # none lost
+    assert min(taken) > recovered_max  # none taken before the data was complete
     assert (live / "cert.pem").read_bytes() == certificate  # the certificates came back
     assert not (sandbox.home / APP / ".recovering").exists()
     for service in ("api", "worker"):  # the off-site secrets stay out of the stack
@@ -256,6 +302,16 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
                              check=True).stdout
         assert "OFFSITE_" not in env and PASSWORD not in env
     assert PASSWORD not in "".join(p.read_text() for p in (sandbox.home / APP / "env").glob("*.env"))
+    # The set it came from is kept: a backup's retention (one set kept here, one a day off-site)
+    # removes neither copy of it, until the operator hands it back.
+    assert re.search(rf"^  {set_name} .*KEPT", sandbox.fab("backup.offsite.list", env_file=initialised).stdout, re.M)
+    sandbox.fab("backup", "--keep", "1", env_file=initialised)
+    assert set_name in local_sets(sandbox) and local_sets(sandbox)[-1] != set_name
+    listed = sandbox.fab("backup.offsite.list", env_file=initialised).stdout
+    assert re.search(rf"^  {set_name} .*KEPT", listed, re.M), listed
+    unkept = sandbox.fab("backup.offsite.unkeep", env_file=initialised)
+    assert "handed back to retention" in unkept.stdout
+    assert "KEPT" not in sandbox.fab("backup.offsite.list", env_file=initialised).stdout
     again = sandbox.fab("recover", "--from-offsite", "--skip-build", env_file=initialised, check=False)
     assert again.returncode == 5 and "already serves release" in again.stderr, everything_said(again)
     assert PASSWORD not in everything_said(out, again, init)

@@ -1134,3 +1134,96 @@ def test_migrate_and_restores_run_as_the_owner_then_apply_the_app_role():
     role = script.index("tasktracker/env/app-role.sql")
     start = script.index("start_services\n")
     assert migration < role < start
+
+
+# --- recover: the commit first, the maintenance switch, the kept sets (issue 26) ----------------
+
+import tasks.deploy as deploy_tasks  # noqa: E402
+from tasks.commands import offsite as offsite_commands  # noqa: E402
+
+OFFSITE_ENV = {"OFFSITE_REPOSITORY": "s3:https://s3.example.com/bucket/tt", "OFFSITE_PASSWORD": "pw-offsite-Secret-5",
+               "OFFSITE_AWS_ACCESS_KEY_ID": "AKIA1", "OFFSITE_AWS_SECRET_ACCESS_KEY": "aws-Secret-7"}
+RECOVERY_SET, NEWEST_SET = "20261125T020000Z", "20261126T020000Z"
+DESCRIBED = (f'OFFSITE NEWEST {NEWEST_SET}\nOFFSITE SET {RECOVERY_SET}\n'
+             f'{{"set": "{RECOVERY_SET}", "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}}\n')
+SAME_HEAD = ("ab12cd3" + "0" * 33, False)
+
+
+@pytest.mark.parametrize("head, any_checkout, refused", [
+    (SAME_HEAD, False, False),
+    (("ff00aa1" + "0" * 33, False), False, True),
+    (("ab12cd3" + "0" * 33, True), False, True),  # uncommitted changes count as another commit
+    (("ff00aa1" + "0" * 33, True), True, False),
+])
+def test_recover_names_the_commit_first_and_refuses_another_checkout_changing_nothing(monkeypatch, capsys, head,
+                                                                                    any_checkout, refused):
+    monkeypatch.setattr(deploy_tasks, "git_head", lambda: head)
+    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker describe", ok(DESCRIBED))
+    host = make_host(conn, **OFFSITE_ENV)
+    described = deploy_tasks.describe_recovery(host, RECOVERY_SET)
+    assert described == {"newest": NEWEST_SET, "set": RECOVERY_SET, "release": "20261124T100000Z-ab12cd3", "commit": "ab12cd3"}
+    assert capsys.readouterr().out.startswith(f"recover deploys commit ab12cd3: the release 20261124T100000Z-ab12cd3 of "
+                                              f"off-site set {RECOVERY_SET} ran it; this checkout is {head[0][:12]}")
+    refusal = deploy_tasks.checkout_refusal(described, host.name, any_checkout)
+    if refused:
+        assert "Check out that commit, `git checkout ab12cd3`, and run this again, or pass --any-checkout" in refusal
+        assert "\n" not in refusal
+    else:
+        assert refusal == ""
+    # Only the off-site program (installed as `init` did) and a read of the repository ran.
+    changing = [c for c in conn.commands if "describe" not in c and "tasktracker-offsite" not in c and "offsite.conf" not in c]
+    assert changing == [], changing
+    assert not [c for c in conn.commands if ".recovering" in c]
+
+
+def recover_onto(monkeypatch, conn: FakeConnection, probe_fails: bool = False) -> tuple[Host, list[str]]:
+    """recover_onto on a fake host with the deploy, restore and probe stood in for; the commands
+    and those steps in the order they happened."""
+    host = make_host(conn, **OFFSITE_ENV)
+    monkeypatch.setattr(deploy_tasks, "git_head", lambda: SAME_HEAD)
+
+    def step(name, fail=False):
+        def run(*args, **kwargs):
+            conn.calls.append((f"<{name}{' from the entry' if host.recovering else ''}>", {}))
+            if fail:
+                raise StepFailed("health checks", "api: HTTP 502")
+            return pipeline.DeployPlan(None, "", "img", (), "r9", None) if name == "plan" else None
+        return run
+
+    monkeypatch.setattr(deploy_tasks.pipeline, "plan_deploy", step("plan"))
+    monkeypatch.setattr(deploy_tasks.pipeline, "run_deploy", step("deploy"))
+    monkeypatch.setattr(host, "restore_backup", step("restore"))
+    monkeypatch.setattr(host, "release", lambda release_id: None)
+    monkeypatch.setattr(host, "probe", step("probe", fail=probe_fails))
+    described = offsite_commands.parse_described(DESCRIBED)
+    try:
+        deploy_tasks.recover_onto(host, None, described, False, "", {})
+    except StepFailed:
+        pass
+    return host, [c for c in conn.commands if not c.startswith("mkdir -p tasktracker/bin") and "mv -f" not in c]
+
+
+def test_recover_onto_keeps_the_entry_in_maintenance_until_the_data_is_complete_and_healthy(monkeypatch):
+    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
+    host, commands = recover_onto(monkeypatch, conn)
+    assert commands[0] == f"mkdir -p tasktracker && printf '%s\\n' {RECOVERY_SET} > tasktracker/.recovering"  # first of all
+    fetch = commands.index(f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker fetch {RECOVERY_SET}")
+    assert commands[fetch + 2] == f"tasktracker/bin/tasktracker-offsite tasktracker tasktracker keep {RECOVERY_SET} {NEWEST_SET}"
+    assert commands[-5:] == ["<plan from the entry>", "<deploy from the entry>", "<restore from the entry>", "<probe from the entry>",
+                             "rm -f tasktracker/.recovering"]  # serving, all at once, after the checks
+    assert host.recovering is False
+
+
+def test_a_failed_recover_leaves_the_maintenance_on(monkeypatch):
+    conn = FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
+    host, commands = recover_onto(monkeypatch, conn, probe_fails=True)
+    assert commands[-1] == "<probe from the entry>"
+    assert not [c for c in commands if c.startswith("rm -f") and ".recovering" in c]
+
+
+def test_recover_stops_when_the_sets_cannot_be_kept_from_retention(monkeypatch):
+    conn = (FakeConnection().on("tasktracker-offsite tasktracker tasktracker fetch", ok(f"OFFSITE FETCHED {RECOVERY_SET}\n"))
+            .on("tasktracker-offsite tasktracker tasktracker keep", fail("Fatal: unable to create lock")))
+    host, commands = recover_onto(monkeypatch, conn)
+    assert "<plan from the entry>" not in commands and "<deploy from the entry>" not in commands
+    assert not [c for c in commands if c.startswith("rm -f") and ".recovering" in c]

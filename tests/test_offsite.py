@@ -72,8 +72,8 @@ RESTIC_SNAPSHOTS = ('[{"time":"2026-11-26T04:31:02.1+00:00","tree":"ab","paths":
 
 def test_parse_snapshots_orders_sets_and_skips_foreign_snapshots():
     assert offsite.parse_snapshots(RESTIC_SNAPSHOTS) == [
-        {"set": "20261125T020000Z", "time": "2026-11-25T02:00:09+00:00", "id": "fedcba98"},
-        {"set": "20261126T043100Z", "time": "2026-11-26T04:31:02.1+00:00", "id": "01234567"}]
+        {"set": "20261125T020000Z", "time": "2026-11-25T02:00:09+00:00", "id": "fedcba98", "kept": False},
+        {"set": "20261126T043100Z", "time": "2026-11-26T04:31:02.1+00:00", "id": "01234567", "kept": False}]
     assert offsite.parse_snapshots("") == [] and offsite.parse_snapshots("Fatal: unable to open") == []
 
 
@@ -321,3 +321,35 @@ def test_a_key_not_yet_authorized_says_so_in_one_paragraph(stderr, pubkey, says)
     for part in says:
         assert part in message, message
     assert "Fatal" not in message and "\n\n" not in message
+
+
+@needs_restic
+def test_a_kept_set_survives_retention_until_unkeep_and_describe_reads_it_in_place(tmp_path, initialised_repository):
+    """Issue 26: the set a recovery came from is tagged `keep` (and marked on the host): retention
+    (keep-daily 1, all made the same day) leaves it until `unkeep`; `describe` names the newest set
+    and reads a set's manifest without restoring anything."""
+    app = make_app(tmp_path, tmp_path / "repo", keep=(1, 1, 1))
+    initialised(app, tmp_path / "repo", initialised_repository)
+    old, new, newer = "20261126T010000Z", "20261126T020000Z", "20261126T030000Z"
+    made = make_set(app, old, os.urandom(512))
+    (made / "manifest.json").write_text(json.dumps({"set": old, "release": "20261125T173005Z-ab12cd3", "commit": "ab12cd3"}))
+    assert program(app, "push", old).returncode == 0
+    described = program(app, "describe", "latest")
+    assert described.returncode == 0, described.stderr
+    assert offsite.parse_described(described.stdout) == {"newest": old, "set": old, "release": "20261125T173005Z-ab12cd3",
+                                                         "commit": "ab12cd3"}
+    assert not list((app / "backups").glob(".offsite-*"))
+    kept = program(app, "keep", old)
+    assert kept.returncode == 0 and f"OFFSITE KEPT {old}" in kept.stdout, kept.stderr
+    assert (app / "backups" / ".kept" / old).is_file()
+    make_set(app, new, os.urandom(512))
+    assert program(app, "push", new).returncode == 0
+    rows = offsite.parse_snapshots(program(app, "list").stdout)
+    assert [(r["set"], r["kept"]) for r in rows] == [(old, True), (new, False)]
+    assert offsite.parse_described(program(app, "describe", old).stdout)["newest"] == new
+    assert program(app, "describe", "20261101T000000Z").returncode == 2
+    unkept = program(app, "unkeep", "all")
+    assert unkept.returncode == 0 and not (app / "backups" / ".kept" / old).exists(), unkept.stderr
+    make_set(app, newer, os.urandom(512))
+    assert program(app, "push", newer).returncode == 0
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == [newer]

@@ -234,10 +234,15 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     conf = conf.replace("/tmp/nginx-", f"{tmp_path}/nginx-")
     path = tmp_path / "nginx.conf"
     path.write_text(conf)
-    shutil.copy(ROOT / "nginx" / "app-locations.conf", tmp_path / "app-locations.conf")
+    for name in ("app-locations.conf", "maintenance.conf"):
+        shutil.copy(ROOT / "nginx" / name, tmp_path / name)
     out = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "syntax is ok" in out.stderr
+    # A rollback's check: the release checked is older than the maintenance switch (no file).
+    (tmp_path / "maintenance.conf").unlink()
+    out = subprocess.run(["nginx", "-t", "-c", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_nginx_config_has_what_an_operator_expects():
@@ -338,6 +343,10 @@ def local_nginx():
         f.write(conf)
     with open(os.path.join(d, "app-locations.conf"), "w") as f:
         f.write(locations)
+    maintenance = (ROOT / "nginx" / "maintenance.conf").read_text()
+    assert "if (-f /srv/app/.recovering)" in maintenance
+    with open(os.path.join(d, "maintenance.conf"), "w") as f:
+        f.write(maintenance.replace("/srv/app/.recovering", f"{d}/.recovering"))
     log = open(os.path.join(d, "nginx.log"), "w")
     proc = subprocess.Popen(["nginx", "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -352,6 +361,21 @@ def local_nginx():
                 return err.code, err.headers, err.read()
 
         get.holding, get.held = holding, held
+
+        def send(method, path, source="127.0.0.1"):
+            """One request from `source` (127.0.0.1 is nginx's own address, as the recovery's
+            probe is in its network namespace; any other loopback address is a client)."""
+            import http.client
+
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+            try:
+                conn.request(method, path, body=b"{}" if method != "GET" else None)
+                res = conn.getresponse()
+                return res.status, res.headers, res.read()
+            finally:
+                conn.close()
+
+        get.send, get.flag = send, os.path.join(d, ".recovering")
         yield get
     finally:
         for _ in holding:
@@ -374,6 +398,37 @@ def test_nginx_sends_security_headers_on_every_response(local_nginx):
         assert headers.get("Strict-Transport-Security") is None, path  # HTTPS only
     assert local_nginx("/")[1]["Cache-Control"] == "no-cache"
     assert local_nginx("/assets/app-1234.js")[1]["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
+def test_a_recovering_host_answers_503_recovering_to_every_client(local_nginx):
+    """Issue 26: while APP_DIR/.recovering exists every client gets 503 "recovering" (JSON under
+    /api/, a page elsewhere), writes included; only nginx's own address (the recovery's probe)
+    reads through, and never writes. Without the file everything is served again at once."""
+    import json
+
+    client = "127.0.0.3"
+    assert local_nginx.send("GET", "/api/tasks", client)[0] == 200
+    with open(local_nginx.flag, "w") as f:
+        f.write("20261207T020000Z\n")
+    for method, path in (("GET", "/api/health"), ("GET", "/api/tasks"), ("POST", "/api/tasks"), ("PUT", "/api/tasks/1"),
+                         ("DELETE", "/api/tasks/1"), ("POST", "/api/telegram/webhook")):
+        status, headers, body = local_nginx.send(method, path, client)
+        assert (status, json.loads(body)["status"]) == (503, "recovering"), (method, path)
+        assert headers["Content-Type"] == "application/json"
+        for name, value in SECURITY_HEADERS.items():
+            assert headers.get_all(name) == [value], (path, name)
+    for path in ("/", "/tasks/42", "/assets/app-1234.js", "/ws", "/nginx-health"):
+        status, headers, body = local_nginx.send("GET", path, client)
+        assert status == 503 and b"Task Tracker is recovering" in body, path
+        assert headers["Content-Type"].startswith("text/html"), path
+    assert local_nginx.send("GET", "/.recovering.html", client)[0] == 503
+    for path in ("/api/health", "/", "/assets/app-1234.js", "/nginx-health"):  # the probe reads
+        assert local_nginx.send("GET", path)[0] == 200, path
+    assert local_nginx.send("POST", "/api/tasks")[0] == 503  # but does not write
+    os.remove(local_nginx.flag)
+    assert local_nginx.send("GET", "/api/tasks", client)[0] == 200
+    assert local_nginx.send("GET", "/", client)[0] == 200
+    assert local_nginx.send("GET", "/.recovering.html", client)[0] == 404  # internal only
 
 
 def test_nginx_sets_the_client_address_itself(local_nginx):

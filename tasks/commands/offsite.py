@@ -5,19 +5,23 @@ settings in `APP_DIR/shared/offsite.conf` (0600, sent over SFTP: the repository 
 keys never reach a command line). The backup script calls `push` after a full set is complete
 and verified, so the nightly cron job copies off-site with no laptop involved.
 
-    tasktracker-offsite APP_DIR PROJECT init              create the repository (idempotent)
-    tasktracker-offsite APP_DIR PROJECT push SET          copy backups/SET, then apply retention
-    tasktracker-offsite APP_DIR PROJECT list              snapshots of this app, as JSON
-    tasktracker-offsite APP_DIR PROJECT check [SUBSET]    `restic check --read-data[-subset]`
-    tasktracker-offsite APP_DIR PROJECT fetch SET|latest  restore a set into backups/ (checksums
-    verified) tasktracker-offsite APP_DIR PROJECT drill             fetch the newest set into a
-    scratch dir, restore
-                                                          its dump into a scratch database, compare
-                                                          counts
+    tasktracker-offsite APP_DIR PROJECT  (then one of:)
+      init              create the repository (idempotent)
+      push SET          copy backups/SET, then apply retention
+      list              snapshots of this app, as JSON
+      check [SUBSET]    `restic check --read-data[-subset]`
+      fetch SET|latest  restore a set into backups/ (checksums verified)
+      describe SET|latest  the newest set's name; SET's manifest (nothing restored)
+      keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET)
+      unkeep SET|all    hand kept sets back to retention
+      drill             fetch the newest set into a scratch dir, restore its dump into a
+                        scratch database, compare counts
 
 Snapshots carry the host name PROJECT and the tags `tasktracker` and `set=<name>`; retention
 (`forget --prune`) groups by host only, so every set of this app counts toward one
-daily/weekly/monthly schedule and another app in the same repository is never touched.
+daily/weekly/monthly schedule and another app in the same repository is never touched. A set
+tagged `keep` (what `recover` came from, and the newest set before the disaster) is never
+removed by retention (`--keep-tag keep`) until `backup.offsite.unkeep`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from .programs import program
 
 SCRIPT_NAME = "tasktracker-offsite"
 KEY_NAME = "tasktracker-offsite"  # ~/.ssh/<KEY_NAME>: the host's key for an SFTP repository
+# restic's tag on a set retention must never remove (`forget --keep-tag keep`)
+KEEP_TAG = "keep"
 # the backup script's exit code: the set is made and kept, the off-site copy failed
 PUSH_FAILED_EXIT = 3
 
@@ -155,7 +161,8 @@ def parse_snapshots(text: str) -> list[dict]:
         names = [t[4:] for t in snap.get("tags") or [] if t.startswith("set=")]
         if names:
             rows.append({"set": names[0], "time": snap.get("time", ""),
-                         "id": snap.get("short_id") or snap.get("id", "")[:8]})
+                         "id": snap.get("short_id") or snap.get("id", "")[:8],
+                         "kept": KEEP_TAG in (snap.get("tags") or [])})
     return sorted(rows, key=lambda row: row["set"])
 
 
@@ -235,3 +242,49 @@ def recovering_marker(ctx: HostContext) -> str:
 
 def mark_recovering(ctx: HostContext, set_name: str) -> str:
     return f"mkdir -p {q(ctx.app_dir)} && printf '%s\\n' {q(set_name)} > {recovering_marker(ctx)}"
+
+
+def parse_described(output: str) -> dict[str, str]:
+    """`describe` output: the newest set, the set described, and its release and commit (the
+    manifest's, else the commit in the release's id); {} when it did not finish."""
+    found: dict[str, str] = {}
+    lines = output.splitlines()
+    for n, line in enumerate(lines):
+        if line.startswith("OFFSITE NEWEST "):
+            found["newest"] = line.split()[-1]
+        elif line.startswith("OFFSITE SET ") and n + 1 < len(lines):
+            found["set"] = line.split()[-1]
+            try:
+                manifest = json.loads(lines[n + 1])
+            except ValueError:
+                manifest = {}
+            release = str(manifest.get("release", "")) if isinstance(manifest, dict) else ""
+            commit = str(manifest.get("commit", "")) if isinstance(manifest, dict) else ""
+            found.update(release=release, commit=commit or commit_of_release(release))
+    return found if {"newest", "set"} <= set(found) else {}
+
+
+def commit_of_release(release: str) -> str:
+    """The commit in a release id (`20261125T173005Z-ab12cd3dirty` -> `ab12cd3-dirty`); '' when
+    it names none (`nogit`, or not a release id)."""
+    match = re.fullmatch(r"[0-9]{8}T[0-9]{6}Z-([0-9a-f]{4,12}?)(dirty)?", release)
+    return (match.group(1) + ("-dirty" if match.group(2) else "")) if match else ""
+
+
+def checkout_problem(recorded: str, head: str, dirty: bool) -> str:
+    """Why this checkout (HEAD's full sha, uncommitted changes or not) is not the commit a set's
+    release was deployed from (`abc1234`, `abc1234-dirty`); '' when it is that commit."""
+    sha = recorded.removesuffix("-dirty")
+    if not re.fullmatch(r"[0-9a-f]{4,40}", sha):
+        return "the set does not say which commit its release was deployed from"
+    if recorded.endswith("-dirty"):
+        return (f"the set's release was deployed from commit {sha} with uncommitted changes, "
+                "which no checkout can reproduce exactly")
+    if not head:
+        return "this directory is not a git checkout"
+    if not head.startswith(sha):
+        return (f"this checkout is commit {head[:len(sha)]}"
+                + (" with uncommitted changes" if dirty else ""))
+    if dirty:
+        return f"this checkout is commit {sha} with uncommitted changes"
+    return ""

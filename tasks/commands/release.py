@@ -176,6 +176,15 @@ def probe(image: str, base_url: str, assets: list[str], timeout: int = 90) -> st
             f"/probe.py {args}; fi")
 
 
+def probe_from_entry(ctx: HostContext, image: str, assets: list[str], timeout: int = 90) -> str:
+    """The same probe from inside nginx's own network namespace (http://127.0.0.1:80), the one
+    client nginx/maintenance.conf lets through while a recovery keeps everyone else out."""
+    args = sh(["http://127.0.0.1:80", str(timeout), *assets])
+    mount = f"$PWD/{PROBE_PATH}:/probe.py:ro"
+    return (f"docker run --rm --network \"container:$({ctx.container('nginx')})\" -v \"{mount}\" "
+            f"--entrypoint python {q(image)} /probe.py {args}")
+
+
 def read_meta(ctx: HostContext, release_id: str) -> str:
     """The release's RELEASE.json, or the line MISSING when it has none."""
     path = q(ctx.release_meta(release_id))

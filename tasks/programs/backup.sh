@@ -11,6 +11,8 @@ tmp="$root/.$name.partial"
 started=$(date +%s)
 step=start
 release=$(basename "$(readlink current 2>/dev/null)" 2>/dev/null || true)
+# The commit that release was deployed from (its RELEASE.json): what `recover` checks out against.
+commit=$(sed -n 's/.*"commit": "\([^"]*\)".*/\1/p' current/RELEASE.json 2>/dev/null | head -n 1)
 container() {  # Compose's container of the service, or on a swarm the stack's task on this node
   { docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" \
       --filter label=com.docker.compose.oneoff=False
@@ -125,15 +127,17 @@ rows=$(awk -F= '{s+=$2} END {print s+0}' "$tmp/rowcounts.txt")
 progress "checksums and manifest"
 (cd "$tmp" && sha256sum -- * > SHA256SUMS) || fail "writing checksums failed"
 sizes=$(cd "$tmp" && for f in *; do printf '"%s": %s, ' "$f" "$(stat -c %s "$f")"; done)
-printf '{"set": "%s", "release": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "seconds": {"database": %s, "nats_and_files": %s, "nats_paused": %s}, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
-  "$name" "$release" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$database_s" "$other_s" "$pause_s" "$tables" "$rows" "$vseconds" "${sizes%, }" \
+printf '{"set": "%s", "release": "%s", "commit": "%s", "created_at": "%s", "mode": "%s", "duration_s": %s, "seconds": {"database": %s, "nats_and_files": %s, "nats_paused": %s}, "verification": {"result": "ok", "tables": %s, "rows": %s, "seconds": %s}, "sizes": {%s}}\n' \
+  "$name" "$release" "$commit" "$(date -u +%FT%TZ)" "${MODE#--}" "$(( $(date +%s) - started ))" "$database_s" "$other_s" "$pause_s" "$tables" "$rows" "$vseconds" "${sizes%, }" \
   > "$tmp/manifest.json" || fail "writing the manifest failed (disk full?)"
 chmod 600 "$tmp"/* && chmod 700 "$tmp"
 mv "$tmp" "$root/$name" || fail "renaming the finished set failed"
 
-progress "retention: keep the newest $KEEP full sets and the newest $KEEP pre-deploy sets"
+progress "retention: keep the newest $KEEP full sets, the newest $KEEP pre-deploy sets and every kept set"
 for kind in '^[0-9]{8}T[0-9]{6}Z$' '^[0-9]{8}T[0-9]{6}Z-predeploy$'; do
-  find "$root" -mindepth 1 -maxdepth 1 -printf '%f\n' | grep -E "$kind" | sort | head -n "-$KEEP" | while read -r old; do
+  # A kept set (backups/.kept/SET: the one a recovery came from) stays until `backup.offsite.unkeep`.
+  find "$root" -mindepth 1 -maxdepth 1 -printf '%f\n' | grep -E "$kind" | sort | while read -r s; do
+    [ -e "$root/.kept/$s" ] || printf '%s\n' "$s"; done | head -n "-$KEEP" | while read -r old; do
     [ "$old" = "$name" ] || { rm -rf "${root:?}/$old" && echo "[backup] removed old set $old"; }
   done
 done

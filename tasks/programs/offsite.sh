@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tasktracker-offsite APP_DIR PROJECT ACTION [ARG]   (installed by `fab backup`; do not edit)
 set -uo pipefail
-[ $# -ge 3 ] || { echo "usage: tasktracker-offsite APP_DIR PROJECT init|push SET|list|check [SUBSET]|fetch SET|latest|drill" >&2; exit 2; }
+usage="init|push SET|list|check [SUBSET]|fetch SET|latest|describe SET|latest|keep SET...|unkeep SET|all|drill"
+[ $# -ge 3 ] || { echo "usage: tasktracker-offsite APP_DIR PROJECT $usage" >&2; exit 2; }
 APP_DIR=$1 PROJECT=$2 ACTION=$3 ARG=${4:-}
 umask 077
 cd "$APP_DIR" && APP_DIR=$(pwd) || exit 1
@@ -52,9 +53,9 @@ push)
     echo "OFFSITE PUSH FAILED for $ARG (the set is kept on this host)" >&2; exit 1
   fi
   logged offsite-ok
-  echo "[backup] off-site retention: $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly"
+  echo "[backup] off-site retention: $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly, and every kept set"
   if ! r forget --quiet --host "$PROJECT" --tag tasktracker --group-by host --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" \
-      --keep-monthly "$KEEP_MONTHLY" --prune >/dev/null; then
+      --keep-monthly "$KEEP_MONTHLY" --keep-tag keep --prune >/dev/null; then
     logged offsite-retention-failed  # the copy is there; the next push applies retention again
     echo "[backup] WARNING: off-site retention failed (the copy of $ARG is there; the next push tries again)"
   fi
@@ -62,6 +63,41 @@ push)
   ;;
 list)
   r snapshots --json --host "$PROJECT" --tag tasktracker
+  ;;
+describe)
+  # The newest set's name, and the manifest of SET (or of the newest), read without restoring it.
+  snapshots=$(r snapshots --json --host "$PROJECT" --tag tasktracker) || exit 1
+  newest=$(printf '%s' "$snapshots" | tr ',' '\n' | sed -n 's/.*"set=\([0-9TZ]*\)".*/\1/p' | sort -r | head -n 1)
+  [ -n "$newest" ] || { echo "OFFSITE: the repository has no set of $PROJECT" >&2; exit 2; }
+  name=$ARG; [ "$ARG" = latest ] && name=$newest
+  [[ "$name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $name is not a set name" >&2; exit 2; }
+  manifest=$(r dump --quiet --host "$PROJECT" --tag "set=$name" latest /manifest.json) \
+    || { echo "OFFSITE: the repository has no set $name of $PROJECT" >&2; exit 2; }
+  echo "OFFSITE NEWEST $newest"
+  echo "OFFSITE SET $name"
+  printf '%s\n' "$manifest" | tr -d '\n'; echo
+  ;;
+keep|unkeep)
+  # keep: retention never removes these sets (restic's tag `keep`; backups/.kept/SET here) until
+  # `unkeep` hands them back to it (`unkeep all`: every kept set).
+  shift 3
+  [ $# -ge 1 ] || { echo "OFFSITE: $ACTION needs a set name" >&2; exit 2; }
+  mkdir -p "$root/.kept"
+  for name in "$@"; do
+    if [ "$ACTION" = unkeep ] && [ "$name" = all ]; then
+      r tag --quiet --host "$PROJECT" --tag keep --remove keep >/dev/null || exit 1
+      rm -f "$root/.kept/"*; echo "OFFSITE UNKEPT all"; continue
+    fi
+    [[ "$name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $name is not a set name" >&2; exit 2; }
+    if [ "$ACTION" = keep ]; then
+      r tag --quiet --host "$PROJECT" --tag "set=$name" --add keep >/dev/null || exit 1
+      [ ! -d "$root/$name" ] || printf 'kept %s\n' "$(date -u +%FT%TZ)" > "$root/.kept/$name"
+      echo "OFFSITE KEPT $name"
+    else
+      r tag --quiet --host "$PROJECT" --tag "set=$name" --remove keep >/dev/null || exit 1
+      rm -f "$root/.kept/$name"; echo "OFFSITE UNKEPT $name"
+    fi
+  done
   ;;
 check)
   if [ -n "$ARG" ]; then r check --read-data-subset="$ARG"; else r check --read-data; fi
@@ -122,5 +158,5 @@ SQL
   sed 's/^/count /' "$tmp/counts.txt"
   echo "OFFSITE DRILL OK $set_name"
   ;;
-*) echo "usage: tasktracker-offsite APP_DIR PROJECT init|push SET|list|check [SUBSET]|fetch SET|drill" >&2; exit 2 ;;
+*) echo "usage: tasktracker-offsite APP_DIR PROJECT $usage" >&2; exit 2 ;;
 esac
