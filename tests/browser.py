@@ -48,12 +48,19 @@ def spki_hash(der_cert: bytes) -> str:
 
 
 @contextmanager
-def chromium(*, resolve: dict[str, str] | None = None, trust_spki: str | None = None, limit: float = 180):
+def chromium(*, reach: list[tuple[str, int]], resolve: dict[str, str] | None = None,
+             trust_spki: str | None = None, limit: float = 180):
     """A Selenium driver for headless Chromium, killed (with its browser) after `limit` seconds.
-    `resolve` maps host names to addresses (no DNS needed); `trust_spki` accepts the certificate
-    with that key (a test CA's leaf) and nothing else."""
+    Chromedriver and the browser run in a network namespace of their own (tests/netns.py), so
+    Docker's bridges coming and going for other tests never fail a request with
+    ERR_NETWORK_CHANGED; the page reaches only the (address, port) pairs in `reach`. `resolve`
+    maps host names to addresses (no DNS needed); `trust_spki` accepts the certificate with that
+    key (a test CA's leaf) and nothing else."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    from tests.netns import IsolatedNetwork
+    from tests.support import free_port
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -66,8 +73,26 @@ def chromium(*, resolve: dict[str, str] | None = None, trust_spki: str | None = 
         options.add_argument(f"--ignore-certificate-errors-spki-list={trust_spki}")
     # The console (errors, mixed-content warnings) and the network log (which URLs, which WebSocket).
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True})
-    driver = webdriver.Chrome(service=service, options=options)
+    network = IsolatedNetwork()
+    try:
+        for address, port in reach:
+            network.forward_in(address, port)
+        port = free_port()
+        network.forward_out(port)
+        driver_in_namespace = network.dir / "chromedriver"
+        driver_in_namespace.write_text(f'#!/bin/sh\nexec {" ".join(network.command([CHROMEDRIVER]))} "$@"\n')
+        driver_in_namespace.chmod(0o755)
+        service = Service(str(driver_in_namespace), port=port, popen_kw={"start_new_session": True})
+        with _driver(webdriver.Chrome(service=service, options=options), service, limit) as driver:
+            yield driver
+    finally:
+        network.close()
+
+
+@contextmanager
+def _driver(driver, service, limit: float):
+    """`driver`, bounded: page-load and script timeouts, and a watchdog that kills chromedriver's
+    process group (the browser is its child) after `limit` seconds; killed at the end too."""
     group = service.process.pid
 
     def kill():

@@ -22,7 +22,7 @@ def test_the_dashboard_shows_the_live_release_a_new_task_and_the_workers_event(s
     api_release = meta.get("backend_release") or live
     shot = browser.artifacts_dir(tmp_path_factory) / f"dashboard-http-{live}.png"
     title = f"Typed in the browser {secrets.token_hex(3)}"
-    with browser.chromium() as driver:
+    with browser.chromium(reach=[(sandbox.address, sandbox.http_port)]) as driver:
         seen = browser.dashboard_check(driver, sandbox.url("/"), title, shot)
     with capsys.disabled():
         print(f"\n[browser] screenshot of the deployed dashboard: {seen.screenshot}")

@@ -101,7 +101,8 @@ def test_the_dashboard_over_https_has_no_mixed_content_and_its_websocket_is_wss(
     live = (sandbox.home / APP / "current").readlink().name
     origin = f"https://{DOMAIN}:{port}"
     shot = browser.artifacts_dir(tmp_path_factory) / f"dashboard-https-{live}.png"
-    with browser.chromium(resolve={DOMAIN: sandbox.address}, trust_spki=browser.spki_hash(leaf)) as driver:
+    with browser.chromium(reach=[(sandbox.address, port)], resolve={DOMAIN: sandbox.address},
+                         trust_spki=browser.spki_hash(leaf)) as driver:
         seen = browser.dashboard_check(driver, f"{origin}/", f"Typed over HTTPS {os.getpid()}", shot)
     with capsys.disabled():
         print(f"\n[browser] screenshot of the dashboard over HTTPS: {seen.screenshot}")
