@@ -37,7 +37,8 @@ def main() -> int:
         sftp = SftpServer(box.work, docker_gateway()).start()
         try:
             env = box.state / ".env"
-            env.write_text(env.read_text() + f"OFFSITE_REPOSITORY={sftp.repository}\nOFFSITE_PASSWORD=bench-{random.getrandbits(64):x}\n")
+            env.write_text(env.read_text() + f"OFFSITE_REPOSITORY={sftp.repository}\nOFFSITE_HOST_KEY={sftp.fingerprint}\n"
+                           f"OFFSITE_PASSWORD=bench-{random.getrandbits(64):x}\n")
             box.run("fab", "-H", "sandbox", "deploy")
             project, app_dir = box.setting("COMPOSE_PROJECT"), Path("/home") / box.user / box.setting("APP_DIR")
 

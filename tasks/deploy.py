@@ -181,7 +181,9 @@ def what_recover_deploys(host: Host, name: str | None, any_checkout: bool) -> di
 
 def describe_recovery(host: Host, name: str | None) -> dict[str, str]:
     """Read-only: the set `recover` will bring back (the newest, or `name`) and the release and
-    commit it was made under, printed first (set, newest, release, commit)."""
+    commit it was made under, printed first (set, newest, release, commit). An SFTP server's key
+    is pinned first (OFFSITE_HOST_KEY), as `backup.offsite.init` does."""
+    host.pin_offsite_host_key()
     pubkey = host.install_offsite()
     result = host.offsite("describe", name or "latest")
     described = offsite_commands.parse_described(result.stdout)

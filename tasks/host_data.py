@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from invoke import Exit
+
 from .commands import backup as backup_commands
 from .commands import compose as compose_commands
 from .commands import db as db_commands
@@ -14,6 +16,7 @@ from .commands import pitr as pitr_commands
 from .commands import pitr_offsite
 from .commands import release as release_commands
 from .commands import sh
+from .exits import ExitCode
 from .steps import StepFailed
 
 if TYPE_CHECKING:
@@ -62,6 +65,24 @@ class DataOperations:
         return name
 
     # --- off-site copies (restic) -------------------------------------------------------------
+    def pin_offsite_host_key(self) -> None:
+        """For an SFTP repository: trust the server key whose fingerprint is OFFSITE_HOST_KEY and
+        no other (never on first use); stop, having changed nothing, with the keys the server
+        offers when the setting is empty or none of them matches."""
+        repository = self.settings.offsite_repository
+        if offsite_commands.sftp_target(repository) is None:
+            return
+        pin = self.settings.offsite_host_key
+        result = self.probe_run(offsite_commands.pin_host_key(repository, pin))
+        offered, pinned = offsite_commands.parse_host_keys(result.stdout)
+        if result.ok and pinned:
+            print(f"The SFTP server's host key {pinned} (OFFSITE_HOST_KEY) is the one it offers: "
+                  "the host trusts it and no other.")
+            return
+        raise Exit(offsite_commands.host_key_message(self.name, repository, pin, offered,
+                                                     result.exited),
+                   code=ExitCode.USAGE if result.exited == 4 else ExitCode.FAILED)
+
     def install_offsite(self) -> str:
         """When OFFSITE_REPOSITORY is set: install tasktracker-offsite and its offsite.conf (only a
         file that differs is sent, over SFTP: the password never reaches a command line) and, for an

@@ -20,9 +20,8 @@ from .settings import Settings
 from .steps import StepFailed
 
 
-def configured_host(c) -> tuple[Host, str]:
-    """The host with off-site copies installed, after checking OFFSITE_REPOSITORY is set (before
-    any connection opens); and the host's public key for an SFTP repository ('' otherwise)."""
+def offsite_host(c) -> Host:
+    """The host, after checking OFFSITE_REPOSITORY is set (before any connection opens)."""
     settings = Settings.from_context(c)
     if not settings.offsite_repository:
         raise Exit("OFFSITE_REPOSITORY is not set, so there are no off-site copies to work with. "
@@ -30,7 +29,13 @@ def configured_host(c) -> tuple[Host, str]:
                    "OFFSITE_PASSWORD in the settings file (see .env.example, \"Off-site copies\"), "
                    "then run "
                    "`fab -H HOST backup.offsite.init`. Nothing was changed.", code=ExitCode.USAGE)
-    host = open_host(c)
+    return open_host(c)
+
+
+def configured_host(c) -> tuple[Host, str]:
+    """The host with off-site copies installed (`offsite_host`), and the host's public key for an
+    SFTP repository ('' otherwise)."""
+    host = offsite_host(c)
     return host, host.install_offsite()
 
 
@@ -62,8 +67,11 @@ def unauthorized_key_message(host_name: str, repository: str, pubkey: str,
 @task
 def init(c):
     """Set up off-site copies: install them on the host and create the repository (idempotent).
-    For an SFTP repository it prints the host's public key to authorize on the SFTP server."""
-    host, pubkey = configured_host(c)
+    For an SFTP repository it first pins the server's key (OFFSITE_HOST_KEY), then prints the
+    host's public key to authorize on the SFTP server."""
+    host = offsite_host(c)
+    host.pin_offsite_host_key()
+    pubkey = host.install_offsite()
     if pubkey:
         user, server, _ = commands.sftp_target(host.settings.offsite_repository)
         print("The host's key for the SFTP repository (add it to "

@@ -201,6 +201,12 @@ class Settings:
                                         "to authorize there) or "
                                         "`s3:https://s3.eu-central-1.amazonaws.com/my-bucket/"
                                         "tasktracker`; empty: no off-site copies.")
+    offsite_host_key: str = _spec("", group="Off-site copies",
+                                  doc="The SFTP server's host key fingerprint, as "
+                                      "`ssh-keygen -lf` prints it (`SHA256:` and 43 characters), "
+                                      "read on the server itself or from its provider: "
+                                      "`backup.offsite.init` trusts that key and no other (empty: "
+                                      "init shows the keys the server offers and stops).")
     offsite_password: Secret = _spec("", secret=True, group="Off-site copies",
                                      doc="Encrypts the repository (required with "
                                          "OFFSITE_REPOSITORY): keep a copy OFF "

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .commands.db import ROLE_NAME_RE
-from .commands.offsite import REPOSITORY_SCHEMES, sftp_target
+from .commands.offsite import HOST_KEY_FINGERPRINT, REPOSITORY_SCHEMES, sftp_target
 
 LLM_PROVIDERS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63}$|^localhost$",
@@ -128,6 +128,11 @@ def offsite_problems(values: dict) -> list[str]:
                         f"sftp:USER@HOST:/PATH (or sftp://USER@HOST:PORT//PATH), the user and host "
                         "in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would "
                         "read it as an option)")
+    pin = values.get("offsite_host_key", "")
+    if pin and not re.fullmatch(HOST_KEY_FINGERPRINT, pin):
+        problems.append(f"OFFSITE_HOST_KEY {pin!r} is not a host key fingerprint: `SHA256:` and "
+                        "43 letters, digits, '+' or '/', as `ssh-keygen -lf "
+                        "/etc/ssh/ssh_host_ed25519_key.pub` prints it on the SFTP server")
     if not values["offsite_password"]:
         problems.append("OFFSITE_PASSWORD is missing or empty (it encrypts the off-site copies; "
                         "keep it outside the VPS too)")

@@ -828,6 +828,13 @@ class SftpServer:
         wait_for(lambda: port_open(self.port, self.address), what="the SFTP server's sshd")
         return self
 
+    @property
+    def fingerprint(self) -> str:
+        """The server's host key fingerprint (`SHA256:...`): what OFFSITE_HOST_KEY pins."""
+        out = subprocess.run(["ssh-keygen", "-lf", str(self.dir / "host_key.pub")], capture_output=True,
+                             text=True, check=True).stdout
+        return out.split()[1]
+
     def authorize(self, public_key: str) -> None:
         ssh = self.home / ".ssh"
         ssh.mkdir(mode=0o700, exist_ok=True)

@@ -46,14 +46,34 @@ def sftp(sandbox):
 @pytest.fixture(scope="module")
 def app(sandbox, deployed, sftp):
     env = sandbox.app_env(APP, "offsite", OFFSITE_REPOSITORY=sftp.repository, OFFSITE_PASSWORD=PASSWORD,
-                          WAL_ARCHIVE_TIMEOUT=str(ARCHIVE_TIMEOUT))
+                          OFFSITE_HOST_KEY=sftp.fingerprint, WAL_ARCHIVE_TIMEOUT=str(ARCHIVE_TIMEOUT))
     sandbox.fab("deploy", "--skip-build", env_file=env)
     return env
 
 
+def refused_at_the_server_key(sandbox, sftp, pin: str):
+    """init with OFFSITE_HOST_KEY=`pin` (empty or wrong): stopped before anything on the host changes."""
+    env = sandbox.app_env(APP, f"pin{len(pin)}", OFFSITE_REPOSITORY=sftp.repository, OFFSITE_PASSWORD=PASSWORD,
+                          OFFSITE_HOST_KEY=pin, WAL_ARCHIVE_TIMEOUT=str(ARCHIVE_TIMEOUT))
+    known = sandbox.home / ".ssh" / "known_hosts"
+    before = known.read_text() if known.exists() else ""
+    out = sandbox.fab("backup.offsite.init", env_file=env, check=False)
+    assert f"{sftp.address}:{sftp.port} offers {sftp.fingerprint} (ED25519)" in out.stderr, everything_said(out)
+    assert "Nothing was changed on the host or off-site" in out.stderr
+    assert not (sandbox.home / APP / "bin" / "tasktracker-offsite").exists()  # not installed
+    assert (known.read_text() if known.exists() else "") == before  # the server not trusted
+    return out
+
+
 @pytest.fixture(scope="module")
 def initialised(sandbox, app, sftp):
+    # The SFTP server's key is never trusted on first use: OFFSITE_HOST_KEY must name it.
+    unset = refused_at_the_server_key(sandbox, sftp, "")
+    assert unset.returncode == 2 and "OFFSITE_HOST_KEY is not set" in unset.stderr, everything_said(unset)
+    wrong = refused_at_the_server_key(sandbox, sftp, "SHA256:" + "A" * 43)
+    assert wrong.returncode == 1 and "none is OFFSITE_HOST_KEY (SHA256:AAAA" in wrong.stderr, everything_said(wrong)
     first = sandbox.fab("backup.offsite.init", env_file=app, check=False)
+    assert f"host key {sftp.fingerprint} (OFFSITE_HOST_KEY) is the one it offers" in first.stdout, first.stdout
     # The key is not authorized yet: a clear failure that shows the key to authorize.
     assert first.returncode == 1, everything_said(first)
     said = everything_said(first)

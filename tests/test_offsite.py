@@ -38,7 +38,7 @@ def test_sftp_target(repository, target):
 def test_sftp_command_uses_the_hosts_own_key_and_never_prompts():
     assert offsite.sftp_command("sftp://backup@10.0.0.5:2222//srv/r", "/home/deploy") == (
         "ssh -i /home/deploy/.ssh/tasktracker-offsite -o IdentitiesOnly=yes -o BatchMode=yes "
-        "-o StrictHostKeyChecking=accept-new -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 "
+        "-o StrictHostKeyChecking=yes -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 "
         "-p 2222 backup@10.0.0.5 -s sftp")
     assert offsite.sftp_command("s3:https://s3.example.com/b", "/home/deploy") == ""
 

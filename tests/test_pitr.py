@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import backup, pitr, pitr_offsite, status
+from tasks.commands import backup, offsite, pitr, pitr_offsite, status
 from tasks.commands.context import HostContext
 
 CTX = HostContext(app_dir="/srv/tt", project="tt", variant="v2")
@@ -195,7 +195,7 @@ def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path)
 def test_where_the_wal_archive_goes_off_site(repository, path, known):
     assert pitr_offsite.offsite_repo_path(repository) == path
     if known:
-        assert pitr_offsite.known_host_name(repository) == known
+        assert offsite.known_host_name(repository) == known
 
 
 def test_the_off_site_conf_holds_the_cipher_pass_and_strict_host_keys():

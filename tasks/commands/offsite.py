@@ -45,6 +45,7 @@ PUSH_FAILED_EXIT = 3
 
 OFFSITE_SCRIPT = program("offsite.sh")
 
+HOST_KEY_FINGERPRINT = r"SHA256:[A-Za-z0-9+/]{43}"
 REPOSITORY_SCHEMES = ("sftp:", "s3:", "rest:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 
 
@@ -79,16 +80,70 @@ def sftp_path(repository: str) -> str:
     return match.group(3) if match else ""
 
 
+def pin_host_key(repository: str, fingerprint: str) -> str:
+    """Shell (tasks/programs/offsite-host-key.sh): the SFTP server's host keys and fingerprints
+    (`@@offered`); the one whose fingerprint is `fingerprint` replaces what ~/.ssh/known_hosts
+    said of the server (`@@pinned`). Exits 3 (no answer), 4 (no fingerprint given) or 5 (none
+    matches) having changed nothing."""
+    _, host, port = sftp_target(repository)
+    values = {"@HOST@": host, "@PORT@": str(port), "@NAME@": known_host_name(repository),
+              "@PIN@": fingerprint}
+    text = program("offsite-host-key.sh")
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, q(value))
+    return text
+
+
+def parse_host_keys(out: str) -> tuple[list[str], str]:
+    """The keys `pin_host_key` saw the server offer ("SHA256:... (ED25519)") and the one pinned."""
+    offered = [line.removeprefix("@@offered ").strip() for line in out.splitlines()
+               if line.startswith("@@offered ")]
+    pinned = next((line.removeprefix("@@pinned ").strip() for line in out.splitlines()
+                   if line.startswith("@@pinned ")), "")
+    return offered, pinned
+
+
+def host_key_message(host_name: str, repository: str, pin: str, offered: list[str],
+                     exited: int) -> str:
+    """Why `init` stopped at the SFTP server's host key (pin_host_key's exit code), and the fix."""
+    _, server, port = sftp_target(repository)
+    keys = ", ".join(offered)
+    check = ("Read the server's own fingerprint on it (`ssh-keygen -lf "
+             "/etc/ssh/ssh_host_ed25519_key.pub`) or in its provider's panel")
+    unchanged = " Nothing was changed on the host or off-site."
+    if exited == 3:
+        return (f"The SFTP server {server}:{port} did not answer {host_name} (ssh-keyscan, 15 s): "
+                "check OFFSITE_REPOSITORY's host and port and that this host can reach it, then "
+                f"run `fab -H {host_name} backup.offsite.init` again.{unchanged}")
+    if exited == 4:
+        return (f"OFFSITE_HOST_KEY is not set, and an SFTP server's key is never trusted on first "
+                f"use. {server}:{port} offers {keys}. {check}, set OFFSITE_HOST_KEY to the "
+                f"`SHA256:...` that matches, and run `fab -H {host_name} backup.offsite.init` "
+                f"again.{unchanged}")
+    return (f"The SFTP server {server}:{port} offers {keys or 'no key'}, and none is "
+            f"OFFSITE_HOST_KEY ({pin}): the setting is wrong, the server was replaced, or "
+            f"something between {host_name} and it answers in its place. {check}; if the "
+            f"server really changed, set OFFSITE_HOST_KEY to its new key and run `fab -H "
+            f"{host_name} backup.offsite.init` again."
+            f"{unchanged}")
+
+
+def known_host_name(repository: str) -> str:
+    """How ssh's known_hosts names the SFTP server (`[host]:port` off port 22)."""
+    _, host, port = sftp_target(repository)
+    return host if port == 22 else f"[{host}]:{port}"
+
+
 def sftp_command(repository: str, home: str) -> str:
-    """The ssh command restic runs for an SFTP repository: the host's own key, no prompts, the
-    server's key remembered on first use (compare it with the server's fingerprint once)."""
+    """The ssh command restic runs for an SFTP repository: the host's own key, no prompts, only
+    the server key `backup.offsite.init` pinned (OFFSITE_HOST_KEY) in ~/.ssh/known_hosts."""
     target = sftp_target(repository)
     if target is None:
         return ""
     user, host, port = target
     return shlex.join(["ssh", "-i", f"{home}/{key_path()}", "-o", "IdentitiesOnly=yes", "-o",
                        "BatchMode=yes",
-                       "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=15",
+                       "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=15",
                        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p",
                        str(port),
                        f"{user}@{host}" if user else host, "-s", "sftp"])

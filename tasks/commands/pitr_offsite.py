@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import q, rollout
 from .context import HostContext
-from .offsite import key_path, sftp_path, sftp_target
+from .offsite import key_path, known_host_name, sftp_path, sftp_target
 from .pitr import BR, CONF_DIR, CONTAINER_SETTINGS, SQL_FUNCTION, WAIT_PROMOTED
 
 NO_OFFSITE_ARCHIVE_EXIT = 3  # recover: the off-site WAL archive has no backup yet
@@ -20,12 +20,6 @@ def offsite_repo_path(repository: str) -> str:
     the off-site repository is not SFTP with an absolute path (the WAL then stays on the host)."""
     path = sftp_path(repository) if sftp_target(repository) else ""
     return path.rstrip("/") + OFFSITE_SUFFIX if path.startswith("/") else ""
-
-
-def known_host_name(repository: str) -> str:
-    """How ssh's known_hosts names the SFTP server (`[host]:port` off port 22)."""
-    _, host, port = sftp_target(repository)
-    return host if port == 22 else f"[{host}]:{port}"
 
 
 def offsite_conf(repository: str, password: str) -> str:
