@@ -88,16 +88,11 @@ class SwarmNodes:
                 if result.returncode:
                     raise StepFailed(f"build {context.name} image here",
                                      result.stderr.strip()[-800:])
-            if self.pulled(image):
-                started = time.monotonic()
-                result = localhost.run(image_commands.push(image), check=False)
-                if result.returncode:
-                    raise StepFailed(step, f"docker push {image} failed: "
-                                           f"{result.stderr.strip()[-500:]} (is this machine "
-                                           f"logged in to {self.settings.registry}, and does "
-                                           f"Docker trust it?); nothing on the swarm was changed")
-                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)",
-                      flush=True)
+        pushed = [image for image, _ in built if self.pulled(image)]
+        # side by side: each push compresses its layers, and one image's big layer left a core idle
+        for image, took in zip(pushed, side_by_side(lambda i: self.push(i, step), pushed),
+                               strict=True):
+            print(f"   pushed {image} in {took:.1f}s (the nodes pull it)", flush=True)
         images = [i for i in images if not self.pulled(i)]
         lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
         opened = [host for _node, host in self.node_hosts(nodes, step)]
@@ -118,6 +113,17 @@ class SwarmNodes:
             lacking.setdefault(tuple(missing), []).append(host)
         for missing, hosts in lacking.items():
             ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
+
+    def push(self, image: str, step: str) -> float:
+        """`docker push` of a built image to REGISTRY; the seconds it took."""
+        started = time.monotonic()
+        result = localhost.run(image_commands.push(image), check=False)
+        if result.returncode:
+            raise StepFailed(step, f"docker push {image} failed: "
+                                   f"{result.stderr.strip()[-500:]} (is this machine "
+                                   f"logged in to {self.settings.registry}, and does "
+                                   f"Docker trust it?); nothing on the swarm was changed")
+        return time.monotonic() - started
 
     def pulled(self, image: str) -> bool:
         """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""
