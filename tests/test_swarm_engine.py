@@ -155,6 +155,27 @@ def test_a_rollback_by_swarm_during_activate_fails_the_step_and_says_why():
     assert not any("ln -sfn" in c for c in conn.commands)  # current never moved
 
 
+def test_putting_back_after_a_rollback_by_swarm_waits_for_that_rollback_and_deploys_again_if_swarm_raced_it(
+        monkeypatch):
+    """The previous release goes back right after Swarm began rolling the failed update back: its
+    stack deploy waits until that rollback is over (one under way refuses it, and its end is no
+    failure of this one), and is run once more when Swarm changed a service meanwhile."""
+    monkeypatch.setattr("tasks.swarm.time.sleep", lambda seconds: None)
+    rolling_back = STATUS_ROLLED_BACK.replace("rollback_completed", "rollback_started")
+    conn = FakeConnection().on("@@ nodes", ok(rolling_back), ok(rolling_back), ok(STATUS_ROLLED_BACK))
+    conn.on("docker stack deploy", fail("", 1, "failed to update service tt_worker: Error response from daemon: "
+                                                "rpc error: code = Unknown desc = update out of sequence"), ok())
+    conn.on("probe.py", fail("", 1, "FAIL health"))  # the step after the switch: the end here
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed) as failed:
+        host.activate(Release("r1", "tt-backend:a", previous=""))
+    commands = conn.commands
+    deploys = [i for i, c in enumerate(commands) if "docker stack deploy" in c]
+    states = [i for i, c in enumerate(commands) if "@@ nodes" in c]
+    assert len(deploys) == 2 and len([i for i in states if i < deploys[0]]) == 3  # started, started, completed
+    assert failed.value.step == "health checks"  # the stale rollback was not this deploy's failure
+
+
 def test_a_worker_node_takes_no_stack_operation():
     conn = FakeConnection()
     host = swarm_host(conn)
