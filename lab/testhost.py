@@ -213,13 +213,16 @@ def down(c, name=None):
     """Remove the test hosts made here, by their records: containers, Docker volumes, files."""
     state = load_state()
     names = [name] if name else sorted(state["hosts"])
-    for n in names:
-        host = state["hosts"].pop(n, None)
-        if not host:
-            continue
+    removing = [(n, state["hosts"].pop(n)) for n in names if n in state["hosts"]]
+
+    def remove(item: tuple[str, dict]) -> None:  # the hosts side by side: most of it is disk
+        n, host = item
         run(["docker", "rm", "-f", "-v", host["container"]], check=False)
         run(["docker", "volume", "rm", "-f", host["volume"]], check=False)
         say(f"removed {n} ({host['container']}, volume {host['volume']})", "testhost")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(removing))) as pool:
+        list(pool.map(remove, removing))
     if state["hosts"]:
         save_state(state)
         write_ssh_files(state)

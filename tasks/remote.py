@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import paramiko
 from fabric import Connection
@@ -25,6 +28,20 @@ KEEPALIVE_SECONDS = 10
 # A link that stops answering fails the operation within about this long instead of hanging
 # with the host's lock held (TCP keepalive probes plus a cap on unacknowledged sends).
 DEAD_LINK_SECONDS = 45
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def side_by_side(work: Callable[[T], R], items: list[T]) -> list[R]:
+    """`work` on each item in a thread of its own (hosts each on a connection of its own: each
+    opening or round trip waits on the network and the host), the results in the items' order;
+    the first failure, in that order, is raised."""
+    if len(items) < 2:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(work, items))
 
 
 def sandbox_dir() -> Path:

@@ -43,11 +43,14 @@ def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3
 def shared_chains(hosts: list[Host]) -> set[tuple[str, ...]]:
     """The layer chains every one of `hosts` has (none when one cannot say)."""
     common: set[tuple[str, ...]] | None = None
-    for host in hosts:
-        found = host.conn.run(image_commands.layer_inventory(), hide=True, warn=True)
-        chains = image_commands.parse_layer_inventory(found.stdout) if found.ok else set()
+    for chains in remote.side_by_side(layer_chains, hosts):
         common = chains if common is None else common & chains
     return common or set()
+
+
+def layer_chains(host: Host) -> set[tuple[str, ...]]:
+    found = host.conn.run(image_commands.layer_inventory(), hide=True, warn=True)
+    return image_commands.parse_layer_inventory(found.stdout) if found.ok else set()
 
 
 def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str], int]:

@@ -143,16 +143,28 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
         raise StepFailed(what, f"not converged after {self.converge_seconds:.0f}s: "
                                f"{'; '.join(reasons)}")
 
+    def services_once_rolled_back(self) -> dict:
+        """The stack's services, once no rollback Swarm began by itself is still under way (the
+        previous release put back right after a failed update): a stack deploy meanwhile is refused
+        ("update out of sequence"), and that rollback's end would read as this one's failure."""
+        started = time.monotonic()
+        while True:
+            services = self.state()["services"]
+            if time.monotonic() - started > self.converge_seconds or not any(
+                    s["update"] == "rollback_started" for s in services.values()):
+                return services
+            time.sleep(1)
+
     def activate(self, release: Release, *, backend: bool = True, then: str = "") -> None:
         """`docker stack deploy` of the release's stack file (start-first, health-checked, rolled
         back by Swarm on failure), awaited; then `current`, nginx and the probe as on one host.
         `backend` is ignored: Swarm changes only the services whose spec changed."""
         self.require_manager()
-        before = self.state()["services"]
+        before = self.services_once_rolled_back()
         if not self.current_id:  # the first release: nginx mounts its config from `current`
             self.run(rollout.switch_current(self.ctx, release.id), "switch current")
         with self.steps.step("rolling update (docker stack deploy)"):
-            out = self.run(self.rolling_update_command(release), "rolling update")
+            out = self.stack_deploy(release)
             for line in out.stdout.splitlines():
                 print(f"   {line}")
             print(f"   converged in {self.wait_converged(None, 'rolling update', before):.1f}s",
@@ -164,6 +176,17 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
             self.probe(release)
         if then:
             self.run(then, "record release")
+
+    def stack_deploy(self, release: Release):
+        """The rolling update's `docker stack deploy`, once more when Swarm changed a service
+        between its read and its write ("update out of sequence": an update of its own ending)."""
+        try:
+            return self.run(self.rolling_update_command(release), "rolling update")
+        except StepFailed as failure:
+            if "update out of sequence" not in failure.detail:
+                raise
+            time.sleep(2)
+            return self.run(self.rolling_update_command(release), "rolling update")
 
     def rolling_update_command(self, release: Release) -> str:
         """`docker stack deploy` of the release's stack file, refused when it has none."""

@@ -16,6 +16,7 @@ from .commands import cluster as commands
 from .commands import images as image_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
+from .remote import side_by_side
 from .shipping import ship_images_to
 from .host import Host
 from .settings import PROJECT_ROOT
@@ -30,27 +31,35 @@ class SwarmNodes:
 
     def node_hosts(self, nodes: list[dict], step: str) -> list[tuple[dict, Host]]:
         """Every node that is up, opened over SSH by the alias it joined with (this connection for
-        the manager)."""
-        out: list[tuple[dict, Host]] = []
-        for node in nodes:
-            alias = node["alias"]
-            if alias == self.name:
-                out.append((node, self))
-                continue
-            if not alias:
-                raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} "
-                                       "label, so it cannot be "
-                                       f"reached over SSH: join it with cluster.init")
-            if node["state"] != "ready" or node["availability"] == "drain":
-                print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images "
-                      "when it is back: deploy again)")
-                continue
-            try:
-                out.append((node, Host.open(Connection(alias, config=self.conn.config),
-                                            self.settings)))
-            except Exit as refused:
-                raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
-        return out
+        the manager), side by side: each opening is a handshake and a round trip of facts."""
+        wanted = [node for node in nodes if self.node_is_up(node, step)]
+        return list(zip(wanted, side_by_side(lambda node: self.open_node(node, step), wanted),
+                        strict=True))
+
+    def node_is_up(self, node: dict, step: str) -> bool:
+        """Whether the node can be reached (said when it is skipped); StepFailed when it has no
+        alias to reach it by."""
+        alias = node["alias"]
+        if alias == self.name:
+            return True
+        if not alias:
+            raise StepFailed(step, f"node {node['hostname']} has no {commands.LABEL_ALIAS} "
+                                   "label, so it cannot be "
+                                   f"reached over SSH: join it with cluster.init")
+        if node["state"] != "ready" or node["availability"] == "drain":
+            print(f"   {alias}: {node['state']}/{node['availability']}: skipped (gets images "
+                  "when it is back: deploy again)")
+            return False
+        return True
+
+    def open_node(self, node: dict, step: str) -> Host:
+        alias = node["alias"]
+        if alias == self.name:
+            return self
+        try:
+            return Host.open(Connection(alias, config=self.conn.config), self.settings)
+        except Exit as refused:
+            raise StepFailed(step, f"node {alias} cannot be used: {refused.message}") from None
 
     def data_host(self, nodes: list[dict] | None = None) -> Host:
         """Where Postgres runs: this manager when its task is here, else the node labelled
@@ -79,20 +88,17 @@ class SwarmNodes:
                 if result.returncode:
                     raise StepFailed(f"build {context.name} image here",
                                      result.stderr.strip()[-800:])
-            if self.pulled(image):
-                started = time.monotonic()
-                result = localhost.run(image_commands.push(image), check=False)
-                if result.returncode:
-                    raise StepFailed(step, f"docker push {image} failed: "
-                                           f"{result.stderr.strip()[-500:]} (is this machine "
-                                           f"logged in to {self.settings.registry}, and does "
-                                           f"Docker trust it?); nothing on the swarm was changed")
-                print(f"   pushed {image} in {time.monotonic() - started:.1f}s (the nodes pull it)",
-                      flush=True)
+        pushed = [image for image, _ in built if self.pulled(image)]
+        # side by side: each push compresses its layers, and one image's big layer left a core idle
+        for image, took in zip(pushed, side_by_side(lambda i: self.push(i, step), pushed),
+                               strict=True):
+            print(f"   pushed {image} in {took:.1f}s (the nodes pull it)", flush=True)
         images = [i for i in images if not self.pulled(i)]
         lacking: dict[tuple[str, ...], list[Host]] = {}  # the nodes that lack the same images
-        for _node, host in self.node_hosts(nodes, step):
-            missing = [i for i in images if i not in host.images_present(images)]
+        opened = [host for _node, host in self.node_hosts(nodes, step)]
+        for host, present in zip(opened, side_by_side(lambda h: h.images_present(images), opened),
+                                 strict=True):
+            missing = [i for i in images if i not in present]
             if not missing:
                 print(f"   {host.name}: has all {len(images)} images")
                 continue
@@ -107,6 +113,17 @@ class SwarmNodes:
             lacking.setdefault(tuple(missing), []).append(host)
         for missing, hosts in lacking.items():
             ship_images_to(hosts, list(missing))  # one save, streamed to each of them at once
+
+    def push(self, image: str, step: str) -> float:
+        """`docker push` of a built image to REGISTRY; the seconds it took."""
+        started = time.monotonic()
+        result = localhost.run(image_commands.push(image), check=False)
+        if result.returncode:
+            raise StepFailed(step, f"docker push {image} failed: "
+                                   f"{result.stderr.strip()[-500:]} (is this machine "
+                                   f"logged in to {self.settings.registry}, and does "
+                                   f"Docker trust it?); nothing on the swarm was changed")
+        return time.monotonic() - started
 
     def pulled(self, image: str) -> bool:
         """Whether the nodes pull this image from REGISTRY rather than getting it over SSH."""
@@ -147,8 +164,10 @@ class SwarmNodes:
                       "pull it)")
         images = [i for i in images if not self.pulled(i)]
         shipping: list[tuple[str, list[str]]] = []
-        for _node, host in self.node_hosts(self.state()["nodes"], self.images_step):
-            missing = [i for i in images if i not in host.images_present(images)]
+        opened = [host for _node, host in self.node_hosts(self.state()["nodes"], self.images_step)]
+        for host, present in zip(opened, side_by_side(lambda h: h.images_present(images), opened),
+                                 strict=True):
+            missing = [i for i in images if i not in present]
             print(f"   {host.name}: " + (f"would get {', '.join(missing)}" if missing
                                         else f"has all {len(images)} images"))
             if missing:

@@ -86,10 +86,13 @@ def test_the_status_snapshot_names_swarm_tasks_by_their_service():
 
 def test_a_swarm_restore_scales_the_services_instead_of_stopping_containers():
     script = backup.restore(SWARM, "20261126T100000Z", "true")
-    assert "docker service scale tt_api=0 tt_worker=0" in script
+    assert "swarm_scale tt_api=0 tt_worker=0\nswarm_wait 120 tt_api=0 tt_worker=0\n" in script
     assert "n_api=$(docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}' tt_api)\n" in script  # Go's braces, once
-    assert 'if [ -n "${scaled:-}" ]; then docker service scale tt_api=$n_api tt_worker=$n_worker' in script
-    assert "docker service scale tt_nats=0" in script and "docker service scale tt_nats=1" in script
+    assert 'if [ -n "${scaled:-}" ]; then swarm_scale tt_api=$n_api tt_worker=$n_worker' in script
+    assert "swarm_scale tt_nats=0\n  swarm_wait 60 tt_nats=0\n" in script and "swarm_scale tt_nats=1\n" in script
+    assert "swarm_wait 300 tt_api=$n_api tt_worker=$n_worker\n" in script
+    # Scaled detached (the CLI's own wait adds each service's update monitor), then awaited here.
+    assert re.findall(r"docker service scale.*", script) == ['docker service scale --detach "$@" >/dev/null; }']
     assert "docker stop" not in script and "docker start" not in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     compose = backup.restore(COMPOSE, "20261126T100000Z", "true")
@@ -152,6 +155,27 @@ def test_a_rollback_by_swarm_during_activate_fails_the_step_and_says_why():
     assert not any("ln -sfn" in c for c in conn.commands)  # current never moved
 
 
+def test_putting_back_after_a_rollback_by_swarm_waits_for_that_rollback_and_deploys_again_if_swarm_raced_it(
+        monkeypatch):
+    """The previous release goes back right after Swarm began rolling the failed update back: its
+    stack deploy waits until that rollback is over (one under way refuses it, and its end is no
+    failure of this one), and is run once more when Swarm changed a service meanwhile."""
+    monkeypatch.setattr("tasks.swarm.time.sleep", lambda seconds: None)
+    rolling_back = STATUS_ROLLED_BACK.replace("rollback_completed", "rollback_started")
+    conn = FakeConnection().on("@@ nodes", ok(rolling_back), ok(rolling_back), ok(STATUS_ROLLED_BACK))
+    conn.on("docker stack deploy", fail("", 1, "failed to update service tt_worker: Error response from daemon: "
+                                                "rpc error: code = Unknown desc = update out of sequence"), ok())
+    conn.on("probe.py", fail("", 1, "FAIL health"))  # the step after the switch: the end here
+    host = swarm_host(conn)
+    with pytest.raises(StepFailed) as failed:
+        host.activate(Release("r1", "tt-backend:a", previous=""))
+    commands = conn.commands
+    deploys = [i for i, c in enumerate(commands) if "docker stack deploy" in c]
+    states = [i for i, c in enumerate(commands) if "@@ nodes" in c]
+    assert len(deploys) == 2 and len([i for i in states if i < deploys[0]]) == 3  # started, started, completed
+    assert failed.value.step == "health checks"  # the stale rollback was not this deploy's failure
+
+
 def test_a_worker_node_takes_no_stack_operation():
     conn = FakeConnection()
     host = swarm_host(conn)
@@ -205,6 +229,7 @@ def run_restore(tmp_path, *, restore_fails: bool, good_sums: bool = True) -> tup
     docker.write_text(f"""#!/bin/sh
 echo "$*" >> {log}
 case "$*" in
+  "service ls"*) printf 'tt_api 2/2\\ntt_worker 1/1\\ntt_nats 1/1\\n' ;;
   ps*) echo c1 ;;
   "service inspect"*tt_api) echo 2 ;;
   "service inspect"*tt_worker) echo 1 ;;
@@ -222,7 +247,8 @@ exit 0
 def test_a_failed_swarm_restore_scales_api_and_worker_back_to_what_they_were(tmp_path):
     code, scales = run_restore(tmp_path, restore_fails=True)
     assert code != 0
-    assert scales == ["service scale tt_api=0 tt_worker=0", "service scale tt_nats=1", "service scale tt_api=2 tt_worker=1"]
+    assert scales == ["service scale --detach tt_api=0 tt_worker=0", "service scale --detach tt_nats=1",
+                      "service scale --detach tt_api=2 tt_worker=1"]
 
 
 def test_a_swarm_restore_that_fails_before_scaling_changes_no_replicas(tmp_path):
@@ -233,7 +259,48 @@ def test_a_swarm_restore_that_fails_before_scaling_changes_no_replicas(tmp_path)
 def test_a_swarm_restore_scales_back_after_success(tmp_path):
     code, scales = run_restore(tmp_path, restore_fails=False)
     assert code == 0
-    assert scales == ["service scale tt_api=0 tt_worker=0", "service scale tt_api=2 tt_worker=1"]
+    assert scales == ["service scale --detach tt_api=0 tt_worker=0", "service scale --detach tt_api=2 tt_worker=1"]
+
+
+def test_a_swarm_restore_waits_for_the_tasks_to_stop_and_to_run_again(tmp_path):
+    """Scaled detached, so the script waits itself: the worker's task still running on a node that
+    is up holds the restore back; a task on a node that is down does not; api and worker are up
+    again only once `docker service ls` counts all their replicas running."""
+    app, state = tmp_path / "app", tmp_path / "state"
+    sets = app / "backups" / "S"
+    sets.mkdir(parents=True)
+    state.mkdir()
+    (sets / "database.dump").write_text("dump")
+    (sets / "SHA256SUMS").write_text(subprocess.run(["sha256sum", "database.dump"], cwd=sets, capture_output=True,
+                                                    text=True).stdout)
+    log, docker = tmp_path / "docker.log", tmp_path / "bin" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+bump() {{ n=$(cat {state}/$1 2>/dev/null || echo 0); echo $((n + 1)) > {state}/$1; echo $((n + 1)); }}
+case "$*" in
+  "node ls"*) printf 'cl1=Ready\\ncl3=Down\\n' ;;
+  "service ls"*) if grep -q tt_api=2 {log} && [ "$(bump ls)" -gt 1 ]; then printf 'tt_api 2/2\\ntt_worker 1/1\\n'; else printf 'tt_api 1/2\\n'; fi ;;
+  "service ps"*tt_api) printf 'cl1 Shutdown 2 seconds ago\\ncl3 Running 5 minutes ago\\n' ;;
+  "service ps"*tt_worker) if [ "$(bump ps)" -gt 2 ]; then echo 'cl1 Shutdown now'; else echo 'cl1 Running 9 seconds ago'; fi ;;
+  "service inspect"*tt_api) echo 2 ;;
+  "service inspect"*tt_worker) echo 1 ;;
+  "exec -i"*) echo restored >> {log}; cat >/dev/null ;;
+  ps*) echo c1 ;;
+esac
+exit 0
+""")
+    docker.chmod(0o755)
+    script = backup.restore(HostContext(str(app), "tt", engine="swarm"), "S", "true")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": f"{docker.parent}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    restored = calls.index("restored")
+    assert [c for c in calls[:restored] if c.startswith("service ps") and c.endswith("tt_worker")] == \
+        ["service ps --format {{.Node}} {{.CurrentState}} tt_worker"] * 3  # running, running, stopped
+    started = calls.index("service scale --detach tt_api=2 tt_worker=1")
+    assert sum(c.startswith("service ls") for c in calls[started:]) == 2  # 1/2 first, then 2/2
+    assert "[restore] api and worker started" in out.stdout
 
 
 def test_the_engine_holds_inside_an_audited_operation():

@@ -88,6 +88,53 @@ def install_cron(line: str, marker: str) -> str:
             f"&& crontab -l | grep -F -- {q(marker)} | grep -F -- {q(line)}")
 
 
+# `docker service scale` waits for each service in turn to converge and then to stay so for its
+# update `monitor` (15 s in swarm.yml): four such waits were a minute of a restore's downtime, and
+# a scale to 0 counts as converged before its tasks have stopped. A restore scales detached and
+# waits for exactly what it needs: the tasks stopped (on the nodes that are up), or N running
+# (running means healthy: each service has a health check).
+SWARM_SCALE = r"""swarm_scale() { docker service scale --detach "$@" >/dev/null; }
+swarm_settled() {
+  local down ls spec
+  down=" $(docker node ls --format '{{.Hostname}}={{.Status}}' | sed -n 's/=Down$//p' | tr '\n' ' ')"
+  ls=$(docker service ls --format '{{.Name}} {{.Replicas}}')
+  for spec in "$@"; do
+    if [ "${spec#*=}" = 0 ]; then
+      docker service ps --format '{{.Node}} {{.CurrentState}}' "${spec%=*}" | awk -v down="$down" '
+        index(down, " " $1 " ") == 0 && $2 !~ /^(Complete|Shutdown|Failed|Rejected|Orphaned|Remove)$/ {
+          busy = 1 } END { exit busy }' || return 1
+    else
+      printf '%s\n' "$ls" | grep -qxF "${spec%=*} ${spec#*=}/${spec#*=}" || return 1
+    fi
+  done
+}
+swarm_wait() {
+  local left=$1; shift
+  until swarm_settled "$@"; do
+    [ "$left" -gt 0 ] || { echo "[restore] not settled within the time allowed: $*" >&2; return 1; }
+    sleep 1; left=$((left - 1))
+  done
+}
+"""
+
+
+def swarm_restore_steps(ctx: HostContext) -> dict[str, str]:
+    """The swarm's way to stop and start api, worker and nats around a restore (`restore`)."""
+    api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
+    replicas = "docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}'"
+    # Scaled back to what they were, and only once they were scaled down (the trap runs
+    # start_services on any failure).
+    return {
+        "remember": f"n_api=$({replicas} {api})\nn_worker=$({replicas} {worker})\nscaled=1\n",
+        "start_app": (f"if [ -n \"${{scaled:-}}\" ]; then swarm_scale {api}=$n_api "
+                      f"{worker}=$n_worker; fi"),
+        # stop_grace_period: the worker's 30 s, the API's 20 s of graceful shutdown
+        "stop_app": f"swarm_scale {api}=0 {worker}=0\nswarm_wait 120 {api}=0 {worker}=0",
+        "stop_nats": f"swarm_scale {nats}=0\n  swarm_wait 60 {nats}=0",
+        "start_nats": f"swarm_scale {nats}=1", "wait_nats": f"  swarm_wait 300 {nats}=1\n",
+        "wait_api": f"swarm_wait 300 {api}=$n_api {worker}=$n_worker\n"}
+
+
 def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_database: bool = False,
             before_start: str = "") -> str:
     """Stop api and worker, restore the database and NATS data of a set, start them again. Any
@@ -98,45 +145,36 @@ def restore(ctx: HostContext, set_name: str, compose_start: str, *, fresh_databa
     load = restore_database(d, fresh_database)
     # Swarm would start a stopped task's container again: scale the services instead
     if ctx.engine == "swarm":
-        api, worker, nats = (q(ctx.service_name(s)) for s in ("api", "worker", "nats"))
-        replicas = "docker service inspect -f '{{.Spec.Mode.Replicated.Replicas}}'"
-        # Scaled back to what they were, and only once they were scaled down (the trap runs
-        # start_services on any failure).
-        remember = f"n_api=$({replicas} {api})\nn_worker=$({replicas} {worker})\nscaled=1\n"
-        start_app = (f"if [ -n \"${{scaled:-}}\" ]; then docker service scale {api}=$n_api "
-                     f"{worker}=$n_worker >/dev/null; fi")
-        stop_app = f"docker service scale {api}=0 {worker}=0 >/dev/null"
-        stop_nats, start_nats, wait_api = (f"docker service scale {nats}=0 >/dev/null",
-                                           f"docker service scale {nats}=1 >/dev/null", "")
+        step = swarm_restore_steps(ctx)
     else:
-        remember, start_app = "", compose_start
-        stop_app = (f"for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); do docker "
-                    "stop -t 30 $c >/dev/null; done")
-        stop_nats, start_nats = ('docker stop -t 10 "$nats" >/dev/null',
-                                 'docker start "$nats" >/dev/null')
-        wait_api = rollout.wait_healthy(ctx, 'api') + "\n"
+        step = {"remember": "", "start_app": compose_start, "wait_nats": "",
+                "stop_app": (f"for c in $({ctx.containers('api')}) $({ctx.containers('worker')}); "
+                             "do docker stop -t 30 $c >/dev/null; done"),
+                "stop_nats": 'docker stop -t 10 "$nats" >/dev/null',
+                "start_nats": 'docker start "$nats" >/dev/null',
+                "wait_api": rollout.wait_healthy(ctx, 'api') + "\n"}
     return f"""set -eEuo pipefail
-start_services() {{ {start_app}; }}
-trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && {start_nats} 2>&1; start_services >/dev/null 2>&1 || true' ERR
+{SWARM_SCALE if ctx.engine == "swarm" else ""}start_services() {{ {step["start_app"]}; }}
+trap 'echo "[restore] FAILED; starting nats, api and worker again" >&2; [ -n "${{nats:-}}" ] && {step["start_nats"]} 2>&1; start_services >/dev/null 2>&1 || true' ERR
 (cd {d} && sha256sum --quiet -c SHA256SUMS)
 echo "[restore] checksums ok"
 pg=$({ctx.container('postgres')})
 nats=$({ctx.container('nats')})
 [ -n "$pg" ] || {{ echo "[restore] no running postgres container" >&2; false; }}
-{remember}{stop_app}
+{step["remember"]}{step["stop_app"]}
 echo "[restore] api and worker stopped"
 {load}
 echo "[restore] database restored"
 if [ -f {d}/nats.tar.gz ] && [ -n "$nats" ]; then
   image=$(docker inspect -f '{{{{.Config.Image}}}}' "$nats")
   volume=$(docker inspect -f '{{{{range .Mounts}}}}{{{{if eq .Destination "/data"}}}}{{{{.Name}}}}{{{{end}}}}{{{{end}}}}' "$nats")
-  {stop_nats}
+  {step["stop_nats"]}
   docker run --rm -i --entrypoint sh -v "$volume:/data" "$image" -c 'find /data -mindepth 1 -delete && tar -C /data -xzf -' < {d}/nats.tar.gz
-  {start_nats}
-  echo "[restore] nats data restored"
+  {step["start_nats"]}
+{step["wait_nats"]}  echo "[restore] nats data restored"
 fi
 {before_start + chr(10) if before_start else ""}start_services
-{wait_api}echo "[restore] api and worker started"
+{step["wait_api"]}echo "[restore] api and worker started"
 """
 
 
