@@ -813,7 +813,8 @@ def _read_only(command: str) -> bool:
     scripts (`set -e ...`) change it."""
     if command.startswith("set -e"):
         return False
-    return command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum")) or "/probe.py" in command
+    return (command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum"))
+            or "/probe.py" in command or command.endswith(" pending-definitions tasktracker"))
 
 
 @pytest.fixture
@@ -952,10 +953,10 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
     # a release with a migration: the tar, unpack, start, the WAL archive, [the backup's 3 commands and upload],
-    # migrate, the app role, activate
-    assert len(deploy_conn.commands) == 6 + 3 and len(deploy_conn.uploads) == 1 + 1
-    migrate, role = deploy_conn.commands[-3:-1]
-    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in migrate
+    # migrate, the app role, activate, the pending definitions read
+    assert len(deploy_conn.commands) == 6 + 4 and len(deploy_conn.uploads) == 1 + 1
+    migrate, role = deploy_conn.commands[-4:-2]
+    assert "-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head" in migrate
     assert role.startswith("if [ -f tasktracker/env/app-role.sql ]; then") and "psql" in role
     tar = tarfile.open(fileobj=io.BytesIO(deploy_conn.uploads[0][1]))
     assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/app-role.sql"] == "0o600"
@@ -1126,11 +1127,11 @@ def test_migrate_and_restores_run_as_the_owner_then_apply_the_app_role():
     conn = FakeConnection()
     host = Host(conn, settings(), "v2", FACTS)
     host.on_current(compose_commands.migrate, what="migrate")
-    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in conn.commands[-1]
+    assert "-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head" in conn.commands[-1]
     host.restore_backup("20260101T000000Z", fresh_database=True, migrate=True)
     script = conn.commands[-1]
     assert "--no-owner --no-privileges" in script
-    migration = script.index("-f compose.migrate.yml run --rm -T api alembic upgrade head")
+    migration = script.index("-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head")
     role = script.index("tasktracker/env/app-role.sql")
     start = script.index("start_services\n")
     assert migration < role < start

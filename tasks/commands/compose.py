@@ -54,11 +54,13 @@ MIGRATE_FILE = "compose.migrate.yml"  # the one-off migration container connects
 
 
 def migrate(ctx: HostContext) -> str:
-    """Shell, run in a release's directory: Alembic in a one-off API container (Postgres and NATS
-    are started and awaited first), as the schema's owner (POSTGRES_USER: MIGRATE_FILE added last),
-    not as the app role the release's API runs as. A release from before the app role has no
-    MIGRATE_FILE: its API already connects as POSTGRES_USER."""
-    run = ("run", "--rm", "-T", "api", "alembic", "upgrade", "head")
+    """Shell, run in a release's directory: Alembic in a one-off API container, as the schema's
+    owner (POSTGRES_USER: MIGRATE_FILE added last), not as the app role the release's API runs as.
+    A release from before the app role has no MIGRATE_FILE: its API already connects as
+    POSTGRES_USER. `--no-deps`: Postgres runs already (a deploy starts it first; `fab migrate`
+    migrates the live stack), and Compose v2's `run` would recreate a dependency whose definition
+    changed (commands/definitions.py)."""
+    run = ("run", "--rm", "--no-deps", "-T", "api", "alembic", "upgrade", "head")
     return (f"if [ -f {MIGRATE_FILE} ]; then {sh(ctx.compose('-f', MIGRATE_FILE, *run))}; "
             f"else {sh(ctx.compose(*run))}; fi")
 
