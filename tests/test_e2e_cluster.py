@@ -94,7 +94,7 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     started = time.monotonic()
     out = hosts.fab(MANAGER, "cluster.deploy", env_file=settings, timeout=1200)
     print(f"first cluster.deploy: {time.monotonic() - started:.1f}s")
-    print(out.stdout[out.stdout.rfind("Deploy to"):])  # its steps and their times (`-s` shows them)
+    print(out.stdout[out.stdout.rfind("Cluster deploy via"):])  # its steps and times (`-s` shows them)
     assert "shipped" in out.stdout and "is live on the swarm (3 nodes)" in out.stdout
     assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
     assert post_task(hosts.url(MANAGER, "/api/tasks"), "made on the swarm") == 201

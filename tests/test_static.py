@@ -145,6 +145,17 @@ def test_nats_login_comes_from_env_and_stays_off_command_lines(project, tool):
         assert (environment["NATS_USER"], environment["NATS_PASSWORD"]) == (env["NATS_USER"], env["NATS_PASSWORD"]), name
 
 
+def test_postgres_drops_a_vanished_client_within_half_a_minute(project):
+    """A worker whose node lost power holds its task's row lock until Postgres drops its
+    connection: keepalives bound that to idle + interval * count seconds (Linux: two hours)."""
+    command = compose_config(project, "v2", "compose.yml", "docker-compose.production.yml")[
+        "services"]["postgres"]["command"]
+    options = dict(arg.split("=", 1) for arg in command if "=" in arg)
+    seconds = sum(int(options[f"tcp_keepalives_{k}"]) * (int(options["tcp_keepalives_count"])
+                  if k == "interval" else 1) for k in ("idle", "interval"))
+    assert seconds <= 30, options
+
+
 def test_api_trusts_forwarded_headers_only_from_the_compose_network(project):
     import asyncio
     import ipaddress
