@@ -227,7 +227,8 @@ class ComposeEngine:
                                          chat_id=s.alert_telegram_chat_id,
                                          webhook_url=s.alert_webhook_url.reveal())
         override = compose_commands.release_override(plan.image, plan.backend_release,
-                                                     postgres_image=plan.release.postgres_image)
+                                                     postgres_image=plan.release.postgres_image,
+                                                     variant=self.variant)
         meta = json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"
         return [(f"env/{rid}.env", 0o600, plan.env_text),
                 (f"releases/{rid}/release.yml", 0o644, override),
