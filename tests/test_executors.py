@@ -187,7 +187,7 @@ def audit_entries(conn: FakeConnection) -> list[dict]:
     entries = []
     for command in conn.commands:
         if ">> tasktracker/audit.log" in command:
-            entries.append(json.loads(next(w for w in shlex.split(command) if w.startswith("{"))))
+            entries.append(json.loads(next(w for w in shlex.split(command) if w.startswith('{"'))))
     return entries
 
 
@@ -1037,6 +1037,53 @@ def test_compose_down_with_volumes_asks_first_and_a_wrong_answer_changes_nothing
         compose_tasks.down.body(None, volumes=True)
     assert refused.value.code == ExitCode.USAGE and "nothing was changed" in str(refused.value.message)
     assert "point-in-time archive" in asked[0] and conn.commands == []
+
+
+def test_compose_recreate_applies_the_pending_definitions_under_the_lock_with_an_audit_line(monkeypatch, capsys):
+    """No --service: the services the live release defines otherwise, recreated and awaited in
+    one script, under the lock; the audit line names them."""
+    import tasks.compose as compose_tasks
+
+    conn = (FakeConnection().on(ACQUIRE, ok("ACQUIRED\n")).on(UNLOCK, ok("RELEASED\n"))
+            .on("pending-definitions", ok("@@pending nginx\n@@pending postgres\n")))
+    host = make_host(conn)
+    monkeypatch.setattr(compose_tasks, "open_host", lambda c, *args, **kwargs: host)
+    compose_tasks.recreate.body(None)
+    (script,) = [c for c in conn.commands if "--force-recreate" in c]
+    assert "up -d --no-deps --force-recreate postgres nginx" in script
+    assert script.index("up -d --no-deps") < script.index("postgres did not become healthy")
+    entry = [e for e in audit_entries(conn) if e["action"] == "compose.recreate"]
+    assert [(e["result"], e["detail"]) for e in entry] == [("ok", "postgres nginx")]
+    assert "postgres, nginx recreated and healthy in" in capsys.readouterr().out
+
+
+def test_compose_recreate_with_nothing_pending_changes_nothing(monkeypatch, capsys):
+    import tasks.compose as compose_tasks
+
+    conn = FakeConnection().on(ACQUIRE, ok("ACQUIRED\n")).on(UNLOCK, ok("RELEASED\n"))
+    host = make_host(conn)
+    monkeypatch.setattr(compose_tasks, "open_host", lambda c, *args, **kwargs: host)
+    compose_tasks.recreate.body(None)
+    assert not [c for c in conn.commands if "--force-recreate" in c]
+    assert "nothing was recreated" in capsys.readouterr().out
+    assert [e["detail"] for e in audit_entries(conn) if e["action"] == "compose.recreate"] == ["nothing pending"]
+
+
+def test_compose_recreate_refuses_the_api_before_connecting(monkeypatch):
+    import tasks.compose as compose_tasks
+
+    monkeypatch.setattr(compose_tasks, "open_host", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(Exit) as refused:
+        compose_tasks.recreate.body(None, service=["postgres", "api"])
+    assert refused.value.code == ExitCode.USAGE and "not api" in str(refused.value.message)
+
+
+def test_a_rollback_names_the_services_left_on_their_previous_definition(capsys):
+    conn = FakeConnection().on("pending-definitions", ok("@@pending postgres\n"))
+    make_host(conn).report_pending("r1", "rollback")
+    out = capsys.readouterr().out
+    assert out.count("NOTICE: ") == 1 and "the rollback left it running its previous definition" in out
+    assert conn.commands[-1].startswith("( cd tasktracker/releases/r1 && docker compose")
 
 
 # --- the Telegram webhook after a deploy (tasks/telegram.py) ---------------------------------
