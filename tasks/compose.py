@@ -1,9 +1,12 @@
-"""Compose on the current release: up, down, ps, restart, logs (the ones that change the host
-take its lock)."""
+"""Compose on the current release: up, down, ps, restart, recreate, logs (the ones that change the
+host take its lock)."""
+
+import time
 
 from invoke import Collection, Exit, task
 
 from .commands import compose as commands
+from .commands import definitions
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP
@@ -53,6 +56,37 @@ def restart(c, service=None, wait=False):
         host.on_current(lambda ctx: commands.restart(ctx, list(service or [])), what="restart")
 
 
+@task(iterable=["service"], help={
+    "service": "A service to recreate: postgres, nats or nginx (repeatable); default: each one "
+               "whose definition is pending (`status` lists them).",
+    "wait": WAIT_HELP})
+def recreate(c, service=None, wait=False):
+    """Apply the live release's definition of postgres, nats or nginx, which a deploy never does:
+    recreate the container and wait until it is healthy (the service is unavailable meanwhile)."""
+    unknown = [s for s in service or [] if s not in definitions.KEPT_SERVICES]
+    if unknown:
+        raise Exit(f"compose.recreate applies postgres, nats or nginx, not {', '.join(unknown)} "
+                   "(a deploy replaces the api and worker itself). Nothing was changed.",
+                   code=ExitCode.USAGE)
+    host = open_host(c)
+    host.require_compose_services("compose.recreate")
+    with (host.locked("compose.recreate", wait=wait),
+          host.audited("compose.recreate", release=host.current_id) as outcome):
+        names = list(service or []) or host.pending_definitions(host.ctx.current_link)
+        if not names:
+            outcome["detail"] = "nothing pending"
+            print(f"postgres, nats and nginx already run release {host.current_id}'s definitions "
+                  f"on {host.name}; nothing was recreated.")
+            return
+        outcome["detail"] = " ".join(names)
+        print(f"Recreating {', '.join(names)} on {host.name} with release {host.current_id}'s "
+              f"definition (unavailable meanwhile: "
+              + ", ".join(f"{s} {definitions.UNAVAILABLE[s]}" for s in names) + ")", flush=True)
+        started = time.monotonic()
+        host.on_current(lambda ctx: definitions.recreate(ctx, names), what="recreate")
+        print(f"{', '.join(names)} recreated and healthy in {time.monotonic() - started:.1f}s.")
+
+
 @task(help={
     "service": "Only this service's logs (api, worker, nginx, postgres, nats).",
     "since": "Only logs since this time or duration (e.g. 10m, 2026-01-01T00:00:00).",
@@ -67,5 +101,5 @@ def logs(c, service=None, since=None, follow=False, tail=200):
 
 
 ns = Collection("compose")
-for t in (up, down, ps, restart, logs):
+for t in (up, down, ps, restart, recreate, logs):
     ns.add_task(t)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import guards, localhost, planning
 from .commands import compose as compose_commands
 from .commands import db as db_commands
+from .commands import definitions
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import notify as notify_commands
@@ -133,6 +134,19 @@ class ComposeEngine:
         return rollout.activation(self.ctx, release.id, backend=backend, probe=probe, then=then,
                                   nginx_same=nginx_same)
 
+    def pending_definitions(self, release_dir: str) -> list[str]:
+        """The kept services (postgres, nats, nginx) whose running container differs from their
+        definition in `release_dir` (commands/definitions.py); none on a swarm."""
+        script = definitions.pending(self.ctx, release_dir)
+        return [] if script == "true" else definitions.parse_pending(self.probe_run(script).stdout)
+
+    def report_pending(self, release_id: str, action: str = "deploy") -> None:
+        """Say once, after a deploy or rollback, which kept services still run their previous
+        definition and how to apply the release's."""
+        pending = self.pending_definitions(self.ctx.release_dir(release_id))
+        for line in definitions.notice(self.name, release_id, pending, action):
+            print(line, flush=True)
+
     def check_running(self) -> list[str]:
         """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:
         every service has a running container and none is unhealthy."""
@@ -213,7 +227,8 @@ class ComposeEngine:
                                          chat_id=s.alert_telegram_chat_id,
                                          webhook_url=s.alert_webhook_url.reveal())
         override = compose_commands.release_override(plan.image, plan.backend_release,
-                                                     postgres_image=plan.release.postgres_image)
+                                                     postgres_image=plan.release.postgres_image,
+                                                     variant=self.variant)
         meta = json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"
         return [(f"env/{rid}.env", 0o600, plan.env_text),
                 (f"releases/{rid}/release.yml", 0o644, override),
@@ -282,6 +297,9 @@ class ComposeEngine:
     def require_one_host(self, action: str) -> None:
         """`action` works on this engine (one Compose host); a swarm refuses it, before changing
         anything."""
+
+    def require_compose_services(self, action: str) -> None:
+        """`action` recreates Compose services of this host; a swarm refuses it."""
 
     def cluster_state(self) -> dict | None:
         """The swarm as its manager sees it (nodes, services, tasks); None on one host."""

@@ -151,7 +151,8 @@ def run_upgrade(host: Host, steps: Steps, *, wait: bool, data: str, wanted: str,
                 host.install_backup_script()
             rows, _ = host.releases()
             pins = {rid: compose_commands.release_override(meta["backend_image"], rid,
-                                                           postgres_image=image)
+                                                           postgres_image=image,
+                                                           variant=host.variant)
                     for rid, meta in rows if meta.get("backend_image")}
             live = host.release(current)
             probe = release_commands.probe(live.image, host.base_url, list(live.assets))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .commands import cluster as cluster_commands
+from .commands import definitions
 from .commands import status as status_commands
 
 # Thresholds (the issue's and the plan's): a line turns into a warning past these.
@@ -70,7 +71,7 @@ def fitting_pool(max_connections: int, api_workers: int) -> int:
 
 
 def service_findings(snap: dict) -> list[Finding]:
-    """The release, and services down, unhealthy or restarting."""
+    """The release; services down, unhealthy or restarting, or running a previous definition."""
     findings: list[Finding] = []
     add = findings.append
     containers = snap["containers"]
@@ -91,6 +92,12 @@ def service_findings(snap: dict) -> list[Finding]:
                         f"(`compose.logs --service {c['service']}`)"
                         + ("; raise its memory limit or lower its load" if c["oom_killed"]
                            else "")))
+    for service in snap.get("pending", []):
+        add(Finding("definitions", False, f"{service} runs its previous definition: release "
+                    f"{snap['release']['current']} defines it differently (a deploy does not "
+                    f"restart {service})", f"`{definitions.recreate_command('HOST', service)}` "
+                    f"applies it; {service} is unavailable for "
+                    f"{definitions.UNAVAILABLE[service]} meanwhile"))
     return findings
 
 

@@ -134,6 +134,8 @@ def run_deploy(host: Host, plan: DeployPlan, outcome: dict) -> None:
         raise
     print(f"Release {release.id} is live on {host.serving_on()}"
           + ("." if plan.backend else f" (API and worker: {plan.backend_release})."))
+    if plan.backend:  # a dashboard-only release has the live compose files and settings
+        host.report_pending(release.id)
 
 
 def ship_and_migrate(host: Host, plan: DeployPlan) -> str:

@@ -137,6 +137,7 @@ def rollback(c, to=None, force=False, wait=False, env=None):
                     put_back = host.put_back(current, target, marked=False, backend=backend)
                     raise StepFailed(failure.step, failure.detail + put_back) from None
         print(f"Release {target} is current again on {host.name}.")
+        host.report_pending(target, "rollback")
     except StepFailed as failure:
         steps.fail(f"Rollback on {c.original_host} failed at step '{failure.step}': "
                    f"{failure.detail}")

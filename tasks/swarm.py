@@ -88,6 +88,11 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                    f"(docs/several-hosts.md, \"From one VPS to a cluster\"). Nothing was changed.",
                    code=ExitCode.HOST_NOT_READY)
 
+    def require_compose_services(self, action: str) -> None:
+        raise Exit(f"{self.name} is in a Docker Swarm, where `cluster.deploy` updates a service "
+                   f"whose definition changed (docs/several-hosts.md); `{action}` works on one "
+                   "Compose host. Nothing was changed.", code=ExitCode.USAGE)
+
     def require_pitr(self) -> None:
         """The restore-to-a-time scripts stop the Postgres container, which Swarm would start again
         at once on the same volume: refused on a swarm, before anything changes."""

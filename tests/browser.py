@@ -127,11 +127,14 @@ class Seen:
     websockets: list[str] = field(default_factory=list)
     frames: list[dict] = field(default_factory=list)
     screenshot: Path | None = None
+    document_headers: dict[str, str] = field(default_factory=dict)  # the page's, names lower-case
+    csp_violations: list[str] = field(default_factory=list)  # "directive blocked-URI"
 
     def problems(self) -> list[dict]:
         """Console errors, and warnings about mixed content or blocked/insecure requests."""
         return [entry for entry in self.console if entry["level"] == "SEVERE"
-                or any(word in entry["message"] for word in ("Mixed Content", "insecure", "blocked"))]
+                or any(word in entry["message"] for word in ("Mixed Content", "insecure", "blocked",
+                                                             "Content Security Policy"))]
 
 
 def _wait(driver, predicate, timeout: float, what: str):
@@ -155,6 +158,9 @@ def _network(driver, seen: Seen) -> None:
         method, params = message.get("method"), message.get("params", {})
         if method == "Network.requestWillBeSent":
             seen.requests.append(params["request"]["url"])
+        elif (method == "Network.responseReceived" and params.get("type") == "Document"
+              and not seen.document_headers):
+            seen.document_headers = {k.lower(): v for k, v in params["response"]["headers"].items()}
         elif method == "Network.webSocketCreated":
             seen.websockets.append(params["url"])
         elif method == "Network.webSocketFrameReceived":
@@ -172,6 +178,9 @@ def dashboard_check(driver, url: str, title: str, screenshot: Path) -> Seen:
     from selenium.webdriver.common.by import By
 
     seen = Seen()
+    # Every Content-Security-Policy violation the page meets is kept on `window`, from the first
+    # script on (the console shows them too; this names the directive and what it blocked).
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CSP_LISTENER})
     driver.get(url)
     label = _wait(driver, lambda d: (t := d.find_element(By.CSS_SELECTOR, ".release").text) != "release …" and t, 30,
                   "the release label")
@@ -203,8 +212,26 @@ def dashboard_check(driver, url: str, title: str, screenshot: Path) -> Seen:
     driver.save_screenshot(str(screenshot))
     seen.screenshot = screenshot
     seen.console = driver.get_log("browser")
+    seen.csp_violations = driver.execute_script("return window.__cspViolations || [];")
     _network(driver, seen)
     return seen
+
+
+CSP_LISTENER = """window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.__cspViolations.push(e.effectiveDirective + ' ' + (e.blockedURI || 'inline')));"""
+
+
+def csp_enforced(driver) -> tuple[bool, list[str]]:
+    """Whether the page ran an inline script added to it (a CSP without 'unsafe-inline' blocks
+    it), and the violations seen after: proof that the policy is enforced, not only sent. Run it
+    after `dashboard_check` has read the console."""
+    ran = driver.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.__inlineRan = true;';"
+        "document.head.appendChild(s); return window.__inlineRan === true;")
+    _wait(driver, lambda d: d.execute_script("return window.__cspViolations.length > 0;"), 10,
+          "the violation event")
+    return ran, driver.execute_script("return window.__cspViolations;")
 
 
 def artifacts_dir(tmp_path_factory) -> Path:

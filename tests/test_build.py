@@ -49,6 +49,12 @@ def test_build_skips_when_unchanged_and_rebuilds_on_change(frontend, capsys):
         assert (dist / "assets" / name).is_file()
     manifest = read_manifest(dist)
     assert set(manifest) >= {"git_commit", "built_at", "source_sha256", "output_sha256", "files"}
+    # nginx's Content-Security-Policy allows no inline code (nginx/app-locations.conf): the built
+    # page loads its script and stylesheet from files, from this same host, and has none inline.
+    html = (dist / "index.html").read_text()
+    inline = r"<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=|javascript:"
+    assert not re.search(inline, html), html
+    assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html), html
 
     capsys.readouterr()
     assert build_frontend(c, frontend) is False

@@ -73,14 +73,14 @@ CONTEXT = [
 
 ROLLOUT = [
     ("worker_restart", sh(rollout.worker_restart(APP)), f"{D2} up -d --no-deps worker"),
-    ("data_services_up v1", sh(rollout.data_services_up(V1)), f"{D1} up -d --no-deps postgres nats"),
+    ("data_services_up v1", sh(rollout.data_services_up(V1)), f"{D1} up -d --no-deps --no-recreate postgres nats"),
     ("nginx_check", sh(rollout.nginx_check(APP, "r1")),
      f"{D2} run --rm --no-deps -T nginx nginx -t -q -c /srv/app/releases/r1/nginx/nginx.conf"),
     ("switch_current", rollout.switch_current(SPACE, "r1"),
      "ln -sfn releases/r1 '/srv/my app/current.tmp' && mv -T '/srv/my app/current.tmp' '/srv/my app/current'"),
     ("remove_current", sh(rollout.remove_current(SPACE)), "rm -f '/srv/my app/current'"),
     ("nginx_up_and_reload", rollout.nginx_up_and_reload(APP),
-     f"{D2} up -d --no-deps nginx 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; "
+     f"{D2} up -d --no-deps --no-recreate nginx 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; "
      f"{D2} exec -T nginx kill -HUP 1"),
 ]
 

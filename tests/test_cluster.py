@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -188,7 +191,7 @@ def rendered():
 
 
 def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):
-    assert rendered["version"] == "3.8"
+    assert rendered["version"] == "3.9"
     assert not [k for k in rendered if k.startswith("x-") or k == "name"]
     for name, service in rendered["services"].items():
         assert not set(service) & set(swarm_stack.DROPPED_KEYS), name
@@ -207,7 +210,41 @@ def test_files_merge_as_compose_merges_them(rendered):
     assert targets.count("/var/www/certbot") == 1 and "/srv/app" in targets
     assert "/home/deploy/tasktracker/shared/acme:/var/www/certbot:ro" in services["nginx"]["volumes"]  # production's, not the named volume
     assert api["environment"]["WORKERS"] == "1" and api["environment"]["POSTGRES_HOST"] == "postgres"
-    assert services["nginx"]["deploy"]["resources"]["limits"] == {"memory": "128M", "cpus": "0.3"}
+    limits = services["nginx"]["deploy"]["resources"]["limits"]
+    assert limits == {"memory": "128M", "cpus": "0.3", "pids": 256}
+
+
+def test_the_stack_keeps_every_services_least_privilege(rendered):
+    """What `docker stack deploy` applies of compose.yml's hardening: capabilities, the read-only
+    root and its tmpfs mounts, and the pids limit (moved to format 3.9's place for it)."""
+    services = rendered["services"]
+    for name in ("postgres", "nats", "api", "worker", "nginx"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"] and service["read_only"] is True, name
+        assert service["deploy"]["resources"]["limits"]["pids"] > 0, name
+        assert "/tmp" in [swarm_stack._mount_target(v) for v in service["volumes"]], name
+    assert services["postgres"]["deploy"]["resources"]["limits"]["pids"] == 512
+    assert "tmpfs" not in services["postgres"]  # a stack ignores the key: tmpfs volumes instead
+    socket = {"type": "tmpfs", "target": "/var/run/postgresql", "tmpfs": {"size": 1048576}}
+    assert socket in services["postgres"]["volumes"]
+    assert services["nginx"]["cap_add"] == ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"]
+    assert not [name for name in ("api", "worker", "nats") if "cap_add" in services[name]]
+
+
+def test_docker_20_10_accepts_the_rendered_stack(rendered, tmp_path):
+    """Debian 12's Docker CLI (20.10, what `provision` installs) validates the stack file against
+    its own schema before it talks to any daemon: here, one that does not exist."""
+    cli = Path("/usr/bin/docker")
+    version = cli.exists() and subprocess.run([str(cli), "--version"], capture_output=True,
+                                              text=True).stdout
+    if not version or "20.10" not in version:
+        pytest.skip("no Debian docker.io (20.10) CLI at /usr/bin/docker (scripts/test has it)")
+    stack = tmp_path / "stack.yml"
+    stack.write_text(swarm_stack.dump_stack(rendered))
+    nowhere = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    out = subprocess.run([str(cli), "stack", "deploy", "-c", str(stack), "tt"], capture_output=True,
+                         text=True, timeout=60, env=nowhere)
+    assert "Cannot connect to the Docker daemon" in out.stderr, out.stderr
 
 
 def test_without_ipvs_every_service_is_dnsrr_and_nginx_publishes_in_host_mode(rendered):

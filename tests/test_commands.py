@@ -31,9 +31,9 @@ CASES = [
     # file.
     ("migrate", compose.migrate(TT2),
      "if [ -f compose.migrate.yml ]; then docker compose -p tt -f compose.yml "
-     "-f docker-compose.production.yml -f release.yml -f compose.migrate.yml run --rm -T api alembic "
+     "-f docker-compose.production.yml -f release.yml -f compose.migrate.yml run --rm --no-deps -T api alembic "
      "upgrade head; else docker compose -p tt -f compose.yml -f docker-compose.production.yml "
-     "-f release.yml run --rm -T api alembic upgrade head; fi"),
+     "-f release.yml run --rm --no-deps -T api alembic upgrade head; fi"),
     ("build", sh(compose.build_backend(TT2)).split(" release.yml ")[1], "build api"),
     ("either", compose.either(TT2, compose.ps),
      "if docker compose version >/dev/null 2>&1; then docker compose -p tt -f compose.yml -f docker-compose.production.yml "

@@ -80,12 +80,25 @@ TABLE = [
      "'du -sk /var/lib/postgresql/data | cut -f1; df -Pk /var/lib/postgresql/data | awk '\"'\"'NR == 2 {print $4}'\"'\"'' "
      "| paste -sd' ' | awk '{print \"data_kb=\" $1; print \"free_kb=\" $2}'; fi"),
     ("release_override unpinned", compose_commands.release_override("tt-backend:abc", "r1"),
-     "# Written by the deploy task for this release; do not edit.\nservices:\n  api:\n    image: tt-backend:abc\n"
-     "    environment:\n      RELEASE_ID: r1\n  worker:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"),
-    ("release_override pinned", compose_commands.release_override("tt-backend:abc", "r1", postgres_image="pgvector/pgvector:pg17"),
-     "# Written by the deploy task for this release; do not edit.\nservices:\n  api:\n    image: tt-backend:abc\n"
-     "    environment:\n      RELEASE_ID: r1\n  worker:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"
-     "  postgres:\n    image: pgvector/pgvector:pg17\n"),
+     "# Written by the deploy task for this release; do not edit.\nservices:\n"
+     "  postgres:\n    deploy:\n      resources:\n        limits:\n          pids: 512\n"
+     "  nats:\n    deploy:\n      resources:\n        limits:\n          pids: 256\n"
+     "  api:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"
+     "    deploy:\n      resources:\n        limits:\n          pids: 256\n"
+     "  worker:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"
+     "    deploy:\n      resources:\n        limits:\n          pids: 256\n"
+     "  nginx:\n    deploy:\n      resources:\n        limits:\n          pids: 256\n"),
+    ("release_override pinned, Compose v1",
+     compose_commands.release_override("tt-backend:abc", "r1",
+                                       postgres_image="pgvector/pgvector:pg17", variant="v1"),
+     "# Written by the deploy task for this release; do not edit.\nservices:\n"
+     "  postgres:\n    image: pgvector/pgvector:pg17\n    pids_limit: 512\n"
+     "  nats:\n    pids_limit: 256\n"
+     "  api:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"
+     "    pids_limit: 256\n"
+     "  worker:\n    image: tt-backend:abc\n    environment:\n      RELEASE_ID: r1\n"
+     "    pids_limit: 256\n"
+     "  nginx:\n    pids_limit: 256\n"),
     ("space ok", db.space_problem(100 * 1024, 1024 * 1024), None),
     ("space short", db.space_problem(400 * 1024, 900 * 1024),
      "the data is 400 MiB and the upgrade needs about 1056 MiB free next to it (a copy of the old data and the new "
@@ -261,7 +274,9 @@ def test_the_upgrade_runs_every_step_in_order(tmp_path):
     assert "com.docker.compose.project=tt " not in log.split("docker volume create", 1)[1].splitlines()[0]
     assert "probe ok" in out.stdout and "FAILED" not in out.stderr
     for rid in ("r1", "r2"):
-        assert (tmp_path / "app" / "releases" / rid / "release.yml").read_text().endswith("  postgres:\n    image: pgvector/pgvector:pg17\n")
+        assert (tmp_path / "app" / "releases" / rid / "release.yml").read_text().startswith(
+            "# Written by the deploy task for this release; do not edit.\nservices:\n"
+            "  postgres:\n    image: pgvector/pgvector:pg17\n")
     assert not list((tmp_path / "app" / "releases").glob("*/*.pre-upgrade"))
 
 

@@ -73,6 +73,17 @@ def address(cid: str) -> str:
     ).split()[0]
 
 
+KEPT = ("postgres", "nats", "nginx")
+
+
+def started(project: str) -> dict[str, str]:
+    """Each kept service's container id and start time."""
+    return {
+        s: docker("inspect", "-f", "{{.Id}} {{.State.StartedAt}}", container(project, s))
+        for s in KEPT
+    }
+
+
 def users_of(project: str, service: str) -> set[str]:
     """The roles the service's own connections log in as (pg_stat_activity, by the client's
     address)."""
@@ -153,6 +164,7 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
     # The release before: the API is the superuser.
     wait_for(lambda: users_of(project, "api") == {"postgres"}, 30, what="the old api's connections")
     rows = psql(project, "SELECT count(*) FROM tasks")
+    kept = started(project)
 
     with LoadProbe(
         [sandbox.app_url(APP, "/api/health"), sandbox.app_url(APP, "/api/tasks")]
@@ -160,6 +172,12 @@ def test_an_old_stack_moves_to_the_app_role_while_it_serves_and_keeps_every_row(
         out = sandbox.fab("deploy", "--skip-build", env_file=env)
     assert len(load.results) > 20 and load.failures() == [], load.failures()[:5]
     assert "the app's database role and its grants" in out.stdout
+    # The new release defines postgres, nats and nginx otherwise (least privilege, keepalives):
+    # the deploy left each container running as it was and says so, once, with the command.
+    assert started(project) == kept
+    for service in KEPT:
+        assert out.stdout.count(f"NOTICE: {service}'s definition in release ") == 1, out.stdout
+        assert f"`fab -H sandbox compose.recreate --service {service}`" in out.stdout
     new_release = http_json(sandbox.app_url(APP, "/api/version"))[1]["release"]
     assert new_release != old_release
     assert psql(project, "SELECT count(*) FROM tasks") == rows
@@ -245,3 +263,44 @@ def test_a_restore_onto_a_cluster_without_the_role_brings_it_back(sandbox, app):
     assert status == 201
     wait_for(lambda: users_of(project, "api") == {ROLE}, 30, what="the api's connections")
     assert app_attempts(project)["read_file"] == "InsufficientPrivilege"
+
+
+def test_compose_recreate_applies_a_pending_definition_on_purpose(sandbox, app):
+    """After the move above, postgres, nats and nginx still run the old release's definitions:
+    `status` names them; `compose.recreate --service postgres` recreates postgres alone with the
+    live release's (a read-only root, no capabilities but its own) and waits for it; with no
+    --service it applies the rest; then nothing is pending."""
+    env, project = app
+    before = started(project)
+    shown = sandbox.fab("status", env_file=env, check=False).stdout
+    for service in KEPT:
+        assert f"{service} runs its previous definition" in shown, shown
+    out = sandbox.fab("compose.recreate", "--service", "postgres", env_file=env)
+    assert "postgres recreated and healthy in" in out.stdout
+    after = started(project)
+    assert after["postgres"] != before["postgres"]
+    assert {s: after[s] for s in ("nats", "nginx")} == {s: before[s] for s in ("nats", "nginx")}
+    config = json.loads(
+        docker("inspect", "-f", "{{json .HostConfig}}", container(project, "postgres"))
+    )
+    assert config["ReadonlyRootfs"] is True and config["CapDrop"] == ["ALL"]
+    cmd = docker("inspect", "-f", "{{json .Config.Cmd}}", container(project, "postgres"))
+    assert "tcp_keepalives_idle=10" in cmd
+    wait_for(
+        lambda: http_json(sandbox.app_url(APP, "/api/health"))[0] == 200,
+        60,
+        what="the api on the recreated postgres",
+    )
+
+    out = sandbox.fab("compose.recreate", env_file=env)
+    assert "Recreating nats, nginx" in out.stdout
+    assert all(started(project)[s] != before[s] for s in ("nats", "nginx"))
+    wait_for(
+        lambda: http_json(sandbox.app_url(APP, "/api/health"))[0] == 200,
+        60,
+        what="the api through the recreated nginx",
+    )
+    shown = sandbox.fab("status", env_file=env, check=False).stdout
+    assert "runs its previous definition" not in shown
+    out = sandbox.fab("compose.recreate", env_file=env)
+    assert "nothing was recreated" in out.stdout

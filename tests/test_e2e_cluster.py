@@ -94,7 +94,7 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     started = time.monotonic()
     out = hosts.fab(MANAGER, "cluster.deploy", env_file=settings, timeout=1200)
     print(f"first cluster.deploy: {time.monotonic() - started:.1f}s")
-    print(out.stdout[out.stdout.rfind("Deploy to"):])  # its steps and their times (`-s` shows them)
+    print(out.stdout[out.stdout.rfind("Cluster deploy via"):])  # its steps and times (`-s` shows them)
     assert "shipped" in out.stdout and "is live on the swarm (3 nodes)" in out.stdout
     assert get_json(hosts.url(MANAGER, "/api/health"))[1]["status"] == "ok"
     assert post_task(hosts.url(MANAGER, "/api/tasks"), "made on the swarm") == 201
@@ -109,6 +109,18 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     assert "postgres.1" in node_line(listed, MANAGER) and "nginx.1" in node_line(listed, MANAGER)
     api_nodes = [n for n in NAMES if "api." in node_line(listed, n)]
     assert len(api_nodes) == 2, listed  # two API replicas, on two nodes
+    # The stack keeps compose.yml's least privilege (docs/security.md, "On a swarm").
+    from tasks.commands.compose import PIDS_LIMITS
+    from tests.test_static import CAPABILITIES
+
+    for service in ("postgres", "nats", "nginx"):
+        task = f"$(docker ps -q --filter label=com.docker.swarm.service.name=tasktracker_{service})"
+        inspect = f"docker inspect -f '{{{{json .HostConfig}}}}' {task}"
+        config = json.loads(hosts.exec(MANAGER, inspect).stdout)
+        added = sorted(cap.removeprefix("CAP_") for cap in config["CapAdd"] or [])
+        assert config["CapDrop"] == ["ALL"] and added == CAPABILITIES[service], (service, added)
+        assert config["ReadonlyRootfs"] is True, service
+        assert config["PidsLimit"] == PIDS_LIMITS[service], service
 
 
 def release_of(hosts) -> str:

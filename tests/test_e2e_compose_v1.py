@@ -22,6 +22,7 @@ def test_deploy_with_compose_v1(sandbox, deployed):
     meta = json.loads((sandbox.home / "tasktracker-v1" / "releases" / release / "RELEASE.json").read_text())
     assert meta["compose"] == "v1"
     assert "(Compose v1)" in out.stdout
+    assert "NOTICE" not in out.stdout  # every service runs the definition it was just created from
     with urllib.request.urlopen(f"http://{sandbox.address}:{port}/api/health", timeout=10) as res:
         health = json.loads(res.read())
     assert health["checks"]["database"]["ok"] and health["checks"]["nats"]["ok"]

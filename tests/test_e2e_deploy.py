@@ -56,6 +56,9 @@ def test_dashboard_and_hashed_assets_are_served_with_the_right_cache_headers(san
     status, headers, html = http(sandbox.url("/"))
     assert status == 200 and "<div id=\"root\">" in html
     assert headers["Cache-Control"] == "no-cache"
+    csp = headers["Content-Security-Policy"]
+    needed = ("default-src 'self'", "connect-src 'self'", "frame-ancestors 'none'")
+    assert all(part in csp for part in needed), csp
     local_html = (ROOT / "frontend" / "dist" / "index.html").read_text()
     assets = re.findall(r'"(/assets/[^"]+)"', local_html)
     assert assets and all(a in html for a in assets)
@@ -73,6 +76,19 @@ def test_api_health_is_ok_through_nginx(sandbox, deployed):
     health = json.loads(body)
     assert status == 200
     assert health["checks"]["database"]["ok"] and health["checks"]["nats"]["ok"]
+
+
+def test_nginx_refuses_a_burst_from_one_client_and_serves_it_again_after(sandbox, deployed):
+    """Rate limiting end to end (nginx/nginx.conf): 200 API requests at once from one address get
+    429 beyond the burst, none fails otherwise, and the same client is served again once the burst
+    has drained. The load probes of the other tests (sequential clients) are only slowed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(200) as pool:
+        statuses = list(pool.map(lambda _: http(sandbox.url("/api/version"))[0], range(200)))
+    assert set(statuses) == {200, 429} and statuses.count(429) >= 40, sorted(statuses)
+    wait_for(lambda: http(sandbox.url("/api/version"))[0] == 200, 30,
+             what="the API serving the same client again after the burst")
 
 
 def test_a_task_is_stored_processed_and_announced_on_the_websocket(sandbox, deployed):
@@ -124,6 +140,30 @@ def test_nginx_sees_no_settings_backups_or_account_keys(sandbox, deployed):
     assert "index.html" in listing(f"/srv/app/releases/{release}/frontend/dist")
     leaked = subprocess.run(["docker", "exec", nginx, "cat", f"/srv/app/releases/{release}/.env"], capture_output=True, text=True)
     assert leaked.returncode != 0 and "POSTGRES_PASSWORD" not in leaked.stdout
+
+
+def test_every_service_runs_with_least_privilege(sandbox, deployed):
+    """What compose.yml and release.yml ask for is what Docker applied: no capability but the ones a
+    service adds back, a read-only root, a pids limit; the API and worker as uid 10001."""
+    from tasks.commands.compose import PIDS_LIMITS
+    from tests.test_static import CAPABILITIES
+
+    def run(*argv, check=True):
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+    for service, caps in CAPABILITIES.items():
+        ids = container_ids(sandbox, service)[service]
+        assert ids, service
+        host = json.loads(run("docker", "inspect", "-f", "{{json .HostConfig}}", ids[0]).stdout)
+        added = sorted(cap.removeprefix("CAP_") for cap in host["CapAdd"] or [])  # Docker adds CAP_
+        assert host["CapDrop"] == ["ALL"] and added == caps, service
+        assert host["ReadonlyRootfs"] is True and host["PidsLimit"] == PIDS_LIMITS[service], service
+        wrote = run("docker", "exec", ids[0], "sh", "-c", "touch /probe", check=False)
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, (service, wrote)
+    for service in ("api", "worker"):
+        container = container_ids(sandbox, service)[service][0]
+        uid = run("docker", "exec", container, "id", "-u").stdout.strip()
+        assert uid == "10001", service
 
 
 def test_secrets_never_appear_in_deploy_output(sandbox, deployed):

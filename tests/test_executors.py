@@ -187,7 +187,7 @@ def audit_entries(conn: FakeConnection) -> list[dict]:
     entries = []
     for command in conn.commands:
         if ">> tasktracker/audit.log" in command:
-            entries.append(json.loads(next(w for w in shlex.split(command) if w.startswith("{"))))
+            entries.append(json.loads(next(w for w in shlex.split(command) if w.startswith('{"'))))
     return entries
 
 
@@ -813,7 +813,8 @@ def _read_only(command: str) -> bool:
     scripts (`set -e ...`) change it."""
     if command.startswith("set -e"):
         return False
-    return command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum")) or "/probe.py" in command
+    return (command.startswith(("docker image inspect", "pg=$(", "for r in $(ls", "sha256sum"))
+            or "/probe.py" in command or command.endswith(" pending-definitions tasktracker"))
 
 
 @pytest.fixture
@@ -952,10 +953,10 @@ def test_the_dry_run_plans_exactly_what_the_deploy_runs(planning, capsys):
     assert dry == {**real, "dry_run": True}
     assert "rm -rf -- tasktracker/releases/r1 tasktracker/env/r1.env" in planned[-1].command
     # a release with a migration: the tar, unpack, start, the WAL archive, [the backup's 3 commands and upload],
-    # migrate, the app role, activate
-    assert len(deploy_conn.commands) == 6 + 3 and len(deploy_conn.uploads) == 1 + 1
-    migrate, role = deploy_conn.commands[-3:-1]
-    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in migrate
+    # migrate, the app role, activate, the pending definitions read
+    assert len(deploy_conn.commands) == 6 + 4 and len(deploy_conn.uploads) == 1 + 1
+    migrate, role = deploy_conn.commands[-4:-2]
+    assert "-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head" in migrate
     assert role.startswith("if [ -f tasktracker/env/app-role.sql ]; then") and "psql" in role
     tar = tarfile.open(fileobj=io.BytesIO(deploy_conn.uploads[0][1]))
     assert {m.name: oct(m.mode) for m in tar.getmembers()}["env/app-role.sql"] == "0o600"
@@ -1036,6 +1037,53 @@ def test_compose_down_with_volumes_asks_first_and_a_wrong_answer_changes_nothing
         compose_tasks.down.body(None, volumes=True)
     assert refused.value.code == ExitCode.USAGE and "nothing was changed" in str(refused.value.message)
     assert "point-in-time archive" in asked[0] and conn.commands == []
+
+
+def test_compose_recreate_applies_the_pending_definitions_under_the_lock_with_an_audit_line(monkeypatch, capsys):
+    """No --service: the services the live release defines otherwise, recreated and awaited in
+    one script, under the lock; the audit line names them."""
+    import tasks.compose as compose_tasks
+
+    conn = (FakeConnection().on(ACQUIRE, ok("ACQUIRED\n")).on(UNLOCK, ok("RELEASED\n"))
+            .on("pending-definitions", ok("@@pending nginx\n@@pending postgres\n")))
+    host = make_host(conn)
+    monkeypatch.setattr(compose_tasks, "open_host", lambda c, *args, **kwargs: host)
+    compose_tasks.recreate.body(None)
+    (script,) = [c for c in conn.commands if "--force-recreate" in c]
+    assert "up -d --no-deps --force-recreate postgres nginx" in script
+    assert script.index("up -d --no-deps") < script.index("postgres did not become healthy")
+    entry = [e for e in audit_entries(conn) if e["action"] == "compose.recreate"]
+    assert [(e["result"], e["detail"]) for e in entry] == [("ok", "postgres nginx")]
+    assert "postgres, nginx recreated and healthy in" in capsys.readouterr().out
+
+
+def test_compose_recreate_with_nothing_pending_changes_nothing(monkeypatch, capsys):
+    import tasks.compose as compose_tasks
+
+    conn = FakeConnection().on(ACQUIRE, ok("ACQUIRED\n")).on(UNLOCK, ok("RELEASED\n"))
+    host = make_host(conn)
+    monkeypatch.setattr(compose_tasks, "open_host", lambda c, *args, **kwargs: host)
+    compose_tasks.recreate.body(None)
+    assert not [c for c in conn.commands if "--force-recreate" in c]
+    assert "nothing was recreated" in capsys.readouterr().out
+    assert [e["detail"] for e in audit_entries(conn) if e["action"] == "compose.recreate"] == ["nothing pending"]
+
+
+def test_compose_recreate_refuses_the_api_before_connecting(monkeypatch):
+    import tasks.compose as compose_tasks
+
+    monkeypatch.setattr(compose_tasks, "open_host", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(Exit) as refused:
+        compose_tasks.recreate.body(None, service=["postgres", "api"])
+    assert refused.value.code == ExitCode.USAGE and "not api" in str(refused.value.message)
+
+
+def test_a_rollback_names_the_services_left_on_their_previous_definition(capsys):
+    conn = FakeConnection().on("pending-definitions", ok("@@pending postgres\n"))
+    make_host(conn).report_pending("r1", "rollback")
+    out = capsys.readouterr().out
+    assert out.count("NOTICE: ") == 1 and "the rollback left it running its previous definition" in out
+    assert conn.commands[-1].startswith("( cd tasktracker/releases/r1 && docker compose")
 
 
 # --- the Telegram webhook after a deploy (tasks/telegram.py) ---------------------------------
@@ -1126,11 +1174,11 @@ def test_migrate_and_restores_run_as_the_owner_then_apply_the_app_role():
     conn = FakeConnection()
     host = Host(conn, settings(), "v2", FACTS)
     host.on_current(compose_commands.migrate, what="migrate")
-    assert "-f compose.migrate.yml run --rm -T api alembic upgrade head" in conn.commands[-1]
+    assert "-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head" in conn.commands[-1]
     host.restore_backup("20260101T000000Z", fresh_database=True, migrate=True)
     script = conn.commands[-1]
     assert "--no-owner --no-privileges" in script
-    migration = script.index("-f compose.migrate.yml run --rm -T api alembic upgrade head")
+    migration = script.index("-f compose.migrate.yml run --rm --no-deps -T api alembic upgrade head")
     role = script.index("tasktracker/env/app-role.sql")
     start = script.index("start_services\n")
     assert migration < role < start

@@ -119,12 +119,53 @@ def test_production_publishes_nothing_but_nginx_and_development_only_on_loopback
 def test_every_service_rotates_its_logs_and_cannot_gain_privileges(project, tool):
     raw = (ROOT / "compose.yml").read_text()
     services = yaml.safe_load(raw)["services"]
-    assert len(re.findall(r"^    <<: \*service$", raw, re.M)) == len(services), "every service takes the shared x-service block"
+    takes = re.findall(r"^    <<: (?:\*service|\[\*service, \*locked-down\])$", raw, re.M)
+    assert len(takes) == len(services), "every service takes the shared x-service block"
     for files in (["compose.yml", "compose.override.yml"], ["compose.yml", "docker-compose.production.yml"]):
         config = compose_config(project, tool, *files)
         for name, service in config["services"].items():
             assert service["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, (files, name)
             assert "no-new-privileges:true" in service["security_opt"], (files, name)
+
+
+# What each production service gets back after dropping every capability: found by running each
+# image without them (docs/security.md, "Containers").
+CAPABILITIES = {
+    "postgres": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"],
+    "nginx": ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"],
+    "nats": [], "api": [], "worker": [],
+}
+
+
+@pytest.mark.parametrize("tool", ["v1", "v2"])
+def test_production_services_run_with_least_privilege(project, tool, tmp_path):
+    """No capability but the ones a service adds back, a read-only root with a tmpfs /tmp, a pids
+    limit (from release.yml, in the form this Compose reads), and a non-root backend image."""
+    from tasks.commands.compose import PIDS_LIMITS, release_override
+
+    (project / "release.yml").write_text(release_override("tt-backend:abc", "r1", variant=tool))
+    files = ("compose.yml", "docker-compose.production.yml", "release.yml")
+    config = compose_config(project, tool, *files)
+    for name, caps in CAPABILITIES.items():
+        service = config["services"][name]
+        assert service["cap_drop"] == ["ALL"] and sorted(service.get("cap_add", [])) == caps, name
+        assert service["read_only"] is True, name
+        tmpfs = [v for v in service["volumes"]
+                 if isinstance(v, dict) and v["type"] == "tmpfs" and v["target"] == "/tmp"]
+        by_key = "/tmp:size=67108864" in service.get("tmpfs", [])  # postgres's, below
+        assert tmpfs and tmpfs[0]["tmpfs"]["size"] or by_key, name
+        limits = service["deploy"]["resources"]["limits"]
+        pids = service["pids_limit"] if tool == "v1" else limits["pids"]
+        assert int(pids) == PIDS_LIMITS[name], name
+    assert config["services"]["api"]["image"] == "tt-backend:abc"
+    postgres = {v["target"] if isinstance(v, dict) else v.split(":")[1]
+                for v in config["services"]["postgres"]["volumes"]}
+    assert {"/var/lib/postgresql/data", "/var/lib/pgbackrest"} <= postgres
+    # tmpfs mounts by the `tmpfs:` key: a one-off `docker run --volumes-from` it (a restore) works
+    tmpfs = ["/var/run/postgresql:size=1048576", "/tmp:size=67108864"]
+    assert config["services"]["postgres"]["tmpfs"] == tmpfs
+    user = re.findall(r"^USER (\S+)$", (ROOT / "backend" / "Dockerfile").read_text(), re.M)
+    assert user and user[-1] not in ("root", "0"), user
 
 
 @pytest.mark.parametrize("tool", ["v1", "v2"])
@@ -143,6 +184,17 @@ def test_nats_login_comes_from_env_and_stays_off_command_lines(project, tool):
     for name in ("api", "worker"):
         environment = config["services"][name]["environment"]
         assert (environment["NATS_USER"], environment["NATS_PASSWORD"]) == (env["NATS_USER"], env["NATS_PASSWORD"]), name
+
+
+def test_postgres_drops_a_vanished_client_within_half_a_minute(project):
+    """A worker whose node lost power holds its task's row lock until Postgres drops its
+    connection: keepalives bound that to idle + interval * count seconds (Linux: two hours)."""
+    command = compose_config(project, "v2", "compose.yml", "docker-compose.production.yml")[
+        "services"]["postgres"]["command"]
+    options = dict(arg.split("=", 1) for arg in command if "=" in arg)
+    seconds = sum(int(options[f"tcp_keepalives_{k}"]) * (int(options["tcp_keepalives_count"])
+                  if k == "interval" else 1) for k in ("idle", "interval"))
+    assert seconds <= 30, options
 
 
 def test_api_trusts_forwarded_headers_only_from_the_compose_network(project):
@@ -179,6 +231,7 @@ def test_nginx_config_passes_nginx_t(tmp_path):
     conf = (ROOT / "nginx" / "nginx.conf").read_text()
     # Point the HTTPS include at the repository's conf.d, everything else as in the container.
     conf = conf.replace("/etc/nginx/conf.d/", f"{ROOT}/nginx/conf.d/")
+    conf = conf.replace("/tmp/nginx-", f"{tmp_path}/nginx-")
     path = tmp_path / "nginx.conf"
     path.write_text(conf)
     for name in ("app-locations.conf", "maintenance.conf"):
@@ -208,7 +261,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "strict-origin-when-cross-origin",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Content-Security-Policy": ("default-src 'self'; connect-src 'self'; object-src 'none'; "
+                                "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"),
 }
 
 
@@ -241,8 +295,14 @@ def local_nginx():
 
     from tests.support import free_port, port_open, wait_for
 
+    held = threading.Semaphore(0)  # one release per request held at /ws/hold
+    holding: list[int] = []
+
     class Echo(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/ws/hold":  # a long-lived /ws connection, until the test releases it
+                holding.append(1)
+                held.acquire()
             body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -253,7 +313,10 @@ def local_nginx():
         def log_message(self, *args):
             pass
 
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    class Upstream(http.server.ThreadingHTTPServer):
+        request_queue_size = 256  # the burst test's connections all wait in the backlog at once
+
+    upstream = Upstream(("127.0.0.1", 0), Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     # nginx's workers run as nobody: a directory they can read (pytest's tmp dirs are private).
     d = tempfile.mkdtemp(prefix="tasktracker-test-nginx-")
@@ -268,7 +331,7 @@ def local_nginx():
     port = free_port()
     conf = (ROOT / "nginx" / "nginx.conf").read_text()
     for old, new in (("pid /tmp/nginx.pid;", f"pid {d}/nginx.pid;"), ("root /srv/app/current/frontend/dist;", f"root {dist};"),
-                     ("/etc/nginx/conf.d/", f"{d}/conf.d/")):
+                     ("/etc/nginx/conf.d/", f"{d}/conf.d/"), ("/tmp/nginx-", f"{d}/nginx-")):
         assert old in conf, old
         conf = conf.replace(old, new)
     conf, listens = re.subn(r"\blisten 80\b", f"listen 127.0.0.1:{port}", conf)
@@ -297,6 +360,8 @@ def local_nginx():
             except urllib.error.HTTPError as err:
                 return err.code, err.headers, err.read()
 
+        get.holding, get.held = holding, held
+
         def send(method, path, source="127.0.0.1"):
             """One request from `source` (127.0.0.1 is nginx's own address, as the recovery's
             probe is in its network namespace; any other loopback address is a client)."""
@@ -313,6 +378,8 @@ def local_nginx():
         get.send, get.flag = send, os.path.join(d, ".recovering")
         yield get
     finally:
+        for _ in holding:
+            held.release()
         proc.terminate()
         proc.wait(10)
         upstream.shutdown()
@@ -375,6 +442,67 @@ def test_nginx_sets_the_client_address_itself(local_nginx):
         assert seen["x-forwarded-for"] == "127.0.0.1", path
         assert seen["x-real-ip"] == "127.0.0.1", path
         assert seen["x-forwarded-proto"] == "http", path
+
+
+def location_block(conf: str, where: str) -> str:
+    match = re.search(rf"^location {re.escape(where)} \{{(.*?)^\}}", conf, re.M | re.S)
+    assert match, where
+    return match.group(1)
+
+
+def test_nginx_limits_each_client_on_the_api_and_the_websocket():
+    """Request-rate and connection limits keyed by the client's address, 429 beyond them, and a
+    bounded idle time on /ws (it was an hour)."""
+    http_level = (ROOT / "nginx" / "nginx.conf").read_text()
+    locations = (ROOT / "nginx" / "app-locations.conf").read_text()
+    zones = re.findall(r"^\s*limit_req_zone \$binary_remote_addr zone=(\w+):\d+m rate=\d+r/s;",
+                       http_level, re.M)
+    conn_zones = re.findall(r"^\s*limit_conn_zone \$binary_remote_addr zone=(\w+):\d+m;",
+                            http_level, re.M)
+    assert set(zones) == {"api", "ws"} and set(conn_zones) == {"api_conn", "ws_conn"}
+    assert "limit_req_status 429;" in http_level and "limit_conn_status 429;" in http_level
+    api, ws = location_block(locations, "/api/"), location_block(locations, "/ws")
+    for block, zone in ((api, "api"), (ws, "ws")):
+        assert re.search(rf"limit_req zone={zone} burst=\d+ delay=\d+;", block), zone
+        assert re.search(rf"limit_conn {zone}_conn \d+;", block), zone
+    idle = re.search(r"proxy_read_timeout (\d+)s;", ws)
+    assert idle and 60 <= int(idle.group(1)) <= 300, "a bounded /ws idle time (uvicorn pings: 20 s)"
+    for static in ("/assets/", "/"):  # the dashboard's files are not rate-limited
+        assert "limit_" not in location_block(locations, static)
+
+
+def test_nginx_refuses_a_burst_from_one_client_but_only_slows_sequential_clients(local_nginx):
+    """Seven clients from one address that each wait for their answer (the load probes' shape)
+    are never refused, however fast they ask; 200 requests at once get 429 beyond the burst."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sequential(client):
+        return [local_nginx(f"/api/tasks?client={client}&n={n}")[0] for n in range(20)]
+
+    with ThreadPoolExecutor(7) as pool:
+        statuses = [status for statuses in pool.map(sequential, range(7)) for status in statuses]
+    assert statuses == [200] * 140
+    with ThreadPoolExecutor(200) as pool:
+        burst = list(pool.map(lambda n: local_nginx(f"/api/tasks?burst={n}")[0], range(200)))
+    assert set(burst) == {200, 429} and burst.count(429) >= 40, sorted(burst)
+
+
+def test_nginx_caps_open_websockets_per_client(local_nginx):
+    """The 17th /ws connection one address holds open at once is refused (429); 16 pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support import wait_for
+
+    with ThreadPoolExecutor(16) as pool:
+        held = [pool.submit(local_nginx, "/ws/hold") for _ in range(16)]
+        wait_for(lambda: len(local_nginx.holding) == 16, 30, what="16 /ws connections upstream")
+        refused, _, _ = local_nginx("/ws")
+        for _ in range(16):
+            local_nginx.held.release()
+        local_nginx.holding.clear()
+        assert [f.result()[0] for f in held] == [200] * 16
+    assert refused == 429
+    assert local_nginx("/ws")[0] == 200
 
 
 def test_dockerfiles_pass_hadolint():

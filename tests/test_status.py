@@ -494,3 +494,16 @@ def test_container_usage_reads_memory_and_cpu_from_cgroup_v2_and_v1(tmp_path):
 
 def test_container_usage_asks_docker_stats_when_a_cgroup_is_not_found(tmp_path):
     assert container_usage(tmp_path, {}, [A]) == f"stats:{A[:12]}\n"
+
+
+def test_a_pending_definition_is_parsed_and_named_with_its_command():
+    """The snapshot's `pending` section (commands/definitions.py): each kept service that runs a
+    definition other than the live release's is a finding naming the command that applies it."""
+    text = (RECORDED / "snapshot.txt").read_text() + "\n@@ pending\n@@pending nginx\n@@pending postgres\n"
+    snap = commands.parse_snapshot(text)
+    assert snap["pending"] == ["postgres", "nginx"]
+    assert commands.parse_snapshot((RECORDED / "snapshot.txt").read_text())["pending"] == []
+    found = [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "definitions"]
+    assert [f.summary.split()[0] for f in found] == ["postgres", "nginx"]
+    assert "runs its previous definition" in found[0].summary
+    assert found[0].advice.startswith("`fab -H HOST compose.recreate --service postgres` applies it")

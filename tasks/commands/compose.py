@@ -54,11 +54,13 @@ MIGRATE_FILE = "compose.migrate.yml"  # the one-off migration container connects
 
 
 def migrate(ctx: HostContext) -> str:
-    """Shell, run in a release's directory: Alembic in a one-off API container (Postgres and NATS
-    are started and awaited first), as the schema's owner (POSTGRES_USER: MIGRATE_FILE added last),
-    not as the app role the release's API runs as. A release from before the app role has no
-    MIGRATE_FILE: its API already connects as POSTGRES_USER."""
-    run = ("run", "--rm", "-T", "api", "alembic", "upgrade", "head")
+    """Shell, run in a release's directory: Alembic in a one-off API container, as the schema's
+    owner (POSTGRES_USER: MIGRATE_FILE added last), not as the app role the release's API runs as.
+    A release from before the app role has no MIGRATE_FILE: its API already connects as
+    POSTGRES_USER. `--no-deps`: Postgres runs already (a deploy starts it first; `fab migrate`
+    migrates the live stack), and Compose v2's `run` would recreate a dependency whose definition
+    changed (commands/definitions.py)."""
+    run = ("run", "--rm", "--no-deps", "-T", "api", "alembic", "upgrade", "head")
     return (f"if [ -f {MIGRATE_FILE} ]; then {sh(ctx.compose('-f', MIGRATE_FILE, *run))}; "
             f"else {sh(ctx.compose(*run))}; fi")
 
@@ -70,14 +72,29 @@ def either(ctx: HostContext, argv_for: Callable[[HostContext], list[str]]) -> st
             f"else {sh(argv_for(ctx.with_variant('v1')))}; fi")
 
 
-def release_override(backend_image: str, release_id: str, postgres_image: str = "") -> str:
+# The processes and threads each service may have at once (docs/security.md, "Containers"): a fork
+# bomb or a thread leak stops there, not at the host's limit. Postgres: a process per connection
+# (max_connections 100) plus its own, pg_dump's and pgBackRest's. Compose v2 (and a swarm) take it
+# only as `deploy.resources.limits.pids` (v2 refuses `pids_limit` beside a `deploy.resources.limits`
+# without pids), Compose v1.29 only as `pids_limit` (its schema has no `pids`): so release.yml
+# carries it, in the form of the Compose the release is deployed with (RELEASE.json's `compose`).
+PIDS_LIMITS = {"postgres": 512, "nats": 256, "api": 256, "worker": 256, "nginx": 256}
+
+
+def release_override(backend_image: str, release_id: str, postgres_image: str = "",
+                     variant: str = "v2") -> str:
     """release.yml: pins this release's backend image and tells the API which release it is;
     `postgres_image`: the Postgres image the host's data now needs (written by `db.upgrade` into the
-    releases from before the upgrade, whose compose.yml names the old major)."""
+    releases from before the upgrade, whose compose.yml names the old major); each service's pids
+    limit as `variant` (Compose "v1" or "v2") reads it."""
     lines = ["# Written by the deploy task for this release; do not edit.", "services:"]
-    for service in ("api", "worker"):
-        lines += [f"  {service}:", f"    image: {backend_image}", "    environment:",
-                  f"      RELEASE_ID: {release_id}"]
-    if postgres_image:
-        lines += ["  postgres:", f"    image: {postgres_image}"]
+    for service, pids in PIDS_LIMITS.items():
+        lines.append(f"  {service}:")
+        if service in ("api", "worker"):
+            lines += [f"    image: {backend_image}", "    environment:",
+                      f"      RELEASE_ID: {release_id}"]
+        if service == "postgres" and postgres_image:
+            lines.append(f"    image: {postgres_image}")
+        lines += ([f"    pids_limit: {pids}"] if variant == "v1" else
+                  ["    deploy:", "      resources:", "        limits:", f"          pids: {pids}"])
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import q, sh
 from .context import HostContext
+from .definitions import DATA_SERVICES, up_kept
 
 RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
 
@@ -66,7 +67,9 @@ def worker_restart(ctx: HostContext) -> list[str]:
 
 
 def data_services_up(ctx: HostContext) -> list[str]:
-    return ctx.compose("up", "-d", "--no-deps", "postgres", "nats")
+    """Postgres and NATS started when missing; running ones are never recreated by a deploy
+    (commands/definitions.py: a changed definition waits for `compose.recreate`)."""
+    return up_kept(ctx, DATA_SERVICES)
 
 
 def nginx_check(ctx: HostContext, release_id: str) -> list[str]:
@@ -90,8 +93,9 @@ def remove_current(ctx: HostContext) -> list[str]:
 
 
 def nginx_up_and_reload(ctx: HostContext) -> str:
-    """Create nginx if needed (a no-op when its container is current), then reload gracefully."""
-    up = sh(ctx.compose("up", "-d", "--no-deps", "nginx"))
+    """Create nginx if missing (a running nginx is never recreated, whatever its definition:
+    commands/definitions.py), then reload it gracefully."""
+    up = sh(up_kept(ctx, ("nginx",)))
     # HUP to nginx's master (PID 1): it re-reads the config it was started with, gracefully.
     reload = sh(ctx.compose("exec", "-T", "nginx", "kill", "-HUP", "1"))
     return f"{up} 2>&1 | grep -v -e '^ *Container .* Running$' -e 'is up-to-date' || true; {reload}"

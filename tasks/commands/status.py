@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import re
 
-from . import q, sh
-from . import pitr
+from . import definitions, pitr, q, sh
 from .backup import cron_marker, install_cron, list_sets
 from .context import HostContext
 from .lock import status as lock_status
@@ -45,7 +44,6 @@ SECTION = "@@ "
 # Sustained = at least SUSTAINED of the window's samples (with data) are past the threshold.
 TRIGGERS_AWK = (program("triggers.awk").replace("__ARCHIVE_STALL_S__", str(ARCHIVE_STALL_S))
                 .replace("__WAL_MAX_DISK_FRACTION__", str(WAL_MAX_DISK_FRACTION)))
-
 SAMPLER_SCRIPT = program("sample.sh")
 # Each container's memory and CPU from its cgroup, in `docker stats`'s format, without its wait.
 CONTAINER_USAGE = program("container-usage.sh")
@@ -199,7 +197,7 @@ def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
         ("trigger_day", triggers(ctx, DAY)),
         ("latest_sample", f"cat $(ls -1 {q(metrics_dir(ctx))}/samples-*.log 2>/dev/null | tail -n "
                           "1) /dev/null 2>/dev/null | tail -n 1"),
-    ]
+        ("pending", definitions.pending(ctx, ctx.current_link))]
 
 
 # --- parsers -------------------------------------------------------------------------------
@@ -397,4 +395,4 @@ def parse_snapshot(output: str) -> dict:
         "trigger_hour": key_values(s.get("trigger_hour", "")),
         "trigger_day": key_values(s.get("trigger_day", "")),
         "latest_sample": parse_sample(s.get("latest_sample", "")),
-    }
+        "pending": definitions.parse_pending(s.get("pending", ""))}

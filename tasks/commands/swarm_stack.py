@@ -5,7 +5,9 @@ opens a connection.
 `docker stack deploy` reads Compose file format 3, not the Compose spec: it rejects `depends_on`
 conditions and `profiles`, ignores `build`, `restart`, `container_name` and `security_opt`, does not
 read `.env` for `${VAR}`, and its env_file reader knows no quoting. So `render_stack` drops those
-keys (and the services a profile keeps out of production), interpolates `${VAR}` here from the
+keys (and the services a profile keeps out of production), adds each service's pids limit
+(`PIDS_LIMITS`) as format 3.9's `deploy.resources.limits.pids` (`cap_drop`/`cap_add`, `read_only`
+and tmpfs mounts it applies as Compose does: docs/security.md), interpolates `${VAR}` here from the
 release's settings (a `$` in a value becomes `$$`, which the CLI turns back into `$`), and replaces
 `env_file: .env` by the same values under `environment:`. The result holds secrets: it lives in the
 release's 0600 settings directory, never in the release directory nginx can see.
@@ -19,7 +21,11 @@ from collections.abc import Mapping
 
 import yaml
 
-STACK_FORMAT = "3.8"  # Compose file format 3.8: every key the stack uses, Docker Engine 19.03+
+from .compose import PIDS_LIMITS
+
+# Compose file format 3.9: every key the stack uses; its `deploy.resources.limits.pids` (the
+# services' `pids_limit`, which format 3 does not know) needs Docker Engine 20.10 (API 1.41).
+STACK_FORMAT = "3.9"
 DROPPED_KEYS = ("build", "restart", "container_name", "security_opt", "depends_on", "profiles")
 VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
                     r"|([A-Za-z_][A-Za-z0-9_]*))")
@@ -132,7 +138,7 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
     for name, service in (merged.get("services") or {}).items():
         if name in profiled:
             continue
-        service = {k: v for k, v in service.items() if k not in DROPPED_KEYS}
+        service = with_limits(name, {k: v for k, v in service.items() if k not in DROPPED_KEYS})
         if "ports" in service:
             ports = [p for p in (_port(e, "ingress" if mesh else "host") for e in service["ports"])
                      if p]
@@ -144,6 +150,27 @@ def render_stack(docs: list[dict], values: Mapping[str, str], *, mesh: bool) -> 
         services[name] = service
     return {"version": STACK_FORMAT, **{k: v for k, v in merged.items() if k != "services"},
             "services": services}
+
+
+def with_limits(name: str, service: dict) -> dict:
+    """The service with its pids limit, and its `tmpfs:` (a stack ignores it) as tmpfs volumes."""
+    if "tmpfs" in service:
+        tmpfs = [_tmpfs_volume(entry) for entry in service.pop("tmpfs")]
+        service["volumes"] = [*service.get("volumes", []), *tmpfs]
+    if name in PIDS_LIMITS:
+        deploy = service["deploy"] = dict(service.get("deploy") or {})
+        resources = deploy["resources"] = dict(deploy.get("resources") or {})
+        resources["limits"] = {**(resources.get("limits") or {}), "pids": PIDS_LIMITS[name]}
+    return service
+
+
+def _tmpfs_volume(entry: str) -> dict:
+    """A `tmpfs:` entry (`/path` or `/path:size=BYTES`) as the long-syntax tmpfs volume a stack
+    applies."""
+    target, _, options = str(entry).partition(":")
+    sizes = [o.removeprefix("size=") for o in options.split(",") if o.startswith("size=")]
+    size = {"tmpfs": {"size": int(sizes[0])}} if sizes else {}
+    return {"type": "tmpfs", "target": target, **size}
 
 
 class _StackDumper(yaml.SafeDumper):
