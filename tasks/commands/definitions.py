@@ -17,8 +17,8 @@ from .programs import program
 KEPT_SERVICES = ("postgres", "nats", "nginx")
 DATA_SERVICES = ("postgres", "nats")
 BUILT_SERVICES = ("postgres",)  # a `build:` in compose.yml: v1's hash differs in each release
-# How long each is unavailable while it is recreated (stop, start, first healthy check), as
-# measured on the sandbox; what the notice and the task say.
+# How long each is unavailable while it is recreated (stop, start, first healthy check): an
+# estimate, not yet measured by a benchmark; what the notice and the task say.
 UNAVAILABLE = {"postgres": "about 10 s", "nats": "about 5 s", "nginx": "about 5 s"}
 PENDING = "@@pending "
 PENDING_PROGRAM = program("pending-definitions.sh")
