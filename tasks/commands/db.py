@@ -37,7 +37,7 @@ from . import q, sh
 from .backup import script_path
 from .context import HostContext
 from .release import POSTGRES_DATA
-from .programs import program
+from .programs import filled, program
 
 # The row counts of every table in `public`, as the backup script counts them (rowcounts.txt).
 ROW_COUNTS_SQL = """SELECT format('SELECT %L || ''='' || count(*) FROM %I.%I', table_name, table_schema, table_name)
@@ -181,10 +181,7 @@ def upgrade(ctx: HostContext, *, old_major: str, new_image: str, keep: str, back
         "@ROW_COUNTS_SQL@": ROW_COUNTS_SQL.rstrip("\n"), "@PROBE@": probe,
         "@APP_ROLE@": ensure_app_role(ctx),
     }
-    script = UPGRADE_SCRIPT
-    for key, value in values.items():
-        script = script.replace(key, value)
-    return script
+    return filled(UPGRADE_SCRIPT, values)
 
 
 def parse_upgrade(output: str) -> dict[str, str]:

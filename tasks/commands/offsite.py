@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 from . import notify, q, sh
 from .context import HostContext
-from .programs import program
+from .programs import filled, program
 
 SCRIPT_NAME = "tasktracker-offsite"
 KEY_NAME = "tasktracker-offsite"  # ~/.ssh/<KEY_NAME>: the host's key for an SFTP repository
@@ -88,10 +88,7 @@ def pin_host_key(repository: str, fingerprint: str) -> str:
     _, host, port = sftp_target(repository)
     values = {"@HOST@": host, "@PORT@": str(port), "@NAME@": known_host_name(repository),
               "@PIN@": fingerprint}
-    text = program("offsite-host-key.sh")
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, q(value))
-    return text
+    return filled(program("offsite-host-key.sh"), {k: q(v) for k, v in values.items()})
 
 
 def parse_host_keys(out: str) -> tuple[list[str], str]:

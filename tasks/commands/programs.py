@@ -14,3 +14,10 @@ PROGRAMS_DIR = Path(__file__).resolve().parent.parent / "programs"
 def program(name: str) -> str:
     """The text of tasks/programs/NAME."""
     return (PROGRAMS_DIR / name).read_text()
+
+
+def filled(text: str, values: dict[str, str]) -> str:
+    """`text` with each placeholder (`@NAME@`) replaced by its value, as given (quote it first)."""
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
