@@ -159,7 +159,7 @@ def _network(driver, seen: Seen) -> None:
         if method == "Network.requestWillBeSent":
             seen.requests.append(params["request"]["url"])
         elif (method == "Network.responseReceived" and params.get("type") == "Document"
-              and not seen.document_headers):
+              and params["response"]["url"].startswith("http") and not seen.document_headers):
             seen.document_headers = {k.lower(): v for k, v in params["response"]["headers"].items()}
         elif method == "Network.webSocketCreated":
             seen.websockets.append(params["url"])
@@ -185,6 +185,9 @@ def dashboard_check(driver, url: str, title: str, screenshot: Path) -> Seen:
     label = _wait(driver, lambda d: (t := d.find_element(By.CSS_SELECTOR, ".release").text) != "release …" and t, 30,
                   "the release label")
     seen.release = label.removeprefix("release ").strip()
+    # The page's own response now, while it is among the first entries: chromedriver keeps a bounded
+    # log, and a slow minute of events and polls may push it out (a CI run then saw no headers).
+    _network(driver, seen)
     seen.health = _wait(driver, lambda d: [li.text for li in d.find_elements(By.CSS_SELECTOR, "ul.checks li")], 30,
                         "the health panel")
     _wait(driver, lambda d: any(li.text == "hello" for li in d.find_elements(By.CSS_SELECTOR, "ol.events li")), 30,

@@ -37,6 +37,7 @@ class IsolatedNetwork:
             raise RuntimeError("could not make a network namespace (`unshare --net` needs root)")
         self.path = f"/proc/{self.holder.pid}/ns/net"
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._open = threading.Lock()
         self._listeners: list[socket.socket] = []
         self.dir = Path(tempfile.mkdtemp(prefix="tt-netns-"))
 
@@ -50,7 +51,12 @@ class IsolatedNetwork:
         made: dict = {}
 
         def make():
-            if _libc.setns(self._fd, CLONE_NEWNET) != 0:
+            with self._open:  # close() waits: the descriptor is never reused under a setns
+                if self._fd < 0:
+                    made["error"] = OSError(9, "the test namespace is closed")
+                    return
+                entered = _libc.setns(self._fd, CLONE_NEWNET)
+            if entered != 0:
                 made["error"] = OSError(ctypes.get_errno(), "setns into the test namespace")
                 return
             made["socket"] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -91,16 +97,22 @@ class IsolatedNetwork:
     def close(self) -> None:
         for listener in self._listeners:
             listener.close()
+        with self._open:
+            os.close(self._fd)
+            self._fd = -1
         self.holder.kill()
         self.holder.wait()
-        os.close(self._fd)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _relay(client: socket.socket, where: tuple[str, int], upstream) -> None:
     deadline = time.monotonic() + 20
     while True:
-        server = upstream()
+        try:
+            server = upstream()
+        except OSError:  # the namespace was closed while this connection waited
+            client.close()
+            return
         try:
             server.connect(where)
             break

@@ -768,6 +768,32 @@ def test_api_rollout_script():
     assert "for _ in $(seq 1 120); do" in lines  # 30 s at a quarter of a second
     assert "  state=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' $new)" in lines
     assert f"sleep {rollout.RESOLVER_GRACE_SECONDS}" in lines
+    # nginx moves to the new API before the old one stops; the pin goes once the old one is gone.
+    order = ["docker kill --signal HUP", f"sleep {rollout.RESOLVER_GRACE_SECONDS}",
+             "docker stop -t 30", f"rm -f app/shared/nginx/conf.d/{rollout.API_PIN}", "healthy; replaced"]
+    assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
+
+
+@pytest.mark.parametrize("nginx_running", [True, False])
+def test_pin_new_api_names_the_new_container_and_reloads_nginx(tmp_path, nginx_running):
+    """The pin, run with a stand-in `docker`: it names the new container (`docker inspect` prints
+    `/name`) in conf.d and sends nginx a HUP; with no nginx running it does nothing."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "docker").write_text(
+        "#!/bin/sh\necho \"$*\" >>\"$CALLS\"\n"
+        f"case \"$1\" in ps) {'echo ngx1' if nginx_running else 'true'} ;; inspect) echo /tt-api-2 ;; esac\n")
+    (tmp_path / "bin" / "docker").chmod(0o755)
+    (tmp_path / "app/shared/nginx/conf.d").mkdir(parents=True)
+    script = f"set -e\nhome={tmp_path}\nnew=c0ffee\ncd /\n{rollout.pin_new_api(APP)}\n"
+    env = {**os.environ, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+    assert subprocess.run(["bash", "-c", script], env=env).returncode == 0
+    calls = (tmp_path / "calls").read_text().splitlines()
+    pin = tmp_path / "app/shared/nginx/conf.d" / rollout.API_PIN
+    if nginx_running:
+        assert pin.read_text() == "set $api_upstream http://tt-api-2:8000;\n"
+        assert calls[1:] == ["inspect -f {{.Name}} c0ffee", "kill --signal HUP ngx1"]
+    else:
+        assert not pin.exists() and len(calls) == 1 and calls[0].startswith("ps -q")
 
 
 # --- notify: the alert program, run against a local recording endpoint ---------------------------

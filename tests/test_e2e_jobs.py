@@ -79,7 +79,8 @@ def under_writers(sandbox, name: str, fault) -> Writers:
           f"backlog drained {drained:.1f} s after the writers stopped; {len(probe.failures())} of "
           f"{len(probe.results)} reads failed; slowest write {writers.slowest:.2f} s")
     assert acknowledged and not left, sorted(left)[:20]
-    assert writers.errors == [] and probe.failures() == [], (writers.errors[:5], probe.failures()[:5])
+    assert writers.errors == [] and probe.failures() == [], (writers.errors[:5], writers.refused[:5],
+                                                            probe.failures()[:5])
     assert twice == [], twice[:20]
     return writers
 

@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -305,6 +306,7 @@ def local_nginx():
                 held.acquire()
             body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
             self.send_response(200)
+            self.send_header("X-Upstream-Port", str(self.server.server_address[1]))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -339,6 +341,7 @@ def local_nginx():
     locations = (ROOT / "nginx" / "app-locations.conf").read_text()
     assert "set $api_upstream http://api:8000;" in locations
     locations = locations.replace("set $api_upstream http://api:8000;", f"set $api_upstream http://127.0.0.1:{upstream.server_address[1]};")
+    locations = locations.replace("/etc/nginx/conf.d/", f"{d}/conf.d/")
     with open(os.path.join(d, "nginx.conf"), "w") as f:
         f.write(conf)
     with open(os.path.join(d, "app-locations.conf"), "w") as f:
@@ -376,6 +379,8 @@ def local_nginx():
                 conn.close()
 
         get.send, get.flag = send, os.path.join(d, ".recovering")
+        get.conf_d, get.upstream_port = os.path.join(d, "conf.d"), upstream.server_address[1]
+        get.echo, get.reload = Echo, lambda: proc.send_signal(signal.SIGHUP)
         yield get
     finally:
         for _ in holding:
@@ -429,6 +434,34 @@ def test_a_recovering_host_answers_503_recovering_to_every_client(local_nginx):
     assert local_nginx.send("GET", "/api/tasks", client)[0] == 200
     assert local_nginx.send("GET", "/", client)[0] == 200
     assert local_nginx.send("GET", "/.recovering.html", client)[0] == 404  # internal only
+
+
+def test_a_pinned_api_gets_every_new_request_and_unpinned_the_service_name_again(local_nginx):
+    """What `rollout.pin_new_api` writes (conf.d/api-upstream.inc) moves the API to the container it
+    names at nginx's next reload, and removing it moves the API back (here: two local upstreams)."""
+    import http.server
+    import threading
+    import time
+
+    from tasks.commands.rollout import API_PIN
+
+    pinned = http.server.ThreadingHTTPServer(("127.0.0.1", 0), local_nginx.echo)
+    threading.Thread(target=pinned.serve_forever, daemon=True).start()
+    pin = os.path.join(local_nginx.conf_d, API_PIN)
+
+    def upstreams_after_reload() -> set[str]:
+        local_nginx.reload()
+        time.sleep(0.5)  # the new workers take over; the old ones close their idle connections
+        return {local_nginx("/api/tasks")[1]["X-Upstream-Port"] for _ in range(20)}
+
+    try:
+        with open(pin, "w") as f:
+            f.write(f"set $api_upstream http://127.0.0.1:{pinned.server_address[1]};\n")
+        assert upstreams_after_reload() == {str(pinned.server_address[1])}
+        os.unlink(pin)
+        assert upstreams_after_reload() == {str(local_nginx.upstream_port)}
+    finally:
+        pinned.shutdown()
 
 
 def test_nginx_sets_the_client_address_itself(local_nginx):

@@ -1,9 +1,10 @@
 """Zero-downtime activation of a release on the host.
 
 The API is replaced by starting the new container beside the old one (Compose `--scale` with
-`--no-recreate`), waiting for Docker to report it healthy, giving nginx's resolver time to see
-it, then stopping the old one gracefully. nginx serves `APP_DIR/current` (mounted at /srv/app),
-so the dashboard switches when `current` is flipped, and nginx reloads gracefully.
+`--no-recreate`) and waiting for Docker to report it healthy; then nginx is pinned to the new
+container (`API_PIN`, reloaded gracefully) before the old one is stopped, so no new request can
+reach a container that is closing. nginx serves `APP_DIR/current` (mounted at /srv/app), so the
+dashboard switches when `current` is flipped, and nginx reloads gracefully.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from .context import HostContext
 from .definitions import DATA_SERVICES, up_kept
 
 RESOLVER_GRACE_SECONDS = 1.5  # nginx resolver `valid=1s`: time for it to see a new container
+# In APP_DIR/shared/nginx/conf.d (nginx's /etc/nginx/conf.d), included by app-locations.conf after
+# its own `set $api_upstream`: while the API is replaced it names the new container alone. Without
+# it, nginx keeps choosing the old container until Docker drops it from `api`, and a POST that
+# reaches it as it closes its socket is reset, never retried (not idempotent): a 502.
+API_PIN = "api-upstream.inc"
 
 
 READY_POLL_SECONDS = 0.25
@@ -26,8 +32,8 @@ def api_rollout(ctx: HostContext, timeout: int = 90, alongside: str = "",
     worker is not enough with API_WORKERS > 1 (another may still be connecting: a 503), so
     Docker's health check decides. Unhealthy (or the container exiting) fails the rollout, and
     the old API keeps serving. `alongside` (the worker's restart) starts once the new API is proven,
-    while nginx's resolver catches up and the old API drains; `alongside_mark` is printed when
-    the script then waits for it."""
+    while nginx moves to the new API (`pin_new_api`) and the old one drains; `alongside_mark` is
+    printed when the script then waits for it. Runs in `activation` (`$home`: the login directory)."""
     scale = sh(ctx.compose("up", "-d", "--no-deps", "--no-recreate", "--scale"))
     side_start = f"( {alongside} ) & side=$!" if alongside else ""
     side_wait = f"{alongside_mark}\nwait $side" if alongside else ""
@@ -52,11 +58,27 @@ if [ "$state" != healthy ] && [ "$state" != running ]; then
   exit 1
 fi
 {side_start}
+{pin_new_api(ctx)}
 sleep {RESOLVER_GRACE_SECONDS}
 for c in $old; do docker stop -t 30 $c >/dev/null; docker rm $c >/dev/null; done
+( cd "$home" && rm -f {q(f"{ctx.conf_d}/{API_PIN}")} )
 echo "api: $(echo $new | cut -c1-12) healthy; replaced $(echo $old | wc -w) old container(s)"
 {side_wait}
 """
+
+
+def pin_new_api(ctx: HostContext) -> str:
+    """Shell for `api_rollout` (`$new` the new API container, `$home` the login directory): when
+    nginx runs, name the new container in API_PIN and reload nginx gracefully, so every new request
+    goes to it while the old one finishes what it has (the next reload, after `current` switches,
+    is back on the service name: the pin is removed once the old container is gone)."""
+    pin = q(f"{ctx.conf_d}/{API_PIN}")
+    return f"""ngx=$({ctx.container('nginx')})
+if [ -n "$ngx" ]; then
+  name=$(docker inspect -f '{{{{.Name}}}}' $new | tr -d /)
+  ( cd "$home" && printf 'set $api_upstream http://%s:8000;\\n' "$name" >{pin}.tmp && mv {pin}.tmp {pin} )
+  docker kill --signal HUP "$ngx" >/dev/null
+fi"""
 
 
 def worker_restart(ctx: HostContext) -> list[str]:
