@@ -210,6 +210,7 @@ RELEASE = [
      "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
      "echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
      "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"; "
+     "echo \"recovering=$(head -n 1 app/.recovering 2>/dev/null || true)\"; "
      "wait; cat \"$t/0\" \"$t/1\" \"$t/2\" \"$t/3\" \"$t/4\"; rm -rf \"$t\""),
     ("prepare", release.prepare(APP, "r1", "services: {}\n"),
      f"mkdir -p app/releases/r1 app/shared/nginx/conf.d app/shared/acme {LE}/live {LE}/archive app/backups app/bin && "
