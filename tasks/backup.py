@@ -28,6 +28,7 @@ from .steps import StepFailed, Steps
 def backup_(c, keep=None, wait=False):
     """Make one verified backup set on the host: database, NATS data, app files."""
     host = open_host(c)
+    host.refuse_while_recovering("backup")
     try:
         with host.locked("backup", wait=wait), host.audited("backup") as outcome:
             name = host.backup(keep=int(keep) if keep else None)

@@ -140,10 +140,11 @@ def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
               f"{host_facts['node_addr']})")
     else:
         body = commands.join_body(_joining["token"], _joining["manager_address"], own)
-        result = conn.run(commands.JOIN, in_stream=io.StringIO(body), hide=True, warn=True)
-        # Whatever happened, the token that was sent is retired: the next node gets a new one.
-        _joining["token"] = manager.run(sh(commands.rotate_join_token("worker")),
-                                        hide=True).stdout.strip()
+        try:
+            result = conn.run(commands.JOIN, in_stream=io.StringIO(body), hide=True, warn=True)
+        finally:  # whatever happened, the token that was sent is retired: the next node gets a new one
+            rotated = manager.run(sh(commands.rotate_join_token("worker")), hide=True, warn=True)
+            _joining["token"] = rotated.stdout.strip() if rotated.ok else _joining["token"]
         if not result.ok:
             said = " ".join(f"{result.stdout} {result.stderr}".split())[-300:]
             raise Exit(f"{name} could not join the swarm at {_joining['manager_address']}: {said} "

@@ -293,8 +293,9 @@ def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite",
     uid = conn.run("id -u", hide=True).stdout.strip()
     result = conn.run(as_root(offsite_account.prepare(user, path, key_text), uid), hide=True,
                       warn=True)
-    if result.exited in offsite_account.EXIT_REASONS or not result.ok:
-        reason = offsite_account.EXIT_REASONS.get(result.exited, result.stderr.strip()[-300:])
+    if not result.ok:
+        said = " ".join(result.stderr.split())[-300:]
+        reason = "; ".join(r for r in (offsite_account.EXIT_REASONS.get(result.exited), said) if r)
         raise Exit(f"Preparing the off-site account on {c.original_host} failed: {reason}. "
                    "What was done before it stays; fix the cause and run this again (it changes "
                    "only what is missing).", code=ExitCode.FAILED)

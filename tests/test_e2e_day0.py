@@ -96,6 +96,13 @@ def test_an_sftp_only_account_holds_off_site_copies(hosts, tmp_path):
     assert bad.returncode == 2 and "--user 'Bad User' is not a valid account name" in bad.stderr, bad.stderr
     assert "Nothing was changed" in bad.stderr
     assert hosts.exec(NAME, "getent passwd tasktracker-offsite || echo none").stdout.strip() == "none"
+    # It never takes over an account or a directory it did not make.
+    for argv, why in ((["--user", "deploy"], "the account exists and was not made by this task"),
+                      (["--path", "/srv"], "the directory exists and is not the account's")):
+        taken = hosts.fab(NAME, "backup.offsite.account", "--key", pub, *argv, check=False)
+        assert taken.returncode == 1 and why in taken.stderr, taken.stderr
+    assert "tasktracker-offsite" not in hosts.exec(NAME, "ls /etc/ssh/sshd_config.d/").stdout
+    assert hosts.exec(NAME, "stat -c %U /srv").stdout.strip() == "root"
     out = hosts.fab(NAME, "backup.offsite.account", "--key", str(key.with_suffix(".pub")))
     port = hosts.state(NAME)["ssh_port"]
     known = tmp_path / "known_hosts"
@@ -106,6 +113,9 @@ def test_an_sftp_only_account_holds_off_site_copies(hosts, tmp_path):
     assert f"  OFFSITE_HOST_KEY={fingerprint}" in out.stdout, out.stdout
     for directory in ("/srv/tasktracker-offsite", "/srv/tasktracker-offsite-pgbackrest"):
         assert hosts.exec(NAME, f"stat -c '%U %a' {directory}").stdout.strip() == "tasktracker-offsite 700"
+    # its key in a file it cannot rewrite
+    keys = "/etc/ssh/tasktracker-offsite/tasktracker-offsite"
+    assert hosts.exec(NAME, f"stat -c '%U %a' {keys}").stdout.strip() == "root 644"
     ssh = ["ssh", "-i", str(key), "-p", str(port), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
     shell = subprocess.run([*ssh, "tasktracker-offsite@127.0.0.1", "id"], capture_output=True, text=True, timeout=60)

@@ -39,6 +39,8 @@ def test_offsite_account_command_and_output():
         "OFFSITE_REPOSITORY=sftp:tt@backup.example.net:/srv/tt", "OFFSITE_HOST_KEY=SHA256:x"]
     repository = offsite_account.settings_lines("tt", "10.0.0.5", 2222, "/srv/tt", "SHA256:x")[0]
     assert repository == "OFFSITE_REPOSITORY=sftp://tt@10.0.0.5:2222//srv/tt"
+    assert offsite_account.settings_lines("tt", "2001:db8::5", 22, "/srv/tt", "SHA256:x")[0] == (
+        "OFFSITE_REPOSITORY=sftp://tt@[2001:db8::5]:22//srv/tt")
     # what the VPS's settings parse back to: the same account, server, port and directory
     value = repository.split("=", 1)[1]
     assert offsite.sftp_target(value) == ("tt", "10.0.0.5", 2222) and offsite.sftp_path(value) == "/srv/tt"

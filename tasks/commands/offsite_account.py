@@ -17,7 +17,9 @@ PUBLIC_KEY = re.compile(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
                         r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}( [!-~]{1,100})?")
 EXIT_REASONS = {4: "sshd refused the account's configuration (it was removed again)",
                 5: "sshd does not read /etc/ssh/sshd_config.d/*.conf, so the account would not "
-                   "be SFTP-only"}
+                   "be SFTP-only",
+                6: "the account exists and was not made by this task (it never takes one over)",
+                7: "the directory exists and is not the account's (it never takes one over)"}
 
 
 def input_problems(account: str, directory: str, key: str) -> list[str]:
@@ -54,6 +56,8 @@ def settings_lines(account: str, server: str, port: int, directory: str,
                    fingerprint: str) -> list[str]:
     """The VPS's settings for this account (its settings file, then `backup.offsite.init`): the
     repository in restic's short form, or its URL form for an SSH port other than 22."""
-    repository = (f"sftp:{account}@{server}:{directory}" if port == 22
+    if ":" in server:  # an IPv6 address: the URL form, bracketed
+        server = f"[{server.strip('[]')}]"
+    repository = (f"sftp:{account}@{server}:{directory}" if port == 22 and "[" not in server
                   else f"sftp://{account}@{server}:{port}/{directory}")
     return [f"OFFSITE_REPOSITORY={repository}", f"OFFSITE_HOST_KEY={fingerprint}"]

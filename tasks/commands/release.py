@@ -65,7 +65,8 @@ def preflight(ctx: HostContext) -> str:
         f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' "
         "|| true)\"",
         # a recover that has not finished: the off-site set it brings back (nginx serves 503)
-        f"echo \"recovering=$(head -n 1 {q(ctx.recovering_file)} 2>/dev/null || true)\"",
+        f"if [ -e {q(ctx.recovering_file)} ]; then s=$(head -n 1 {q(ctx.recovering_file)}); "
+        "echo \"recovering=${s:-(unnamed)}\"; fi",
     ]
     started = " ".join(f"{{ {fact}; }} > \"$t/{n}\" 2>/dev/null &" for n,
                        fact in enumerate(docker_facts))
