@@ -3,10 +3,10 @@
 
 The stack's Postgres image (postgres/Dockerfile) carries pgBackRest; compose.yml gives it its
 settings (PGBACKREST_* variables: stanza `main`, the repository in the `pgbackrest_repo` volume,
-two full backups kept) and archives every WAL segment with `pgbackrest archive-push`, at least
-once a minute (archive_timeout=60). Everything here runs pgBackRest inside the postgres container
-(or, for a restore, in a one-off container of the same image with the same volumes and settings),
-so the host needs nothing but Docker.
+two full backups kept) and archives every WAL segment with `pgbackrest archive-push`, every few
+seconds while there are writes (archive_timeout=WAL_ARCHIVE_TIMEOUT, 3 by default). Everything
+here runs pgBackRest inside the postgres container (or, for a restore, in a one-off container of
+the same image with the same volumes and settings), so the host needs nothing but Docker.
 
 archive-push runs asynchronously (ARCHIVE_CONF, written by `ensure_stanza` on every deploy): one
 background pgBackRest process pushes each finished segment to every repository (the local one
