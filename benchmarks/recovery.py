@@ -63,7 +63,10 @@ def cpu_seconds(container: str) -> float:
 
 class LagSampler:
     """Every 0.5 s while running: the age of the newest segment on the SFTP server (file mtime),
-    and once a second Postgres's now() - last_archived_time."""
+    and once a second Postgres's now() - last_archived_time. Samples start WARMUP_S after the
+    writers: before that the newest segment is the idle one from before the writes."""
+
+    WARMUP_S = 5.0
 
     def __init__(self, root: Path, container: str):
         self.root, self.container = root, container
@@ -74,6 +77,7 @@ class LagSampler:
 
     def _loop(self) -> None:
         n = 0
+        self.stop.wait(self.WARMUP_S)
         while not self.stop.is_set():
             segments = offsite_segments(self.root)
             if segments:
