@@ -12,12 +12,19 @@ import urllib.request
 
 import pytest
 
+from tasks.settings import Settings
 from tests.support import ROOT, Readers, SftpServer, Writers, docker_gateway, lose_host, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "os"
 PASSWORD = f"offsite-{secrets.token_hex(8)}"
-ARCHIVE_TIMEOUT = 15  # WAL_ARCHIVE_TIMEOUT: the RPO the recovery below must keep
+# WAL_ARCHIVE_TIMEOUT as the settings default it (3 s): the archive, off-site copy included,
+# trails the database by that plus a push, so a lost host takes at most RPO_GOAL_S of writes.
+ARCHIVE_TIMEOUT = Settings.__dataclass_fields__["wal_archive_timeout"].default
+RPO_GOAL_S = 5  # issue 26
+# The checkpointer checks archive_timeout in whole seconds, so a switch comes up to 1 s late, and
+# on this shared 2-core machine (other suites' stacks running) a push has been seen to take 1 s.
+RPO_MARGIN_S = 1
 
 
 def post_task(sandbox, title: str) -> int:
@@ -46,7 +53,7 @@ def sftp(sandbox):
 @pytest.fixture(scope="module")
 def app(sandbox, deployed, sftp):
     env = sandbox.app_env(APP, "offsite", OFFSITE_REPOSITORY=sftp.repository, OFFSITE_PASSWORD=PASSWORD,
-                          OFFSITE_HOST_KEY=sftp.fingerprint, WAL_ARCHIVE_TIMEOUT=str(ARCHIVE_TIMEOUT))
+                          OFFSITE_HOST_KEY=sftp.fingerprint)
     sandbox.fab("deploy", "--skip-build", env_file=env)
     return env
 
@@ -54,7 +61,7 @@ def app(sandbox, deployed, sftp):
 def refused_at_the_server_key(sandbox, sftp, pin: str):
     """init with OFFSITE_HOST_KEY=`pin` (empty or wrong): stopped before anything on the host changes."""
     env = sandbox.app_env(APP, f"pin{len(pin)}", OFFSITE_REPOSITORY=sftp.repository, OFFSITE_PASSWORD=PASSWORD,
-                          OFFSITE_HOST_KEY=pin, WAL_ARCHIVE_TIMEOUT=str(ARCHIVE_TIMEOUT))
+                          OFFSITE_HOST_KEY=pin)
     known = sandbox.home / ".ssh" / "known_hosts"
     before = known.read_text() if known.exists() else ""
     out = sandbox.fab("backup.offsite.init", env_file=env, check=False)
@@ -235,7 +242,7 @@ def scheduled(sandbox, initialised):
 
 def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp):
     """Writers keep POSTing; a backup is copied off-site; the writes go on for more than twice the
-    WAL archive's timeout (WAL_ARCHIVE_TIMEOUT, 15 s here) and the host is destroyed while they
+    WAL archive's timeout (WAL_ARCHIVE_TIMEOUT, 3 s by default) and the host is destroyed while they
     do; `recover` on the bare host brings the service back with the set, then the WAL archived
     off-site: only the writes of the last archive timeout or so may be missing."""
     project = f"{sandbox.project}-{APP}"
@@ -251,6 +258,12 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
         before_backup = list(writers.acknowledged)
         sandbox.fab("backup", env_file=initialised)
         time.sleep(2 * ARCHIVE_TIMEOUT + 10)
+        # The database dies first and at once (SIGKILL: no last archive), then the rest of the
+        # host: removing every container one by one takes seconds, during which Postgres would go
+        # on archiving and the RPO would look smaller than it is.
+        pg = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}", "--filter",
+                             "label=com.docker.compose.service=postgres"], capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["docker", "kill", *pg], capture_output=True, check=True)
         lost_at = time.monotonic()
         lose_host(sandbox.user, sandbox.home / APP, project)
     acknowledged = set(writers.acknowledged)
@@ -291,8 +304,9 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     assert set(before_backup) <= present, sorted(set(before_backup) - present)[:20]
     when = dict(writers.acknowledged_at)
     span = lost_at - min((when[i] for i in missing), default=lost_at)
-    # Every write acknowledged more than the archive timeout and a push before the loss is back.
-    assert span <= ARCHIVE_TIMEOUT + 15, (len(missing), span)
+    # Every write acknowledged more than the archive timeout and a push before the loss is back:
+    # the RPO in seconds (issue 26), measured on acknowledged writes.
+    assert span <= RPO_GOAL_S + RPO_MARGIN_S, (len(missing), span)
     print(f"\nrecover: RTO {rto:.1f} s (destroy -> serving, key authorization included); RPO {len(missing)} of "
           f"{len(acknowledged)} acknowledged writes, the last {span:.1f} s before the loss")
     # Until the data was complete every answer was 503 "recovering" (or none, before nginx ran);

@@ -133,6 +133,8 @@ case "$*" in
   *pg_is_in_recovery*) echo f ;;
   *--type=time*|*"restore --repo=2"*) [ -n "$FAIL_RESTORE" ] && exit 1 ;;
   *"info --repo=2"*) echo '[{"backup":[{"label":"x"}]}]' ;;
+  *"archive.conf.new"*) cat > "$DOCKER_LOG.archive.conf" ;;
+  *"info --output=json"*) echo '[{"backup":[{"label":"x"}]}]' ;;
   *) ;;
 esac
 exit 0
@@ -183,6 +185,32 @@ def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path)
     assert not Path(env_file).exists()
     assert "the database is at 2026-11-26 08:00:00 UTC (new timeline 3)" in result.stdout
     assert json.dumps("secret") not in result.stdout + result.stderr
+
+
+def test_every_deploy_writes_the_asynchronous_archive_settings_and_wakes_the_checkpointer(tmp_path):
+    """ensure_stanza (each deploy) writes conf.d/archive.conf through stdin: archive-async for
+    archive-push only (a restore's archive-get stays synchronous and queues nothing in /tmp), its
+    spool in the container's tmpfs, and no queue limit (pgBackRest never drops WAL); and reloads
+    Postgres before the stanza is checked (archive_timeout then works at once)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log)}
+    result = subprocess.run(["bash", "-c", pitr.ensure_stanza(CTX)], env=env, capture_output=True, text=True, timeout=60)
+    assert "@@fact pitr=ok" in result.stdout, result.stdout + result.stderr
+    conf = (tmp_path / "docker.log.archive.conf").read_text()
+    assert conf == pitr.ARCHIVE_CONF
+    sections = conf.split("[global:archive-push]")
+    assert len(sections) == 2 and "archive-async=y" in sections[1] and "[" not in sections[1]
+    assert "spool-path=/tmp/pgbackrest" in conf and "queue-max" not in conf
+    lines = log.read_text().splitlines()
+    written = next(i for i, line in enumerate(lines) if "archive.conf.new" in line)
+    woken = next(i for i, line in enumerate(lines) if "pg_reload_conf" in line)
+    created = next(i for i, line in enumerate(lines) if "stanza-create" in line)
+    assert written < woken < created
+    assert "mv -f /var/lib/pgbackrest/conf.d/archive.conf.new /var/lib/pgbackrest/conf.d/archive.conf" in lines[written]
 
 
 @pytest.mark.parametrize("repository, path, known", [

@@ -69,6 +69,10 @@ def test_valid_settings_load_with_defaults(tmp_path):
          "LOGFIRE_TOKEN has a space or line break (value not shown: it is secret)"),
         ({"OFFSITE_REPOSITORY": "sftp://-l@host:22//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP server"),
         ({"OFFSITE_REPOSITORY": "sftp://u@-oProxyCommand=x//srv", "OFFSITE_PASSWORD": "p"}, "must name its SFTP"),
+        # Issue 26: the RPO in seconds needs a short archive_timeout; 0 would disable it.
+        ({"WAL_ARCHIVE_TIMEOUT": "0"}, "WAL_ARCHIVE_TIMEOUT must be a whole number of at least 1"),
+        ({"WAL_ARCHIVE_TIMEOUT": "61"}, "WAL_ARCHIVE_TIMEOUT 61 is out of range: it must be 1 to 60 seconds"),
+        ({"WAL_ARCHIVE_TIMEOUT": "600"}, "Set WAL_ARCHIVE_TIMEOUT=3 in .env (the RPO stays within 5 s)"),
     ],
     ids=lambda v: str(v)[:40],
 )

@@ -59,5 +59,5 @@ def test_the_compose_files_defaults_are_the_settings_defaults():
     found = re.findall(r"\$\{([A-Z0-9_]+):-([^}]*)\}", "".join(
         (ROOT / name).read_text() for name in ("compose.yml", "docker-compose.production.yml", "swarm.yml")))
     checked = {(key, default) for key, default in found if key in defaults}
-    assert ("WAL_ARCHIVE_TIMEOUT", "60") in checked
+    assert ("WAL_ARCHIVE_TIMEOUT", "3") in checked
     assert [(k, d) for k, d in checked if d != str(defaults[k])] == []

@@ -3,10 +3,17 @@
 
 The stack's Postgres image (postgres/Dockerfile) carries pgBackRest; compose.yml gives it its
 settings (PGBACKREST_* variables: stanza `main`, the repository in the `pgbackrest_repo` volume,
-two full backups kept) and archives every WAL segment with `pgbackrest archive-push`, at least
-once a minute (archive_timeout=60). Everything here runs pgBackRest inside the postgres container
-(or, for a restore, in a one-off container of the same image with the same volumes and settings),
-so the host needs nothing but Docker.
+two full backups kept) and archives every WAL segment with `pgbackrest archive-push`, every few
+seconds while there are writes (archive_timeout=WAL_ARCHIVE_TIMEOUT, 3 by default). Everything
+here runs pgBackRest inside the postgres container (or, for a restore, in a one-off container of
+the same image with the same volumes and settings), so the host needs nothing but Docker.
+
+archive-push runs asynchronously (ARCHIVE_CONF, written by `ensure_stanza` on every deploy): one
+background pgBackRest process pushes each finished segment to every repository (the local one
+and, when set up, the off-site one) and Postgres is told a segment is archived only once it is in
+all of them (pgBackRest raises an error otherwise, so Postgres keeps the segment and retries).
+With archive_timeout of a few seconds (WAL_ARCHIVE_TIMEOUT) the off-site copy trails the primary
+by that much under writes: the RPO (docs/operations.md, "RPO").
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import re
 from datetime import datetime, timezone
 
 from . import q, rollout
+from .definitions import WAKE_CHECKPOINTER
 from .context import HostContext
 from .programs import program
 
@@ -48,6 +56,16 @@ WAIT_PROMOTED = f"""wait_promoted() {{
 # In the pgbackrest_repo volume (so a recreated container keeps them): the second repository's
 # settings (read through the image's /etc/pgbackrest/conf.d link) and its SSH key and known host.
 CONF_DIR = "/var/lib/pgbackrest/conf.d"
+# Asynchronous archive-push, in a file pgBackRest reads on every call (so it applies on the next
+# segment, without recreating the container), in archive-push's section only: archive-get (a
+# restore's replay) stays synchronous and queues nothing. The spool holds only the background
+# process's status files (`.ok` per pushed segment; the WAL itself is read from pg_wal), in the
+# container's /tmp tmpfs: a restart empties it, and the next archive-push pushes again what has
+# no `.ok` (a segment already in a repository with the same checksum counts as pushed). No
+# archive-push-queue-max: pgBackRest never drops WAL to bound pg_wal (status/doctor warn instead).
+ARCHIVE_CONF = "\n".join([
+    "# Written by tasktracker (deploy: tasks/commands/pitr.py ARCHIVE_CONF); do not edit.",
+    "[global:archive-push]", "archive-async=y", "spool-path=/tmp/pgbackrest", "process-max=2", ""])
 
 
 def parse_target(text: str, now: datetime) -> datetime:
@@ -79,6 +97,8 @@ if [ -z "$pg" ] || ! docker exec "$pg" sh -c 'command -v pgbackrest' >/dev/null 
   echo "@@fact pitr=unavailable"
 else
   for _ in $(seq 1 60); do timeout 10 docker exec "$pg" pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done
+  {write_archive_conf()}
+  {WAKE_CHECKPOINTER}
   if ! out=$(timeout 120 {BR} stanza-create 2>&1) && ! out=$(timeout 120 {BR} stanza-upgrade 2>&1); then
     echo "WARNING: pgBackRest could not set up the WAL archive: $out" >&2; echo "@@fact pitr=failed"
   elif timeout 120 {BR} info --output=json | grep -q '"label"'; then
@@ -89,6 +109,17 @@ else
     else echo "WARNING: the first pgBackRest backup failed: $out" >&2; echo "@@fact pitr=failed"; fi
   fi
 fi"""
+
+
+def write_archive_conf() -> str:
+    """Shell where "$pg" is the postgres container: ARCHIVE_CONF into the volume's conf.d (replaced
+    whole, through stdin); a failure is a warning (archive-push stays synchronous, which is safe
+    but can lag a slow off-site repository by more than the RPO)."""
+    inside = (f"install -d -o postgres -g postgres -m 700 {CONF_DIR} && umask 077 && cat > "
+              f"{CONF_DIR}/archive.conf.new && chown postgres:postgres {CONF_DIR}/archive.conf.new"
+              f" && mv -f {CONF_DIR}/archive.conf.new {CONF_DIR}/archive.conf")
+    return (f"printf '%s' {q(ARCHIVE_CONF)} | docker exec -u root -i \"$pg\" sh -c {q(inside)} "
+            "|| echo \"WARNING: could not write pgBackRest's asynchronous archive settings\" >&2")
 
 
 # For the backup script (commands/backup.py), where "$pg" is the running postgres container: a

@@ -34,7 +34,7 @@ HOUR, DAY = 3600, 86400
 PUBLIC_ENV_KEYS = ("API_WORKERS", "DB_POOL_SIZE", "DB_MAX_OVERFLOW", "HTTP_PORT", "HTTPS_PORT")
 # The WAL archive (issue 26), for status/doctor (tasks/status.archive_findings) and the sampler's
 # alert (triggers.awk): a finished segment waiting longer than this means the archive is stalled
-# (archive_timeout, at most a minute by default, finishes one a minute while WAL is written); and
+# (archive_timeout, 3 s by default, finishes one every few seconds while WAL is written); and
 # pg_wal past this fraction of its disk is WAL piling up.
 ARCHIVE_STALL_S = 300
 WAL_MAX_DISK_FRACTION = 0.10
