@@ -142,7 +142,7 @@ def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
         body = commands.join_body(_joining["token"], _joining["manager_address"], own)
         try:
             result = conn.run(commands.JOIN, in_stream=io.StringIO(body), hide=True, warn=True)
-        finally:  # whatever happened, the token that was sent is retired: the next node gets a new one
+        finally:  # whatever happened, the token that was sent is retired (the next node's is new)
             rotated = manager.run(sh(commands.rotate_join_token("worker")), hide=True, warn=True)
             _joining["token"] = rotated.stdout.strip() if rotated.ok else _joining["token"]
         if not result.ok:
