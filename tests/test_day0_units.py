@@ -91,9 +91,9 @@ def chain(rules: str, name: str) -> list[str]:
     ('iifname "docker0" accept', "containers to each other and out (Docker's own checks still run)"),
     ('iifname "br-*" accept', "the same for Compose's networks"),
     ('iifname "docker_gwbridge" accept', "the same for a swarm node's services"),
-    ('oifname "docker0" drop', "anything else routed to a container: Postgres, NATS, 8222"),
-    ('oifname "br-*" drop', "the same for Compose's networks"),
-    ('oifname "docker_gwbridge" drop', "the same for a swarm node's services"),
+    ('oifname "docker0" counter drop', "anything else routed to a container: Postgres, NATS, 8222"),
+    ('oifname "br-*" counter drop', "the same for Compose's networks"),
+    ('oifname "docker_gwbridge" counter drop', "the same for a swarm node's services"),
 ])
 def test_firewall_drops_what_is_routed_to_the_containers_from_outside(rule, verdict):
     rules = chain(provision.firewall_rules(22), "forward")
