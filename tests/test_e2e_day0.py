@@ -190,7 +190,7 @@ def test_a_machine_on_the_segment_reaches_the_app_but_not_postgres_or_nats(hosts
     stack = {line.split()[0]: line.split()[1] for line in hosts.exec(NAME, STACK_ADDRESSES).stdout.splitlines()
              if len(line.split()) >= 2}
     targets = {"postgres": (stack["postgres"], 5432), "nats": (stack["nats"], 4222),
-               "nats monitoring": (stack["nats"], 8222), "nginx's container": (stack["nginx"], 80)}
+               "nats monitoring": (stack["nats"], 8222), "nginx container": (stack["nginx"], 80)}
     routes = "; ".join(f"ip route replace {address}/32 via {host}" for address, _ in targets.values())
     probes = " ".join(f"(if timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null; then echo '{name}: open'; "
                       f"else echo '{name}: closed'; fi) &" for name, (address, port) in targets.items())
