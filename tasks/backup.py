@@ -28,6 +28,7 @@ from .steps import StepFailed, Steps
 def backup_(c, keep=None, wait=False):
     """Make one verified backup set on the host: database, NATS data, app files."""
     host = open_host(c)
+    host.refuse_while_recovering("backup")
     try:
         with host.locked("backup", wait=wait), host.audited("backup") as outcome:
             name = host.backup(keep=int(keep) if keep else None)
@@ -123,6 +124,7 @@ def restore(c, latest=False, name=None, to_time=None, yes=False, wait=False):
     steps = Steps(f"Restore on {c.original_host}")
     host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
+    host.refuse_while_recovering("backup.restore")
     set_name = chosen_set(host, None if latest else name)
     if not yes:
         answer = input(f"Restore {set_name} on {host.name}? The database and NATS data are "
@@ -164,6 +166,7 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
                    "changed.", code=ExitCode.USAGE)
     when = target.strftime(pitr_commands.TIME_FORMAT)
     current = host.current_id
+    host.refuse_while_recovering("backup.restore --to-time")
     if not yes:
         answer = input(f"Restore the database on {host.name} to {when} UTC? Every change after "
                        "that moment leaves the live "

@@ -16,6 +16,8 @@ Commands and parsers: tasks/commands/cluster.py; the stack operations: tasks/swa
 
 from __future__ import annotations
 
+import io
+
 import time
 
 from invoke import Collection, Exit, task
@@ -137,15 +139,19 @@ def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
         print(f"{name}: already in the swarm ({'manager' if host_facts['manager'] else 'worker'}, "
               f"{host_facts['node_addr']})")
     else:
-        command = commands.join(_joining["token"], _joining["manager_address"], own)
-        result = conn.run(sh(command), hide=True, warn=True)
+        body = commands.join_body(_joining["token"], _joining["manager_address"], own)
+        try:
+            result = conn.run(commands.JOIN, in_stream=io.StringIO(body), hide=True, warn=True)
+        finally:  # whatever happened, the token that was sent is retired: the next node gets a new one
+            rotated = manager.run(sh(commands.rotate_join_token("worker")), hide=True, warn=True)
+            _joining["token"] = rotated.stdout.strip() if rotated.ok else _joining["token"]
         if not result.ok:
-            raise Exit(f"{name} could not join the swarm at {_joining['manager_address']}: "
-                       f"{result.stderr.strip()[-300:]} "
-                       f"(ran: {commands.describe(command, [_joining['token']])}). The nodes "
-                       "before it are in the swarm.",
-                       code=ExitCode.FAILED)
-        print(f"{name}: joined the swarm as a worker ({own})")
+            said = " ".join(f"{result.stdout} {result.stderr}".split())[-300:]
+            raise Exit(f"{name} could not join the swarm at {_joining['manager_address']}: {said} "
+                       "(the Engine API's swarm join, through curl on its Docker socket; the join "
+                       "token was rotated). The nodes before it are in the swarm; run "
+                       "cluster.init again.", code=ExitCode.FAILED)
+        print(f"{name}: joined the swarm as a worker ({own}); the join token was rotated")
     labels = {commands.LABEL_ALIAS: name}
     if _joining.get("data") == name:
         labels[commands.LABEL_DATA] = "true"

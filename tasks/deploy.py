@@ -52,6 +52,7 @@ def deploy(c, skip_build=False, compose="auto", wait=False, env=None, dry_run=Fa
     try:
         with steps.step("connect and check host"):
             host = open_host(c, settings, compose=compose, steps=steps)
+        host.refuse_while_recovering("deploy")
         host.preflight_checks(env, table=dry_run)
         if dry_run:
             pipeline.dry_run(host, env_file, skip_build)

@@ -70,6 +70,16 @@ def fitting_pool(max_connections: int, api_workers: int) -> int:
     return max(1, (max_connections - DB_RESERVED_CONNECTIONS) // (api_workers + 1))
 
 
+def maintenance_findings(snap: dict) -> list[Finding]:
+    """A `recover` that has not finished: every client gets 503 "recovering"."""
+    if not snap.get("recovering"):
+        return []
+    return [Finding("maintenance", False, "a recover has not finished (off-site set "
+                    f"{snap['recovering']}): every client gets 503 \"recovering\"",
+                    "finish it: `fab -H HOST recover --from-offsite` resumes it (deploy, rollback "
+                    "and restore refuse until then)")]
+
+
 def service_findings(snap: dict) -> list[Finding]:
     """The release; services down, unhealthy or restarting, or running a previous definition."""
     findings: list[Finding] = []

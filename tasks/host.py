@@ -165,6 +165,17 @@ class Host(ComposeEngine, DataOperations):
     def current_meta(self) -> dict:
         return _json(self.facts.get("current_meta"))
 
+    def refuse_while_recovering(self, action: str) -> None:
+        """A `recover` that did not finish leaves the host in maintenance with a database that may
+        be incomplete: `action` would serve or change it; refused, changing nothing."""
+        set_name = self.facts.get("recovering", "")
+        if set_name:
+            raise Exit(f"{self.name} is in the middle of a recovery (off-site set {set_name}; "
+                       "every client gets 503 \"recovering\" and the database may be incomplete): "
+                       f"`{action}` would serve or change it. Finish the recovery first: "
+                       f"`fab -H {self.name} recover --from-offsite` resumes it. Nothing was "
+                       "changed.", code=ExitCode.HOST_NOT_READY)
+
     # --- running commands ----------------------------------------------------------------
     def run(self, command: str, step: str, **kwargs):
         """Run; on failure raise StepFailed with the (redacted) output."""

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from . import remote
 from .commands import backup as backup_commands
 from .commands import offsite as commands
-from .commands import pitr_offsite
+from .commands import offsite_account, pitr_offsite
+from .commands.provision import as_root
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
@@ -262,6 +265,49 @@ def drill(c):
         print(f"  {table:30} {rows:>10}")
 
 
+def read_key_file(path: str) -> str:
+    """The public key line in the file `path` ('' when there is none: the input check says so)."""
+    try:
+        return Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+@task(help={
+    "key": "The VPS's public key line as `backup.offsite.init` prints it, or a file holding it.",
+    "user": "The account to create or keep (default: tasktracker-offsite).",
+    "path": "The restic repository's directory; pgBackRest's is PATH-pgbackrest (default: "
+            "/srv/tasktracker-offsite).",
+    "address": "The server's name or address as the VPS reaches it (default: the one connected "
+               "to).",
+})
+def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite", address=None):
+    """On a server you own (root or sudo): the SFTP-only account that holds a VPS's off-site
+    copies; prints the VPS's OFFSITE_REPOSITORY and OFFSITE_HOST_KEY."""
+    key_text = key if key.startswith(("ssh-", "ecdsa-", "sk-")) else read_key_file(key)
+    problems = offsite_account.input_problems(user, path, key_text)
+    if problems:
+        raise Exit("Cannot prepare the off-site account: " + "; ".join(problems) + ". Nothing "
+                   "was changed.", code=ExitCode.USAGE)
+    conn = remote.connect(remote.require_host(c))
+    uid = conn.run("id -u", hide=True).stdout.strip()
+    result = conn.run(as_root(offsite_account.prepare(user, path, key_text), uid), hide=True,
+                      warn=True)
+    if not result.ok:
+        said = " ".join(result.stderr.split())[-300:]
+        reason = "; ".join(r for r in (offsite_account.EXIT_REASONS.get(result.exited), said) if r)
+        raise Exit(f"Preparing the off-site account on {c.original_host} failed: {reason}. "
+                   "What was done before it stays; fix the cause and run this again (it changes "
+                   "only what is missing).", code=ExitCode.FAILED)
+    changes, fingerprint = offsite_account.parse(result.stdout)
+    print("\n".join(f"  changed: {change}" for change in changes)
+          or f"  {user} on {c.original_host} was already as wanted: nothing changed")
+    print(f"Put these in the VPS's settings file, then run `fab -H VPS backup.offsite.init`:")
+    for line in offsite_account.settings_lines(user, address or conn.host, conn.port, path,
+                                               fingerprint):
+        print(f"  {line}")
+
+
 ns = Collection("offsite")
-for t in (init, status, list_, check, push, unkeep):
+for t in (init, status, list_, check, push, unkeep, account):
     ns.add_task(t)

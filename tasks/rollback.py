@@ -106,6 +106,7 @@ def rollback(c, to=None, force=False, wait=False, env=None):
         with steps.step("connect and check host"):
             host = open_host(c, steps=steps)
         steps.secrets = host.settings.secret_values()
+        host.refuse_while_recovering("rollback")
         with host.locked("rollback", wait=wait):
             rows, current = host.releases()
             target, reason = choose_target(rows, current, to)

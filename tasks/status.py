@@ -21,8 +21,8 @@ from .commands import status as status_commands
 from .commands import tls as tls_commands
 from .exits import ExitCode
 from .health_checks import (Finding, clock_findings, database_findings, disk_findings,
-                            jetstream_findings, job_findings, memory_findings, service_findings,
-                            swarm_findings)
+                            jetstream_findings, job_findings, maintenance_findings,
+                            memory_findings, service_findings, swarm_findings)
 from .host import Host
 from .engines import open_host
 from .schedule_checks import schedule_findings
@@ -33,9 +33,10 @@ from .swarm import summary_lines
 def evaluate(snap: dict, now: float, sent_at: float | None = None,
              received_at: float | None = None) -> list[Finding]:
     """Every check, in the plan's troubleshooting order, from one snapshot."""
-    return [*service_findings(snap), *memory_findings(snap), *database_findings(snap),
-            *jetstream_findings(snap), *job_findings(snap), *disk_findings(snap),
-            *clock_findings(snap, sent_at, received_at), *schedule_findings(snap, now)]
+    return [*maintenance_findings(snap), *service_findings(snap), *memory_findings(snap),
+            *database_findings(snap), *jetstream_findings(snap), *job_findings(snap),
+            *disk_findings(snap), *clock_findings(snap, sent_at, received_at),
+            *schedule_findings(snap, now)]
 
 
 def telegram_check(host: Host, snap: dict) -> tuple[str | None, list[Finding]]:
@@ -59,7 +60,9 @@ def read_snapshot(host: Host) -> tuple[dict, float, float]:
     sent = time.time()
     out = host.conn.run(status_commands.snapshot(host.ctx), hide=True, warn=True).stdout
     received = time.time()
-    return status_commands.parse_snapshot(out), sent, received
+    # the host's facts (read on connecting) say whether a recover is unfinished
+    return ({**status_commands.parse_snapshot(out), "recovering": host.facts.get("recovering", "")},
+            sent, received)
 
 
 def jsonable(snap: dict, findings: list[Finding]) -> dict:

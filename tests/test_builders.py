@@ -210,6 +210,7 @@ RELEASE = [
      "echo \"rsync=$(command -v rsync || true)\"; echo \"mem_total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)\"; "
      "echo \"current=$(readlink app/current 2>/dev/null || true)\"; "
      "echo \"current_meta=$(cat app/current/RELEASE.json 2>/dev/null | tr -d '\\n' || true)\"; "
+     "if [ -e app/.recovering ]; then s=$(head -n 1 app/.recovering); echo \"recovering=${s:-(unnamed)}\"; fi; "
      "wait; cat \"$t/0\" \"$t/1\" \"$t/2\" \"$t/3\" \"$t/4\"; rm -rf \"$t\""),
     ("prepare", release.prepare(APP, "r1", "services: {}\n"),
      f"mkdir -p app/releases/r1 app/shared/nginx/conf.d app/shared/acme {LE}/live {LE}/archive app/backups app/bin && "
@@ -770,30 +771,39 @@ def test_api_rollout_script():
     assert f"sleep {rollout.RESOLVER_GRACE_SECONDS}" in lines
     # nginx moves to the new API before the old one stops; the pin goes once the old one is gone.
     order = ["docker kill --signal HUP", f"sleep {rollout.RESOLVER_GRACE_SECONDS}",
-             "docker stop -t 30", f"rm -f app/shared/nginx/conf.d/{rollout.API_PIN}", "healthy; replaced"]
+             "docker stop -t 30", "\nunpin\ntrap - EXIT\n", "healthy; replaced"]
     assert [script.index(part) for part in order] == sorted(script.index(part) for part in order)
 
 
-@pytest.mark.parametrize("nginx_running", [True, False])
-def test_pin_new_api_names_the_new_container_and_reloads_nginx(tmp_path, nginx_running):
+@pytest.mark.parametrize("nginx_running, then", [(True, "ok"), (True, "fails"), (False, "ok")])
+def test_pin_new_api_names_the_new_container_and_reloads_nginx(tmp_path, nginx_running, then):
     """The pin, run with a stand-in `docker`: it names the new container (`docker inspect` prints
-    `/name`) in conf.d and sends nginx a HUP; with no nginx running it does nothing."""
+    `/name`) in conf.d and sends nginx a HUP; should the rollout then fail, its EXIT trap removes
+    the pin and reloads nginx again; with no nginx running it does nothing."""
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "docker").write_text(
         "#!/bin/sh\necho \"$*\" >>\"$CALLS\"\n"
         f"case \"$1\" in ps) {'echo ngx1' if nginx_running else 'true'} ;; inspect) echo /tt-api-2 ;; esac\n")
     (tmp_path / "bin" / "docker").chmod(0o755)
     (tmp_path / "app/shared/nginx/conf.d").mkdir(parents=True)
-    script = f"set -e\nhome={tmp_path}\nnew=c0ffee\ncd /\n{rollout.pin_new_api(APP)}\n"
-    env = {**os.environ, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
-    assert subprocess.run(["bash", "-c", script], env=env).returncode == 0
-    calls = (tmp_path / "calls").read_text().splitlines()
     pin = tmp_path / "app/shared/nginx/conf.d" / rollout.API_PIN
-    if nginx_running:
-        assert pin.read_text() == "set $api_upstream http://tt-api-2:8000;\n"
-        assert calls[1:] == ["inspect -f {{.Name}} c0ffee", "kill --signal HUP ngx1"]
+    after = "cp $home/app/shared/nginx/conf.d/* $home/ 2>/dev/null || true\n" + (
+        "trap - EXIT\n" if then == "ok" else "false\n")
+    script = f"set -e\nhome={tmp_path}\nnew=c0ffee\ncd /\n{rollout.pin_new_api(APP)}\n{after}"
+    env = {**os.environ, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls")}
+    assert subprocess.run(["bash", "-c", script], env=env).returncode == (0 if then == "ok" else 1)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    if not nginx_running:
+        assert not (tmp_path / rollout.API_PIN).exists() and len(calls) == 1 and calls[0].startswith("ps -q")
+        return
+    # what the pin said while it was there (copied aside by the script)
+    assert (tmp_path / rollout.API_PIN).read_text() == "set $api_upstream http://tt-api-2:8000;\n"
+    assert calls[1:3] == ["inspect -f {{.Name}} c0ffee", "kill --signal HUP ngx1"]
+    if then == "ok":
+        assert pin.exists() and calls[3:] == []  # api_rollout removes it once the old API is gone
     else:
-        assert not pin.exists() and len(calls) == 1 and calls[0].startswith("ps -q")
+        assert not pin.exists() and calls[3:] == ["kill --signal HUP ngx1"]  # back on the service name
+
 
 
 # --- notify: the alert program, run against a local recording endpoint ---------------------------

@@ -80,7 +80,9 @@ def test_init_forms_the_swarm_and_again_changes_nothing(hosts, settings):
     out = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
     print(f"cluster.init: {time.monotonic() - started:.1f}s")
     assert f"{MANAGER}: swarm initialised, manager at" in out.stdout
+    # each through the Engine API with the token on stdin, the token rotated after each join
     assert out.stdout.count("joined the swarm as a worker") == 2
+    assert out.stdout.count("; the join token was rotated") == 2
     again = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
     assert again.stdout.count("already in the swarm") == 3
     listed = status(hosts, settings)

@@ -84,6 +84,58 @@ def test_provision_again_changes_nothing(hosts):
     assert time.monotonic() - started < 30
 
 
+def test_an_sftp_only_account_holds_off_site_copies(hosts, tmp_path):
+    """`backup.offsite.account` on a server the operator owns (here the provisioned host, through
+    its deploy user's sudo): bad input changes nothing; then an account that does SFTP and nothing
+    else, into which restic backs up; the settings it prints name it and pin the server's key; a
+    second run changes nothing."""
+    key = tmp_path / "vps_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tasktracker-offsite@vps", "-f", str(key)],
+                   check=True)
+    pub = key.with_suffix(".pub").read_text().strip()
+    bad = hosts.fab(NAME, "backup.offsite.account", "--key", pub, "--user", "Bad User", check=False)
+    assert bad.returncode == 2 and "--user 'Bad User' is not a valid account name" in bad.stderr, bad.stderr
+    assert "Nothing was changed" in bad.stderr
+    assert hosts.exec(NAME, "getent passwd tasktracker-offsite || echo none").stdout.strip() == "none"
+    # It never takes over an account or a directory it did not make.
+    for argv, why in ((["--user", "deploy"], "the account exists and was not made by this task"),
+                      (["--path", "/srv"], "the directory exists and is not the account's")):
+        taken = hosts.fab(NAME, "backup.offsite.account", "--key", pub, *argv, check=False)
+        assert taken.returncode == 1 and why in taken.stderr, taken.stderr
+    assert "tasktracker-offsite" not in hosts.exec(NAME, "ls /etc/ssh/sshd_config.d/").stdout
+    assert hosts.exec(NAME, "stat -c %U /srv").stdout.strip() == "root"
+    out = hosts.fab(NAME, "backup.offsite.account", "--key", str(key.with_suffix(".pub")))
+    port = hosts.state(NAME)["ssh_port"]
+    known = tmp_path / "known_hosts"
+    known.write_text(hosts.state(NAME)["known_hosts"])
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(known)], capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    assert f"  OFFSITE_REPOSITORY=sftp://tasktracker-offsite@127.0.0.1:{port}//srv/tasktracker-offsite" in out.stdout
+    assert f"  OFFSITE_HOST_KEY={fingerprint}" in out.stdout, out.stdout
+    for directory in ("/srv/tasktracker-offsite", "/srv/tasktracker-offsite-pgbackrest"):
+        assert hosts.exec(NAME, f"stat -c '%U %a' {directory}").stdout.strip() == "tasktracker-offsite 700"
+    # its key in a file it cannot rewrite
+    keys = "/etc/ssh/tasktracker-offsite/tasktracker-offsite"
+    assert hosts.exec(NAME, f"stat -c '%U %a' {keys}").stdout.strip() == "root 644"
+    ssh = ["ssh", "-i", str(key), "-p", str(port), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+    shell = subprocess.run([*ssh, "tasktracker-offsite@127.0.0.1", "id"], capture_output=True, text=True, timeout=60)
+    assert "uid=" not in shell.stdout and "sftp connections only" in shell.stdout + shell.stderr, shell
+    forward = subprocess.run([*ssh, "-N", "-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22",
+                              "tasktracker-offsite@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert forward.returncode != 0, forward  # no port forwarding through the account
+    restic = ["restic", "-r", "sftp:tasktracker-offsite@127.0.0.1:/srv/tasktracker-offsite", "-o",
+              f"sftp.command={' '.join(ssh)} tasktracker-offsite@127.0.0.1 -s sftp"]
+    env = {**os.environ, "RESTIC_PASSWORD": "day0-offsite-test"}
+    for argv in (["init"], ["backup", str(key.with_suffix(".pub"))]):
+        subprocess.run([*restic, *argv], env=env, capture_output=True, text=True, timeout=120, check=True)
+    snapshots = subprocess.run([*restic, "snapshots", "--json"], env=env, capture_output=True, text=True, timeout=120,
+                               check=True).stdout
+    assert len(json.loads(snapshots)) == 1
+    again = hosts.fab(NAME, "backup.offsite.account", "--key", pub)
+    assert "already as wanted: nothing changed" in again.stdout and "changed:" not in again.stdout, again.stdout
+
+
 def test_deploy_ships_the_images_the_host_lacks_and_serves(hosts, settings):
     out = hosts.fab(NAME, "deploy", "--skip-build", env_file=settings)
     assert "shipped" in out.stdout and "-postgres:pg17-" in out.stdout  # built here (pgvector plus pgBackRest), then sent

@@ -216,6 +216,52 @@ def test_doctor_reports_missing_jobs_and_an_expiring_certificate(sandbox, deploy
     assert "[certificate]" not in out and "sampler is not installed" not in out
 
 
+def test_a_half_recovered_host_is_named_by_doctor_and_refused_by_deploy_rollback_and_restore(sandbox, deployed):
+    """What a `recover` that failed midway leaves (APP_DIR/.recovering, the entry in maintenance):
+    status and doctor say so with the command that finishes it; deploy, rollback, backup (and
+    the nightly job's program) and restore refuse, changing nothing (the same release live, no
+    audit line, no new release, no new set)."""
+    app = sandbox.home / "tasktracker"
+    marker = app / ".recovering"
+    live = (app / "current").resolve()
+    releases = sorted(p.name for p in (app / "releases").iterdir())
+    audit = (app / "audit.log").read_text()
+    marker.write_text("20261124T020000Z\n")
+    subprocess.run(["chown", f"{sandbox.user}:{sandbox.user}", str(marker)], check=True)
+    try:
+        out = sandbox.fab("doctor", check=False)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert ("[maintenance] a recover has not finished (off-site set 20261124T020000Z): every client "
+                'gets 503 "recovering"') in out.stdout, out.stdout
+        assert "`fab -H sandbox recover --from-offsite` resumes it" in out.stdout
+        assert "a recover has not finished" in sandbox.fab("status").stdout
+        for argv in (["deploy", "--skip-build"], ["rollback"], ["backup"], ["backup.restore", "--latest", "--yes"]):
+            out = sandbox.fab(*argv, check=False)
+            said = " ".join(out.stderr.split())
+            assert out.returncode == 3, (argv, out.stdout, out.stderr)
+            assert ("sandbox is in the middle of a recovery (off-site set 20261124T020000Z" in said
+                    and f"`{argv[0]}` would serve or change it" in said and "Nothing was changed." in said), said
+        program = app / "bin" / "tasktracker-backup"
+        if not program.exists():  # as a deploy after the first, or `fab backup`, installs it
+            from tasks.commands import backup as backup_commands
+
+            program.write_text(backup_commands.BACKUP_SCRIPT)
+            program.chmod(0o700)
+            subprocess.run(["chown", f"{sandbox.user}:{sandbox.user}", str(program)], check=True)
+        (app / "backups").mkdir(exist_ok=True)
+        sets = sorted(p.name for p in (app / "backups").iterdir())
+        cron = subprocess.run(["runuser", "-u", sandbox.user, "--", str(program),
+                               str(app), sandbox.project, "7"], capture_output=True, text=True, timeout=120)
+        assert cron.returncode == 1 and "BACKUP REFUSED: a recover has not finished" in cron.stderr, cron
+        assert sorted(p.name for p in (app / "backups").iterdir()) == sets
+        assert (app / "current").resolve() == live
+        assert sorted(p.name for p in (app / "releases").iterdir()) == releases
+        assert (app / "audit.log").read_text() == audit
+    finally:
+        marker.unlink()
+    assert "[maintenance]" not in doctor(sandbox)
+
+
 def test_the_snapshot_is_one_command_and_parses(sandbox, deployed):
     """The snapshot builder as the deploy user runs it; TASKTRACKER_RECORD=1 saves it as the
     recorded host output the unit tests read (tests/recorded/status/snapshot.txt)."""

@@ -33,6 +33,7 @@ from tasks.commands import images as image_commands
 from tasks.commands import schema as schema_commands
 from tasks.commands import lock as lock_commands
 from tasks.commands import notify as notify_commands
+from tasks.commands import cluster as cluster_commands
 from tasks.commands.schema import SchemaState
 from tasks.release_env import env_values
 from tasks.commands.fingerprint import SENT_PATHS, release_fingerprint
@@ -1275,3 +1276,31 @@ def test_recover_stops_when_the_sets_cannot_be_kept_from_retention(monkeypatch):
     host, commands = recover_onto(monkeypatch, conn)
     assert "<plan from the entry>" not in commands and "<deploy from the entry>" not in commands
     assert not [c for c in commands if c.startswith("rm -f") and ".recovering" in c]
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_worker_joins_with_the_token_on_stdin_and_the_token_is_rotated_after(monkeypatch, joined):
+    """cluster.init's join: the Engine API through curl, the request (with the token) on stdin, so
+    no argv on the node holds it; the manager then rotates the token, whether the join worked or
+    not, and the next node gets the new one. A failed join says why without the token."""
+    import tasks.cluster as cluster_tasks
+
+    manager = FakeConnection().on("join-token --rotate", ok("SWMTKN-1-new\n"))
+    worker = FakeConnection().on("/swarm/join", ok() if joined else fail("", exited=22, stdout='{"message":"manager unreachable"}'))
+    monkeypatch.setattr(cluster_tasks, "firewall", lambda *args: None)
+    monkeypatch.setattr(cluster_tasks, "read_facts", lambda conn: {"node_id": "n2"})
+    monkeypatch.setattr(cluster_tasks, "_joining", {"manager": manager, "manager_address": "10.0.0.1",
+                                                    "token": "SWMTKN-1-old", "peers": [], "members": []})
+    facts = {"state": "inactive", "manager": False, "hostname": "vps2"}
+    if joined:
+        cluster_tasks.join_worker(worker, "vps2", facts, "10.0.0.2")
+    else:
+        with pytest.raises(Exit) as failed:
+            cluster_tasks.join_worker(worker, "vps2", facts, "10.0.0.2")
+        assert "manager unreachable" in failed.value.message and "SWMTKN" not in failed.value.message
+    (join, options), = [(c, o) for c, o in worker.calls if "/swarm/join" in c]
+    assert join == cluster_commands.JOIN and "SWMTKN" not in join
+    assert json.loads(options["in_stream"].getvalue())["JoinToken"] == "SWMTKN-1-old"
+    assert not [c for c in worker.commands + manager.commands if "SWMTKN" in c]
+    assert "docker swarm join-token --rotate -q worker" in manager.commands
+    assert cluster_tasks._joining["token"] == "SWMTKN-1-new"

@@ -507,3 +507,16 @@ def test_a_pending_definition_is_parsed_and_named_with_its_command():
     assert [f.summary.split()[0] for f in found] == ["postgres", "nginx"]
     assert "runs its previous definition" in found[0].summary
     assert found[0].advice.startswith("`fab -H HOST compose.recreate --service postgres` applies it")
+
+
+def test_an_unfinished_recover_is_the_first_finding():
+    """The host's `recovering` fact (the set in APP_DIR/.recovering) leads what status and doctor
+    say; without it there is no maintenance finding."""
+    snap = snapshot()
+    assert not [f for f in status.evaluate(snap, recorded_now(snap)) if f.check == "maintenance"]
+    snap["recovering"] = "20261124T020000Z"
+    first = status.evaluate(snap, recorded_now(snap))[0]
+    assert (first.check, first.ok) == ("maintenance", False)
+    assert first.summary == ('a recover has not finished (off-site set 20261124T020000Z): every client gets 503 '
+                             '"recovering"')
+    assert "`fab -H HOST recover --from-offsite` resumes it" in first.advice

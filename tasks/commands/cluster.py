@@ -124,9 +124,22 @@ def join_token(role: str = "worker") -> list[str]:
     return ["docker", "swarm", "join-token", "-q", role]
 
 
-def join(token: str, manager: str, address: str) -> list[str]:
-    return ["docker", "swarm", "join", "--token", token, "--advertise-addr", address,
-            f"{manager}:{SWARM_PORT}"]
+def join_body(token: str, manager: str, address: str) -> str:
+    """What `join` reads on stdin: the Engine API's swarm join request, token included (what
+    `docker swarm join --token T --advertise-addr A MANAGER:2377` sends, minus the argv)."""
+    return json.dumps({"ListenAddr": f"0.0.0.0:{SWARM_PORT}", "AdvertiseAddr": address,
+                       "RemoteAddrs": [f"{manager}:{SWARM_PORT}"], "JoinToken": token})
+
+
+# The join goes to the Engine API with its request on stdin: the token is in no process's argv on
+# the node (`docker swarm join --token` would show it in /proc/PID/cmdline to every local user).
+JOIN = ("curl -sS --fail-with-body --unix-socket /var/run/docker.sock -H 'Content-Type: "
+        "application/json' --data-binary @- http://localhost/swarm/join")
+
+
+def rotate_join_token(role: str = "worker") -> list[str]:
+    """A new join token for `role` (the one a node used is worthless after it); prints it."""
+    return ["docker", "swarm", "join-token", "--rotate", "-q", role]
 
 
 def label(node: str, labels: Mapping[str, str]) -> list[str]:
@@ -346,12 +359,3 @@ def nginx_reload(stack: str) -> str:
 
 def remove_stack(stack: str) -> list[str]:
     return ["docker", "stack", "rm", stack]
-
-
-def describe(command: list[str], secrets: list[str]) -> str:
-    """A command line for messages, with the join token and other secrets shown as [REDACTED]."""
-    line = sh(command)
-    for s in secrets:
-        if s:
-            line = line.replace(s, "[REDACTED]")
-    return line

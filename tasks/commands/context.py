@@ -68,6 +68,12 @@ class HostContext:
         return f"{self.app_dir}/current"
 
     @property
+    def recovering_file(self) -> str:
+        """While it exists a `recover` has not finished: nginx answers 503 "recovering"
+        (nginx/maintenance.conf); it holds the off-site set being brought back."""
+        return f"{self.app_dir}/.recovering"
+
+    @property
     def shared_dir(self) -> str:
         return f"{self.app_dir}/shared"
 

@@ -289,7 +289,7 @@ def unpack_certificates(ctx: HostContext, set_name: str) -> str:
 
 def recovering_marker(ctx: HostContext) -> str:
     """APP_DIR/.recovering holds the set a `recover` is bringing back, until it is done."""
-    return q(f"{ctx.app_dir}/.recovering")
+    return q(ctx.recovering_file)
 
 
 def mark_recovering(ctx: HostContext, set_name: str) -> str:

@@ -64,6 +64,9 @@ def preflight(ctx: HostContext) -> str:
         f"echo \"current=$(readlink {q(ctx.current_link)} 2>/dev/null || true)\"",
         f"echo \"current_meta=$(cat {q(ctx.current_link)}/RELEASE.json 2>/dev/null | tr -d '\\n' "
         "|| true)\"",
+        # a recover that has not finished: the off-site set it brings back (nginx serves 503)
+        f"if [ -e {q(ctx.recovering_file)} ]; then s=$(head -n 1 {q(ctx.recovering_file)}); "
+        "echo \"recovering=${s:-(unnamed)}\"; fi",
     ]
     started = " ".join(f"{{ {fact}; }} > \"$t/{n}\" 2>/dev/null &" for n,
                        fact in enumerate(docker_facts))

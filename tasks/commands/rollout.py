@@ -61,7 +61,8 @@ fi
 {pin_new_api(ctx)}
 sleep {RESOLVER_GRACE_SECONDS}
 for c in $old; do docker stop -t 30 $c >/dev/null; docker rm $c >/dev/null; done
-( cd "$home" && rm -f {q(f"{ctx.conf_d}/{API_PIN}")} )
+unpin
+trap - EXIT
 echo "api: $(echo $new | cut -c1-12) healthy; replaced $(echo $old | wc -w) old container(s)"
 {side_wait}
 """
@@ -71,14 +72,24 @@ def pin_new_api(ctx: HostContext) -> str:
     """Shell for `api_rollout` (`$new` the new API container, `$home` the login directory): when
     nginx runs, name the new container in API_PIN and reload nginx gracefully, so every new request
     goes to it while the old one finishes what it has (the next reload, after `current` switches,
-    is back on the service name: the pin is removed once the old container is gone)."""
+    is back on the service name: the pin is removed once the old container is gone). Should the
+    rollout fail after the pin, its EXIT trap removes it and reloads nginx; a HUP that fails
+    removes it at once."""
     pin = q(f"{ctx.conf_d}/{API_PIN}")
-    return f"""ngx=$({ctx.container('nginx')})
+    return f"""unpin() {{ {unpin_api(ctx)}; }}
+ngx=$({ctx.container('nginx')})
 if [ -n "$ngx" ]; then
+  trap 'unpin; docker kill --signal HUP "$ngx" >/dev/null 2>&1' EXIT
   name=$(docker inspect -f '{{{{.Name}}}}' $new | tr -d /)
   ( cd "$home" && printf 'set $api_upstream http://%s:8000;\\n' "$name" >{pin}.tmp && mv {pin}.tmp {pin} )
-  docker kill --signal HUP "$ngx" >/dev/null
+  docker kill --signal HUP "$ngx" >/dev/null 2>&1 || unpin
 fi"""
+
+
+def unpin_api(ctx: HostContext) -> str:
+    """Shell: API_PIN removed (`$home`: the login directory); nginx's next reload is back on the
+    service name. A pin left by a run that died is removed by the next activation too."""
+    return f"( cd \"$home\" && rm -f {q(f'{ctx.conf_d}/{API_PIN}')} )"
 
 
 def worker_restart(ctx: HostContext) -> list[str]:
@@ -151,7 +162,7 @@ def activation(ctx: HostContext, release_id: str, *, backend: bool, probe: str, 
 
     then the health probe, then `then` (run from the login directory: recording the release)."""
     nginx_conf = f"/srv/app/releases/{release_id}/nginx/nginx.conf"
-    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD",
+    lines = ["set -e", f"trap {q(END_MARK)} EXIT", "home=$PWD", unpin_api(ctx),
              f"cd {q(ctx.release_dir(release_id))}"]
     if backend:
         worker = f"{sh(worker_restart(ctx))} >/dev/null"

@@ -4,6 +4,14 @@ set -uo pipefail
 APP_DIR=$1 PROJECT=$2 KEEP=$3 MODE=${4:-full}
 umask 077
 cd "$APP_DIR" && APP_DIR=$(pwd) || exit 1
+# A recover that has not finished (APP_DIR/.recovering): the database may be incomplete, and a
+# full set of it would go off-site as the newest one. The pre-deploy dump stays local: recover's
+# own deploy may take it.
+if [ "$MODE" != "--db-only" ] && [ -e .recovering ]; then
+  echo "BACKUP REFUSED: a recover has not finished on this host (off-site set" \
+    "$(head -n 1 .recovering)); finish it with \`fab -H HOST recover --from-offsite\`." >&2
+  exit 1
+fi
 root="$APP_DIR/backups"
 name=$(date -u +%Y%m%dT%H%M%SZ)
 [ "$MODE" = "--db-only" ] && name="$name-predeploy"
