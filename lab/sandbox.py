@@ -185,8 +185,7 @@ def up(c, address=None, port=None, user=None, http_port=None):
     ensure_sshd(state, address, port, user)
     env_path = d / ".env"
     if not env_path.exists():
-        ports = {"HTTPS_PORT": free_port(), "POSTGRES_HOST_PORT": free_port(), "NATS_HOST_PORT": free_port(),
-                 "NATS_MONITOR_HOST_PORT": free_port()}
+        ports = {"HTTPS_PORT": free_port(), "POSTGRES_HOST_PORT": free_port(), "NATS_HOST_PORT": free_port()}
         env_path.write_text(sandbox_env_text(http_port, address, ports, project=re.sub(r"[^a-z0-9_-]", "-", user.lower())))
         env_path.chmod(0o600)
     settings = deploy_env_file(c)

@@ -88,7 +88,4 @@ STACK_KEYS: tuple[StackKey, ...] = (
     StackKey("NATS_HOST_PORT", "4222", "Runtime and deploy",
              "Development only (compose.override.yml): the port NATS is published on, on this "
              "machine's loopback."),
-    StackKey("NATS_MONITOR_HOST_PORT", "8222", "Runtime and deploy",
-             "Development only (compose.override.yml): the port of NATS's monitoring endpoint "
-             "(`/varz`, `/healthz`), on this machine's loopback."),
 )

@@ -370,7 +370,7 @@ class Sandbox:
             self.https_ports[name] = free_port()
             self.env_file(base.name, APP_DIR=name, COMPOSE_PROJECT=f"{self.project}-{name}", HTTP_PORT=self.ports[name],
                           HTTPS_PORT=self.https_ports[name],
-                          POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(), NATS_MONITOR_HOST_PORT=free_port())
+                          POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port())
         if not variant:
             return base
         return self.env_file(f"{name}-{variant}.env", base=base, **overrides)

@@ -153,9 +153,12 @@ def test_nats_requires_the_login_and_keeps_the_password_off_every_command_line(n
     assert "Authorization Violation" in asyncio.run(_nats_login(nats_server.url))
     assert "Authorization Violation" in asyncio.run(_nats_login(nats_server.url, user=NATS_USER, password=NATS_PASSWORD[:-1]))
     assert asyncio.run(_nats_login(nats_server.url, user=NATS_USER, password=NATS_PASSWORD)) == "ok"
-    # The monitoring endpoint the compose healthcheck uses needs no login.
+    # The monitoring endpoint the compose healthcheck uses needs no login, so it listens on the
+    # container's loopback only (the entrypoint's config; --http_port sets only the port).
     with urllib.request.urlopen(f"http://127.0.0.1:{nats_server.monitor_port}/healthz?js-enabled-only=true", timeout=5) as res:
         assert res.status == 200
+    log = (nats_server.base / "nats.log").read_text()
+    assert f"Starting http monitor on 127.0.0.1:{nats_server.monitor_port}" in log, log
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().decode(errors="replace")

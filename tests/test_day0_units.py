@@ -77,6 +77,49 @@ def test_firewall_keeps_a_non_default_ssh_port_open():
     assert "tcp dport { 80, 443, 2202 } accept" in rules and "policy drop" in rules
 
 
+def chain(rules: str, name: str) -> list[str]:
+    """The rule lines of one chain in the ruleset text, without comments."""
+    body = rules.split(f"chain {name} {{", 1)[1].split("\n    }", 1)[0]
+    return [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("rule, verdict", [
+    # (a rule of the forward chain, in order: replies and Docker's published ports pass first)
+    ("type filter hook forward priority -10; policy accept;", "runs before Docker's rules (filter, 0)"),
+    ("ct state established,related accept", "replies to what a container opened"),
+    ("ct status dnat accept", "nginx's published 80/443 (Docker DNAT-s them)"),
+    ('iifname "docker0" accept', "containers to each other and out (Docker's own checks still run)"),
+    ('iifname "br-*" accept', "the same for Compose's networks"),
+    ('iifname "docker_gwbridge" accept', "the same for a swarm node's services"),
+    ('oifname "docker0" counter drop', "anything else routed to a container: Postgres, NATS, 8222"),
+    ('oifname "br-*" counter drop', "the same for Compose's networks"),
+    ('oifname "docker_gwbridge" counter drop', "the same for a swarm node's services"),
+])
+def test_firewall_drops_what_is_routed_to_the_containers_from_outside(rule, verdict):
+    rules = chain(provision.firewall_rules(22), "forward")
+    assert rule in rules, verdict
+    if rule.startswith("oifname"):  # every drop comes after every accept
+        assert rules.index(rule) > max(i for i, r in enumerate(rules) if r.endswith("accept"))
+    assert len(rules) == 9  # nothing else
+
+
+def test_firewall_input_is_unchanged_by_the_forward_chain():
+    assert chain(provision.firewall_rules(22), "input") == [
+        "type filter hook input priority 0; policy drop;", "iif lo accept", "ct state established,related accept",
+        "ct state invalid drop", "meta l4proto { icmp, ipv6-icmp } accept", "tcp dport { 22, 80, 443 } accept"]
+
+
+def test_an_older_firewall_without_the_forward_chain_is_rewritten_and_a_swarm_nodes_rules_stay():
+    assert "nft list chain inet tasktracker forward" in provision.facts("deploy", KEY)
+    (change,) = [c for c in provision.plan({**DONE, "firewall": ""}, "deploy", KEY)]
+    assert change.name == "firewall" and "nginx's published ports" in change.why
+    command = change.command
+    keep = "if [ -f /etc/tasktracker-swarm.nft ]; then echo 'include \"/etc/tasktracker-swarm.nft\"' >> " \
+           "/etc/tasktracker-firewall.nft; fi"
+    assert keep in command
+    assert command.index("/etc/tasktracker-firewall.nft.new") < command.index(keep) < command.index("nft -f ")
+
+
 def test_firewall_rules_parse_with_nft():
     nft = subprocess.run(["sh", "-c", "command -v nft"], capture_output=True, text=True).stdout.strip()
     if not nft:

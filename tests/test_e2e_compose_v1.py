@@ -15,7 +15,7 @@ def test_deploy_with_compose_v1(sandbox, deployed):
     port = free_port()
     env_file = sandbox.env_file(
         "v1.env", APP_DIR="tasktracker-v1", COMPOSE_PROJECT=f"{sandbox.project}-v1", HTTP_PORT=port, HTTPS_PORT=free_port(),
-        POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(), NATS_MONITOR_HOST_PORT=free_port(),
+        POSTGRES_HOST_PORT=free_port(), NATS_HOST_PORT=free_port(),
     )
     out = sandbox.fab("deploy", "--skip-build", "--compose", "v1", env_file=env_file)
     release = os.readlink(sandbox.home / "tasktracker-v1" / "current").split("/")[-1]

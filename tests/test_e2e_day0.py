@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -217,6 +218,44 @@ def https_get_without_verify(hosts) -> str:
             assert cert
             tls.sendall(f"GET /nginx-health HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
             return tls.recv(65536).decode(errors="replace")
+
+
+PEER = "day0-peer"  # a second machine on the same network segment (the outer Docker network)
+STACK_ADDRESSES = ("for c in $(docker ps -q); do docker inspect -f '{{index .Config.Labels "
+                   "\"com.docker.compose.service\"}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' \"$c\"; done")
+
+
+def outer_address(container: str) -> str:
+    out = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.split()[0]
+
+
+def test_a_machine_on_the_segment_reaches_the_app_but_not_postgres_or_nats(hosts):
+    """Issue 24: on Docker Engine before 28 a machine on the same segment reaches any container
+    port by routing the container's address through the host (moby/moby#45610). The peer does just
+    that (`ip route ... via` the host): Postgres, NATS and NATS monitoring do not answer, nor nginx's
+    container directly; the app does, through nginx's published port. After the restart above, so
+    the firewall the boot unit loaded is the one tried."""
+    hosts.invoke("testhost.up", PEER, "--bare")
+    host = outer_address(hosts.state(NAME)["container"])
+    stack = {line.split()[0]: line.split()[1] for line in hosts.exec(NAME, STACK_ADDRESSES).stdout.splitlines()
+             if len(line.split()) >= 2}
+    targets = {"postgres": (stack["postgres"], 5432), "nats": (stack["nats"], 4222),
+               "nats monitoring": (stack["nats"], 8222), "nginx container": (stack["nginx"], 80)}
+    routes = "; ".join(f"ip route replace {address}/32 via {host}" for address, _ in targets.values())
+    probes = " ".join(f"(if timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null; then echo '{name}: open'; "
+                      f"else echo '{name}: closed'; fi) &" for name, (address, port) in targets.items())
+    app = (f"curl -s -o /dev/null -w 'http %{{http_code}}\\n' --max-time 10 http://{host}/api/health; "
+           f"curl -sfk --max-time 10 --resolve {DOMAIN}:443:{host} https://{DOMAIN}/api/health")
+    out = hosts.exec(PEER, f"{routes}; {probes} wait; {app}").stdout
+    assert [line for line in out.splitlines() if line.endswith(": open")] == [], out
+    # The app serves the peer through the published ports (80 redirects to HTTPS since ssl.issue).
+    assert "http 301" in out and '"status":"ok"' in out.replace(" ", ""), out
+    # The probes did reach the host and were dropped there, by provision's forward chain.
+    forward = hosts.exec(NAME, "nft list chain inet tasktracker forward").stdout
+    dropped = [int(n) for n in re.findall(r'oifname "(?:br-\*|docker0)" counter packets (\d+)', forward)]
+    assert sum(dropped) >= len(targets), forward
 
 
 def test_a_second_deploy_under_load_fails_no_request_and_rollback_returns(hosts, settings):

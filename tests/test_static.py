@@ -111,6 +111,10 @@ def test_production_publishes_nothing_but_nginx_and_development_only_on_loopback
         assert ports and all(port["host_ip"] == "127.0.0.1" for port in ports), (name, ports)
     assert config["services"]["nats"]["command"][:1] == ["--jetstream"]
     assert "8222" in config["services"]["nats"]["command"]
+    # NATS monitoring has no login: it listens on the nats container's loopback only, and is
+    # published nowhere, not even in development (read it with `docker compose exec`).
+    assert 'http: "127.0.0.1:8222"' in config["services"]["nats"]["entrypoint"][2]
+    assert all(port["target"] != 8222 for port in development["services"]["nats"]["ports"])
     for name in ("postgres", "nats", "api", "worker", "nginx"):
         assert config["services"][name]["healthcheck"]["test"], name
         assert config["services"][name]["restart"] == "unless-stopped"
@@ -562,6 +566,19 @@ def test_awk_programs_parse():
                     *(ROOT / "lab/programs").glob("*.awk")]:
         out = subprocess.run(["awk", "-f", str(program)], input="", capture_output=True, text=True)
         assert out.returncode == 0, (program.name, out.stderr)
+
+
+def test_nft_programs_parse():
+    """nftables rulesets (placeholders filled with a sample) pass `nft -c` where nft is installed."""
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    if not nft:
+        pytest.skip("nft is not installed on this machine")
+    programs = sorted((ROOT / "tasks" / "programs").glob("*.nft"))
+    assert programs
+    for program in programs:
+        text = re.sub(r"@[A-Z_]+@", "22", program.read_text())
+        out = subprocess.run([nft, "-c", "-f", "-"], input=text, capture_output=True, text=True)
+        assert out.returncode == 0 or "Operation not permitted" in out.stderr, (program.name, out.stderr)
 
 
 def test_every_host_program_is_used():

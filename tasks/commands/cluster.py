@@ -76,7 +76,7 @@ LIVE_RESTORE_OFF = ("python3 -c 'import json, os; p = \"/etc/docker/daemon.json\
                     "(systemctl reload docker || kill -HUP \"$(pidof dockerd)\")")
 
 
-# provision's (commands/provision.py): SSH, HTTP, HTTPS only
+# provision's (commands/provision.py): SSH, HTTP, HTTPS in; nothing routed to the containers
 FIREWALL_FILE = "/etc/tasktracker-firewall.nft"
 SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from . import q
+from .programs import filled, program
 from .release import parse_facts  # noqa: F401  (provision's facts are `key=value` lines too)
 
 SUPPORTED = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
@@ -33,6 +34,7 @@ SSHD_SETTINGS = {"passwordauthentication": "no", "kbdinteractiveauthentication":
 SSHD_HARDENING = ("# Written by `fab provision` after a login as the deploy user was proven.\n"
                   + "".join(f"{key} {value}\n" for key, value in SSHD_SETTINGS.items()))
 FIREWALL_FILE = "/etc/tasktracker-firewall.nft"
+SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"  # cluster.init's rules, included by it
 FIREWALL_UNIT = "/etc/systemd/system/tasktracker-firewall.service"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
 AUTO_UPGRADES_TEXT = ('APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade '
@@ -63,8 +65,8 @@ def facts(deploy_user: str, public_key: str) -> str:
         f"sshd -T 2>/dev/null | grep -E '^({'|'.join([*SSHD_SETTINGS, 'port'])}) ' | sed "
         "'s/^/sshd_/; s/ /=/'",
         f"if [ -f {SSHD_DROPIN} ]; then echo sshd_dropin=1; fi",
-        f"if [ -f {FIREWALL_FILE} ] && nft list table inet tasktracker >/dev/null 2>&1; then echo "
-        "firewall=1; fi",
+        f"if [ -f {FIREWALL_FILE} ] && nft list chain inet tasktracker forward >/dev/null 2>&1; "
+        "then echo firewall=1; fi",
         f"if [ -f {AUTO_UPGRADES} ] && grep -q Unattended-Upgrade {AUTO_UPGRADES}; then echo "
         "auto_upgrades=1; fi",
         "echo \"timesync=$(systemctl is-enabled systemd-timesyncd 2>/dev/null)\"",
@@ -116,27 +118,14 @@ def wanted_daemon_json(current: dict) -> dict:
 
 
 def firewall_rules(ssh_port: int) -> str:
+    """tasks/programs/firewall.nft: SSH, HTTP and HTTPS in; nothing routed to a container network
+    from outside but replies and Docker's published (DNAT-ed) ports."""
     ports = ", ".join(str(p) for p in sorted({ssh_port, 80, 443}))
-    return f"""# Written by `fab provision`: only SSH, HTTP and HTTPS reach this host's own services.
-# (Docker-published ports are forwarded, not delivered locally, so they do not pass this chain;
-# the stack publishes only nginx publicly, Postgres and NATS on 127.0.0.1.)
-table inet tasktracker
-delete table inet tasktracker
-table inet tasktracker {{
-    chain input {{
-        type filter hook input priority 0; policy drop;
-        iif lo accept
-        ct state established,related accept
-        ct state invalid drop
-        meta l4proto {{ icmp, ipv6-icmp }} accept
-        tcp dport {{ {ports} }} accept
-    }}
-}}
-"""
+    return filled(program("firewall.nft"), {"@TCP_PORTS@": ports})
 
 
 FIREWALL_UNIT_TEXT = f"""[Unit]
-Description=Task Tracker host firewall (SSH, HTTP, HTTPS only)
+Description=Task Tracker host firewall (SSH, HTTP, HTTPS in; containers closed to the network)
 Before=network-pre.target docker.service
 Wants=network-pre.target
 
@@ -223,16 +212,25 @@ def plan(f: dict[str, str], deploy_user: str, public_key: str) -> list[Change]:
                                                "(after the deploy user's login is proven)",
                               kind="harden-ssh"))
     if not f.get("firewall"):
-        ssh_port = int(f.get("sshd_port") or 22)
-        changes.append(Change("firewall", f"nftables: only {ssh_port}, 80 and 443 in",
-                              write_file(FIREWALL_FILE, firewall_rules(ssh_port)) + " && "
-                              + write_file(FIREWALL_UNIT, FIREWALL_UNIT_TEXT)
-                              + f" && nft -f {FIREWALL_FILE} && systemctl daemon-reload && "
-                                "systemctl enable tasktracker-firewall.service >/dev/null 2>&1"))
+        changes.append(firewall_change(int(f.get("sshd_port") or 22)))
     if not f.get("auto_upgrades"):
         changes.append(Change("security upgrades", "unattended-upgrades daily",
                               write_file(AUTO_UPGRADES, AUTO_UPGRADES_TEXT)))
     return changes + upkeep_changes(f)
+
+
+def firewall_change(ssh_port: int) -> Change:
+    """Write and load the firewall and its boot unit. A swarm node's rules (cluster.init's file)
+    stay included, so rewriting the firewall of a cluster member keeps its Swarm ports open."""
+    include = f'include "{SWARM_FIREWALL_FILE}"'
+    return Change("firewall", f"nftables: only {ssh_port}, 80 and 443 in; nothing routed to the "
+                              "containers from outside but nginx's published ports",
+                  write_file(FIREWALL_FILE, firewall_rules(ssh_port)) + " && "
+                  + f"if [ -f {SWARM_FIREWALL_FILE} ]; then echo {q(include)} >> {FIREWALL_FILE}; "
+                    "fi && "
+                  + write_file(FIREWALL_UNIT, FIREWALL_UNIT_TEXT)
+                  + f" && nft -f {FIREWALL_FILE} && systemctl daemon-reload && "
+                    "systemctl enable tasktracker-firewall.service >/dev/null 2>&1")
 
 
 def upkeep_changes(f: dict[str, str]) -> list[Change]:
