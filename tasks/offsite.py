@@ -302,7 +302,7 @@ def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite",
     changes, fingerprint = offsite_account.parse(result.stdout)
     print("\n".join(f"  changed: {change}" for change in changes)
           or f"  {user} on {c.original_host} was already as wanted: nothing changed")
-    print(f"Put these in the VPS's settings file, then run `fab -H VPS backup.offsite.init`:")
+    print("Put these in the VPS's settings file, then run `fab -H VPS backup.offsite.init`:")
     for line in offsite_account.settings_lines(user, address or conn.host, conn.port, path,
                                                fingerprint):
         print(f"  {line}")
