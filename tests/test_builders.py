@@ -153,6 +153,9 @@ TLS = [
     ("explain port 80", tls.explain_failure("Detail: 203.0.113.5: Fetching http://a.example/...: Connection refused", ["a.example"]),
      "the ACME server could not reach this server on port 80. Open port 80 in the firewall and make sure nginx answers on it "
      "(it must serve /.well-known/acme-challenge/)."),
+    ("explain certbot 9539", tls.explain_failure("An unexpected error occurred: AttributeError: can't set attribute",
+                                                 ["a.example"])[:60],
+     "certbot crashed on an error the ACME server sent (Debian 12'"),
     ("explain rate limit", tls.explain_failure("Error: too many certificates (5) already issued", ["a.example"]),
      "the ACME server's rate limit was hit. Wait (Let's Encrypt: up to a week), or test with --staging."),
     ("explain unauthorized", tls.explain_failure("Type: unauthorized\nDetail: Invalid response: 404", ["a.example"]),

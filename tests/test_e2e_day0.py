@@ -170,7 +170,7 @@ printf '%s' '{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAd
     subprocess.run(["docker", "exec", "-d", container, "pebble-challtestsrv", "-defaultIPv4", "", "-defaultIPv6", "",
                     "-dns01", "127.0.0.1:8053", "-http01", "", "-https01", "", "-tlsalpn01", "", "-management",
                     "127.0.0.1:8055"], check=True)
-    subprocess.run(["docker", "exec", "-d", "-e", "PEBBLE_VA_NOSLEEP=1", container, "pebble", "-config",
+    subprocess.run(["docker", "exec", "-d", "-e", "PEBBLE_VA_NOSLEEP=1", "-e", "PEBBLE_WFE_NONCEREJECT=0", container, "pebble", "-config",
                     "/opt/pebble/pebble.json", "-dnsserver", "127.0.0.1:8053", "-strict=false"], check=True)
     wait_for(lambda: hosts.exec(NAME, "curl -sf -X POST -d '{\"host\": \"%s\", \"addresses\": [\"127.0.0.1\"]}' "
                                       "http://127.0.0.1:8055/add-a" % DOMAIN, check=False).returncode == 0, 30, what="pebble DNS")

@@ -183,6 +183,11 @@ def explain_failure(output: str, domains: list[str]) -> str:
     if "unauthorized" in text or "404" in text:
         return ("the ACME server fetched the challenge but got the wrong answer: check that this "
                 "domain's port 80 reaches this server's nginx.")
+    if "can't set attribute" in text:  # certbot#9539: certbot 2.1 on Python 3.11 (Debian 12)
+        return ("certbot crashed on an error the ACME server sent (Debian 12's certbot cannot show "
+                "it: certbot issue 9539; its log, shared/letsencrypt/logs/letsencrypt.log, has the "
+                "server's answer). A one-off refusal (a rejected nonce) passes when run again; if "
+                "it does not, read the server's answer in that log.")
     last = [line for line in output.strip().splitlines() if line.strip()][-3:]
     return "certbot failed: " + " ".join(last)
 
