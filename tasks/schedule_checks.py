@@ -160,6 +160,16 @@ def archive_findings(archive: dict, now: float) -> list[Finding]:
             f"{age_text(waited)} (over {stall // 60} min): the archive is stalled{wal}",
             ARCHIVE_LOGS + "; a hanging archive_command (pgBackRest waiting on an unreachable "
             "repository) records no failure while it hangs"))
+    timeout = archive.get("archive_timeout", 0)
+    if timeout > pitr_commands.RPO_GOAL_S:
+        found.append(Finding(
+            "WAL archive", False,
+            f"Postgres closes a WAL segment for the archive only every {timeout} s "
+            f"(archive_timeout): a lost host can take that many seconds of writes (goal "
+            f"{pitr_commands.RPO_GOAL_S} s)",
+            "set WAL_ARCHIVE_TIMEOUT=3 (the default) in the settings and deploy, then `fab -H "
+            "HOST compose.recreate --service postgres` (postgres keeps its old definition "
+            "through a deploy)"))
     total, used = archive.get("disk_total", 0), archive.get("wal_bytes", 0)
     if total and used > status_commands.WAL_MAX_DISK_FRACTION * total:
         found.append(Finding(

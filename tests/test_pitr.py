@@ -76,6 +76,25 @@ def test_an_archive_that_cannot_restore_says_why(out, state, says):
     assert says in pitr.window_problem(parsed, NOW)
 
 
+@pytest.mark.parametrize("archiver, finding", [
+    ("1000 0 0 0 0 50331648 3", None),
+    ("1000 0 0 0 0 50331648", None),  # recorded before archive_timeout was read: still parsed
+    ("1000 0 0 0 0 50331648 60", "Postgres closes a WAL segment for the archive only every 60 s "
+                                 "(archive_timeout): a lost host can take that many seconds of writes (goal 5 s)"),
+])
+def test_an_archive_timeout_beyond_the_rpo_goal_is_a_finding(archiver, finding):
+    """A host still on the old 60 s (its .env, or a postgres kept on its old definition): doctor
+    says what it costs and how to apply the default."""
+    from tasks.schedule_checks import archive_findings
+
+    state = pitr.parse_info(f"now=2000\narchiver={archiver}\ninfo={RECORDED_INFO}\n")
+    assert "archiver_error" not in state
+    found = [f for f in archive_findings(state, 2000) if "archive_timeout" in f.summary]
+    assert [f.summary for f in found] == ([finding] if finding else [])
+    if finding:
+        assert "WAL_ARCHIVE_TIMEOUT=3" in found[0].advice and "compose.recreate --service postgres" in found[0].advice
+
+
 def test_failing_archiving_is_loud():
     failing = "now=2000\narchiver=1000 7 1900 3 1100 50331648\n"
     state = pitr.parse_info(f"{failing}info={RECORDED_INFO}\n")
@@ -284,7 +303,8 @@ def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
     (here: a database that does not exist) arrives as Postgres's own error, not as zeros."""
     from tests.support import LocalPostgres, wait_for
 
-    pg = LocalPostgres(options="-c wal_level=replica -c archive_mode=on -c archive_command=false").start()
+    pg = LocalPostgres(options="-c wal_level=replica -c archive_mode=on -c archive_command=false "
+                               "-c archive_timeout=30").start()
     try:
         pg.psql("CREATE TABLE t AS SELECT 1 AS x; SELECT pg_switch_wal()")
         wait_for(lambda: int(pg.psql("SELECT failed_count FROM pg_stat_archiver")) > 0, 30,
@@ -301,6 +321,7 @@ def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
     assert state["ready"] >= 1 and 0 < state["oldest_ready"] <= state["now"], out  # switched
     assert state["wal_bytes"] >= 16 * 1024 * 1024, out  # at least one segment
     assert state["disk_total"] > state["disk_available"] > 0, out
+    assert state["archive_timeout"] == 30, out  # seconds, from pg_settings
     failed = pitr.parse_info(broken)
     assert 'database "no_such_db" does not exist' in failed["archiver_error"], broken
     assert "failed_count" not in failed

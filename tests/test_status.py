@@ -96,7 +96,7 @@ def test_the_sampler_writes_one_line_a_minute(tmp_path):
     script = tmp_path / "sample"
     script.write_text(commands.sampler_script())
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-           "ARCHIVER": "1799999990 4 1799990000 1 1799999995 50331648"}
+           "ARCHIVER": "1799999990 4 1799990000 1 1799999995 50331648 3"}
     app = tmp_path / "app"
     for _ in range(2):
         run = subprocess.run(["bash", str(script), str(app), "proj"], env=env, capture_output=True,
@@ -142,8 +142,8 @@ def test_the_sampler_alerts_once_when_the_wal_archive_fails_and_once_when_it_rec
         assert run.returncode == 0, run.stderr
         return sent.read_text() if sent.exists() else ""
 
-    healthy = f"{now - 10} 4 {now - 900} 0 0 50331648"
-    failing = f"{now - 900} 6 {now - 300} 2 {now - 200} 50331648"  # in minutes: no drift shows
+    healthy = f"{now - 10} 4 {now - 900} 0 0 50331648 3"
+    failing = f"{now - 900} 6 {now - 300} 2 {now - 200} 50331648 3"  # in minutes: no drift shows
     assert sample_with(healthy) == ""  # ok from the start: nothing to say
     said = sample_with(failing)
     assert said.splitlines() == ["WAL ARCHIVING IS FAILING: the last attempt failed 5 min ago, "

@@ -147,9 +147,13 @@ ARCHIVER_QUERY = ("SELECT coalesce(extract(epoch FROM last_archived_time)::bigin
                   "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
                   "(SELECT coalesce(extract(epoch FROM min(modification))::bigint, 0) "
                   "FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), "
-                  "(SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()) FROM pg_stat_archiver")
+                  "(SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()), "
+                  "(SELECT setting FROM pg_settings WHERE name = 'archive_timeout') "
+                  "FROM pg_stat_archiver")
+# archive_timeout (seconds) is last; a snapshot recorded before it was asked for lacks it.
 ARCHIVER_FIELDS = ("last_archived", "failed_count", "last_failed", "ready", "oldest_ready",
-                   "wal_bytes")
+                   "wal_bytes", "archive_timeout")
+RPO_GOAL_S = 5  # issue 26: a lost host takes at most this many seconds of writes
 ARCHIVE_STATE = program("archive-state.sh")
 
 
@@ -168,11 +172,12 @@ def parse_archiver(values: dict[str, str]) -> dict:
         return {"archiver_error": values["archiver_error"].strip()
                 or "psql failed and said nothing"}
     words = (values.get("archiver") or "").split()
-    if len(words) != len(ARCHIVER_FIELDS) or not all(w.isdigit() for w in words):
+    if (len(words) not in (len(ARCHIVER_FIELDS) - 1, len(ARCHIVER_FIELDS))
+            or not all(w.isdigit() for w in words)):
         text = (values.get("archiver") or "").strip()
         return {"archiver_error": f"unreadable pg_stat_archiver figures: {text[:200]!r}" if text
                 else "the archiver's figures are missing"}
-    figures = dict(zip(ARCHIVER_FIELDS, map(int, words), strict=True))
+    figures = dict(zip(ARCHIVER_FIELDS, map(int, words), strict=False))
     disk = (values.get("wal_disk") or "").split()
     if len(disk) == 2 and all(w.isdigit() for w in disk):
         figures.update(disk_total=int(disk[0]), disk_available=int(disk[1]))

@@ -60,7 +60,7 @@ if [ -n "$pg" ]; then
   # shellcheck disable=SC2016  # expanded in the container
   psql_in_pg='psql -X -At -F " " -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$1"'
   if arch=$(docker exec "$pg" sh -c "$psql_in_pg" psql __ARCHIVER_QUERY__ 2>/dev/null | tail -n 1) \
-      && [ "$(echo "$arch" | wc -w)" = 6 ]; then
+      && [ "$(echo "$arch" | wc -w)" = 7 ]; then
     line="$line $(echo "$arch" | awk '{printf "arch_ok=%s arch_failures=%s", $1, $2
       printf " arch_fail_t=%s arch_ready=%s arch_ready_t=%s wal_bytes=%s", $3, $4, $5, $6}')"
   else
