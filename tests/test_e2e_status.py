@@ -262,6 +262,24 @@ def test_a_half_recovered_host_is_named_by_doctor_and_refused_by_deploy_rollback
     assert "[maintenance]" not in doctor(sandbox)
 
 
+def test_a_process_left_behind_in_the_postgres_container_never_restarts_the_database(sandbox, deployed):
+    """Docker's init is PID 1 in the postgres container (compose.yml `init: true`), so a process
+    left behind there (pgBackRest's asynchronous archive-push, a timed-out health check's
+    pg_isready) that exits with 2 is reaped by it. With the postmaster as PID 1, that exit was
+    taken for a crashed backend: every connection dropped and the cluster went through crash
+    recovery (a full-suite run failed so, "the database system is in recovery mode")."""
+    pg = container(sandbox, "postgres")
+    session = subprocess.Popen(["docker", "exec", pg, "sh", "-c",
+                                'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "select pg_sleep(4), 42"'],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    subprocess.run(["docker", "exec", pg, "sh", "-c", "(sleep 1; exit 2) & exit 0"], check=True)
+    out, err = session.communicate(timeout=30)
+    assert session.returncode == 0 and out.strip().endswith("|42"), (out, err)  # the session lived on
+    said = subprocess.run(["docker", "logs", "--since", "30s", pg], capture_output=True, text=True)
+    assert "terminating any other active server processes" not in said.stdout + said.stderr
+
+
 def test_the_snapshot_is_one_command_and_parses(sandbox, deployed):
     """The snapshot builder as the deploy user runs it; TASKTRACKER_RECORD=1 saves it as the
     recorded host output the unit tests read (tests/recorded/status/snapshot.txt)."""

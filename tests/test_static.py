@@ -136,7 +136,7 @@ def test_every_service_rotates_its_logs_and_cannot_gain_privileges(project, tool
 # What each production service gets back after dropping every capability: found by running each
 # image without them (docs/security.md, "Containers").
 CAPABILITIES = {
-    "postgres": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"],
+    "postgres": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"],
     "nginx": ["CHOWN", "DAC_READ_SEARCH", "SETGID", "SETUID"],
     "nats": [], "api": [], "worker": [],
 }
