@@ -900,3 +900,11 @@ def remove_app(user: str, app_dir: Path, project: str) -> None:
     crontab = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
     kept = [line for line in crontab.splitlines() if not line.endswith(f":{project}")]
     subprocess.run(["crontab", "-u", user, "-"], input="\n".join(kept) + "\n", text=True, check=True)
+
+
+def service_container(project: str, service: str) -> str:
+    """The first running container of a Compose project's service (long-running, not `run`)."""
+    return subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                           "--filter", f"label=com.docker.compose.service={service}",
+                           "--filter", "label=com.docker.compose.oneoff=False"],
+                          capture_output=True, text=True, check=True).stdout.split()[0]

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tasks.settings import Settings
-from tests.support import ROOT, Readers, SftpServer, Writers, docker_gateway, lose_host, wait_for
+from tests.support import ROOT, Readers, SftpServer, Writers, docker_gateway, lose_host, service_container, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "os"
@@ -173,13 +173,6 @@ def psql(sandbox, query: str) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
-def postgres_of(sandbox) -> str:
-    """The app's Postgres container."""
-    return subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={sandbox.project}-{APP}",
-                           "--filter", "label=com.docker.compose.service=postgres"], capture_output=True, text=True,
-                          check=True).stdout.split()[0]
-
-
 def written(sandbox, predicate) -> bool:
     """Write (a task, and a finished WAL segment for the archiver), then ask `predicate`."""
     post_task(sandbox, "archive test")
@@ -220,7 +213,7 @@ def test_a_failing_wal_archive_is_reported_until_it_archives_again(sandbox, init
              interval=3, what="the archiver to archive again")
     # Every failed push left a pgBackRest process that exited non-zero: reaped by Docker's init, it
     # never put the database through crash recovery (the postmaster as PID 1 would have).
-    said = subprocess.run(["docker", "logs", postgres_of(sandbox)], capture_output=True, text=True)
+    said = subprocess.run(["docker", "logs", service_container(f"{sandbox.project}-{APP}", "postgres")], capture_output=True, text=True)
     logs = said.stdout + said.stderr
     assert "terminating any other active server processes" not in logs, [
         line for line in logs.splitlines() if "exit code" in line or "terminating" in line][:5]
