@@ -5,7 +5,10 @@ The work is one script on the host (tasks/commands/db.py), which puts everything
 
 from __future__ import annotations
 
+import io
+import tarfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -22,20 +25,29 @@ from .settings import ENV_HELP, PROJECT_ROOT, choose_env
 from .steps import StepFailed, Steps
 
 
+def build_context(directory: Path) -> bytes:
+    """`directory` as a gzipped tar archive: a build context `docker build -` reads on stdin."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(directory.iterdir()):
+            tar.add(path, arcname=path.name)
+    return packed.getvalue()
+
+
 def provide_image(host: Host, image: str, built: bool) -> None:
     """The new Postgres image on the host: there already, sent from here over SSH, built by the host
-    from postgres/Dockerfile (`built`: compose.yml builds it; the Dockerfile needs no context), or
-    pulled by it."""
+    from postgres/ (`built`: compose.yml builds it), or pulled by it."""
     if host.images_present([image]):
         print(f"   the host has {image}")
         return
     if host.settings.ship_images != "never" and localhost.ok(["docker", "image", "inspect", image]):
         host.ship_images([image])
         return
-    if built:
-        dockerfile = (PROJECT_ROOT / "postgres" / "Dockerfile").read_text()
-        host.run(f"printf '%s' {q(dockerfile)} | docker build -q -t {q(image)} -",
-                 "build the new Postgres image", hide=False)
+    if built:  # postgres/ sent as a tar into the lock's inbox: the build context
+        context = f"{host.ctx.inbox}/postgres-context.tar.gz"
+        host.conn.put(io.BytesIO(build_context(PROJECT_ROOT / "postgres")), remote=context)
+        host.run(f"docker build -q -t {q(image)} - < {q(context)}; s=$?; rm -f {q(context)}; "
+                 "exit $s", "build the new Postgres image", hide=False)
         return
     host.run(f"docker pull -q {q(image)}", "pull the new Postgres image", hide=False)
 
