@@ -29,6 +29,9 @@ def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3
     to each. The save is read once, compressed once, and written to every host's load."""
     names = ", ".join(host.name for host in hosts)
     chains, packed = shared_chains(hosts)
+    if not chains:  # nothing to leave out (a new host): the save streams straight through
+        return stream(lambda out, failed: save_into(images, out, failed), hosts, images,
+                      report_every, packed)
     with tempfile.TemporaryDirectory(prefix="tasktracker-ship-") as tmp:
         saved = Path(tmp, "images.tar")
         result = localhost.run(image_commands.save(images, str(saved)), check=False)
@@ -39,7 +42,8 @@ def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3
         if skip:
             print(f"   {len(skip)} layer(s), {skipped_bytes / 1e6:.0f} MB, already on {names}: "
                   "not sent", flush=True)
-        return stream(saved, skip, hosts, images, report_every, packed)
+        return stream(lambda out, failed: copy_without(saved, skip, out, failed), hosts, images,
+                      report_every, packed)
 
 
 def shared_chains(hosts: list[Host]) -> tuple[set[tuple[str, ...]], str]:
@@ -75,6 +79,22 @@ def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str
     return skip, sum(members[name].size for name in skip if name in members)
 
 
+def save_into(images: list[str], out: IO[bytes], failed: list[BaseException]) -> None:
+    """`docker save` of `images` written to `out`; then close it."""
+    try:
+        saved = subprocess.run(image_commands.save(images), stdout=out, stderr=subprocess.PIPE)
+        if saved.returncode:
+            failed.append(OSError(f"docker save {' '.join(images)} failed here: "
+                                  f"{saved.stderr.decode(errors='replace').strip()[-500:]}"))
+    except OSError as error:
+        failed.append(error)
+    finally:
+        try:
+            out.close()
+        except OSError:
+            pass
+
+
 def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseException]) -> None:
     """Write the save, less the `skip` files, to `out` as a tar stream; then close it."""
     try:
@@ -92,15 +112,15 @@ def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseE
             pass
 
 
-def stream(saved: Path, skip: set[str], hosts: list[Host], images: list[str],
-           report_every: float, packed: str = "gzip") -> int:
-    """`tar | zstd` (or gzip: `packed`) here, each compressed chunk written to every host's
-    `docker load`."""
+def stream(write_tar, hosts: list[Host], images: list[str], report_every: float,
+           packed: str = "gzip") -> int:
+    """`write_tar(out, failed)` (the save, whole or less some layers) through zstd (or gzip:
+    `packed`) here, each compressed chunk written to every host's `docker load`."""
     names = ", ".join(host.name for host in hosts)
     packer = subprocess.Popen(image_commands.COMPRESS[packed], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
     failed: list[BaseException] = []
-    writer = threading.Thread(target=copy_without, args=(saved, skip, packer.stdin, failed))
+    writer = threading.Thread(target=write_tar, args=(packer.stdin, failed))
     writer.start()
     destination = [f"{host.conn.user}@{host.conn.host}" for host in hosts]
     loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), to, packed),
@@ -139,7 +159,8 @@ def stream(saved: Path, skip: set[str], hosts: list[Host], images: list[str],
     broken = [(host, err) for host, load, err in zip(hosts, loads, errors, strict=True)
               if load.returncode]
     if broken or packer.returncode or (failed and receiving):
-        host, err = broken[0] if broken else (hosts[0], str(failed[0] if failed else "").encode())
+        source_failed = (hosts[0], str(failed[0]).encode()) if failed and receiving else None
+        host, err = source_failed or (broken[0] if broken else (hosts[0], b"the compressor failed"))
         why = err.decode(errors="replace").strip()[-500:]
         raise StepFailed("ship images", f"sending {', '.join(images)} to {host.name} failed: {why}")
     print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB ({packed}) in "

@@ -366,15 +366,17 @@ def write_save(path: Path) -> dict[str, bytes]:
 
 
 def fake_shipping(monkeypatch, tmp_path, fails: str = ""):
-    """`docker save` writes a real save's layout (`write_save`); each host's `docker load` is a
-    local shell that unzips what it receives into a file named after the host (or, for `fails`,
-    exits 3)."""
+    """`docker save` writes a real save's layout (`write_save`) into its file or to stdout; each
+    host's `docker load` is a local shell that unpacks what it receives into a file named after
+    the host (or, for `fails`, exits 3; `fails="save"`: the save fails)."""
     import tasks.shipping as shipping
 
     made = {}
-    def save(images, path):
-        made.update(write_save(Path(path)))
-        return ["true"]
+    def save(images, path=None):  # into `path`, or (nothing to leave out) to stdout
+        made.update(write_save(Path(path or tmp_path / "saved.tar")))
+        if fails == "save":
+            return ["sh", "-c", "echo 'No such image: tasktracker-backend:abc' >&2; exit 1"]
+        return ["true"] if path else ["cat", str(tmp_path / "saved.tar")]
     monkeypatch.setattr(shipping.image_commands, "save", save)
     monkeypatch.setattr(shipping.remote, "ssh_argv", lambda conn: [])
 
@@ -426,6 +428,15 @@ def test_a_node_whose_load_fails_fails_the_step_by_its_name(monkeypatch, tmp_pat
 def test_when_every_load_fails_the_save_is_stopped_not_waited_on(monkeypatch, tmp_path):
     ship, _ = fake_shipping(monkeypatch, tmp_path, fails="cl2")
     with pytest.raises(StepFailed, match="to cl2 failed"):
+        ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
+
+
+def test_a_save_that_fails_is_named_not_the_loads_it_starved(monkeypatch, tmp_path):
+    """A new host (nothing to leave out) gets the save straight from `docker save`'s stdout; when
+    that fails, the step says so, not the load's "unexpected EOF"."""
+    ship, _ = fake_shipping(monkeypatch, tmp_path, fails="save")
+    with pytest.raises(StepFailed, match="docker save tasktracker-backend:abc failed here: "
+                                         "No such image"):
         ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
 
 
