@@ -348,7 +348,8 @@ def bare_drill(run: int, hosts: TestHosts, name: str, settings: Path, sftp, args
           f"{lost_at - backup_done:.1f} s after the last backup, recovered onto bare host {new}:")
     for label, seconds in phases.items():
         print(f"  {label:<28}{seconds:7.1f} s")
-    said = [line for line in out.stdout.splitlines() if re.search(r"\d+\.\ds\s+ok$", line)]
+    said = [line for line in out.stdout.splitlines()
+            if re.search(r"\d+\.\ds\s+(ok|WARNING)$|^\s+shipped .+ in \d", line)]
     for line in said:
         print(f"    recover {line.strip()}")
     print(f"  RTO (provision -> serving)  {rto:7.1f} s   goal <= {RTO_GOAL_S:.0f} s "

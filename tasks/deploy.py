@@ -286,6 +286,9 @@ def recover_onto(host: Host, env_file, described: dict[str, str], wal_offsite: b
     with steps.step("maintenance off: serving"):
         host.run(f"rm -f {marker}", "maintenance off")
     host.recovering = False
+    if wal_offsite:  # the restore emptied this host's repository for the restored cluster's
+        with steps.step("this host's WAL archive (a full backup, while serving)"):
+            host.ensure_archive()
     return live, set_name, wal_note
 
 

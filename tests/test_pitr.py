@@ -152,6 +152,7 @@ case "$*" in
   *pg_is_in_recovery*) echo f ;;
   *--type=time*|*"restore --repo=2"*) [ -n "$FAIL_RESTORE" ] && exit 1 ;;
   *"info --repo=2"*) echo '[{"backup":[{"label":"x"}]}]' ;;
+  *"info --repo=1"*) [ -n "$REPO1_EMPTY" ] || echo '[{"backup":[{"label":"x"}]}]' ;;
   *"archive.conf.new"*) cat > "$DOCKER_LOG.archive.conf" ;;
   *"info --output=json"*) echo '[{"backup":[{"label":"x"}]}]' ;;
   *) ;;
@@ -204,6 +205,24 @@ def test_a_restore_that_works_stops_writers_first_and_starts_them_last(tmp_path)
     assert not Path(env_file).exists()
     assert "the database is at 2026-11-26 08:00:00 UTC (new timeline 3)" in result.stdout
     assert json.dumps("secret") not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("repo1_empty, backs_up", [(True, True), (False, False)])
+def test_the_first_full_backup_is_taken_when_this_hosts_repository_has_none(tmp_path, repo1_empty,
+                                                                          backs_up):
+    """After `recover` the only backups are the lost host's, off-site (repo2): they do not make
+    this host's point-in-time window, so its own first full backup is taken."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    log = tmp_path / "docker.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_LOG": str(log),
+           "REPO1_EMPTY": "1" if repo1_empty else ""}
+    result = subprocess.run(["bash", "-c", pitr.ensure_stanza(CTX)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "@@fact pitr=ok" in result.stdout, result.stdout + result.stderr
+    assert ("backup --type=full" in log.read_text()) == backs_up
 
 
 def test_every_deploy_writes_the_asynchronous_archive_settings_and_wakes_the_checkpointer(tmp_path):

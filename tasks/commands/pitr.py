@@ -94,7 +94,8 @@ WAKE_CHECKPOINTER = ('docker exec "$pg" sh -c \'psql -X -Atq -U "$POSTGRES_USER"
 
 def ensure_stanza(ctx: HostContext, container: str = "") -> str:
     """Shell (run after Postgres started): create the stanza, or upgrade it after a new cluster
-    (db.upgrade), and take the first full backup when there is none, so that the database can
+    (db.upgrade), and take the first full backup when this host's repository (repo1: backups
+    off-site do not count, as after `recover`) has none, so that the database can
     be restored to any moment from now on. Idempotent; prints `@@fact pitr=...`. An image
     without pgBackRest (an older release) prints pitr=unavailable. `container`: shell printing the
     postgres container's id (default: the Compose project's; a swarm passes its own filter)."""
@@ -108,7 +109,7 @@ else
   {WAKE_CHECKPOINTER}
   if ! out=$(timeout 120 {BR} stanza-create 2>&1) && ! out=$(timeout 120 {BR} stanza-upgrade 2>&1); then
     echo "WARNING: pgBackRest could not set up the WAL archive: $out" >&2; echo "@@fact pitr=failed"
-  elif timeout 120 {BR} info --output=json | grep -q '"label"'; then
+  elif timeout 120 {BR} info --repo=1 --output=json | grep -q '"label"'; then
     echo "@@fact pitr=ok"
   else
     echo "   first pgBackRest full backup (the start of the point-in-time window)"

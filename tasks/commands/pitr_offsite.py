@@ -125,8 +125,9 @@ undo() {{
 
 
 def offsite_restore_stages(ctx: HostContext, target: str, before_start: str) -> str:
-    """`restore_from_offsite`'s stages, each named in `$stage` for `undo`; the last one starts
-    this host's own WAL archive again."""
+    """`restore_from_offsite`'s stages, each named in `$stage` for `undo`. This host's own WAL
+    archive starts again afterwards, once it serves (`recover`: its first full backup would
+    otherwise keep the service in maintenance for as long as the database takes to copy)."""
     data, aside = PG_DATA, DATA_ASIDE
     kind = f"--type=time --target={q(target + '+00')} --target-action=promote" if target else ""
     return f"""stage="read the off-site archive"
@@ -156,7 +157,4 @@ one_off --user root --entrypoint rm "$image" -rf {aside}
 rm -f "$envfile"
 {rollout.wait_healthy(ctx, 'api')}
 say "api and worker started"
-{BR} stanza-create >/dev/null 2>&1 && {BR} backup --type=full >/dev/null 2>&1 \\
-  && say "this host's WAL archive starts again (a full pgBackRest backup, taken while serving)" \\
-  || echo "WARNING: this host's first pgBackRest backup failed; run fab backup" >&2
 """
