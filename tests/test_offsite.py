@@ -45,7 +45,7 @@ def test_sftp_command_uses_the_hosts_own_key_and_never_prompts():
 
 def test_conf_text_quotes_values_and_leaves_out_empty_ones():
     text = offsite.conf_text(repository="s3:https://s3.example.com/b", password="pa ss'word", aws_access_key_id="AK",
-                             aws_secret_access_key="SK$x", keep=(7, 4, 6), sftp="")
+                             aws_secret_access_key="SK$x", keep=(7, 4, 6), home="")
     assert text.splitlines() == ["RESTIC_REPOSITORY=s3:https://s3.example.com/b", "RESTIC_PASSWORD='pa ss'\"'\"'word'",
                                  "AWS_ACCESS_KEY_ID=AK", "AWS_SECRET_ACCESS_KEY='SK$x'", "KEEP_DAILY=7", "KEEP_WEEKLY=4",
                                  "KEEP_MONTHLY=6"]
@@ -119,7 +119,7 @@ def make_app(root: Path, repository: Path, keep=(7, 4, 6)) -> Path:
     program.write_text(offsite.OFFSITE_SCRIPT)
     program.chmod(0o700)
     (app / "shared" / "offsite.conf").write_text(offsite.conf_text(
-        repository=str(repository), password="drill-secret", aws_access_key_id="", aws_secret_access_key="", keep=keep, sftp=""))
+        repository=str(repository), password="drill-secret", aws_access_key_id="", aws_secret_access_key="", keep=keep, home=""))
     return app
 
 
