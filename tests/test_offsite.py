@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import offsite
+from tasks.commands import offsite, offsite_account
 from tasks.commands.context import HostContext
 from tasks.settings import Settings, SettingsError
+from tests.support import restic_rest_status
 
 # pytest-xdist: its restic repository template is made once, on one worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("offsite")]
@@ -353,3 +354,65 @@ def test_a_kept_set_survives_retention_until_unkeep_and_describe_reads_it_in_pla
     make_set(app, newer, os.urandom(512))
     assert program(app, "push", newer).returncode == 0
     assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == [newer]
+
+
+# --- an append-only repository (backup.offsite.account --append-only), served as on the account --
+
+needs_rclone = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (scripts/test installs it)")
+
+
+def append_only_app(root: Path, repo: Path) -> tuple[Path, list[str]]:
+    """A host whose offsite.conf reaches `repo` as an append-only account does (restic's rclone
+    backend; here the account's forced command runs locally, without ssh), keep-daily 1."""
+    serve = ["rclone", "serve", "restic", "--stdio", "--append-only", "--config", "/dev/null", "--log-level", "ERROR",
+             str(repo)]
+    program_file = root / "serve"
+    program_file.parent.mkdir(parents=True, exist_ok=True)
+    program_file.write_text(f"#!/bin/sh\nexec {' '.join(serve)}\n")
+    program_file.chmod(0o700)
+    app = make_app(root, repo, keep=(1, 1, 1))
+    conf = app / "shared" / "offsite.conf"
+    conf.write_text(conf.read_text().replace(f"RESTIC_REPOSITORY={repo}", "RESTIC_REPOSITORY=rclone:repo")
+                    + f"RCLONE_COMMAND={program_file}\nAPPEND_ONLY=1\n")
+    return app, serve
+
+
+@needs_restic
+@needs_rclone
+def test_an_append_only_repository_takes_sets_and_gives_none_up(tmp_path, initialised_repository):
+    """The host adds sets and deletes or overwrites none (the server answers 403); its push skips
+    retention and its unkeep refuses; retention run on the server (offsite-prune.sh, as the
+    account, the password on stdin) keeps the VPS's policy."""
+    repo = tmp_path / "repo"
+    shutil.copytree(initialised_repository, repo)
+    app, serve = append_only_app(tmp_path / "a", repo)
+    names = ("20261124T020000Z", "20261125T020000Z", "20261126T020000Z")
+    for n, name in enumerate(names):
+        make_set(app, name, os.urandom(2048) + bytes([n]))
+        pushed = program(app, "push", name)
+        assert pushed.returncode == 0 and f"OFFSITE OK {name}" in pushed.stdout, pushed.stderr
+        assert "off-site retention runs on the off-site server" in pushed.stdout
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == list(names)  # keep-daily 1 not applied
+    unkeep = program(app, "unkeep", "all")
+    assert unkeep.returncode == 2 and "backup.offsite.prune --unkeep" in unkeep.stderr
+    # what an intruder holding the host's credentials would try, at the protocol: each refused
+    snapshot = sorted((repo / "snapshots").iterdir())[0]
+    key = next((repo / "keys").iterdir())
+    before = {p: p.read_bytes() for p in (snapshot, key, repo / "config")}
+    assert restic_rest_status(serve, "DELETE", f"snapshots/{snapshot.name}") == 403
+    assert restic_rest_status(serve, "POST", f"keys/{key.name}", b"overwritten") == 403
+    assert restic_rest_status(serve, "POST", "config", b"overwritten") == 403
+    assert restic_rest_status(serve, "DELETE", "config") == 403
+    assert {p: p.read_bytes() for p in before} == before
+    assert restic_rest_status(serve, "GET", "config") == 200  # the same bridge reads fine
+    if os.geteuid() != 0:
+        return  # the server's program runs restic as the account (runuser): root only
+    prune = ["sh", "-c", offsite_account.PRUNE_PROGRAM, "offsite-prune", "root", str(repo), "tt", "1", "1", "1"]
+    wrong = subprocess.run([*prune, "prune"], input="not-the-password\n", capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and len(list((repo / "snapshots").iterdir())) == 3, wrong
+    dry = subprocess.run([*prune, "dry-run"], input="drill-secret\n", capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and len(list((repo / "snapshots").iterdir())) == 3, dry.stderr
+    done = subprocess.run([*prune, "prune"], input="drill-secret\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert offsite_account.parse_pruned(done.stdout) == [names[-1]] and "drill-secret" not in done.stdout + done.stderr
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == [names[-1]]
