@@ -78,8 +78,11 @@ def init(c):
     pubkey = host.install_offsite()
     if pubkey:
         user, server, _ = commands.sftp_target(host.settings.offsite_repository)
-        print("The host's key for the SFTP repository (add it to "
-              f"~{user or 'USER'}/.ssh/authorized_keys on {server}):\n  {pubkey}")
+        where = (f"authorize it with `fab -H {server} backup.offsite.account --append-only --user "
+                 f"{user} --path {commands.sftp_path(host.settings.offsite_repository)} --key "
+                 "LINE`" if host.settings.offsite_append_only else
+                 f"add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}")
+        print(f"The host's key for the SFTP repository ({where}):\n  {pubkey}")
     result = host.offsite("init")
     said = result.stderr
     if not result.ok and pubkey and "Permission denied (publickey" not in said:

@@ -18,8 +18,9 @@ if [ ! -f "$dir/config" ] || [ "$(stat -c %U "$dir")" != "$account" ]; then
   exit 4
 fi
 IFS= read -r password || [ -n "${password:-}" ] || { echo "no password on stdin" >&2; exit 5; }
-restic_as() {  # restic as the account; the password through a pipe, read as its password file
-  printf '%s\n' "$password" | runuser -u "$account" -- restic -r "$dir" --password-file /dev/stdin \
+restic_as() {  # restic as the account; the password through a pipe (restic reads a stdin that is
+  # not a terminal for it; /dev/stdin, root's pipe, is not the account's to open)
+  printf '%s\n' "$password" | runuser -u "$account" -- restic -r "$dir" \
     --cache-dir "/var/lib/$account/.cache/restic" "$@"
 }
 if [ "$action" = unkeep ]; then
