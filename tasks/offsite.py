@@ -356,7 +356,7 @@ def prune(c, user="tasktracker-offsite", dry_run=False, unkeep=None):
     result = conn.run(as_root(command, uid), hide=True, warn=True,
                       in_stream=io.StringIO(settings.offsite_password.reveal() + "\n"))
     said = "\n".join(line for line in result.stdout.splitlines()
-                     if not line.startswith("SNAPSHOTS "))
+                     if not line.startswith(("SNAPSHOTS ", "reading repository password")))
     if not result.ok:
         reason = offsite_account.PRUNE_EXIT_REASONS.get(result.exited) or " ".join(
             result.stderr.split())[-400:]

@@ -108,7 +108,7 @@ def test_prune_command(kwargs, tail):
 @pytest.mark.parametrize("output, left", [
     ("", []),
     ("removed snapshot 1a2b\nSNAPSHOTS not json\n", []),
-    ('Applying Policy\nSNAPSHOTS [{"tags": ["tasktracker", "set=20261126T020000Z"]}, '
+    ('Applying Policy\nSNAPSHOTS reading repository password from stdin\nSNAPSHOTS [{"tags": ["tasktracker", "set=20261126T020000Z"]}, '
      '{"tags": ["set=20261125T020000Z", "keep"]}, {"tags": null}]\n', ["20261125T020000Z", "20261126T020000Z"]),
 ])
 def test_parse_pruned(output, left):

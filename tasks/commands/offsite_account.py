@@ -66,11 +66,12 @@ def prune(account: str, directory: str, project: str, keep: tuple[int, int, int]
 
 
 def parse_pruned(output: str) -> list[str]:
-    """The sets left in the repository, oldest first, from the program's `SNAPSHOTS` line."""
-    text = "".join(line[len("SNAPSHOTS "):] for line in output.splitlines()
-                   if line.startswith("SNAPSHOTS "))
+    """The sets left in the repository, oldest first, from the program's `SNAPSHOTS [...]` line
+    (restic may say on stdout too that it read the password from stdin)."""
+    texts = [line[len("SNAPSHOTS "):] for line in output.splitlines()
+             if line.startswith("SNAPSHOTS [")]
     try:
-        snapshots = json.loads(text or "[]")
+        snapshots = json.loads(texts[-1] if texts else "[]")
     except ValueError:
         return []
     return sorted(tag[4:] for snap in snapshots if isinstance(snap, dict)
