@@ -238,6 +238,8 @@ def test_an_append_only_account_keeps_off_site_sets_from_the_host_itself(hosts, 
     hosts.fab(NAME, "backup", env_file=vps)
     listed = hosts.fab(NAME, "backup.offsite.list", env_file=vps).stdout
     assert len(re.findall(r"snapshot [0-9a-f]{8}", listed)) == 2, listed
+    status = hosts.fab(NAME, "backup.offsite.status", env_file=vps).stdout
+    assert "on the off-site server (append-only: `backup.offsite.prune`)" in status and "last push" in status, status
     trusted = tmp_path / "trusted.env"
     trusted.write_text(vps.read_text() + "OFFSITE_KEEP_DAILY=1\nOFFSITE_KEEP_WEEKLY=1\nOFFSITE_KEEP_MONTHLY=1\n")
     pruned = hosts.fab(NAME, "backup.offsite.prune", "--user", user, env_file=trusted)
