@@ -8,8 +8,8 @@
 # DisableForwarding, no TTY; its key line carries `restrict` too), its key sits in a root-owned file
 # it cannot rewrite (/etc/ssh/tasktracker-offsite/ACCOUNT), and it owns only the restic repository
 # DIR and pgBackRest's DIR-pgbackrest (mode 0700). It never takes over what it did not make: an
-# existing account must be one this program made (a system user, no shell, home
-# /var/lib/ACCOUNT), and an existing directory must already be the account's. The sftp mode is
+# existing account must be one this program made (a system user, no shell, or /bin/sh in the
+# append-only mode, home /var/lib/ACCOUNT), and an existing directory must already be the account's. The sftp mode is
 # not append-only: restic and pgBackRest delete and rename files there (locks, WAL pushes), so the
 # VPS's key can delete its copies. The append-only mode forces `rclone serve restic --stdio
 # --append-only DIR` instead of SFTP (installing rclone and restic; the shell is /bin/sh, which
