@@ -2,9 +2,13 @@
 tables (tests/test_e2e_day0.py runs it on a VM-like host and backs up into the account)."""
 
 import pytest
+from invoke import Config, Context, Exit
 
+import tasks.offsite as offsite_tasks
 from tasks.commands import offsite, offsite_account, pitr_offsite
+from tasks.exits import ExitCode
 from tasks.settings import Settings, SettingsError
+from tests.test_executors import FakeConnection, ok
 
 
 REQUIRED = {"POSTGRES_PASSWORD": "pg-secret", "NATS_PASSWORD": "nats-secret", "TELEGRAM_BOT_TOKEN": "123:tok",
@@ -113,3 +117,52 @@ def test_prune_command(kwargs, tail):
 ])
 def test_parse_pruned(output, left):
     assert offsite_account.parse_pruned(output) == left
+
+
+# --- `backup.offsite.prune`'s executor, on a fake connection ----------------------------------
+
+def prune_context(tmp_path, **settings):
+    env = tmp_path / "vps.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in {**REQUIRED, "OFFSITE_REPOSITORY": "sftp:tt@h:/srv/tt",
+                                                      "OFFSITE_PASSWORD": "pw-offsite-Secret-9",
+                                                      "OFFSITE_APPEND_ONLY": "true", **settings}.items()))
+    return Context(Config(overrides={"tasktracker": {"env_file": str(env)}}))
+
+
+def test_prune_sends_the_password_on_stdin_only_and_says_what_is_left(tmp_path, monkeypatch, capsys):
+    conn = FakeConnection().on("id -u", ok("0\n")).on("offsite-prune", ok(
+        "reading repository password from stdin\nApplying Policy: keep 1 daily\nremove 1 snapshots\n"
+        'SNAPSHOTS [{"tags": ["tasktracker", "set=20261126T020000Z"]}]\n'))
+    monkeypatch.setattr(offsite_tasks.remote, "require_host", lambda c: c)
+    monkeypatch.setattr(offsite_tasks.remote, "connect", lambda c: conn)
+    offsite_tasks.prune.body(prune_context(tmp_path, OFFSITE_KEEP_DAILY=1), user="tt")
+    command, kwargs = conn.calls[-1]
+    assert command.endswith(" offsite-prune tt /srv/tt tasktracker 1 4 6 prune")
+    assert kwargs["in_stream"].getvalue() == "pw-offsite-Secret-9\n"
+    assert all("pw-offsite-Secret-9" not in c for c in conn.commands)
+    out = capsys.readouterr()
+    assert "remove 1 snapshots" in out.out and "The repository holds 1 set(s) of tasktracker, 20261126T020000Z" in out.out
+    assert "pw-offsite-Secret-9" not in out.out + out.err and "reading repository password" not in out.out
+
+
+@pytest.mark.parametrize("settings, flags, problem", [
+    ({}, {"unkeep": "yesterday"}, "--unkeep 'yesterday' is not a set's name"),
+    ({}, {"user": "Bad User"}, "--user 'Bad User' is not a valid account name"),
+    ({"OFFSITE_REPOSITORY": "s3:https://s3.example.com/b/tt", "OFFSITE_APPEND_ONLY": "false",
+      "OFFSITE_AWS_ACCESS_KEY_ID": "AK", "OFFSITE_AWS_SECRET_ACCESS_KEY": "SK"}, {}, "does not name an SFTP account's directory"),
+])
+def test_prune_refuses_bad_input_before_connecting(tmp_path, monkeypatch, settings, flags, problem):
+    monkeypatch.setattr(offsite_tasks.remote, "connect", lambda c: pytest.fail("connected"))
+    monkeypatch.setattr(offsite_tasks.remote, "require_host", lambda c: c)
+    with pytest.raises(Exit) as refused:
+        offsite_tasks.prune.body(prune_context(tmp_path, **settings), **flags)
+    assert refused.value.code == ExitCode.USAGE and problem in str(refused.value.message)
+    assert "Nothing was changed" in str(refused.value.message)
+
+
+def test_unkeep_on_an_append_only_repository_names_the_servers_task_before_connecting(tmp_path, monkeypatch):
+    monkeypatch.setattr(offsite_tasks, "open_host", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(Exit) as refused:
+        offsite_tasks.unkeep.body(prune_context(tmp_path), name="20261126T020000Z")
+    assert refused.value.code == ExitCode.USAGE
+    assert "`fab -H SERVER backup.offsite.prune --unkeep 20261126T020000Z`" in str(refused.value.message)
