@@ -393,6 +393,9 @@ def test_an_append_only_repository_takes_sets_and_gives_none_up(tmp_path, initia
         assert pushed.returncode == 0 and f"OFFSITE OK {name}" in pushed.stdout, pushed.stderr
         assert "off-site retention runs on the off-site server" in pushed.stdout
     assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == list(names)  # keep-daily 1 not applied
+    kept = program(app, "keep", names[0])  # a request snapshot: the host cannot tag (rewrite) a set
+    assert kept.returncode == 0 and f"OFFSITE KEPT {names[0]}" in kept.stdout, kept.stderr
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == list(names)
     unkeep = program(app, "unkeep", "all")
     assert unkeep.returncode == 2 and "backup.offsite.prune --unkeep" in unkeep.stderr
     # what an intruder holding the host's credentials would try, at the protocol: each refused
@@ -409,10 +412,14 @@ def test_an_append_only_repository_takes_sets_and_gives_none_up(tmp_path, initia
         return  # the server's program runs restic as the account (runuser): root only
     prune = ["sh", "-c", offsite_account.PRUNE_PROGRAM, "offsite-prune", "root", str(repo), "tt", "1", "1", "1"]
     wrong = subprocess.run([*prune, "prune"], input="not-the-password\n", capture_output=True, text=True, timeout=120)
-    assert wrong.returncode != 0 and len(list((repo / "snapshots").iterdir())) == 3, wrong
+    assert wrong.returncode != 0 and len(list((repo / "snapshots").iterdir())) == 4, wrong  # 3 sets, 1 request
     dry = subprocess.run([*prune, "dry-run"], input="drill-secret\n", capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0 and len(list((repo / "snapshots").iterdir())) == 3, dry.stderr
+    assert dry.returncode == 0 and f"KEEP REQUESTED {names[0]}" in dry.stdout, dry.stderr
+    assert len(list((repo / "snapshots").iterdir())) == 4  # a dry run changes nothing
     done = subprocess.run([*prune, "prune"], input="drill-secret\n", capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert offsite_account.parse_pruned(done.stdout) == [names[-1]] and "drill-secret" not in done.stdout + done.stderr
-    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == [names[-1]]
+    # keep-daily 1 keeps the newest; the kept set stays; the request is gone
+    assert offsite_account.parse_pruned(done.stdout) == [names[0], names[-1]] and "drill-secret" not in done.stdout + done.stderr
+    rows = offsite.parse_snapshots(program(app, "list").stdout)
+    assert [(r["set"], r["kept"]) for r in rows] == [(names[0], True), (names[-1], False)]
+    assert len(list((repo / "snapshots").iterdir())) == 2

@@ -12,7 +12,8 @@ and verified, so the nightly cron job copies off-site with no laptop involved.
       check [SUBSET]    `restic check --read-data[-subset]`
       fetch SET|latest  restore a set into backups/ (checksums verified)
       describe SET|latest  the newest set's name; SET's manifest (nothing restored)
-      keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET)
+      keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET; on an
+                        append-only repository a request the server's prune applies)
       unkeep SET|all    hand kept sets back to retention
       drill             fetch the newest set into a scratch dir, restore its dump into a
                         scratch database, compare counts

@@ -3,7 +3,8 @@
 # backup.offsite.prune` (tasks/offsite.py), for a repository the VPS can only add to (an
 # append-only account, `backup.offsite.account --append-only`). restic runs as the account, on the
 # repository's directory, with the VPS's own policy (its OFFSITE_KEEP_*): the sets of PROJECT
-# grouped by host, every set tagged `keep` kept. The repository password comes on stdin, one line
+# grouped by host, every set tagged `keep` kept (first tagging the sets the host asked to keep:
+# its `keep` writes request snapshots there, tagged keep=SET). The password comes on stdin, one line
 # (never an argument or a variable in the environment of any process).
 # Arguments: the account, the directory, the project, keep daily, weekly, monthly, then
 # `prune`, `dry-run` (what would go; nothing removed) or `unkeep SET|all` (hand kept sets back to
@@ -23,6 +24,18 @@ restic_as() {  # restic as the account; the password through a pipe (restic read
   printf '%s\n' "$password" | runuser -u "$account" -- restic -r "$dir" \
     --cache-dir "/var/lib/$account/.cache/restic" "$@"
 }
+# What the host asked to keep (`keep` on an append-only repository writes a request snapshot
+# tagged keep=SET, since it cannot tag a set): the set gets its `keep` tag, the request goes.
+requests=$(restic_as snapshots --json --host "$project" --tag tasktracker-keep)
+for request in $(printf '%s' "$requests" | tr '{' '\n' | sed -n 's/.*"keep=\([0-9TZ]\{16\}\)".*"id":"\([0-9a-f]\{64\}\)".*/\1:\2/p'); do
+  if [ "$action" = dry-run ]; then  # changes nothing: the next prune applies it
+    echo "KEEP REQUESTED ${request%%:*} (the prune applies it; this dry run does not count it)"
+    continue
+  fi
+  restic_as tag --quiet --host "$project" --tag "set=${request%%:*}" --add keep
+  restic_as forget --quiet "${request#*:}"
+  echo "KEPT ${request%%:*}"
+done
 if [ "$action" = unkeep ]; then
   if [ "$name" = all ]; then
     restic_as tag --quiet --host "$project" --tag keep --remove keep

@@ -98,7 +98,13 @@ keep|unkeep)
       rm -f "$root/.kept/"*; echo "OFFSITE UNKEPT all"; continue
     fi
     [[ "$name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $name is not a set name" >&2; exit 2; }
-    if [ "$ACTION" = keep ]; then
+    if [ "$ACTION" = keep ] && [ -n "${APPEND_ONLY:-}" ]; then
+      # `restic tag` rewrites a snapshot, which an append-only server refuses (after ~50 s of
+      # retries): a small request snapshot instead, which the server's prune turns into the tag.
+      r backup --quiet --stdin --stdin-filename keep-request --host "$PROJECT" --tag tasktracker-keep --tag "keep=$name" <<<"keep $name" >/dev/null || exit 1
+      [ ! -d "$root/$name" ] || printf 'kept %s\n' "$(date -u +%FT%TZ)" > "$root/.kept/$name"
+      echo "OFFSITE KEPT $name"
+    elif [ "$ACTION" = keep ]; then
       r tag --quiet --host "$PROJECT" --tag "set=$name" --add keep >/dev/null || exit 1
       [ ! -d "$root/$name" ] || printf 'kept %s\n' "$(date -u +%FT%TZ)" > "$root/.kept/$name"
       echo "OFFSITE KEPT $name"
