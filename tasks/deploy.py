@@ -234,7 +234,8 @@ def kept_sets(described: dict[str, str], set_name: str) -> str:
 def recovery_target(settings: Settings, to_time: str | None) -> tuple[bool, str]:
     """(whether the WAL archive is off-site, the moment to recover to: "" for the last WAL);
     a usage error, changing nothing, for a moment that cannot be reached."""
-    wal_offsite = bool(pitr_offsite.offsite_repo_path(settings.offsite_repository))
+    wal_offsite = bool(pitr_offsite.offsite_repo_path(settings.offsite_repository,
+                                                      settings.offsite_append_only))
     if not to_time:
         return wal_offsite, ""
     try:

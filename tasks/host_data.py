@@ -99,8 +99,7 @@ class DataOperations:
             aws_access_key_id=s.offsite_aws_access_key_id.reveal(),
             aws_secret_access_key=s.offsite_aws_secret_access_key.reveal(),
             keep=(s.offsite_keep_daily, s.offsite_keep_weekly, s.offsite_keep_monthly),
-            sftp=offsite_commands.sftp_command(s.offsite_repository,
-                                               self.facts.get("home", "").rstrip("/")))
+            home=self.facts.get("home", "").rstrip("/"), append_only=s.offsite_append_only)
         sent = []
         for path, text in ((offsite_commands.script_path(self.ctx),
                             offsite_commands.OFFSITE_SCRIPT),
@@ -171,10 +170,11 @@ class DataOperations:
     def install_wal_offsite(self, stanza: bool = True) -> str:
         """With an SFTP off-site repository: pgBackRest's second repository there (settings, key and
         known host into the volume; stanza; first full backup), so every WAL segment is archived
-        off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP;
+        off-site too. Returns pitr-offsite=ok|unavailable, or '' when the repository is not SFTP
+        (or is append-only: pgBackRest deletes and renames in its repository);
         StepFailed says why it could not."""
         s = self.settings
-        if not pitr_offsite.offsite_repo_path(s.offsite_repository):
+        if not pitr_offsite.offsite_repo_path(s.offsite_repository, s.offsite_append_only):
             return ""
         conf = f"{self.ctx.app_dir}/shared/pgbackrest-offsite.conf"
         self.run(sh(["install", "-m", "600", "/dev/null", conf + ".new"]), "off-site WAL archive")

@@ -4,6 +4,7 @@ commands/offsite.py); the nightly backup job pushes each full set by itself."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from datetime import datetime, timezone
@@ -77,8 +78,11 @@ def init(c):
     pubkey = host.install_offsite()
     if pubkey:
         user, server, _ = commands.sftp_target(host.settings.offsite_repository)
-        print("The host's key for the SFTP repository (add it to "
-              f"~{user or 'USER'}/.ssh/authorized_keys on {server}):\n  {pubkey}")
+        where = (f"authorize it with `fab -H {server} backup.offsite.account --append-only --user "
+                 f"{user} --path {commands.sftp_path(host.settings.offsite_repository)} --key "
+                 "LINE`" if host.settings.offsite_append_only else
+                 f"add it to ~{user or 'USER'}/.ssh/authorized_keys on {server}")
+        print(f"The host's key for the SFTP repository ({where}):\n  {pubkey}")
     result = host.offsite("init")
     said = result.stderr
     if not result.ok and pubkey and "Permission denied (publickey" not in said:
@@ -136,9 +140,11 @@ def status(c):
     host, _ = configured_host(c)
     rows = offsite_sets(host)
     print(f"repository  {host.redact(host.settings.offsite_repository)}")
+    retention = (" on the off-site server (append-only: `backup.offsite.prune`)"
+                 if host.settings.offsite_append_only else "")
     print(f"sets        {len(rows)} (keep {host.settings.offsite_keep_daily} daily, "
           f"{host.settings.offsite_keep_weekly} weekly, "
-          f"{host.settings.offsite_keep_monthly} monthly)")
+          f"{host.settings.offsite_keep_monthly} monthly{retention})")
     if rows:
         newest = rows[-1]["set"]
         made = datetime.strptime(newest, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
@@ -224,6 +230,11 @@ def unkeep(c, name=None, wait=False):
     if name is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name):
         raise Exit(f"--name {name!r} is not a full set's name like 20261126T020000Z (see "
                    "`backup.offsite.list`). Nothing was changed.", code=ExitCode.USAGE)
+    if Settings.from_context(c).offsite_append_only:
+        raise Exit("The off-site repository is append-only (OFFSITE_APPEND_ONLY=true): this host "
+                   "can add sets there and remove none, so it cannot hand kept sets back to "
+                   "retention. Run it on the off-site server: `fab -H SERVER backup.offsite.prune "
+                   f"--unkeep {name or 'all'}`. Nothing was changed.", code=ExitCode.USAGE)
     host, _ = configured_host(c)
     kept = [row["set"] for row in offsite_sets(host) if row.get("kept")]
     if name is not None and name not in kept:
@@ -280,10 +291,13 @@ def read_key_file(path: str) -> str:
             "/srv/tasktracker-offsite).",
     "address": "The server's name or address as the VPS reaches it (default: the one connected "
                "to).",
+    "append_only": "The VPS can add sets and delete or overwrite none (restic over rclone's "
+                   "append-only server; retention: `backup.offsite.prune` here; no off-site WAL).",
 })
-def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite", address=None):
-    """On a server you own (root or sudo): the SFTP-only account that holds a VPS's off-site
-    copies; prints the VPS's OFFSITE_REPOSITORY and OFFSITE_HOST_KEY."""
+def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite", address=None,
+            append_only=False):
+    """On a server you own (root or sudo): the SFTP-only (or append-only) account that holds a
+    VPS's off-site copies; prints the VPS's OFFSITE_REPOSITORY and OFFSITE_HOST_KEY."""
     key_text = key if key.startswith(("ssh-", "ecdsa-", "sk-")) else read_key_file(key)
     problems = offsite_account.input_problems(user, path, key_text)
     if problems:
@@ -291,8 +305,8 @@ def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite",
                    "was changed.", code=ExitCode.USAGE)
     conn = remote.connect(remote.require_host(c))
     uid = conn.run("id -u", hide=True).stdout.strip()
-    result = conn.run(as_root(offsite_account.prepare(user, path, key_text), uid), hide=True,
-                      warn=True)
+    result = conn.run(as_root(offsite_account.prepare(user, path, key_text, append_only), uid),
+                      hide=True, warn=True)
     if not result.ok:
         said = " ".join(result.stderr.split())[-300:]
         reason = "; ".join(r for r in (offsite_account.EXIT_REASONS.get(result.exited), said) if r)
@@ -304,10 +318,58 @@ def account(c, key, user="tasktracker-offsite", path="/srv/tasktracker-offsite",
           or f"  {user} on {c.original_host} was already as wanted: nothing changed")
     print("Put these in the VPS's settings file, then run `fab -H VPS backup.offsite.init`:")
     for line in offsite_account.settings_lines(user, address or conn.host, conn.port, path,
-                                               fingerprint):
+                                               fingerprint, append_only):
         print(f"  {line}")
+    if append_only:
+        print(f"Retention runs here, not on the VPS: `fab -H {c.original_host} "
+              "backup.offsite.prune` with the VPS's settings file (say, weekly).")
+
+
+@task(help={
+    "user": "The append-only account that holds the repository (default: tasktracker-offsite).",
+    "dry_run": "Show which sets retention would remove; remove nothing.",
+    "unkeep": "First hand this kept set (or `all`) back to retention.",
+})
+def prune(c, user="tasktracker-offsite", dry_run=False, unkeep=None):
+    """On the off-site server (root or sudo), with the VPS's settings file: apply the VPS's
+    off-site retention (OFFSITE_KEEP_*) to its append-only repository, which the VPS cannot."""
+    settings = Settings.from_context(c)
+    directory = commands.sftp_path(settings.offsite_repository)
+    problems = offsite_account.input_problems(user, "/x", "ssh-ed25519 A")
+    if not offsite_account.REPOSITORY_DIR.fullmatch(directory) or "/../" in f"{directory}/":
+        problems.append(f"OFFSITE_REPOSITORY {settings.offsite_repository!r} does not name an "
+                        "SFTP account's directory (sftp:USER@HOST:/PATH, as "
+                        "`backup.offsite.account` printed it)")
+    if unkeep is not None and unkeep != "all" and not offsite_account.SET_NAME.fullmatch(unkeep):
+        problems.append(f"--unkeep {unkeep!r} is not a set's name like 20261126T020000Z, or all")
+    if problems:
+        raise Exit("Cannot prune the off-site repository: " + "; ".join(problems) + ". Run it "
+                   "with the VPS's settings (`fab --env NAME` reads .env.NAME, or set "
+                   "TASKTRACKER_ENV_FILE) and the account `backup.offsite.account` made. Nothing "
+                   "was changed.", code=ExitCode.USAGE)
+    conn = remote.connect(remote.require_host(c))
+    uid = conn.run("id -u", hide=True).stdout.strip()
+    keep = (settings.offsite_keep_daily, settings.offsite_keep_weekly,
+            settings.offsite_keep_monthly)
+    command = offsite_account.prune(user, directory, settings.compose_project, keep,
+                                    dry_run=dry_run, unkeep=unkeep or "")
+    result = conn.run(as_root(command, uid), hide=True, warn=True,
+                      in_stream=io.StringIO(settings.offsite_password.reveal() + "\n"))
+    said = "\n".join(line for line in result.stdout.splitlines()
+                     if not line.startswith(("SNAPSHOTS ", "reading repository password")))
+    if not result.ok:
+        reason = offsite_account.PRUNE_EXIT_REASONS.get(result.exited) or " ".join(
+            result.stderr.split())[-400:]
+        raise Exit(f"Off-site retention on {c.original_host} failed: {reason}. Nothing more was "
+                   "removed than restic reported; fix the cause and run this again.",
+                   code=ExitCode.FAILED)
+    print(said.strip())
+    left = offsite_account.parse_pruned(result.stdout)
+    print(f"The repository holds {len(left)} set(s) of {settings.compose_project}"
+          + (f", {left[0]} to {left[-1]}" if left else "")
+          + (" (a dry run: nothing was removed)." if dry_run else "."))
 
 
 ns = Collection("offsite")
-for t in (init, status, list_, check, push, unkeep, account):
+for t in (init, status, list_, check, push, unkeep, account, prune):
     ns.add_task(t)

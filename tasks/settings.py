@@ -220,6 +220,10 @@ class Settings:
     offsite_aws_secret_access_key: Secret = _spec("", secret=True, group="Off-site copies",
                                                   doc="The S3 secret access key, for s3: "
                                                       "repositories only.")
+    offsite_append_only: bool = _spec(False, group="Off-site copies", doc="true: the account is "
+                                      "append-only (`backup.offsite.account --append-only`): the "
+                                      "host adds sets and deletes none; retention runs on the "
+                                      "server (`backup.offsite.prune`); no WAL archive off-site.")
     offsite_keep_daily: int = _spec(7, group="Off-site copies",
                                     doc="Off-site retention (restic forget): the newest set of "
                                         "each of the last N days.")
@@ -312,6 +316,11 @@ class Settings:
                 except (TypeError, ValueError):
                     problems.append(f"{key} must be a whole number of at least 1")
                     value = f.default
+            elif f.type in ("bool", bool):
+                word = str(value).lower()
+                if word not in ("true", "false", "yes", "no", "1", "0", ""):
+                    problems.append(f"{key} must be true or false")
+                value = word in ("true", "yes", "1")
             elif f.metadata["secret"]:
                 value = Secret(value or "")
             else:

@@ -133,6 +133,10 @@ def offsite_problems(values: dict) -> list[str]:
                         f"sftp:USER@HOST:/PATH (or sftp://USER@HOST:PORT//PATH), the user and host "
                         "in letters, digits, '.', '-' or '_' and not starting with '-' (ssh would "
                         "read it as an option)")
+    if values.get("offsite_append_only") and sftp_target(repository) is None:
+        problems.append("OFFSITE_APPEND_ONLY=true needs an SFTP server's account made by "
+                        "`backup.offsite.account --append-only`: set OFFSITE_REPOSITORY to the "
+                        "sftp:USER@HOST:/PATH it printed (or set OFFSITE_APPEND_ONLY=false)")
     pin = values.get("offsite_host_key", "")
     if pin and not re.fullmatch(HOST_KEY_FINGERPRINT, pin):
         problems.append(f"OFFSITE_HOST_KEY {pin!r} is not a host key fingerprint: `SHA256:` and "

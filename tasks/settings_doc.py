@@ -63,7 +63,8 @@ def entries() -> list[Entry]:
     order, then its stack keys."""
     found = []
     for f in fields(Settings):
-        default = "" if f.default in (MISSING, None) else str(f.default)
+        default = ("" if f.default in (MISSING, None) else str(f.default).lower()
+                   if isinstance(f.default, bool) else str(f.default))
         example = f.metadata["example"]
         found.append(Entry(Settings.env_key(f.name), default, default if example is None
                            else example,

@@ -908,3 +908,43 @@ def service_container(project: str, service: str) -> str:
                            "--filter", f"label=com.docker.compose.service={service}",
                            "--filter", "label=com.docker.compose.oneoff=False"],
                           capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def restic_rest_status(serve: list[str], method: str, path: str, body: bytes = b"") -> int:
+    """What a restic REST server spoken to over a command's stdin/stdout (`rclone serve restic
+    --stdio`, HTTP/2 without TLS, as restic's rclone backend speaks it; `serve` may be ssh to an
+    account whose forced command runs it) answers `method path`: its HTTP status (0: no answer).
+    One loopback connection is bridged to the command, and curl asks."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    proc: list[subprocess.Popen] = []
+
+    def bridge():
+        conn, _ = listener.accept()
+        child = subprocess.Popen(serve, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc.append(child)
+
+        def upstream():
+            with contextlib.suppress(OSError):
+                while data := conn.recv(65536):
+                    child.stdin.write(data)
+                    child.stdin.flush()
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+        threading.Thread(target=upstream, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := child.stdout.read1(65536):
+                conn.sendall(data)
+        conn.close()
+    thread = threading.Thread(target=bridge, daemon=True)
+    thread.start()
+    try:
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+                              "--max-time", "60", *(["--data-binary", "@-"] if body else []),
+                              f"http://127.0.0.1:{listener.getsockname()[1]}/{path.lstrip('/')}"],
+                             input=body, capture_output=True, timeout=90)
+    finally:
+        listener.close()
+        for child in proc:
+            child.kill()
+            child.wait(timeout=10)
+    return int(out.stdout or 0)

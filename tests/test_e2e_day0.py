@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import DOMAIN, LoadProbe, TestHosts, app_settings, copy_project, wait_for
+from tests.support import DOMAIN, LoadProbe, TestHosts, app_settings, copy_project, restic_rest_status, wait_for
 
 pytestmark = pytest.mark.e2e
 NAME = "day0"
@@ -191,6 +191,61 @@ def test_https_is_issued_on_the_host_through_its_nginx(pebble_roots, settings):
 def test_backup_on_the_host(hosts, settings):
     out = hosts.fab(NAME, "backup", env_file=settings)
     assert "is complete and verified" in out.stdout
+
+
+def test_an_append_only_account_keeps_off_site_sets_from_the_host_itself(hosts, settings, tmp_path):
+    """Issue 24: the host pushes its nightly sets to an append-only account (here on the host
+    itself, as its own off-site server) and, with its own key, can neither delete nor overwrite
+    them; retention runs from the trusted side (`backup.offsite.prune`, as root on the server)."""
+    user, path = "tt-appendonly", "/srv/tt-appendonly"
+    known = tmp_path / "known_hosts"
+    known.write_text(hosts.state(NAME)["known_hosts"])
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(known)], capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    vps = tmp_path / "vps.env"  # the host reaches the account on its own sshd (port 22 inside)
+    vps.write_text(settings.read_text() + f"OFFSITE_REPOSITORY=sftp:{user}@127.0.0.1:{path}\nOFFSITE_PASSWORD=day0-append-only\n"
+                   f"OFFSITE_HOST_KEY={fingerprint}\nOFFSITE_APPEND_ONLY=true\n")
+    first = hosts.fab(NAME, "backup.offsite.init", env_file=vps, check=False)  # its key is not authorized yet
+    key = re.search(r"^\s+(ssh-ed25519 \S+ tasktracker-offsite@\S+)$", first.stdout, re.M)
+    assert first.returncode == 1 and key, first.stdout + first.stderr
+    made = hosts.fab(NAME, "backup.offsite.account", "--key", key.group(1), "--user", user, "--path", path, "--append-only")
+    assert "  OFFSITE_APPEND_ONLY=true" in made.stdout and "backup.offsite.prune" in made.stdout, made.stdout
+    assert f"  OFFSITE_HOST_KEY={fingerprint}" in made.stdout
+    assert "repository created" in hosts.fab(NAME, "backup.offsite.init", env_file=vps).stdout
+    nightly = hosts.fab(NAME, "backup", env_file=vps)  # what cron runs: a set, pushed, no retention by the host
+    assert "off-site retention runs on the off-site server" in nightly.stdout, nightly.stdout
+    snapshots = hosts.exec(NAME, f"ls {path}/snapshots").stdout.split()
+    assert len(snapshots) == 1
+    # An intruder on the host, with the host's own key: a shell command, SFTP, and restic's own
+    # protocol (what `restic forget` and a rewrite send) are each refused; the set stays whole.
+    secret = tmp_path / "vps_key"
+    secret.write_text(hosts.exec(NAME, "cat /home/deploy/.ssh/tasktracker-offsite").stdout)
+    secret.chmod(0o600)
+    ssh = ["ssh", "-i", str(secret), "-p", str(hosts.state(NAME)["ssh_port"]), "-o", f"UserKnownHostsFile={known}",
+           "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", f"{user}@127.0.0.1"]
+    before = hosts.exec(NAME, f"cd {path} && find . -type f ! -path './locks/*' | sort | xargs sha256sum").stdout
+    subprocess.run([*ssh, f"rm -rf {path}/snapshots {path}/config"], input="", capture_output=True, timeout=60)
+    sftp = subprocess.run(["sftp", "-b", "-", "-P", str(hosts.state(NAME)["ssh_port"]), *ssh[1:3], *ssh[5:]], input=f"rm {path}/snapshots/{snapshots[0]}\n",
+                          capture_output=True, text=True, timeout=60)
+    assert sftp.returncode != 0, sftp
+    assert restic_rest_status(ssh, "DELETE", f"snapshots/{snapshots[0]}") == 403
+    assert restic_rest_status(ssh, "POST", f"snapshots/{snapshots[0]}", b"rewritten") == 403
+    assert restic_rest_status(ssh, "POST", "config", b"rewritten") == 403
+    assert hosts.exec(NAME, f"cd {path} && find . -type f ! -path './locks/*' | sort | xargs sha256sum").stdout == before
+    refused = hosts.fab(NAME, "backup.offsite.unkeep", env_file=vps, check=False)
+    assert refused.returncode == 2 and "backup.offsite.prune --unkeep all" in refused.stderr, refused.stderr
+    # the nightly push still works, and only the trusted side applies retention (keep 1 here)
+    hosts.fab(NAME, "backup", env_file=vps)
+    listed = hosts.fab(NAME, "backup.offsite.list", env_file=vps).stdout
+    assert len(re.findall(r"snapshot [0-9a-f]{8}", listed)) == 2, listed
+    status = hosts.fab(NAME, "backup.offsite.status", env_file=vps).stdout
+    assert "on the off-site server (append-only: `backup.offsite.prune`)" in status and "last push" in status, status
+    trusted = tmp_path / "trusted.env"
+    trusted.write_text(vps.read_text() + "OFFSITE_KEEP_DAILY=1\nOFFSITE_KEEP_WEEKLY=1\nOFFSITE_KEEP_MONTHLY=1\n")
+    pruned = hosts.fab(NAME, "backup.offsite.prune", "--user", user, env_file=trusted)
+    assert "The repository holds 1 set(s) of" in pruned.stdout and "day0-append-only" not in pruned.stdout + pruned.stderr
+    assert len(re.findall(r"snapshot [0-9a-f]{8}", hosts.fab(NAME, "backup.offsite.list", env_file=vps).stdout)) == 1
+    hosts.exec(NAME, "rm -f /home/deploy/tasktracker/shared/offsite.conf")  # later backups stay on the host
 
 
 def test_the_host_restarts_and_everything_comes_back(pebble_roots, settings):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.commands import offsite
+from tasks.commands import offsite, offsite_account
 from tasks.commands.context import HostContext
 from tasks.settings import Settings, SettingsError
+from tests.support import restic_rest_status
 
 # pytest-xdist: its restic repository template is made once, on one worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("offsite")]
@@ -45,7 +46,7 @@ def test_sftp_command_uses_the_hosts_own_key_and_never_prompts():
 
 def test_conf_text_quotes_values_and_leaves_out_empty_ones():
     text = offsite.conf_text(repository="s3:https://s3.example.com/b", password="pa ss'word", aws_access_key_id="AK",
-                             aws_secret_access_key="SK$x", keep=(7, 4, 6), sftp="")
+                             aws_secret_access_key="SK$x", keep=(7, 4, 6), home="")
     assert text.splitlines() == ["RESTIC_REPOSITORY=s3:https://s3.example.com/b", "RESTIC_PASSWORD='pa ss'\"'\"'word'",
                                  "AWS_ACCESS_KEY_ID=AK", "AWS_SECRET_ACCESS_KEY='SK$x'", "KEEP_DAILY=7", "KEEP_WEEKLY=4",
                                  "KEEP_MONTHLY=6"]
@@ -119,7 +120,7 @@ def make_app(root: Path, repository: Path, keep=(7, 4, 6)) -> Path:
     program.write_text(offsite.OFFSITE_SCRIPT)
     program.chmod(0o700)
     (app / "shared" / "offsite.conf").write_text(offsite.conf_text(
-        repository=str(repository), password="drill-secret", aws_access_key_id="", aws_secret_access_key="", keep=keep, sftp=""))
+        repository=str(repository), password="drill-secret", aws_access_key_id="", aws_secret_access_key="", keep=keep, home=""))
     return app
 
 
@@ -353,3 +354,72 @@ def test_a_kept_set_survives_retention_until_unkeep_and_describe_reads_it_in_pla
     make_set(app, newer, os.urandom(512))
     assert program(app, "push", newer).returncode == 0
     assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == [newer]
+
+
+# --- an append-only repository (backup.offsite.account --append-only), served as on the account --
+
+needs_rclone = pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed (scripts/test installs it)")
+
+
+def append_only_app(root: Path, repo: Path) -> tuple[Path, list[str]]:
+    """A host whose offsite.conf reaches `repo` as an append-only account does (restic's rclone
+    backend; here the account's forced command runs locally, without ssh), keep-daily 1."""
+    serve = ["rclone", "serve", "restic", "--stdio", "--append-only", "--config", "/dev/null", "--log-level", "ERROR",
+             str(repo)]
+    program_file = root / "serve"
+    program_file.parent.mkdir(parents=True, exist_ok=True)
+    program_file.write_text(f"#!/bin/sh\nexec {' '.join(serve)}\n")
+    program_file.chmod(0o700)
+    app = make_app(root, repo, keep=(1, 1, 1))
+    conf = app / "shared" / "offsite.conf"
+    conf.write_text(conf.read_text().replace(f"RESTIC_REPOSITORY={repo}", "RESTIC_REPOSITORY=rclone:repo")
+                    + f"RCLONE_COMMAND={program_file}\nAPPEND_ONLY=1\n")
+    return app, serve
+
+
+@needs_restic
+@needs_rclone
+def test_an_append_only_repository_takes_sets_and_gives_none_up(tmp_path, initialised_repository):
+    """The host adds sets and deletes or overwrites none (the server answers 403); its push skips
+    retention and its unkeep refuses; retention run on the server (offsite-prune.sh, as the
+    account, the password on stdin) keeps the VPS's policy."""
+    repo = tmp_path / "repo"
+    shutil.copytree(initialised_repository, repo)
+    app, serve = append_only_app(tmp_path / "a", repo)
+    names = ("20261124T020000Z", "20261125T020000Z", "20261126T020000Z")
+    for n, name in enumerate(names):
+        make_set(app, name, os.urandom(2048) + bytes([n]))
+        pushed = program(app, "push", name)
+        assert pushed.returncode == 0 and f"OFFSITE OK {name}" in pushed.stdout, pushed.stderr
+        assert "off-site retention runs on the off-site server" in pushed.stdout
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == list(names)  # keep-daily 1 not applied
+    kept = program(app, "keep", names[0])  # a request snapshot: the host cannot tag (rewrite) a set
+    assert kept.returncode == 0 and f"OFFSITE KEPT {names[0]}" in kept.stdout, kept.stderr
+    assert [r["set"] for r in offsite.parse_snapshots(program(app, "list").stdout)] == list(names)
+    unkeep = program(app, "unkeep", "all")
+    assert unkeep.returncode == 2 and "backup.offsite.prune --unkeep" in unkeep.stderr
+    # what an intruder holding the host's credentials would try, at the protocol: each refused
+    snapshot = sorted((repo / "snapshots").iterdir())[0]
+    key = next((repo / "keys").iterdir())
+    before = {p: p.read_bytes() for p in (snapshot, key, repo / "config")}
+    assert restic_rest_status(serve, "DELETE", f"snapshots/{snapshot.name}") == 403
+    assert restic_rest_status(serve, "POST", f"keys/{key.name}", b"overwritten") == 403
+    assert restic_rest_status(serve, "POST", "config", b"overwritten") == 403
+    assert restic_rest_status(serve, "DELETE", "config") == 403
+    assert {p: p.read_bytes() for p in before} == before
+    assert restic_rest_status(serve, "GET", "config") == 200  # the same bridge reads fine
+    if os.geteuid() != 0:
+        return  # the server's program runs restic as the account (runuser): root only
+    prune = ["sh", "-c", offsite_account.PRUNE_PROGRAM, "offsite-prune", "root", str(repo), "tt", "1", "1", "1"]
+    wrong = subprocess.run([*prune, "prune"], input="not-the-password\n", capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and len(list((repo / "snapshots").iterdir())) == 4, wrong  # 3 sets, 1 request
+    dry = subprocess.run([*prune, "dry-run"], input="drill-secret\n", capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and f"KEEP REQUESTED {names[0]}" in dry.stdout, dry.stderr
+    assert len(list((repo / "snapshots").iterdir())) == 4  # a dry run changes nothing
+    done = subprocess.run([*prune, "prune"], input="drill-secret\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # keep-daily 1 keeps the newest; the kept set stays; the request is gone
+    assert offsite_account.parse_pruned(done.stdout) == [names[0], names[-1]] and "drill-secret" not in done.stdout + done.stderr
+    rows = offsite.parse_snapshots(program(app, "list").stdout)
+    assert [(r["set"], r["kept"]) for r in rows] == [(names[0], True), (names[-1], False)]
+    assert len(list((repo / "snapshots").iterdir())) == 2

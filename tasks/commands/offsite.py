@@ -12,7 +12,8 @@ and verified, so the nightly cron job copies off-site with no laptop involved.
       check [SUBSET]    `restic check --read-data[-subset]`
       fetch SET|latest  restore a set into backups/ (checksums verified)
       describe SET|latest  the newest set's name; SET's manifest (nothing restored)
-      keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET)
+      keep SET...       retention never removes SET (tag `keep`; backups/.kept/SET; on an
+                        append-only repository a request the server's prune applies)
       unkeep SET|all    hand kept sets back to retention
       drill             fetch the newest set into a scratch dir, restore its dump into a
                         scratch database, compare counts
@@ -131,9 +132,10 @@ def known_host_name(repository: str) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-def sftp_command(repository: str, home: str) -> str:
-    """The ssh command restic runs for an SFTP repository: the host's own key, no prompts, only
-    the server key `backup.offsite.init` pinned (OFFSITE_HOST_KEY) in ~/.ssh/known_hosts."""
+def ssh_command(repository: str, home: str) -> str:
+    """ssh to the SFTP server as restic runs it: the host's own key, no prompts, only the server
+    key `backup.offsite.init` pinned (OFFSITE_HOST_KEY) in ~/.ssh/known_hosts ('' for other
+    kinds). An append-only account runs its forced `rclone serve restic` whatever is asked."""
     target = sftp_target(repository)
     if target is None:
         return ""
@@ -143,17 +145,30 @@ def sftp_command(repository: str, home: str) -> str:
                        "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=15",
                        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-p",
                        str(port),
-                       f"{user}@{host}" if user else host, "-s", "sftp"])
+                       f"{user}@{host}" if user else host])
+
+
+def sftp_command(repository: str, home: str) -> str:
+    """The ssh command restic runs for an SFTP repository (`ssh_command` asking for sftp)."""
+    ssh = ssh_command(repository, home)
+    return f"{ssh} -s sftp" if ssh else ""
 
 
 def conf_text(*, repository: str, password: str, aws_access_key_id: str, aws_secret_access_key: str,
-              keep: tuple[int, int, int], sftp: str) -> str:
-    """offsite.conf: shell assignments the script sources (values quoted)."""
+              keep: tuple[int, int, int], home: str, append_only: bool = False) -> str:
+    """offsite.conf: shell assignments the script sources (values quoted). An append-only account
+    is restic's rclone backend over ssh (its forced command serves the repository, so the
+    `rclone:` path is only a label); the script then leaves retention to the server."""
+    sftp = "" if append_only else sftp_command(repository, home)
+    rclone = ssh_command(repository, home) if append_only else ""
+    if append_only:
+        repository = f"rclone:{sftp_path(repository)}"
     values = {"RESTIC_REPOSITORY": repository, "RESTIC_PASSWORD": password,
               "AWS_ACCESS_KEY_ID": aws_access_key_id,
               "AWS_SECRET_ACCESS_KEY": aws_secret_access_key, "KEEP_DAILY": keep[0],
               "KEEP_WEEKLY": keep[1],
-              "KEEP_MONTHLY": keep[2], "SFTP_COMMAND": sftp}
+              "KEEP_MONTHLY": keep[2], "SFTP_COMMAND": sftp, "RCLONE_COMMAND": rclone,
+              "APPEND_ONLY": "1" if append_only else ""}
     return "".join(f"{k}={q(str(v))}\n" for k, v in values.items() if v != "")
 
 

@@ -15,10 +15,12 @@ OFFSITE_DIR = "/var/lib/pgbackrest/offsite"
 OFFSITE_SUFFIX = "-pgbackrest"  # the WAL archive's directory beside the restic repository
 
 
-def offsite_repo_path(repository: str) -> str:
+def offsite_repo_path(repository: str, append_only: bool = False) -> str:
     """Where the second repository lives on the SFTP server: beside restic's directory; '' when
-    the off-site repository is not SFTP with an absolute path (the WAL then stays on the host)."""
-    path = sftp_path(repository) if sftp_target(repository) else ""
+    the off-site repository is not SFTP with an absolute path, or is an append-only account (its
+    forced command serves restic only, and pgBackRest must delete and rename): the WAL then stays
+    on the host."""
+    path = sftp_path(repository) if sftp_target(repository) and not append_only else ""
     return path.rstrip("/") + OFFSITE_SUFFIX if path.startswith("/") else ""
 
 

@@ -16,6 +16,9 @@ set +a
 export RESTIC_CACHE_DIR="$APP_DIR/shared/restic-cache"
 opts=()
 [ -n "${SFTP_COMMAND:-}" ] && opts+=(-o "sftp.command=$SFTP_COMMAND")
+# An append-only account (backup.offsite.account --append-only): its forced command serves the
+# repository (`rclone serve restic --stdio --append-only`), whatever these arguments ask.
+[ -n "${RCLONE_COMMAND:-}" ] && opts+=(-o "rclone.program=$RCLONE_COMMAND" -o "rclone.args=serve restic --stdio --append-only")
 # restic 0.14 has no --retry-lock: another run holding the repository's lock (a check, a prune,
 # another app sharing the repository) is waited for, up to 20 minutes; other errors end at once.
 r() {
@@ -48,11 +51,16 @@ push)
   # Dated by the set's name, so retention keeps sets by when they were made, not when copied.
   made="${ARG:0:4}-${ARG:4:2}-${ARG:6:2} ${ARG:9:2}:${ARG:11:2}:${ARG:13:2}"
   if ! (cd "$root/$ARG" && r backup --quiet --time "$made" --host "$PROJECT" --tag tasktracker --tag "set=$ARG" .); then
-    r forget --quiet --host "$PROJECT" --tag "set=$ARG" >/dev/null 2>&1  # no partial snapshot is left to fetch
+    [ -n "${APPEND_ONLY:-}" ] || r forget --quiet --host "$PROJECT" --tag "set=$ARG" >/dev/null 2>&1  # no partial snapshot is left to fetch
     logged offsite-failed
     echo "OFFSITE PUSH FAILED for $ARG (the set is kept on this host)" >&2; exit 1
   fi
   logged offsite-ok
+  if [ -n "${APPEND_ONLY:-}" ]; then
+    # This host can add sets and delete none: retention runs on the server (backup.offsite.prune).
+    echo "[backup] off-site retention runs on the off-site server (append-only: this host deletes nothing there)"
+    echo "OFFSITE OK $ARG"; exit 0
+  fi
   echo "[backup] off-site retention: $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly, and every kept set"
   if ! r forget --quiet --host "$PROJECT" --tag tasktracker --group-by host --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" \
       --keep-monthly "$KEEP_MONTHLY" --keep-tag keep --prune >/dev/null; then
@@ -85,15 +93,23 @@ keep|unkeep)
   mkdir -p "$root/.kept"
   for name in "$@"; do
     if [ "$ACTION" = unkeep ] && [ "$name" = all ]; then
+      [ -z "${APPEND_ONLY:-}" ] || { echo "OFFSITE: the repository is append-only: only the off-site server can hand kept sets back (backup.offsite.prune --unkeep)" >&2; exit 2; }
       r tag --quiet --host "$PROJECT" --tag keep --remove keep >/dev/null || exit 1
       rm -f "$root/.kept/"*; echo "OFFSITE UNKEPT all"; continue
     fi
     [[ "$name" =~ ^[0-9]{8}T[0-9]{6}Z$ ]] || { echo "OFFSITE: $name is not a set name" >&2; exit 2; }
-    if [ "$ACTION" = keep ]; then
+    if [ "$ACTION" = keep ] && [ -n "${APPEND_ONLY:-}" ]; then
+      # `restic tag` rewrites a snapshot, which an append-only server refuses (after ~50 s of
+      # retries): a small request snapshot instead, which the server's prune turns into the tag.
+      r backup --quiet --stdin --stdin-filename keep-request --host "$PROJECT" --tag tasktracker-keep --tag "keep=$name" <<<"keep $name" >/dev/null || exit 1
+      [ ! -d "$root/$name" ] || printf 'kept %s\n' "$(date -u +%FT%TZ)" > "$root/.kept/$name"
+      echo "OFFSITE KEPT $name"
+    elif [ "$ACTION" = keep ]; then
       r tag --quiet --host "$PROJECT" --tag "set=$name" --add keep >/dev/null || exit 1
       [ ! -d "$root/$name" ] || printf 'kept %s\n' "$(date -u +%FT%TZ)" > "$root/.kept/$name"
       echo "OFFSITE KEPT $name"
     else
+      [ -z "${APPEND_ONLY:-}" ] || { echo "OFFSITE: the repository is append-only: only the off-site server can hand kept sets back (backup.offsite.prune --unkeep)" >&2; exit 2; }
       r tag --quiet --host "$PROJECT" --tag "set=$name" --remove keep >/dev/null || exit 1
       rm -f "$root/.kept/$name"; echo "OFFSITE UNKEPT $name"
     fi
