@@ -339,6 +339,11 @@ def test_recover_from_offsite_after_the_host_is_lost(sandbox, initialised, sftp)
     assert min(taken) > recovered_max  # none taken before the data was complete
     assert (live / "cert.pem").read_bytes() == certificate  # the certificates came back
     assert not (sandbox.home / APP / ".recovering").exists()
+    # This host's own point-in-time window starts once it serves: a full backup in its own
+    # repository (the lost host's, off-site, do not count).
+    local = subprocess.run(["docker", "exec", "-u", "postgres", service_container(project, "postgres"),
+                            "pgbackrest", "info", "--repo=1", "--output=json"], capture_output=True, text=True)
+    assert '"label"' in local.stdout, everything_said(out) + local.stdout + local.stderr
     for service in ("api", "worker"):  # the off-site secrets stay out of the stack
         env = subprocess.run(["docker", "compose", "-p", project, "exec", "-T", service, "env"], capture_output=True, text=True,
                              check=True).stdout
