@@ -250,7 +250,7 @@ class ComposeEngine:
         compose_yml = (PROJECT_ROOT / "compose.yml").read_text()
         return [(f"releases/{rid}/{managed.MANAGED_FILE}", 0o644,
                  managed.managed_compose(compose_yml)),
-                (f"releases/{rid}/{managed.CA_NAME}", 0o644,
+                (managed.CA_FILE, 0o644,
                  ca_text(self.settings.database_ca_file))]
 
     def provide_images(self, plan, on_host: set[str]) -> None:

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 import yaml
 
-from tasks.commands import budget, definitions, managed, rollout
+from tasks import health_checks
+from tasks.commands import budget, definitions, managed, pitr, rollout
 from tasks.commands.compose import release_override
 from tasks.commands.context import HostContext
 from tests.support import ROOT
@@ -100,9 +101,9 @@ def test_compose_reads_the_managed_release(tmp_path, tool):
         managed.managed_compose((ROOT / "compose.yml").read_text()))
     (tmp_path / "release.yml").write_text(release_override("backend:1", "r1", variant=tool,
                                                            managed_db=True))
-    (tmp_path / managed.CA_NAME).write_text(CA)
     env = (ROOT / ".env.example").read_text()
-    (tmp_path / ".env").write_text(env + "APP_DB_PASSWORD=x\nDATABASE_HOST=db.example.com\n")
+    (tmp_path / ".env").write_text(env + "APP_DB_PASSWORD=x\nDATABASE_HOST=db.example.com\n"
+                                   f"APP_ROOT={tmp_path}\n")
     argv = list(COMPOSE_TOOLS[tool])
     for name in HostContext("/a", "p", managed_db=True).stack_files:
         argv += ["-f", name]
@@ -113,6 +114,10 @@ def test_compose_reads_the_managed_release(tmp_path, tool):
     api = config["services"]["api"]["environment"]
     assert api["POSTGRES_HOST"] == "db.example.com" and api["PGSSLMODE"] == "verify-full"
     assert api["POSTGRES_USER"] == "tasktracker_app"  # still the app role, never the owner
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}:ro"  # v1 / v2
+              for v in config["services"]["db-client"]["volumes"]
+              if isinstance(v, str) or v["type"] == "bind"]
+    assert mounts == [f"{tmp_path}/shared/db-ca.pem:{managed.CA_PATH}:ro"]  # same in each release
 
 
 def test_the_context_reaches_the_client_where_it_reached_postgres():
@@ -123,6 +128,8 @@ def test_the_context_reaches_the_client_where_it_reached_postgres():
     assert rollout.data_services_up(ctx)[-2:] == ["db-client", "nats"]
     assert definitions.compared(ctx) == ("db-client", "nats", "nginx")
     assert definitions.parse_pending("@@pending db-client\n") == ["db-client"]
+    pinned = release_override("b:1", "r1", postgres_image="tt-postgres:pg17-abc", managed_db=True)
+    assert "  db-client:\n    image: tt-postgres:pg17-abc\n" in pinned and "\n  postgres:" not in pinned
     local = HostContext("/srv/app", "tt")
     assert "com.docker.compose.service=postgres" in local.container("postgres")
     assert "compose.yml" in local.compose("ps")
@@ -135,3 +142,27 @@ def test_the_budget_leaves_the_database_out():
     assert remote[managed.CLIENT].reservation == 16 * budget.MIB
     assert sum(r.reservation for r in remote.values()) < sum(r.reservation
                                                              for r in local.values())
+
+
+@pytest.mark.parametrize("output, finding", [
+    ("reach=ok\ntls=true\nprotocol=TLSv1.3\nserver=17.2", None),
+    ("reach=ok\ntls=false\nprotocol=-\nserver=17.2", "the connection to the managed database is "
+                                                     "not encrypted"),
+    ("reach=failed\nerror=psql: error: connection to server at \"10.0.0.5\", port 5432 failed: "
+     "SSL error: certificate verify failed", "cannot be reached from the host: psql: error: "
+                                             "connection to server at \"10.0.0.5\""),
+    ("", None),  # the stack's own postgres: nothing to say
+], ids=["tls", "plain", "bad CA", "local"])
+def test_doctor_says_when_the_managed_database_is_not_reached_over_tls(output, finding):
+    found = health_checks.managed_findings({"managed_db": managed.parse_reach(output)})
+    assert [f.summary for f in found] == ([] if finding is None else [
+        next(f.summary for f in found if finding in f.summary)])
+
+
+def test_the_reach_check_runs_only_with_a_managed_database():
+    assert managed.reach_check(HostContext("/a", "p")) == "true"
+    script = managed.reach_check(HostContext("/a", "p", managed_db=True))
+    assert "service=db-client" in script and "pg_stat_ssl" in script
+    assert pitr.info(HostContext("/a", "p", managed_db=True)) == "echo pitr=managed"
+    state = pitr.parse_info("now=1\npitr=managed\n")
+    assert state["state"] == "managed" and "provider's" in pitr.window_line(state)

@@ -90,8 +90,7 @@ def release_override(backend_image: str, release_id: str, postgres_image: str = 
     for postgres (commands/managed.py)."""
     lines = ["# Written by the deploy task for this release; do not edit.", "services:"]
     for service, pids in PIDS_LIMITS.items():
-        service = MANAGED_CLIENT if managed_db and service == "postgres" else service
-        lines.append(f"  {service}:")
+        lines.append(f"  {MANAGED_CLIENT if managed_db and service == 'postgres' else service}:")
         if service in ("api", "worker"):
             lines += [f"    image: {backend_image}", "    environment:",
                       f"      RELEASE_ID: {release_id}"]

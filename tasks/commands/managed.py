@@ -10,8 +10,8 @@ PGPASSWORD from the release's .env), so every step that runs `psql` in "the post
 real query (`select 1` as POSTGRES_USER, TLS verified), so the API and the worker, which depend on
 it, start only once the managed server answers. The API and the worker get the same libpq
 variables beside POSTGRES_HOST/POSTGRES_PORT (backend/app/config.py builds its URL from them;
-psycopg reads PGSSLMODE and PGSSLROOTCERT). The server's CA certificate is the release's
-`db-ca.pem` (public, 0644), mounted read-only. Values are Compose references to the release's
+psycopg reads PGSSLMODE and PGSSLROOTCERT). The server's CA certificate is APP_DIR/shared/db-ca.pem
+(public, 0644; each deploy writes it), mounted read-only. Values are Compose references to the release's
 .env, so the file depends on compose.yml only. Nothing here opens a connection.
 """
 
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import yaml
 
+from . import q
 from .context import MANAGED_CLIENT as CLIENT
 from .context import stack_files
 
 MANAGED_FILE = stack_files(managed_db=True)[0]
-CA_NAME = "db-ca.pem"  # in the release directory
-CA_PATH = "/etc/tasktracker-db-ca.pem"  # in the containers
-CA_MOUNT = f"./{CA_NAME}:{CA_PATH}:ro"
+CA_FILE = "shared/db-ca.pem"  # under APP_DIR: the same path in every release, so a deploy leaves
+CA_PATH = "/etc/tasktracker-db-ca.pem"  # db-client's definition alone (in the containers)
+CA_MOUNT = f"${{APP_ROOT:?APP_ROOT must be set in .env}}/{CA_FILE}:{CA_PATH}:ro"
 SSL_MODES = ("verify-full", "verify-ca")  # TLS with the server's certificate verified, nothing less
 POSTGRES_VOLUMES = ("postgres_data", "pgbackrest_repo")
 PITR_SKIPPED = ("point-in-time recovery is the managed database's provider's (DATABASE_HOST is "
@@ -79,3 +80,30 @@ def managed_compose(compose_yml: str) -> str:
     head = ("# Written by the deploy from this release's compose.yml for a managed PostgreSQL "
             "(DATABASE_HOST);\n# do not edit (tasks/commands/managed.py).\n")
     return head + yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
+# --- doctor and status: the managed server reached from the host, over TLS ---------------------
+
+TLS_QUERY = ("SELECT 'tls=' || coalesce(s.ssl::text, 'false'), 'protocol=' || "
+             "coalesce(s.version, '-'), 'server=' || current_setting('server_version') "
+             "FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()")
+
+
+def reach_check(ctx) -> str:
+    """Shell (a status snapshot's section): a query through the client container, as the app's
+    steps make it (PGSSLMODE: the certificate verified), and what the server says of the TLS of
+    that very connection: `reach=ok` with `tls=`, `protocol=`, `server=`, or `reach=failed` with
+    libpq's words; nothing without a managed database."""
+    if not ctx.managed_db:
+        return "true"
+    pg = ctx.container("postgres")
+    query = q(f"psql -XAt -F '\n' -c {q(TLS_QUERY)} 2>&1")
+    return (f"pg=$({pg}); if [ -z \"$pg\" ]; then echo reach=failed; echo 'error=no running "
+            f"{CLIENT} container'; elif out=$(timeout 20 docker exec \"$pg\" sh -c {query}); then "
+            "echo reach=ok; printf '%s\\n' \"$out\"; else echo reach=failed; "
+            "printf 'error=%s\\n' \"$(printf '%s' \"$out\" | tr '\\n' ' ' | cut -c1-300)\"; fi")
+
+
+def parse_reach(output: str) -> dict:
+    values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    return values if values.get("reach") else {}
