@@ -144,7 +144,10 @@ def test_a_backup_is_a_verified_logical_dump_over_tls(sandbox, server, deployed_
     out = sandbox.fab("backup", env_file=env).stdout
     assert "managed database: a logical dump over the network (TLS)" in out, out
     assert "point-in-time recovery is the managed database's provider's" in out, out
-    manifest = json.loads(out[out.rindex("\n{"):])
+    assert "is complete and verified" in out, out
+    backups = sandbox.home / APP / "backups"
+    name = sorted(p.name for p in backups.iterdir() if p.name[:1].isdigit())[-1]
+    manifest = json.loads((backups / name / "manifest.json").read_text())
     assert manifest["verification"]["result"] == "ok" and manifest["verification"]["rows"] >= rows
     # the scratch database it restored into is gone from the provider's server
     assert on_server(server, "SELECT count(*) FROM pg_database WHERE datname LIKE 'verify_%'") \
