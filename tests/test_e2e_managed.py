@@ -1,17 +1,20 @@
 """A managed PostgreSQL (issue 27, part 3), on the sandbox: a Postgres container of its own plays the
 provider's server (TLS required: `hostssl` only, a self-signed CA made here, its own admin user,
-reached at Docker's gateway like a server off the host). The app serves through it with no
-postgres of its own, a deploy under load fails no request, `status` leaves postgres out, a backup
-is a verified logical dump over TLS, and bad settings are refused with nothing changed."""
+reached at Docker's gateway like a server off the host). Bad settings are refused with nothing
+changed; an app deployed with its own postgres moves to it under writers and keeps every
+acknowledged write; it then serves through it with no postgres of its own, a deploy under load
+fails no request, `status` and `doctor` see the server over TLS, and a backup is a verified
+logical dump over TLS."""
 
 import json
 import secrets
 import subprocess
+import time
 import urllib.request
 
 import pytest
 
-from tests.support import LoadProbe, docker_gateway, free_port, wait_for
+from tests.support import LoadProbe, Writers, docker_gateway, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 APP = "mg"
@@ -101,27 +104,51 @@ def test_settings_without_verified_tls_are_refused_and_change_nothing(sandbox, s
 
 @pytest.fixture(scope="module")
 def deployed_managed(sandbox, deployed, server):
+    """The app deployed with its own postgres, then moved to the managed server under writers."""
+    sandbox.fab("deploy", "--skip-build", env_file=sandbox.app_env(APP))
+    before = [post_task(sandbox, f"local {i}") for i in range(20)]
     env = settings(sandbox, server)
-    out = sandbox.fab("deploy", "--skip-build", env_file=env)
+    with Writers(sandbox.app_url(APP, "/api/tasks"), clients=2, title="moving") as writers:
+        time.sleep(1)
+        out = sandbox.fab("db.move-to-managed", "--yes", env_file=env)
+        time.sleep(1)
+    MOVE.update(out=out.stdout, before=before, acknowledged=writers.acknowledged)
     return env, out.stdout
+
+
+MOVE: dict = {}
+
+
+def test_the_move_keeps_every_acknowledged_write(sandbox, server, deployed_managed):
+    out = MOVE["out"]
+    assert "copy under a write freeze" in out and "Moved: " in out, out
+    assert "the same counts on both sides" in out, out
+    written = set(MOVE["before"]) | set(MOVE["acknowledged"])
+    assert len(MOVE["acknowledged"]) > 10  # writes went on before the freeze and after the switch
+    ids = {int(i) for i in on_server(server, "SELECT id FROM tasks").split()}
+    assert written <= ids, sorted(written - ids)[:10]
+    assert project_containers(sandbox, "postgres") == ""  # the local one is gone, its volume kept
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
+                              f"name={sandbox.project}-{APP}_postgres_data"], capture_output=True,
+                             text=True, check=True).stdout
+    assert volumes.strip() == f"{sandbox.project}-{APP}_postgres_data"
 
 
 def test_the_app_serves_through_the_managed_database(sandbox, server, deployed_managed):
     env, deploy_out = deployed_managed
     assert "point-in-time recovery is the managed database's provider's" in deploy_out
+    assert on_server(server, "SELECT count(*) FROM tasks WHERE title LIKE 'local %'") == "20"
     ids = [post_task(sandbox, f"managed {i}") for i in range(5)]
     with urllib.request.urlopen(sandbox.app_url(APP, "/api/tasks"), timeout=10) as res:
         assert res.status == 200 and {t["id"] for t in json.loads(res.read())} >= set(ids)
     assert on_server(server, "SELECT count(*) FROM tasks WHERE title LIKE 'managed %'") == "5"
+    assert '"status":"ok"' in urllib.request.urlopen(sandbox.app_url(APP, "/api/health"),
+                                                     timeout=10).read().decode()
     # The app's own role, over TLS, on the provider's server; the stack has no postgres at all.
     assert on_server(server, "SELECT DISTINCT usename || ' ' || ssl FROM pg_stat_ssl JOIN "
                              "pg_stat_activity USING (pid) WHERE usename = 'tasktracker_app'") \
         == "tasktracker_app true"
     assert project_containers(sandbox, "postgres") == ""
-    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
-                              f"name={sandbox.project}-{APP}_postgres"], capture_output=True,
-                             text=True, check=True).stdout
-    assert volumes.strip() == ""
     status = sandbox.fab("status", env_file=env).stdout
     assert "db-client" in status and "\npostgres" not in status and " postgres " not in status, \
         status
