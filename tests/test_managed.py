@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tasks import health_checks
-from tasks.commands import budget, definitions, managed, pitr, rollout
+from tasks.commands import budget, definitions, managed, move, pitr, rollout
 from tasks.commands.compose import release_override
 from tasks.commands.context import HostContext
 from tests.support import ROOT
@@ -166,3 +166,20 @@ def test_the_reach_check_runs_only_with_a_managed_database():
     assert pitr.info(HostContext("/a", "p", managed_db=True)) == "echo pitr=managed"
     state = pitr.parse_info("now=1\npitr=managed\n")
     assert state["state"] == "managed" and "provider's" in pitr.window_line(state)
+
+
+def test_the_move_reaches_the_local_postgres_and_the_server_by_its_env_file():
+    ctx = HostContext("/home/d/app", "tt", managed_db=True)
+    script = move.move_script(ctx)
+    assert "service=postgres" in script and "db-client" not in script
+    assert "/home/d/app/.deploy.lock/inbox/db-move.env" in script
+    assert "/home/d/app/shared/db-ca.pem" in script
+    assert "service=postgres" in move.unfreeze(ctx) and "read_only = off" in move.unfreeze(ctx)
+    assert "docker rm -f" in move.retire_local(ctx) and "service=postgres" in move.retire_local(ctx)
+    env = move.client_env("db.example.com", 25060, "verify-full", "admin", "p@ss w=rd$", "app")
+    assert "PGPASSWORD=p@ss w=rd$\n" in env and "PGSSLROOTCERT=/ca.pem\n" in env
+    with pytest.raises(ValueError, match="line break"):
+        move.client_env("db.example.com", 5432, "verify-full", "admin", "a\nb", "app")
+    assert move.parse_moved("[db.move] x\n@@moved tables=2 rows=41 seconds=1.3\n") == {
+        "tables": "2", "rows": "41", "seconds": "1.3"}
+    assert move.parse_moved("DB MOVE FAILED: x") == {}
