@@ -113,6 +113,9 @@ def deployed_managed(sandbox, deployed, server):
         out = sandbox.fab("db.move-to-managed", "--yes", env_file=env)
         time.sleep(1)
     MOVE.update(out=out.stdout, before=before, acknowledged=writers.acknowledged)
+    print(out.stdout[out.stdout.index("Moved: "):].splitlines()[0] if "Moved: " in out.stdout
+          else out.stdout, f"acknowledged {len(writers.acknowledged)}, refused "
+          f"{len(writers.errors)}", sep="\n")
     return env, out.stdout
 
 
@@ -179,5 +182,9 @@ def test_a_backup_is_a_verified_logical_dump_over_tls(sandbox, server, deployed_
     # the scratch database it restored into is gone from the provider's server
     assert on_server(server, "SELECT count(*) FROM pg_database WHERE datname LIKE 'verify_%'") \
         == "0"
+    pitr = sandbox.fab("backup.restore", "--to-time", "2026-01-01 00:00:00", "--yes",
+                       env_file=env, check=False)
+    assert pitr.returncode != 0 and "restore to that moment in the provider's console" in \
+        pitr.stderr.replace("Restore", "restore"), pitr.stderr
     doctor = sandbox.fab("doctor", env_file=env, check=False).stdout
     assert "[managed database]" not in doctor and "[WAL archive]" not in doctor, doctor
