@@ -1,12 +1,16 @@
 """`fab -H HOST db.upgrade`: move the database to the PostgreSQL major version this checkout's
 compose.yml runs (verified dump, a new cluster, restore, row counts compared; the old data kept in
 a volume of its own). The deploy refuses a data directory of another major and names this task.
-The work is one script on the host (tasks/commands/db.py), which puts everything back on failure."""
+The work is one script on the host (tasks/commands/db.py), which puts everything back on failure.
+`fab -H HOST db.move-to-managed`: the database moved to a managed PostgreSQL (commands/move.py)."""
 
 from __future__ import annotations
 
+import io
 import sys
+import tarfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -26,20 +30,29 @@ from .settings_managed import ca_text
 from .steps import StepFailed, Steps
 
 
+def build_context(directory: Path) -> bytes:
+    """`directory` as a gzipped tar archive: a build context `docker build -` reads on stdin."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(directory.iterdir()):
+            tar.add(path, arcname=path.name)
+    return packed.getvalue()
+
+
 def provide_image(host: Host, image: str, built: bool) -> None:
     """The new Postgres image on the host: there already, sent from here over SSH, built by the host
-    from postgres/Dockerfile (`built`: compose.yml builds it; the Dockerfile needs no context), or
-    pulled by it."""
+    from postgres/ (`built`: compose.yml builds it), or pulled by it."""
     if host.images_present([image]):
         print(f"   the host has {image}")
         return
     if host.settings.ship_images != "never" and localhost.ok(["docker", "image", "inspect", image]):
         host.ship_images([image])
         return
-    if built:
-        dockerfile = (PROJECT_ROOT / "postgres" / "Dockerfile").read_text()
-        host.run(f"printf '%s' {q(dockerfile)} | docker build -q -t {q(image)} -",
-                 "build the new Postgres image", hide=False)
+    if built:  # postgres/ sent as a tar into the lock's inbox: the build context
+        context = f"{host.ctx.inbox}/postgres-context.tar.gz"
+        host.conn.put(io.BytesIO(build_context(PROJECT_ROOT / "postgres")), remote=context)
+        host.run(f"docker build -q -t {q(image)} - < {q(context)}; s=$?; rm -f {q(context)}; "
+                 "exit $s", "build the new Postgres image", hide=False)
         return
     host.run(f"docker pull -q {q(image)}", "pull the new Postgres image", hide=False)
 

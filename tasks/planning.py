@@ -58,9 +58,11 @@ def planned_commands(host, plan, *, upload: str, ship: list[str], backup: bool, 
     if plan.backend:
         if ship:
             planned.append(Planned("images the host needs", "here",
-                                   f"{sh(image_commands.save(ship))} | gzip -1 | ssh "
+                                   f"{sh(image_commands.save(ship))} | "
+                                   f"{sh(image_commands.COMPRESS['zstd'])} | ssh "
                                    f"{host.conn.user}@{host.conn.host} "
-                                   f"{sh(['sh', '-c', image_commands.load()])}"))
+                                   f"{sh(['sh', '-c', image_commands.load('zstd')])} (gzip "
+                                   "where a host or this machine has no zstd)"))
         planned.append(Planned("build images, start postgres and nats, read the schema", "host",
                                host.start_backend_script(release)))
         if release.postgres_image:
@@ -119,7 +121,7 @@ def dry_run_images(host, release) -> tuple[list[str], list[str]]:
     ship, lacking = image_commands.image_plan(needed, on_host, here, mode)
     lines.append(f"on the host already: {', '.join(i for i in needed if i in on_host) or 'none'}")
     if ship:
-        lines.append(f"sent over SSH (docker save | gzip | docker load, SHIP_IMAGES={mode}): "
+        lines.append(f"sent over SSH (docker save | zstd | docker load, SHIP_IMAGES={mode}): "
                      f"{', '.join(ship)}")
     if lacking:
         lines.append("the deploy would FAIL here: SHIP_IMAGES=always, but this machine does not "

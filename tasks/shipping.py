@@ -1,11 +1,13 @@
 """Images over SSH, for hosts that cannot pull: one `docker save` here, without the layers every
-receiving host already has, streamed through `gzip -1` into `docker load` on each host at once.
+receiving host already has, streamed through `zstd -1` (or `gzip -1`, where a host or this machine
+has no zstd) into `docker load` on each host at once.
 A code-only release therefore sends its new layers (kilobytes), not its whole image."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -26,7 +28,10 @@ def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3
     """Ship `images` to every host in `hosts`; prints progress; returns the compressed bytes sent
     to each. The save is read once, compressed once, and written to every host's load."""
     names = ", ".join(host.name for host in hosts)
-    chains = shared_chains(hosts)
+    chains, packed = shared_chains(hosts)
+    if not chains:  # nothing to leave out (a new host): the save streams straight through
+        return stream(lambda out, failed: save_into(images, out, failed), hosts, images,
+                      report_every, packed)
     with tempfile.TemporaryDirectory(prefix="tasktracker-ship-") as tmp:
         saved = Path(tmp, "images.tar")
         result = localhost.run(image_commands.save(images, str(saved)), check=False)
@@ -37,20 +42,24 @@ def ship_images_to(hosts: list[Host], images: list[str], report_every: float = 3
         if skip:
             print(f"   {len(skip)} layer(s), {skipped_bytes / 1e6:.0f} MB, already on {names}: "
                   "not sent", flush=True)
-        return stream(saved, skip, hosts, images, report_every)
+        return stream(lambda out, failed: copy_without(saved, skip, out, failed), hosts, images,
+                      report_every, packed)
 
 
-def shared_chains(hosts: list[Host]) -> set[tuple[str, ...]]:
-    """The layer chains every one of `hosts` has (none when one cannot say)."""
+def shared_chains(hosts: list[Host]) -> tuple[set[tuple[str, ...]], str]:
+    """The layer chains every one of `hosts` has (none when one cannot say), and the compression
+    every one of them and this machine can handle."""
+    inventories = remote.side_by_side(layer_inventory, hosts)
     common: set[tuple[str, ...]] | None = None
-    for chains in remote.side_by_side(layer_chains, hosts):
+    for inventory in inventories:
+        chains = image_commands.parse_layer_inventory(inventory)
         common = chains if common is None else common & chains
-    return common or set()
+    return common or set(), image_commands.codec(inventories, bool(shutil.which("zstd")))
 
 
-def layer_chains(host: Host) -> set[tuple[str, ...]]:
+def layer_inventory(host: Host) -> str:
     found = host.conn.run(image_commands.layer_inventory(), hide=True, warn=True)
-    return image_commands.parse_layer_inventory(found.stdout) if found.ok else set()
+    return found.stdout if found.ok else ""
 
 
 def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str], int]:
@@ -70,15 +79,14 @@ def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str
     return skip, sum(members[name].size for name in skip if name in members)
 
 
-def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseException]) -> None:
-    """Write the save, less the `skip` files, to `out` as a tar stream; then close it."""
+def save_into(images: list[str], out: IO[bytes], failed: list[BaseException]) -> None:
+    """`docker save` of `images` written to `out`; then close it."""
     try:
-        with tarfile.open(saved) as src, \
-                tarfile.open(fileobj=out, mode="w|", format=src.format, copybufsize=1 << 20) as dst:
-            for member in src:
-                if member.name.removeprefix("./") not in skip:
-                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-    except (OSError, tarfile.TarError) as error:  # gzip or every load ended early: said below
+        saved = subprocess.run(image_commands.save(images), stdout=out, stderr=subprocess.PIPE)
+        if saved.returncode:
+            failed.append(OSError(f"docker save {' '.join(images)} failed here: "
+                                  f"{saved.stderr.decode(errors='replace').strip()[-500:]}"))
+    except OSError as error:
         failed.append(error)
     finally:
         try:
@@ -87,22 +95,41 @@ def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseE
             pass
 
 
-def stream(saved: Path, skip: set[str], hosts: list[Host], images: list[str],
-           report_every: float) -> int:
-    """`tar | gzip -1` here, each compressed chunk written to every host's `docker load`."""
+def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseException]) -> None:
+    """Write the save, less the `skip` files, to `out` as a tar stream; then close it."""
+    try:
+        with tarfile.open(saved) as src, \
+                tarfile.open(fileobj=out, mode="w|", format=src.format, copybufsize=1 << 20) as dst:
+            for member in src:
+                if member.name.removeprefix("./") not in skip:
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    except (OSError, tarfile.TarError) as error:  # the packer or every load ended: said below
+        failed.append(error)
+    finally:
+        try:
+            out.close()
+        except OSError:
+            pass
+
+
+def stream(write_tar, hosts: list[Host], images: list[str], report_every: float,
+           packed: str = "gzip") -> int:
+    """`write_tar(out, failed)` (the save, whole or less some layers) through zstd (or gzip:
+    `packed`) here, each compressed chunk written to every host's `docker load`."""
     names = ", ".join(host.name for host in hosts)
-    gzip = subprocess.Popen(["gzip", "-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    packer = subprocess.Popen(image_commands.COMPRESS[packed], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
     failed: list[BaseException] = []
-    writer = threading.Thread(target=copy_without, args=(saved, skip, gzip.stdin, failed))
+    writer = threading.Thread(target=write_tar, args=(packer.stdin, failed))
     writer.start()
     destination = [f"{host.conn.user}@{host.conn.host}" for host in hosts]
-    loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), to),
+    loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), to, packed),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for host, to in zip(hosts, destination, strict=True)]
     receiving = list(loads)
     sent, started, last = 0, time.monotonic(), time.monotonic()
     try:
-        while receiving and (chunk := gzip.stdout.read(1 << 20)):
+        while receiving and (chunk := packer.stdout.read(1 << 20)):
             for load in list(receiving):
                 try:
                     load.stdin.write(chunk)
@@ -120,21 +147,22 @@ def stream(saved: Path, skip: set[str], hosts: list[Host], images: list[str],
             except BrokenPipeError:
                 pass
     if not receiving:  # every load ended early: stop the tar instead of waiting on a full pipe
-        gzip.kill()
+        packer.kill()
     errors = []
     for load in loads:  # stdin is closed: read what each said, then its exit status
         load.stdout.read()
         errors.append(load.stderr.read())
         load.wait()
-    gzip.stdout.close()
-    gzip.wait()
+    packer.stdout.close()
+    packer.wait()
     writer.join()
     broken = [(host, err) for host, load, err in zip(hosts, loads, errors, strict=True)
               if load.returncode]
-    if broken or gzip.returncode or (failed and receiving):
-        host, err = broken[0] if broken else (hosts[0], str(failed[0] if failed else "").encode())
+    if broken or packer.returncode or (failed and receiving):
+        source_failed = (hosts[0], str(failed[0]).encode()) if failed and receiving else None
+        host, err = source_failed or (broken[0] if broken else (hosts[0], b"the compressor failed"))
         why = err.decode(errors="replace").strip()[-500:]
         raise StepFailed("ship images", f"sending {', '.join(images)} to {host.name} failed: {why}")
-    print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB compressed in "
+    print(f"   shipped {', '.join(images)} to {names}: {sent / 1e6:.1f} MB ({packed}) in "
           f"{time.monotonic() - started:.1f}s")
     return sent

@@ -315,6 +315,27 @@ def test_a_layer_is_skipped_only_where_its_whole_chain_is_on_the_host():
     assert "--format '{{json .RootFS.Layers}}'" in images.layer_inventory()
 
 
+@pytest.mark.parametrize("inventories, zstd_here, packed", [
+    (["driver=overlay2\nzstd=yes\n", "driver=overlay2\nzstd=yes\n[]\n"], True, "zstd"),
+    (["driver=overlay2\nzstd=yes\n", RECORDED_INVENTORY], True, "gzip"),  # one node has none
+    (["driver=overlay2\nzstd=yes\n"], False, "gzip"),                     # this machine has none
+    ([""], True, "gzip"),                                                   # the host did not say
+    ([], True, "gzip"),
+])
+def test_a_save_travels_in_zstd_only_where_every_end_has_it(inventories, zstd_here, packed):
+    assert images.codec(inventories, zstd_here) == packed
+
+
+def test_a_host_unpacks_what_it_is_sent_into_docker_load():
+    assert images.load("zstd") == "zstd -dcq | docker load"
+    assert images.load() == "gunzip -c | docker load"
+    assert "command -v zstd >/dev/null && echo zstd=yes" in images.layer_inventory()
+    packed = subprocess.run(images.COMPRESS["zstd"], input=b"layer" * 1000, capture_output=True)
+    unpacked = subprocess.run(["sh", "-c", images.UNPACK["zstd"]], input=packed.stdout,
+                              capture_output=True)
+    assert unpacked.stdout == b"layer" * 1000
+
+
 # --- recover: what the set was made under, and whether this checkout is that commit -------------
 
 HEAD = "ab12cd3" + "e" * 33

@@ -5,7 +5,9 @@ old Postgres back exactly once."""
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ import tasks.guards as guards
 from tasks.commands import backup, db, release
 from tasks.commands import compose as compose_commands
 from tasks.commands.context import HostContext
+from tasks.db import build_context
 from tasks.exits import ExitCode
+from tasks.settings import PROJECT_ROOT
 
 APP = HostContext("app", "tt")
 V1 = HostContext("app", "tt", "v1")
@@ -303,3 +307,14 @@ def test_a_failed_upgrade_puts_the_old_postgres_back_once(tmp_path, env, stage, 
     assert log.count(f"{D2} up -d --no-deps postgres") == postgres_ups  # the old image started again where stopped
     assert log.count("docker start api1 wk1") == 1  # the containers it stopped, started again
     assert calls(log, "docker start api1 wk1")[0] > calls(log, "docker stop -t 30 wk1")[0]
+
+
+def test_the_postgres_build_context_holds_every_file_its_dockerfile_copies():
+    """db.upgrade sends postgres/ as the build context when the host builds the new image (a
+    context of the Dockerfile alone failed at its COPY of the health check)."""
+    packed = tarfile.open(fileobj=io.BytesIO(build_context(PROJECT_ROOT / "postgres")))
+    names = set(packed.getnames())
+    dockerfile = (PROJECT_ROOT / "postgres" / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith(("COPY ", "ADD "))}
+    assert "Dockerfile" in names and copied and copied <= names
+    assert packed.getmember("healthcheck.sh").mode & 0o111  # run by the health check as is

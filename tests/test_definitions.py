@@ -59,10 +59,6 @@ def test_recreate_forces_only_the_named_services_and_waits_for_each():
     assert script.count("for _ in $(seq 1 240)") == 2
     assert "'postgres did not become healthy'" in script and "'nginx did not become healthy'" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
-    # A started postgres gets a reload, once healthy: its archive_timeout works from then on.
-    assert script.count("SELECT pg_reload_conf()") == 1
-    assert script.index("SELECT pg_reload_conf()") < script.index("'nginx did not become healthy'")
-    assert "pg_reload_conf" not in definitions.recreate(APP, ["nginx", "nats"])
 
 
 FAKE_DOCKER = """#!/bin/bash

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -169,17 +170,35 @@ def test_failed_releases_never_push_out_the_last_good_one(sandbox, app, tmp_path
     assert current(sandbox) == good
 
 
+def postmaster_pid(pg):
+    """The host PID of the postmaster in container `pg`: the child of the container's init."""
+    init = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", pg], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if tail.split()[1] == init and head.split("(", 1)[1] == "postgres":
+            children.append(stat.parent.name)
+    assert len(children) == 1, f"one postmaster under init {init} expected, found {children}"
+    return int(children[0])
+
+
 def frozen_postgres(sandbox):
-    """Postgres's container keeps running but its server stops answering (SIGSTOP to its PID 1,
-    sent from outside: inside its namespace PID 1 ignores signals it has no handler for)."""
+    """Postgres's container keeps running but its server stops answering: SIGSTOP to the
+    postmaster, found from outside as the child of the container's init (postgres runs under
+    Docker's init, so the container's PID 1 is not the server)."""
     pg = container(sandbox, "postgres")
+    postmaster = postmaster_pid(pg)
 
     class Frozen:
         def __enter__(self):
-            subprocess.run(["docker", "kill", "--signal", "STOP", pg], check=True, capture_output=True)
+            os.kill(postmaster, signal.SIGSTOP)
 
         def __exit__(self, *exc):
-            subprocess.run(["docker", "kill", "--signal", "CONT", pg], check=True, capture_output=True)
+            os.kill(postmaster, signal.SIGCONT)
             wait_for(lambda: psql(sandbox, "SELECT 1") == "1", 30, what="postgres answering again")
 
     return Frozen()

@@ -280,6 +280,34 @@ def test_a_process_left_behind_in_the_postgres_container_never_restarts_the_data
     assert "terminating any other active server processes" not in said.stdout + said.stderr
 
 
+def test_a_postgres_restarted_by_docker_alone_archives_every_few_seconds(sandbox, deployed):
+    """A start nobody follows up on (Docker's restart policy after a crash or a reboot; here
+    `docker restart`) still gets a WAL segment off to the archive every archive_timeout (3 s):
+    the postgres health check's first pass after a start reloads the configuration, which wakes
+    the checkpointer (postgres/healthcheck.sh). Without it, a started Postgres archived nothing
+    for up to checkpoint_timeout (5 min) while writes went on."""
+    pg = container(sandbox, "postgres")
+
+    def psql(sql: str) -> str:
+        return subprocess.run(["docker", "exec", pg, "sh", "-c",
+                               f'psql -X -Atq -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "{sql}"'],
+                              capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["docker", "restart", pg], check=True, capture_output=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", pg],
+                         capture_output=True, text=True).stdout.strip() != "healthy":
+        assert time.monotonic() < deadline, "postgres did not become healthy after a restart"
+        time.sleep(0.5)
+    seen = {psql("SELECT last_archived_wal FROM pg_stat_archiver")}
+    deadline = time.monotonic() + 25
+    while len(seen) < 3 and time.monotonic() < deadline:  # two new segments archived
+        psql("SELECT txid_current()")  # a commit record: WAL to close a segment on
+        seen.add(psql("SELECT last_archived_wal FROM pg_stat_archiver"))
+        time.sleep(0.5)
+    assert len(seen) >= 3, f"segments archived in 25 s of writes after a restart: {sorted(seen)}"
+
+
 def test_the_snapshot_is_one_command_and_parses(sandbox, deployed):
     """The snapshot builder as the deploy user runs it; TASKTRACKER_RECORD=1 saves it as the
     recorded host output the unit tests read (tests/recorded/status/snapshot.txt)."""

@@ -544,17 +544,19 @@ def test_nginx_caps_open_websockets_per_client(local_nginx):
 
 def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable))
-    out = subprocess.run([hadolint, "backend/Dockerfile", "frontend/Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([hadolint, "backend/Dockerfile", "frontend/Dockerfile", "postgres/Dockerfile"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_shell_programs_pass_shellcheck():
     """The repository's own shell programs (the README's commands, CI's entry point) and the ones
-    the toolkit runs on hosts (tasks/programs) or the lab's images (lab/programs) lint clean."""
+    the toolkit runs on hosts (tasks/programs), in its postgres image (postgres/) or the lab's
+    images (lab/programs) lint clean."""
     shellcheck = shutil.which("shellcheck", path=os.path.dirname(sys.executable))
     programs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").iterdir() if p.is_file())
     host_programs = sorted(str(p.relative_to(ROOT)) for d in ("tasks", "lab")
                            for p in (ROOT / d / "programs").glob("*.sh"))
+    host_programs += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "postgres").glob("*.sh"))
     assert len(host_programs) >= 6
     assert "lab/programs/sandbox-postgres-entrypoint.sh" in host_programs
     out = subprocess.run([shellcheck, *programs, ".ci/run", *host_programs], cwd=ROOT, capture_output=True, text=True)

@@ -338,9 +338,10 @@ class ShipTarget:
     """A host as `ship_images_to` sees one: a name, a connection's user and address, and the layer
     chains its `docker load` would skip (`layer_inventory`'s output)."""
 
-    def __init__(self, name: str, has: tuple[str, ...] = ()):
+    def __init__(self, name: str, has: tuple[str, ...] = (), zstd: bool = True):
         self.name = name
-        inventory = "driver=overlay2\n" + (json.dumps(list(has)) + "\n" if has else "")
+        inventory = ("driver=overlay2\n" + ("zstd=yes\n" if zstd else "")
+                     + (json.dumps(list(has)) + "\n" if has else ""))
         ran = type("Result", (), {"ok": True, "stdout": inventory})()
         self.conn = type("Conn", (), {"user": "deploy", "host": name,
                                       "run": staticmethod(lambda command, **kw: ran)})()
@@ -365,23 +366,25 @@ def write_save(path: Path) -> dict[str, bytes]:
 
 
 def fake_shipping(monkeypatch, tmp_path, fails: str = ""):
-    """`docker save` writes a real save's layout (`write_save`); each host's `docker load` is a
-    local shell that unzips what it receives into a file named after the host (or, for `fails`,
-    exits 3)."""
+    """`docker save` writes a real save's layout (`write_save`) into its file or to stdout; each
+    host's `docker load` is a local shell that unpacks what it receives into a file named after
+    the host (or, for `fails`, exits 3; `fails="save"`: the save fails)."""
     import tasks.shipping as shipping
 
     made = {}
-    def save(images, path):
-        made.update(write_save(Path(path)))
-        return ["true"]
+    def save(images, path=None):  # into `path`, or (nothing to leave out) to stdout
+        made.update(write_save(Path(path or tmp_path / "saved.tar")))
+        if fails == "save":
+            return ["sh", "-c", "echo 'No such image: tasktracker-backend:abc' >&2; exit 1"]
+        return ["true"] if path else ["cat", str(tmp_path / "saved.tar")]
     monkeypatch.setattr(shipping.image_commands, "save", save)
     monkeypatch.setattr(shipping.remote, "ssh_argv", lambda conn: [])
 
-    def load(ssh_argv, destination):
+    def load(ssh_argv, destination, packed):
         name = destination.split("@")[1]
         if name == fails:
             return ["sh", "-c", "echo 'no space left on device' >&2; exit 3"]
-        return ["sh", "-c", f"gunzip > {tmp_path}/{name}"]
+        return ["sh", "-c", f"{shipping.image_commands.UNPACK[packed]} > {tmp_path}/{name}"]
     monkeypatch.setattr(shipping.image_commands, "ssh_load", load)
     return shipping.ship_images_to, made
 
@@ -391,12 +394,16 @@ def received(path: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
-def test_one_save_is_streamed_to_every_node_that_lacks_the_images(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("zstd_on_cl3, packed", [(True, "zstd"), (False, "gzip")])
+def test_one_save_is_streamed_to_every_node_that_lacks_the_images(monkeypatch, tmp_path, capsys,
+                                                                  zstd_on_cl3, packed):
     ship, made = fake_shipping(monkeypatch, tmp_path)
-    sent = ship([ShipTarget("cl2"), ShipTarget("cl3", has=(BASE,))], ["tasktracker-backend:abc"])
+    sent = ship([ShipTarget("cl2"), ShipTarget("cl3", has=(BASE,), zstd=zstd_on_cl3)],
+                ["tasktracker-backend:abc"])
     assert sent > 3_000_000  # random bytes do not compress: the base went, for cl2
     assert received(tmp_path / "cl2") == made == received(tmp_path / "cl3")
-    assert "shipped tasktracker-backend:abc to cl2, cl3" in capsys.readouterr().out
+    assert "shipped tasktracker-backend:abc to cl2, cl3: " in (out := capsys.readouterr().out)
+    assert f"MB ({packed})" in out
 
 
 def test_the_layers_every_node_has_are_not_sent(monkeypatch, tmp_path, capsys):
@@ -421,6 +428,15 @@ def test_a_node_whose_load_fails_fails_the_step_by_its_name(monkeypatch, tmp_pat
 def test_when_every_load_fails_the_save_is_stopped_not_waited_on(monkeypatch, tmp_path):
     ship, _ = fake_shipping(monkeypatch, tmp_path, fails="cl2")
     with pytest.raises(StepFailed, match="to cl2 failed"):
+        ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
+
+
+def test_a_save_that_fails_is_named_not_the_loads_it_starved(monkeypatch, tmp_path):
+    """A new host (nothing to leave out) gets the save straight from `docker save`'s stdout; when
+    that fails, the step says so, not the load's "unexpected EOF"."""
+    ship, _ = fake_shipping(monkeypatch, tmp_path, fails="save")
+    with pytest.raises(StepFailed, match="docker save tasktracker-backend:abc failed here: "
+                                         "No such image"):
         ship([ShipTarget("cl2")], ["tasktracker-backend:abc"])
 
 

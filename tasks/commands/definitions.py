@@ -57,15 +57,6 @@ def parse_pending(output: str) -> list[str]:
     return [s for s in (*KEPT_SERVICES, MANAGED_CLIENT) if s in named]
 
 
-# archive_timeout is enforced by the checkpointer, which after a clean start sleeps up to
-# checkpoint_timeout (5 min) before it first looks at it: it computes its first sleep while the
-# startup process still runs (RecoveryInProgress), and nothing wakes it when that ends (measured
-# on PostgreSQL 17: no segment switch in 60 s of writes after a restart, one every
-# archive_timeout after any SIGHUP or checkpoint). A reload wakes it; run after Postgres starts.
-WAKE_CHECKPOINTER = ('docker exec "$pg" sh -c \'psql -X -Atq -U "$POSTGRES_USER" -d "$POSTGRES_DB" '
-                     '-c "SELECT pg_reload_conf()"\' >/dev/null 2>&1 || true')
-
-
 def recreate_command(name: str, service: str) -> str:
     return f"fab -H {name} compose.recreate --service {service}"
 
@@ -92,6 +83,4 @@ def recreate(ctx: HostContext, services: list[str]) -> str:
                   "  sleep 0.5", "done",
                   f"[ -n \"$ok\" ] || {{ echo {q(f'{service} did not become healthy')} >&2; "
                   "exit 1; }"]
-        if service == "postgres":  # its archive_timeout works from now on, not in 5 minutes
-            lines += ["pg=$cid", WAKE_CHECKPOINTER]
     return "\n".join(lines) + "\n"

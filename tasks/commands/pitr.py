@@ -23,7 +23,6 @@ import re
 from datetime import datetime, timezone
 
 from . import q, rollout
-from .definitions import WAKE_CHECKPOINTER
 from .context import HostContext
 from .programs import program
 
@@ -83,6 +82,14 @@ def parse_target(text: str, now: datetime) -> datetime:
                          "UTC on the host): the "
                          f"archive cannot hold what has not happened. Give an earlier time (UTC).")
     return target
+
+
+# archive_timeout is enforced by the checkpointer, which after a start sleeps up to
+# checkpoint_timeout (5 min) before it first looks at it; a reload wakes it. The postgres image's
+# health check reloads once after every start (postgres/healthcheck.sh); a deploy also does, for a
+# postgres still on a definition from before that check (ensure_stanza).
+WAKE_CHECKPOINTER = ('docker exec "$pg" sh -c \'psql -X -Atq -U "$POSTGRES_USER" -d "$POSTGRES_DB" '
+                     '-c "SELECT pg_reload_conf()"\' >/dev/null 2>&1 || true')
 
 
 def ensure_stanza(ctx: HostContext, container: str = "") -> str:

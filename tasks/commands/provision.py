@@ -17,7 +17,8 @@ from .release import parse_facts  # noqa: F401  (provision's facts are `key=valu
 SUPPORTED = {("debian", "12"), ("ubuntu", "22.04"), ("ubuntu", "24.04")}
 PACKAGES = ["docker.io", "rsync", "cron", "certbot", "unattended-upgrades", "nftables",
             "systemd-timesyncd", "sudo",
-            "ca-certificates", "curl", "restic"]  # restic: off-site copies (commands/offsite.py)
+            "ca-certificates", "curl", "restic",  # restic: off-site copies (commands/offsite.py)
+            "zstd"]  # images arrive zstd-packed (tasks/shipping.py)
 # Ubuntu ships Compose v2 as a package; Debian 12 does not (Docker's repository, or an upload).
 COMPOSE_PACKAGES = {"ubuntu": "docker-compose-v2"}
 DOCKER_REPO_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"  # Docker's release key
