@@ -15,6 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from .commands import backup as commands
+from .commands.managed import PITR_SKIPPED
 from .commands import offsite as offsite_commands
 from .commands import pitr as pitr_commands
 from .engines import open_host
@@ -156,6 +157,11 @@ def restore_to_time(c, text: str, yes: bool, wait: bool) -> None:
     steps = Steps(f"Restore to a time on {c.original_host}")
     host = open_host(c, steps=steps)
     steps.secrets = host.settings.secret_values()
+    if host.ctx.managed_db:
+        raise Exit(f"Cannot restore {host.name}'s database to {text} UTC here: "
+                   f"{PITR_SKIPPED}. Restore to that moment in the provider's console (into a "
+                   "new instance, then point DATABASE_HOST at it and deploy). Nothing was "
+                   "changed.", code=ExitCode.USAGE)
     state = host.pitr_state()
     problem = pitr_commands.window_problem(state, target)
     if not problem and state.get("now") and target.timestamp() >= state["now"]:

@@ -16,6 +16,7 @@ from .commands import db as db_commands
 from .commands import definitions
 from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
+from .commands import managed
 from .commands import notify as notify_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
@@ -23,6 +24,7 @@ from .commands import schema as schema_commands
 from .commands import rollout, sh
 from .commands import status as status_commands
 from .settings import PROJECT_ROOT
+from .settings_managed import ca_text
 from .shipping import ship_images_to
 from .steps import StepFailed
 
@@ -151,7 +153,7 @@ class ComposeEngine:
         """What is wrong with the live stack as Docker sees it (nothing: []), in one round trip:
         every service has a running container and none is unhealthy."""
         out = self.conn.run(rollout.running_services(self.ctx), hide=True, warn=True).stdout
-        return rollout.stack_problems(out)
+        return rollout.stack_problems(out, self.ctx.services(rollout.STACK_SERVICES))
 
     def put_back(self, previous: str, failed: str, marked: bool = True,
                  backend: bool = True) -> str:
@@ -228,9 +230,10 @@ class ComposeEngine:
                                          webhook_url=s.alert_webhook_url.reveal())
         override = compose_commands.release_override(plan.image, plan.backend_release,
                                                      postgres_image=plan.release.postgres_image,
-                                                     variant=self.variant)
+                                                     variant=self.variant,
+                                                     managed_db=self.ctx.managed_db)
         meta = json.dumps(plan.release.recorded("deploying"), sort_keys=True) + "\n"
-        return [(f"env/{rid}.env", 0o600, plan.env_text),
+        return [*self.managed_files(rid), (f"env/{rid}.env", 0o600, plan.env_text),
                 (f"releases/{rid}/release.yml", 0o644, override),
                 (f"releases/{rid}/RELEASE.json", 0o644, meta),
                 (f"bin/{notify_commands.SCRIPT_NAME}", 0o700, notify_commands.NOTIFY_SCRIPT),
@@ -238,6 +241,17 @@ class ComposeEngine:
                 (f"env/{db_commands.APP_ROLE_FILE}", 0o600,
                  db_commands.app_role_script(s.app_db_user, s.postgres_user,
                                              s.postgres_password.reveal(), s.postgres_db))]
+
+    def managed_files(self, rid: str) -> list[tuple[str, int, str]]:
+        """With a managed database: the release's compose.managed.yml and the server's CA
+        (commands/managed.py)."""
+        if not self.ctx.managed_db:
+            return []
+        compose_yml = (PROJECT_ROOT / "compose.yml").read_text()
+        return [(f"releases/{rid}/{managed.MANAGED_FILE}", 0o644,
+                 managed.managed_compose(compose_yml)),
+                (managed.CA_FILE, 0o644,
+                 ca_text(self.settings.database_ca_file))]
 
     def provide_images(self, plan, on_host: set[str]) -> None:
         """Every image the release needs on the host (`on_host`: what it has): the backend (and

@@ -1,27 +1,32 @@
 """`fab -H HOST db.upgrade`: move the database to the PostgreSQL major version this checkout's
 compose.yml runs (verified dump, a new cluster, restore, row counts compared; the old data kept in
 a volume of its own). The deploy refuses a data directory of another major and names this task.
-The work is one script on the host (tasks/commands/db.py), which puts everything back on failure."""
+The work is one script on the host (tasks/commands/db.py), which puts everything back on failure.
+`fab -H HOST db.move-to-managed`: the database moved to a managed PostgreSQL (commands/move.py)."""
 
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from . import localhost, remote
+from . import localhost, pipeline, remote
 from .commands import compose as compose_commands
 from .commands import db as commands
 from .commands import images as image_commands
+from .commands import managed
+from .commands import move as move_commands
 from .commands import q
 from .commands import release as release_commands
 from .engines import open_host
 from .exits import ExitCode
 from .host import WAIT_HELP, Host
-from .settings import ENV_HELP, PROJECT_ROOT, choose_env
+from .settings import ENV_HELP, PROJECT_ROOT, choose_env, env_file_path
+from .settings_managed import ca_text
 from .steps import StepFailed, Steps
 
 
@@ -184,5 +189,77 @@ def run_upgrade(host: Host, steps: Steps, *, wait: bool, data: str, wanted: str,
     return result
 
 
+MOVE = "db.move-to-managed"
+
+
+@task(name="move-to-managed", help={
+    "yes": "Do not ask for confirmation (writes are refused while the data is copied).",
+    "env": ENV_HELP,
+})
+def move_to_managed(c, yes=False, env=None):
+    """Move the database to the managed PostgreSQL (DATABASE_HOST): freeze, copy, count, deploy."""
+    remote.require_host(c)
+    choose_env(c, env)
+    steps = Steps(f"Move the database of {c.original_host} to a managed PostgreSQL")
+    host = open_host(c, steps=steps)
+    s = host.settings
+    steps.secrets = s.secret_values()
+    if not s.managed_db:
+        raise Exit("DATABASE_HOST is empty, so there is no managed database to move to. Set "
+                   "DATABASE_HOST, DATABASE_CA_FILE and the managed server's POSTGRES_USER, "
+                   "POSTGRES_PASSWORD and POSTGRES_DB in the settings (docs/managed-services.md), "
+                   "then run this again. Nothing was changed on the server.", code=ExitCode.USAGE)
+    try:
+        client = move_commands.client_env(s.database_host, s.database_port, s.database_sslmode,
+                                          s.postgres_user, s.postgres_password.reveal(),
+                                          s.postgres_db)
+    except ValueError as err:
+        raise Exit(f"{err} Nothing was changed on the server.", code=ExitCode.USAGE) from None
+    if not yes:
+        confirm_move(host)
+    ctx = host.absolute_ctx
+    try:
+        host.preflight_checks(env)  # the budget and the rest refuse before the freeze
+        with host.locked(MOVE), host.audited(MOVE) as outcome:
+            with steps.step("copy under a write freeze"):
+                host.put_text(client, f"{ctx.inbox}/{move_commands.ENV_NAME}")
+                host.put_text(ca_text(s.database_ca_file), f"{ctx.app_dir}/{managed.CA_FILE}")
+                out = host.run(move_commands.move_script(ctx), "copy under a write freeze").stdout
+            moved = move_commands.parse_moved(out)
+            outcome["detail"] = f"{moved.get('rows')} rows in {moved.get('tables')} tables copied"
+        switch_to_managed(host, ctx, moved, env_file_path(c))
+    except StepFailed as failure:
+        steps.fail(f"Moving the database of {host.name} failed at step '{failure.step}': "
+                   f"{failure.detail}")
+    steps.print_table()
+
+
+def confirm_move(host: Host) -> None:
+    answer = input("Writes are refused from the freeze until the app runs on the managed "
+                   "database (reads go on). Type the Compose project name "
+                   f"({host.ctx.project}) to confirm: ")
+    if answer.strip() != host.ctx.project:
+        raise Exit("Not confirmed; nothing was changed.", code=ExitCode.USAGE)
+
+
+def switch_to_managed(host: Host, ctx, moved: dict, env_file) -> None:
+    """The deploy onto the managed database; if it fails, the local database takes writes again
+    and serves on. Then the local postgres container goes (its volumes stay)."""
+    try:
+        pipeline.deploy(host, env_file)
+    except BaseException:
+        host.conn.run(move_commands.unfreeze(ctx), warn=True, hide=True)
+        print(f"The switch failed: the app serves on from the local database, which takes writes "
+              f"again. The managed database holds the copy; empty it before `fab -H {host.name} "
+              f"{MOVE}` again.", file=sys.stderr)
+        raise
+    host.conn.run(move_commands.retire_local(ctx), warn=True, hide=True)
+    print(f"Moved: {moved.get('rows')} rows in {moved.get('tables')} tables, the same counts on "
+          f"both sides; writes were refused for {moved.get('seconds')} s of copying plus the "
+          f"switch. The app runs on the managed database. The local postgres container is "
+          f"removed; its volume {ctx.postgres_volume} keeps the data as of the freeze.")
+
+
 ns = Collection("db")
 ns.add_task(upgrade)
+ns.add_task(move_to_managed)

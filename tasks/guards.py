@@ -20,7 +20,8 @@ def check_memory_budget(host, table: bool = False) -> budget.Budget:
     try:
         settings = host.settings
         traced = budget.traced_processes(bool(settings.logfire_token), settings.api_workers)
-        verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT, traced=traced),
+        verdict = budget.evaluate(budget.stack_memory(PROJECT_ROOT, traced=traced,
+                                                       managed_db=host.ctx.managed_db),
                                   int(mem_kb) * 1024 if mem_kb.isdigit() else 0)
     except ValueError as err:
         raise Exit(f"A memory size in the compose files is not valid ({err}). Nothing was changed "
@@ -44,6 +45,8 @@ def check_postgres_major(host, env: str | None = None) -> str:
     """The data in the Postgres volume (its major version, from the preflight) against the major of
     the image this checkout's compose.yml runs: a mismatch is refused (REFUSED) before anything
     changes, naming both versions and `db.upgrade`; returns the guard's verdict."""
+    if host.ctx.managed_db:  # no data of its own here: the provider runs the server's version
+        return db_commands.UNCHECKED
     image = db_commands.postgres_image(PROJECT_ROOT)
     data = host.facts.get("pg_data", "")
     verdict, wanted = db_commands.guard(data, image)

@@ -263,3 +263,21 @@ def swarm_findings(state: dict) -> list[Finding]:
                                 "a rolled-back update keeps the previous release serving: fix it "
                                 "and deploy again"))
     return findings
+
+
+def managed_findings(snap: dict) -> list[Finding]:
+    """A managed database (DATABASE_HOST) the host cannot reach, or reaches without TLS."""
+    reach = snap.get("managed_db") or {}
+    if not reach:
+        return []
+    if reach.get("reach") != "ok":
+        return [Finding("managed database", False, "the managed database cannot be reached from "
+                        f"the host: {reach.get('error') or 'no answer'}",
+                        "libpq's words name the cause: DATABASE_HOST/DATABASE_PORT and the "
+                        "provider's allowed addresses (this host's), DATABASE_CA_FILE (the "
+                        "provider's CA; DATABASE_SSLMODE=verify-full also checks the host name), "
+                        "POSTGRES_USER/POSTGRES_PASSWORD; fix .env and deploy again")]
+    if reach.get("tls") != "true":
+        return [Finding("managed database", False, "the connection to the managed database is "
+                        "not encrypted", "the server must offer TLS (the provider's setting)")]
+    return []

@@ -109,7 +109,8 @@ class Host(ComposeEngine, DataOperations):
         self.conn = conn
         self.settings = settings
         self.facts = facts
-        self.ctx = HostContext(settings.app_dir, settings.compose_project, variant)
+        self.ctx = HostContext(settings.app_dir, settings.compose_project, variant,
+                               managed_db=settings.managed_db)
         self.steps = steps or Steps(f"{conn.original_host}", settings.secret_values())
         self.engine, self.engine_problem = "compose", None  # refresh_facts: choose_engine
         self.put_back_release = ""  # set by put_back when it succeeded (the alert says so)

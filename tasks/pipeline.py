@@ -31,6 +31,7 @@ from .commands import envfile
 from .commands import release as release_commands
 from .commands import schema as schema_commands
 from .commands.fingerprint import backend_fingerprint
+from .commands.managed import PITR_SKIPPED
 from .commands.release import new_release_id, releases_to_prune
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP, BACKEND_STEPS, RECORD_STEP
 from .exits import ExitCode
@@ -162,7 +163,9 @@ def ship_and_migrate(host: Host, plan: DeployPlan) -> str:
                              f"is unknown. Nothing was migrated"
                              + (f" and release {current} keeps serving" if current else "")
                              + f". Check Postgres (`fab -H {host.name} status`) and deploy again.")
-        if release.postgres_image:
+        if release.postgres_image and host.ctx.managed_db:
+            steps.skip(ARCHIVE_STEP, PITR_SKIPPED)
+        elif release.postgres_image:
             with steps.step(ARCHIVE_STEP):
                 host.ensure_archive()
         migrate_database(host, data, plan, before)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from .commands.context import STACK_FILES
+from .commands.context import stack_files
 from .settings import Settings
 
 
@@ -36,6 +36,6 @@ def env_values(settings: Settings, env_file: Path | None, app_root: str) -> dict
     values["APP_ROOT"] = app_root
     # So that the plan's own `docker compose ps/logs/exec` typed in APP_DIR/current reach this
     # stack.
-    values["COMPOSE_FILE"] = ":".join(STACK_FILES)
+    values["COMPOSE_FILE"] = ":".join(stack_files(settings.managed_db))
     values["COMPOSE_PROJECT_NAME"] = settings.compose_project
     return values

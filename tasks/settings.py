@@ -22,6 +22,10 @@ from .exits import ExitCode
 from .settings_checks import (URL_PASSWORD_RE, address_problems, choice_problems, provider_problems,
                               token_problems)
 from .settings_files import EnvChoiceError, resolve_env_file
+from .settings_managed import managed_problems
+from .secret_value import Secret
+
+__all__ = ["Secret", "Settings", "SettingsError"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,22 +41,6 @@ class SettingsError(ValueError):
             "(every key is documented in .env.example) or in the environment, then run the task "
             f"again. Nothing was changed on any server."
         )
-
-
-class Secret(str):
-    """A string whose repr and str-formatting in logs never show the value."""
-
-    def __repr__(self) -> str:
-        return "Secret('[REDACTED]')" if self else "Secret('')"
-
-    def __str__(self) -> str:
-        return "[REDACTED]" if self else ""
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    def reveal(self) -> str:
-        return str.__str__(self)
 
 
 def _spec(default: Any = None, *, required: bool = False, secret: bool = False,
@@ -91,6 +79,21 @@ class Settings:
         required=True, secret=True, example="change-me-too", group="NATS JetStream",
         doc="The NATS password; it reaches nats-server through a private config file, never a "
             "command line.")
+    database_host: str = _spec(
+        "", group="Managed services",
+        doc="A managed PostgreSQL's host name or address (docs/managed-services.md): the stack "
+            "then runs no postgres of its own; POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB "
+            "are that server's. Empty: the stack's own postgres.")
+    database_port: int = _spec(5432, group="Managed services",
+                               doc="The managed PostgreSQL's port.")
+    database_sslmode: str = _spec(
+        "verify-full", group="Managed services",
+        doc="How the server's TLS certificate is checked: verify-full (the CA and the host name) "
+            "or verify-ca (the CA only); TLS is always required.")
+    database_ca_file: str = _spec(
+        "", group="Managed services",
+        doc="The CA certificate (PEM) that signed the managed server's certificate, a file on this "
+            "machine (your provider's download); required with DATABASE_HOST.")
     telegram_bot_token: Secret = _spec(required=True, secret=True, example="123456:replace-me",
                                        group="Telegram",
                                        doc="The Telegram bot's token.")
@@ -249,6 +252,10 @@ class Settings:
         owner = self.postgres_password.reveal()
         return Secret(app_role_password(owner) if owner else "")
 
+    @property
+    def managed_db(self) -> bool:
+        return bool(self.database_host)
+
     def secret_values(self) -> list[str]:
         """Non-empty secret values, for redacting command output (and a password written into
         OFFSITE_REPOSITORY's URL, as restic's `rest:` repositories take it), and the ones derived
@@ -289,7 +296,7 @@ class Settings:
         values, problems = cls._typed(raw)
         problems += provider_problems(values) + address_problems(values) + choice_problems(values)
         problems += cls._placeholder_problems(values)
-        problems += token_problems(values)
+        problems += token_problems(values) + managed_problems(values)
         if problems:
             raise SettingsError(problems, source)
         return cls(**values)

@@ -13,6 +13,9 @@ SETTING_GROUPS: dict[str, str] = {
     "Database": "The PostgreSQL container and the API's connection pool.",
     "NATS JetStream": "The message bus between the API and the worker; nats-server requires a "
                       "login.",
+    "Managed services": "A managed PostgreSQL in place of the stack's own "
+                        "(docs/managed-services.md): empty DATABASE_HOST keeps the stack's "
+                        "postgres.",
     "Telegram": "The stack's Telegram bot, which also sends the alerts (below).",
     "LLM provider": "The LLM the app calls, openai or anthropic: only the chosen provider's API "
                     "key is required.",

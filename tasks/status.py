@@ -22,7 +22,7 @@ from .commands import tls as tls_commands
 from .exits import ExitCode
 from .health_checks import (Finding, clock_findings, database_findings, disk_findings,
                             jetstream_findings, job_findings, maintenance_findings,
-                            memory_findings, service_findings, swarm_findings)
+                            managed_findings, memory_findings, service_findings, swarm_findings)
 from .host import Host
 from .engines import open_host
 from .schedule_checks import schedule_findings
@@ -34,7 +34,8 @@ def evaluate(snap: dict, now: float, sent_at: float | None = None,
              received_at: float | None = None) -> list[Finding]:
     """Every check, in the plan's troubleshooting order, from one snapshot."""
     return [*maintenance_findings(snap), *service_findings(snap), *memory_findings(snap),
-            *database_findings(snap), *jetstream_findings(snap), *job_findings(snap),
+            *database_findings(snap), *managed_findings(snap), *jetstream_findings(snap),
+            *job_findings(snap),
             *disk_findings(snap), *clock_findings(snap, sent_at, received_at),
             *schedule_findings(snap, now)]
 

@@ -106,7 +106,11 @@ def host_lines(snap: dict) -> list[str]:
 def data_lines(snap: dict) -> list[str]:
     """The database, JetStream and the background jobs."""
     lines = []
-    db = snap["db"]
+    db, reach = snap["db"], snap.get("managed_db") or {}
+    if reach:
+        lines.append("database managed (DATABASE_HOST): " + (
+            f"reached over {reach.get('protocol')} (TLS {reach.get('tls')}), PostgreSQL "
+            f"{reach.get('server')}" if reach.get("reach") == "ok" else "NOT reached"))
     if db.get("max_connections"):
         lines.append(f"database {human(db['size'])}; connections "
                      f"{db['connections']}/{db['max_connections']} "

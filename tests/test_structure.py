@@ -22,7 +22,7 @@ LOWER_LAYER = {"host", "compose_engine", "host_data", "swarm", "swarm_nodes", "e
                "planning", "guards", "remote", "settings", "settings_checks", "settings_files",
                "settings_groups", "steps", "exits", "identity", "build", "localhost", "botapi",
                "health_checks", "schedule_checks", "status_screen", "preflight", "release_env",
-               "swarm_plan", "shipping"}
+               "swarm_plan", "shipping", "settings_managed", "secret_value"}
 SOURCES = sorted([*TASKS.rglob("*.py"), *LAB.rglob("*.py")])
 
 

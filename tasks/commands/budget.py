@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from . import managed
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 OS_ALLOWANCE = 512 * MIB  # the host itself: kernel, sshd, dockerd and containerd, journald
@@ -78,14 +80,19 @@ class ServiceMemory:
 
 
 def stack_memory(root: Path, files: tuple[str, ...] = STACK_FILES,
-                 traced: dict[str, int] | None = None) -> list[ServiceMemory]:
+                 traced: dict[str, int] | None = None,
+                 managed_db: bool = False) -> list[ServiceMemory]:
     """Each production service's memory reservation and limit, the switching API twice; `traced`:
-    the services that trace and how many processes each runs (`traced_processes`)."""
+    the services that trace and how many processes each runs (`traced_processes`); `managed_db`:
+    no postgres, its client container instead (commands/managed.py)."""
     traced = traced or {}
     services: dict = {}
     for name in files:
         document = yaml.safe_load((root / name).read_text()) or {}
         services = _merge(services, document.get("services") or {})
+    if managed_db:
+        postgres = services.pop("postgres")
+        services[managed.CLIENT] = managed.client_service(postgres["image"], postgres)
     rows = []
     for name, spec in services.items():
         spec = spec or {}

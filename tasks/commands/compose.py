@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import sh
-from .context import HostContext
+from .context import MANAGED_CLIENT, HostContext
 
 
 def up(ctx: HostContext) -> list[str]:
@@ -82,14 +82,15 @@ PIDS_LIMITS = {"postgres": 512, "nats": 256, "api": 256, "worker": 256, "nginx":
 
 
 def release_override(backend_image: str, release_id: str, postgres_image: str = "",
-                     variant: str = "v2") -> str:
+                     variant: str = "v2", managed_db: bool = False) -> str:
     """release.yml: pins this release's backend image and tells the API which release it is;
     `postgres_image`: the Postgres image the host's data now needs (written by `db.upgrade` into the
     releases from before the upgrade, whose compose.yml names the old major); each service's pids
-    limit as `variant` (Compose "v1" or "v2") reads it."""
+    limit as `variant` (Compose "v1" or "v2") reads it; `managed_db`: the client container stands
+    for postgres (commands/managed.py)."""
     lines = ["# Written by the deploy task for this release; do not edit.", "services:"]
     for service, pids in PIDS_LIMITS.items():
-        lines.append(f"  {service}:")
+        lines.append(f"  {MANAGED_CLIENT if managed_db and service == 'postgres' else service}:")
         if service in ("api", "worker"):
             lines += [f"    image: {backend_image}", "    environment:",
                       f"      RELEASE_ID: {release_id}"]

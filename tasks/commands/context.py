@@ -28,6 +28,13 @@ COMPOSE_TOOLS = {
     "v1": ["docker-compose", "--compatibility"],
 }
 STACK_FILES = ("compose.yml", "docker-compose.production.yml", "release.yml")
+MANAGED_CLIENT = "db-client"  # commands/managed.py CLIENT
+
+
+def stack_files(managed_db: bool = False) -> tuple[str, ...]:
+    """The release's compose files; with a managed database its compose.managed.yml stands for
+    compose.yml (commands/managed.py)."""
+    return ("compose.managed.yml", *STACK_FILES[1:]) if managed_db else STACK_FILES
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class HostContext:
     variant: str = "v2"  # "v2" (docker compose plugin) or "v1" (docker-compose)
     # "compose" (one host) or "swarm" (a stack on a Docker Swarm: tasks/swarm.py)
     engine: str = "compose"
+    # a managed PostgreSQL (DATABASE_HOST; commands/managed.py): no postgres service, and its
+    # client container stands where a step reaches "the postgres container"
+    managed_db: bool = False
 
     def with_variant(self, variant: str) -> "HostContext":
         return replace(self, variant=variant)
@@ -127,10 +137,22 @@ class HostContext:
         Compose names `<project>_postgres_data`)."""
         return f"{self.project}_postgres_data"
 
+    @property
+    def stack_files(self) -> tuple[str, ...]:
+        return stack_files(self.managed_db)
+
+    def service(self, name: str) -> str:
+        """The stack's service standing for `name`: with a managed database, `postgres` is the
+        client container the toolkit reaches it through (commands/managed.py)."""
+        return MANAGED_CLIENT if self.managed_db and name == "postgres" else name
+
+    def services(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.service(n) for n in names)
+
     def compose(self, *args: str) -> list[str]:
         """`docker compose -p PROJECT -f ... ARGS` for this host's Compose."""
         argv = [*COMPOSE_TOOLS[self.variant], "-p", self.project]
-        for name in STACK_FILES:
+        for name in self.stack_files:
             argv += ["-f", name]
         return [*argv, *args]
 
@@ -141,6 +163,7 @@ class HostContext:
     def containers(self, service: str, *, running_only: bool = True) -> str:
         """Shell: the ids of the service's long-running containers on this host (never one-off `run`
         ones): Compose's labels, or on a swarm the stack's tasks here."""
+        service = self.service(service)
         if self.engine == "swarm":
             return (f"docker ps -q{'' if running_only else ' -a'} --filter "
                     f"label=com.docker.stack.namespace={q(self.project)} "

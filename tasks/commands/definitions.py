@@ -11,7 +11,7 @@ which is each release's own, so on v1 only nats and nginx (no `build:`) are comp
 from __future__ import annotations
 
 from . import q, sh
-from .context import HostContext
+from .context import MANAGED_CLIENT, HostContext
 from .programs import program
 
 KEPT_SERVICES = ("postgres", "nats", "nginx")
@@ -19,7 +19,8 @@ DATA_SERVICES = ("postgres", "nats")
 BUILT_SERVICES = ("postgres",)  # a `build:` in compose.yml: v1's hash differs in each release
 # How long each is unavailable while it is recreated (stop, start, first healthy check): an
 # estimate, not yet measured by a benchmark; what the notice and the task say.
-UNAVAILABLE = {"postgres": "about 10 s", "nats": "about 5 s", "nginx": "about 5 s"}
+UNAVAILABLE = {"postgres": "about 10 s", "nats": "about 5 s", "nginx": "about 5 s",
+               MANAGED_CLIENT: "about 5 s (the managed database itself is not touched)"}
 PENDING = "@@pending "
 PENDING_PROGRAM = program("pending-definitions.sh")
 HEALTHY_TRIES = 240  # half-seconds a recreated service has to report healthy
@@ -34,8 +35,8 @@ def up_kept(ctx: HostContext, services: tuple[str, ...]) -> list[str]:
 def compared(ctx: HostContext) -> tuple[str, ...]:
     """The services whose definitions this host's Compose can compare (see the module)."""
     if ctx.variant == "v1":
-        return tuple(s for s in KEPT_SERVICES if s not in BUILT_SERVICES)
-    return KEPT_SERVICES
+        return ctx.services(tuple(s for s in KEPT_SERVICES if s not in BUILT_SERVICES))
+    return ctx.services(KEPT_SERVICES)
 
 
 def pending(ctx: HostContext, release_dir: str) -> str:
@@ -53,7 +54,7 @@ def parse_pending(output: str) -> list[str]:
     """The services `pending` printed, in the stack's order."""
     named = {line[len(PENDING):].strip() for line in output.splitlines()
              if line.startswith(PENDING)}
-    return [s for s in KEPT_SERVICES if s in named]
+    return [s for s in (*KEPT_SERVICES, MANAGED_CLIENT) if s in named]
 
 
 def recreate_command(name: str, service: str) -> str:

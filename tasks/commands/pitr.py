@@ -168,7 +168,9 @@ ARCHIVE_STATE = program("archive-state.sh")
 def info(ctx: HostContext) -> str:
     """Shell: the WAL archive's state (tasks/programs/archive-state.sh): the host's time, the
     archiver's figures (or the error that kept them from being read), pg_wal's disk and
-    pgBackRest's `info` as JSON."""
+    pgBackRest's `info` as JSON; with a managed database, that the provider has it."""
+    if ctx.managed_db:
+        return "echo pitr=managed"
     return (ARCHIVE_STATE.rstrip("\n").replace("@QUERY@", q(ARCHIVER_QUERY))
             .replace("@POSTGRES@", ctx.container("postgres")))
 
@@ -199,7 +201,7 @@ def parse_info(output: str) -> dict:
     from `info`'s output."""
     values = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
     result: dict = {"now": int(values.get("now", "0") or 0)}
-    if values.get("pitr") in ("unavailable", "no-postgres"):
+    if values.get("pitr") in ("unavailable", "no-postgres", "managed"):
         return {**result, "state": values["pitr"]}
     result.update(parse_archiver(values))
     try:
@@ -226,6 +228,9 @@ def window_line(state: dict) -> str:
     def at(seconds: int) -> str:
         return datetime.fromtimestamp(seconds, timezone.utc).strftime(TIME_FORMAT) + " UTC"
 
+    if state["state"] == "managed":
+        return ("point in time: the managed database's provider's (restore to a moment in its "
+                "console); backups here are logical dumps")
     if state["state"] in ("unavailable", "no-postgres"):
         return ("point in time: not available (" + ("the live Postgres image has no pgBackRest"
                                                     if state["state"] == "unavailable"

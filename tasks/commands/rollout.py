@@ -102,7 +102,7 @@ def worker_restart(ctx: HostContext) -> list[str]:
 def data_services_up(ctx: HostContext) -> list[str]:
     """Postgres and NATS started when missing; running ones are never recreated by a deploy
     (commands/definitions.py: a changed definition waits for `compose.recreate`)."""
-    return up_kept(ctx, DATA_SERVICES)
+    return up_kept(ctx, ctx.services(DATA_SERVICES))
 
 
 def nginx_check(ctx: HostContext, release_id: str) -> list[str]:

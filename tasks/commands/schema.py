@@ -42,12 +42,13 @@ def schema_state(ctx: HostContext, release_id: str, wait_seconds: int = SCHEMA_W
              f"if [ \"$has\" = t ]; then {psql} -c {q(SCHEMA_SQL)}; else {psql} -c {q(FRESH_SQL)}; "
              "fi")
     # Readiness over TCP: while the image initialises a new cluster, a temporary server answers
-    # on the socket only and then shuts down. A query error is retried until the deadline.
+    # on the socket only and then shuts down. A query error is retried until the deadline. With a
+    # managed database the client container's PGHOST is the server (commands/managed.py).
     return f"""pg=$({ctx.container('postgres')})
 if [ -z "$pg" ]; then echo db=unreachable; echo 'db_error=no running postgres container'; else
   state=unreachable; err="postgres did not accept connections within {int(wait_seconds)}s"
   for _ in $(seq 1 {int(wait_seconds) * 2}); do
-    if docker exec "$pg" sh -c 'pg_isready -q -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"' 2>/dev/null; then
+    if docker exec "$pg" sh -c 'pg_isready -q -h "${{PGHOST:-127.0.0.1}}" -U "$POSTGRES_USER" -d "$POSTGRES_DB"' 2>/dev/null; then
       if out=$(docker exec "$pg" sh -c {q(query)} 2>&1); then state=ok; break; fi
       state=error; err=$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300)
     fi

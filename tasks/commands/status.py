@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 
-from . import definitions, pitr, q, sh
+from . import definitions, managed, pitr, q, sh
 from .backup import cron_marker, install_cron, list_sets
 from .context import HostContext
 from .lock import status as lock_status
@@ -190,7 +190,7 @@ def snapshot_sections(ctx: HostContext) -> list[tuple[str, str]]:
                 "wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true&consumers=true' "
                 "2>/dev/null | tr -d '\\n'"),
         ("backups", list_sets(ctx)),
-        ("pitr", pitr.info(ctx)),
+        ("pitr", pitr.info(ctx)), ("managed_db", managed.reach_check(ctx)),
         ("certs", tls_status(ctx)),
         ("cron", cron_section(ctx)),
         ("trigger_hour", triggers(ctx, HOUR)),
@@ -390,7 +390,7 @@ def parse_snapshot(output: str) -> dict:
         "backups": s.get("backups", "") + "\n",  # parse_sets splits at "--log\n"
         "pitr": pitr.parse_info(s.get("pitr", "")) if s.get("pitr", "").strip()
         else {"state": "unknown"},
-        "certs": s.get("certs", ""),
+        "certs": s.get("certs", ""), "managed_db": managed.parse_reach(s.get("managed_db", "")),
         "cron": parse_cron(s.get("cron", "")),
         "trigger_hour": key_values(s.get("trigger_hour", "")),
         "trigger_day": key_values(s.get("trigger_day", "")),

@@ -58,7 +58,12 @@ pg=$(container postgres); nats=$(container nats)
 if [ -n "$nats" ] && [ "$(docker inspect -f '{{.State.Paused}}' "$nats" 2>/dev/null)" = true ]; then
   docker unpause "$nats" >/dev/null && echo "[backup] nats was left paused by an earlier run; unpaused"
 fi
+# A managed database (DATABASE_HOST): no postgres here; its client container (db-client) reaches it
+# over TLS, so the dump, the scratch restore and the counts all run against the managed server.
+managed=""
+if [ -z "$pg" ]; then pg=$(container db-client); [ -n "$pg" ] && managed=1; fi
 [ -n "$pg" ] || fail "no running postgres container in compose project $PROJECT"
+[ -n "$managed" ] && echo "[backup] managed database: a logical dump over the network (TLS)"
 
 progress "database dump (streamed) and row counts in one snapshot"
 t0=$(now); pause_s=0.00
@@ -150,8 +155,12 @@ for kind in '^[0-9]{8}T[0-9]{6}Z$' '^[0-9]{8}T[0-9]{6}Z-predeploy$'; do
   done
 done
 log "$(cat "$root/$name/manifest.json" | tr -d '\n' | sed 's/^{/{"time": "'"$(date -u +%FT%TZ)"'", "result": "ok", /')"
-[ "$MODE" != "--db-only" ] && { @PITR_BACKUP@
+if [ -n "$managed" ]; then
+  [ "$MODE" != "--db-only" ] && echo "[backup] point-in-time recovery is the managed database's provider's: no WAL archive here"
+else
+  [ "$MODE" != "--db-only" ] && { @PITR_BACKUP@
 }
+fi
 if [ "$MODE" != "--db-only" ] && [ -f "$APP_DIR/shared/offsite.conf" ]; then
   step="off-site copy"
   trap - HUP INT TERM  # the set is complete: from here a failure keeps it
