@@ -24,6 +24,7 @@ import urllib.request
 
 import pytest
 
+from tests.capture import Capture
 from tests.support import (DOMAIN, ROOT, LoadProbe, Pebble, Registry, TestHosts, Writers,
                            app_settings, copy_project, network_gateway, wait_for)
 
@@ -138,7 +139,10 @@ def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, se
     hosts.first_release = before
     changed = hosts.dir / "changed.env"
     changed.write_text(settings.read_text() + "API_WORKERS=2\n")
-    with LoadProbe(load_urls(hosts), clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+    marker = f"clearmark{secrets.token_hex(4)}"  # in every written title: must cross no host in clear
+    with Capture(bridge_of(hosts.network), (5432, 4222)) as wire, \
+            LoadProbe(load_urls(hosts), clients=3) as probe, \
+            Writers(hosts.url(MANAGER, "/api/tasks"), clients=1, title=marker) as writers:
         started = time.monotonic()
         out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=changed, timeout=1200)  # ENGINE=auto: a swarm manager
         rollout = time.monotonic() - started
@@ -151,6 +155,26 @@ def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, se
     assert release_of(hosts) != before
     newest = {t["id"] for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1]}  # the newest 100
     assert writers.acknowledged and max(writers.acknowledged) in newest
+    assert_nothing_in_clear(wire, marker, settings)
+
+
+def bridge_of(network: str) -> str:
+    return "br-" + subprocess.run(["docker", "network", "inspect", "-f", "{{.Id}}", network],
+                                  capture_output=True, text=True, check=True).stdout.strip()[:12]
+
+
+def assert_nothing_in_clear(wire: Capture, marker: str, settings) -> None:
+    """Issue 24: what crossed the hosts' network to or from Postgres (5432) and NATS (4222), inside
+    the overlay's VXLAN or not, holds no SQL, no written title and no NATS login."""
+    sql, nats = bytes(wire.payloads[5432]), bytes(wire.payloads[4222])
+    print(f"captured {wire.frames} frames; postgres {wire.segments[5432]} segments "
+          f"({len(sql)} bytes), nats {wire.segments[4222]} ({len(nats)} bytes)")
+    assert len(sql) > 10_000 and len(nats) > 1_000  # the writes and their jobs did cross hosts
+    password = re.search(r"^NATS_PASSWORD=(.*)$", settings.read_text(), re.M).group(1).encode()
+    for name, data in (("postgres", sql), ("nats", nats)):
+        for clear in (marker.encode(), b"INSERT INTO", b"SELECT", b"CONNECT {", b'"user"', password):
+            assert clear not in data, f"{clear[:20]!r} crossed the network in clear ({name})"
+    assert b"\x00\x00\x00\x08\x04\xd2\x16\x2f" in sql  # libpq's SSLRequest: each asked for TLS
 
 
 def test_a_deploy_with_nothing_changed_changes_nothing(hosts):
