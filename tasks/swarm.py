@@ -32,7 +32,7 @@ from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import release as release_commands
 from .commands import schema as schema_commands
-from .commands import rollout, sh, swarm_stack
+from .commands import rollout, sh, swarm_stack, swarm_tls
 from .commands import tls as tls_commands
 from .exits import ExitCode
 from .host import Host, Release
@@ -205,6 +205,21 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     images_step = "images on every node"
     mesh: bool | None = None  # publish through the routing mesh (None: when the swarm has IPVS)
     postgres_image: str = ""  # the stack's Postgres image, as rendered by `prepare`
+    tls: dict[str, str] | None = None  # the TLS certificates' fingerprints (commands/swarm_tls.py)
+
+    @property
+    def tls_dir(self) -> str:
+        return swarm_tls.tls_dir(absolute_app_dir(self.facts, self.ctx.app_dir))
+
+    def tls_certificates(self, mode: str) -> dict[str, str]:
+        """The CA's and the servers' certificate fingerprints on the manager: `check` reads them
+        (changing nothing), `ensure` first issues what is missing or near expiry, `rotate` issues
+        the servers' anew."""
+        command = swarm_tls.ca_command(self.tls_dir, mode)
+        out = (self.probe_run(command) if mode == "check"
+               else self.run(command, "TLS certificates"))
+        self.tls = swarm_tls.parse_fingerprints(out.stdout)
+        return self.tls
 
     def release_images(self) -> tuple[str, str]:
         """The built images, named in REGISTRY when the nodes pull them from there."""
@@ -229,8 +244,12 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                        f"to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
+        self.tls_certificates("check")  # a certificate to renew changes the stack: a deploy
+        return self.stack_fingerprint(plan), {"engine": "swarm"}
+
+    def stack_fingerprint(self, plan) -> str:
         same = swarm_stack.dump_stack(self.render(plan, ""))
-        return fingerprints.stack_fingerprint(PROJECT_ROOT, same), {"engine": "swarm"}
+        return fingerprints.stack_fingerprint(PROJECT_ROOT, same)
 
     def render(self, plan, release_id: str) -> dict:
         """The stack for `docker stack deploy`: the three files, `${VAR}` filled in."""
@@ -239,10 +258,12 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                   "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
                   **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
-            return swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
+            rendered = swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.",
                        code=ExitCode.USAGE) from None
+        tls = self.tls or swarm_tls.parse_fingerprints("")
+        return swarm_tls.with_tls(rendered, self.stack, self.tls_dir, tls)
 
     def serving_on(self) -> str:
         return f"the swarm ({len(self.state()['nodes'])} nodes)"
@@ -256,6 +277,10 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
         (nothing: images are looked up per node, the kept releases)."""
         ctx, release = self.ctx, plan.release
         rid = release.id
+        if not swarm_tls.ready(self.tls_certificates("ensure")):
+            raise StepFailed("TLS certificates", f"the CA in {self.tls_dir} on {self.name} did not "
+                                                 f"issue them ({self.tls}). Nothing was deployed")
+        release.meta["fingerprint"] = self.stack_fingerprint(plan)  # with the certificates' names
         rendered = self.render(plan, rid)
         self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image,
                                                                                       rid))
@@ -301,12 +326,14 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
 
     def migrate_command(self, release: Release) -> str:
         """Once, in a one-off container of the new image on the stack's attachable network."""
-        return sh(commands.migrate(self.ctx, release.id, self.stack, release.image))
+        return sh(commands.migrate(self.ctx, release.id, self.stack, release.image,
+                                   tuple(swarm_tls.one_off_args(self.tls_dir))))
 
     def app_role_command(self, release: Release) -> str:
         """The role's SQL run in a one-off container of the stack's Postgres image."""
         image = self.postgres_image or release.postgres_image
-        return commands.ensure_app_role(self.ctx, release.id, self.stack, image)
+        return commands.ensure_app_role(self.ctx, release.id, self.stack, image,
+                                        tuple(swarm_tls.one_off_args(self.tls_dir)))
 
     def check_running(self) -> list[str]:
         """What keeps the stack from running all its replicas (a past rollback is history)."""

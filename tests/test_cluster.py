@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tasks.swarm import STACK_SOURCES, load_sources
-from tasks.commands import cluster, provision, swarm_stack
+from tasks.commands import cluster, provision, swarm_stack, swarm_tls
 from tasks.commands.context import HostContext
 from tests.support import ROOT
 
@@ -190,9 +190,14 @@ def test_interpolate_refuses_a_missing_required_value():
         swarm_stack.interpolate("${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}", {})
 
 
+TLS_FINGERPRINTS = {"ca": "0123456789ab", "postgres": "1123456789ab", "nats": "2123456789ab"}
+
+
 @pytest.fixture(scope="module")
 def rendered():
-    return swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=False)
+    """The stack as a swarm deploy renders it: with TLS between the services (commands/swarm_tls.py)."""
+    plain = swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=False)
+    return swarm_tls.with_tls(plain, "tt", "/srv/tt/shared/tls-ca", TLS_FINGERPRINTS)
 
 
 def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):

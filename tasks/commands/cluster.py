@@ -325,10 +325,12 @@ def stack_deploy(stack: str, files: list[str], registry: bool = False) -> list[s
     return [*argv, stack]
 
 
-def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[str]:
+def migrate(ctx: HostContext, release_id: str, stack: str, image: str,
+            extra: tuple[str, ...] = ()) -> list[str]:
     """Alembic once, in a one-off container of the release's image on the stack's network (on the
-    manager; Postgres answers by its service name wherever it runs)."""
-    return ["docker", "run", "--rm", "--network", network(stack), "--env-file",
+    manager; Postgres answers by its service name wherever it runs); `extra` docker run arguments
+    (the CA's mount: commands/swarm_tls.py)."""
+    return ["docker", "run", "--rm", "--network", network(stack), *extra, "--env-file",
             f"{stack_dir(ctx, release_id)}/migrate.env",
             image, "alembic", "upgrade", "head"]
 
@@ -336,7 +338,8 @@ def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[s
 APP_ROLE_FILE = "app-role.sql"  # beside migrate.env in the release's stack directory (0600)
 
 
-def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str) -> str:
+def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str,
+                    extra: tuple[str, ...] = ()) -> str:
     """The app role and its grants (commands/db.app_role_sql, the release's APP_ROLE_FILE), applied
     once as the owner from a one-off container of the Postgres image on the stack's network, with
     the migration's environment (the owner's login; psql reads its password from the
@@ -344,7 +347,7 @@ def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_imag
     d = stack_dir(ctx, release_id)
     psql = ('PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 '
             '-h "$POSTGRES_HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
-    argv = ["docker", "run", "--rm", "-i", "--network", network(stack),
+    argv = ["docker", "run", "--rm", "-i", "--network", network(stack), *extra,
             "--env-file", f"{d}/migrate.env", "--entrypoint", "sh", postgres_image, "-c", psql]
     return f"{sh(argv)} < {q(f'{d}/{APP_ROLE_FILE}')} >/dev/null"
 
