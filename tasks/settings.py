@@ -151,6 +151,11 @@ class Settings:
     engine: str = _spec("auto", group="Images and engine",
                         doc="What runs the stack: auto (Docker Swarm when the host is a swarm "
                             "manager, else Compose), compose or swarm.")
+    swarm_data_path: str = _spec("", group="Images and engine",
+                                 doc="On a swarm, the network interface (the same name on every "
+                                     "node, e.g. a VPS's private network's) whose address carries "
+                                     "the overlay's traffic (`--data-path-addr`, set by "
+                                     "`cluster.init`); empty: the advertised address.")
     registry: str = _spec("", group="Images and engine",
                           doc="On a swarm, a container registry the nodes pull the built images "
                               "from "

@@ -206,6 +206,7 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     mesh: bool | None = None  # publish through the routing mesh (None: when the swarm has IPVS)
     postgres_image: str = ""  # the stack's Postgres image, as rendered by `prepare`
     tls: dict[str, str] | None = None  # the TLS certificates' fingerprints (commands/swarm_tls.py)
+    rotate_tls: bool = False  # issue the servers' certificates anew (`cluster.deploy --rotate-tls`)
 
     @property
     def tls_dir(self) -> str:
@@ -245,6 +246,8 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
         if self.mesh is None:
             self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
         self.tls_certificates("check")  # a certificate to renew changes the stack: a deploy
+        if self.rotate_tls:
+            self.tls = {**self.tls, **dict.fromkeys(swarm_tls.SERVERS, "rotate")}
         return self.stack_fingerprint(plan), {"engine": "swarm"}
 
     def stack_fingerprint(self, plan) -> str:
@@ -277,7 +280,7 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
         (nothing: images are looked up per node, the kept releases)."""
         ctx, release = self.ctx, plan.release
         rid = release.id
-        if not swarm_tls.ready(self.tls_certificates("ensure")):
+        if not swarm_tls.ready(self.tls_certificates("rotate" if self.rotate_tls else "ensure")):
             raise StepFailed("TLS certificates", f"the CA in {self.tls_dir} on {self.name} did not "
                                                  f"issue them ({self.tls}). Nothing was deployed")
         release.meta["fingerprint"] = self.stack_fingerprint(plan)  # with the certificates' names

@@ -49,7 +49,8 @@ def hosts(docker_machine):  # Docker and the stand-in images on this machine
 
 @pytest.fixture(scope="module")
 def settings(hosts):
-    return app_settings(hosts.dir / "app.env")
+    # The overlay's VXLAN from each node's eth0 address (`--data-path-addr`): here the same network.
+    return app_settings(hosts.dir / "app.env", SWARM_DATA_PATH="eth0")
 
 
 def get_json(url: str):
@@ -80,7 +81,7 @@ def test_init_forms_the_swarm_and_again_changes_nothing(hosts, settings):
     started = time.monotonic()
     out = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
     print(f"cluster.init: {time.monotonic() - started:.1f}s")
-    assert f"{MANAGER}: swarm initialised, manager at" in out.stdout
+    assert f"{MANAGER}: swarm initialised, manager at" in out.stdout and ", data path " in out.stdout
     # each through the Engine API with the token on stdin, the token rotated after each join
     assert out.stdout.count("joined the swarm as a worker") == 2
     assert out.stdout.count("; the join token was rotated") == 2

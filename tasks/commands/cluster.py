@@ -28,11 +28,14 @@ FAILED_UPDATE_STATES = ("rollback_started", "rollback_completed", "rollback_paus
 
 # --- facts of one host: one round trip ----------------------------------------------------------
 
-def facts() -> str:
+def facts(data_path: str = "") -> str:
     """The host's swarm state, its address on the network the hosts share (the source address of
-    its default route: the interface a VPS's peers reach it on), its hostname, and whether the
-    kernel has IPVS (the routing mesh and service VIPs need it)."""
+    its default route: the interface a VPS's peers reach it on), its hostname, whether the
+    kernel has IPVS (the routing mesh and service VIPs need it), and its IPv4 address on the
+    `data_path` interface (SWARM_DATA_PATH)."""
     return "; ".join([
+        *([f"printf 'data_address=%s\\n' \"$(ip -4 -o addr show dev {q(data_path)} 2>/dev/null "
+           "| awk '{split($4, a, \"/\"); print a[1]; exit}')\""] if data_path else []),
         "printf 'swarm=%s\\n' \"$(docker info --format '{{json .Swarm}}' 2>/dev/null)\"",
         "printf 'address=%s\\n' \"$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < "
         "NF; i++) if ($i == \"src\") {print $(i + 1); exit}}')\"",
@@ -60,7 +63,8 @@ def parse_facts(output: str) -> dict:
             "address": raw.get("address", "").strip() or raw.get("first_address", "").strip(),
             "hostname": raw.get("hostname", "").strip(),
             "ipvs": raw.get("ipvs", "").strip() == "yes",
-            "live_restore": raw.get("live_restore", "").strip() == "true"}
+            "live_restore": raw.get("live_restore", "").strip() == "true",
+            "data_address": raw.get("data_address", "").strip()}
 
 
 # --- forming the swarm ----------------------------------------------------------------------------
@@ -116,18 +120,22 @@ def live_restore_off(uid: str = "1000") -> str:
     return LIVE_RESTORE_OFF if uid == "0" else f"sudo -n sh -c {q(LIVE_RESTORE_OFF)}"
 
 
-def init(address: str) -> list[str]:
-    return ["docker", "swarm", "init", "--advertise-addr", address]
+def init(address: str, data_address: str = "") -> list[str]:
+    """The overlay's VXLAN from `data_address` when given (a private network), else `address`."""
+    return ["docker", "swarm", "init", "--advertise-addr", address,
+            *(["--data-path-addr", data_address] if data_address else [])]
 
 
 def join_token(role: str = "worker") -> list[str]:
     return ["docker", "swarm", "join-token", "-q", role]
 
 
-def join_body(token: str, manager: str, address: str) -> str:
+def join_body(token: str, manager: str, address: str, data_address: str = "") -> str:
     """What `join` reads on stdin: the Engine API's swarm join request, token included (what
-    `docker swarm join --token T --advertise-addr A MANAGER:2377` sends, minus the argv)."""
+    `docker swarm join --token T --advertise-addr A [--data-path-addr D] MANAGER:2377` sends, minus
+    the argv)."""
     return json.dumps({"ListenAddr": f"0.0.0.0:{SWARM_PORT}", "AdvertiseAddr": address,
+                       **({"DataPathAddr": data_address} if data_address else {}),
                        "RemoteAddrs": [f"{manager}:{SWARM_PORT}"], "JoinToken": token})
 
 
