@@ -108,6 +108,9 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     remote = ("SELECT DISTINCT usename FROM pg_stat_activity "
               "WHERE backend_type = 'client backend' AND client_addr IS NOT NULL")
     assert data_query(hosts, remote) == ["tasktracker_app"]
+    # ... over TLS, each one (issue 24: pg_hba takes no other login from the network)
+    assert data_query(hosts, "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                             "WHERE client_addr IS NOT NULL") == ["t"]
     assert data_query(hosts, "SELECT rolsuper FROM pg_roles WHERE rolname = 'tasktracker_app'") == ["f"]
     listed = status(hosts, settings)
     assert "postgres.1" in node_line(listed, MANAGER) and "nginx.1" in node_line(listed, MANAGER)
@@ -172,9 +175,11 @@ def assert_nothing_in_clear(wire: Capture, marker: str, settings) -> None:
           f"({len(sql)} bytes), nats {wire.segments[4222]} ({len(nats)} bytes)")
     assert len(sql) > 10_000 and len(nats) > 1_000  # the writes and their jobs did cross hosts
     password = re.search(r"^NATS_PASSWORD=(.*)$", settings.read_text(), re.M).group(1).encode()
-    for name, data in (("postgres", sql), ("nats", nats)):
-        for clear in (marker.encode(), b"INSERT INTO", b"SELECT", b"CONNECT {", b'"user"', password):
-            assert clear not in data, f"{clear[:20]!r} crossed the network in clear ({name})"
+    clear = {"the title marker": marker.encode(), "INSERT INTO": b"INSERT INTO", "SELECT": b"SELECT",
+             "a NATS CONNECT": b"CONNECT {", "a NATS user": b'"user"', "the NATS password": password}
+    found = [f"{what} ({name})" for name, data in (("postgres", sql), ("nats", nats))
+             for what, text in clear.items() if text in data]
+    assert found == [], f"crossed the hosts' network in clear: {', '.join(found)}"
     assert b"\x00\x00\x00\x08\x04\xd2\x16\x2f" in sql  # libpq's SSLRequest: each asked for TLS
 
 
