@@ -207,6 +207,7 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     postgres_image: str = ""  # the stack's Postgres image, as rendered by `prepare`
     tls: dict[str, str] | None = None  # the TLS certificates' fingerprints (commands/swarm_tls.py)
     rotate_tls: bool = False  # issue the servers' certificates anew (`cluster.deploy --rotate-tls`)
+    encrypted: bool = False  # the overlay with IPsec (SWARM_OVERLAY_ENCRYPTION, the kernel's ESP)
 
     @property
     def tls_dir(self) -> str:
@@ -243,12 +244,24 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                        f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
                        "swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS "
                        f"to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
-        if self.mesh is None:
-            self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
+        self.read_kernel()
         self.tls_certificates("check")  # a certificate to renew changes the stack: a deploy
         if self.rotate_tls:
             self.tls = {**self.tls, **dict.fromkeys(swarm_tls.SERVERS, "rotate")}
         return self.stack_fingerprint(plan), {"engine": "swarm"}
+
+    def read_kernel(self) -> None:
+        """The routing mesh when the manager's kernel has IPVS (unless set), the encrypted overlay
+        (SWARM_OVERLAY_ENCRYPTION) when it has ESP; `yes` on a kernel without ESP is refused."""
+        kernel = commands.parse_facts(self.probe_run(commands.facts()).stdout)
+        self.mesh = kernel["ipvs"] if self.mesh is None else self.mesh
+        wanted = self.settings.swarm_overlay_encryption
+        if wanted == "yes" and not kernel["esp"]:
+            raise Exit(f"SWARM_OVERLAY_ENCRYPTION=yes, but {self.name}'s kernel has no ESP "
+                       "(IPsec), so an encrypted overlay would carry nothing. Set it to auto or "
+                       "no (Postgres and NATS use TLS either way). Nothing was changed.",
+                       code=ExitCode.USAGE)
+        self.encrypted = kernel["esp"] and wanted != "no"
 
     def stack_fingerprint(self, plan) -> str:
         same = swarm_stack.dump_stack(self.render(plan, ""))
@@ -266,7 +279,8 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.",
                        code=ExitCode.USAGE) from None
         tls = self.tls or swarm_tls.parse_fingerprints("")
-        return swarm_tls.with_tls(rendered, self.stack, self.tls_dir, tls)
+        rendered = swarm_tls.with_tls(rendered, self.stack, self.tls_dir, tls)
+        return swarm_tls.with_encrypted_overlay(rendered) if self.encrypted else rendered
 
     def serving_on(self) -> str:
         return f"the swarm ({len(self.state()['nodes'])} nodes)"

@@ -70,17 +70,17 @@ SWARM_ACTIVE = json.dumps({"LocalNodeState": "active", "ControlAvailable": True,
 @pytest.mark.parametrize("output, expected", [
     (f"swarm={SWARM_ACTIVE}\naddress=172.30.0.2\nfirst_address=172.30.0.2\nhostname=vm1\nipvs=no\n",
      {"state": "active", "manager": True, "node_id": "n1", "node_addr": "172.30.0.2", "managers": ["172.30.0.2:2377"],
-      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False, "live_restore": False, "data_address": ""}),
+      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False, "esp": False, "live_restore": False, "data_address": ""}),
     ('swarm={"LocalNodeState":"inactive","ControlAvailable":false,"NodeID":"","NodeAddr":""}\naddress=\n'
      "first_address=10.1.2.3\nhostname=vps\nipvs=yes\nlive_restore=true\n",
      {"state": "inactive", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "10.1.2.3",
-      "hostname": "vps", "ipvs": True, "live_restore": True, "data_address": ""}),
+      "hostname": "vps", "ipvs": True, "esp": False, "live_restore": True, "data_address": ""}),
     ("swarm=\naddress=\nhostname=x\n", {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [],
-                                        "address": "", "hostname": "x", "ipvs": False, "live_restore": False,
+                                        "address": "", "hostname": "x", "ipvs": False, "esp": False, "live_restore": False,
                                         "data_address": ""}),
     ("swarm=\naddress=203.0.113.5\nhostname=x\ndata_address=10.0.0.5\n",
      {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "203.0.113.5",
-      "hostname": "x", "ipvs": False, "live_restore": False, "data_address": "10.0.0.5"}),
+      "hostname": "x", "ipvs": False, "esp": False, "live_restore": False, "data_address": "10.0.0.5"}),
 ], ids=["manager", "not-in-a-swarm-address-from-hostname-I", "no-docker", "data-path"])
 def test_parse_facts(output, expected):
     assert cluster.parse_facts(output) == expected

@@ -459,7 +459,8 @@ def manager(conn: FakeConnection) -> SwarmHost:
 def reads_only(command: str) -> bool:
     """The swarm deploy's reads: the manager's view, container lookups, besides the single host's."""
     return (command.startswith(("echo '@@ nodes'", "docker ps -q")) or _read_only(command)
-            or command.endswith(" check postgres nats"))  # the TLS certificates' fingerprints
+            or command.endswith(" check postgres nats")  # the TLS certificates' fingerprints
+            or command.startswith("printf 'swarm="))  # the manager's facts (IPVS, ESP)
 
 
 def test_the_swarm_dry_run_plans_exactly_what_the_swarm_deploy_runs(planning, monkeypatch):  # noqa: F811

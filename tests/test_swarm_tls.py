@@ -140,3 +140,50 @@ def test_nats_with_the_stacks_flags_takes_the_backends_tls_login_only(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_the_encrypted_overlay_is_asked_for_on_the_stacks_network(rendered, tmp_path):  # noqa: F811
+    """SWARM_OVERLAY_ENCRYPTION (where the kernel has ESP): Swarm's IPsec on the stack's network, a
+    stack Debian's 20.10 CLI accepts."""
+    from tests.test_cluster import test_docker_20_10_accepts_the_rendered_stack
+
+    encrypted = swarm_tls.with_encrypted_overlay(rendered)
+    assert encrypted["networks"]["default"] == {"driver": "overlay", "attachable": True,
+                                                "driver_opts": {"encrypted": ""}}
+    assert "driver_opts" not in rendered["networks"]["default"]  # the input is left as it was
+    test_docker_20_10_accepts_the_rendered_stack(encrypted, tmp_path)
+
+
+def test_the_swarm_firewall_admits_esp_from_the_peers_and_nft_accepts_it():
+    import os
+    import shutil
+
+    rules = cluster.swarm_firewall(["10.0.0.2", "10.0.0.1"])
+    assert "ip saddr @swarm_peers ip protocol esp accept" in rules
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
+    if not nft:
+        pytest.skip("nft is not installed on this machine")
+    base = "table inet tasktracker {\n    chain input {\n        type filter hook input priority 0; policy drop;\n    }\n}\n"
+    out = subprocess.run([nft, "-c", "-f", "-"], input=base + rules, capture_output=True, text=True)
+    assert out.returncode == 0 or "Operation not permitted" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("wanted, esp, expected", [
+    ("auto", True, True), ("auto", False, False), ("no", True, False), ("yes", True, True), ("yes", False, "refused"),
+])
+def test_the_overlay_is_encrypted_where_the_kernel_has_esp(wanted, esp, expected):
+    from invoke import Exit
+
+    from tasks.host import Host
+    from tasks.swarm import SwarmHost
+    from tests.test_executors import FACTS, FakeConnection, ok, settings
+
+    facts = f"ipvs=no\nesp={'yes' if esp else 'no'}\n"
+    host = SwarmHost.adopt(Host(FakeConnection().on("printf 'swarm=", ok(facts)),
+                                settings(SWARM_OVERLAY_ENCRYPTION=wanted), "v2", FACTS))
+    if expected == "refused":
+        with pytest.raises(Exit, match="kernel has no ESP"):
+            host.read_kernel()
+        return
+    host.read_kernel()
+    assert host.encrypted is expected and host.mesh is False

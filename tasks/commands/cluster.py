@@ -31,7 +31,8 @@ FAILED_UPDATE_STATES = ("rollback_started", "rollback_completed", "rollback_paus
 def facts(data_path: str = "") -> str:
     """The host's swarm state, its address on the network the hosts share (the source address of
     its default route: the interface a VPS's peers reach it on), its hostname, whether the
-    kernel has IPVS (the routing mesh and service VIPs need it), and its IPv4 address on the
+    kernel has IPVS (the routing mesh and service VIPs need it) and ESP (an encrypted overlay
+    needs it), and its IPv4 address on the
     `data_path` interface (SWARM_DATA_PATH)."""
     return "; ".join([
         *([f"printf 'data_address=%s\\n' \"$(ip -4 -o addr show dev {q(data_path)} 2>/dev/null "
@@ -42,6 +43,8 @@ def facts(data_path: str = "") -> str:
         "printf 'first_address=%s\\n' \"$(hostname -I 2>/dev/null | awk '{print $1}')\"",
         "printf 'hostname=%s\\n' \"$(hostname)\"",
         "printf 'ipvs=%s\\n' \"$([ -e /proc/net/ip_vs ] && echo yes || echo no)\"",
+        "printf 'esp=%s\\n' \"$({ [ -d /sys/module/esp4 ] || modprobe -n -q esp4; } 2>/dev/null "
+        "&& echo yes || echo no)\"",
         "printf 'live_restore=%s\\n' \"$(docker info --format '{{.LiveRestoreEnabled}}' "
         "2>/dev/null)\"",
     ])
@@ -63,6 +66,7 @@ def parse_facts(output: str) -> dict:
             "address": raw.get("address", "").strip() or raw.get("first_address", "").strip(),
             "hostname": raw.get("hostname", "").strip(),
             "ipvs": raw.get("ipvs", "").strip() == "yes",
+            "esp": raw.get("esp", "").strip() == "yes",
             "live_restore": raw.get("live_restore", "").strip() == "true",
             "data_address": raw.get("data_address", "").strip()}
 
@@ -87,7 +91,8 @@ SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"
 
 def swarm_firewall(peers: list[str]) -> str:
     """Rules appended to provision's `inet tasktracker` input chain (its policy drops the rest):
-    Swarm's ports (2377 management, 7946 gossip, 4789 VXLAN overlay) from the swarm's nodes only."""
+    Swarm's ports (2377 management, 7946 gossip, 4789 VXLAN overlay; ESP, an encrypted overlay's
+    IPsec) from the swarm's nodes only."""
     elements = ", ".join(sorted(set(peers)))
     return f"""# Written by `fab cluster.init`: the Swarm ports, from the nodes of the swarm only.
 table inet tasktracker {{
@@ -95,6 +100,7 @@ table inet tasktracker {{
     chain input {{
         ip saddr @swarm_peers tcp dport {{ 2377, 7946 }} accept
         ip saddr @swarm_peers udp dport {{ 7946, 4789 }} accept
+        ip saddr @swarm_peers ip protocol esp accept
     }}
 }}
 """

@@ -107,6 +107,16 @@ def with_tls(rendered: dict, stack: str, directory: str, fingerprints: dict[str,
     return {**rendered, "services": services, "secrets": secrets}
 
 
+def with_encrypted_overlay(rendered: dict) -> dict:
+    """The stack's overlay network with Swarm's IPsec (ESP between the nodes, keys rotated by the
+    managers): applied when the network is created, not to one that exists."""
+    networks = dict(rendered.get("networks") or {})
+    default = dict(networks.get("default") or {})
+    networks["default"] = {**default, "driver_opts": {**(default.get("driver_opts") or {}),
+                                                      "encrypted": ""}}
+    return {**rendered, "networks": networks}
+
+
 def one_off_args(directory: str) -> list[str]:
     """`docker run` arguments that give a one-off container on the stack's network (migrations,
     the app role's psql) the CA where the services have it; their environment (the API's) already
