@@ -338,8 +338,15 @@ def network_address(hosts, name: str | None = None) -> str:
                            hosts.state(name)["container"]], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def tls_secrets(hosts, service: str) -> list[str]:
+    """The Docker secrets a service's tasks get (commands/swarm_tls.py: named by fingerprint)."""
+    template = "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}"
+    return hosts.exec(MANAGER, f"docker service inspect -f '{template}' tasktracker_{service}").stdout.split()
+
+
 def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
-    """REGISTRY set: this machine pushes the built images and every node pulls them; nothing goes over SSH."""
+    """REGISTRY set: this machine pushes the built images and every node pulls them; nothing goes over SSH.
+    The same deploy rotates the TLS certificates (`cluster.deploy --rotate-tls`)."""
     registry = Registry(network_address(hosts)).start()
     try:
         for name in NAMES:
@@ -347,8 +354,15 @@ def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
         env = hosts.dir / "registry.env"
         env.write_text(settings.read_text() + f"REGISTRY={registry.name}/tt\n")
         before = release_of(hosts)
-        out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=env, timeout=1200)
+        secrets_before = {s: tls_secrets(hosts, s) for s in ("postgres", "nats", "api")}
+        # Postgres restarts on this deploy anyway (its image is renamed): the certificates rotate too.
+        out = hosts.fab(MANAGER, "cluster.deploy", "--rotate-tls", env_file=env, timeout=1200)
         assert f"pushed {registry.name}/tt/tasktracker-backend:" in out.stdout, out.stdout
+        for service in ("postgres", "nats"):  # new certificates, new secrets; the CA the clients trust stays
+            assert set(tls_secrets(hosts, service)).isdisjoint(secrets_before[service]), service
+        assert tls_secrets(hosts, "api") == secrets_before["api"]
+        assert data_query(hosts, "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                                 "WHERE client_addr IS NOT NULL") == ["t"]
         assert "shipped" not in out.stdout  # no image went over SSH
         assert release_of(hosts) != before
         # Swarm places the new tasks where it likes (a drained node got none back): every node that
