@@ -361,6 +361,7 @@ def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
         for service in ("postgres", "nats"):  # new certificates, new secrets; the CA the clients trust stays
             assert set(tls_secrets(hosts, service)).isdisjoint(secrets_before[service]), service
         assert tls_secrets(hosts, "api") == secrets_before["api"]
+        assert post_task(hosts.url(MANAGER, "/api/tasks"), "after the rotation") == 201
         assert data_query(hosts, "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
                                  "WHERE client_addr IS NOT NULL") == ["t"]
         assert "shipped" not in out.stdout  # no image went over SSH
