@@ -39,8 +39,8 @@ from .steps import StepFailed, Steps
 _joining: dict = {}
 
 
-def read_facts(conn) -> dict:
-    result = conn.run(commands.facts(), hide=True, warn=True)
+def read_facts(conn, data_path: str = "") -> dict:
+    result = conn.run(commands.facts(data_path), hide=True, warn=True)
     return commands.parse_facts(result.stdout)
 
 
@@ -84,7 +84,15 @@ def init(c, address=None, data=None):
     """Form the swarm: the first -H host is the manager, the others join as workers (idempotent)."""
     conn = remote.connect(c)
     name = conn.original_host
-    host_facts = swarm_ready(conn, name, read_facts(conn))
+    data_path = Settings.from_context(c).swarm_data_path
+    host_facts = read_facts(conn, data_path)
+    if data_path and not host_facts["data_address"]:
+        raise Exit(f"{name} has no IPv4 address on {data_path!r} (SWARM_DATA_PATH: the interface "
+                   "of the private network the overlay should use, the same name on every node). "
+                   "Fix the setting, or empty it to use the advertised address. Nothing was "
+                   "changed.", code=ExitCode.USAGE)
+    host_facts = {**swarm_ready(conn, name, host_facts),  # which re-reads them
+                  "data_address": host_facts["data_address"]}
     own = address if (address and not _joining) else host_facts["address"]
     if not own:
         raise Exit(f"Could not find {name}'s address on the network the hosts share (no default "
@@ -105,12 +113,15 @@ def init_manager(conn, name: str, host_facts: dict, own: str, data: str | None) 
         print(f"{name}: already in the swarm (manager, {host_facts['node_addr']})")
         manager_address = host_facts["node_addr"] or own
     else:
-        conn.run(sh(commands.init(own)), hide=True)
-        print(f"{name}: swarm initialised, manager at {own}")
+        data_address = host_facts.get("data_address", "")
+        conn.run(sh(commands.init(own, data_address)), hide=True)
+        print(f"{name}: swarm initialised, manager at {own}"
+              + (f", data path {data_address}" if data_address else ""))
         manager_address = own
     node = host_facts["hostname"]
     peers = [n["address"] for n in manager_status(conn, "")["nodes"]
              if n["address"]] or [manager_address]
+    peers += [host_facts["data_address"]] if host_facts.get("data_address") else []  # its VXLAN
     firewall(conn, name, peers)
     labels = {commands.LABEL_ALIAS: name, commands.LABEL_ENTRY: "true"}
     if data in (None, name):
@@ -127,7 +138,8 @@ def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
     manager = _joining["manager"]
     # Every node accepts Swarm's ports from every other one: this one's address joins the set
     # everywhere.
-    _joining["peers"] = sorted(set(_joining["peers"]) | {own, _joining["manager_address"]})
+    _joining["peers"] = sorted(set(_joining["peers"]) | {own, _joining["manager_address"]}
+                               | ({host_facts.get("data_address", "")} - {""}))
     for member_name, member in [*_joining["members"], (name, conn)]:
         firewall(member, member_name, _joining["peers"])
     _joining["members"].append((name, conn))
@@ -139,7 +151,8 @@ def join_worker(conn, name: str, host_facts: dict, own: str) -> None:
         print(f"{name}: already in the swarm ({'manager' if host_facts['manager'] else 'worker'}, "
               f"{host_facts['node_addr']})")
     else:
-        body = commands.join_body(_joining["token"], _joining["manager_address"], own)
+        body = commands.join_body(_joining["token"], _joining["manager_address"], own,
+                                  host_facts.get("data_address", ""))
         try:
             result = conn.run(commands.JOIN, in_stream=io.StringIO(body), hide=True, warn=True)
         finally:  # whatever happened, the token that was sent is retired (the next node's is new)
@@ -211,8 +224,10 @@ def activate(c, node):
     "wait": WAIT_HELP,
     "env": ENV_HELP,
     "timeout": "Seconds to wait for the services to converge.",
+    "rotate_tls": "Issue Postgres's and NATS's TLS certificates anew (the swarm's CA stays); the "
+                  "services roll onto them.",
 })
-def deploy(c, mesh="auto", wait=False, env=None, timeout=300):
+def deploy(c, mesh="auto", wait=False, env=None, timeout=300, rotate_tls=False):
     """`deploy` on the swarm, with its own flags: the routing mesh, how long to await convergence.
 
     Deploys the frontend/dist already built (`invoke build` first) and builds the images here."""
@@ -237,6 +252,7 @@ def deploy(c, mesh="auto", wait=False, env=None, timeout=300):
                            code=ExitCode.HOST_NOT_READY)
         host.converge_seconds = float(timeout)
         host.mesh = None if mesh == "auto" else mesh == "yes"
+        host.rotate_tls = rotate_tls
         pipeline.deploy(host, env_file, wait=wait, action="cluster.deploy")
     except StepFailed as failure:
         steps.fail(f"Cluster deploy via {c.original_host} failed at step '{failure.step}': "

@@ -154,6 +154,14 @@ class Settings:
     engine: str = _spec("auto", group="Images and engine",
                         doc="What runs the stack: auto (Docker Swarm when the host is a swarm "
                             "manager, else Compose), compose or swarm.")
+    swarm_data_path: str = _spec("", group="Images and engine",
+                                 doc="On a swarm, the interface (same name on every node, e.g. the "
+                                     "private network's) whose address carries the overlay "
+                                     "(`cluster.init`'s --data-path-addr); empty: the advertised.")
+    swarm_overlay_encryption: str = _spec("auto", group="Images and engine",
+                                          doc="On a swarm, IPsec on the stack's overlay network "
+                                              "when it is created: auto (when the kernel has ESP), "
+                                              "yes or no.")
     registry: str = _spec("", group="Images and engine",
                           doc="On a swarm, a container registry the nodes pull the built images "
                               "from "

@@ -17,7 +17,8 @@ DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63
 URL_PASSWORD_RE = re.compile(r"://[^:/@\s]+:([^@/\s]+)@")
 CHOICES = (("telegram_webhook", ("auto", "off")), ("engine", ("auto", "compose", "swarm")),
            ("build_backend", ("auto", "host", "local")),
-           ("ship_images", ("auto", "always", "never")))
+           ("ship_images", ("auto", "always", "never")),
+           ("swarm_overlay_encryption", ("auto", "yes", "no")))
 
 
 def provider_problems(values: dict) -> list[str]:

@@ -32,7 +32,7 @@ from .commands import fingerprint as fingerprints
 from .commands import images as image_commands
 from .commands import release as release_commands
 from .commands import schema as schema_commands
-from .commands import rollout, sh, swarm_stack
+from .commands import rollout, sh, swarm_stack, swarm_tls
 from .commands import tls as tls_commands
 from .exits import ExitCode
 from .host import Host, Release
@@ -205,6 +205,23 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
     images_step = "images on every node"
     mesh: bool | None = None  # publish through the routing mesh (None: when the swarm has IPVS)
     postgres_image: str = ""  # the stack's Postgres image, as rendered by `prepare`
+    tls: dict[str, str] | None = None  # the TLS certificates' fingerprints (commands/swarm_tls.py)
+    rotate_tls: bool = False  # issue the servers' certificates anew (`cluster.deploy --rotate-tls`)
+    encrypted: bool = False  # the overlay with IPsec (SWARM_OVERLAY_ENCRYPTION, the kernel's ESP)
+
+    @property
+    def tls_dir(self) -> str:
+        return swarm_tls.tls_dir(absolute_app_dir(self.facts, self.ctx.app_dir))
+
+    def tls_certificates(self, mode: str) -> dict[str, str]:
+        """The CA's and the servers' certificate fingerprints on the manager: `check` reads them
+        (changing nothing), `ensure` first issues what is missing or near expiry, `rotate` issues
+        the servers' anew."""
+        command = swarm_tls.ca_command(self.tls_dir, mode)
+        out = (self.probe_run(command) if mode == "check"
+               else self.run(command, "TLS certificates"))
+        self.tls = swarm_tls.parse_fingerprints(out.stdout)
+        return self.tls
 
     def release_images(self) -> tuple[str, str]:
         """The built images, named in REGISTRY when the nodes pull them from there."""
@@ -227,10 +244,28 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                        f"first with `fab -H {self.name} compose.down` (its volumes stay, and the "
                        "swarm's Postgres uses the same one: docs/several-hosts.md, \"From one VPS "
                        f"to a cluster\"). Nothing was changed.", code=ExitCode.REFUSED)
-        if self.mesh is None:
-            self.mesh = commands.parse_facts(self.probe_run(commands.facts()).stdout)["ipvs"]
+        self.read_kernel()
+        self.tls_certificates("check")  # a certificate to renew changes the stack: a deploy
+        if self.rotate_tls:
+            self.tls = {**self.tls, **dict.fromkeys(swarm_tls.SERVERS, "rotate")}
+        return self.stack_fingerprint(plan), {"engine": "swarm"}
+
+    def read_kernel(self) -> None:
+        """The routing mesh when the manager's kernel has IPVS (unless set), the encrypted overlay
+        (SWARM_OVERLAY_ENCRYPTION) when it has ESP; `yes` on a kernel without ESP is refused."""
+        kernel = commands.parse_facts(self.probe_run(commands.facts()).stdout)
+        self.mesh = kernel["ipvs"] if self.mesh is None else self.mesh
+        wanted = self.settings.swarm_overlay_encryption
+        if wanted == "yes" and not kernel["esp"]:
+            raise Exit(f"SWARM_OVERLAY_ENCRYPTION=yes, but {self.name}'s kernel has no ESP "
+                       "(IPsec), so an encrypted overlay would carry nothing. Set it to auto or "
+                       "no (Postgres and NATS use TLS either way). Nothing was changed.",
+                       code=ExitCode.USAGE)
+        self.encrypted = kernel["esp"] and wanted != "no"
+
+    def stack_fingerprint(self, plan) -> str:
         same = swarm_stack.dump_stack(self.render(plan, ""))
-        return fingerprints.stack_fingerprint(PROJECT_ROOT, same), {"engine": "swarm"}
+        return fingerprints.stack_fingerprint(PROJECT_ROOT, same)
 
     def render(self, plan, release_id: str) -> dict:
         """The stack for `docker stack deploy`: the three files, `${VAR}` filled in."""
@@ -239,10 +274,13 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
                   "BACKEND_IMAGE": plan.image, "RELEASE_ID": release_id,
                   **({"POSTGRES_IMAGE": p} if (p := self.release_images()[1]) else {})}
         try:
-            return swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
+            rendered = swarm_stack.render_stack(load_sources(PROJECT_ROOT), values, mesh=self.mesh)
         except ValueError as err:
             raise Exit(f"The stack files need a setting: {err}. Nothing was changed.",
                        code=ExitCode.USAGE) from None
+        tls = self.tls or swarm_tls.parse_fingerprints("")
+        rendered = swarm_tls.with_tls(rendered, self.stack, self.tls_dir, tls)
+        return swarm_tls.with_encrypted_overlay(rendered) if self.encrypted else rendered
 
     def serving_on(self) -> str:
         return f"the swarm ({len(self.state()['nodes'])} nodes)"
@@ -256,6 +294,10 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
         (nothing: images are looked up per node, the kept releases)."""
         ctx, release = self.ctx, plan.release
         rid = release.id
+        if not swarm_tls.ready(self.tls_certificates("rotate" if self.rotate_tls else "ensure")):
+            raise StepFailed("TLS certificates", f"the CA in {self.tls_dir} on {self.name} did not "
+                                                 f"issue them ({self.tls}). Nothing was deployed")
+        release.meta["fingerprint"] = self.stack_fingerprint(plan)  # with the certificates' names
         rendered = self.render(plan, rid)
         self.run(release_commands.prepare(ctx, rid, compose_commands.release_override(release.image,
                                                                                       rid))
@@ -301,12 +343,14 @@ class SwarmHost(SwarmPlanning, SwarmNodes, Host):
 
     def migrate_command(self, release: Release) -> str:
         """Once, in a one-off container of the new image on the stack's attachable network."""
-        return sh(commands.migrate(self.ctx, release.id, self.stack, release.image))
+        return sh(commands.migrate(self.ctx, release.id, self.stack, release.image,
+                                   tuple(swarm_tls.one_off_args(self.tls_dir))))
 
     def app_role_command(self, release: Release) -> str:
         """The role's SQL run in a one-off container of the stack's Postgres image."""
         image = self.postgres_image or release.postgres_image
-        return commands.ensure_app_role(self.ctx, release.id, self.stack, image)
+        return commands.ensure_app_role(self.ctx, release.id, self.stack, image,
+                                        tuple(swarm_tls.one_off_args(self.tls_dir)))
 
     def check_running(self) -> list[str]:
         """What keeps the stack from running all its replicas (a past rollback is history)."""

@@ -13,7 +13,7 @@ from .commands import compose as compose_commands
 from .commands import db as db_commands
 from .commands import pitr as pitr_commands
 from .commands import release as release_commands
-from .commands import rollout, sh
+from .commands import rollout, sh, swarm_tls
 from .commands.release import releases_to_prune
 from .commands.rollout import APP_ROLE_STEP, ARCHIVE_STEP, RECORD_STEP
 from .planning import Planned
@@ -77,6 +77,7 @@ class SwarmPlanning:
         prune = releases_to_prune(self.releases()[0] + [(rid, release.recorded("ok"))], rid,
                                   self.settings.keep_releases)
         planned = [
+            Planned(prepare, here, swarm_tls.ca_command(self.tls_dir, "ensure")),
             Planned(prepare, here, release_commands.prepare(
                 ctx, rid, compose_commands.release_override(release.image, rid))
                 + " && " + sh(commands.prepare_stack_dir(ctx, rid))),
@@ -108,7 +109,8 @@ class SwarmPlanning:
             *([Planned("migrate database", here, self.migrate_command(release))] if migrate
               else []),
             Planned(APP_ROLE_STEP, here, commands.ensure_app_role(
-                ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"])),
+                ctx, rid, stack, self.render(plan, rid)["services"]["postgres"]["image"],
+                tuple(swarm_tls.one_off_args(self.tls_dir)))),
             *([] if plan.current else [Planned("switch current", here,
                                                rollout.switch_current(ctx, rid))]),
             Planned("rolling update (docker stack deploy)", here,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tasks.swarm import STACK_SOURCES, load_sources
-from tasks.commands import cluster, provision, swarm_stack
+from tasks.commands import cluster, provision, swarm_stack, swarm_tls
 from tasks.commands.context import HostContext
 from tests.support import ROOT
 
@@ -23,6 +23,7 @@ VALUES = {"POSTGRES_PASSWORD": "pg$secret", "NATS_PASSWORD": "nats-pw", "BACKEND
 
 @pytest.mark.parametrize("argv, expected", [
     (cluster.init("172.30.0.2"), "docker swarm init --advertise-addr 172.30.0.2"),
+    (cluster.init("203.0.113.5", "10.0.0.5"), "docker swarm init --advertise-addr 203.0.113.5 --data-path-addr 10.0.0.5"),
     (cluster.join_token(), "docker swarm join-token -q worker"),
     (cluster.rotate_join_token(), "docker swarm join-token --rotate -q worker"),
     (cluster.label("n1", {"tasktracker.alias": "vps1", "tasktracker.data": "true"}),
@@ -34,7 +35,7 @@ VALUES = {"POSTGRES_PASSWORD": "pg$secret", "NATS_PASSWORD": "nats-pw", "BACKEND
      "docker run --rm --network tt_default --env-file /home/deploy/tasktracker/env/r1.stack/migrate.env tt-backend:abc "
      "alembic upgrade head"),
     (cluster.prepare_stack_dir(CTX, "r1"), "install -d -m 700 /home/deploy/tasktracker/env/r1.stack"),
-], ids=["init", "token", "rotate", "label", "drain", "activate", "stack-deploy", "migrate", "stack-dir"])
+], ids=["init", "init-data-path", "token", "rotate", "label", "drain", "activate", "stack-deploy", "migrate", "stack-dir"])
 def test_builders(argv, expected):
     assert " ".join(argv) == expected
 
@@ -51,6 +52,8 @@ def test_the_join_token_travels_on_stdin_never_in_argv():
         "ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "10.0.0.2", "RemoteAddrs": ["10.0.0.1:2377"],
         "JoinToken": "SWMTKN-1-secret"}
     assert "SWMTKN" not in cluster.JOIN and "--data-binary @-" in cluster.JOIN
+    # SWARM_DATA_PATH: the overlay's traffic from the node's private address
+    assert json.loads(cluster.join_body("T", "10.0.0.1", "203.0.113.2", "10.0.0.2"))["DataPathAddr"] == "10.0.0.2"
     assert cluster.JOIN.endswith("--unix-socket /var/run/docker.sock -H 'Content-Type: application/json' "
                                  "--data-binary @- http://localhost/swarm/join")
 
@@ -67,14 +70,18 @@ SWARM_ACTIVE = json.dumps({"LocalNodeState": "active", "ControlAvailable": True,
 @pytest.mark.parametrize("output, expected", [
     (f"swarm={SWARM_ACTIVE}\naddress=172.30.0.2\nfirst_address=172.30.0.2\nhostname=vm1\nipvs=no\n",
      {"state": "active", "manager": True, "node_id": "n1", "node_addr": "172.30.0.2", "managers": ["172.30.0.2:2377"],
-      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False, "live_restore": False}),
+      "address": "172.30.0.2", "hostname": "vm1", "ipvs": False, "esp": False, "live_restore": False, "data_address": ""}),
     ('swarm={"LocalNodeState":"inactive","ControlAvailable":false,"NodeID":"","NodeAddr":""}\naddress=\n'
      "first_address=10.1.2.3\nhostname=vps\nipvs=yes\nlive_restore=true\n",
      {"state": "inactive", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "10.1.2.3",
-      "hostname": "vps", "ipvs": True, "live_restore": True}),
+      "hostname": "vps", "ipvs": True, "esp": False, "live_restore": True, "data_address": ""}),
     ("swarm=\naddress=\nhostname=x\n", {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [],
-                                        "address": "", "hostname": "x", "ipvs": False, "live_restore": False}),
-], ids=["manager", "not-in-a-swarm-address-from-hostname-I", "no-docker"])
+                                        "address": "", "hostname": "x", "ipvs": False, "esp": False, "live_restore": False,
+                                        "data_address": ""}),
+    ("swarm=\naddress=203.0.113.5\nhostname=x\ndata_address=10.0.0.5\n",
+     {"state": "unknown", "manager": False, "node_id": "", "node_addr": "", "managers": [], "address": "203.0.113.5",
+      "hostname": "x", "ipvs": False, "esp": False, "live_restore": False, "data_address": "10.0.0.5"}),
+], ids=["manager", "not-in-a-swarm-address-from-hostname-I", "no-docker", "data-path"])
 def test_parse_facts(output, expected):
     assert cluster.parse_facts(output) == expected
 
@@ -190,9 +197,14 @@ def test_interpolate_refuses_a_missing_required_value():
         swarm_stack.interpolate("${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}", {})
 
 
+TLS_FINGERPRINTS = {"ca": "0123456789ab", "postgres": "1123456789ab", "nats": "2123456789ab"}
+
+
 @pytest.fixture(scope="module")
 def rendered():
-    return swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=False)
+    """The stack as a swarm deploy renders it: with TLS between the services (commands/swarm_tls.py)."""
+    plain = swarm_stack.render_stack(load_sources(ROOT), VALUES, mesh=False)
+    return swarm_tls.with_tls(plain, "tt", "/srv/tt/shared/tls-ca", TLS_FINGERPRINTS)
 
 
 def test_the_rendered_stack_drops_what_docker_stack_deploy_rejects(rendered):

@@ -24,6 +24,7 @@ import urllib.request
 
 import pytest
 
+from tests.capture import Capture
 from tests.support import (DOMAIN, ROOT, LoadProbe, Pebble, Registry, TestHosts, Writers,
                            app_settings, copy_project, network_gateway, wait_for)
 
@@ -48,7 +49,8 @@ def hosts(docker_machine):  # Docker and the stand-in images on this machine
 
 @pytest.fixture(scope="module")
 def settings(hosts):
-    return app_settings(hosts.dir / "app.env")
+    # The overlay's VXLAN from each node's eth0 address (`--data-path-addr`): here the same network.
+    return app_settings(hosts.dir / "app.env", SWARM_DATA_PATH="eth0")
 
 
 def get_json(url: str):
@@ -79,7 +81,7 @@ def test_init_forms_the_swarm_and_again_changes_nothing(hosts, settings):
     started = time.monotonic()
     out = hosts.fab(",".join(NAMES), "cluster.init", env_file=settings)
     print(f"cluster.init: {time.monotonic() - started:.1f}s")
-    assert f"{MANAGER}: swarm initialised, manager at" in out.stdout
+    assert f"{MANAGER}: swarm initialised, manager at" in out.stdout and ", data path " in out.stdout
     # each through the Engine API with the token on stdin, the token rotated after each join
     assert out.stdout.count("joined the swarm as a worker") == 2
     assert out.stdout.count("; the join token was rotated") == 2
@@ -106,6 +108,9 @@ def test_deploy_serves_through_the_entry_host(hosts, settings):
     remote = ("SELECT DISTINCT usename FROM pg_stat_activity "
               "WHERE backend_type = 'client backend' AND client_addr IS NOT NULL")
     assert data_query(hosts, remote) == ["tasktracker_app"]
+    # ... over TLS, each one (issue 24: pg_hba takes no other login from the network)
+    assert data_query(hosts, "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                             "WHERE client_addr IS NOT NULL") == ["t"]
     assert data_query(hosts, "SELECT rolsuper FROM pg_roles WHERE rolname = 'tasktracker_app'") == ["f"]
     listed = status(hosts, settings)
     assert "postgres.1" in node_line(listed, MANAGER) and "nginx.1" in node_line(listed, MANAGER)
@@ -138,7 +143,10 @@ def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, se
     hosts.first_release = before
     changed = hosts.dir / "changed.env"
     changed.write_text(settings.read_text() + "API_WORKERS=2\n")
-    with LoadProbe(load_urls(hosts), clients=3) as probe, Writers(hosts.url(MANAGER, "/api/tasks"), clients=1) as writers:
+    marker = f"clearmark{secrets.token_hex(4)}"  # in every written title: must cross no host in clear
+    with Capture(bridge_of(hosts.network), (5432, 4222)) as wire, \
+            LoadProbe(load_urls(hosts), clients=3) as probe, \
+            Writers(hosts.url(MANAGER, "/api/tasks"), clients=1, title=marker) as writers:
         started = time.monotonic()
         out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=changed, timeout=1200)  # ENGINE=auto: a swarm manager
         rollout = time.monotonic() - started
@@ -151,6 +159,28 @@ def test_a_changed_release_rolls_out_under_load_with_no_failed_request(hosts, se
     assert release_of(hosts) != before
     newest = {t["id"] for t in get_json(hosts.url(MANAGER, "/api/tasks"))[1]}  # the newest 100
     assert writers.acknowledged and max(writers.acknowledged) in newest
+    assert_nothing_in_clear(wire, marker, settings)
+
+
+def bridge_of(network: str) -> str:
+    return "br-" + subprocess.run(["docker", "network", "inspect", "-f", "{{.Id}}", network],
+                                  capture_output=True, text=True, check=True).stdout.strip()[:12]
+
+
+def assert_nothing_in_clear(wire: Capture, marker: str, settings) -> None:
+    """Issue 24: what crossed the hosts' network to or from Postgres (5432) and NATS (4222), inside
+    the overlay's VXLAN or not, holds no SQL, no written title and no NATS login."""
+    sql, nats = bytes(wire.payloads[5432]), bytes(wire.payloads[4222])
+    print(f"captured {wire.frames} frames; postgres {wire.segments[5432]} segments "
+          f"({len(sql)} bytes), nats {wire.segments[4222]} ({len(nats)} bytes)")
+    assert len(sql) > 10_000 and len(nats) > 1_000  # the writes and their jobs did cross hosts
+    password = re.search(r"^NATS_PASSWORD=(.*)$", settings.read_text(), re.M).group(1).encode()
+    clear = {"the title marker": marker.encode(), "INSERT INTO": b"INSERT INTO", "SELECT": b"SELECT",
+             "a NATS CONNECT": b"CONNECT {", "a NATS user": b'"user"', "the NATS password": password}
+    found = [f"{what} ({name})" for name, data in (("postgres", sql), ("nats", nats))
+             for what, text in clear.items() if text in data]
+    assert found == [], f"crossed the hosts' network in clear: {', '.join(found)}"
+    assert b"\x00\x00\x00\x08\x04\xd2\x16\x2f" in sql  # libpq's SSLRequest: each asked for TLS
 
 
 def test_a_deploy_with_nothing_changed_changes_nothing(hosts):
@@ -308,8 +338,15 @@ def network_address(hosts, name: str | None = None) -> str:
                            hosts.state(name)["container"]], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def tls_secrets(hosts, service: str) -> list[str]:
+    """The Docker secrets a service's tasks get (commands/swarm_tls.py: named by fingerprint)."""
+    template = "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}"
+    return hosts.exec(MANAGER, f"docker service inspect -f '{template}' tasktracker_{service}").stdout.split()
+
+
 def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
-    """REGISTRY set: this machine pushes the built images and every node pulls them; nothing goes over SSH."""
+    """REGISTRY set: this machine pushes the built images and every node pulls them; nothing goes over SSH.
+    The same deploy rotates the TLS certificates (`cluster.deploy --rotate-tls`)."""
     registry = Registry(network_address(hosts)).start()
     try:
         for name in NAMES:
@@ -317,8 +354,16 @@ def test_with_a_registry_the_nodes_pull_the_built_images(hosts, settings):
         env = hosts.dir / "registry.env"
         env.write_text(settings.read_text() + f"REGISTRY={registry.name}/tt\n")
         before = release_of(hosts)
-        out = hosts.fab(MANAGER, "deploy", "--skip-build", env_file=env, timeout=1200)
+        secrets_before = {s: tls_secrets(hosts, s) for s in ("postgres", "nats", "api")}
+        # Postgres restarts on this deploy anyway (its image is renamed): the certificates rotate too.
+        out = hosts.fab(MANAGER, "cluster.deploy", "--rotate-tls", env_file=env, timeout=1200)
         assert f"pushed {registry.name}/tt/tasktracker-backend:" in out.stdout, out.stdout
+        for service in ("postgres", "nats"):  # new certificates, new secrets; the CA the clients trust stays
+            assert set(tls_secrets(hosts, service)).isdisjoint(secrets_before[service]), service
+        assert tls_secrets(hosts, "api") == secrets_before["api"]
+        assert post_task(hosts.url(MANAGER, "/api/tasks"), "after the rotation") == 201
+        assert data_query(hosts, "SELECT DISTINCT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                                 "WHERE client_addr IS NOT NULL") == ["t"]
         assert "shipped" not in out.stdout  # no image went over SSH
         assert release_of(hosts) != before
         # Swarm places the new tasks where it likes (a drained node got none back): every node that

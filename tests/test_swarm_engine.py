@@ -450,13 +450,17 @@ STACK_UP = ("@@ nodes\n" + MANAGER + "@@ services\n"
             + "@@ updates\n")
 
 
+TLS_ISSUED = "ca 0123456789ab\npostgres 1123456789ab\nnats 2123456789ab\n"  # tasks/programs/tls-ca.sh
+
+
 def manager_conn(images: list[str]) -> FakeConnection:
     """A swarm manager that is also the data node, with every image, its stack converged, r1 and
     r2 kept (r2 live) and the database one migration behind this checkout."""
     return (FakeConnection().on("@@ nodes", ok(STACK_UP))
             .on(re.compile(r"^docker image inspect .*have="), ok("".join(f"have={i}\n" for i in images)))
             .on('echo "known=', ok(SCHEMA_AT_0001)).on("--db-only", ok(BACKUP_OK))
-            .on("printf '%s\\t%s\\n'", ok(RELEASES_BEFORE)).on("tt_postgres | head -n 1", ok("pg1\n")))
+            .on("printf '%s\\t%s\\n'", ok(RELEASES_BEFORE)).on("tt_postgres | head -n 1", ok("pg1\n"))
+            .on(" tls-ca ", ok(TLS_ISSUED)))
 
 
 def manager(conn: FakeConnection) -> SwarmHost:
@@ -470,7 +474,9 @@ def manager(conn: FakeConnection) -> SwarmHost:
 
 def reads_only(command: str) -> bool:
     """The swarm deploy's reads: the manager's view, container lookups, besides the single host's."""
-    return command.startswith(("echo '@@ nodes'", "docker ps -q")) or _read_only(command)
+    return (command.startswith(("echo '@@ nodes'", "docker ps -q")) or _read_only(command)
+            or command.endswith(" check postgres nats")  # the TLS certificates' fingerprints
+            or command.startswith("printf 'swarm="))  # the manager's facts (IPVS, ESP)
 
 
 def test_the_swarm_dry_run_plans_exactly_what_the_swarm_deploy_runs(planning, monkeypatch):  # noqa: F811

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import os
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -38,6 +39,7 @@ class AppConfig:
     telegram_bot_token: str = field(default="", repr=False)
     job_stream_max_msgs: int = 1_000_000
     job_stream_max_bytes: int = 256 << 20
+    nats_tls_ca: str = ""  # deploy toolkit, on a swarm: the CA that signed NATS's certificate
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -69,13 +71,18 @@ class AppConfig:
             telegram_bot_token=os.environ.get("TELEGRAM_BOT_TOKEN", ""),
             job_stream_max_msgs=_int("JOB_STREAM_MAX_MSGS", 1_000_000),
             job_stream_max_bytes=_int("JOB_STREAM_MAX_BYTES", 256 << 20),
+            nats_tls_ca=os.environ.get("NATS_TLS_CA", ""),
         )
 
     def nats_options(self) -> dict:
         """Login for nats.connect() and the TaskIQ broker. Passed as options, not inside NATS_URL,
         so the password needs no URL encoding (nats-py does not decode one in a URL). Empty when
-        NATS_PASSWORD is unset: a server without authorization."""
-        return {"user": self.nats_user, "password": self.nats_password} if self.nats_password else {}
+        NATS_PASSWORD is unset: a server without authorization. With NATS_TLS_CA (set by the deploy
+        toolkit on a swarm, where NATS is on another host), TLS verified against that CA only."""
+        options = {"user": self.nats_user, "password": self.nats_password} if self.nats_password else {}
+        if self.nats_tls_ca:
+            options["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
+        return options
 
 
 EVENTS_SUBJECT = "tasktracker.events"

@@ -28,17 +28,23 @@ FAILED_UPDATE_STATES = ("rollback_started", "rollback_completed", "rollback_paus
 
 # --- facts of one host: one round trip ----------------------------------------------------------
 
-def facts() -> str:
+def facts(data_path: str = "") -> str:
     """The host's swarm state, its address on the network the hosts share (the source address of
-    its default route: the interface a VPS's peers reach it on), its hostname, and whether the
-    kernel has IPVS (the routing mesh and service VIPs need it)."""
+    its default route: the interface a VPS's peers reach it on), its hostname, whether the
+    kernel has IPVS (the routing mesh and service VIPs need it) and ESP (an encrypted overlay
+    needs it), and its IPv4 address on the
+    `data_path` interface (SWARM_DATA_PATH)."""
     return "; ".join([
+        *([f"printf 'data_address=%s\\n' \"$(ip -4 -o addr show dev {q(data_path)} 2>/dev/null "
+           "| awk '{split($4, a, \"/\"); print a[1]; exit}')\""] if data_path else []),
         "printf 'swarm=%s\\n' \"$(docker info --format '{{json .Swarm}}' 2>/dev/null)\"",
         "printf 'address=%s\\n' \"$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < "
         "NF; i++) if ($i == \"src\") {print $(i + 1); exit}}')\"",
         "printf 'first_address=%s\\n' \"$(hostname -I 2>/dev/null | awk '{print $1}')\"",
         "printf 'hostname=%s\\n' \"$(hostname)\"",
         "printf 'ipvs=%s\\n' \"$([ -e /proc/net/ip_vs ] && echo yes || echo no)\"",
+        "printf 'esp=%s\\n' \"$({ [ -d /sys/module/esp4 ] || modprobe -n -q esp4; } 2>/dev/null "
+        "&& echo yes || echo no)\"",
         "printf 'live_restore=%s\\n' \"$(docker info --format '{{.LiveRestoreEnabled}}' "
         "2>/dev/null)\"",
     ])
@@ -60,7 +66,9 @@ def parse_facts(output: str) -> dict:
             "address": raw.get("address", "").strip() or raw.get("first_address", "").strip(),
             "hostname": raw.get("hostname", "").strip(),
             "ipvs": raw.get("ipvs", "").strip() == "yes",
-            "live_restore": raw.get("live_restore", "").strip() == "true"}
+            "esp": raw.get("esp", "").strip() == "yes",
+            "live_restore": raw.get("live_restore", "").strip() == "true",
+            "data_address": raw.get("data_address", "").strip()}
 
 
 # --- forming the swarm ----------------------------------------------------------------------------
@@ -83,7 +91,8 @@ SWARM_FIREWALL_FILE = "/etc/tasktracker-swarm.nft"
 
 def swarm_firewall(peers: list[str]) -> str:
     """Rules appended to provision's `inet tasktracker` input chain (its policy drops the rest):
-    Swarm's ports (2377 management, 7946 gossip, 4789 VXLAN overlay) from the swarm's nodes only."""
+    Swarm's ports (2377 management, 7946 gossip, 4789 VXLAN overlay; ESP, an encrypted overlay's
+    IPsec) from the swarm's nodes only."""
     elements = ", ".join(sorted(set(peers)))
     return f"""# Written by `fab cluster.init`: the Swarm ports, from the nodes of the swarm only.
 table inet tasktracker {{
@@ -91,6 +100,7 @@ table inet tasktracker {{
     chain input {{
         ip saddr @swarm_peers tcp dport {{ 2377, 7946 }} accept
         ip saddr @swarm_peers udp dport {{ 7946, 4789 }} accept
+        ip saddr @swarm_peers ip protocol esp accept
     }}
 }}
 """
@@ -116,18 +126,22 @@ def live_restore_off(uid: str = "1000") -> str:
     return LIVE_RESTORE_OFF if uid == "0" else f"sudo -n sh -c {q(LIVE_RESTORE_OFF)}"
 
 
-def init(address: str) -> list[str]:
-    return ["docker", "swarm", "init", "--advertise-addr", address]
+def init(address: str, data_address: str = "") -> list[str]:
+    """The overlay's VXLAN from `data_address` when given (a private network), else `address`."""
+    return ["docker", "swarm", "init", "--advertise-addr", address,
+            *(["--data-path-addr", data_address] if data_address else [])]
 
 
 def join_token(role: str = "worker") -> list[str]:
     return ["docker", "swarm", "join-token", "-q", role]
 
 
-def join_body(token: str, manager: str, address: str) -> str:
+def join_body(token: str, manager: str, address: str, data_address: str = "") -> str:
     """What `join` reads on stdin: the Engine API's swarm join request, token included (what
-    `docker swarm join --token T --advertise-addr A MANAGER:2377` sends, minus the argv)."""
+    `docker swarm join --token T --advertise-addr A [--data-path-addr D] MANAGER:2377` sends, minus
+    the argv)."""
     return json.dumps({"ListenAddr": f"0.0.0.0:{SWARM_PORT}", "AdvertiseAddr": address,
+                       **({"DataPathAddr": data_address} if data_address else {}),
                        "RemoteAddrs": [f"{manager}:{SWARM_PORT}"], "JoinToken": token})
 
 
@@ -325,10 +339,12 @@ def stack_deploy(stack: str, files: list[str], registry: bool = False) -> list[s
     return [*argv, stack]
 
 
-def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[str]:
+def migrate(ctx: HostContext, release_id: str, stack: str, image: str,
+            extra: tuple[str, ...] = ()) -> list[str]:
     """Alembic once, in a one-off container of the release's image on the stack's network (on the
-    manager; Postgres answers by its service name wherever it runs)."""
-    return ["docker", "run", "--rm", "--network", network(stack), "--env-file",
+    manager; Postgres answers by its service name wherever it runs); `extra` docker run arguments
+    (the CA's mount: commands/swarm_tls.py)."""
+    return ["docker", "run", "--rm", "--network", network(stack), *extra, "--env-file",
             f"{stack_dir(ctx, release_id)}/migrate.env",
             image, "alembic", "upgrade", "head"]
 
@@ -336,7 +352,8 @@ def migrate(ctx: HostContext, release_id: str, stack: str, image: str) -> list[s
 APP_ROLE_FILE = "app-role.sql"  # beside migrate.env in the release's stack directory (0600)
 
 
-def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str) -> str:
+def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_image: str,
+                    extra: tuple[str, ...] = ()) -> str:
     """The app role and its grants (commands/db.app_role_sql, the release's APP_ROLE_FILE), applied
     once as the owner from a one-off container of the Postgres image on the stack's network, with
     the migration's environment (the owner's login; psql reads its password from the
@@ -344,7 +361,7 @@ def ensure_app_role(ctx: HostContext, release_id: str, stack: str, postgres_imag
     d = stack_dir(ctx, release_id)
     psql = ('PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 '
             '-h "$POSTGRES_HOST" -U "$POSTGRES_USER" -d "$POSTGRES_DB"')
-    argv = ["docker", "run", "--rm", "-i", "--network", network(stack),
+    argv = ["docker", "run", "--rm", "-i", "--network", network(stack), *extra,
             "--env-file", f"{d}/migrate.env", "--entrypoint", "sh", postgres_image, "-c", psql]
     return f"{sh(argv)} < {q(f'{d}/{APP_ROLE_FILE}')} >/dev/null"
 
