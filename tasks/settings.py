@@ -21,13 +21,14 @@ from .commands.db import app_role_password
 from .exits import ExitCode
 from .settings_checks import (URL_PASSWORD_RE, address_problems, choice_problems, provider_problems,
                               token_problems)
-from .settings_files import EnvChoiceError, resolve_env_file
+from .settings_files import (ENV_HELP, PROJECT_ROOT, _shown, choose_env,  # noqa: F401
+                             config_section, env_file_choice, env_file_path)
 from .settings_managed import managed_problems
 from .secret_value import Secret
 
 __all__ = ["Secret", "Settings", "SettingsError"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_ANNOUNCED: set[Path] = set()  # settings files already named on stderr (from_context)
 
 
 class SettingsError(ValueError):
@@ -372,44 +373,3 @@ class Settings:
             return cls.load(config=dict(config_section(c)), env_file=path)
         except SettingsError as err:
             raise Exit(str(err), code=ExitCode.USAGE) from None
-
-
-def config_section(c) -> Mapping[str, Any]:
-    return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
-
-
-ENV_HELP = ("Use the settings of this environment, .env.NAME (same as TASKTRACKER_ENV=NAME); "
-            "default: .env.HOST when that file exists, else .env.")
-_ANNOUNCED: set[Path] = set()
-
-
-def env_file_choice(c=None) -> tuple[Path, str]:
-    """The task's settings file and why (`resolve_env_file`); a bad choice ends the task (usage)."""
-    try:
-        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None),
-                                PROJECT_ROOT)
-    except EnvChoiceError as err:
-        raise Exit(str(err), code=ExitCode.USAGE) from None
-
-
-def env_file_path(c=None) -> Path:
-    """The task's settings file (`resolve_env_file`)."""
-    return env_file_choice(c)[0]
-
-
-def choose_env(c, env: str | None) -> None:
-    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV
-    would."""
-    if env:
-        if not c.config.get("tasktracker"):
-            c.config["tasktracker"] = {}
-        c.config.tasktracker["env"] = env
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-

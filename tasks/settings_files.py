@@ -3,9 +3,16 @@ config or the environment, else the host's own, else .env."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
+
+from invoke import Exit
+
+from .exits import ExitCode
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 ENV_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -72,3 +79,43 @@ def resolve_env_file(section: Mapping[str, Any], environ: Mapping[str, str], hos
         if host == "sandbox" and sandbox.is_file():
             return sandbox, "host sandbox, written by `invoke sandbox.up`"
     return root / ".env", ""
+
+
+def config_section(c) -> Mapping[str, Any]:
+    return (c.config.get("tasktracker") or {}) if hasattr(c, "config") else {}
+
+
+ENV_HELP = ("Use the settings of this environment, .env.NAME (same as TASKTRACKER_ENV=NAME); "
+            "default: .env.HOST when that file exists, else .env.")
+
+
+def env_file_choice(c=None) -> tuple[Path, str]:
+    """The task's settings file and why (`resolve_env_file`); a bad choice ends the task (usage)."""
+    try:
+        return resolve_env_file(config_section(c), os.environ, getattr(c, "original_host", None),
+                                PROJECT_ROOT)
+    except EnvChoiceError as err:
+        raise Exit(str(err), code=ExitCode.USAGE) from None
+
+
+def env_file_path(c=None) -> Path:
+    """The task's settings file (`resolve_env_file`)."""
+    return env_file_choice(c)[0]
+
+
+def choose_env(c, env: str | None) -> None:
+    """A task's `--env NAME` (help: ENV_HELP): the settings of .env.NAME, as $TASKTRACKER_ENV
+    would."""
+    if env:
+        if not c.config.get("tasktracker"):
+            c.config["tasktracker"] = {}
+        c.config.tasktracker["env"] = env
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+

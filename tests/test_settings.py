@@ -218,11 +218,11 @@ def test_a_bad_or_missing_environment_is_a_clear_usage_error(tmp_path, files, se
 def test_a_task_says_which_settings_file_it_read_once_and_no_value(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from tasks import settings
+    from tasks import settings, settings_files
 
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(settings_files, "PROJECT_ROOT", tmp_path)
     monkeypatch.setattr(settings, "_ANNOUNCED", set())
     (tmp_path / ".env").write_text("DOMAIN=wrong.example.com\n")
     (tmp_path / ".env.staging").write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\n")
@@ -241,12 +241,12 @@ def test_a_bad_environment_ends_the_task_with_the_usage_code(tmp_path, monkeypat
 
     from invoke import Exit
 
-    from tasks import settings
+    from tasks import settings, settings_files
 
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TASKTRACKER_ENV", "staging")
-    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(settings_files, "PROJECT_ROOT", tmp_path)
     c = SimpleNamespace(config={"tasktracker": {}}, original_host="vps")
     for call in (Settings.from_context, settings.env_file_path):
         with pytest.raises(Exit) as err:
@@ -258,11 +258,11 @@ def test_the_env_flag_names_the_environment_like_the_variable(tmp_path, monkeypa
     from fabric import Config, Connection
     from invoke import Context
 
-    from tasks import ns, settings
+    from tasks import ns, settings, settings_files
 
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(settings_files, "PROJECT_ROOT", tmp_path)
     (tmp_path / ".env.production").write_text("")
     conn = Connection("staging", config=Config())
     conn.config.load_collection(ns.configuration())
