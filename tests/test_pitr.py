@@ -344,3 +344,48 @@ def test_info_reads_the_archivers_failures_from_a_real_postgres(tmp_path):
     failed = pitr.parse_info(broken)
     assert 'database "no_such_db" does not exist' in failed["archiver_error"], broken
     assert "failed_count" not in failed
+
+
+LOCKING_DOCKER = r"""#!/bin/bash
+case "$*" in
+  "ps -q"*) echo pg1 ;;
+  *"command -v pgbackrest"*) ;;
+  *stanza-create*)
+    n=$(cat "$FAKE_DIR/tries" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_DIR/tries"
+    if [ "$n" -lt "$BUSY" ]; then
+      echo "ERROR: [050]: unable to acquire lock on file '/tmp/pgbackrest/main-archive.lock'"
+      echo "       HINT: is another pgBackRest process running?"; exit 50
+    fi
+    [ -z "$UNREACHABLE" ] || { echo "ERROR: [104]: unable to connect to 10.0.0.1:2222"; exit 104; } ;;
+  *"info --repo=2"*) echo '[{"backup":[{"label":"x"}]}]' ;;
+  *) cat > /dev/null ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("busy, unreachable, ok, tries", [
+    (2, "", True, 3),     # the archiver's push held the lock twice: waited for, then created
+    (0, "1", False, 1),   # any other failure is said at once
+])
+def test_offsite_init_waits_for_the_archivers_lock_but_not_for_a_real_failure(tmp_path, busy,
+                                                                            unreachable, ok, tries):
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    (home / ".ssh").mkdir(parents=True)
+    (bin_dir / "docker").write_text(LOCKING_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "tasktracker-offsite")],
+                   check=True)
+    public = (home / ".ssh" / "tasktracker-offsite.pub").read_text().split()
+    (home / ".ssh" / "known_hosts").write_text(f"[10.0.0.1]:2222 {public[0]} {public[1]}\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home), "FAKE_DIR": str(tmp_path),
+           "BUSY": str(busy), "UNREACHABLE": unreachable}
+    script = pitr_offsite.install_offsite("sftp://u@10.0.0.1:2222//srv/restic", str(tmp_path / "offsite.conf"),
+                                          CTX.container("postgres"))
+    (tmp_path / "offsite.conf").write_text("repo2-type=sftp\n")
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                            cwd=home)  # the deploy user's home, where the key's path starts
+    assert (result.returncode == 0 and "pitr-offsite=ok" in result.stdout) == ok, result.stdout + result.stderr
+    assert int((tmp_path / "tries").read_text()) == tries
+    if not ok:
+        assert "could not reach the off-site repository: ERROR: [104]" in result.stderr
