@@ -92,6 +92,18 @@ WAKE_CHECKPOINTER = ('docker exec "$pg" sh -c \'psql -X -Atq -U "$POSTGRES_USER"
                      '-c "SELECT pg_reload_conf()"\' >/dev/null 2>&1 || true')
 
 
+# Shell: `create_stanza` runs stanza-create ($out: what it said), waiting up to 30 s while the
+# archiver's background push holds the stanza's lock (it pushes as soon as Postgres runs, into a
+# repository whose stanza may not exist yet: after a restore, or when repo2's settings arrive).
+CREATE_STANZA = f"""create_stanza() {{
+    for _ in $(seq 1 30); do
+      if out=$(timeout 120 {BR} stanza-create 2>&1); then return 0; fi
+      case "$out" in *"another pgBackRest process"*) sleep 1 ;; *) return 1 ;; esac
+    done
+    return 1
+  }}"""
+
+
 def ensure_stanza(ctx: HostContext, container: str = "") -> str:
     """Shell (run after Postgres started): create the stanza, or upgrade it after a new cluster
     (db.upgrade), and take the first full backup when this host's repository (repo1: backups
@@ -107,7 +119,8 @@ else
   for _ in $(seq 1 60); do timeout 10 docker exec "$pg" pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done
   {write_archive_conf()}
   {WAKE_CHECKPOINTER}
-  if ! out=$(timeout 120 {BR} stanza-create 2>&1) && ! out=$(timeout 120 {BR} stanza-upgrade 2>&1); then
+  {CREATE_STANZA}
+  if ! create_stanza && ! out=$(timeout 120 {BR} stanza-upgrade 2>&1); then
     echo "WARNING: pgBackRest could not set up the WAL archive: $out" >&2; echo "@@fact pitr=failed"
   elif timeout 120 {BR} info --repo=1 --output=json | grep -q '"label"'; then
     echo "@@fact pitr=ok"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import q, rollout
 from .context import HostContext
 from .offsite import key_path, known_host_name, sftp_path, sftp_target
-from .pitr import BR, CONF_DIR, CONTAINER_SETTINGS, SQL_FUNCTION, WAIT_PROMOTED
+from .pitr import BR, CONF_DIR, CONTAINER_SETTINGS, CREATE_STANZA, SQL_FUNCTION, WAIT_PROMOTED
 
 NO_OFFSITE_ARCHIVE_EXIT = 3  # recover: the off-site WAL archive has no backup yet
 PUT_BACK_FAILED_EXIT = 6  # recover: the set's data could not be put back after a failed WAL restore
@@ -58,14 +58,8 @@ docker exec -u root "$pg" install -d -o postgres -g postgres -m 700 {CONF_DIR} {
 printf '%s\n' "$known" | {into(OFFSITE_DIR + '/known_hosts', '600')} || exit 1
 {into(CONF_DIR + '/offsite.conf', '600')} < {q(conf_file)} || exit 1
 {"" if stanza else 'echo "pitr-offsite=ok"; exit 0'}
-# The archiver's background push may hold the stanza's lock for a moment (it starts pushing to
-# the new repository as soon as its settings are in place): wait for it, up to 30 s.
-created=""
-for _ in $(seq 1 30); do
-  if out=$({BR} stanza-create 2>&1); then created=1; break; fi
-  case "$out" in *"another pgBackRest process"*) sleep 1 ;; *) break ;; esac
-done
-[ -n "$created" ] || {{ echo "pgBackRest could not reach the off-site repository: $out" >&2; exit 1; }}
+{CREATE_STANZA}
+create_stanza || {{ echo "pgBackRest could not reach the off-site repository: $out" >&2; exit 1; }}
 if ! {BR} info --repo=2 --output=json 2>/dev/null | grep -q '"label"'; then
   echo "first pgBackRest full backup off-site"
   out=$({BR} backup --repo=2 --type=full 2>&1) || {{ echo "the first off-site pgBackRest backup failed: $out" >&2; exit 1; }}
