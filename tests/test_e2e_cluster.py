@@ -230,7 +230,7 @@ def test_a_release_whose_api_fails_its_health_check_is_rolled_back_with_no_faile
     assert out.returncode == 1, out.stdout + out.stderr
     # Only the changed code's layer crossed the network: every node had the rest (tasks/shipping.py).
     assert re.search(r"layer\(s\), \d+ MB, already on (cl\d, ){2}cl\d: not sent", out.stdout), out.stdout
-    shipped = re.search(r"shipped \S+-backend:\S+ to \S+, \S+, \S+: ([\d.]+) MB compressed", out.stdout)
+    shipped = re.search(r"shipped \S+-backend:\S+ to \S+, \S+, \S+: ([\d.]+) MB \((?:zstd|gzip)\)", out.stdout)
     assert shipped and float(shipped.group(1)) < 1, out.stdout
     assert "Swarm rolled the update back by itself" in out.stderr and f"Release {serving} was put back automatically" in out.stderr
     assert probe.failures() == [] and writers.errors == [] and len(probe.results) > 50
