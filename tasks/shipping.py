@@ -80,7 +80,7 @@ def skippable_layers(saved: Path, chains: set[tuple[str, ...]]) -> tuple[set[str
 
 
 def save_into(images: list[str], out: IO[bytes], failed: list[BaseException]) -> None:
-    """`docker save` of `images` written to `out`; then close it."""
+    """`docker save` of `images` written to `out`."""
     try:
         saved = subprocess.run(image_commands.save(images), stdout=out, stderr=subprocess.PIPE)
         if saved.returncode:
@@ -88,15 +88,10 @@ def save_into(images: list[str], out: IO[bytes], failed: list[BaseException]) ->
                                   f"{saved.stderr.decode(errors='replace').strip()[-500:]}"))
     except OSError as error:
         failed.append(error)
-    finally:
-        try:
-            out.close()
-        except OSError:
-            pass
 
 
 def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseException]) -> None:
-    """Write the save, less the `skip` files, to `out` as a tar stream; then close it."""
+    """Write the save, less the `skip` files, to `out` as a tar stream."""
     try:
         with tarfile.open(saved) as src, \
                 tarfile.open(fileobj=out, mode="w|", format=src.format, copybufsize=1 << 20) as dst:
@@ -105,6 +100,12 @@ def copy_without(saved: Path, skip: set[str], out: IO[bytes], failed: list[BaseE
                     dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     except (OSError, tarfile.TarError) as error:  # the packer or every load ended: said below
         failed.append(error)
+
+
+def write_and_close(write_tar, out: IO[bytes], failed: list[BaseException]) -> None:
+    """`write_tar(out, failed)`, then `out` closed, however the writing ended."""
+    try:
+        write_tar(out, failed)
     finally:
         try:
             out.close()
@@ -120,7 +121,7 @@ def stream(write_tar, hosts: list[Host], images: list[str], report_every: float,
     packer = subprocess.Popen(image_commands.COMPRESS[packed], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
     failed: list[BaseException] = []
-    writer = threading.Thread(target=write_tar, args=(packer.stdin, failed))
+    writer = threading.Thread(target=write_and_close, args=(write_tar, packer.stdin, failed))
     writer.start()
     destination = [f"{host.conn.user}@{host.conn.host}" for host in hosts]
     loads = [subprocess.Popen(image_commands.ssh_load(remote.ssh_argv(host.conn), to, packed),
